@@ -1,0 +1,54 @@
+//! The admin HTTP port: `/metrics` (Prometheus text), `/livez`, `/readyz`.
+
+use std::sync::Arc;
+
+use axum::extract::State as AxumState;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::Router;
+use tokio::net::TcpListener;
+
+use crate::lifecycle::State;
+use crate::server::Shared;
+
+/// The admin routes.
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/livez", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .with_state(shared)
+}
+
+/// Serves the admin routes until the process stops.
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    let mut state = shared.lifecycle.subscribe();
+    let app = router(shared);
+    let stopped = async move {
+        let _ = state.wait_for(|s| *s == State::Stopped).await;
+    };
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(stopped)
+        .await
+    {
+        tracing::error!(error = %e, "admin server failed");
+    }
+}
+
+async fn metrics() -> (StatusCode, [(&'static str, &'static str); 1], String) {
+    (
+        StatusCode::OK,
+        [("content-type", "text/plain; version=0.0.4")],
+        crate::metrics::handle().render(),
+    )
+}
+
+async fn readyz(AxumState(shared): AxumState<Arc<Shared>>) -> (StatusCode, String) {
+    let state = shared.lifecycle.state();
+    let code = if state == State::Ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, format!("{}\n", state.name()))
+}

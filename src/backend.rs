@@ -1,0 +1,141 @@
+//! Connecting to a tenant's backend: first reachable address of its
+//! `backends`, TCP keepalive, and TLS when the tenant asks for it.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use socket2::{SockRef, TcpKeepalive};
+use thiserror::Error;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use crate::config::split_host_port;
+use crate::protocol::startup::SSL_REQUEST_CODE;
+use crate::route::Tenant;
+use crate::stream::MaybeTls;
+
+/// A connection to a backend, plaintext or TLS.
+pub type BackendStream = MaybeTls<TcpStream, tokio_rustls::client::TlsStream<TcpStream>>;
+
+/// An open backend connection.
+pub struct Backend {
+    /// The stream.
+    pub stream: BackendStream,
+    /// The address it is connected to (for cancel requests).
+    pub addr: SocketAddr,
+}
+
+/// No backend could be reached.
+#[derive(Debug, Error)]
+pub enum ConnectError {
+    /// Every address failed; the last failure is kept.
+    #[error("no backend reachable (tried {tried}): {last}")]
+    Unreachable {
+        /// Number of addresses tried.
+        tried: usize,
+        /// The last error.
+        last: String,
+    },
+    /// The backend declined TLS that the tenant requires.
+    #[error("backend {0} does not accept TLS")]
+    TlsDeclined(SocketAddr),
+    /// The TLS handshake with the backend failed.
+    #[error("TLS to backend {addr} failed: {error}")]
+    Tls {
+        /// The backend.
+        addr: SocketAddr,
+        /// What failed.
+        error: io::Error,
+    },
+}
+
+/// Connects to the first reachable backend of `tenant`.
+pub async fn connect(
+    tenant: &Tenant,
+    connect_timeout: Duration,
+    keepalive: Duration,
+) -> Result<Backend, ConnectError> {
+    let mut tried = 0;
+    let mut last = String::from("no addresses");
+    for target in &tenant.config.backends {
+        let Some((host, port)) = split_host_port(target) else {
+            continue;
+        };
+        let addrs = match tokio::time::timeout(
+            connect_timeout,
+            tokio::net::lookup_host((host, port)),
+        )
+        .await
+        {
+            Ok(Ok(addrs)) => addrs.collect::<Vec<_>>(),
+            Ok(Err(e)) => {
+                tried += 1;
+                last = format!("{target}: {e}");
+                continue;
+            }
+            Err(_) => {
+                tried += 1;
+                last = format!("{target}: name lookup timed out");
+                continue;
+            }
+        };
+        for addr in addrs {
+            tried += 1;
+            match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await {
+                Ok(Ok(tcp)) => {
+                    set_socket_options(&tcp, keepalive);
+                    let stream = match &tenant.backend_tls {
+                        None => MaybeTls::Plain(tcp),
+                        Some(config) => {
+                            let name = tenant.config.backend_server_name.as_deref().unwrap_or(host);
+                            start_tls(tcp, addr, name, config.clone()).await?
+                        }
+                    };
+                    return Ok(Backend { stream, addr });
+                }
+                Ok(Err(e)) => last = format!("{addr}: {e}"),
+                Err(_) => last = format!("{addr}: connect timed out"),
+            }
+        }
+    }
+    Err(ConnectError::Unreachable { tried, last })
+}
+
+/// `TCP_NODELAY` (the protocol is request/response) and keepalive well
+/// under the NLB's 350 s idle timeout.
+pub fn set_socket_options(tcp: &TcpStream, keepalive: Duration) {
+    let _ = tcp.set_nodelay(true);
+    let ka = TcpKeepalive::new()
+        .with_time(keepalive)
+        .with_interval(Duration::from_secs(10))
+        .with_retries(3);
+    if let Err(e) = SockRef::from(tcp).set_tcp_keepalive(&ka) {
+        tracing::debug!(error = %e, "could not set TCP keepalive");
+    }
+}
+
+async fn start_tls(
+    mut tcp: TcpStream,
+    addr: SocketAddr,
+    name: &str,
+    config: std::sync::Arc<rustls::ClientConfig>,
+) -> Result<BackendStream, ConnectError> {
+    let tls_error = |error| ConnectError::Tls { addr, error };
+    let mut request = [0u8; 8];
+    request[..4].copy_from_slice(&8u32.to_be_bytes());
+    request[4..].copy_from_slice(&SSL_REQUEST_CODE.to_be_bytes());
+    tcp.write_all(&request).await.map_err(tls_error)?;
+    match tcp.read_u8().await.map_err(tls_error)? {
+        b'S' => {}
+        _ => return Err(ConnectError::TlsDeclined(addr)),
+    }
+    let server_name = rustls::pki_types::ServerName::try_from(name.to_owned())
+        .map_err(|e| tls_error(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
+    let stream = TlsConnector::from(config)
+        .connect(server_name, tcp)
+        .await
+        .map_err(tls_error)?;
+    Ok(MaybeTls::Tls(Box::new(stream)))
+}

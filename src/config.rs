@@ -1,0 +1,763 @@
+//! Configuration: TOML → raw serde structs → typed [`Config`].
+//!
+//! Parsing happens in one place, [`Config::parse`], which reports every
+//! problem it finds with its key path instead of stopping at the first;
+//! unknown keys are problems too. `pgcell check` runs exactly this.
+//! Relative paths are relative to the config file's directory.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+pub use crate::proxy_protocol::ProxyMode;
+
+/// A fully checked configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where pgcell listens.
+    pub listen: ListenConfig,
+    /// TLS towards clients.
+    pub tls: TlsConfig,
+    /// How a connection's tenant is found.
+    pub routing: RoutingConfig,
+    /// Defaults for backend connections.
+    pub backend: BackendConfig,
+    /// Logging.
+    pub log: LogConfig,
+    /// How long a shutdown waits for sessions to finish.
+    pub shutdown_grace: Duration,
+    /// The tenants served.
+    pub tenants: Vec<TenantConfig>,
+}
+
+/// `[listen]`.
+#[derive(Debug, Clone)]
+pub struct ListenConfig {
+    /// Data port for Postgres clients (from the NLB).
+    pub addr: SocketAddr,
+    /// TCP health port for the NLB's checks; none when unset.
+    pub health_addr: Option<SocketAddr>,
+    /// Admin HTTP port (`/metrics`, `/livez`, `/readyz`); none when unset.
+    pub admin_addr: Option<SocketAddr>,
+    /// PROXY protocol expectation on the data port.
+    pub proxy_protocol: ProxyMode,
+    /// Time allowed from accept to a complete `StartupMessage`.
+    pub startup_timeout: Duration,
+    /// Client connections served at once across all tenants.
+    pub max_client_connections: usize,
+    /// Idle time before TCP keepalive probes start, client and backend side.
+    pub tcp_keepalive: Duration,
+}
+
+/// Client-side TLS policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    /// Decline `SSLRequest`; refuse direct TLS.
+    Disable,
+    /// TLS when the client asks; plaintext allowed.
+    Allow,
+    /// Plaintext `StartupMessage`s are rejected.
+    Require,
+}
+
+/// `[tls]`.
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    /// Client TLS policy.
+    pub mode: TlsMode,
+    /// Certificate chain (PEM); required unless mode is disable.
+    pub cert: Option<PathBuf>,
+    /// Private key (PEM); required unless mode is disable.
+    pub key: Option<PathBuf>,
+}
+
+/// Where a tenant id may come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RoutingSource {
+    /// First label of the TLS server name, under `sni_suffix`.
+    Sni,
+    /// `tenant=ID` (or `endpoint=ID`) in the `options` startup parameter.
+    Options,
+    /// `USER.TENANT` user names.
+    User,
+}
+
+/// `[routing]`.
+#[derive(Debug, Clone)]
+pub struct RoutingConfig {
+    /// Domain under which `<tenant>.<suffix>` server names are routed.
+    pub sni_suffix: Option<String>,
+    /// Sources consulted, in order.
+    pub sources: Vec<RoutingSource>,
+}
+
+/// `[backend]`: defaults for connections to tenants' databases.
+#[derive(Debug, Clone)]
+pub struct BackendConfig {
+    /// Time allowed to connect to one backend address.
+    pub connect_timeout: Duration,
+    /// Time allowed for the backend's authentication exchange.
+    pub auth_timeout: Duration,
+}
+
+/// Log format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// Output format.
+    pub format: LogFormat,
+    /// `tracing` filter directive, e.g. `info` or `pgcell=debug`.
+    pub level: String,
+}
+
+/// TLS from pgcell to a tenant's backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackendTlsMode {
+    /// Plaintext.
+    Disable,
+    /// TLS without verifying the server (libpq's `sslmode=require`).
+    Require,
+    /// TLS with CA and host name verification (`sslmode=verify-full`).
+    VerifyFull,
+}
+
+/// One `[[tenants]]` entry.
+#[derive(Debug, Clone)]
+pub struct TenantConfig {
+    /// Tenant id: a DNS label, since it may arrive as an SNI label.
+    pub id: String,
+    /// Backend addresses (`host:port`), tried in order.
+    pub backends: Vec<String>,
+    /// Database every connection of this tenant uses, whatever the client
+    /// names; the client's choice when unset.
+    pub database: Option<String>,
+    /// VPC endpoints allowed to connect; any when empty.
+    pub allowed_vpce_ids: Vec<String>,
+    /// Client address ranges allowed to connect; any when empty.
+    pub allowed_cidrs: Vec<IpNet>,
+    /// Refuse plaintext clients.
+    pub require_tls: bool,
+    /// Client connections of this tenant served at once.
+    pub max_client_connections: usize,
+    /// TLS to the backends.
+    pub backend_tls: BackendTlsMode,
+    /// CA bundle (PEM) for `verify-full`.
+    pub backend_ca: Option<PathBuf>,
+    /// Name to verify the backend certificate against; the backend's host
+    /// by default.
+    pub backend_server_name: Option<String>,
+}
+
+/// Everything wrong with a configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Problems in the order found.
+    pub problems: Vec<Problem>,
+}
+
+/// One problem, with the key it concerns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Key path such as `tenants[1].allowed_cidrs[0]`; empty for the file.
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            if p.path.is_empty() {
+                write!(f, "{}", p.message)?;
+            } else {
+                write!(f, "{}: {}", p.path, p.message)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+// ---- raw, as written in TOML ------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+struct RawConfig {
+    listen: RawListen,
+    #[serde(default)]
+    tls: RawTls,
+    #[serde(default)]
+    routing: RawRouting,
+    #[serde(default)]
+    backend: RawBackend,
+    #[serde(default)]
+    log: RawLog,
+    #[serde(default)]
+    shutdown: RawShutdown,
+    #[serde(default)]
+    tenants: Vec<RawTenant>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawListen {
+    addr: String,
+    health_addr: Option<String>,
+    admin_addr: Option<String>,
+    #[serde(default = "default_proxy_protocol")]
+    proxy_protocol: ProxyMode,
+    #[serde(default = "default_startup_timeout")]
+    startup_timeout: String,
+    #[serde(default = "default_max_client_connections")]
+    max_client_connections: usize,
+    #[serde(default = "default_tcp_keepalive")]
+    tcp_keepalive: String,
+}
+
+fn default_proxy_protocol() -> ProxyMode {
+    ProxyMode::Off
+}
+fn default_startup_timeout() -> String {
+    "10s".into()
+}
+fn default_max_client_connections() -> usize {
+    10_000
+}
+fn default_tcp_keepalive() -> String {
+    // Well under the NLB's 350 s idle timeout.
+    "60s".into()
+}
+
+#[derive(Debug, Deserialize)]
+struct RawTls {
+    cert: Option<String>,
+    key: Option<String>,
+    #[serde(default = "default_tls_mode")]
+    mode: TlsMode,
+}
+
+impl Default for RawTls {
+    fn default() -> Self {
+        RawTls {
+            cert: None,
+            key: None,
+            mode: TlsMode::Disable,
+        }
+    }
+}
+
+fn default_tls_mode() -> TlsMode {
+    TlsMode::Allow
+}
+
+#[derive(Debug, Deserialize)]
+struct RawRouting {
+    sni_suffix: Option<String>,
+    #[serde(default = "default_sources")]
+    sources: Vec<RoutingSource>,
+}
+
+impl Default for RawRouting {
+    fn default() -> Self {
+        RawRouting {
+            sni_suffix: None,
+            sources: default_sources(),
+        }
+    }
+}
+
+fn default_sources() -> Vec<RoutingSource> {
+    vec![
+        RoutingSource::Sni,
+        RoutingSource::Options,
+        RoutingSource::User,
+    ]
+}
+
+#[derive(Debug, Deserialize)]
+struct RawBackend {
+    #[serde(default = "default_connect_timeout")]
+    connect_timeout: String,
+    #[serde(default = "default_auth_timeout")]
+    auth_timeout: String,
+}
+
+impl Default for RawBackend {
+    fn default() -> Self {
+        RawBackend {
+            connect_timeout: default_connect_timeout(),
+            auth_timeout: default_auth_timeout(),
+        }
+    }
+}
+
+fn default_connect_timeout() -> String {
+    "5s".into()
+}
+fn default_auth_timeout() -> String {
+    // PostgreSQL's authentication_timeout default.
+    "60s".into()
+}
+
+#[derive(Debug, Deserialize)]
+struct RawLog {
+    #[serde(default = "default_log_format")]
+    format: LogFormat,
+    #[serde(default = "default_log_level")]
+    level: String,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        RawLog {
+            format: default_log_format(),
+            level: default_log_level(),
+        }
+    }
+}
+
+fn default_log_format() -> LogFormat {
+    LogFormat::Text
+}
+fn default_log_level() -> String {
+    "info".into()
+}
+
+#[derive(Debug, Deserialize)]
+struct RawShutdown {
+    #[serde(default = "default_grace")]
+    grace: String,
+}
+
+impl Default for RawShutdown {
+    fn default() -> Self {
+        RawShutdown {
+            grace: default_grace(),
+        }
+    }
+}
+
+fn default_grace() -> String {
+    "30s".into()
+}
+
+#[derive(Debug, Deserialize)]
+struct RawTenant {
+    id: String,
+    backends: Vec<String>,
+    database: Option<String>,
+    #[serde(default)]
+    allowed_vpce_ids: Vec<String>,
+    #[serde(default)]
+    allowed_cidrs: Vec<String>,
+    #[serde(default)]
+    require_tls: bool,
+    #[serde(default = "default_tenant_max_clients")]
+    max_client_connections: usize,
+    #[serde(default = "default_backend_tls")]
+    backend_tls: BackendTlsMode,
+    backend_ca: Option<String>,
+    backend_server_name: Option<String>,
+}
+
+fn default_tenant_max_clients() -> usize {
+    1_000
+}
+fn default_backend_tls() -> BackendTlsMode {
+    BackendTlsMode::Disable
+}
+
+// ---- raw → typed ------------------------------------------------------------
+
+impl Config {
+    /// Reads and parses the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            problems: vec![Problem {
+                path: String::new(),
+                message: format!("cannot read {}: {e}", path.display()),
+            }],
+        })?;
+        let base = path.parent().unwrap_or_else(|| Path::new("."));
+        Config::parse(&text, base)
+    }
+
+    /// Parses TOML `text`; relative paths are resolved against `base`.
+    pub fn parse(text: &str, base: &Path) -> Result<Config, ConfigError> {
+        let mut p = Problems::default();
+        let mut unknown = Vec::new();
+        let de = toml::Deserializer::new(text);
+        let raw: Result<RawConfig, _> = serde_ignored::deserialize(de, |path| {
+            unknown.push(path.to_string());
+        });
+        for key in unknown {
+            p.push(key, "unknown key");
+        }
+        let raw = match raw {
+            Ok(raw) => raw,
+            Err(e) => {
+                p.push("", e.to_string().trim_end().to_owned());
+                return Err(p.into_error());
+            }
+        };
+        let config = Config::from_raw(raw, base, &mut p);
+        if p.0.is_empty() {
+            Ok(config)
+        } else {
+            Err(p.into_error())
+        }
+    }
+
+    fn from_raw(raw: RawConfig, base: &Path, p: &mut Problems) -> Config {
+        let l = raw.listen;
+        let listen = ListenConfig {
+            addr: p
+                .socket_addr("listen.addr", &l.addr)
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),
+            health_addr: l
+                .health_addr
+                .as_deref()
+                .and_then(|a| p.socket_addr("listen.health_addr", a)),
+            admin_addr: l
+                .admin_addr
+                .as_deref()
+                .and_then(|a| p.socket_addr("listen.admin_addr", a)),
+            proxy_protocol: l.proxy_protocol,
+            startup_timeout: p.duration("listen.startup_timeout", &l.startup_timeout),
+            max_client_connections: p
+                .positive("listen.max_client_connections", l.max_client_connections),
+            tcp_keepalive: p.duration("listen.tcp_keepalive", &l.tcp_keepalive),
+        };
+
+        let t = raw.tls;
+        let tls = TlsConfig {
+            mode: t.mode,
+            cert: t.cert.map(|c| base.join(c)),
+            key: t.key.map(|k| base.join(k)),
+        };
+        if tls.mode != TlsMode::Disable {
+            if tls.cert.is_none() {
+                p.push("tls.cert", "required unless tls.mode = \"disable\"");
+            }
+            if tls.key.is_none() {
+                p.push("tls.key", "required unless tls.mode = \"disable\"");
+            }
+        }
+
+        let r = raw.routing;
+        let sni_suffix = r
+            .sni_suffix
+            .map(|s| s.trim_start_matches('.').to_ascii_lowercase());
+        if r.sources.is_empty() {
+            p.push("routing.sources", "must name at least one source");
+        }
+        let mut seen_sources = HashSet::new();
+        for (i, s) in r.sources.iter().enumerate() {
+            if !seen_sources.insert(*s) {
+                p.push(format!("routing.sources[{i}]"), "listed twice");
+            }
+        }
+        if r.sources.contains(&RoutingSource::Sni) && sni_suffix.is_none() {
+            p.push(
+                "routing.sni_suffix",
+                "required when routing.sources includes \"sni\"",
+            );
+        }
+        let routing = RoutingConfig {
+            sni_suffix,
+            sources: r.sources,
+        };
+
+        let backend = BackendConfig {
+            connect_timeout: p.duration("backend.connect_timeout", &raw.backend.connect_timeout),
+            auth_timeout: p.duration("backend.auth_timeout", &raw.backend.auth_timeout),
+        };
+        let log = LogConfig {
+            format: raw.log.format,
+            level: raw.log.level,
+        };
+        if tracing_subscriber::EnvFilter::try_new(&log.level).is_err() {
+            p.push("log.level", format!("invalid filter {:?}", log.level));
+        }
+        let shutdown_grace = p.duration("shutdown.grace", &raw.shutdown.grace);
+
+        let mut ids = HashSet::new();
+        let tenants = raw
+            .tenants
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| tenant_from_raw(t, &format!("tenants[{i}]"), base, &mut ids, p))
+            .collect();
+
+        Config {
+            listen,
+            tls,
+            routing,
+            backend,
+            log,
+            shutdown_grace,
+            tenants,
+        }
+    }
+}
+
+fn tenant_from_raw(
+    t: RawTenant,
+    at: &str,
+    base: &Path,
+    ids: &mut HashSet<String>,
+    p: &mut Problems,
+) -> TenantConfig {
+    if !is_dns_label(&t.id) {
+        p.push(
+            format!("{at}.id"),
+            format!(
+                "{:?} is not a valid tenant id (lower-case letters, digits and '-', at most 63)",
+                t.id
+            ),
+        );
+    } else if !ids.insert(t.id.clone()) {
+        p.push(
+            format!("{at}.id"),
+            format!("duplicate tenant id {:?}", t.id),
+        );
+    }
+    if t.backends.is_empty() {
+        p.push(format!("{at}.backends"), "must list at least one host:port");
+    }
+    for (j, b) in t.backends.iter().enumerate() {
+        if split_host_port(b).is_none() {
+            p.push(
+                format!("{at}.backends[{j}]"),
+                format!("{b:?} is not host:port"),
+            );
+        }
+    }
+    let allowed_cidrs = t
+        .allowed_cidrs
+        .iter()
+        .enumerate()
+        .filter_map(|(j, c)| match parse_cidr(c) {
+            Some(net) => Some(net),
+            None => {
+                p.push(
+                    format!("{at}.allowed_cidrs[{j}]"),
+                    format!("{c:?} is not an address or CIDR range"),
+                );
+                None
+            }
+        })
+        .collect();
+    for (j, v) in t.allowed_vpce_ids.iter().enumerate() {
+        if !v.starts_with("vpce-") || !v[5..].bytes().all(|b| b.is_ascii_hexdigit()) || v.len() < 6
+        {
+            p.push(
+                format!("{at}.allowed_vpce_ids[{j}]"),
+                format!("{v:?} is not a VPC endpoint id (vpce- and hex digits)"),
+            );
+        }
+    }
+    let max_client_connections = p.positive(
+        &format!("{at}.max_client_connections"),
+        t.max_client_connections,
+    );
+    if t.backend_tls == BackendTlsMode::VerifyFull && t.backend_ca.is_none() {
+        p.push(
+            format!("{at}.backend_ca"),
+            "required when backend_tls = \"verify-full\"",
+        );
+    }
+    if let Some(db) = &t.database {
+        if db.is_empty() {
+            p.push(format!("{at}.database"), "must not be empty");
+        }
+    }
+    TenantConfig {
+        id: t.id,
+        backends: t.backends,
+        database: t.database,
+        allowed_vpce_ids: t.allowed_vpce_ids,
+        allowed_cidrs,
+        require_tls: t.require_tls,
+        max_client_connections,
+        backend_tls: t.backend_tls,
+        backend_ca: t.backend_ca.map(|c| base.join(c)),
+        backend_server_name: t.backend_server_name,
+    }
+}
+
+/// True for a DNS label: `[a-z0-9-]{1,63}`, not starting or ending with `-`.
+pub fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// Splits `host:port` (`[v6]:port` for IPv6 literals).
+pub fn split_host_port(s: &str) -> Option<(&str, u16)> {
+    let (host, port) = s.rsplit_once(':')?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    let port = port.parse().ok()?;
+    (!host.is_empty()).then_some((host, port))
+}
+
+fn parse_cidr(s: &str) -> Option<IpNet> {
+    s.parse::<IpNet>()
+        .ok()
+        .or_else(|| s.parse::<std::net::IpAddr>().ok().map(IpNet::from))
+}
+
+#[derive(Default)]
+struct Problems(Vec<Problem>);
+
+impl Problems {
+    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(Problem {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    fn into_error(self) -> ConfigError {
+        ConfigError { problems: self.0 }
+    }
+
+    fn socket_addr(&mut self, path: &str, s: &str) -> Option<SocketAddr> {
+        match s.parse() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.push(path, format!("{s:?} is not an IP:port address"));
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, path: &str, s: &str) -> Duration {
+        match humantime::parse_duration(s) {
+            Ok(d) if !d.is_zero() => d,
+            _ => {
+                self.push(
+                    path,
+                    format!("{s:?} is not a positive duration such as \"10s\""),
+                );
+                Duration::from_secs(1)
+            }
+        }
+    }
+
+    fn positive(&mut self, path: &str, n: usize) -> usize {
+        if n == 0 {
+            self.push(path, "must be at least 1");
+        }
+        n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [listen]
+        addr = "127.0.0.1:6432"
+        [[tenants]]
+        id = "acme"
+        backends = ["127.0.0.1:5441"]
+    "#;
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = Config::parse(MINIMAL, Path::new("/etc/pgcell")).unwrap();
+        assert_eq!(c.listen.proxy_protocol, ProxyMode::Off);
+        assert_eq!(c.listen.startup_timeout, Duration::from_secs(10));
+        assert_eq!(c.tls.mode, TlsMode::Disable);
+        assert_eq!(c.tenants[0].max_client_connections, 1000);
+        assert_eq!(c.routing.sources.len(), 3);
+    }
+
+    #[test]
+    fn sni_source_needs_suffix_only_when_listed() {
+        let text = format!("{MINIMAL}\n[routing]\nsources = [\"options\"]\n");
+        assert!(Config::parse(&text, Path::new(".")).is_ok());
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_path() {
+        let text = r#"
+            [listen]
+            addr = "nowhere"
+            startup_timeout = "soon"
+            bogus = 1
+            [tls]
+            mode = "require"
+            [routing]
+            sni_suffix = "pg.example.com"
+            [[tenants]]
+            id = "Acme"
+            backends = []
+            allowed_cidrs = ["10.0.0.0/33"]
+            allowed_vpce_ids = ["vpc-1"]
+            colour = "red"
+            [[tenants]]
+            id = "b"
+            backends = ["db:notaport"]
+        "#;
+        let err = Config::parse(text, Path::new(".")).unwrap_err();
+        let paths: Vec<&str> = err.problems.iter().map(|p| p.path.as_str()).collect();
+        for want in [
+            "listen.bogus",
+            "tenants.0.colour",
+            "listen.addr",
+            "listen.startup_timeout",
+            "tls.cert",
+            "tls.key",
+            "tenants[0].id",
+            "tenants[0].backends",
+            "tenants[0].allowed_cidrs[0]",
+            "tenants[0].allowed_vpce_ids[0]",
+            "tenants[1].backends[0]",
+        ] {
+            assert!(paths.contains(&want), "missing {want} in {paths:?}");
+        }
+    }
+
+    #[test]
+    fn wrong_type_names_the_key() {
+        let text = "[listen]\naddr = 5\n";
+        let err = Config::parse(text, Path::new(".")).unwrap_err();
+        assert!(err.to_string().contains("addr"), "{err}");
+    }
+
+    #[test]
+    fn host_port_forms() {
+        assert_eq!(split_host_port("db:5432"), Some(("db", 5432)));
+        assert_eq!(split_host_port("[::1]:5432"), Some(("::1", 5432)));
+        assert_eq!(split_host_port("db"), None);
+        assert_eq!(split_host_port(":5432"), None);
+    }
+}

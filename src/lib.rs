@@ -1,0 +1,47 @@
+//! pgcell: the PostgreSQL data plane of one cell of a private database
+//! service. It sits behind an AWS Network Load Balancer as its target, and
+//! serves each customer connection arriving over PrivateLink.
+//!
+//! Modules, in the order a connection meets them:
+//!
+//! | module | job |
+//! |---|---|
+//! | [`listener`] | accept loop, one task per connection |
+//! | [`proxy_protocol`] | PROXY v2/v1 header: real client address, AWS VPC endpoint id |
+//! | [`handshake`] | pre-startup negotiation: `SSLRequest`, `GSSENCRequest`, direct TLS, `CancelRequest`, `StartupMessage` |
+//! | [`tls`] | rustls server (SNI, ALPN, reload) and backend client configs |
+//! | [`protocol`] | the wire format: startup packets, framing, messages pgcell builds, SQLSTATEs |
+//! | [`route`] | tenant resolution (SNI, `options`, user suffix) and policy, before any password |
+//! | [`backend`] | connecting to a tenant's backend |
+//! | [`session`] | one connection end to end: authentication relay and byte relay |
+//! | [`cancel`] | cancel keys pgcell issues and their backend targets |
+//! | [`health`] | the TCP health port the NLB checks |
+//! | [`admin`] | HTTP `/metrics`, `/livez`, `/readyz` |
+//! | [`metrics`] | every metric name and help text |
+//! | [`lifecycle`] | Starting → Ready → Stopping → Stopped |
+//! | [`server`] | shared state; bind, serve, reload, shut down |
+//! | [`config`] | TOML → typed [`config::Config`], every problem reported at once |
+//! | [`local_pg`] | throwaway local PostgreSQL clusters for the demo and tests |
+//! | [`demo`] | `pgcell demo` |
+
+pub mod admin;
+pub mod backend;
+pub mod cancel;
+pub mod config;
+pub mod demo;
+pub mod handshake;
+pub mod health;
+pub mod lifecycle;
+pub mod listener;
+pub mod local_pg;
+pub mod metrics;
+pub mod protocol;
+pub mod proxy_protocol;
+pub mod route;
+pub mod server;
+pub mod session;
+pub mod stream;
+pub mod tls;
+
+pub use config::Config;
+pub use server::{Server, ServerHandle};

@@ -1,0 +1,156 @@
+//! The `pgcell` command: `run`, `check`, `demo`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use pgcell::config::{Config, LogFormat};
+use pgcell::Server;
+
+/// pgcell: the PostgreSQL data plane of a private database cell.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Configuration file (TOML). With no subcommand, `run` is implied.
+    #[arg(long, short, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve clients with the given configuration.
+    Run,
+    /// Validate the configuration and TLS files; print every problem.
+    Check,
+    /// Start a throwaway PostgreSQL with two tenants behind pgcell.
+    Demo {
+        /// Data port for the proxy.
+        #[arg(long, default_value_t = 6432)]
+        port: u16,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Command::Check) => check(cli.config),
+        Some(Command::Demo { port }) => {
+            runtime().and_then(|rt| Ok(rt.block_on(pgcell::demo::run(port))?))
+        }
+        Some(Command::Run) | None => run(cli.config),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("pgcell: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn require_config(path: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    path.context("--config FILE is required (see config/pgcell.example.toml)")
+}
+
+fn check(path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let path = require_config(path)?;
+    let mut problems = Vec::new();
+    match Config::load(&path) {
+        Ok(config) => {
+            if let (Some(cert), Some(key)) = (&config.tls.cert, &config.tls.key) {
+                if config.tls.mode != pgcell::config::TlsMode::Disable {
+                    if let Err(e) = pgcell::tls::server_config(cert, key) {
+                        problems.push(format!("tls: {e}"));
+                    }
+                }
+            }
+            for (i, t) in config.tenants.iter().enumerate() {
+                if let Err(e) =
+                    pgcell::tls::backend_client_config(t.backend_tls, t.backend_ca.as_deref())
+                {
+                    problems.push(format!("tenants[{i}].backend_ca: {e}"));
+                }
+            }
+        }
+        Err(e) => problems.extend(e.to_string().lines().map(str::to_owned)),
+    }
+    if problems.is_empty() {
+        println!("{}: ok", path.display());
+        Ok(ExitCode::SUCCESS)
+    } else {
+        for p in &problems {
+            eprintln!("{}: {p}", path.display());
+        }
+        eprintln!("{} problem(s) found", problems.len());
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+fn run(path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let path = require_config(path)?;
+    let config = Config::load(&path).map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?;
+    init_logging(config.log.format, &config.log.level);
+    let rt = runtime()?;
+    rt.block_on(async move {
+        let server = Server::bind(config, Some(path)).await?;
+        let handle = server.handle();
+        tokio::spawn(forward_signals(handle));
+        server.serve().await;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// SIGTERM/SIGINT → graceful shutdown; a second one exits at once.
+/// SIGHUP → reload.
+async fn forward_signals(handle: pgcell::ServerHandle) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    let mut stopping = false;
+    loop {
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
+            _ = hup.recv() => {
+                handle.reload();
+                continue;
+            }
+        }
+        if stopping {
+            tracing::warn!("second stop signal: exiting now");
+            std::process::exit(1);
+        }
+        stopping = true;
+        handle.shutdown();
+    }
+}
+
+/// Sets up tracing; `RUST_LOG` overrides the configured level.
+pub fn init_logging(format: LogFormat, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}

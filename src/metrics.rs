@@ -1,0 +1,163 @@
+//! Every metric pgcell exports: name, unit and help text in one place.
+//!
+//! Names follow Prometheus conventions (`pgcell_` prefix, `_total` counters,
+//! base units). Tenant labels carry only configured tenant ids, so label
+//! cardinality is bounded by the configuration.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// TCP connections accepted on the data port, before any parsing.
+pub const TCP_ACCEPTED: &str = "pgcell_tcp_connections_accepted_total";
+/// Client connections routed to a tenant (labels: tenant, tls).
+pub const CLIENT_ACCEPTED: &str = "pgcell_client_connections_accepted_total";
+/// Client connections being served (labels: tenant, tls).
+pub const CLIENT_ACTIVE: &str = "pgcell_client_connections_active";
+/// Connections refused by routing or policy (labels: reason, tenant).
+pub const REJECTIONS: &str = "pgcell_client_rejections_total";
+/// Failures before a `StartupMessage` was complete (label: kind).
+pub const HANDSHAKE_ERRORS: &str = "pgcell_handshake_errors_total";
+/// PROXY protocol headers read (labels: version, command).
+pub const PROXY_HEADERS: &str = "pgcell_proxy_headers_total";
+/// Time to open (and secure) a backend connection (label: tenant).
+pub const BACKEND_CONNECT_SECONDS: &str = "pgcell_backend_connect_seconds";
+/// Failed backend connection attempts (label: tenant).
+pub const BACKEND_CONNECT_ERRORS: &str = "pgcell_backend_connect_errors_total";
+/// Sessions that ended because the backend went away (label: tenant).
+pub const BACKEND_LOST: &str = "pgcell_backend_lost_total";
+/// Bytes from clients to backends (label: tenant).
+pub const CLIENT_BYTES_RECEIVED: &str = "pgcell_client_received_bytes_total";
+/// Bytes from backends to clients (label: tenant).
+pub const CLIENT_BYTES_SENT: &str = "pgcell_client_sent_bytes_total";
+/// Length of client sessions (label: tenant).
+pub const SESSION_SECONDS: &str = "pgcell_session_duration_seconds";
+/// Cancel requests received (label: outcome).
+pub const CANCEL_REQUESTS: &str = "pgcell_cancel_requests_total";
+/// Errors by kind (client, policy, backend, internal) once routing started.
+pub const CONNECTION_ERRORS: &str = "pgcell_connection_errors_total";
+/// 1 while pgcell is ready to serve, else 0.
+pub const READY: &str = "pgcell_ready";
+/// Certificate reloads (label: outcome).
+pub const TLS_RELOADS: &str = "pgcell_tls_reloads_total";
+/// Configuration reloads (label: outcome).
+pub const CONFIG_RELOADS: &str = "pgcell_config_reloads_total";
+/// Health-port connections answered.
+pub const HEALTH_CHECKS: &str = "pgcell_health_checks_total";
+/// Build information (labels: version).
+pub const BUILD_INFO: &str = "pgcell_build_info";
+
+/// Label value for connections whose tenant is unknown or not configured.
+pub const NO_TENANT: &str = "";
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+const SESSION_BUCKETS: &[f64] = &[
+    0.01, 0.1, 1.0, 10.0, 60.0, 300.0, 1800.0, 3600.0, 14400.0, 86400.0,
+];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// The process-wide Prometheus recorder, installed on first use.
+///
+/// `metrics` has one global recorder per process; several pgcell servers in
+/// one process (tests) share it.
+pub fn handle() -> &'static PrometheusHandle {
+    HANDLE.get_or_init(|| {
+        let builder = PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                Matcher::Full(BACKEND_CONNECT_SECONDS.into()),
+                LATENCY_BUCKETS,
+            )
+            .and_then(|b| {
+                b.set_buckets_for_metric(Matcher::Full(SESSION_SECONDS.into()), SESSION_BUCKETS)
+            });
+        let recorder = match builder {
+            Ok(b) => b.build_recorder(),
+            // Only reachable with an empty bucket list, which the constants
+            // above are not.
+            Err(_) => PrometheusBuilder::new().build_recorder(),
+        };
+        let handle = recorder.handle();
+        // Fails only when another recorder is installed already, in which
+        // case this handle renders nothing: acceptable for embedders.
+        let _ = metrics::set_global_recorder(recorder);
+        describe();
+        metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+        handle
+    })
+}
+
+/// Runs the recorder's periodic upkeep (draining histogram buffers).
+pub async fn upkeep_loop() {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        handle().run_upkeep();
+    }
+}
+
+fn describe() {
+    describe_counter!(TCP_ACCEPTED, "TCP connections accepted on the data port.");
+    describe_counter!(CLIENT_ACCEPTED, "Client connections routed to a tenant.");
+    describe_gauge!(CLIENT_ACTIVE, "Client connections being served.");
+    describe_counter!(
+        REJECTIONS,
+        "Client connections refused by routing or policy, by reason."
+    );
+    describe_counter!(
+        HANDSHAKE_ERRORS,
+        "Connections that failed before a complete StartupMessage, by kind."
+    );
+    describe_counter!(
+        PROXY_HEADERS,
+        "PROXY protocol headers read, by version and command."
+    );
+    describe_histogram!(
+        BACKEND_CONNECT_SECONDS,
+        Unit::Seconds,
+        "Time to connect to a tenant's backend."
+    );
+    describe_counter!(
+        BACKEND_CONNECT_ERRORS,
+        "Failed connections to a tenant's backend."
+    );
+    describe_counter!(
+        BACKEND_LOST,
+        "Sessions ended by the backend closing or failing."
+    );
+    describe_counter!(
+        CLIENT_BYTES_RECEIVED,
+        Unit::Bytes,
+        "Bytes received from clients and sent on to backends."
+    );
+    describe_counter!(
+        CLIENT_BYTES_SENT,
+        Unit::Bytes,
+        "Bytes received from backends and sent on to clients."
+    );
+    describe_histogram!(
+        SESSION_SECONDS,
+        Unit::Seconds,
+        "Duration of client sessions."
+    );
+    describe_counter!(CANCEL_REQUESTS, "CancelRequests received, by outcome.");
+    describe_counter!(
+        CONNECTION_ERRORS,
+        "Connection errors after the handshake, by kind."
+    );
+    describe_gauge!(READY, "1 while pgcell is ready to serve clients.");
+    describe_counter!(
+        TLS_RELOADS,
+        "Reloads of the TLS certificate and key, by outcome."
+    );
+    describe_counter!(
+        CONFIG_RELOADS,
+        "Reloads of the configuration file, by outcome."
+    );
+    describe_counter!(HEALTH_CHECKS, "Connections answered on the health port.");
+    describe_gauge!(BUILD_INFO, "pgcell build information.");
+}

@@ -1,0 +1,176 @@
+//! Header-only framing of tagged messages: a 1-byte tag and a 4-byte length
+//! that counts itself but not the tag.
+
+use bytes::{Buf, Bytes, BytesMut};
+use thiserror::Error;
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+/// Size of a tagged message's header.
+pub const HEADER_LEN: usize = 5;
+
+/// A complete tagged message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// The message type byte, e.g. `b'R'`.
+    pub tag: u8,
+    /// Everything after the length field.
+    pub body: Bytes,
+}
+
+/// A frame that cannot be accepted.
+#[derive(Debug, Error)]
+pub enum FramingError {
+    /// Length field below 4.
+    #[error("invalid message length {0}")]
+    InvalidLength(u32),
+    /// Length above the caller's bound.
+    #[error("message of {len} bytes exceeds the limit of {max}")]
+    TooLong {
+        /// Declared length.
+        len: usize,
+        /// The bound in force.
+        max: usize,
+    },
+    /// Reading failed or the peer closed mid-message.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// Splits one complete message off the front of `buf`.
+///
+/// Returns `Ok(None)` when `buf` holds only part of a message; the bytes stay
+/// in `buf`. The body is handed on without copying.
+pub fn split_message(buf: &mut BytesMut, max: usize) -> Result<Option<Message>, FramingError> {
+    let Some(header) = buf.first_chunk::<HEADER_LEN>() else {
+        return Ok(None);
+    };
+    let tag = header[0];
+    let body_len = checked_body_len([header[1], header[2], header[3], header[4]], max)?;
+    if buf.len() < HEADER_LEN + body_len {
+        buf.reserve(HEADER_LEN + body_len - buf.len());
+        return Ok(None);
+    }
+    buf.advance(HEADER_LEN);
+    let body = buf.split_to(body_len).freeze();
+    Ok(Some(Message { tag, body }))
+}
+
+/// Reads one message from `reader`, refusing lengths above `max`.
+///
+/// Not cancel safe: a partly read message is lost when the future is dropped.
+pub async fn read_message<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    max: usize,
+) -> Result<Message, FramingError> {
+    let mut header = [0u8; HEADER_LEN];
+    reader.read_exact(&mut header).await?;
+    let body_len = checked_body_len([header[1], header[2], header[3], header[4]], max)?;
+    let mut body = BytesMut::zeroed(body_len);
+    reader.read_exact(&mut body).await?;
+    Ok(Message {
+        tag: header[0],
+        body: body.freeze(),
+    })
+}
+
+fn checked_body_len(len: [u8; 4], max: usize) -> Result<usize, FramingError> {
+    let len = u32::from_be_bytes(len);
+    if len < 4 {
+        return Err(FramingError::InvalidLength(len));
+    }
+    let body_len = len as usize - 4;
+    if body_len > max {
+        return Err(FramingError::TooLong { len: body_len, max });
+    }
+    Ok(body_len)
+}
+
+/// Follows message boundaries in a byte stream without buffering it.
+///
+/// The relay feeds every chunk it forwards through [`FrameTracker::advance`]
+/// so that it knows whether it may inject a message of its own (only between
+/// messages) and which message came last.
+#[derive(Debug, Default, Clone)]
+pub struct FrameTracker {
+    header: [u8; HEADER_LEN],
+    header_filled: usize,
+    body_left: usize,
+    last_tag: Option<u8>,
+}
+
+impl FrameTracker {
+    /// Accounts for `chunk`, the next bytes of the stream.
+    pub fn advance(&mut self, mut chunk: &[u8]) {
+        while !chunk.is_empty() {
+            if self.body_left > 0 {
+                let n = self.body_left.min(chunk.len());
+                self.body_left -= n;
+                chunk = &chunk[n..];
+                continue;
+            }
+            let n = (HEADER_LEN - self.header_filled).min(chunk.len());
+            self.header[self.header_filled..self.header_filled + n].copy_from_slice(&chunk[..n]);
+            self.header_filled += n;
+            chunk = &chunk[n..];
+            if self.header_filled == HEADER_LEN {
+                let [tag, a, b, c, d] = self.header;
+                // A length below 4 is a broken stream; treat it as an empty
+                // body so tracking goes on rather than panicking.
+                self.body_left = (u32::from_be_bytes([a, b, c, d]) as usize).saturating_sub(4);
+                self.header_filled = 0;
+                self.last_tag = Some(tag);
+            }
+        }
+    }
+
+    /// True when the stream is between two messages.
+    pub fn at_boundary(&self) -> bool {
+        self.header_filled == 0 && self.body_left == 0
+    }
+
+    /// Tag of the most recent message whose header has been seen.
+    pub fn last_tag(&self) -> Option<u8> {
+        self.last_tag
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_complete_and_partial() {
+        let mut buf = BytesMut::from(&b"Z\0\0\0\x05IS\0\0"[..]);
+        let m = split_message(&mut buf, 100).unwrap().unwrap();
+        assert_eq!(m.tag, b'Z');
+        assert_eq!(&m.body[..], b"I");
+        assert!(split_message(&mut buf, 100).unwrap().is_none());
+        assert_eq!(&buf[..], b"S\0\0");
+    }
+
+    #[test]
+    fn split_rejects_bad_lengths() {
+        let mut buf = BytesMut::from(&b"Z\0\0\0\x02"[..]);
+        assert!(matches!(
+            split_message(&mut buf, 100),
+            Err(FramingError::InvalidLength(2))
+        ));
+        let mut buf = BytesMut::from(&b"Z\0\0\x10\0"[..]);
+        assert!(matches!(
+            split_message(&mut buf, 100),
+            Err(FramingError::TooLong { .. })
+        ));
+    }
+
+    #[test]
+    fn tracker_follows_byte_at_a_time() {
+        let stream = b"Z\0\0\0\x05IC\0\0\0\x08abcdE\0\0\0\x04";
+        let mut t = FrameTracker::default();
+        for (i, b) in stream.iter().enumerate() {
+            t.advance(std::slice::from_ref(b));
+            let boundary = matches!(i, 5 | 14 | 19);
+            assert_eq!(t.at_boundary(), boundary, "at byte {i}");
+        }
+        assert_eq!(t.last_tag(), Some(b'E'));
+    }
+}

@@ -1,0 +1,164 @@
+//! The backend messages pgcell builds itself.
+//!
+//! Spec: <https://www.postgresql.org/docs/current/protocol-message-formats.html>
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use super::startup::CancelKey;
+use super::SqlState;
+
+/// Reply to `SSLRequest` accepting TLS.
+pub const SSL_ACCEPT: u8 = b'S';
+/// Reply to `SSLRequest`/`GSSENCRequest` declining encryption.
+pub const ENCRYPTION_DECLINED: u8 = b'N';
+
+/// Authentication request codes (`AuthenticationXXX`).
+pub mod auth {
+    /// `AuthenticationOk`.
+    pub const OK: i32 = 0;
+    /// `AuthenticationCleartextPassword`.
+    pub const CLEARTEXT_PASSWORD: i32 = 3;
+    /// `AuthenticationMD5Password`.
+    pub const MD5_PASSWORD: i32 = 5;
+    /// `AuthenticationSASL`.
+    pub const SASL: i32 = 10;
+    /// `AuthenticationSASLContinue`.
+    pub const SASL_CONTINUE: i32 = 11;
+    /// `AuthenticationSASLFinal`.
+    pub const SASL_FINAL: i32 = 12;
+}
+
+/// The SASL mechanism that needs channel binding to the backend's own TLS.
+pub const SCRAM_SHA_256_PLUS: &str = "SCRAM-SHA-256-PLUS";
+
+/// Appends a fatal `ErrorResponse` to `buf`.
+pub fn error_response(buf: &mut BytesMut, code: SqlState, message: &str, hint: Option<&str>) {
+    let start = begin(buf, b'E');
+    for (field, value) in [
+        (b'S', "FATAL"),
+        (b'V', "FATAL"),
+        (b'C', code.code()),
+        (b'M', message),
+    ] {
+        put_field(buf, field, value);
+    }
+    if let Some(hint) = hint {
+        put_field(buf, b'H', hint);
+    }
+    buf.put_u8(0);
+    finish(buf, start);
+}
+
+/// Appends `BackendKeyData` with `key` to `buf`.
+pub fn backend_key_data(buf: &mut BytesMut, key: CancelKey) {
+    buf.put_u8(b'K');
+    buf.put_u32(12);
+    buf.put_i32(key.pid);
+    buf.put_i32(key.secret);
+}
+
+/// Appends `NegotiateProtocolVersion`: the newest minor version pgcell
+/// supports and the protocol options it does not recognise.
+pub fn negotiate_protocol_version(buf: &mut BytesMut, newest_minor: u16, unrecognized: &[String]) {
+    let start = begin(buf, b'v');
+    buf.put_i32(i32::from(newest_minor));
+    buf.put_i32(unrecognized.len() as i32);
+    for option in unrecognized {
+        buf.put_slice(option.as_bytes());
+        buf.put_u8(0);
+    }
+    finish(buf, start);
+}
+
+/// Rewrites the body of an `AuthenticationSASL` message without
+/// `SCRAM-SHA-256-PLUS`.
+///
+/// pgcell terminates TLS, so a client's channel binding data would name
+/// pgcell's certificate, never the backend's: the mechanism cannot work
+/// through it and must not be offered. Returns `None` when the body is not a
+/// well-formed mechanism list.
+pub fn sasl_without_plus(body: &[u8]) -> Option<Bytes> {
+    let list = body.get(4..)?;
+    let mut out = BytesMut::with_capacity(body.len());
+    out.put_slice(&body[..4]);
+    let mut rest = list;
+    loop {
+        let end = rest.iter().position(|&b| b == 0)?;
+        let mechanism = &rest[..end];
+        rest = &rest[end + 1..];
+        if mechanism.is_empty() {
+            break;
+        }
+        if mechanism != SCRAM_SHA_256_PLUS.as_bytes() {
+            out.put_slice(mechanism);
+            out.put_u8(0);
+        }
+    }
+    out.put_u8(0);
+    Some(out.freeze())
+}
+
+/// Appends a tagged message with `body` to `buf`.
+pub fn tagged(buf: &mut BytesMut, tag: u8, body: &[u8]) {
+    buf.put_u8(tag);
+    buf.put_u32((body.len() + 4) as u32);
+    buf.put_slice(body);
+}
+
+fn begin(buf: &mut BytesMut, tag: u8) -> usize {
+    buf.put_u8(tag);
+    let start = buf.len();
+    buf.put_u32(0);
+    start
+}
+
+fn finish(buf: &mut BytesMut, start: usize) {
+    let len = (buf.len() - start) as u32;
+    buf[start..start + 4].copy_from_slice(&len.to_be_bytes());
+}
+
+fn put_field(buf: &mut BytesMut, field: u8, value: &str) {
+    buf.put_u8(field);
+    // A NUL inside a value would end the field early; drop it.
+    buf.extend(value.bytes().filter(|&b| b != 0));
+    buf.put_u8(0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_response_layout() {
+        let mut buf = BytesMut::new();
+        error_response(&mut buf, SqlState::CONNECTION_REJECTED, "no", Some("try"));
+        assert_eq!(buf[0], b'E');
+        let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+        assert_eq!(len, buf.len() - 1);
+        assert_eq!(
+            &buf[5..],
+            b"SFATAL\0VFATAL\0C08004\0Mno\0Htry\0\0".as_slice()
+        );
+    }
+
+    #[test]
+    fn strips_plus_only() {
+        let mut body = 10i32.to_be_bytes().to_vec();
+        body.extend_from_slice(b"SCRAM-SHA-256-PLUS\0SCRAM-SHA-256\0\0");
+        let out = sasl_without_plus(&body).unwrap();
+        let mut want = 10i32.to_be_bytes().to_vec();
+        want.extend_from_slice(b"SCRAM-SHA-256\0\0");
+        assert_eq!(&out[..], &want[..]);
+        assert!(sasl_without_plus(b"\0\0\0\x0aSCRAM").is_none());
+    }
+
+    #[test]
+    fn negotiate_layout() {
+        let mut buf = BytesMut::new();
+        negotiate_protocol_version(&mut buf, 0, &["_pq_.x".to_string()]);
+        assert_eq!(
+            &buf[..],
+            b"v\0\0\0\x13\0\0\0\0\0\0\0\x01_pq_.x\0".as_slice()
+        );
+    }
+}

@@ -1,0 +1,562 @@
+//! Tenant resolution and access policy: from a `StartupMessage` and what the
+//! connection showed (PROXY header, TLS, SNI) to a [`Route`].
+//!
+//! Resolution consults the sources in `routing.sources` order; two sources
+//! naming different tenants is an error, not a guess. Policy runs before any
+//! password is exchanged.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use rustls::ClientConfig;
+use thiserror::Error;
+
+use crate::config::{Config, RoutingSource, TenantConfig};
+use crate::protocol::startup::StartupMessage;
+use crate::tls::{self, TlsError};
+
+/// One tenant as the data path uses it.
+pub struct Tenant {
+    /// Its configuration.
+    pub config: TenantConfig,
+    /// TLS towards its backends, when enabled.
+    pub backend_tls: Option<Arc<ClientConfig>>,
+    /// Client connections being served; survives reloads.
+    active: Arc<AtomicUsize>,
+}
+
+impl Tenant {
+    /// The tenant id.
+    pub fn id(&self) -> &str {
+        &self.config.id
+    }
+}
+
+/// The tenants and the rules for finding them; swapped whole on reload.
+pub struct RoutingTable {
+    tenants: HashMap<String, Arc<Tenant>>,
+    sources: Vec<RoutingSource>,
+    sni_suffix: Option<String>,
+}
+
+/// What pgcell knows about a client before its `StartupMessage`.
+#[derive(Debug, Clone)]
+pub struct ClientInfo {
+    /// The real client address: from the PROXY header, else the socket peer.
+    pub addr: SocketAddr,
+    /// VPC endpoint id from the PROXY header.
+    pub vpce_id: Option<String>,
+    /// Whether the client connection is TLS.
+    pub tls: bool,
+    /// TLS server name the client sent.
+    pub sni: Option<String>,
+}
+
+/// A routed, admitted connection. Holds the tenant's connection slot until
+/// dropped.
+pub struct Route {
+    /// The tenant.
+    pub tenant: Arc<Tenant>,
+    _slot: Slot,
+}
+
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The tenant could not be determined.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum RouteError {
+    /// No source named a tenant.
+    #[error("no tenant named")]
+    Missing,
+    /// A source named a tenant that is not configured.
+    #[error("unknown tenant {0:?}")]
+    Unknown(String),
+    /// Two sources named different tenants.
+    #[error("tenant {first:?} from {first_source} conflicts with {second:?} from {second_source}")]
+    Conflict {
+        /// First tenant named.
+        first: String,
+        /// Where it came from.
+        first_source: &'static str,
+        /// Second tenant named.
+        second: String,
+        /// Where it came from.
+        second_source: &'static str,
+    },
+}
+
+/// The tenant's policy refused the connection.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum PolicyError {
+    /// The tenant needs a VPC endpoint id and there was none.
+    #[error("no VPC endpoint id and tenant requires one")]
+    VpceMissing,
+    /// The VPC endpoint is not in `allowed_vpce_ids`.
+    #[error("VPC endpoint {0} not allowed")]
+    VpceNotAllowed(String),
+    /// The client address is outside `allowed_cidrs`.
+    #[error("client address {0} not allowed")]
+    CidrNotAllowed(std::net::IpAddr),
+    /// Plaintext to a tenant with `require_tls`.
+    #[error("tenant requires TLS")]
+    TlsRequired,
+    /// `max_client_connections` reached.
+    #[error("tenant connection limit of {0} reached")]
+    TooManyConnections(usize),
+}
+
+impl RouteError {
+    /// Metric label for the rejection.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            RouteError::Missing => "missing_tenant",
+            RouteError::Unknown(_) => "unknown_tenant",
+            RouteError::Conflict { .. } => "tenant_conflict",
+        }
+    }
+}
+
+impl PolicyError {
+    /// Metric label for the rejection.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            PolicyError::VpceMissing => "vpce_missing",
+            PolicyError::VpceNotAllowed(_) => "vpce_not_allowed",
+            PolicyError::CidrNotAllowed(_) => "cidr_not_allowed",
+            PolicyError::TlsRequired => "tls_required",
+            PolicyError::TooManyConnections(_) => "tenant_connection_limit",
+        }
+    }
+}
+
+impl RoutingTable {
+    /// Builds the table from `config`, carrying connection counts over from
+    /// `previous` for tenants that stay.
+    pub fn build(
+        config: &Config,
+        previous: Option<&RoutingTable>,
+    ) -> Result<RoutingTable, TlsError> {
+        let mut tenants = HashMap::new();
+        for t in &config.tenants {
+            let backend_tls = tls::backend_client_config(t.backend_tls, t.backend_ca.as_deref())?;
+            let active = previous
+                .and_then(|p| p.tenants.get(&t.id))
+                .map(|old| old.active.clone())
+                .unwrap_or_default();
+            tenants.insert(
+                t.id.clone(),
+                Arc::new(Tenant {
+                    config: t.clone(),
+                    backend_tls,
+                    active,
+                }),
+            );
+        }
+        Ok(RoutingTable {
+            tenants,
+            sources: config.routing.sources.clone(),
+            sni_suffix: config.routing.sni_suffix.clone(),
+        })
+    }
+
+    /// Whether `id` is a configured tenant (for metric labels).
+    pub fn contains(&self, id: &str) -> bool {
+        self.tenants.contains_key(id)
+    }
+
+    /// Finds the tenant of a connection and rewrites `startup` for its
+    /// backend: the tenant token leaves `options`, `USER.TENANT` becomes
+    /// `USER`, and a tenant's fixed database replaces the client's.
+    pub fn resolve(
+        &self,
+        startup: &mut StartupMessage,
+        sni: Option<&str>,
+    ) -> Result<Arc<Tenant>, RouteError> {
+        let mut claim: Option<(String, &'static str)> = None;
+        let mut user_rewrite = None;
+        let mut weak_user_claim = None;
+        for source in &self.sources {
+            let found = match source {
+                RoutingSource::Sni => sni.and_then(|name| self.tenant_from_sni(name)),
+                RoutingSource::Options => tenant_from_options(startup)?,
+                RoutingSource::User => match startup.get("user").and_then(split_user) {
+                    Some((user, tenant)) if self.tenants.contains_key(tenant) => {
+                        user_rewrite = Some(user.to_owned());
+                        Some(tenant.to_owned())
+                    }
+                    // `first.last` users are common: a suffix that is no
+                    // tenant only counts when nothing else names one.
+                    Some((_, tenant)) => {
+                        weak_user_claim = Some(tenant.to_owned());
+                        None
+                    }
+                    None => None,
+                },
+            };
+            let Some(id) = found else { continue };
+            let name = source_name(*source);
+            match &claim {
+                None => claim = Some((id, name)),
+                Some((first, _)) if *first == id => {}
+                Some((first, first_source)) => {
+                    return Err(RouteError::Conflict {
+                        first: first.clone(),
+                        first_source,
+                        second: id,
+                        second_source: name,
+                    })
+                }
+            }
+        }
+        let id = match (claim, weak_user_claim) {
+            (Some((id, _)), _) => id,
+            (None, Some(id)) => return Err(RouteError::Unknown(id)),
+            (None, None) => return Err(RouteError::Missing),
+        };
+        let tenant = self
+            .tenants
+            .get(&id)
+            .cloned()
+            .ok_or(RouteError::Unknown(id))?;
+        if let Some(user) = user_rewrite {
+            startup.set("user", user);
+        }
+        if let Some(db) = &tenant.config.database {
+            startup.set("database", db.clone());
+        }
+        Ok(tenant)
+    }
+
+    fn tenant_from_sni(&self, name: &str) -> Option<String> {
+        let suffix = self.sni_suffix.as_deref()?;
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        let prefix = name.strip_suffix(suffix)?.strip_suffix('.')?;
+        let label = prefix.split('.').next()?;
+        (!label.is_empty()).then(|| label.to_owned())
+    }
+
+    /// How a client may name its tenant, for error hints.
+    pub fn how_to_name_tenant(&self) -> String {
+        let ways: Vec<String> = self
+            .sources
+            .iter()
+            .map(|s| match s {
+                RoutingSource::Sni => format!(
+                    "connect to host <tenant>.{} with TLS",
+                    self.sni_suffix.as_deref().unwrap_or("<suffix>")
+                ),
+                RoutingSource::Options => "add options=tenant=<tenant>".to_owned(),
+                RoutingSource::User => "use the user name <user>.<tenant>".to_owned(),
+            })
+            .collect();
+        format!("Name your tenant: {}.", ways.join(", or "))
+    }
+}
+
+/// Checks `tenant`'s policy for `client` and takes a connection slot.
+pub fn admit(tenant: Arc<Tenant>, client: &ClientInfo) -> Result<Route, PolicyError> {
+    let policy = &tenant.config;
+    if !policy.allowed_vpce_ids.is_empty() {
+        match &client.vpce_id {
+            None => return Err(PolicyError::VpceMissing),
+            Some(id) if !policy.allowed_vpce_ids.iter().any(|a| a == id) => {
+                return Err(PolicyError::VpceNotAllowed(id.clone()))
+            }
+            Some(_) => {}
+        }
+    }
+    if !policy.allowed_cidrs.is_empty() {
+        let ip = canonical_ip(client.addr.ip());
+        if !policy.allowed_cidrs.iter().any(|net| net.contains(&ip)) {
+            return Err(PolicyError::CidrNotAllowed(ip));
+        }
+    }
+    if policy.require_tls && !client.tls {
+        return Err(PolicyError::TlsRequired);
+    }
+    let limit = policy.max_client_connections;
+    let taken = tenant
+        .active
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < limit).then_some(n + 1)
+        });
+    if taken.is_err() {
+        return Err(PolicyError::TooManyConnections(limit));
+    }
+    let slot = Slot(tenant.active.clone());
+    Ok(Route {
+        tenant,
+        _slot: slot,
+    })
+}
+
+/// IPv4-mapped IPv6 addresses compare as IPv4.
+fn canonical_ip(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map(std::net::IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
+}
+
+fn source_name(source: RoutingSource) -> &'static str {
+    match source {
+        RoutingSource::Sni => "the TLS server name",
+        RoutingSource::Options => "options",
+        RoutingSource::User => "the user name",
+    }
+}
+
+fn split_user(user: &str) -> Option<(&str, &str)> {
+    let (user, tenant) = user.rsplit_once('.')?;
+    (!user.is_empty() && !tenant.is_empty()).then_some((user, tenant))
+}
+
+/// Takes `tenant=ID` / `endpoint=ID` tokens out of the `options` parameter.
+fn tenant_from_options(startup: &mut StartupMessage) -> Result<Option<String>, RouteError> {
+    let Some(options) = startup.get("options") else {
+        return Ok(None);
+    };
+    let mut found: Option<String> = None;
+    let mut kept = Vec::new();
+    for token in split_options(options) {
+        let value = token
+            .unescaped
+            .strip_prefix("tenant=")
+            .or_else(|| token.unescaped.strip_prefix("endpoint="));
+        match value {
+            Some(id) => {
+                if let Some(prev) = &found {
+                    if prev != id {
+                        return Err(RouteError::Conflict {
+                            first: prev.clone(),
+                            first_source: "options",
+                            second: id.to_owned(),
+                            second_source: "options",
+                        });
+                    }
+                }
+                found = Some(id.to_owned());
+            }
+            None => kept.push(token.raw),
+        }
+    }
+    if found.is_some() {
+        if kept.is_empty() {
+            startup.remove("options");
+        } else {
+            startup.set("options", kept.join(" "));
+        }
+    }
+    Ok(found)
+}
+
+struct OptionToken {
+    raw: String,
+    unescaped: String,
+}
+
+/// Splits `options` as PostgreSQL does: on whitespace, with `\` escaping
+/// the next character.
+fn split_options(options: &str) -> Vec<OptionToken> {
+    let mut tokens = Vec::new();
+    let mut chars = options.chars().peekable();
+    loop {
+        while chars.peek().is_some_and(|c| c.is_ascii_whitespace()) {
+            chars.next();
+        }
+        if chars.peek().is_none() {
+            return tokens;
+        }
+        let mut raw = String::new();
+        let mut unescaped = String::new();
+        while let Some(&c) = chars.peek() {
+            if c.is_ascii_whitespace() {
+                break;
+            }
+            chars.next();
+            raw.push(c);
+            if c == '\\' {
+                if let Some(next) = chars.next() {
+                    raw.push(next);
+                    unescaped.push(next);
+                }
+            } else {
+                unescaped.push(c);
+            }
+        }
+        tokens.push(OptionToken { raw, unescaped });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn table(sources: &str) -> RoutingTable {
+        let text = format!(
+            r#"
+            [listen]
+            addr = "127.0.0.1:0"
+            [routing]
+            sni_suffix = "pg.example.com"
+            sources = {sources}
+            [[tenants]]
+            id = "acme"
+            backends = ["127.0.0.1:1"]
+            [[tenants]]
+            id = "globex"
+            backends = ["127.0.0.1:2"]
+            database = "globex_db"
+            max_client_connections = 1
+            allowed_vpce_ids = ["vpce-0123456789abcdef0"]
+            allowed_cidrs = ["10.0.0.0/8"]
+            require_tls = true
+        "#
+        );
+        let config = Config::parse(&text, Path::new(".")).unwrap();
+        RoutingTable::build(&config, None).unwrap()
+    }
+
+    fn startup(params: &[(&str, &str)]) -> StartupMessage {
+        StartupMessage {
+            minor: 0,
+            params: params
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    const ALL: &str = r#"["sni", "options", "user"]"#;
+
+    #[test]
+    fn sni_label() {
+        let t = table(ALL);
+        let mut s = startup(&[("user", "u")]);
+        assert_eq!(
+            t.resolve(&mut s, Some("ACME.pg.example.com")).unwrap().id(),
+            "acme"
+        );
+        assert_eq!(
+            t.resolve(&mut s, Some("other.example.com")).err(),
+            Some(RouteError::Missing)
+        );
+    }
+
+    #[test]
+    fn options_token_is_removed() {
+        let t = table(ALL);
+        let mut s = startup(&[
+            ("user", "u"),
+            ("options", "-c search_path=x tenant=acme --foo=a\\ b"),
+        ]);
+        assert_eq!(t.resolve(&mut s, None).unwrap().id(), "acme");
+        assert_eq!(s.get("options"), Some("-c search_path=x --foo=a\\ b"));
+        let mut s = startup(&[("user", "u"), ("options", "endpoint=globex")]);
+        assert_eq!(t.resolve(&mut s, None).unwrap().id(), "globex");
+        assert_eq!(s.get("options"), None);
+        assert_eq!(s.get("database"), Some("globex_db"));
+    }
+
+    #[test]
+    fn user_suffix_is_rewritten() {
+        let t = table(ALL);
+        let mut s = startup(&[("user", "alice.acme")]);
+        assert_eq!(t.resolve(&mut s, None).unwrap().id(), "acme");
+        assert_eq!(s.get("user"), Some("alice"));
+        // A dotted user name whose suffix is no tenant is left alone when
+        // another source names the tenant...
+        let mut s = startup(&[("user", "john.doe"), ("options", "tenant=acme")]);
+        assert_eq!(t.resolve(&mut s, None).unwrap().id(), "acme");
+        assert_eq!(s.get("user"), Some("john.doe"));
+        // ...and is an unknown tenant when nothing else does.
+        let mut s = startup(&[("user", "john.doe")]);
+        assert_eq!(
+            t.resolve(&mut s, None).err(),
+            Some(RouteError::Unknown("doe".into()))
+        );
+    }
+
+    #[test]
+    fn conflicts_and_unknowns() {
+        let t = table(ALL);
+        let mut s = startup(&[("user", "u.globex")]);
+        assert!(matches!(
+            t.resolve(&mut s, Some("acme.pg.example.com")),
+            Err(RouteError::Conflict { .. })
+        ));
+        let mut s = startup(&[("user", "u"), ("options", "tenant=acme tenant=globex")]);
+        assert!(matches!(
+            t.resolve(&mut s, None),
+            Err(RouteError::Conflict { .. })
+        ));
+        let mut s = startup(&[("user", "u"), ("options", "tenant=nope")]);
+        assert_eq!(
+            t.resolve(&mut s, None).err(),
+            Some(RouteError::Unknown("nope".into()))
+        );
+        let mut s = startup(&[("user", "u")]);
+        assert_eq!(t.resolve(&mut s, None).err(), Some(RouteError::Missing));
+    }
+
+    #[test]
+    fn disabled_sources_are_ignored() {
+        let t = table(r#"["options"]"#);
+        let mut s = startup(&[("user", "u.acme")]);
+        assert_eq!(
+            t.resolve(&mut s, Some("acme.pg.example.com")).err(),
+            Some(RouteError::Missing)
+        );
+        assert!(!t.how_to_name_tenant().contains("globex"));
+    }
+
+    #[test]
+    fn policy_in_order_and_slots() {
+        let t = table(ALL);
+        let globex = t.tenants["globex"].clone();
+        let mut client = ClientInfo {
+            addr: "10.1.1.1:5".parse().unwrap(),
+            vpce_id: None,
+            tls: true,
+            sni: None,
+        };
+        assert_eq!(
+            admit(globex.clone(), &client).err(),
+            Some(PolicyError::VpceMissing)
+        );
+        client.vpce_id = Some("vpce-ffffffffffffffff0".into());
+        assert!(matches!(
+            admit(globex.clone(), &client),
+            Err(PolicyError::VpceNotAllowed(_))
+        ));
+        client.vpce_id = Some("vpce-0123456789abcdef0".into());
+        client.addr = "192.168.1.1:5".parse().unwrap();
+        assert!(matches!(
+            admit(globex.clone(), &client),
+            Err(PolicyError::CidrNotAllowed(_))
+        ));
+        client.addr = "[::ffff:10.2.2.2]:5".parse().unwrap();
+        client.tls = false;
+        assert_eq!(
+            admit(globex.clone(), &client).err(),
+            Some(PolicyError::TlsRequired)
+        );
+        client.tls = true;
+        let first = admit(globex.clone(), &client).unwrap();
+        assert_eq!(
+            admit(globex.clone(), &client).err(),
+            Some(PolicyError::TooManyConnections(1))
+        );
+        drop(first);
+        assert!(admit(globex, &client).is_ok());
+    }
+}

@@ -1,0 +1,297 @@
+//! The server: what one pgcell process shares between connections, and its
+//! start, reload and stop.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, Semaphore};
+
+use crate::cancel::CancelMap;
+use crate::config::{Config, ConfigError, ProxyMode, TlsMode};
+use crate::health::HealthPort;
+use crate::lifecycle::{Lifecycle, State};
+use crate::route::RoutingTable;
+use crate::tls::{ServerTls, TlsError};
+
+/// Settings fixed for the life of the process.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// PROXY protocol expectation on the data port.
+    pub proxy_protocol: ProxyMode,
+    /// Client TLS policy.
+    pub tls_mode: TlsMode,
+    /// Deadline for a complete `StartupMessage`.
+    pub startup_timeout: Duration,
+    /// Backend connect timeout.
+    pub connect_timeout: Duration,
+    /// Backend authentication timeout.
+    pub auth_timeout: Duration,
+    /// TCP keepalive idle time.
+    pub tcp_keepalive: Duration,
+    /// Time sessions get to finish on shutdown.
+    pub shutdown_grace: Duration,
+}
+
+/// State shared by every connection of one server.
+pub struct Shared {
+    /// Fixed settings.
+    pub settings: Settings,
+    /// Client TLS, unless disabled.
+    pub tls: Option<ServerTls>,
+    /// Tenants; swapped whole on reload.
+    pub routes: ArcSwap<RoutingTable>,
+    /// Cancel keys issued.
+    pub cancel: CancelMap,
+    /// Global client connection slots.
+    pub clients: Arc<Semaphore>,
+    /// Lifecycle state.
+    pub lifecycle: Lifecycle,
+    config_path: Option<PathBuf>,
+}
+
+/// Why the server could not start.
+#[derive(Debug, Error)]
+pub enum StartError {
+    /// TLS files unusable.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// A port could not be bound.
+    #[error("cannot bind {what} {addr}: {error}")]
+    Bind {
+        /// Which port.
+        what: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        error: std::io::Error,
+    },
+}
+
+/// Why a reload was refused; the running configuration stays.
+#[derive(Debug, Error)]
+pub enum ReloadError {
+    /// The file is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// TLS files are unusable.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+}
+
+/// Requests to a running server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    /// Re-read the config file and the TLS certificate (SIGHUP).
+    Reload,
+    /// Stop gracefully (SIGTERM).
+    Shutdown,
+}
+
+/// A bound, not yet serving, server.
+pub struct Server {
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    health: Option<HealthPort>,
+    admin: Option<TcpListener>,
+    control_tx: mpsc::UnboundedSender<Control>,
+    control_rx: mpsc::UnboundedReceiver<Control>,
+}
+
+/// Controls a server from outside: signals, tests.
+#[derive(Clone)]
+pub struct ServerHandle {
+    tx: mpsc::UnboundedSender<Control>,
+    shared: Arc<Shared>,
+}
+
+impl Server {
+    /// Loads TLS, builds the routing table and binds every port. Reads
+    /// `config_path` again on reload, when given.
+    pub async fn bind(config: Config, config_path: Option<PathBuf>) -> Result<Server, StartError> {
+        let tls = match (config.tls.mode, &config.tls.cert, &config.tls.key) {
+            (TlsMode::Disable, _, _) => None,
+            (_, Some(cert), Some(key)) => Some(ServerTls::load(cert, key)?),
+            // Config::parse rejects this combination.
+            _ => None,
+        };
+        let routes = RoutingTable::build(&config, None)?;
+        let bind = |what, addr| move |error| StartError::Bind { what, addr, error };
+        let listener = TcpListener::bind(config.listen.addr)
+            .await
+            .map_err(bind("listen.addr", config.listen.addr))?;
+        let health = match config.listen.health_addr {
+            Some(addr) => Some(HealthPort::bind(addr).map_err(bind("listen.health_addr", addr))?),
+            None => None,
+        };
+        let admin = match config.listen.admin_addr {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(bind("listen.admin_addr", addr))?,
+            ),
+            None => None,
+        };
+        let settings = Settings {
+            proxy_protocol: config.listen.proxy_protocol,
+            tls_mode: config.tls.mode,
+            startup_timeout: config.listen.startup_timeout,
+            connect_timeout: config.backend.connect_timeout,
+            auth_timeout: config.backend.auth_timeout,
+            tcp_keepalive: config.listen.tcp_keepalive,
+            shutdown_grace: config.shutdown_grace,
+        };
+        let shared = Arc::new(Shared {
+            settings,
+            tls,
+            routes: ArcSwap::from_pointee(routes),
+            cancel: CancelMap::default(),
+            clients: Arc::new(Semaphore::new(config.listen.max_client_connections)),
+            lifecycle: Lifecycle::default(),
+            config_path,
+        });
+        // Install the recorder before the first connection counts anything.
+        crate::metrics::handle();
+        let (control_tx, control_rx) = mpsc::unbounded_channel();
+        Ok(Server {
+            shared,
+            listener,
+            health,
+            admin,
+            control_tx,
+            control_rx,
+        })
+    }
+
+    /// The data port's address.
+    pub fn addr(&self) -> SocketAddr {
+        // Bound sockets have addresses; a failure here would be a kernel bug.
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// The health port's address, when configured.
+    pub fn health_addr(&self) -> Option<SocketAddr> {
+        self.health.as_ref().map(HealthPort::addr)
+    }
+
+    /// The admin port's address, when configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// A handle for reload and shutdown.
+    pub fn handle(&self) -> ServerHandle {
+        ServerHandle {
+            tx: self.control_tx.clone(),
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Serves until shut down, then lets sessions finish within the grace
+    /// period.
+    pub async fn serve(self) {
+        let Server {
+            shared,
+            listener,
+            health,
+            admin,
+            control_rx,
+            control_tx: _,
+        } = self;
+        let mut background = tokio::task::JoinSet::new();
+        background.spawn(crate::metrics::upkeep_loop());
+        if let Some(health) = health {
+            background.spawn(health.serve(shared.lifecycle.subscribe()));
+        }
+        if let Some(admin) = admin {
+            background.spawn(crate::admin::serve(admin, shared.clone()));
+        }
+        shared.lifecycle.set(State::Ready);
+        tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "pgcell ready");
+        let mut sessions = crate::listener::accept_loop(&listener, &shared, control_rx).await;
+        shared.lifecycle.set(State::Stopping);
+        drop(listener);
+        let grace = shared.settings.shutdown_grace;
+        tracing::info!(
+            sessions = sessions.len(),
+            grace_s = grace.as_secs_f64(),
+            "waiting for sessions to finish"
+        );
+        let drained = tokio::time::timeout(grace, async {
+            while sessions.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                sessions = sessions.len(),
+                "grace period over: closing remaining sessions"
+            );
+            sessions.shutdown().await;
+        }
+        shared.lifecycle.set(State::Stopped);
+        // Let the admin server finish its graceful shutdown, briefly.
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            while background.join_next().await.is_some() {
+                if background.len() == 1 {
+                    break;
+                }
+            }
+        })
+        .await;
+        background.shutdown().await;
+        tracing::info!("pgcell stopped");
+    }
+}
+
+impl ServerHandle {
+    /// Asks the server to reload its config and TLS certificate.
+    pub fn reload(&self) {
+        let _ = self.tx.send(Control::Reload);
+    }
+
+    /// Asks the server to stop gracefully.
+    pub fn shutdown(&self) {
+        let _ = self.tx.send(Control::Shutdown);
+    }
+
+    /// The current lifecycle state.
+    pub fn state(&self) -> State {
+        self.shared.lifecycle.state()
+    }
+
+    /// Client sessions holding a global slot now.
+    pub fn cancel_keys(&self) -> usize {
+        self.shared.cancel.len()
+    }
+}
+
+impl Shared {
+    /// Re-reads the TLS certificate and key, and the config file's tenants
+    /// and routing. Listener addresses and timeouts need a restart.
+    pub fn reload(&self) -> Result<(), ReloadError> {
+        if let Some(tls) = &self.tls {
+            let result = tls.reload();
+            let outcome = if result.is_ok() { "ok" } else { "error" };
+            metrics::counter!(crate::metrics::TLS_RELOADS, "outcome" => outcome).increment(1);
+            result?;
+        }
+        if let Some(path) = &self.config_path {
+            let result = Config::load(path)
+                .map_err(ReloadError::from)
+                .and_then(|config| {
+                    let previous = self.routes.load();
+                    Ok(RoutingTable::build(&config, Some(&previous))?)
+                });
+            let outcome = if result.is_ok() { "ok" } else { "error" };
+            metrics::counter!(crate::metrics::CONFIG_RELOADS, "outcome" => outcome).increment(1);
+            self.routes.store(Arc::new(result?));
+        }
+        Ok(())
+    }
+}

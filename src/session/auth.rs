@@ -1,0 +1,196 @@
+//! Passthrough authentication: the backend authenticates the client itself
+//! and pgcell relays the exchange, changing only two things:
+//!
+//! - `SCRAM-SHA-256-PLUS` leaves the backend's SASL mechanism list, since
+//!   channel binding would bind to pgcell's certificate, not the backend's;
+//! - `BackendKeyData` is replaced by a key pgcell issues, so cancel
+//!   requests come to pgcell and are routed by it.
+//!
+//! Spec: <https://www.postgresql.org/docs/current/protocol-flow.html#PROTOCOL-FLOW-START-UP>
+
+use std::net::SocketAddr;
+
+use bytes::{Buf, BytesMut};
+use thiserror::Error;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+use crate::cancel::{CancelMap, CancelTarget, Registration};
+use crate::protocol::framing::{read_message, FramingError, Message};
+use crate::protocol::messages::{self, auth};
+use crate::protocol::startup::CancelKey;
+
+/// Longest backend message accepted before `ReadyForQuery`.
+pub const MAX_BACKEND_STARTUP_MESSAGE_LEN: usize = 1 << 20;
+/// Longest client authentication message, as PostgreSQL's
+/// `PG_MAX_AUTH_TOKEN_LENGTH`.
+pub const MAX_CLIENT_AUTH_MESSAGE_LEN: usize = 65_535;
+
+/// How the exchange ended when nothing broke.
+pub enum AuthEnd {
+    /// The backend sent `ReadyForQuery`; the session can start.
+    Ready(Option<Registration>),
+    /// The backend refused the client with an `ErrorResponse`, already
+    /// forwarded.
+    Rejected {
+        /// The SQLSTATE the backend gave.
+        code: String,
+    },
+    /// The client sent `Terminate` or closed.
+    ClientQuit,
+}
+
+/// The exchange broke.
+#[derive(Debug, Error)]
+pub enum AuthRelayError {
+    /// Reading or writing the backend failed, or it sent a bad frame.
+    #[error("backend during authentication: {0}")]
+    Backend(FramingError),
+    /// Reading or writing the client failed, or it sent a bad frame.
+    #[error("client during authentication: {0}")]
+    Client(FramingError),
+    /// The backend asked for a method pgcell cannot relay (GSS, SSPI).
+    #[error("backend requested unsupported authentication method {0}")]
+    UnsupportedMethod(i32),
+    /// The backend sent something that breaks the protocol.
+    #[error("backend sent a malformed {0}")]
+    MalformedBackend(&'static str),
+    /// The client sent something other than an authentication response.
+    #[error("expected an authentication response, got message type {0:?}")]
+    UnexpectedClientMessage(char),
+}
+
+/// Relays messages from the backend's first answer to `ReadyForQuery`.
+/// Not cancel safe.
+pub async fn relay<C, B>(
+    client: &mut C,
+    backend: &mut B,
+    cancel: &CancelMap,
+    backend_addr: SocketAddr,
+) -> Result<AuthEnd, AuthRelayError>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut out = BytesMut::with_capacity(1024);
+    let mut registration = None;
+    loop {
+        let msg = read_message(backend, MAX_BACKEND_STARTUP_MESSAGE_LEN)
+            .await
+            .map_err(AuthRelayError::Backend)?;
+        match msg.tag {
+            b'R' => {
+                let code = auth_code(&msg)?;
+                let needs_answer = match code {
+                    auth::OK | auth::SASL_FINAL => false,
+                    auth::CLEARTEXT_PASSWORD | auth::MD5_PASSWORD | auth::SASL_CONTINUE => true,
+                    auth::SASL => true,
+                    other => return Err(AuthRelayError::UnsupportedMethod(other)),
+                };
+                if code == auth::SASL {
+                    let body = messages::sasl_without_plus(&msg.body)
+                        .ok_or(AuthRelayError::MalformedBackend("AuthenticationSASL"))?;
+                    messages::tagged(&mut out, b'R', &body);
+                } else {
+                    messages::tagged(&mut out, b'R', &msg.body);
+                }
+                if needs_answer {
+                    flush(client, &mut out)
+                        .await
+                        .map_err(AuthRelayError::Client)?;
+                    let answer = read_message(client, MAX_CLIENT_AUTH_MESSAGE_LEN)
+                        .await
+                        .map_err(AuthRelayError::Client)?;
+                    match answer.tag {
+                        b'p' => {}
+                        b'X' => return Ok(AuthEnd::ClientQuit),
+                        other => {
+                            return Err(AuthRelayError::UnexpectedClientMessage(other as char))
+                        }
+                    }
+                    messages::tagged(&mut out, b'p', &answer.body);
+                    flush(backend, &mut out)
+                        .await
+                        .map_err(AuthRelayError::Backend)?;
+                }
+            }
+            b'K' => {
+                let mut body = msg.body.clone();
+                if body.len() != 8 {
+                    return Err(AuthRelayError::MalformedBackend("BackendKeyData"));
+                }
+                let key = CancelKey {
+                    pid: body.get_i32(),
+                    secret: body.get_i32(),
+                };
+                let reg = cancel.register(CancelTarget {
+                    addr: backend_addr,
+                    key,
+                });
+                messages::backend_key_data(&mut out, reg.key());
+                registration = Some(reg);
+            }
+            b'E' => {
+                messages::tagged(&mut out, b'E', &msg.body);
+                // The client may be gone already; the rejection stands.
+                let _ = flush(client, &mut out).await;
+                return Ok(AuthEnd::Rejected {
+                    code: error_code(&msg.body).unwrap_or_default(),
+                });
+            }
+            b'Z' => {
+                messages::tagged(&mut out, b'Z', &msg.body);
+                flush(client, &mut out)
+                    .await
+                    .map_err(AuthRelayError::Client)?;
+                return Ok(AuthEnd::Ready(registration));
+            }
+            // ParameterStatus, NoticeResponse, NegotiateProtocolVersion.
+            tag => messages::tagged(&mut out, tag, &msg.body),
+        }
+    }
+}
+
+fn auth_code(msg: &Message) -> Result<i32, AuthRelayError> {
+    msg.body
+        .first_chunk::<4>()
+        .map(|c| i32::from_be_bytes(*c))
+        .ok_or(AuthRelayError::MalformedBackend("Authentication request"))
+}
+
+/// The `C` (SQLSTATE) field of an `ErrorResponse` body.
+pub fn error_code(body: &[u8]) -> Option<String> {
+    let mut rest = body;
+    while let Some((&field, tail)) = rest.split_first() {
+        if field == 0 {
+            break;
+        }
+        let end = tail.iter().position(|&b| b == 0)?;
+        if field == b'C' {
+            return Some(String::from_utf8_lossy(&tail[..end]).into_owned());
+        }
+        rest = &tail[end + 1..];
+    }
+    None
+}
+
+async fn flush<W: AsyncWrite + Unpin>(w: &mut W, out: &mut BytesMut) -> Result<(), FramingError> {
+    w.write_all(out).await?;
+    w.flush().await?;
+    out.clear();
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_sqlstate() {
+        assert_eq!(
+            error_code(b"SFATAL\0VFATAL\0C28P01\0Mpassword authentication failed\0\0"),
+            Some("28P01".into())
+        );
+        assert_eq!(error_code(b"SFATAL\0\0"), None);
+        assert_eq!(error_code(b"SFATAL"), None);
+    }
+}

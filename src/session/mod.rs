@@ -1,0 +1,442 @@
+//! One client connection from accept to close: negotiation, routing and
+//! policy, backend connection, authentication relay, relay. Every failure
+//! becomes at most one `ErrorResponse` (through [`SessionError::client_error`]),
+//! one metric increment labelled with its kind, and one log line.
+
+pub mod auth;
+pub mod relay;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use thiserror::Error;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::backend::{self, ConnectError};
+use crate::handshake::{self, ClientStream, HandshakeConfig, HandshakeError, Negotiated};
+use crate::lifecycle::State;
+use crate::metrics as m;
+use crate::protocol::messages;
+use crate::protocol::startup::StartupMessage;
+use crate::protocol::SqlState;
+use crate::route::{self, ClientInfo, PolicyError, RouteError};
+use crate::server::Shared;
+use auth::{AuthEnd, AuthRelayError};
+use relay::{RelayBytes, RelayCounters, RelayEnd};
+
+/// Who is to blame; the metric label of every error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The client sent something wrong or went away.
+    Client,
+    /// Routing or policy refused the client.
+    Policy,
+    /// The backend failed or refused.
+    Backend,
+    /// pgcell itself (shutting down, limits).
+    Internal,
+}
+
+impl ErrorKind {
+    /// Metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            ErrorKind::Client => "client",
+            ErrorKind::Policy => "policy",
+            ErrorKind::Backend => "backend",
+            ErrorKind::Internal => "internal",
+        }
+    }
+}
+
+/// Why a session ended early.
+#[derive(Debug, Error)]
+pub enum SessionError {
+    /// Negotiation failed (already reported to the client).
+    #[error(transparent)]
+    Handshake(#[from] HandshakeError),
+    /// No tenant could be found.
+    #[error(transparent)]
+    Route(#[from] RouteError),
+    /// The tenant's policy refused the client.
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    /// `listen.max_client_connections` reached.
+    #[error("global client connection limit reached")]
+    TooManyClients,
+    /// pgcell is shutting down.
+    #[error("shutting down")]
+    ShuttingDown,
+    /// No backend could be reached.
+    #[error(transparent)]
+    BackendConnect(#[from] ConnectError),
+    /// The authentication exchange broke.
+    #[error(transparent)]
+    AuthRelay(#[from] AuthRelayError),
+    /// The backend did not finish authentication in time.
+    #[error("backend authentication timed out")]
+    AuthTimeout,
+    /// The backend refused the client (its `ErrorResponse` was forwarded).
+    #[error("backend refused the connection with SQLSTATE {0}")]
+    BackendRejected(String),
+    /// The backend went away during the session.
+    #[error("backend connection lost")]
+    BackendLost,
+    /// The client connection failed during the session.
+    #[error("client connection failed: {0}")]
+    ClientIo(std::io::Error),
+}
+
+impl SessionError {
+    /// Who is to blame.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            SessionError::Handshake(_) | SessionError::ClientIo(_) => ErrorKind::Client,
+            SessionError::Route(_) | SessionError::Policy(_) => ErrorKind::Policy,
+            SessionError::TooManyClients | SessionError::ShuttingDown => ErrorKind::Internal,
+            SessionError::BackendConnect(_)
+            | SessionError::AuthTimeout
+            | SessionError::BackendRejected(_)
+            | SessionError::BackendLost => ErrorKind::Backend,
+            SessionError::AuthRelay(
+                AuthRelayError::Client(_) | AuthRelayError::UnexpectedClientMessage(_),
+            ) => ErrorKind::Client,
+            SessionError::AuthRelay(_) => ErrorKind::Backend,
+        }
+    }
+
+    /// Short outcome label for logs.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            SessionError::Handshake(e) => e.kind(),
+            SessionError::Route(e) => e.reason(),
+            SessionError::Policy(e) => e.reason(),
+            SessionError::TooManyClients => "global_connection_limit",
+            SessionError::ShuttingDown => "shutting_down",
+            SessionError::BackendConnect(_) => "backend_unreachable",
+            SessionError::AuthRelay(_) => "auth_relay_failed",
+            SessionError::AuthTimeout => "auth_timeout",
+            SessionError::BackendRejected(_) => "backend_rejected",
+            SessionError::BackendLost => "backend_lost",
+            SessionError::ClientIo(_) => "client_lost",
+        }
+    }
+
+    /// What the client is told. Internal detail never reaches it: policy
+    /// denials name no rule, backend failures name no address.
+    pub fn client_error(
+        &self,
+        how_to_name_tenant: &str,
+    ) -> Option<(SqlState, String, Option<String>)> {
+        let hint = Some(how_to_name_tenant.to_owned());
+        match self {
+            // Negotiation errors are reported where they happen.
+            SessionError::Handshake(_)
+            | SessionError::ClientIo(_)
+            | SessionError::BackendRejected(_) => None,
+            SessionError::Route(RouteError::Missing) => Some((
+                SqlState::CONNECTION_REJECTED,
+                "no tenant specified".into(),
+                hint,
+            )),
+            SessionError::Route(RouteError::Unknown(id)) => Some((
+                SqlState::CONNECTION_REJECTED,
+                format!("unknown tenant \"{id}\""),
+                hint,
+            )),
+            SessionError::Route(RouteError::Conflict { .. }) => Some((
+                SqlState::CONNECTION_REJECTED,
+                "the connection names more than one tenant".into(),
+                Some(format!("{self}. Name one tenant only.")),
+            )),
+            SessionError::Policy(PolicyError::TooManyConnections(_)) => Some((
+                SqlState::TOO_MANY_CONNECTIONS,
+                "too many connections for this tenant".into(),
+                None,
+            )),
+            SessionError::Policy(PolicyError::TlsRequired) => Some((
+                SqlState::INVALID_AUTHORIZATION,
+                "connection not authorized".into(),
+                Some("This tenant accepts TLS connections only: use sslmode=require.".into()),
+            )),
+            SessionError::Policy(_) => Some((
+                SqlState::INVALID_AUTHORIZATION,
+                "connection not authorized".into(),
+                None,
+            )),
+            SessionError::TooManyClients => Some((
+                SqlState::TOO_MANY_CONNECTIONS,
+                "sorry, too many clients already".into(),
+                None,
+            )),
+            SessionError::ShuttingDown => Some((
+                SqlState::ADMIN_SHUTDOWN,
+                "the server is shutting down".into(),
+                Some("Reconnect; another server will take the connection.".into()),
+            )),
+            SessionError::BackendConnect(_) => Some((
+                SqlState::CONNECTION_FAILURE,
+                "could not connect to the database server".into(),
+                None,
+            )),
+            SessionError::AuthRelay(_) | SessionError::AuthTimeout => Some((
+                SqlState::CONNECTION_FAILURE,
+                "the database server did not complete authentication".into(),
+                None,
+            )),
+            // The relay tells the client itself when it can.
+            SessionError::BackendLost => None,
+        }
+    }
+}
+
+/// What a finished connection was, for its log line.
+#[derive(Debug, Default)]
+struct ConnectionLog {
+    tenant: Option<String>,
+    client: Option<ClientInfo>,
+    bytes: RelayBytes,
+}
+
+/// Serves one accepted TCP connection to the end, logging one line.
+pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
+    let started = Instant::now();
+    metrics::counter!(m::TCP_ACCEPTED).increment(1);
+    backend::set_socket_options(&tcp, shared.settings.tcp_keepalive);
+    let mut log = ConnectionLog::default();
+    let result = serve_inner(&shared, tcp, peer, &mut log).await;
+    let duration = started.elapsed();
+    let outcome = match &result {
+        Ok(outcome) => *outcome,
+        Err(e) => e.outcome(),
+    };
+    let tenant = log.tenant.as_deref().unwrap_or("");
+    let (client_addr, vpce, tls) = match &log.client {
+        Some(c) => (
+            c.addr.to_string(),
+            c.vpce_id.clone().unwrap_or_default(),
+            c.tls,
+        ),
+        None => (peer.to_string(), String::new(), false),
+    };
+    match &result {
+        Ok("load_balancer_check") => {
+            tracing::debug!(%peer, "load balancer health check");
+        }
+        Ok(_) => tracing::info!(
+            tenant,
+            client_addr,
+            vpce_id = vpce,
+            tls,
+            duration_ms = duration.as_millis() as u64,
+            bytes_in = log.bytes.from_client,
+            bytes_out = log.bytes.to_client,
+            outcome,
+            "connection closed"
+        ),
+        Err(e) => {
+            metrics::counter!(m::CONNECTION_ERRORS, "kind" => e.kind().label()).increment(1);
+            tracing::info!(
+                tenant,
+                client_addr,
+                vpce_id = vpce,
+                tls,
+                duration_ms = duration.as_millis() as u64,
+                bytes_in = log.bytes.from_client,
+                bytes_out = log.bytes.to_client,
+                outcome,
+                error = %e,
+                kind = e.kind().label(),
+                "connection closed"
+            )
+        }
+    }
+}
+
+async fn serve_inner(
+    shared: &Shared,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    log: &mut ConnectionLog,
+) -> Result<&'static str, SessionError> {
+    let deadline = tokio::time::Instant::now() + shared.settings.startup_timeout;
+    let cfg = HandshakeConfig {
+        proxy: shared.settings.proxy_protocol,
+        tls_mode: shared.settings.tls_mode,
+        tls: shared.tls.as_ref(),
+        deadline,
+    };
+    let negotiated = handshake::negotiate(tcp, peer, &cfg)
+        .await
+        .inspect_err(|e| {
+            metrics::counter!(m::HANDSHAKE_ERRORS, "kind" => e.kind()).increment(1);
+        })?;
+    let (mut stream, mut startup, client) = match negotiated {
+        Negotiated::LoadBalancerCheck => return Ok("load_balancer_check"),
+        Negotiated::Cancel(key, client) => {
+            log.client = Some(client);
+            let outcome = shared
+                .cancel
+                .cancel(key, shared.settings.connect_timeout)
+                .await;
+            metrics::counter!(m::CANCEL_REQUESTS, "outcome" => outcome.label()).increment(1);
+            return Ok("cancel_request");
+        }
+        Negotiated::Startup {
+            stream,
+            startup,
+            client,
+        } => (stream, startup, client),
+    };
+    log.client = Some(client.clone());
+
+    let table = shared.routes.load_full();
+    let result = admit(shared, &table, &mut startup, &client);
+    let (route, _global_slot) = match result {
+        Ok(admitted) => admitted,
+        Err(e) => {
+            let tenant_label = tenant_label(&table, &startup, &client, shared);
+            metrics::counter!(m::REJECTIONS, "reason" => e.outcome(), "tenant" => tenant_label)
+                .increment(1);
+            report(&mut stream, &e, &table.how_to_name_tenant()).await;
+            return Err(e);
+        }
+    };
+    let tenant_id = route.tenant.id().to_owned();
+    log.tenant = Some(tenant_id.clone());
+    let tls_label = if client.tls { "true" } else { "false" };
+    metrics::counter!(m::CLIENT_ACCEPTED, "tenant" => tenant_id.clone(), "tls" => tls_label)
+        .increment(1);
+    let active =
+        metrics::gauge!(m::CLIENT_ACTIVE, "tenant" => tenant_id.clone(), "tls" => tls_label);
+    active.increment(1.0);
+    let started = Instant::now();
+    let result = passthrough(shared, &mut stream, &startup, &route, log).await;
+    active.decrement(1.0);
+    metrics::histogram!(m::SESSION_SECONDS, "tenant" => tenant_id)
+        .record(started.elapsed().as_secs_f64());
+    if let Err(e) = &result {
+        report(&mut stream, e, "").await;
+    }
+    result.map(|()| "ok")
+}
+
+type Admitted = (route::Route, tokio::sync::OwnedSemaphorePermit);
+
+fn admit(
+    shared: &Shared,
+    table: &route::RoutingTable,
+    startup: &mut StartupMessage,
+    client: &ClientInfo,
+) -> Result<Admitted, SessionError> {
+    if shared.lifecycle.state() == State::Stopping {
+        return Err(SessionError::ShuttingDown);
+    }
+    let global = shared
+        .clients
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| SessionError::TooManyClients)?;
+    let tenant = table.resolve(startup, client.sni.as_deref())?;
+    let route = route::admit(tenant, client)?;
+    Ok((route, global))
+}
+
+/// The tenant label for a rejection: only configured tenant ids, so that
+/// clients cannot create label values.
+fn tenant_label(
+    table: &route::RoutingTable,
+    startup: &StartupMessage,
+    client: &ClientInfo,
+    _shared: &Shared,
+) -> String {
+    let mut probe = startup.clone();
+    match table.resolve(&mut probe, client.sni.as_deref()) {
+        Ok(t) => t.id().to_owned(),
+        Err(_) => m::NO_TENANT.to_owned(),
+    }
+}
+
+async fn passthrough<S>(
+    shared: &Shared,
+    client: &mut ClientStream<S>,
+    startup: &StartupMessage,
+    route: &route::Route,
+    log: &mut ConnectionLog,
+) -> Result<(), SessionError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let tenant = &route.tenant;
+    let connect_started = Instant::now();
+    let connected = backend::connect(
+        tenant,
+        shared.settings.connect_timeout,
+        shared.settings.tcp_keepalive,
+    )
+    .await;
+    let mut backend = match connected {
+        Ok(b) => b,
+        Err(e) => {
+            metrics::counter!(m::BACKEND_CONNECT_ERRORS, "tenant" => tenant.id().to_owned())
+                .increment(1);
+            return Err(e.into());
+        }
+    };
+    metrics::histogram!(m::BACKEND_CONNECT_SECONDS, "tenant" => tenant.id().to_owned())
+        .record(connect_started.elapsed().as_secs_f64());
+
+    let mut buf = BytesMut::new();
+    startup.encode(&mut buf);
+    backend
+        .stream
+        .write_all(&buf)
+        .await
+        .map_err(|e| AuthRelayError::Backend(e.into()))?;
+
+    let auth = tokio::time::timeout(
+        shared.settings.auth_timeout,
+        auth::relay(client, &mut backend.stream, &shared.cancel, backend.addr),
+    )
+    .await
+    .map_err(|_| SessionError::AuthTimeout)??;
+    let _cancel_key = match auth {
+        AuthEnd::Ready(registration) => registration,
+        AuthEnd::Rejected { code } => return Err(SessionError::BackendRejected(code)),
+        AuthEnd::ClientQuit => return Ok(()),
+    };
+
+    let counters = RelayCounters {
+        from_client: metrics::counter!(m::CLIENT_BYTES_RECEIVED, "tenant" => tenant.id().to_owned()),
+        to_client: metrics::counter!(m::CLIENT_BYTES_SENT, "tenant" => tenant.id().to_owned()),
+    };
+    match relay::relay(client, backend.stream, &counters, &mut log.bytes).await {
+        RelayEnd::ClientClosed => Ok(()),
+        RelayEnd::ClientError(e) => Err(SessionError::ClientIo(e)),
+        RelayEnd::BackendLost { error, .. } => {
+            metrics::counter!(m::BACKEND_LOST, "tenant" => tenant.id().to_owned()).increment(1);
+            if let Some(e) = error {
+                tracing::debug!(error = %e, "backend read failed");
+            }
+            Err(SessionError::BackendLost)
+        }
+    }
+}
+
+/// Sends the client the one `ErrorResponse` for `e`, if it gets one.
+async fn report<W: AsyncWrite + Unpin>(stream: &mut W, e: &SessionError, how_to_name_tenant: &str) {
+    let Some((code, message, hint)) = e.client_error(how_to_name_tenant) else {
+        return;
+    };
+    let mut buf = BytesMut::new();
+    messages::error_response(&mut buf, code, &message, hint.as_deref());
+    // Bounded: a client that does not read must not hold the task.
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        stream.write_all(&buf).await?;
+        stream.flush().await
+    })
+    .await;
+}

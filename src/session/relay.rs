@@ -1,0 +1,238 @@
+//! Passthrough relay: bytes both ways until either side closes.
+//!
+//! The backend-to-client direction follows message boundaries (headers
+//! only, see [`FrameTracker`]) so that when the backend goes away between
+//! messages the client gets a proper `ErrorResponse` instead of a silent
+//! close.
+
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+
+use bytes::BytesMut;
+use metrics::Counter;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::protocol::framing::FrameTracker;
+use crate::protocol::{messages, SqlState};
+
+/// Bytes read per read call, each direction.
+const RELAY_BUF_LEN: usize = 32 * 1024;
+/// How long to wait for the backend to close after the client has.
+const BACKEND_CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How a relay ended.
+#[derive(Debug)]
+pub enum RelayEnd {
+    /// The client closed its side.
+    ClientClosed,
+    /// The client connection failed.
+    ClientError(io::Error),
+    /// The backend closed or failed while the client was still there.
+    BackendLost {
+        /// Whether the client was sent an `ErrorResponse` about it.
+        client_told: bool,
+        /// The error, when the backend failed rather than closed.
+        error: Option<io::Error>,
+    },
+}
+
+/// Byte counts, for the log line.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RelayBytes {
+    /// Client to backend.
+    pub from_client: u64,
+    /// Backend to client.
+    pub to_client: u64,
+}
+
+/// Counters to feed as bytes flow.
+pub struct RelayCounters {
+    /// Client to backend.
+    pub from_client: Counter,
+    /// Backend to client.
+    pub to_client: Counter,
+}
+
+/// Relays until one side is done. Not cancel safe.
+pub async fn relay<C, B>(
+    client: C,
+    backend: B,
+    counters: &RelayCounters,
+    bytes: &mut RelayBytes,
+) -> RelayEnd
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut client_r, mut client_w) = tokio::io::split(client);
+    let (mut backend_r, mut backend_w) = tokio::io::split(backend);
+    // Both directions run in this one task; atomics only because the future
+    // must be Send.
+    let client_done = AtomicBool::new(false);
+    let from_client = AtomicU64::new(0);
+    let to_client = AtomicU64::new(0);
+
+    let upstream = async {
+        let mut buf = BytesMut::with_capacity(RELAY_BUF_LEN);
+        loop {
+            buf.clear();
+            match client_r.read_buf(&mut buf).await {
+                Ok(0) => {
+                    client_done.store(true, Relaxed);
+                    let _ = backend_w.shutdown().await;
+                    return RelayEnd::ClientClosed;
+                }
+                Ok(n) => {
+                    counters.from_client.increment(n as u64);
+                    from_client.fetch_add(n as u64, Relaxed);
+                }
+                Err(e) => {
+                    client_done.store(true, Relaxed);
+                    return RelayEnd::ClientError(e);
+                }
+            }
+            if let Err(e) = backend_w.write_all(&buf).await {
+                return RelayEnd::BackendLost {
+                    client_told: false,
+                    error: Some(e),
+                };
+            }
+        }
+    };
+
+    let downstream = async {
+        let mut buf = BytesMut::with_capacity(RELAY_BUF_LEN);
+        let mut frames = FrameTracker::default();
+        let error = loop {
+            buf.clear();
+            match backend_r.read_buf(&mut buf).await {
+                Ok(0) => break None,
+                Ok(n) => {
+                    frames.advance(&buf);
+                    counters.to_client.increment(n as u64);
+                    to_client.fetch_add(n as u64, Relaxed);
+                }
+                Err(e) => break Some(e),
+            }
+            if let Err(e) = client_w.write_all(&buf).await {
+                client_done.store(true, Relaxed);
+                return RelayEnd::ClientError(e);
+            }
+        };
+        if client_done.load(Relaxed) {
+            return RelayEnd::ClientClosed;
+        }
+        // Between messages, and the backend did not explain itself with an
+        // ErrorResponse of its own: tell the client what happened.
+        let client_told = frames.at_boundary() && frames.last_tag() != Some(b'E');
+        if client_told {
+            let mut msg = BytesMut::new();
+            messages::error_response(
+                &mut msg,
+                SqlState::CONNECTION_FAILURE,
+                "server connection lost: the database closed the connection unexpectedly",
+                None,
+            );
+            let _ = client_w.write_all(&msg).await;
+        }
+        let _ = client_w.shutdown().await;
+        RelayEnd::BackendLost { client_told, error }
+    };
+
+    tokio::pin!(upstream, downstream);
+    let end = tokio::select! {
+        end = &mut upstream => {
+            if matches!(end, RelayEnd::ClientClosed) {
+                // Let the backend's last bytes and its close come through.
+                let _ = tokio::time::timeout(BACKEND_CLOSE_WAIT, &mut downstream).await;
+            }
+            end
+        }
+        end = &mut downstream => end,
+    };
+    bytes.from_client = from_client.load(Relaxed);
+    bytes.to_client = to_client.load(Relaxed);
+    end
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::duplex;
+
+    fn counters() -> RelayCounters {
+        RelayCounters {
+            from_client: Counter::noop(),
+            to_client: Counter::noop(),
+        }
+    }
+
+    #[tokio::test]
+    async fn backend_loss_between_messages_is_reported() {
+        let (client_side, mut client) = duplex(1024);
+        let (backend_side, mut backend) = duplex(1024);
+        let task = tokio::spawn(async move {
+            let mut bytes = RelayBytes::default();
+            let end = relay(client_side, backend_side, &counters(), &mut bytes).await;
+            (end, bytes)
+        });
+        client.write_all(b"Q\0\0\0\x0dselect 1\0").await.unwrap();
+        let mut q = [0u8; 14];
+        backend.read_exact(&mut q).await.unwrap();
+        backend.write_all(b"Z\0\0\0\x05I").await.unwrap();
+        drop(backend);
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        assert_eq!(&got[..6], b"Z\0\0\0\x05I");
+        assert_eq!(got[6], b'E');
+        assert!(got.windows(5).any(|w| w == b"08006"));
+        let (end, bytes) = task.await.unwrap();
+        assert!(matches!(
+            end,
+            RelayEnd::BackendLost {
+                client_told: true,
+                ..
+            }
+        ));
+        assert_eq!(bytes.from_client, 14);
+        assert_eq!(bytes.to_client, 6);
+    }
+
+    #[tokio::test]
+    async fn backend_loss_mid_message_just_closes() {
+        let (client_side, mut client) = duplex(1024);
+        let (backend_side, mut backend) = duplex(1024);
+        let task = tokio::spawn(async move {
+            let mut bytes = RelayBytes::default();
+            relay(client_side, backend_side, &counters(), &mut bytes).await
+        });
+        backend.write_all(b"D\0\0\0\x20partial").await.unwrap();
+        drop(backend);
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        assert_eq!(&got[..], b"D\0\0\0\x20partial");
+        assert!(matches!(
+            task.await.unwrap(),
+            RelayEnd::BackendLost {
+                client_told: false,
+                ..
+            }
+        ));
+    }
+
+    #[tokio::test]
+    async fn client_close_is_clean() {
+        let (client_side, client) = duplex(1024);
+        let (backend_side, mut backend) = duplex(1024);
+        let task = tokio::spawn(async move {
+            let mut bytes = RelayBytes::default();
+            relay(client_side, backend_side, &counters(), &mut bytes).await
+        });
+        drop(client);
+        // The backend sees EOF and closes too.
+        let mut rest = Vec::new();
+        backend.read_to_end(&mut rest).await.unwrap();
+        drop(backend);
+        assert!(matches!(task.await.unwrap(), RelayEnd::ClientClosed));
+    }
+}
