@@ -269,28 +269,22 @@ fn default_tls_mode() -> TlsMode {
     TlsMode::Allow
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 struct RawRouting {
     sni_suffix: Option<String>,
-    #[serde(default = "default_sources")]
-    sources: Vec<RoutingSource>,
+    sources: Option<Vec<RoutingSource>>,
 }
 
-impl Default for RawRouting {
-    fn default() -> Self {
-        RawRouting {
-            sni_suffix: None,
-            sources: default_sources(),
-        }
-    }
-}
-
-fn default_sources() -> Vec<RoutingSource> {
-    vec![
+/// `["sni", "options", "user"]`, without `sni` when no suffix is set.
+fn default_sources(sni: bool) -> Vec<RoutingSource> {
+    let all = [
         RoutingSource::Sni,
         RoutingSource::Options,
         RoutingSource::User,
-    ]
+    ];
+    all.into_iter()
+        .filter(|s| sni || *s != RoutingSource::Sni)
+        .collect()
 }
 
 #[derive(Debug, Deserialize)]
@@ -467,16 +461,19 @@ impl Config {
         let sni_suffix = r
             .sni_suffix
             .map(|s| s.trim_start_matches('.').to_ascii_lowercase());
-        if r.sources.is_empty() {
+        let sources = r
+            .sources
+            .unwrap_or_else(|| default_sources(sni_suffix.is_some()));
+        if sources.is_empty() {
             p.push("routing.sources", "must name at least one source");
         }
         let mut seen_sources = HashSet::new();
-        for (i, s) in r.sources.iter().enumerate() {
+        for (i, s) in sources.iter().enumerate() {
             if !seen_sources.insert(*s) {
                 p.push(format!("routing.sources[{i}]"), "listed twice");
             }
         }
-        if r.sources.contains(&RoutingSource::Sni) && sni_suffix.is_none() {
+        if sources.contains(&RoutingSource::Sni) && sni_suffix.is_none() {
             p.push(
                 "routing.sni_suffix",
                 "required when routing.sources includes \"sni\"",
@@ -484,7 +481,7 @@ impl Config {
         }
         let routing = RoutingConfig {
             sni_suffix,
-            sources: r.sources,
+            sources,
         };
 
         let backend = BackendConfig {
@@ -697,7 +694,15 @@ mod tests {
         assert_eq!(c.listen.startup_timeout, Duration::from_secs(10));
         assert_eq!(c.tls.mode, TlsMode::Disable);
         assert_eq!(c.tenants[0].max_client_connections, 1000);
+        assert_eq!(
+            c.routing.sources,
+            vec![RoutingSource::Options, RoutingSource::User]
+        );
+        let with_suffix = format!("{MINIMAL}\n[routing]\nsni_suffix = \"pg.example.com\"\n");
+        let c = Config::parse(&with_suffix, Path::new(".")).unwrap();
         assert_eq!(c.routing.sources.len(), 3);
+        let explicit = format!("{MINIMAL}\n[routing]\nsources = [\"sni\"]\n");
+        assert!(Config::parse(&explicit, Path::new(".")).is_err());
     }
 
     #[test]

@@ -47,6 +47,7 @@ pub async fn run(port: u16) -> Result<ExitCode, DemoError> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
     eprintln!("starting a throwaway PostgreSQL cluster…");
     let cluster = tokio::task::spawn_blocking(setup_cluster).await??;

@@ -158,12 +158,19 @@ pub async fn negotiate<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let preface = timeout_at(
+    let preface = match timeout_at(
         cfg.deadline,
         proxy_protocol::read_preface(&mut io, cfg.proxy),
     )
     .await
-    .map_err(|_| HandshakeError::Timeout)??;
+    {
+        Ok(preface) => preface?,
+        Err(_) => {
+            let err = HandshakeError::Timeout;
+            tell_client(&mut io, &err).await;
+            return Err(err);
+        }
+    };
     let mut client = ClientInfo {
         addr: peer,
         vpce_id: None,
@@ -192,19 +199,27 @@ where
     match negotiate_packets(stream, client, cfg).await {
         Ok(n) => Ok(n),
         Err((stream, err)) => {
-            if let (Some(mut stream), Some((code, message, hint))) = (stream, err.client_error()) {
-                let mut buf = BytesMut::new();
-                messages::error_response(&mut buf, code, &message, hint);
-                // Best effort, and bounded: the client may not be reading.
-                let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
-                    stream.write_all(&buf).await?;
-                    stream.flush().await
-                })
-                .await;
+            if let Some(mut stream) = stream {
+                tell_client(&mut stream, &err).await;
             }
             Err(err)
         }
     }
+}
+
+/// Sends `err`'s `ErrorResponse`, if it has one. Best effort, and bounded:
+/// the client may not be reading.
+async fn tell_client<W: AsyncWrite + Unpin>(stream: &mut W, err: &HandshakeError) {
+    let Some((code, message, hint)) = err.client_error() else {
+        return;
+    };
+    let mut buf = BytesMut::new();
+    messages::error_response(&mut buf, code, &message, hint);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+        stream.write_all(&buf).await?;
+        stream.flush().await
+    })
+    .await;
 }
 
 type Failed<S> = (Option<ClientStream<S>>, HandshakeError);

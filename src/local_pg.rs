@@ -57,6 +57,17 @@ impl Cluster {
     /// Creates and starts a cluster whose `cluster_name` is `name`, with
     /// extra `postgresql.conf` lines.
     pub fn start(name: &str, extra_conf: &[&str]) -> io::Result<Cluster> {
+        Cluster::start_with_files(name, extra_conf, &[])
+    }
+
+    /// Like [`Cluster::start`], first writing `files` (name, contents) into
+    /// the data directory with mode 0600, e.g. `server.crt`/`server.key`
+    /// for `ssl = on`.
+    pub fn start_with_files(
+        name: &str,
+        extra_conf: &[&str],
+        files: &[(&str, &[u8])],
+    ) -> io::Result<Cluster> {
         let bin = find_bin_dir().ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::NotFound,
@@ -119,6 +130,15 @@ impl Cluster {
             conf.push('\n');
         }
         append(&cluster.data.join("postgresql.conf"), &conf)?;
+        for (file, contents) in files {
+            let path = cluster.data.join(file);
+            std::fs::write(&path, contents)?;
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+            if let Some(user) = &cluster.run_as {
+                chown_to(&path, user)?;
+            }
+        }
         cluster.start_on_free_port()?;
         Ok(cluster)
     }

@@ -294,12 +294,10 @@ async fn serve_inner(
     log.client = Some(client.clone());
 
     let table = shared.routes.load_full();
-    let result = admit(shared, &table, &mut startup, &client);
-    let (route, _global_slot) = match result {
+    let (route, _global_slot) = match admit(shared, &table, &mut startup, &client) {
         Ok(admitted) => admitted,
-        Err(e) => {
-            let tenant_label = tenant_label(&table, &startup, &client, shared);
-            metrics::counter!(m::REJECTIONS, "reason" => e.outcome(), "tenant" => tenant_label)
+        Err((e, tenant)) => {
+            metrics::counter!(m::REJECTIONS, "reason" => e.outcome(), "tenant" => tenant)
                 .increment(1);
             report(&mut stream, &e, &table.how_to_name_tenant()).await;
             return Err(e);
@@ -326,38 +324,30 @@ async fn serve_inner(
 
 type Admitted = (route::Route, tokio::sync::OwnedSemaphorePermit);
 
+/// Routes and admits a client. A refusal carries the tenant label for its
+/// metric: a configured tenant id, or empty, so that clients cannot mint
+/// label values.
 fn admit(
     shared: &Shared,
     table: &route::RoutingTable,
     startup: &mut StartupMessage,
     client: &ClientInfo,
-) -> Result<Admitted, SessionError> {
+) -> Result<Admitted, (SessionError, String)> {
+    let no_tenant = |e: SessionError| (e, m::NO_TENANT.to_owned());
     if shared.lifecycle.state() == State::Stopping {
-        return Err(SessionError::ShuttingDown);
+        return Err(no_tenant(SessionError::ShuttingDown));
     }
+    let tenant = table
+        .resolve(startup, client.sni.as_deref())
+        .map_err(|e| no_tenant(e.into()))?;
+    let id = tenant.id().to_owned();
+    let route = route::admit(tenant, client).map_err(|e| (e.into(), id.clone()))?;
     let global = shared
         .clients
         .clone()
         .try_acquire_owned()
-        .map_err(|_| SessionError::TooManyClients)?;
-    let tenant = table.resolve(startup, client.sni.as_deref())?;
-    let route = route::admit(tenant, client)?;
+        .map_err(|_| (SessionError::TooManyClients, id))?;
     Ok((route, global))
-}
-
-/// The tenant label for a rejection: only configured tenant ids, so that
-/// clients cannot create label values.
-fn tenant_label(
-    table: &route::RoutingTable,
-    startup: &StartupMessage,
-    client: &ClientInfo,
-    _shared: &Shared,
-) -> String {
-    let mut probe = startup.clone();
-    match table.resolve(&mut probe, client.sni.as_deref()) {
-        Ok(t) => t.id().to_owned(),
-        Err(_) => m::NO_TENANT.to_owned(),
-    }
 }
 
 async fn passthrough<S>(

@@ -1,0 +1,12 @@
+//! The front door against real PostgreSQL clusters and real clients.
+//!
+//! Every test starts its own clusters and its own pgcell on 127.0.0.1 with
+//! kernel-chosen ports and fresh certificates.
+
+mod harness;
+
+mod bad_input;
+mod negotiation;
+mod operations;
+mod proxy_header;
+mod routing;

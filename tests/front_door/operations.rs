@@ -1,0 +1,415 @@
+//! What the NLB and the operator see: the health port, `/metrics`,
+//! `/readyz`, reload of certificate and tenants without dropping sessions,
+//! shutdown, and the `pgcell` command itself.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use pgcell::proxy_protocol::build;
+use rustls::pki_types::CertificateDer;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use crate::harness::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_port_is_open_only_while_ready() {
+    let a = cluster("cluster-health");
+    let text = config_text(
+        "proxy_protocol = \"required\"",
+        "allow",
+        &tenant("acme", &a, ""),
+    );
+    let (server, mut proxy) = Proxy::bind(&text).await;
+    let health = proxy.health.unwrap();
+
+    // Bound but not ready: refused.
+    assert!(
+        TcpStream::connect(health).await.is_err(),
+        "health port open before ready"
+    );
+    proxy.set_task(tokio::spawn(server.serve()));
+    let mut open = false;
+    for _ in 0..100 {
+        if TcpStream::connect(health).await.is_ok() {
+            open = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(open, "health port never opened");
+
+    // HTTP, behind an NLB LOCAL header: 200.
+    let mut tcp = TcpStream::connect(health).await.unwrap();
+    tcp.write_all(&build::v2_local()).await.unwrap();
+    tcp.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let reply = read_until_close(&mut tcp, Duration::from_secs(5)).await;
+    assert!(
+        String::from_utf8_lossy(&reply).starts_with("HTTP/1.1 200"),
+        "{reply:?}"
+    );
+    // Plain HTTP.
+    let (status, body) = http_get(health, "/").await;
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+    // TCP check with anything else: just closed.
+    let mut tcp = TcpStream::connect(health).await.unwrap();
+    tcp.write_all(&SSL_REQUEST).await.unwrap();
+    assert!(read_until_close(&mut tcp, Duration::from_secs(6))
+        .await
+        .is_empty());
+
+    let admin = proxy.admin.unwrap();
+    assert_eq!(http_get(admin, "/readyz").await.0, 200);
+    assert_eq!(http_get(admin, "/livez").await, (200, "ok\n".to_owned()));
+    assert!(metric(&proxy.metrics().await, "pgcell_ready", &[]).unwrap() == 1.0);
+
+    // Shutdown: the health port closes.
+    let handle = proxy.handle.clone();
+    proxy.stop().await;
+    assert_eq!(handle.state(), pgcell::lifecycle::State::Stopped);
+    assert!(
+        TcpStream::connect(health).await.is_err(),
+        "health port open after stop"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_follow_connections() {
+    let a = cluster("cluster-metrics");
+    // A tenant id no other test uses: the recorder is process-wide.
+    let proxy = Proxy::start(&config_text("", "allow", &tenant("metrics-only", &a, ""))).await;
+    let labels = [("tenant", "metrics-only"), ("tls", "false")];
+    let before = proxy.metrics().await;
+    assert_eq!(
+        metric(&before, "pgcell_client_connections_active", &labels),
+        None
+    );
+
+    let (c1, _k1) = connect(&proxy.pg_config("app.metrics-only")).await.unwrap();
+    let (c2, k2) = connect(&proxy.pg_config("app.metrics-only")).await.unwrap();
+    c1.simple_query("select repeat('x', 10000)").await.unwrap();
+    let during = proxy.metrics().await;
+    assert_eq!(
+        metric(&during, "pgcell_client_connections_active", &labels),
+        Some(2.0)
+    );
+    assert_eq!(
+        metric(&during, "pgcell_client_connections_accepted_total", &labels),
+        Some(2.0)
+    );
+    let sent = metric(
+        &during,
+        "pgcell_client_sent_bytes_total",
+        &[("tenant", "metrics-only")],
+    )
+    .unwrap();
+    assert!(sent > 10_000.0, "sent {sent}");
+    assert!(
+        metric(
+            &during,
+            "pgcell_client_received_bytes_total",
+            &[("tenant", "metrics-only")]
+        )
+        .unwrap()
+            > 0.0
+    );
+    assert!(
+        metric(
+            &during,
+            "pgcell_backend_connect_seconds_count",
+            &[("tenant", "metrics-only")]
+        )
+        .unwrap()
+            >= 2.0
+    );
+
+    drop(c2);
+    let _ = k2.await;
+    let mut after = String::new();
+    for _ in 0..50 {
+        after = proxy.metrics().await;
+        if metric(&after, "pgcell_client_connections_active", &labels) == Some(1.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        metric(&after, "pgcell_client_connections_active", &labels),
+        Some(1.0)
+    );
+    assert!(
+        metric(
+            &after,
+            "pgcell_session_duration_seconds_count",
+            &[("tenant", "metrics-only")]
+        )
+        .unwrap()
+            >= 1.0
+    );
+    // Help text and type lines are there for scrapers.
+    assert!(after.contains("# TYPE pgcell_client_connections_active gauge"));
+    drop(c1);
+    proxy.stop().await;
+}
+
+async fn served_certificate(proxy: &Proxy) -> CertificateDer<'static> {
+    let tls = proxy.tls_stream("acme.pg.test").await;
+    tls.get_ref().1.peer_certificates().unwrap()[0]
+        .clone()
+        .into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_swaps_certificate_and_tenants_without_dropping_sessions() {
+    let a = cluster("cluster-reload-a");
+    let b = cluster("cluster-reload-b");
+    let text = config_text("", "allow", &tenant("acme", &a, ""));
+    let proxy = Proxy::start(&text).await;
+    let old_cert = served_certificate(&proxy).await;
+
+    // A TLS session open across the reload.
+    let tls = proxy.tls_stream("acme.pg.test").await;
+    let session = connect_over(&proxy.pg_config("app"), tls).await.unwrap();
+    session.simple_query("select 1").await.unwrap();
+
+    // New certificate (same CA) and a new tenant on disk.
+    let new = TestCert::new();
+    write(&proxy.dir.path().join("server.crt"), &new.cert_pem);
+    write(&proxy.dir.path().join("server.key"), &new.key_pem);
+    write(&proxy.dir.path().join("ca.crt"), &new.ca_pem);
+    write(
+        &proxy.config_path(),
+        &(text.clone() + &tenant("newco", &b, "")),
+    );
+    proxy.handle.reload();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    session
+        .simple_query("select 1")
+        .await
+        .expect("session survives reload");
+    let mut proxy = proxy;
+    proxy.cert = new;
+    let new_cert = served_certificate(&proxy).await;
+    assert_ne!(old_cert, new_cert);
+    let (client, _c) = connect(&proxy.pg_config("app.newco")).await.unwrap();
+    assert_eq!(cluster_name(&client).await, "cluster-reload-b");
+
+    // A broken file is refused and the running configuration stays.
+    write(&proxy.config_path(), "[listen]\naddr = 42\n");
+    proxy.handle.reload();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (client, _c) = connect(&proxy.pg_config("app.newco")).await.unwrap();
+    client.simple_query("select 1").await.unwrap();
+    let m = proxy.metrics().await;
+    assert!(metric(&m, "pgcell_config_reloads_total", &[("outcome", "error")]).unwrap() >= 1.0);
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_sessions_finish() {
+    let a = cluster("cluster-shutdown");
+    let proxy = Proxy::start(&config_text("", "allow", &tenant("acme", &a, ""))).await;
+    let (client, _c) = connect(&proxy.pg_config("app.acme")).await.unwrap();
+    let busy = tokio::spawn(async move {
+        let r = client.simple_query("select pg_sleep(1)").await;
+        drop(client);
+        r
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let addr = proxy.addr;
+    let admin = proxy.admin.unwrap();
+    proxy.handle.shutdown();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // No new connections; /readyz says so while the session finishes.
+    assert!(TcpStream::connect(addr).await.is_err());
+    let (status, body) = http_get(admin, "/readyz").await;
+    assert_eq!((status, body.as_str()), (503, "stopping\n"));
+    busy.await.unwrap().expect("in-flight query completes");
+    proxy.stop().await;
+}
+
+fn pgcell_bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_pgcell"))
+}
+
+#[test]
+fn check_reports_every_problem_with_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "[listen]\naddr = \"nowhere\"\nhealth_adr = \"127.0.0.1:1\"\n[tls]\nmode = \"require\"\n\
+         [[tenants]]\nid = \"Bad_Id\"\nbackends = []\nallowed_cidrs = [\"300.0.0.0/8\"]\n",
+    )
+    .unwrap();
+    let out = pgcell_bin()
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    for key in [
+        "listen.health_adr: unknown key",
+        "listen.addr:",
+        "tls.cert:",
+        "tls.key:",
+        "tenants[0].id:",
+        "tenants[0].backends:",
+        "tenants[0].allowed_cidrs[0]:",
+    ] {
+        assert!(err.contains(key), "missing {key:?} in:\n{err}");
+    }
+
+    let good = dir.path().join("good.toml");
+    std::fs::write(
+        &good,
+        "[listen]\naddr = \"127.0.0.1:0\"\n[routing]\nsources = [\"options\"]\n",
+    )
+    .unwrap();
+    let out = pgcell_bin()
+        .args(["check", "--config"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The committed configs are valid.
+    for file in ["config/pgcell.example.toml", "config/pgcell.toml"] {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
+        let out = pgcell_bin()
+            .args(["check", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{file}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_reloads_on_sighup_and_stops_on_sigterm() {
+    let a = cluster("cluster-bin");
+    let dir = tempfile::tempdir().unwrap();
+    let cert = TestCert::new();
+    std::fs::write(dir.path().join("server.crt"), &cert.cert_pem).unwrap();
+    std::fs::write(dir.path().join("server.key"), &cert.key_pem).unwrap();
+    let port = pgcell::local_pg::free_port().unwrap();
+    let admin = pgcell::local_pg::free_port().unwrap();
+    let text = config_text("", "allow", &tenant("acme", &a, ""))
+        .replace(
+            "\naddr = \"127.0.0.1:0\"",
+            &format!("\naddr = \"127.0.0.1:{port}\""),
+        )
+        .replace(
+            "admin_addr = \"127.0.0.1:0\"",
+            &format!("admin_addr = \"127.0.0.1:{admin}\""),
+        )
+        .replace("health_addr = \"127.0.0.1:0\"\n", "");
+    let path = dir.path().join("pgcell.toml");
+    std::fs::write(&path, &text).unwrap();
+    // `pgcell --config F` means run.
+    let mut child = pgcell_bin()
+        .arg("--config")
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let admin_addr = format!("127.0.0.1:{admin}").parse().unwrap();
+    let mut ready = false;
+    for _ in 0..100 {
+        if TcpStream::connect(admin_addr).await.is_ok()
+            && http_get(admin_addr, "/readyz").await.0 == 200
+        {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ready, "pgcell binary did not become ready");
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.host("127.0.0.1")
+        .port(port)
+        .user("app.acme")
+        .password(APP_PASSWORD)
+        .dbname("app");
+    let (client, _c) = connect(&cfg).await.unwrap();
+    assert_eq!(cluster_name(&client).await, "cluster-bin");
+
+    // SIGHUP: a new tenant appears; the open session stays.
+    std::fs::write(
+        &path,
+        text.clone()
+            + "[[tenants]]\nid = \"later\"\nbackends = [\""
+            + &a.addr().to_string()
+            + "\"]\n",
+    )
+    .unwrap();
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let mut later = false;
+    for _ in 0..50 {
+        let mut c = cfg.clone();
+        c.user("app.later");
+        if connect(&c).await.is_ok() {
+            later = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(later, "SIGHUP did not load the new tenant");
+    client.simple_query("select 1").await.unwrap();
+    drop(client);
+
+    // SIGTERM: graceful stop, exit 0.
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = tokio::task::spawn_blocking(move || {
+        let status = child.wait().unwrap();
+        let mut stderr = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string_blocking(&mut stderr);
+        (status, stderr)
+    })
+    .await
+    .unwrap();
+    assert!(status.0.success(), "exit {:?}\n{}", status.0, status.1);
+    // One log line per finished connection, with the fields operators need.
+    assert!(status.1.contains("connection closed"), "{}", status.1);
+    assert!(
+        status.1.contains("tenant=\"acme\"") || status.1.contains("tenant=acme"),
+        "{}",
+        status.1
+    );
+}
+
+trait ReadToStringBlocking {
+    fn read_to_string_blocking(&mut self, out: &mut String);
+}
+
+impl ReadToStringBlocking for std::process::ChildStderr {
+    fn read_to_string_blocking(&mut self, out: &mut String) {
+        let _ = std::io::Read::read_to_string(self, out);
+    }
+}
