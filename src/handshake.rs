@@ -296,13 +296,10 @@ where
                         HandshakeError::DataAfterSslRequest,
                     ));
                 }
-                let mut plain = MaybeTls::Plain(plain);
+                let mut plain = plain;
                 if let Err(e) = write_by(&mut plain, &[messages::SSL_ACCEPT], cfg.deadline).await {
-                    return Err((Some(plain), e));
+                    return Err((Some(MaybeTls::Plain(plain)), e));
                 }
-                let MaybeTls::Plain(plain) = plain else {
-                    unreachable!("constructed as Plain just above")
-                };
                 stream = accept_tls(plain, tls, cfg.deadline)
                     .await
                     .map_err(|e| (None, e))?;

@@ -24,6 +24,13 @@
 //! | [`local_pg`] | throwaway local PostgreSQL clusters for the demo and tests |
 //! | [`demo`] | `pgcell demo` |
 
+// Input from clients and the network never panics the process: no unwrap,
+// expect or panic outside tests (each remaining invariant is spelled out).
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
 pub mod admin;
 pub mod backend;
 pub mod cancel;

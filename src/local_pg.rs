@@ -149,24 +149,8 @@ impl Cluster {
             self.port = free_port()?;
             let port_line = format!("port = {}\n", self.port);
             std::fs::write(self.data.join("postgresql.auto.conf"), port_line)?;
-            let log = self.base.join("postgres.log");
-            match self.run_checked(
-                "pg_ctl",
-                &[
-                    "-D",
-                    path_str(&self.data)?,
-                    "-l",
-                    path_str(&log)?,
-                    "-w",
-                    "-t",
-                    "30",
-                    "start",
-                ],
-            ) {
-                Ok(_) => {
-                    self.stopped = false;
-                    return Ok(());
-                }
+            match self.restart() {
+                Ok(()) => return Ok(()),
                 Err(e) => last = Some(e),
             }
         }

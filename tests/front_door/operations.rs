@@ -413,3 +413,83 @@ impl ReadToStringBlocking for std::process::ChildStderr {
         let _ = std::io::Read::read_to_string(self, out);
     }
 }
+
+/// Three consecutive free ports (data, health, admin) for the demo.
+fn free_port_run() -> u16 {
+    for _ in 0..50 {
+        let p = pgcell::local_pg::free_port().unwrap();
+        if p < 65_000 && (1..3).all(|i| std::net::TcpListener::bind(("127.0.0.1", p + i)).is_ok()) {
+            return p;
+        }
+    }
+    panic!("no run of three free ports");
+}
+
+#[test]
+fn demo_prints_working_commands_and_cleans_up() {
+    use std::io::BufRead;
+    let port = free_port_run();
+    let mut child = pgcell_bin()
+        .args(["demo", "--port", &port.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut commands = Vec::new();
+    let mut config_dir = None;
+    loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("demo prints its commands within a minute");
+        if let Some(path) = line.strip_prefix("Configuration: ") {
+            config_dir = std::path::Path::new(path).parent().map(|p| p.to_owned());
+        }
+        if line.trim_start().starts_with("PGPASSWORD=") {
+            commands.push(line.trim().to_owned());
+        }
+        if line.starts_with("Ctrl-C stops") {
+            break;
+        }
+    }
+    assert_eq!(commands.len(), 4, "{commands:?}");
+    let run = |cmd: &str| {
+        let out = Command::new("bash")
+            .args(["-c", cmd])
+            .env_remove("PGSSLMODE")
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    for (cmd, want) in commands[..3].iter().zip(["acme", "globex", "globex"]) {
+        let (ok, out) = run(cmd);
+        assert!(ok && out.contains(want), "{cmd}\n{out}");
+    }
+    let (ok, out) = run(&commands[3]);
+    assert!(!ok && out.contains("no tenant specified"), "{out}");
+
+    assert!(Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    let dir = config_dir.expect("demo printed its configuration path");
+    assert!(!dir.exists(), "{} left behind", dir.display());
+}
