@@ -182,6 +182,19 @@ impl SessionError {
                 "could not connect to the database server".into(),
                 None,
             )),
+            // The client is gone or broke the exchange itself.
+            SessionError::AuthRelay(AuthRelayError::Client(_)) => None,
+            SessionError::AuthRelay(AuthRelayError::UnexpectedClientMessage(_)) => Some((
+                SqlState::PROTOCOL_VIOLATION,
+                "expected an authentication response".into(),
+                None,
+            )),
+            SessionError::AuthRelay(AuthRelayError::UnsupportedMethod(_)) => Some((
+                SqlState::FEATURE_NOT_SUPPORTED,
+                "the database server requested an authentication method that cannot be relayed"
+                    .into(),
+                None,
+            )),
             SessionError::AuthRelay(_) | SessionError::AuthTimeout => Some((
                 SqlState::CONNECTION_FAILURE,
                 "the database server did not complete authentication".into(),

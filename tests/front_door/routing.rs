@@ -223,3 +223,34 @@ async fn wrong_password_is_the_backends_answer() {
     assert_eq!(cluster_name(&client).await, "cluster-e");
     proxy.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn global_client_limit_gets_53300() {
+    let a = cluster("cluster-global");
+    let proxy = Proxy::start(&config_text(
+        "max_client_connections = 1",
+        "allow",
+        &tenant("alpha", &a, ""),
+    ))
+    .await;
+    let (first, _c) = connect(&proxy.pg_config("app.alpha")).await.unwrap();
+    let err = connect(&proxy.pg_config("app.alpha")).await.err().unwrap();
+    assert_eq!(code_of(&err), "53300");
+    assert_eq!(
+        err.as_db_error().unwrap().message(),
+        "sorry, too many clients already"
+    );
+    first.simple_query("select 1").await.unwrap();
+    let m = proxy.metrics().await;
+    assert!(
+        metric(
+            &m,
+            "pgcell_client_rejections_total",
+            &[("reason", "global_connection_limit"), ("tenant", "alpha")]
+        )
+        .unwrap()
+            >= 1.0
+    );
+    drop(first);
+    proxy.stop().await;
+}
