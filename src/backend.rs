@@ -90,7 +90,21 @@ pub async fn connect(
                         None => MaybeTls::Plain(tcp),
                         Some(config) => {
                             let name = tenant.config.backend_server_name.as_deref().unwrap_or(host);
-                            start_tls(tcp, addr, name, config.clone()).await?
+                            // A backend that accepts TCP and then goes silent
+                            // must not hold the client: the TLS setup counts
+                            // against the connect timeout too.
+                            tokio::time::timeout(
+                                connect_timeout,
+                                start_tls(tcp, addr, name, config.clone()),
+                            )
+                            .await
+                            .map_err(|_| ConnectError::Tls {
+                                addr,
+                                error: io::Error::new(
+                                    io::ErrorKind::TimedOut,
+                                    "TLS setup timed out",
+                                ),
+                            })??
                         }
                     };
                     return Ok(Backend { stream, addr });

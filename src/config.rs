@@ -36,7 +36,7 @@ pub struct Config {
 }
 
 /// `[listen]`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ListenConfig {
     /// Data port for Postgres clients (from the NLB).
     pub addr: SocketAddr,
@@ -67,7 +67,7 @@ pub enum TlsMode {
 }
 
 /// `[tls]`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TlsConfig {
     /// Client TLS policy.
     pub mode: TlsMode,
@@ -90,7 +90,7 @@ pub enum RoutingSource {
 }
 
 /// `[routing]`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RoutingConfig {
     /// Domain under which `<tenant>.<suffix>` server names are routed.
     pub sni_suffix: Option<String>,
@@ -99,7 +99,7 @@ pub struct RoutingConfig {
 }
 
 /// `[backend]`: defaults for connections to tenants' databases.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct BackendConfig {
     /// Time allowed to connect to one backend address.
     pub connect_timeout: Duration,
@@ -118,7 +118,7 @@ pub enum LogFormat {
 }
 
 /// `[log]`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LogConfig {
     /// Output format.
     pub format: LogFormat,
@@ -498,12 +498,16 @@ impl Config {
         let shutdown_grace = p.duration("shutdown.grace", &raw.shutdown.grace);
 
         let mut ids = HashSet::new();
-        let tenants = raw
+        let tenants: Vec<TenantConfig> = raw
             .tenants
             .into_iter()
             .enumerate()
             .map(|(i, t)| tenant_from_raw(t, &format!("tenants[{i}]"), base, &mut ids, p))
             .collect();
+
+        for (i, t) in tenants.iter().enumerate() {
+            check_reachable(t, &format!("tenants[{i}]"), &listen, &tls, p);
+        }
 
         Config {
             listen,
@@ -564,7 +568,12 @@ fn tenant_from_raw(
             }
         })
         .collect();
-    for (j, v) in t.allowed_vpce_ids.iter().enumerate() {
+    let allowed_vpce_ids: Vec<String> = t
+        .allowed_vpce_ids
+        .iter()
+        .map(|v| v.to_ascii_lowercase())
+        .collect();
+    for (j, v) in allowed_vpce_ids.iter().enumerate() {
         if !v.starts_with("vpce-") || !v[5..].bytes().all(|b| b.is_ascii_hexdigit()) || v.len() < 6
         {
             p.push(
@@ -592,13 +601,35 @@ fn tenant_from_raw(
         id: t.id,
         backends: t.backends,
         database: t.database,
-        allowed_vpce_ids: t.allowed_vpce_ids,
+        allowed_vpce_ids,
         allowed_cidrs,
         require_tls: t.require_tls,
         max_client_connections,
         backend_tls: t.backend_tls,
         backend_ca: t.backend_ca.map(|c| base.join(c)),
         backend_server_name: t.backend_server_name,
+    }
+}
+
+/// A tenant that no client could ever reach is a mistake, not a policy.
+fn check_reachable(
+    t: &TenantConfig,
+    at: &str,
+    listen: &ListenConfig,
+    tls: &TlsConfig,
+    p: &mut Problems,
+) {
+    if t.require_tls && tls.mode == TlsMode::Disable {
+        p.push(
+            format!("{at}.require_tls"),
+            "cannot be met with tls.mode = \"disable\"",
+        );
+    }
+    if !t.allowed_vpce_ids.is_empty() && listen.proxy_protocol == ProxyMode::Off {
+        p.push(
+            format!("{at}.allowed_vpce_ids"),
+            "needs PROXY protocol headers, but listen.proxy_protocol = \"off\"",
+        );
     }
 }
 
@@ -749,6 +780,33 @@ mod tests {
         ] {
             assert!(paths.contains(&want), "missing {want} in {paths:?}");
         }
+    }
+
+    #[test]
+    fn unreachable_tenants_are_refused() {
+        let text = r#"
+            [listen]
+            addr = "127.0.0.1:6432"
+            [[tenants]]
+            id = "a"
+            backends = ["db:5432"]
+            require_tls = true
+            allowed_vpce_ids = ["vpce-0ABC"]
+        "#;
+        let err = Config::parse(text, Path::new(".")).unwrap_err();
+        let paths: Vec<&str> = err.problems.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            vec!["tenants[0].require_tls", "tenants[0].allowed_vpce_ids"]
+        );
+        let ok = text
+            .replace(
+                "addr = \"127.0.0.1:6432\"",
+                "addr = \"127.0.0.1:6432\"\nproxy_protocol = \"required\"",
+            )
+            .replace("require_tls = true", "");
+        let c = Config::parse(&ok, Path::new(".")).unwrap();
+        assert_eq!(c.tenants[0].allowed_vpce_ids, vec!["vpce-0abc".to_string()]);
     }
 
     #[test]

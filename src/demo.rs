@@ -140,21 +140,28 @@ Ctrl-C stops pgcell and removes the cluster.
         pg_port = cluster.port(),
         config = config_path.display(),
     );
+    // First Ctrl-C/SIGTERM drains, a second closes open sessions at once;
+    // either way the cluster is removed afterwards.
     let stop = async {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
+        let Ok(mut term) = signal(SignalKind::terminate()) else {
+            let _ = tokio::signal::ctrl_c().await;
+            handle.shutdown();
+            return;
+        };
+        for _ in 0..2 {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
             }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+            handle.shutdown();
         }
-        handle.shutdown();
     };
-    tokio::join!(server.serve(), stop);
+    let serve = server.serve();
+    tokio::pin!(serve);
+    tokio::select! {
+        () = &mut serve => {}
+        () = async { stop.await; std::future::pending::<()>().await } => {}
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -178,8 +178,10 @@ where
         sni: None,
     };
     match preface.header {
-        Some(ProxyHeader::Local) => {
-            metrics::counter!(crate::metrics::PROXY_HEADERS, "version" => "2", "command" => "local").increment(1);
+        Some(ProxyHeader::Local { version }) => {
+            let v = if version == 1 { "1" } else { "2" };
+            metrics::counter!(crate::metrics::PROXY_HEADERS, "version" => v, "command" => "local")
+                .increment(1);
             return Ok(Negotiated::LoadBalancerCheck);
         }
         Some(ProxyHeader::Proxy {

@@ -15,7 +15,7 @@ use crate::server::{Control, Shared};
 pub async fn accept_loop(
     listener: &TcpListener,
     shared: &Arc<Shared>,
-    mut control: mpsc::UnboundedReceiver<Control>,
+    control: &mut mpsc::UnboundedReceiver<Control>,
 ) -> JoinSet<()> {
     let mut sessions = JoinSet::new();
     loop {

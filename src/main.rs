@@ -110,7 +110,8 @@ fn run(path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// SIGTERM/SIGINT → graceful shutdown; a second one exits at once.
+/// SIGTERM/SIGINT → graceful shutdown; a second one cuts the grace period
+/// short, a third exits at once.
 /// SIGHUP → reload.
 async fn forward_signals(handle: pgcell::ServerHandle) {
     use tokio::signal::unix::{signal, SignalKind};
@@ -122,7 +123,7 @@ async fn forward_signals(handle: pgcell::ServerHandle) {
         tracing::error!("cannot install signal handlers");
         return;
     };
-    let mut stopping = false;
+    let mut requests = 0;
     loop {
         tokio::select! {
             _ = term.recv() => {},
@@ -132,11 +133,15 @@ async fn forward_signals(handle: pgcell::ServerHandle) {
                 continue;
             }
         }
-        if stopping {
-            tracing::warn!("second stop signal: exiting now");
-            std::process::exit(1);
+        requests += 1;
+        match requests {
+            1 => tracing::info!("stop signal: draining"),
+            2 => tracing::warn!("second stop signal: closing sessions now"),
+            _ => {
+                tracing::warn!("third stop signal: exiting");
+                std::process::exit(1);
+            }
         }
-        stopping = true;
         handle.shutdown();
     }
 }

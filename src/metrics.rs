@@ -36,7 +36,7 @@ pub const CLIENT_BYTES_SENT: &str = "pgcell_client_sent_bytes_total";
 pub const SESSION_SECONDS: &str = "pgcell_session_duration_seconds";
 /// Cancel requests received (label: outcome).
 pub const CANCEL_REQUESTS: &str = "pgcell_cancel_requests_total";
-/// Errors by kind (client, policy, backend, internal) once routing started.
+/// Failed connections by kind (client, policy, backend, internal).
 pub const CONNECTION_ERRORS: &str = "pgcell_connection_errors_total";
 /// 1 while pgcell is ready to serve, else 0.
 pub const READY: &str = "pgcell_ready";
@@ -147,7 +147,7 @@ fn describe() {
     describe_counter!(CANCEL_REQUESTS, "CancelRequests received, by outcome.");
     describe_counter!(
         CONNECTION_ERRORS,
-        "Connection errors after the handshake, by kind."
+        "Connections that ended in an error, by kind (client, policy, backend, internal)."
     );
     describe_gauge!(READY, "1 while pgcell is ready to serve clients.");
     describe_counter!(

@@ -53,7 +53,10 @@ pub enum ProxyMode {
 pub enum ProxyHeader {
     /// v2 `LOCAL` (or v1 `UNKNOWN`): a connection of the load balancer's
     /// own, such as a health check.
-    Local,
+    Local {
+        /// Protocol version, 1 or 2.
+        version: u8,
+    },
     /// A proxied connection.
     Proxy {
         /// The real client address, when the header carries one.
@@ -115,7 +118,22 @@ pub async fn read_preface<S: AsyncRead + Unpin>(
 ) -> Result<Preface, ProxyError> {
     let mut probe = [0u8; PROBE_LEN];
     stream.read_exact(&mut probe).await?;
-    let header = if probe == V2_SIGNATURE[..PROBE_LEN] {
+    let is_v2 = probe == V2_SIGNATURE[..PROBE_LEN];
+    let is_v1 = probe.starts_with(b"PROXY ");
+    match (is_v2 || is_v1, mode) {
+        // Refused before parsing: a listener with the protocol off never
+        // runs the parser on what a client sends.
+        (true, ProxyMode::Off) => return Err(ProxyError::Unexpected),
+        (false, ProxyMode::Required) => return Err(ProxyError::Missing),
+        (false, _) => {
+            return Ok(Preface {
+                header: None,
+                read_ahead: Bytes::copy_from_slice(&probe),
+            })
+        }
+        (true, _) => {}
+    }
+    let header = if is_v2 {
         let mut fixed = [0u8; V2_FIXED_LEN];
         fixed[..PROBE_LEN].copy_from_slice(&probe);
         stream.read_exact(&mut fixed[PROBE_LEN..]).await?;
@@ -126,8 +144,8 @@ pub async fn read_preface<S: AsyncRead + Unpin>(
         let mut full = vec![0u8; V2_FIXED_LEN + body_len];
         full[..V2_FIXED_LEN].copy_from_slice(&fixed);
         stream.read_exact(&mut full[V2_FIXED_LEN..]).await?;
-        Some(parse_v2(&full)?)
-    } else if probe.starts_with(b"PROXY ") {
+        parse_v2(&full)?
+    } else {
         let mut line = probe.to_vec();
         // The v1 header is short and comes once: byte-at-a-time reads avoid
         // reading past its CRLF into the Postgres data.
@@ -137,21 +155,12 @@ pub async fn read_preface<S: AsyncRead + Unpin>(
             }
             line.push(stream.read_u8().await?);
         }
-        Some(parse_v1(&line)?)
-    } else {
-        None
+        parse_v1(&line)?
     };
-    match (&header, mode) {
-        (Some(_), ProxyMode::Off) => return Err(ProxyError::Unexpected),
-        (None, ProxyMode::Required) => return Err(ProxyError::Missing),
-        _ => {}
-    }
-    let read_ahead = if header.is_some() {
-        Bytes::new()
-    } else {
-        Bytes::copy_from_slice(&probe)
-    };
-    Ok(Preface { header, read_ahead })
+    Ok(Preface {
+        header: Some(header),
+        read_ahead: Bytes::new(),
+    })
 }
 
 /// Parses a complete v2 header (signature through the last TLV).
@@ -168,7 +177,7 @@ pub fn parse_v2(bytes: &[u8]) -> Result<ProxyHeader, ProxyError> {
         return Err(malformed("v2 length does not match the header"));
     }
     match bytes[12] {
-        0x20 => return Ok(ProxyHeader::Local),
+        0x20 => return Ok(ProxyHeader::Local { version: 2 }),
         0x21 => {}
         _ => return Err(malformed("unknown v2 version or command")),
     }
@@ -208,12 +217,17 @@ fn parse_vpce_id(raw: &[u8]) -> Result<String, ProxyError> {
 
 /// Parses a complete v1 header, CRLF included.
 pub fn parse_v1(bytes: &[u8]) -> Result<ProxyHeader, ProxyError> {
+    // The format is ASCII; checking here also keeps multi-byte characters
+    // away from ppp, whose v1 parser slices the text at byte offsets.
+    if !bytes.is_ascii() {
+        return Err(ProxyError::Malformed("v1 header is not ASCII".to_owned()));
+    }
     let text = std::str::from_utf8(bytes)
         .map_err(|_| ProxyError::Malformed("v1 header is not ASCII".to_owned()))?;
     let header =
         ppp::v1::Header::try_from(text).map_err(|e| ProxyError::Malformed(e.to_string()))?;
     Ok(match header.addresses {
-        ppp::v1::Addresses::Unknown => ProxyHeader::Local,
+        ppp::v1::Addresses::Unknown => ProxyHeader::Local { version: 1 },
         ppp::v1::Addresses::Tcp4(a) => ProxyHeader::Proxy {
             source: Some(SocketAddr::from((a.source_address, a.source_port))),
             vpce_id: None,
@@ -324,7 +338,10 @@ mod tests {
 
     #[test]
     fn v2_local_with_tlvs_only() {
-        assert_eq!(parse_v2(&build::v2_local()).unwrap(), ProxyHeader::Local);
+        assert_eq!(
+            parse_v2(&build::v2_local()).unwrap(),
+            ProxyHeader::Local { version: 2 }
+        );
     }
 
     #[test]
@@ -359,8 +376,13 @@ mod tests {
                 version: 1
             }
         );
-        assert_eq!(parse_v1(b"PROXY UNKNOWN\r\n").unwrap(), ProxyHeader::Local);
+        assert_eq!(
+            parse_v1(b"PROXY UNKNOWN\r\n").unwrap(),
+            ProxyHeader::Local { version: 1 }
+        );
         assert!(parse_v1(b"PROXY TCP4 nonsense\r\n").is_err());
+        // Found by fuzzing: a multi-byte character after a CR made ppp panic.
+        assert!(parse_v1("PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\u{e9}\r\n".as_bytes()).is_err());
     }
 
     #[tokio::test]
@@ -369,7 +391,7 @@ mod tests {
         let p = read_preface(&mut &local[..], ProxyMode::Required)
             .await
             .unwrap();
-        assert_eq!(p.header, Some(ProxyHeader::Local));
+        assert_eq!(p.header, Some(ProxyHeader::Local { version: 2 }));
         assert!(p.read_ahead.is_empty());
 
         let ssl_request = [0, 0, 0, 8, 4, 210, 22, 47];

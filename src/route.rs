@@ -267,7 +267,12 @@ pub fn admit(tenant: Arc<Tenant>, client: &ClientInfo) -> Result<Route, PolicyEr
     if !policy.allowed_vpce_ids.is_empty() {
         match &client.vpce_id {
             None => return Err(PolicyError::VpceMissing),
-            Some(id) if !policy.allowed_vpce_ids.iter().any(|a| a == id) => {
+            Some(id)
+                if !policy
+                    .allowed_vpce_ids
+                    .iter()
+                    .any(|a| a.eq_ignore_ascii_case(id)) =>
+            {
                 return Err(PolicyError::VpceNotAllowed(id.clone()))
             }
             Some(_) => {}
@@ -344,6 +349,11 @@ fn tenant_from_options(startup: &mut StartupMessage) -> Result<Option<String>, R
                     }
                 }
                 found = Some(id.to_owned());
+                // `-c tenant=ID` reads naturally to libpq users; the `-c`
+                // must not reach the backend alone.
+                if kept.last().is_some_and(|t| t == "-c") {
+                    kept.pop();
+                }
             }
             None => kept.push(token.raw),
         }
@@ -406,6 +416,10 @@ mod tests {
             r#"
             [listen]
             addr = "127.0.0.1:0"
+            proxy_protocol = "optional"
+            [tls]
+            cert = "unused.crt"
+            key = "unused.key"
             [routing]
             sni_suffix = "pg.example.com"
             sources = {sources}
@@ -461,6 +475,9 @@ mod tests {
         ]);
         assert_eq!(t.resolve(&mut s, None).unwrap().id(), "acme");
         assert_eq!(s.get("options"), Some("-c search_path=x --foo=a\\ b"));
+        let mut s = startup(&[("user", "u"), ("options", "-c tenant=acme -c work_mem=1MB")]);
+        assert_eq!(t.resolve(&mut s, None).unwrap().id(), "acme");
+        assert_eq!(s.get("options"), Some("-c work_mem=1MB"));
         let mut s = startup(&[("user", "u"), ("options", "endpoint=globex")]);
         assert_eq!(t.resolve(&mut s, None).unwrap().id(), "globex");
         assert_eq!(s.get("options"), None);

@@ -52,6 +52,51 @@ pub struct Shared {
     /// Lifecycle state.
     pub lifecycle: Lifecycle,
     config_path: Option<PathBuf>,
+    /// The sections a reload cannot change, as started.
+    fixed: FixedSections,
+}
+
+/// Configuration sections that need a restart to change.
+#[derive(Debug, Clone, PartialEq)]
+struct FixedSections {
+    listen: crate::config::ListenConfig,
+    tls: crate::config::TlsConfig,
+    backend: crate::config::BackendConfig,
+    log: crate::config::LogConfig,
+    shutdown_grace: Duration,
+}
+
+impl FixedSections {
+    fn of(config: &Config) -> FixedSections {
+        FixedSections {
+            listen: config.listen.clone(),
+            tls: config.tls.clone(),
+            backend: config.backend.clone(),
+            log: config.log.clone(),
+            shutdown_grace: config.shutdown_grace,
+        }
+    }
+
+    /// Names of the sections that differ.
+    fn changed(&self, other: &FixedSections) -> Vec<&'static str> {
+        let mut changed = Vec::new();
+        if self.listen != other.listen {
+            changed.push("listen");
+        }
+        if self.tls != other.tls {
+            changed.push("tls");
+        }
+        if self.backend != other.backend {
+            changed.push("backend");
+        }
+        if self.log != other.log {
+            changed.push("log");
+        }
+        if self.shutdown_grace != other.shutdown_grace {
+            changed.push("shutdown");
+        }
+        changed
+    }
 }
 
 /// Why the server could not start.
@@ -153,6 +198,7 @@ impl Server {
             clients: Arc::new(Semaphore::new(config.listen.max_client_connections)),
             lifecycle: Lifecycle::default(),
             config_path,
+            fixed: FixedSections::of(&config),
         });
         // Install the recorder before the first connection counts anything.
         crate::metrics::handle();
@@ -201,7 +247,7 @@ impl Server {
             listener,
             health,
             admin,
-            control_rx,
+            mut control_rx,
             control_tx: _,
         } = self;
         let mut background = tokio::task::JoinSet::new();
@@ -214,7 +260,7 @@ impl Server {
         }
         shared.lifecycle.set(State::Ready);
         tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "pgcell ready");
-        let mut sessions = crate::listener::accept_loop(&listener, &shared, control_rx).await;
+        let mut sessions = crate::listener::accept_loop(&listener, &shared, &mut control_rx).await;
         shared.lifecycle.set(State::Stopping);
         drop(listener);
         let grace = shared.settings.shutdown_grace;
@@ -223,15 +269,22 @@ impl Server {
             grace_s = grace.as_secs_f64(),
             "waiting for sessions to finish"
         );
-        let drained = tokio::time::timeout(grace, async {
-            while sessions.join_next().await.is_some() {}
-        })
-        .await;
-        if drained.is_err() {
-            tracing::warn!(
-                sessions = sessions.len(),
-                "grace period over: closing remaining sessions"
-            );
+        // A second shutdown request (second SIGTERM) cuts the grace short.
+        let second_request = async {
+            while let Some(command) = control_rx.recv().await {
+                if command == Control::Shutdown {
+                    return;
+                }
+            }
+            std::future::pending::<()>().await
+        };
+        let drained = tokio::select! {
+            () = async { while sessions.join_next().await.is_some() {} } => true,
+            () = tokio::time::sleep(grace) => false,
+            () = second_request => false,
+        };
+        if !drained {
+            tracing::warn!(sessions = sessions.len(), "closing remaining sessions");
             sessions.shutdown().await;
         }
         shared.lifecycle.set(State::Stopped);
@@ -265,7 +318,7 @@ impl ServerHandle {
         self.shared.lifecycle.state()
     }
 
-    /// Client sessions holding a global slot now.
+    /// Cancel keys issued to sessions that are still open.
     pub fn cancel_keys(&self) -> usize {
         self.shared.cancel.len()
     }
@@ -285,6 +338,13 @@ impl Shared {
             let result = Config::load(path)
                 .map_err(ReloadError::from)
                 .and_then(|config| {
+                    let changed = self.fixed.changed(&FixedSections::of(&config));
+                    if !changed.is_empty() {
+                        tracing::warn!(
+                            sections = changed.join(", "),
+                            "reload applies tenants and routing only; restart to apply changes to these sections"
+                        );
+                    }
                     let previous = self.routes.load();
                     Ok(RoutingTable::build(&config, Some(&previous))?)
                 });

@@ -310,6 +310,9 @@ async fn serve_inner(
     let (route, _global_slot) = match admit(shared, &table, &mut startup, &client) {
         Ok(admitted) => admitted,
         Err((e, tenant)) => {
+            if !tenant.is_empty() {
+                log.tenant = Some(tenant.clone());
+            }
             metrics::counter!(m::REJECTIONS, "reason" => e.outcome(), "tenant" => tenant)
                 .increment(1);
             report(&mut stream, &e, &table.how_to_name_tenant()).await;
