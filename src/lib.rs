@@ -32,6 +32,7 @@
 )]
 
 pub mod admin;
+pub mod auth;
 pub mod backend;
 pub mod cancel;
 pub mod config;

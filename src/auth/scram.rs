@@ -1,0 +1,1 @@
+//! SCRAM exchange (being written).

@@ -1,0 +1,1 @@
+//! SCRAM secrets (being written).
