@@ -611,7 +611,9 @@ fn tenant_from_raw(
     }
 }
 
-/// A tenant that no client could ever reach is a mistake, not a policy.
+/// A tenant whose policy the listener cannot enforce is a mistake, not a
+/// policy: one no client could reach, or one whose policy a client could
+/// talk its way past.
 fn check_reachable(
     t: &TenantConfig,
     at: &str,
@@ -625,11 +627,40 @@ fn check_reachable(
             "cannot be met with tls.mode = \"disable\"",
         );
     }
-    if !t.allowed_vpce_ids.is_empty() && listen.proxy_protocol == ProxyMode::Off {
+    // In "optional" mode anyone who reaches the port directly (not through
+    // the NLB) can send a PROXY header of their own making.
+    if !t.allowed_vpce_ids.is_empty() && listen.proxy_protocol != ProxyMode::Required {
         p.push(
             format!("{at}.allowed_vpce_ids"),
-            "needs PROXY protocol headers, but listen.proxy_protocol = \"off\"",
+            "needs listen.proxy_protocol = \"required\": the VPC endpoint id comes from the NLB's PROXY header",
         );
+    }
+    if !t.allowed_cidrs.is_empty() && listen.proxy_protocol == ProxyMode::Optional {
+        p.push(
+            format!("{at}.allowed_cidrs"),
+            "cannot be enforced with listen.proxy_protocol = \"optional\": a client could send its own PROXY header; use \"required\" or \"off\"",
+        );
+    }
+}
+
+impl Config {
+    /// Problems of this configuration's tenants under another listener
+    /// and TLS setup: a reload checks new tenants against the running
+    /// process, whose `[listen]` and `[tls]` only a restart changes.
+    pub fn tenant_problems(
+        &self,
+        listen: &ListenConfig,
+        tls: &TlsConfig,
+    ) -> Result<(), ConfigError> {
+        let mut p = Problems::default();
+        for (i, t) in self.tenants.iter().enumerate() {
+            check_reachable(t, &format!("tenants[{i}]"), listen, tls, &mut p);
+        }
+        if p.0.is_empty() {
+            Ok(())
+        } else {
+            Err(p.into_error())
+        }
     }
 }
 
@@ -660,6 +691,12 @@ fn parse_cidr(s: &str) -> Option<IpNet> {
         .or_else(|| s.parse::<std::net::IpAddr>().ok().map(IpNet::from))
 }
 
+/// Longest duration any key accepts; keeps deadline arithmetic far from
+/// overflow.
+const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Largest connection limit any key accepts.
+const MAX_CONNECTIONS: usize = 1_000_000;
+
 #[derive(Default)]
 struct Problems(Vec<Problem>);
 
@@ -687,6 +724,10 @@ impl Problems {
 
     fn duration(&mut self, path: &str, s: &str) -> Duration {
         match humantime::parse_duration(s) {
+            Ok(d) if d > MAX_DURATION => {
+                self.push(path, format!("{s:?} is longer than the maximum of 30 days"));
+                Duration::from_secs(1)
+            }
             Ok(d) if !d.is_zero() => d,
             _ => {
                 self.push(
@@ -701,6 +742,10 @@ impl Problems {
     fn positive(&mut self, path: &str, n: usize) -> usize {
         if n == 0 {
             self.push(path, "must be at least 1");
+        }
+        if n > MAX_CONNECTIONS {
+            self.push(path, format!("must be at most {MAX_CONNECTIONS}"));
+            return MAX_CONNECTIONS;
         }
         n
     }
@@ -799,6 +844,15 @@ mod tests {
             paths,
             vec!["tenants[0].require_tls", "tenants[0].allowed_vpce_ids"]
         );
+        let optional = text.replace(
+            "addr = \"127.0.0.1:6432\"",
+            "addr = \"127.0.0.1:6432\"\nproxy_protocol = \"optional\"",
+        );
+        let err = Config::parse(&optional, Path::new(".")).unwrap_err();
+        assert!(err
+            .problems
+            .iter()
+            .any(|p| p.path == "tenants[0].allowed_vpce_ids"));
         let ok = text
             .replace(
                 "addr = \"127.0.0.1:6432\"",

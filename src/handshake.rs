@@ -164,6 +164,9 @@ where
     )
     .await
     {
+        // A peer that closes before sending anything is a disconnect, not a
+        // PROXY protocol error (TCP probes do this).
+        Ok(Err(ProxyError::Io(e))) => return Err(HandshakeError::Io(e)),
         Ok(preface) => preface?,
         Err(_) => {
             let err = HandshakeError::Timeout;

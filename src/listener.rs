@@ -9,6 +9,9 @@ use tokio::task::JoinSet;
 
 use crate::server::{Control, Shared};
 
+/// How long a refused connection may take to receive its error.
+const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_millis(200);
+
 /// Accepts connections and spawns a session for each until a
 /// [`Control::Shutdown`] (or every handle is gone). Returns the sessions
 /// still running.
@@ -21,9 +24,17 @@ pub async fn accept_loop(
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((tcp, peer)) => {
-                    sessions.spawn(crate::session::serve(shared.clone(), tcp, peer));
-                }
+                Ok((tcp, peer)) => match shared.clients.clone().try_acquire_owned() {
+                    Ok(slot) => {
+                        sessions.spawn(crate::session::serve(shared.clone(), tcp, peer, slot));
+                    }
+                    // Every connection, in its handshake or not, counts
+                    // against the limit, so a flood of silent sockets cannot
+                    // exhaust tasks and file descriptors.
+                    Err(_) => {
+                        sessions.spawn(refuse_over_limit(tcp));
+                    }
+                },
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
@@ -43,4 +54,22 @@ pub async fn accept_loop(
             },
         }
     }
+}
+
+/// Answers a connection over `listen.max_client_connections` with `53300`
+/// at once, without reading it, as the postmaster does: libpq reports an
+/// `ErrorResponse` received in place of the answer to `SSLRequest`.
+async fn refuse_over_limit(mut tcp: tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    metrics::counter!(crate::metrics::TCP_ACCEPTED).increment(1);
+    metrics::counter!(crate::metrics::REJECTIONS, "reason" => "global_connection_limit", "tenant" => crate::metrics::NO_TENANT)
+        .increment(1);
+    let mut buf = bytes::BytesMut::new();
+    crate::protocol::messages::error_response(
+        &mut buf,
+        crate::protocol::SqlState::TOO_MANY_CONNECTIONS,
+        "sorry, too many clients already",
+        None,
+    );
+    let _ = tokio::time::timeout(REFUSAL_WRITE_TIMEOUT, tcp.write_all(&buf)).await;
 }

@@ -136,14 +136,20 @@ pub async fn read_preface<S: AsyncRead + Unpin>(
     let header = if is_v2 {
         let mut fixed = [0u8; V2_FIXED_LEN];
         fixed[..PROBE_LEN].copy_from_slice(&probe);
-        stream.read_exact(&mut fixed[PROBE_LEN..]).await?;
+        stream
+            .read_exact(&mut fixed[PROBE_LEN..])
+            .await
+            .map_err(truncated)?;
         let body_len = usize::from(u16::from_be_bytes([fixed[14], fixed[15]]));
         if body_len > MAX_V2_BODY_LEN {
             return Err(ProxyError::TooLong);
         }
         let mut full = vec![0u8; V2_FIXED_LEN + body_len];
         full[..V2_FIXED_LEN].copy_from_slice(&fixed);
-        stream.read_exact(&mut full[V2_FIXED_LEN..]).await?;
+        stream
+            .read_exact(&mut full[V2_FIXED_LEN..])
+            .await
+            .map_err(truncated)?;
         parse_v2(&full)?
     } else {
         let mut line = probe.to_vec();
@@ -153,7 +159,7 @@ pub async fn read_preface<S: AsyncRead + Unpin>(
             if line.len() >= MAX_V1_LEN {
                 return Err(ProxyError::TooLong);
             }
-            line.push(stream.read_u8().await?);
+            line.push(stream.read_u8().await.map_err(truncated)?);
         }
         parse_v1(&line)?
     };
@@ -161,6 +167,15 @@ pub async fn read_preface<S: AsyncRead + Unpin>(
         header: Some(header),
         read_ahead: Bytes::new(),
     })
+}
+
+/// A header that stops part-way is malformed, not a plain disconnect.
+fn truncated(e: std::io::Error) -> ProxyError {
+    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+        ProxyError::Malformed("truncated header".to_owned())
+    } else {
+        ProxyError::Io(e)
+    }
 }
 
 /// Parses a complete v2 header (signature through the last TLV).
@@ -412,7 +427,7 @@ mod tests {
         let truncated = &local[..local.len() - 1];
         assert!(matches!(
             read_preface(&mut &truncated[..], ProxyMode::Required).await,
-            Err(ProxyError::Io(_))
+            Err(ProxyError::Malformed(_))
         ));
         let v1 = b"PROXY TCP4 192.0.2.1 192.0.2.2 40000 6432\r\nrest";
         let mut r = &v1[..];

@@ -238,9 +238,9 @@ impl RoutingTable {
     fn tenant_from_sni(&self, name: &str) -> Option<String> {
         let suffix = self.sni_suffix.as_deref()?;
         let name = name.trim_end_matches('.').to_ascii_lowercase();
-        let prefix = name.strip_suffix(suffix)?.strip_suffix('.')?;
-        let label = prefix.split('.').next()?;
-        (!label.is_empty()).then(|| label.to_owned())
+        let label = name.strip_suffix(suffix)?.strip_suffix('.')?;
+        // Exactly one label: `x.acme.<suffix>` is not acme's.
+        (!label.is_empty() && !label.contains('.')).then(|| label.to_owned())
     }
 
     /// How a client may name its tenant, for error hints.
@@ -416,7 +416,7 @@ mod tests {
             r#"
             [listen]
             addr = "127.0.0.1:0"
-            proxy_protocol = "optional"
+            proxy_protocol = "required"
             [tls]
             cert = "unused.crt"
             key = "unused.key"
@@ -462,6 +462,10 @@ mod tests {
         );
         assert_eq!(
             t.resolve(&mut s, Some("other.example.com")).err(),
+            Some(RouteError::Missing)
+        );
+        assert_eq!(
+            t.resolve(&mut s, Some("x.acme.pg.example.com")).err(),
             Some(RouteError::Missing)
         );
     }

@@ -338,6 +338,7 @@ impl Shared {
             let result = Config::load(path)
                 .map_err(ReloadError::from)
                 .and_then(|config| {
+                    config.tenant_problems(&self.fixed.listen, &self.fixed.tls)?;
                     let changed = self.fixed.changed(&FixedSections::of(&config));
                     if !changed.is_empty() {
                         tracing::warn!(

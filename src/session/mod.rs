@@ -14,11 +14,13 @@ use bytes::BytesMut;
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
 
 use crate::backend::{self, ConnectError};
 use crate::handshake::{self, ClientStream, HandshakeConfig, HandshakeError, Negotiated};
 use crate::lifecycle::State;
 use crate::metrics as m;
+use crate::protocol::framing::FramingError;
 use crate::protocol::messages;
 use crate::protocol::startup::StartupMessage;
 use crate::protocol::SqlState;
@@ -64,9 +66,9 @@ pub enum SessionError {
     /// The tenant's policy refused the client.
     #[error(transparent)]
     Policy(#[from] PolicyError),
-    /// `listen.max_client_connections` reached.
-    #[error("global client connection limit reached")]
-    TooManyClients,
+    /// A replication connection: not served through pgcell.
+    #[error("replication connection refused")]
+    Replication,
     /// pgcell is shutting down.
     #[error("shutting down")]
     ShuttingDown,
@@ -96,7 +98,8 @@ impl SessionError {
         match self {
             SessionError::Handshake(_) | SessionError::ClientIo(_) => ErrorKind::Client,
             SessionError::Route(_) | SessionError::Policy(_) => ErrorKind::Policy,
-            SessionError::TooManyClients | SessionError::ShuttingDown => ErrorKind::Internal,
+            SessionError::ShuttingDown => ErrorKind::Internal,
+            SessionError::Replication => ErrorKind::Policy,
             SessionError::BackendConnect(_)
             | SessionError::AuthTimeout
             | SessionError::BackendRejected(_)
@@ -114,7 +117,7 @@ impl SessionError {
             SessionError::Handshake(e) => e.kind(),
             SessionError::Route(e) => e.reason(),
             SessionError::Policy(e) => e.reason(),
-            SessionError::TooManyClients => "global_connection_limit",
+            SessionError::Replication => "replication_refused",
             SessionError::ShuttingDown => "shutting_down",
             SessionError::BackendConnect(_) => "backend_unreachable",
             SessionError::AuthRelay(_) => "auth_relay_failed",
@@ -167,9 +170,9 @@ impl SessionError {
                 "connection not authorized".into(),
                 None,
             )),
-            SessionError::TooManyClients => Some((
-                SqlState::TOO_MANY_CONNECTIONS,
-                "sorry, too many clients already".into(),
+            SessionError::Replication => Some((
+                SqlState::INVALID_AUTHORIZATION,
+                "replication connections are not accepted".into(),
                 None,
             )),
             SessionError::ShuttingDown => Some((
@@ -182,7 +185,14 @@ impl SessionError {
                 "could not connect to the database server".into(),
                 None,
             )),
-            // The client is gone or broke the exchange itself.
+            SessionError::AuthRelay(AuthRelayError::Client(
+                FramingError::TooLong { .. } | FramingError::InvalidLength(_),
+            )) => Some((
+                SqlState::PROTOCOL_VIOLATION,
+                "invalid authentication message".into(),
+                None,
+            )),
+            // The client is gone.
             SessionError::AuthRelay(AuthRelayError::Client(_)) => None,
             SessionError::AuthRelay(AuthRelayError::UnexpectedClientMessage(_)) => Some((
                 SqlState::PROTOCOL_VIOLATION,
@@ -215,7 +225,15 @@ struct ConnectionLog {
 }
 
 /// Serves one accepted TCP connection to the end, logging one line.
-pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
+///
+/// `_slot` is the connection's share of `listen.max_client_connections`,
+/// taken before the task was spawned and held until it ends.
+pub async fn serve(
+    shared: Arc<Shared>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    _slot: OwnedSemaphorePermit,
+) {
     let started = Instant::now();
     metrics::counter!(m::TCP_ACCEPTED).increment(1);
     backend::set_socket_options(&tcp, shared.settings.tcp_keepalive);
@@ -307,7 +325,7 @@ async fn serve_inner(
     log.client = Some(client.clone());
 
     let table = shared.routes.load_full();
-    let (route, _global_slot) = match admit(shared, &table, &mut startup, &client) {
+    let route = match admit(shared, &table, &mut startup, &client) {
         Ok(admitted) => admitted,
         Err((e, tenant)) => {
             if !tenant.is_empty() {
@@ -338,8 +356,6 @@ async fn serve_inner(
     result.map(|()| "ok")
 }
 
-type Admitted = (route::Route, tokio::sync::OwnedSemaphorePermit);
-
 /// Routes and admits a client. A refusal carries the tenant label for its
 /// metric: a configured tenant id, or empty, so that clients cannot mint
 /// label values.
@@ -348,22 +364,22 @@ fn admit(
     table: &route::RoutingTable,
     startup: &mut StartupMessage,
     client: &ClientInfo,
-) -> Result<Admitted, (SessionError, String)> {
+) -> Result<route::Route, (SessionError, String)> {
     let no_tenant = |e: SessionError| (e, m::NO_TENANT.to_owned());
     if shared.lifecycle.state() == State::Stopping {
         return Err(no_tenant(SessionError::ShuttingDown));
+    }
+    if startup
+        .get("replication")
+        .is_some_and(|r| r != "false" && r != "off" && r != "0")
+    {
+        return Err(no_tenant(SessionError::Replication));
     }
     let tenant = table
         .resolve(startup, client.sni.as_deref())
         .map_err(|e| no_tenant(e.into()))?;
     let id = tenant.id().to_owned();
-    let route = route::admit(tenant, client).map_err(|e| (e.into(), id.clone()))?;
-    let global = shared
-        .clients
-        .clone()
-        .try_acquire_owned()
-        .map_err(|_| (SessionError::TooManyClients, id))?;
-    Ok((route, global))
+    route::admit(tenant, client).map_err(|e| (e.into(), id))
 }
 
 async fn passthrough<S>(

@@ -74,6 +74,7 @@ where
 
     let upstream = async {
         let mut buf = BytesMut::with_capacity(RELAY_BUF_LEN);
+        let mut frames = FrameTracker::default();
         loop {
             buf.clear();
             match client_r.read_buf(&mut buf).await {
@@ -85,6 +86,12 @@ where
                 Ok(n) => {
                     counters.from_client.increment(n as u64);
                     from_client.fetch_add(n as u64, Relaxed);
+                    frames.advance(&buf);
+                    // After Terminate the backend's close is the expected
+                    // end, not a lost backend, however the client closes.
+                    if frames.last_tag() == Some(b'X') {
+                        client_done.store(true, Relaxed);
+                    }
                 }
                 Err(e) => {
                     client_done.store(true, Relaxed);
@@ -141,13 +148,22 @@ where
 
     tokio::pin!(upstream, downstream);
     let end = tokio::select! {
-        end = &mut upstream => {
-            if matches!(end, RelayEnd::ClientClosed) {
+        end = &mut upstream => match end {
+            RelayEnd::ClientClosed => {
                 // Let the backend's last bytes and its close come through.
                 let _ = tokio::time::timeout(BACKEND_CLOSE_WAIT, &mut downstream).await;
+                end
             }
-            end
-        }
+            // Writing to the backend failed: the reading side sees the loss
+            // too and tells the client at a message boundary.
+            RelayEnd::BackendLost { .. } => {
+                match tokio::time::timeout(BACKEND_CLOSE_WAIT, &mut downstream).await {
+                    Ok(downstream_end) => downstream_end,
+                    Err(_) => end,
+                }
+            }
+            RelayEnd::ClientError(_) => end,
+        },
         end = &mut downstream => end,
     };
     bytes.from_client = from_client.load(Relaxed);
@@ -218,6 +234,25 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[tokio::test]
+    async fn backend_close_after_terminate_is_clean() {
+        let (client_side, mut client) = duplex(1024);
+        let (backend_side, mut backend) = duplex(1024);
+        let task = tokio::spawn(async move {
+            let mut bytes = RelayBytes::default();
+            relay(client_side, backend_side, &counters(), &mut bytes).await
+        });
+        // Terminate, then the client waits for the server to close.
+        client.write_all(b"X\0\0\0\x04").await.unwrap();
+        let mut x = [0u8; 5];
+        backend.read_exact(&mut x).await.unwrap();
+        drop(backend);
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        assert!(got.is_empty(), "{got:?}");
+        assert!(matches!(task.await.unwrap(), RelayEnd::ClientClosed));
     }
 
     #[tokio::test]

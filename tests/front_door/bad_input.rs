@@ -68,16 +68,18 @@ async fn malformed_clients_are_closed_and_others_served() {
     assert_eq!(error_fields(&reply).unwrap().0, "0A000");
 
     // Byte-a-second client: cut off at the startup timeout with 08P01,
-    // while the survivor keeps working.
+    // while the survivor keeps working. It stops writing once pgcell has
+    // answered, so the answer is not lost to a reset.
     let mut slow = TcpStream::connect(proxy.addr).await.unwrap();
     let started = Instant::now();
     let slow_task = tokio::spawn(async move {
         let packet = startup_packet(&[("user", "app.acme"), ("database", "app")], 0);
         for b in packet {
-            if slow.write_all(&[b]).await.is_err() {
-                break;
+            slow.write_all(&[b]).await.unwrap();
+            tokio::select! {
+                _ = slow.readable() => break,
+                _ = tokio::time::sleep(Duration::from_millis(700)) => {}
             }
-            tokio::time::sleep(Duration::from_millis(700)).await;
         }
         slow
     });
@@ -98,9 +100,9 @@ async fn malformed_clients_are_closed_and_others_served() {
         "held for {:?}",
         started.elapsed()
     );
-    if !reply.is_empty() {
-        assert_eq!(error_fields(&reply).unwrap().0, "08P01");
-    }
+    let (code, msg, _) = error_fields(&reply).expect("the slow client is told");
+    assert_eq!(code, "08P01");
+    assert!(msg.contains("timeout"), "{msg}");
 
     // TLS handshake garbage after 'S'.
     let mut tcp = TcpStream::connect(proxy.addr).await.unwrap();
@@ -112,16 +114,14 @@ async fn malformed_clients_are_closed_and_others_served() {
     tcp.write_all(&[0x16, 3, 1, 0, 5, 1, 2, 3, 4, 5])
         .await
         .unwrap();
-    let _ = read_until_close(&mut tcp, Duration::from_secs(5)).await;
+    // A TLS alert at most (never Postgres data), then the close.
+    let reply = read_until_close(&mut tcp, Duration::from_secs(5)).await;
+    assert!(reply.is_empty() || reply[0] == 0x15, "{reply:?}");
 
     survivor.simple_query("select 1").await.unwrap();
     let (fresh, _c) = connect(&proxy.pg_config("app.acme")).await.unwrap();
     fresh.simple_query("select 1").await.unwrap();
 
-    let m = proxy.metrics().await;
-    assert!(metric(&m, "pgcell_handshake_errors_total", &[("kind", "startup")]).unwrap() >= 3.0);
-    assert!(metric(&m, "pgcell_handshake_errors_total", &[("kind", "timeout")]).unwrap() >= 1.0);
-    assert!(metric(&m, "pgcell_handshake_errors_total", &[("kind", "tls")]).unwrap() >= 1.0);
     proxy.stop().await;
 }
 

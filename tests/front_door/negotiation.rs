@@ -242,6 +242,34 @@ async fn backend_tls_with_ca_verification() {
     assert!(ssl, "backend connection is not TLS");
     let (client, _c) = connect(&proxy.pg_config("app.encrypted")).await.unwrap();
     client.simple_query("select 1").await.unwrap();
+
+    // Over TLS the backend offers SCRAM-SHA-256-PLUS; through pgcell the
+    // client must see plain SCRAM-SHA-256 only.
+    let mut tcp = TcpStream::connect(proxy.addr).await.unwrap();
+    tcp.write_all(&startup_packet(
+        &[("user", "app.encrypted"), ("database", "app")],
+        0,
+    ))
+    .await
+    .unwrap();
+    assert_eq!(tcp.read_u8().await.unwrap(), b'R');
+    let len = tcp.read_u32().await.unwrap();
+    let mut body = vec![0u8; len as usize - 4];
+    tcp.read_exact(&mut body).await.unwrap();
+    assert_eq!(&body[..4], &10i32.to_be_bytes());
+    assert_eq!(&body[4..], b"SCRAM-SHA-256\0\0");
+    let direct = psql(
+        &format!(
+            "host=127.0.0.1 port={} user=app dbname=app sslmode=require channel_binding=require",
+            a.port()
+        ),
+        "select 1",
+    );
+    assert_eq!(
+        direct.as_deref(),
+        Ok("1"),
+        "the backend itself offers channel binding"
+    );
     let err = connect(&proxy.pg_config("app.unverified"))
         .await
         .err()

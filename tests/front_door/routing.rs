@@ -246,11 +246,28 @@ async fn global_client_limit_gets_53300() {
         metric(
             &m,
             "pgcell_client_rejections_total",
-            &[("reason", "global_connection_limit"), ("tenant", "alpha")]
+            &[("reason", "global_connection_limit"), ("tenant", "")]
         )
         .unwrap()
             >= 1.0
     );
     drop(first);
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replication_connections_are_refused() {
+    let a = cluster("cluster-repl");
+    let proxy = Proxy::start(&config_text("", "allow", &tenant("alpha", &a, ""))).await;
+    let port = proxy.addr.port();
+    let err = psql(
+        &format!("host=127.0.0.1 port={port} user=app.alpha dbname=app replication=database sslmode=disable"),
+        "IDENTIFY_SYSTEM",
+    )
+    .unwrap_err();
+    assert!(
+        err.contains("replication connections are not accepted"),
+        "{err}"
+    );
     proxy.stop().await;
 }
