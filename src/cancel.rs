@@ -25,7 +25,23 @@ pub struct CancelTarget {
 /// The cancel keys issued by this process.
 #[derive(Debug, Default, Clone)]
 pub struct CancelMap {
-    inner: Arc<Mutex<HashMap<i32, (i32, CancelTarget)>>>,
+    inner: Arc<Mutex<HashMap<i32, Entry>>>,
+}
+
+/// A key's secret and where its cancels go.
+type Entry = (i32, Arc<Mutex<Slot>>);
+
+/// Where one client's cancels go right now.
+///
+/// A pooled client has a backend only while it runs a transaction (or for
+/// its session); between, a cancel has nothing to do. When a cancel was
+/// sent during a checkout, that backend must not serve anyone else: the
+/// signal may land after the hand-over. [`Registration::detach`] reports it
+/// so the pool closes that backend instead.
+#[derive(Debug, Default)]
+struct Slot {
+    target: Option<CancelTarget>,
+    cancel_sent: bool,
 }
 
 /// Keeps a key registered; the key is forgotten when this drops.
@@ -33,6 +49,7 @@ pub struct CancelMap {
 pub struct Registration {
     map: CancelMap,
     key: CancelKey,
+    slot: Arc<Mutex<Slot>>,
 }
 
 /// What became of a `CancelRequest`.
@@ -60,6 +77,13 @@ impl CancelOutcome {
 impl CancelMap {
     /// Issues a fresh random key for a session served by `target`.
     pub fn register(&self, target: CancelTarget) -> Registration {
+        let reg = self.register_idle();
+        reg.attach(target);
+        reg
+    }
+
+    /// Issues a fresh random key for a client with no backend yet.
+    pub fn register_idle(&self) -> Registration {
         let mut map = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         loop {
             let (pid, secret) = random_key();
@@ -68,22 +92,34 @@ impl CancelMap {
             if pid == 0 || map.contains_key(&pid) {
                 continue;
             }
-            map.insert(pid, (secret, target));
+            let slot = Arc::new(Mutex::new(Slot::default()));
+            map.insert(pid, (secret, slot.clone()));
             return Registration {
                 map: self.clone(),
                 key: CancelKey { pid, secret },
+                slot,
             };
         }
     }
 
-    /// The target for `key`, when the secret matches.
+    /// The target for `key` now, when the secret matches; marks the
+    /// checkout as cancelled.
     pub fn lookup(&self, key: CancelKey) -> Option<CancelTarget> {
-        let map = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        let (secret, target) = map.get(&key.pid)?;
-        // Both are 32-bit values compared once; the difference in timing
-        // between a pid miss and a secret mismatch reveals only that a pid
-        // is in use, which any client of this process can learn anyway.
-        (*secret == key.secret).then_some(*target)
+        let slot = {
+            let map = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+            let (secret, slot) = map.get(&key.pid)?;
+            // Both are 32-bit values compared once; the difference in timing
+            // between a pid miss and a secret mismatch reveals only that a pid
+            // is in use, which any client of this process can learn anyway.
+            if *secret != key.secret {
+                return None;
+            }
+            slot.clone()
+        };
+        let mut slot = slot.lock().unwrap_or_else(PoisonError::into_inner);
+        let target = slot.target?;
+        slot.cancel_sent = true;
+        Some(target)
     }
 
     /// Looks `key` up and sends the backend its `CancelRequest`.
@@ -118,6 +154,22 @@ impl Registration {
     /// The key to give the client.
     pub fn key(&self) -> CancelKey {
         self.key
+    }
+
+    /// Cancels from now on go to `target` (a backend was checked out).
+    pub fn attach(&self, target: CancelTarget) {
+        let mut slot = self.slot.lock().unwrap_or_else(PoisonError::into_inner);
+        slot.target = Some(target);
+        slot.cancel_sent = false;
+    }
+
+    /// Cancels from now on do nothing (the backend is being handed back).
+    /// Returns true when a cancel was sent during the checkout: that
+    /// backend must then be closed, not reused.
+    pub fn detach(&self) -> bool {
+        let mut slot = self.slot.lock().unwrap_or_else(PoisonError::into_inner);
+        slot.target = None;
+        std::mem::take(&mut slot.cancel_sent)
     }
 }
 
@@ -179,6 +231,10 @@ mod tests {
             }),
             None
         );
+        assert!(reg.detach(), "the lookup above counts as a cancel");
+        assert_eq!(map.lookup(key), None, "idle: nothing to cancel");
+        assert!(!reg.detach());
+        reg.attach(target);
         drop(reg);
         assert_eq!(map.lookup(key), None);
         assert!(map.is_empty());

@@ -15,6 +15,9 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 pub use crate::proxy_protocol::ProxyMode;
+pub use pooling::{AuthMode, Credential, Password, PoolConfig, PoolMode, UserConfig};
+
+mod pooling;
 
 /// A fully checked configuration.
 #[derive(Debug, Clone)]
@@ -163,6 +166,19 @@ pub struct TenantConfig {
     /// Name to verify the backend certificate against; the backend's host
     /// by default.
     pub backend_server_name: Option<String>,
+    /// How clients are authenticated (and whether they are pooled).
+    pub auth: AuthMode,
+    /// Pool settings, when pgcell authenticates clients.
+    pub pool: PoolConfig,
+    /// Users pgcell authenticates itself.
+    pub users: Vec<UserConfig>,
+}
+
+impl TenantConfig {
+    /// The configured user `name`.
+    pub fn user(&self, name: &str) -> Option<&UserConfig> {
+        self.users.iter().find(|u| u.name == name)
+    }
 }
 
 /// Everything wrong with a configuration.
@@ -371,6 +387,11 @@ struct RawTenant {
     backend_tls: BackendTlsMode,
     backend_ca: Option<String>,
     backend_server_name: Option<String>,
+    auth: Option<AuthMode>,
+    #[serde(default)]
+    pool: pooling::RawPool,
+    #[serde(default)]
+    users: Vec<pooling::RawUser>,
 }
 
 fn default_tenant_max_clients() -> usize {
@@ -597,6 +618,29 @@ fn tenant_from_raw(
             p.push(format!("{at}.database"), "must not be empty");
         }
     }
+    let users = pooling::users_from_raw(t.users, at, base, p);
+    let pool = pooling::pool_from_raw(t.pool, at, p);
+    let auth = t.auth.unwrap_or(if users.is_empty() {
+        AuthMode::Passthrough
+    } else {
+        AuthMode::Scram
+    });
+    if auth != AuthMode::Passthrough && users.is_empty() {
+        p.push(
+            format!("{at}.auth"),
+            "pgcell can authenticate clients only for users listed in [[tenants.users]]",
+        );
+    }
+    if auth == AuthMode::Md5 {
+        for (i, u) in users.iter().enumerate() {
+            if !matches!(u.credential, Credential::Password(_)) {
+                p.push(
+                    format!("{at}.users[{i}]"),
+                    "auth = \"md5\" needs a password (password_env or password_file)",
+                );
+            }
+        }
+    }
     TenantConfig {
         id: t.id,
         backends: t.backends,
@@ -608,6 +652,9 @@ fn tenant_from_raw(
         backend_tls: t.backend_tls,
         backend_ca: t.backend_ca.map(|c| base.join(c)),
         backend_server_name: t.backend_server_name,
+        auth,
+        pool,
+        users,
     }
 }
 

@@ -179,6 +179,7 @@ where
         vpce_id: None,
         tls: false,
         sni: None,
+        tls_end_point: None,
     };
     match preface.header {
         Some(ProxyHeader::Local { version }) => {
@@ -255,9 +256,11 @@ where
                 return Err((None, HandshakeError::TlsUnavailable));
             };
             plain.unread(&len);
-            stream = accept_tls(plain, tls, cfg.deadline)
+            let (tls_stream, end_point) = accept_tls(plain, tls, cfg.deadline)
                 .await
                 .map_err(|e| (None, e))?;
+            stream = tls_stream;
+            client.tls_end_point = end_point;
             if alpn(&stream) != Some(ALPN_POSTGRESQL) {
                 return Err((Some(stream), HandshakeError::DirectTlsWithoutAlpn));
             }
@@ -305,9 +308,11 @@ where
                 if let Err(e) = write_by(&mut plain, &[messages::SSL_ACCEPT], cfg.deadline).await {
                     return Err((Some(MaybeTls::Plain(plain)), e));
                 }
-                stream = accept_tls(plain, tls, cfg.deadline)
+                let (tls_stream, end_point) = accept_tls(plain, tls, cfg.deadline)
                     .await
                     .map_err(|e| (None, e))?;
+                stream = tls_stream;
+                client.tls_end_point = end_point;
             }
             FrontendStartup::GssEncRequest => {
                 if gss_tried || stream.is_tls() {
@@ -372,15 +377,16 @@ async fn accept_tls<S>(
     plain: Prefixed<S>,
     tls: &ServerTls,
     deadline: Instant,
-) -> Result<ClientStream<S>, HandshakeError>
+) -> Result<(ClientStream<S>, Option<std::sync::Arc<Vec<u8>>>), HandshakeError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let tls_stream = timeout_at(deadline, tls.acceptor().accept(plain))
+    let (acceptor, end_point) = tls.accept_parts();
+    let tls_stream = timeout_at(deadline, acceptor.accept(plain))
         .await
         .map_err(|_| HandshakeError::Timeout)?
         .map_err(HandshakeError::Tls)?;
-    Ok(MaybeTls::Tls(Box::new(tls_stream)))
+    Ok((MaybeTls::Tls(Box::new(tls_stream)), end_point))
 }
 
 async fn read_by<R: AsyncRead + Unpin>(

@@ -43,6 +43,7 @@ pub mod lifecycle;
 pub mod listener;
 pub mod local_pg;
 pub mod metrics;
+pub mod pool;
 pub mod protocol;
 pub mod proxy_protocol;
 pub mod route;

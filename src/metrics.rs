@@ -38,6 +38,14 @@ pub const SESSION_SECONDS: &str = "pgcell_session_duration_seconds";
 pub const CANCEL_REQUESTS: &str = "pgcell_cancel_requests_total";
 /// Failed connections by kind (client, policy, backend, internal).
 pub const CONNECTION_ERRORS: &str = "pgcell_connection_errors_total";
+/// Time clients waited for a pooled backend (label: tenant).
+pub const POOL_WAIT_SECONDS: &str = "pgcell_pool_wait_seconds";
+/// Client logins pgcell refused (labels: tenant, reason).
+pub const AUTH_FAILURES: &str = "pgcell_auth_failures_total";
+/// Transactions completed through transaction pools (label: tenant).
+pub const TRANSACTIONS: &str = "pgcell_transactions_total";
+/// Clients waiting for a pooled backend (label: tenant).
+pub const POOL_WAITING: &str = "pgcell_pool_waiting_clients";
 /// 1 while pgcell is ready to serve, else 0.
 pub const READY: &str = "pgcell_ready";
 /// Certificate reloads (label: outcome).
@@ -74,6 +82,9 @@ pub fn handle() -> &'static PrometheusHandle {
             )
             .and_then(|b| {
                 b.set_buckets_for_metric(Matcher::Full(SESSION_SECONDS.into()), SESSION_BUCKETS)
+            })
+            .and_then(|b| {
+                b.set_buckets_for_metric(Matcher::Full(POOL_WAIT_SECONDS.into()), LATENCY_BUCKETS)
             });
         let recorder = match builder {
             Ok(b) => b.build_recorder(),
@@ -150,6 +161,20 @@ fn describe() {
         "Connections that ended in an error, by kind (client, policy, backend, internal)."
     );
     describe_gauge!(READY, "1 while pgcell is ready to serve clients.");
+    describe_histogram!(
+        POOL_WAIT_SECONDS,
+        Unit::Seconds,
+        "Time clients waited for a pooled backend connection."
+    );
+    describe_counter!(AUTH_FAILURES, "Client logins refused by pgcell, by reason.");
+    describe_counter!(
+        TRANSACTIONS,
+        "Transactions completed through transaction pools."
+    );
+    describe_gauge!(
+        POOL_WAITING,
+        "Clients waiting for a pooled backend connection."
+    );
     describe_counter!(
         TLS_RELOADS,
         "Reloads of the TLS certificate and key, by outcome."

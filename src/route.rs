@@ -25,6 +25,9 @@ pub struct Tenant {
     pub backend_tls: Option<Arc<ClientConfig>>,
     /// Client connections being served; survives reloads.
     active: Arc<AtomicUsize>,
+    /// SCRAM secrets of the users pgcell authenticates, derived once per
+    /// load (PBKDF2 is too slow to run per connection).
+    pub secrets: HashMap<String, crate::auth::secret::ScramSecret>,
 }
 
 impl Tenant {
@@ -52,6 +55,8 @@ pub struct ClientInfo {
     pub tls: bool,
     /// TLS server name the client sent.
     pub sni: Option<String>,
+    /// SCRAM channel-binding data of the certificate pgcell presented.
+    pub tls_end_point: Option<std::sync::Arc<Vec<u8>>>,
 }
 
 /// A routed, admitted connection. Holds the tenant's connection slot until
@@ -151,12 +156,31 @@ impl RoutingTable {
                 .and_then(|p| p.tenants.get(&t.id))
                 .map(|old| old.active.clone())
                 .unwrap_or_default();
+            let secrets = t
+                .users
+                .iter()
+                .map(|u| {
+                    let secret = match &u.credential {
+                        crate::config::Credential::ScramSecret(s) => s.clone(),
+                        crate::config::Credential::Password(pw) => {
+                            let nonce = crate::auth::random_nonce();
+                            crate::auth::secret::ScramSecret::from_password(
+                                &pw.0,
+                                &nonce[..16],
+                                crate::auth::secret::DEFAULT_ITERATIONS,
+                            )
+                        }
+                    };
+                    (u.name.clone(), secret)
+                })
+                .collect();
             tenants.insert(
                 t.id.clone(),
                 Arc::new(Tenant {
                     config: t.clone(),
                     backend_tls,
                     active,
+                    secrets,
                 }),
             );
         }
@@ -549,6 +573,7 @@ mod tests {
             vpce_id: None,
             tls: true,
             sni: None,
+            tls_end_point: None,
         };
         assert_eq!(
             admit(globex.clone(), &client).err(),

@@ -51,6 +51,10 @@ pub struct Shared {
     pub clients: Arc<Semaphore>,
     /// Lifecycle state.
     pub lifecycle: Lifecycle,
+    /// Backend pools of tenants pgcell authenticates itself.
+    pub pools: crate::pool::Pools,
+    /// Key for the fake SCRAM secrets of unknown users.
+    pub mock_key: [u8; 32],
     config_path: Option<PathBuf>,
     /// The sections a reload cannot change, as started.
     fixed: FixedSections,
@@ -197,6 +201,13 @@ impl Server {
             cancel: CancelMap::default(),
             clients: Arc::new(Semaphore::new(config.listen.max_client_connections)),
             lifecycle: Lifecycle::default(),
+            pools: crate::pool::Pools::default(),
+            mock_key: {
+                let mut key = [0u8; 32];
+                key[..18].copy_from_slice(&crate::auth::random_nonce());
+                key[14..].copy_from_slice(&crate::auth::random_nonce());
+                key
+            },
             config_path,
             fixed: FixedSections::of(&config),
         });

@@ -43,31 +43,56 @@ fn provider() -> Arc<CryptoProvider> {
 pub struct ServerTls {
     cert: PathBuf,
     key: PathBuf,
-    current: ArcSwap<ServerConfig>,
+    current: ArcSwap<TlsState>,
+}
+
+/// A loaded certificate: the rustls config and the SCRAM channel-binding
+/// data (`tls-server-end-point`) of its leaf certificate.
+struct TlsState {
+    config: Arc<ServerConfig>,
+    end_point: Option<Arc<Vec<u8>>>,
 }
 
 impl ServerTls {
     /// Loads the certificate chain and key.
     pub fn load(cert: &Path, key: &Path) -> Result<ServerTls, TlsError> {
-        let config = server_config(cert, key)?;
         Ok(ServerTls {
             cert: cert.to_owned(),
             key: key.to_owned(),
-            current: ArcSwap::from(config),
+            current: ArcSwap::from_pointee(load_state(cert, key)?),
         })
     }
 
     /// Reads the certificate and key again; on error the old ones stay.
     pub fn reload(&self) -> Result<(), TlsError> {
-        let config = server_config(&self.cert, &self.key)?;
-        self.current.store(config);
+        self.current
+            .store(Arc::new(load_state(&self.cert, &self.key)?));
         Ok(())
     }
 
     /// An acceptor for one handshake with the current configuration.
     pub fn acceptor(&self) -> TlsAcceptor {
-        TlsAcceptor::from(self.current.load_full())
+        self.accept_parts().0
     }
+
+    /// An acceptor and the channel-binding data of the certificate it
+    /// presents, taken together so a reload cannot split them.
+    pub fn accept_parts(&self) -> (TlsAcceptor, Option<Arc<Vec<u8>>>) {
+        let state = self.current.load();
+        (
+            TlsAcceptor::from(state.config.clone()),
+            state.end_point.clone(),
+        )
+    }
+}
+
+fn load_state(cert: &Path, key: &Path) -> Result<TlsState, TlsError> {
+    let config = server_config(cert, key)?;
+    let end_point = read_certs(cert)?
+        .first()
+        .and_then(|leaf| crate::auth::scram::tls_server_end_point(leaf))
+        .map(Arc::new);
+    Ok(TlsState { config, end_point })
 }
 
 /// Builds a server configuration from PEM files, offering ALPN `postgresql`.

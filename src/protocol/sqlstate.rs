@@ -13,6 +13,8 @@ impl SqlState {
     pub const CONNECTION_REJECTED: SqlState = SqlState("08004");
     /// `08006` connection_failure.
     pub const CONNECTION_FAILURE: SqlState = SqlState("08006");
+    /// `28P01` invalid_password.
+    pub const INVALID_PASSWORD: SqlState = SqlState("28P01");
     /// `28000` invalid_authorization_specification.
     pub const INVALID_AUTHORIZATION: SqlState = SqlState("28000");
     /// `53300` too_many_connections.
@@ -21,6 +23,8 @@ impl SqlState {
     pub const ADMIN_SHUTDOWN: SqlState = SqlState("57P01");
     /// `0A000` feature_not_supported.
     pub const FEATURE_NOT_SUPPORTED: SqlState = SqlState("0A000");
+    /// `22023` invalid_parameter_value.
+    pub const INVALID_PARAMETER_VALUE: SqlState = SqlState("22023");
     /// `XX000` internal_error.
     pub const INTERNAL_ERROR: SqlState = SqlState("XX000");
 

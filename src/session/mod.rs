@@ -4,6 +4,8 @@
 //! one metric increment labelled with its kind, and one log line.
 
 pub mod auth;
+pub mod login;
+pub mod pooled;
 pub mod relay;
 
 use std::net::SocketAddr;
@@ -90,13 +92,27 @@ pub enum SessionError {
     /// The client connection failed during the session.
     #[error("client connection failed: {0}")]
     ClientIo(std::io::Error),
+    /// pgcell refused the client's login.
+    #[error(transparent)]
+    Login(#[from] login::LoginError),
+    /// No pooled backend could be had.
+    #[error(transparent)]
+    Acquire(crate::pool::AcquireError),
+    /// The client broke the protocol during the session.
+    #[error("client protocol violation: {0}")]
+    ClientProtocol(String),
 }
 
 impl SessionError {
     /// Who is to blame.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            SessionError::Handshake(_) | SessionError::ClientIo(_) => ErrorKind::Client,
+            SessionError::Handshake(_)
+            | SessionError::ClientIo(_)
+            | SessionError::Login(_)
+            | SessionError::ClientProtocol(_) => ErrorKind::Client,
+            SessionError::Acquire(crate::pool::AcquireError::Timeout(_)) => ErrorKind::Internal,
+            SessionError::Acquire(_) => ErrorKind::Backend,
             SessionError::Route(_) | SessionError::Policy(_) => ErrorKind::Policy,
             SessionError::ShuttingDown => ErrorKind::Internal,
             SessionError::Replication => ErrorKind::Policy,
@@ -125,6 +141,10 @@ impl SessionError {
             SessionError::BackendRejected(_) => "backend_rejected",
             SessionError::BackendLost => "backend_lost",
             SessionError::ClientIo(_) => "client_lost",
+            SessionError::Login(e) => e.reason(),
+            SessionError::Acquire(crate::pool::AcquireError::Timeout(_)) => "pool_timeout",
+            SessionError::Acquire(_) => "backend_unreachable",
+            SessionError::ClientProtocol(_) => "client_protocol",
         }
     }
 
@@ -212,6 +232,25 @@ impl SessionError {
             )),
             // The relay tells the client itself when it can.
             SessionError::BackendLost => None,
+            SessionError::Login(e) => e
+                .client_error()
+                .map(|(code, message)| (code, message, None)),
+            SessionError::Acquire(crate::pool::AcquireError::Timeout(wait)) => Some((
+                SqlState::TOO_MANY_CONNECTIONS,
+                format!("no server connection free within {} ms", wait.as_millis()),
+                Some(
+                    "The tenant's pool is busy; retry, or raise pool.size or pool.acquire_timeout."
+                        .into(),
+                ),
+            )),
+            SessionError::Acquire(_) => Some((
+                SqlState::CONNECTION_FAILURE,
+                "could not connect to the database server".into(),
+                None,
+            )),
+            SessionError::ClientProtocol(m) => {
+                Some((SqlState::PROTOCOL_VIOLATION, m.clone(), None))
+            }
         }
     }
 }
@@ -346,7 +385,19 @@ async fn serve_inner(
         metrics::gauge!(m::CLIENT_ACTIVE, "tenant" => tenant_id.clone(), "tls" => tls_label);
     active.increment(1.0);
     let started = Instant::now();
-    let result = passthrough(shared, &mut stream, &startup, &route, log).await;
+    let result = if route.tenant.config.auth == crate::config::AuthMode::Passthrough {
+        passthrough(shared, &mut stream, &startup, &route, log).await
+    } else {
+        pooled::serve(
+            shared,
+            &mut stream,
+            &startup,
+            &route,
+            &client,
+            &mut log.bytes,
+        )
+        .await
+    };
     active.decrement(1.0);
     metrics::histogram!(m::SESSION_SECONDS, "tenant" => tenant_id)
         .record(started.elapsed().as_secs_f64());

@@ -157,6 +157,20 @@ impl Proxy {
         (server, proxy)
     }
 
+    /// Writes `files` (name, contents) next to the config, then binds and
+    /// serves.
+    pub async fn start_with_files(text: &str, files: &[(&str, &str)]) -> Proxy {
+        let dir = std::env::temp_dir().join(format!("pgcell-test-files-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut text = text.to_owned();
+        for (name, contents) in files {
+            let path = dir.join(format!("{}-{name}", rand_suffix()));
+            std::fs::write(&path, contents).unwrap();
+            text = text.replace(&format!("{{{name}}}"), &path.display().to_string());
+        }
+        Proxy::start(&text).await
+    }
+
     /// Binds and serves.
     pub async fn start(text: &str) -> Proxy {
         let (server, mut proxy) = Proxy::bind(text).await;
@@ -401,4 +415,29 @@ pub fn psql(conninfo: &str, sql: &str) -> Result<String, String> {
 /// Writes `path` atomically enough for a reload test.
 pub fn write(path: &Path, text: &str) {
     std::fs::write(path, text).unwrap();
+}
+
+fn rand_suffix() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Runs pgbench against `port` with `args`; returns (success, output).
+pub fn pgbench(port: u16, user: &str, args: &[&str]) -> (bool, String) {
+    let out = Command::new("pgbench")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", user, "-n"])
+        .args(args)
+        .arg("app")
+        .env("PGPASSWORD", APP_PASSWORD)
+        .env("PGCONNECT_TIMEOUT", "10")
+        .output()
+        .expect("run pgbench");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
 }

@@ -8,5 +8,6 @@ mod harness;
 mod bad_input;
 mod negotiation;
 mod operations;
+mod pooling;
 mod proxy_header;
 mod routing;

@@ -1,0 +1,318 @@
+//! Pools of backend connections, one per (tenant, database, user).
+//!
+//! Every live backend holds one permit of its pool's semaphore (`size`),
+//! whether idle or checked out, so the pool never opens more than `size`.
+//! A checkout takes an idle backend if one is fit (young enough, checked if
+//! it idled long), else opens one when a permit is free, else waits for
+//! whichever comes first — a returned backend or a freed permit — until
+//! `acquire_timeout`.
+
+pub mod server;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+
+use crate::config::{PoolConfig, PoolMode};
+use crate::protocol::framing::read_message;
+use crate::route::Tenant;
+use server::{BackendLogin, OpenError, ServerConn};
+
+/// Identifies a pool.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    /// Tenant id.
+    pub tenant: String,
+    /// Backend database.
+    pub database: String,
+    /// Backend user.
+    pub user: String,
+}
+
+/// Timeouts for opening backends.
+#[derive(Debug, Clone, Copy)]
+pub struct OpenSettings {
+    /// TCP (and TLS) connect, per address.
+    pub connect_timeout: Duration,
+    /// Backend login.
+    pub login_timeout: Duration,
+    /// TCP keepalive.
+    pub keepalive: Duration,
+}
+
+/// One pool.
+pub struct Pool {
+    /// Which pool.
+    pub key: PoolKey,
+    /// Session or transaction.
+    pub mode: PoolMode,
+    settings: PoolConfig,
+    size: usize,
+    tenant: Arc<Tenant>,
+    open: OpenSettings,
+    idle: Mutex<Vec<(ServerConn, OwnedSemaphorePermit)>>,
+    slots: Arc<Semaphore>,
+    returned: Notify,
+    login: Mutex<Option<BackendLogin>>,
+    /// Parameters the backend reports at login, for clients' startup.
+    params: Mutex<Option<Vec<(String, String)>>>,
+}
+
+/// Why no backend could be had.
+#[derive(Debug, Error)]
+pub enum AcquireError {
+    /// Waited `acquire_timeout` in vain.
+    #[error("no backend connection free within {0:?}")]
+    Timeout(Duration),
+    /// Opening a backend failed.
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    /// No login credentials known for this pool yet.
+    #[error("no backend credentials for this user")]
+    NoLogin,
+}
+
+/// A checked-out backend. Dropping it closes the backend; hand it back
+/// with [`Pool::release`].
+pub struct Lease {
+    /// The backend.
+    pub conn: ServerConn,
+    permit: OwnedSemaphorePermit,
+}
+
+impl Pool {
+    /// A new, empty pool.
+    pub fn new(
+        key: PoolKey,
+        tenant: Arc<Tenant>,
+        settings: PoolConfig,
+        mode: PoolMode,
+        size: usize,
+        open: OpenSettings,
+    ) -> Pool {
+        Pool {
+            key,
+            mode,
+            size,
+            settings,
+            tenant,
+            open,
+            idle: Mutex::new(Vec::new()),
+            slots: Arc::new(Semaphore::new(size)),
+            returned: Notify::new(),
+            login: Mutex::new(None),
+            params: Mutex::new(None),
+        }
+    }
+
+    /// Sets the login backends of this pool use, if none is known yet.
+    pub fn offer_login(&self, login: BackendLogin) {
+        let mut current = self.login.lock().unwrap_or_else(PoisonError::into_inner);
+        if current.is_none() {
+            *current = Some(login);
+        }
+    }
+
+    /// Replaces the login (after a backend refused the old one).
+    pub fn replace_login(&self, login: BackendLogin) {
+        *self.login.lock().unwrap_or_else(PoisonError::into_inner) = Some(login);
+    }
+
+    /// Parameters reported by this pool's backends at login, if any has
+    /// logged in yet.
+    pub fn params(&self) -> Option<Vec<(String, String)>> {
+        self.params
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Backends open (idle and checked out).
+    pub fn open_count(&self) -> usize {
+        self.size - self.slots.available_permits()
+    }
+
+    /// Idle backends.
+    pub fn idle_count(&self) -> usize {
+        self.idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    /// Checks out a backend, waiting up to `acquire_timeout`. Cancel safe:
+    /// dropping the future loses nothing.
+    pub async fn acquire(&self) -> Result<Lease, AcquireError> {
+        let started = Instant::now();
+        let deadline = tokio::time::Instant::now() + self.settings.acquire_timeout;
+        let result = loop {
+            if let Some(lease) = self.take_idle().await {
+                break Ok(lease);
+            }
+            let permit = match self.slots.clone().try_acquire_owned() {
+                Ok(permit) => permit,
+                Err(_) => {
+                    let returned = self.returned.notified();
+                    tokio::select! {
+                        () = returned => continue,
+                        permit = self.slots.clone().acquire_owned() => match permit {
+                            Ok(p) => p,
+                            // The semaphore is never closed.
+                            Err(_) => continue,
+                        },
+                        () = tokio::time::sleep_until(deadline) => {
+                            break Err(AcquireError::Timeout(self.settings.acquire_timeout));
+                        }
+                    }
+                }
+            };
+            break self.open(permit).await;
+        };
+        metrics::histogram!(crate::metrics::POOL_WAIT_SECONDS, "tenant" => self.key.tenant.clone())
+            .record(started.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn open(&self, permit: OwnedSemaphorePermit) -> Result<Lease, AcquireError> {
+        let login = self
+            .login
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .ok_or(AcquireError::NoLogin)?;
+        let conn = ServerConn::open(
+            &self.tenant,
+            &self.key.database,
+            &self.key.user,
+            &login,
+            self.open.connect_timeout,
+            self.open.login_timeout,
+            self.open.keepalive,
+        )
+        .await;
+        let conn = match conn {
+            Ok(conn) => conn,
+            Err(e) => {
+                metrics::counter!(crate::metrics::BACKEND_CONNECT_ERRORS, "tenant" => self.key.tenant.clone())
+                    .increment(1);
+                // Waiters try for themselves (and fail fast if the backend
+                // is down) rather than wait out their timeout.
+                drop(permit);
+                self.returned.notify_waiters();
+                return Err(e.into());
+            }
+        };
+        let mut params = self.params.lock().unwrap_or_else(PoisonError::into_inner);
+        if params.is_none() {
+            *params = Some(conn.params.clone());
+        }
+        Ok(Lease { conn, permit })
+    }
+
+    async fn take_idle(&self) -> Option<Lease> {
+        loop {
+            let (mut conn, permit) = self
+                .idle
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .pop()?;
+            let now = Instant::now();
+            if now.duration_since(conn.created) > self.settings.max_lifetime
+                || now.duration_since(conn.last_used) > self.settings.idle_timeout
+            {
+                continue;
+            }
+            if now.duration_since(conn.last_used) > self.settings.check_after_idle
+                && !ping(&mut conn).await
+            {
+                continue;
+            }
+            return Some(Lease { conn, permit });
+        }
+    }
+
+    /// Hands a backend back. `clean` says the backend is idle (status `I`,
+    /// nothing outstanding) and nothing happened that forbids reuse.
+    pub fn release(&self, lease: Lease, clean: bool) {
+        if !clean || lease.conn.created.elapsed() > self.settings.max_lifetime {
+            return;
+        }
+        let Lease { mut conn, permit } = lease;
+        conn.last_used = Instant::now();
+        self.idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((conn, permit));
+        self.returned.notify_one();
+    }
+
+    /// The query run when a session-mode client leaves.
+    pub fn reset_query(&self) -> Option<&str> {
+        self.settings.reset_query.as_deref()
+    }
+}
+
+/// A `Sync` answered by `ReadyForQuery 'I'`: the backend is alive and idle.
+async fn ping(conn: &mut ServerConn) -> bool {
+    let check = async {
+        conn.stream.write_all(b"S\0\0\0\x04").await.ok()?;
+        conn.stream.flush().await.ok()?;
+        loop {
+            let msg = read_message(&mut conn.stream, 1 << 20).await.ok()?;
+            match msg.tag {
+                b'Z' => return (msg.body.first() == Some(&b'I')).then_some(()),
+                // Notices or parameter changes that arrived while idle.
+                b'N' | b'S' | b'A' => continue,
+                _ => return None,
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(2), check)
+        .await
+        .ok()
+        .flatten()
+        .is_some()
+}
+
+/// Every pool of the process.
+#[derive(Default)]
+pub struct Pools {
+    pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
+}
+
+impl Pools {
+    /// The pool for `key`, created on first use.
+    pub fn get(&self, key: PoolKey, tenant: &Arc<Tenant>, open: OpenSettings) -> Arc<Pool> {
+        let mut pools = self.pools.lock().unwrap_or_else(PoisonError::into_inner);
+        pools
+            .entry(key.clone())
+            .or_insert_with(|| {
+                let config = &tenant.config;
+                let user = config.user(&key.user);
+                let mode = user.and_then(|u| u.pool_mode).unwrap_or(config.pool.mode);
+                let size = user.and_then(|u| u.pool_size).unwrap_or(config.pool.size);
+                Arc::new(Pool::new(
+                    key,
+                    tenant.clone(),
+                    config.pool.clone(),
+                    mode,
+                    size,
+                    open,
+                ))
+            })
+            .clone()
+    }
+
+    /// A snapshot: (key, mode, open, idle) per pool.
+    pub fn stats(&self) -> Vec<(PoolKey, PoolMode, usize, usize)> {
+        let pools = self.pools.lock().unwrap_or_else(PoisonError::into_inner);
+        pools
+            .values()
+            .map(|p| (p.key.clone(), p.mode, p.open_count(), p.idle_count()))
+            .collect()
+    }
+}

@@ -1,0 +1,296 @@
+//! One pooled backend connection: opened and logged in by pgcell itself.
+//!
+//! pgcell answers whatever the backend asks for: cleartext, MD5 or
+//! SCRAM-SHA-256, with the user's password or, when only a SCRAM secret is
+//! configured, with the ClientKey recovered from a client's proof.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, BytesMut};
+use thiserror::Error;
+use tokio::io::AsyncWriteExt;
+
+use crate::auth::scram::{ScramClient, ScramError, SCRAM_SHA_256};
+use crate::backend::{self, BackendStream, ConnectError};
+use crate::config::Password;
+use crate::protocol::framing::{read_message, FramingError};
+use crate::protocol::messages::auth;
+use crate::protocol::startup::{CancelKey, StartupMessage};
+use crate::route::Tenant;
+use crate::session::auth::error_code;
+
+/// Longest backend message accepted during login.
+const MAX_LOGIN_MESSAGE_LEN: usize = 1 << 20;
+
+/// How pgcell logs in to a backend as a pooled user.
+#[derive(Clone)]
+pub enum BackendLogin {
+    /// With the user's password.
+    Password(Password),
+    /// With SCRAM keys: the ClientKey recovered from a client's proof and
+    /// the ServerKey of the user's secret (the backend holds the same secret).
+    ScramKeys {
+        /// ClientKey.
+        client_key: [u8; 32],
+        /// ServerKey.
+        server_key: [u8; 32],
+    },
+}
+
+impl std::fmt::Debug for BackendLogin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BackendLogin::Password(_) => f.write_str("BackendLogin::Password(<redacted>)"),
+            BackendLogin::ScramKeys { .. } => f.write_str("BackendLogin::ScramKeys(<redacted>)"),
+        }
+    }
+}
+
+/// An open, logged-in backend connection.
+pub struct ServerConn {
+    /// The stream, idle between messages.
+    pub stream: BackendStream,
+    /// The backend's address (for cancel requests).
+    pub addr: SocketAddr,
+    /// The backend's own cancel key.
+    pub key: CancelKey,
+    /// Current values of the parameters the backend reports.
+    pub params: Vec<(String, String)>,
+    /// When the connection was opened.
+    pub created: Instant,
+    /// When the connection was last handed back.
+    pub last_used: Instant,
+}
+
+/// Why a backend could not be opened.
+#[derive(Debug, Error)]
+pub enum OpenError {
+    /// Unreachable.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// The login exchange broke.
+    #[error("backend login: {0}")]
+    Io(#[from] FramingError),
+    /// The backend refused the login.
+    #[error("backend refused login with SQLSTATE {code}: {message}")]
+    Refused {
+        /// SQLSTATE.
+        code: String,
+        /// The backend's message.
+        message: String,
+    },
+    /// The backend asked for something pgcell cannot answer.
+    #[error("backend asked for unsupported authentication ({0})")]
+    Unsupported(&'static str),
+    /// SCRAM failed.
+    #[error("backend SCRAM: {0}")]
+    Scram(#[from] ScramError),
+    /// Timed out.
+    #[error("backend login timed out")]
+    Timeout,
+}
+
+impl ServerConn {
+    /// Connects to `tenant`'s backend and logs in as `user` to `database`.
+    pub async fn open(
+        tenant: &Tenant,
+        database: &str,
+        user: &str,
+        login: &BackendLogin,
+        connect_timeout: Duration,
+        login_timeout: Duration,
+        keepalive: Duration,
+    ) -> Result<ServerConn, OpenError> {
+        let backend = backend::connect(tenant, connect_timeout, keepalive).await?;
+        let mut conn = ServerConn {
+            stream: backend.stream,
+            addr: backend.addr,
+            key: CancelKey { pid: 0, secret: 0 },
+            params: Vec::new(),
+            created: Instant::now(),
+            last_used: Instant::now(),
+        };
+        tokio::time::timeout(login_timeout, conn.login(database, user, login))
+            .await
+            .map_err(|_| OpenError::Timeout)??;
+        Ok(conn)
+    }
+
+    async fn login(
+        &mut self,
+        database: &str,
+        user: &str,
+        login: &BackendLogin,
+    ) -> Result<(), OpenError> {
+        let startup = StartupMessage {
+            minor: 0,
+            params: vec![
+                ("user".to_owned(), user.to_owned()),
+                ("database".to_owned(), database.to_owned()),
+                ("application_name".to_owned(), "pgcell".to_owned()),
+            ],
+        };
+        let mut out = BytesMut::new();
+        startup.encode(&mut out);
+        self.send(&mut out).await?;
+        let mut scram: Option<ScramClient> = None;
+        loop {
+            let msg = read_message(&mut self.stream, MAX_LOGIN_MESSAGE_LEN).await?;
+            match msg.tag {
+                b'R' => {
+                    let code = msg
+                        .body
+                        .first_chunk::<4>()
+                        .map(|c| i32::from_be_bytes(*c))
+                        .ok_or(OpenError::Unsupported("malformed authentication request"))?;
+                    let data = &msg.body[4..];
+                    match code {
+                        auth::OK => {}
+                        auth::CLEARTEXT_PASSWORD => {
+                            let BackendLogin::Password(pw) = login else {
+                                return Err(OpenError::Unsupported(
+                                    "cleartext password without a configured password",
+                                ));
+                            };
+                            password_message(&mut out, pw.0.as_bytes());
+                            self.send(&mut out).await?;
+                        }
+                        auth::MD5_PASSWORD => {
+                            let BackendLogin::Password(pw) = login else {
+                                return Err(OpenError::Unsupported(
+                                    "MD5 without a configured password",
+                                ));
+                            };
+                            let salt: [u8; 4] = data
+                                .first_chunk::<4>()
+                                .copied()
+                                .ok_or(OpenError::Unsupported("malformed MD5 request"))?;
+                            let hashed = crate::auth::md5::md5_password(user, &pw.0, salt);
+                            password_message(&mut out, &hashed);
+                            self.send(&mut out).await?;
+                        }
+                        auth::SASL => {
+                            let offered = data
+                                .split(|b| *b == 0)
+                                .any(|m| m == SCRAM_SHA_256.as_bytes());
+                            if !offered {
+                                return Err(OpenError::Unsupported("SASL without SCRAM-SHA-256"));
+                            }
+                            let mut client = match login {
+                                BackendLogin::Password(pw) => {
+                                    ScramClient::with_password(&pw.0, crate::auth::random_nonce())
+                                }
+                                BackendLogin::ScramKeys {
+                                    client_key,
+                                    server_key,
+                                } => ScramClient::with_keys(
+                                    *client_key,
+                                    *server_key,
+                                    crate::auth::random_nonce(),
+                                ),
+                            };
+                            let first = client.client_first();
+                            out.put_u8(b'p');
+                            let start = out.len();
+                            out.put_u32(0);
+                            out.put_slice(SCRAM_SHA_256.as_bytes());
+                            out.put_u8(0);
+                            out.put_i32(first.len() as i32);
+                            out.put_slice(&first);
+                            let len = (out.len() - start) as u32;
+                            out[start..start + 4].copy_from_slice(&len.to_be_bytes());
+                            self.send(&mut out).await?;
+                            scram = Some(client);
+                        }
+                        auth::SASL_CONTINUE => {
+                            let client = scram
+                                .as_mut()
+                                .ok_or(OpenError::Unsupported("SASL continue before start"))?;
+                            let reply = client.server_first(data)?;
+                            crate::protocol::messages::tagged(&mut out, b'p', &reply);
+                            self.send(&mut out).await?;
+                        }
+                        auth::SASL_FINAL => {
+                            let client = scram
+                                .as_mut()
+                                .ok_or(OpenError::Unsupported("SASL final before start"))?;
+                            client.server_final(data)?;
+                        }
+                        _ => return Err(OpenError::Unsupported("authentication method")),
+                    }
+                }
+                b'S' => {
+                    if let Some((name, value)) = parameter_status(&msg.body) {
+                        set_param(&mut self.params, name, value);
+                    }
+                }
+                b'K' => {
+                    if let Some(body) = msg.body.first_chunk::<8>() {
+                        self.key = CancelKey {
+                            pid: i32::from_be_bytes([body[0], body[1], body[2], body[3]]),
+                            secret: i32::from_be_bytes([body[4], body[5], body[6], body[7]]),
+                        };
+                    }
+                }
+                b'E' => {
+                    return Err(OpenError::Refused {
+                        code: error_code(&msg.body).unwrap_or_default(),
+                        message: error_message(&msg.body).unwrap_or_default(),
+                    })
+                }
+                b'Z' => return Ok(()),
+                // NoticeResponse, NegotiateProtocolVersion: nothing to do.
+                _ => {}
+            }
+        }
+    }
+
+    async fn send(&mut self, out: &mut BytesMut) -> Result<(), FramingError> {
+        self.stream.write_all(out).await?;
+        self.stream.flush().await?;
+        out.clear();
+        Ok(())
+    }
+
+    /// The value of a reported parameter.
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+fn password_message(out: &mut BytesMut, password: &[u8]) {
+    let mut body = password.to_vec();
+    body.push(0);
+    crate::protocol::messages::tagged(out, b'p', &body);
+}
+
+/// Splits a `ParameterStatus` body into name and value.
+pub fn parameter_status(body: &[u8]) -> Option<(String, String)> {
+    let mut parts = body.split(|b| *b == 0);
+    let name = String::from_utf8_lossy(parts.next()?).into_owned();
+    let value = String::from_utf8_lossy(parts.next()?).into_owned();
+    Some((name, value))
+}
+
+/// Sets `name` in an ordered parameter list.
+pub fn set_param(params: &mut Vec<(String, String)>, name: String, value: String) {
+    // Setting names are case-insensitive, as in PostgreSQL.
+    match params
+        .iter_mut()
+        .find(|(n, _)| n.eq_ignore_ascii_case(&name))
+    {
+        Some((_, v)) => *v = value,
+        None => params.push((name, value)),
+    }
+}
+
+/// The `M` (message) field of an `ErrorResponse` body.
+pub fn error_message(body: &[u8]) -> Option<String> {
+    body.split(|b| *b == 0)
+        .find_map(|f| f.strip_prefix(b"M"))
+        .map(|m| String::from_utf8_lossy(m).into_owned())
+}

@@ -1,0 +1,267 @@
+//! Client authentication by pgcell: SCRAM-SHA-256 (and -PLUS over TLS),
+//! or MD5 when a tenant opts in. Unknown users go through the same
+//! exchange against a fake secret and fail the same way, after the same
+//! delay, so user names cannot be probed.
+
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, BytesMut};
+use thiserror::Error;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+use crate::auth::scram::{ScramError, ScramErrorKind, ScramServer};
+use crate::auth::secret::{mock_secret, ScramSecret};
+use crate::config::{AuthMode, Credential};
+use crate::pool::server::BackendLogin;
+use crate::protocol::framing::{read_message, FramingError};
+use crate::protocol::messages::{self, auth};
+use crate::protocol::SqlState;
+use crate::route::{ClientInfo, Tenant};
+
+/// Pause before a failed login is reported, the same for every cause.
+pub const AUTH_FAILURE_DELAY: Duration = Duration::from_millis(500);
+/// Longest authentication message a client may send.
+const MAX_AUTH_MESSAGE_LEN: usize = 65_535;
+
+/// Why a client was not let in.
+#[derive(Debug, Error)]
+pub enum LoginError {
+    /// Wrong password or unknown user (indistinguishable on purpose).
+    #[error("password authentication failed for user {0:?}")]
+    Failed(String),
+    /// Channel binding refused.
+    #[error("channel binding failed: {0}")]
+    ChannelBinding(ScramError),
+    /// The client broke the exchange.
+    #[error("malformed authentication exchange: {0}")]
+    Malformed(String),
+    /// The connection failed.
+    #[error(transparent)]
+    Io(#[from] FramingError),
+}
+
+impl LoginError {
+    /// What the client is told.
+    pub fn client_error(&self) -> Option<(SqlState, String)> {
+        match self {
+            LoginError::Failed(user) => Some((
+                SqlState::INVALID_PASSWORD,
+                format!("password authentication failed for user \"{user}\""),
+            )),
+            LoginError::ChannelBinding(_) => Some((
+                SqlState::INVALID_AUTHORIZATION,
+                "channel binding failed".to_owned(),
+            )),
+            LoginError::Malformed(m) => Some((SqlState::PROTOCOL_VIOLATION, m.clone())),
+            LoginError::Io(FramingError::Io(_)) => None,
+            LoginError::Io(_) => Some((
+                SqlState::PROTOCOL_VIOLATION,
+                "invalid authentication message".to_owned(),
+            )),
+        }
+    }
+
+    /// Metric label.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            LoginError::Failed(_) => "invalid_password",
+            LoginError::ChannelBinding(_) => "channel_binding",
+            LoginError::Malformed(_) | LoginError::Io(_) => "protocol",
+        }
+    }
+}
+
+/// Authenticates `user` of `tenant` and returns how to log in to the
+/// backend as that user. On failure the caller reports the error.
+/// Not cancel safe.
+pub async fn authenticate<C>(
+    client: &mut C,
+    tenant: &Tenant,
+    user: &str,
+    info: &ClientInfo,
+    mock_key: &[u8; 32],
+) -> Result<BackendLogin, LoginError>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
+    let configured = tenant.config.user(user);
+    let result = match tenant.config.auth {
+        AuthMode::Md5 => md5(client, user, configured.map(|u| &u.credential)).await,
+        _ => {
+            let secret = tenant
+                .secrets
+                .get(user)
+                .cloned()
+                .unwrap_or_else(|| mock_secret(user, mock_key));
+            scram(client, secret, info.tls_end_point.as_deref().cloned(), user).await
+        }
+    };
+    let client_key = match result {
+        Ok(client_key) if configured.is_some() => client_key,
+        // A mock secret cannot be passed, but be explicit: unknown users
+        // never get in.
+        Ok(_) => return Err(LoginError::Failed(user.to_owned())),
+        Err(e) => return Err(e),
+    };
+    let login = match configured.map(|u| &u.credential) {
+        Some(Credential::Password(pw)) => BackendLogin::Password(pw.clone()),
+        Some(Credential::ScramSecret(secret)) => match client_key {
+            Some(client_key) => BackendLogin::ScramKeys {
+                client_key,
+                server_key: secret.server_key,
+            },
+            None => return Err(LoginError::Failed(user.to_owned())),
+        },
+        None => return Err(LoginError::Failed(user.to_owned())),
+    };
+    let mut out = BytesMut::new();
+    auth_request(&mut out, auth::OK, &[]);
+    client.write_all(&out).await.map_err(FramingError::from)?;
+    Ok(login)
+}
+
+/// Runs SCRAM; returns the ClientKey recovered from the proof.
+async fn scram<C>(
+    client: &mut C,
+    secret: ScramSecret,
+    channel_binding: Option<Vec<u8>>,
+    user: &str,
+) -> Result<Option<[u8; 32]>, LoginError>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut server = ScramServer::new(secret, channel_binding, crate::auth::random_nonce());
+    let mut out = BytesMut::new();
+    let mut list = Vec::new();
+    for m in server.mechanisms() {
+        list.extend_from_slice(m.as_bytes());
+        list.push(0);
+    }
+    list.push(0);
+    auth_request(&mut out, auth::SASL, &list);
+    send(client, &mut out).await?;
+
+    let initial = read_password_message(client).await?;
+    let (mechanism, data) = parse_initial_response(&initial)?;
+    let server_first = server
+        .client_first(&mechanism, &data)
+        .map_err(|e| scram_error(e, user))?;
+    auth_request(&mut out, auth::SASL_CONTINUE, &server_first);
+    send(client, &mut out).await?;
+
+    let response = read_password_message(client).await?;
+    match server.client_final(&response) {
+        Ok(success) => {
+            auth_request(&mut out, auth::SASL_FINAL, &success.server_final);
+            client.write_all(&out).await.map_err(FramingError::from)?;
+            Ok(Some(success.client_key))
+        }
+        Err(e) => Err(scram_error(e, user)),
+    }
+}
+
+fn scram_error(e: ScramError, user: &str) -> LoginError {
+    match e.kind() {
+        ScramErrorKind::AuthFailed => LoginError::Failed(user.to_owned()),
+        ScramErrorKind::ChannelBinding => LoginError::ChannelBinding(e),
+        ScramErrorKind::Malformed => LoginError::Malformed(e.to_string()),
+    }
+}
+
+/// MD5: only for tenants that opt in, and only with a configured password.
+async fn md5<C>(
+    client: &mut C,
+    user: &str,
+    credential: Option<&Credential>,
+) -> Result<Option<[u8; 32]>, LoginError>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
+    let salt: [u8; 4] = {
+        let n = crate::auth::random_nonce();
+        [n[0], n[1], n[2], n[3]]
+    };
+    let mut out = BytesMut::new();
+    auth_request(&mut out, auth::MD5_PASSWORD, &salt);
+    send(client, &mut out).await?;
+    let answer = read_password_message(client).await?;
+    let answer = answer.strip_suffix(&[0]).unwrap_or(&answer);
+    let Some(Credential::Password(pw)) = credential else {
+        return Err(LoginError::Failed(user.to_owned()));
+    };
+    let expected = crate::auth::md5::md5_password(user, &pw.0, salt);
+    if subtle::ConstantTimeEq::ct_eq(expected.as_slice(), answer).into() {
+        Ok(None)
+    } else {
+        Err(LoginError::Failed(user.to_owned()))
+    }
+}
+
+async fn read_password_message<C: AsyncRead + Unpin>(
+    client: &mut C,
+) -> Result<Vec<u8>, LoginError> {
+    let msg = read_message(client, MAX_AUTH_MESSAGE_LEN).await?;
+    if msg.tag != b'p' {
+        return Err(LoginError::Malformed(format!(
+            "expected an authentication response, got message type {:?}",
+            msg.tag as char
+        )));
+    }
+    Ok(msg.body.to_vec())
+}
+
+/// `SASLInitialResponse`: mechanism name, then a length-prefixed response.
+fn parse_initial_response(body: &[u8]) -> Result<(String, Vec<u8>), LoginError> {
+    let malformed = || LoginError::Malformed("malformed SASLInitialResponse".to_owned());
+    let end = body.iter().position(|&b| b == 0).ok_or_else(malformed)?;
+    let mechanism = std::str::from_utf8(&body[..end])
+        .map_err(|_| malformed())?
+        .to_owned();
+    let mut rest = &body[end + 1..];
+    if rest.len() < 4 {
+        return Err(malformed());
+    }
+    let len = rest.get_i32();
+    let data = match usize::try_from(len) {
+        Ok(n) if n == rest.len() => rest.to_vec(),
+        Err(_) if len == -1 && rest.is_empty() => Vec::new(),
+        _ => return Err(malformed()),
+    };
+    Ok((mechanism, data))
+}
+
+fn auth_request(out: &mut BytesMut, code: i32, data: &[u8]) {
+    let mut body = Vec::with_capacity(4 + data.len());
+    body.put_i32(code);
+    body.extend_from_slice(data);
+    messages::tagged(out, b'R', &body);
+}
+
+async fn send<C: AsyncWrite + Unpin>(client: &mut C, out: &mut BytesMut) -> Result<(), LoginError> {
+    client.write_all(out).await.map_err(FramingError::from)?;
+    client.flush().await.map_err(FramingError::from)?;
+    out.clear();
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn initial_response_forms() {
+        let mut body = b"SCRAM-SHA-256\0".to_vec();
+        body.extend_from_slice(&3i32.to_be_bytes());
+        body.extend_from_slice(b"abc");
+        assert_eq!(
+            parse_initial_response(&body).unwrap(),
+            ("SCRAM-SHA-256".to_owned(), b"abc".to_vec())
+        );
+        let mut bad = b"SCRAM-SHA-256\0".to_vec();
+        bad.extend_from_slice(&9i32.to_be_bytes());
+        bad.extend_from_slice(b"abc");
+        assert!(parse_initial_response(&bad).is_err());
+        assert!(parse_initial_response(b"SCRAM").is_err());
+        assert!(parse_initial_response(b"SCRAM\0\0\0").is_err());
+    }
+}

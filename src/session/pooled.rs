@@ -1,0 +1,548 @@
+//! A client served from a pool: pgcell authenticates it, answers its
+//! startup from the pool's parameters, and lends it a backend per session
+//! or per transaction.
+//!
+//! In transaction mode a backend is held from the client's first message
+//! after idle until `ReadyForQuery` with status `I`, with no `Query`,
+//! `Sync` or `FunctionCall` outstanding and no extended-protocol sequence
+//! left open. Parameters the backend reports (`ParameterStatus`) are
+//! tracked per client and restored on the next backend with `set_config`.
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use super::login::{self, LoginError};
+use super::relay::RelayBytes;
+use super::SessionError;
+use crate::cancel::{CancelTarget, Registration};
+use crate::config::PoolMode;
+use crate::metrics as m;
+use crate::pool::server::{parameter_status, set_param};
+use crate::pool::{AcquireError, Lease, OpenSettings, Pool, PoolKey};
+use crate::protocol::framing::{split_message, Message};
+use crate::protocol::messages;
+use crate::protocol::startup::StartupMessage;
+use crate::protocol::SqlState;
+use crate::route::{ClientInfo, Route};
+use crate::server::Shared;
+
+/// Largest message relayed in pooled mode (PostgreSQL's own limit is 1 GiB
+/// for most messages).
+pub const MAX_POOLED_MESSAGE_LEN: usize = 256 << 20;
+/// Read buffer size, each direction.
+const READ_CHUNK: usize = 32 * 1024;
+
+/// Reported parameters no session can set.
+const READ_ONLY: &[&str] = &[
+    "server_version",
+    "server_encoding",
+    "integer_datetimes",
+    "is_superuser",
+    "session_authorization",
+    "in_hot_standby",
+    "scram_iterations",
+];
+
+/// Startup parameters that are not session settings.
+const NOT_SETTINGS: &[&str] = &["user", "database", "options", "replication"];
+
+/// Serves a pooled client to the end. `startup` is already rewritten for
+/// the backend (tenant tokens removed).
+pub async fn serve<C>(
+    shared: &Shared,
+    client: &mut C,
+    startup: &StartupMessage,
+    route: &Route,
+    info: &ClientInfo,
+    bytes: &mut RelayBytes,
+) -> Result<(), SessionError>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
+    let tenant = &route.tenant;
+    let user = startup.get("user").unwrap_or_default().to_owned();
+    let database = startup.get("database").unwrap_or(&user).to_owned();
+
+    let login = match login::authenticate(client, tenant, &user, info, &shared.mock_key).await {
+        Ok(login) => login,
+        Err(e) => {
+            metrics::counter!(m::AUTH_FAILURES, "tenant" => tenant.id().to_owned(), "reason" => e.reason())
+                .increment(1);
+            if matches!(e, LoginError::Failed(_)) {
+                tokio::time::sleep(login::AUTH_FAILURE_DELAY).await;
+            }
+            return Err(SessionError::Login(e));
+        }
+    };
+
+    let open = OpenSettings {
+        connect_timeout: shared.settings.connect_timeout,
+        login_timeout: shared.settings.auth_timeout,
+        keepalive: shared.settings.tcp_keepalive,
+    };
+    let key = PoolKey {
+        tenant: tenant.id().to_owned(),
+        database,
+        user: user.clone(),
+    };
+    let pool = shared.pools.get(key, tenant, open);
+    pool.offer_login(login.clone());
+
+    // The startup answer needs the backend's parameters: the first client
+    // of a pool waits for one backend to log in.
+    let mut first_lease = None;
+    let server_params = match pool.params() {
+        Some(p) => p,
+        None => {
+            let lease = acquire(&pool).await?;
+            let params = lease.conn.params.clone();
+            first_lease = Some(lease);
+            params
+        }
+    };
+
+    // Every reported setting starts at the pool's login value, so a
+    // backend another client changed is put back for this one.
+    let mut wanted: Vec<(String, String)> = server_params
+        .iter()
+        .filter(|(name, _)| !READ_ONLY.contains(&name.as_str()))
+        .cloned()
+        .collect();
+    for (name, value) in &startup.params {
+        if !NOT_SETTINGS.contains(&name.as_str()) {
+            set_param(&mut wanted, name.clone(), value.clone());
+        }
+    }
+    for (name, value) in parse_options(startup.get("options").unwrap_or_default()) {
+        set_param(&mut wanted, name, value);
+    }
+
+    let registration = shared.cancel.register_idle();
+    let mut out = BytesMut::new();
+    for (name, value) in &server_params {
+        let value = wanted
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+            .unwrap_or(value);
+        let mut body = Vec::new();
+        body.extend_from_slice(name.as_bytes());
+        body.push(0);
+        body.extend_from_slice(value.as_bytes());
+        body.push(0);
+        messages::tagged(&mut out, b'S', &body);
+    }
+    messages::backend_key_data(&mut out, registration.key());
+    messages::tagged(&mut out, b'Z', b"I");
+    client
+        .write_all(&out)
+        .await
+        .map_err(SessionError::ClientIo)?;
+    client.flush().await.map_err(SessionError::ClientIo)?;
+
+    let mut session = Session {
+        pool: &pool,
+        registration,
+        wanted,
+        lease: None,
+        pending: 0,
+        open_sequence: false,
+        status: b'I',
+        bytes,
+        tenant: tenant.id().to_owned(),
+    };
+    if let Some(lease) = first_lease {
+        if pool.mode == PoolMode::Session {
+            session.checkout(lease, client).await?;
+        } else {
+            pool.release(lease, true);
+        }
+    }
+    let result = session.run(client).await;
+    session.finish().await;
+    result
+}
+
+async fn acquire(pool: &Pool) -> Result<Lease, SessionError> {
+    metrics::gauge!(m::POOL_WAITING, "tenant" => pool.key.tenant.clone()).increment(1.0);
+    let result = pool.acquire().await;
+    metrics::gauge!(m::POOL_WAITING, "tenant" => pool.key.tenant.clone()).decrement(1.0);
+    result.map_err(SessionError::Acquire)
+}
+
+struct Session<'a> {
+    pool: &'a Pool,
+    registration: Registration,
+    /// Settings the client asked for, to apply on every backend it gets.
+    wanted: Vec<(String, String)>,
+    lease: Option<Lease>,
+    /// `ReadyForQuery` messages still to come.
+    pending: usize,
+    /// Extended-protocol messages sent since the last `Sync`.
+    open_sequence: bool,
+    /// Transaction status of the last `ReadyForQuery`.
+    status: u8,
+    bytes: &'a mut RelayBytes,
+    tenant: String,
+}
+
+impl Session<'_> {
+    async fn run<C>(&mut self, client: &mut C) -> Result<(), SessionError>
+    where
+        C: AsyncRead + AsyncWrite + Unpin,
+    {
+        if self.pool.mode == PoolMode::Session && self.lease.is_none() {
+            let lease = acquire(self.pool).await?;
+            self.checkout(lease, client).await?;
+        }
+        let mut from_client = BytesMut::with_capacity(READ_CHUNK);
+        let mut from_server = BytesMut::with_capacity(READ_CHUNK);
+        let mut to_server = BytesMut::with_capacity(READ_CHUNK);
+        let mut to_client = BytesMut::with_capacity(READ_CHUNK);
+        loop {
+            // Forward every complete client message.
+            let mut terminated = false;
+            while let Some(msg) = split_message(&mut from_client, MAX_POOLED_MESSAGE_LEN)
+                .map_err(|e| SessionError::ClientProtocol(e.to_string()))?
+            {
+                if msg.tag == b'X' {
+                    terminated = true;
+                    break;
+                }
+                if self.lease.is_none() {
+                    let lease = acquire(self.pool).await?;
+                    self.checkout(lease, client).await?;
+                }
+                self.count_client_message(&msg);
+                messages::tagged(&mut to_server, msg.tag, &msg.body);
+            }
+            if !to_server.is_empty() {
+                let Some(lease) = self.lease.as_mut() else {
+                    return Err(SessionError::BackendLost);
+                };
+                self.bytes.from_client += to_server.len() as u64;
+                if lease.conn.stream.write_all(&to_server).await.is_err() {
+                    return self.backend_lost(client).await;
+                }
+                to_server.clear();
+            }
+            if terminated {
+                return Ok(());
+            }
+
+            let Some(lease) = self.lease.as_mut() else {
+                // Idle in transaction mode: only the client can move.
+                from_client.reserve(READ_CHUNK);
+                match client.read_buf(&mut from_client).await {
+                    Ok(0) => return Ok(()),
+                    Ok(_) => continue,
+                    Err(e) => return Err(SessionError::ClientIo(e)),
+                }
+            };
+            from_client.reserve(READ_CHUNK);
+            from_server.reserve(READ_CHUNK);
+            tokio::select! {
+                read = client.read_buf(&mut from_client) => match read {
+                    Ok(0) => return Ok(()),
+                    Ok(_) => {}
+                    Err(e) => return Err(SessionError::ClientIo(e)),
+                },
+                read = lease.conn.stream.read_buf(&mut from_server) => match read {
+                    Ok(0) | Err(_) => return self.backend_lost(client).await,
+                    Ok(_) => {
+                        let release = self.relay_server_messages(&mut from_server, &mut to_client)?;
+                        self.bytes.to_client += to_client.len() as u64;
+                        client.write_all(&to_client).await.map_err(SessionError::ClientIo)?;
+                        to_client.clear();
+                        if release && from_client.is_empty() {
+                            self.checkin();
+                        }
+                    }
+                },
+            }
+        }
+    }
+
+    fn count_client_message(&mut self, msg: &Message) {
+        match msg.tag {
+            // Simple query and function call: one ReadyForQuery each.
+            b'Q' | b'F' => self.pending += 1,
+            // Sync ends an extended-protocol sequence.
+            b'S' => {
+                self.pending += 1;
+                self.open_sequence = false;
+            }
+            b'P' | b'B' | b'E' | b'D' | b'C' | b'H' => self.open_sequence = true,
+            // CopyData/CopyDone/CopyFail belong to a query already counted.
+            _ => {}
+        }
+    }
+
+    /// Moves complete backend messages to `to_client`; true when the
+    /// backend may go back to the pool (transaction mode, idle).
+    fn relay_server_messages(
+        &mut self,
+        from_server: &mut BytesMut,
+        to_client: &mut BytesMut,
+    ) -> Result<bool, SessionError> {
+        let mut ready_seen = false;
+        while let Some(msg) = split_message(from_server, MAX_POOLED_MESSAGE_LEN)
+            .map_err(|_| SessionError::BackendLost)?
+        {
+            match msg.tag {
+                b'Z' => {
+                    self.pending = self.pending.saturating_sub(1);
+                    self.status = msg.body.first().copied().unwrap_or(b'I');
+                    ready_seen = true;
+                }
+                b'S' => {
+                    if let Some((name, value)) = parameter_status(&msg.body) {
+                        if let Some(lease) = self.lease.as_mut() {
+                            set_param(&mut lease.conn.params, name.clone(), value.clone());
+                        }
+                        if !READ_ONLY.contains(&name.as_str()) {
+                            set_param(&mut self.wanted, name, value);
+                        }
+                    }
+                }
+                _ => {}
+            }
+            messages::tagged(to_client, msg.tag, &msg.body);
+        }
+        Ok(ready_seen
+            && self.pool.mode == PoolMode::Transaction
+            && self.pending == 0
+            && !self.open_sequence
+            && self.status == b'I'
+            && from_server.is_empty())
+    }
+
+    /// Takes `lease` for this client: restores its settings, points its
+    /// cancel key at the backend.
+    async fn checkout<C: AsyncWrite + Unpin>(
+        &mut self,
+        mut lease: Lease,
+        client: &mut C,
+    ) -> Result<(), SessionError> {
+        if let Err(e) = restore_settings(&mut lease, &self.wanted).await {
+            let mut out = BytesMut::new();
+            let (code, message) = match &e {
+                RestoreError::Refused(message) => {
+                    (SqlState::INVALID_PARAMETER_VALUE, message.clone())
+                }
+                RestoreError::Lost => (
+                    SqlState::CONNECTION_FAILURE,
+                    "server connection lost: the database closed the connection unexpectedly"
+                        .to_owned(),
+                ),
+            };
+            messages::error_response(&mut out, code, &message, None);
+            let _ = client.write_all(&out).await;
+            return Err(SessionError::BackendLost);
+        }
+        self.registration.attach(CancelTarget {
+            addr: lease.conn.addr,
+            key: lease.conn.key,
+        });
+        self.lease = Some(lease);
+        Ok(())
+    }
+
+    /// Hands the backend back between transactions.
+    fn checkin(&mut self) {
+        let Some(lease) = self.lease.take() else {
+            return;
+        };
+        let cancelled = self.registration.detach();
+        metrics::counter!(m::TRANSACTIONS, "tenant" => self.tenant.clone()).increment(1);
+        self.pool.release(lease, !cancelled);
+    }
+
+    /// The client is gone: a session-mode backend is reset and returned, a
+    /// backend left mid-transaction is closed, never returned dirty.
+    async fn finish(&mut self) {
+        let Some(mut lease) = self.lease.take() else {
+            return;
+        };
+        let cancelled = self.registration.detach();
+        let idle = self.pending == 0 && !self.open_sequence && self.status == b'I';
+        if !idle || cancelled {
+            return;
+        }
+        let clean = match self.pool.reset_query() {
+            Some(query) if self.pool.mode == PoolMode::Session => {
+                run_simple(&mut lease, query).await.is_ok()
+            }
+            _ => true,
+        };
+        self.pool.release(lease, clean);
+    }
+
+    async fn backend_lost<C: AsyncWrite + Unpin>(
+        &mut self,
+        client: &mut C,
+    ) -> Result<(), SessionError> {
+        self.lease = None;
+        self.registration.detach();
+        metrics::counter!(m::BACKEND_LOST, "tenant" => self.tenant.clone()).increment(1);
+        let mut out = BytesMut::new();
+        messages::error_response(
+            &mut out,
+            SqlState::CONNECTION_FAILURE,
+            "server connection lost: the database closed the connection unexpectedly",
+            None,
+        );
+        let _ = client.write_all(&out).await;
+        Err(SessionError::BackendLost)
+    }
+}
+
+enum RestoreError {
+    Refused(String),
+    Lost,
+}
+
+/// Applies the client's settings that differ from what the backend reported
+/// or pgcell last set on it. Settings the backend does not report (such as
+/// `search_path` before PostgreSQL 18) are known only as pgcell set them; a
+/// change by plain `SET` is not seen (README: session state).
+async fn restore_settings(
+    lease: &mut Lease,
+    wanted: &[(String, String)],
+) -> Result<(), RestoreError> {
+    let mut calls = Vec::new();
+    for (name, value) in wanted {
+        let current = lease.conn.param(name);
+        if current == Some(value.as_str()) {
+            continue;
+        }
+        calls.push(format!(
+            "pg_catalog.set_config({}, {}, false)",
+            quote(name),
+            quote(value)
+        ));
+    }
+    if calls.is_empty() {
+        return Ok(());
+    }
+    let query = format!("SELECT {}", calls.join(", "));
+    run_simple(lease, &query).await?;
+    for (name, value) in wanted {
+        set_param(&mut lease.conn.params, name.clone(), value.clone());
+    }
+    Ok(())
+}
+
+/// Runs one simple query on an idle backend and reads to `ReadyForQuery`.
+async fn run_simple(lease: &mut Lease, query: &str) -> Result<(), RestoreError> {
+    let mut body = query.as_bytes().to_vec();
+    body.push(0);
+    let mut out = BytesMut::new();
+    messages::tagged(&mut out, b'Q', &body);
+    lease
+        .conn
+        .stream
+        .write_all(&out)
+        .await
+        .map_err(|_| RestoreError::Lost)?;
+    let mut error = None;
+    loop {
+        let msg = crate::protocol::framing::read_message(&mut lease.conn.stream, 1 << 20)
+            .await
+            .map_err(|_| RestoreError::Lost)?;
+        match msg.tag {
+            b'E' => error = Some(crate::pool::server::error_message(&msg.body).unwrap_or_default()),
+            b'S' => {
+                if let Some((name, value)) = parameter_status(&msg.body) {
+                    set_param(&mut lease.conn.params, name, value);
+                }
+            }
+            b'Z' => {
+                return match (error, msg.body.first()) {
+                    (None, Some(b'I')) => Ok(()),
+                    (Some(e), _) => Err(RestoreError::Refused(e)),
+                    (None, _) => Err(RestoreError::Lost),
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A SQL string literal.
+fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// `-c name=value` and `--name=value` settings from the `options` startup
+/// parameter.
+pub fn parse_options(options: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut tokens = Vec::new();
+    let mut current = String::new();
+    let mut chars = options.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                if let Some(next) = chars.next() {
+                    current.push(next);
+                }
+            }
+            c if c.is_ascii_whitespace() => {
+                if !current.is_empty() {
+                    tokens.push(std::mem::take(&mut current));
+                }
+            }
+            c => current.push(c),
+        }
+    }
+    if !current.is_empty() {
+        tokens.push(current);
+    }
+    let mut iter = tokens.into_iter();
+    while let Some(token) = iter.next() {
+        let setting = if token == "-c" {
+            iter.next()
+        } else if let Some(rest) = token.strip_prefix("--") {
+            Some(rest.to_owned())
+        } else {
+            token.strip_prefix("-c").map(str::to_owned)
+        };
+        if let Some((name, value)) = setting.as_deref().and_then(|s| s.split_once('=')) {
+            out.push((name.replace('-', "_"), value.to_owned()));
+        }
+    }
+    out
+}
+
+impl From<AcquireError> for SessionError {
+    fn from(e: AcquireError) -> Self {
+        SessionError::Acquire(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_settings() {
+        assert_eq!(
+            parse_options("-c search_path=a,b --work-mem=4MB -cstatement_timeout=5s x"),
+            vec![
+                ("search_path".to_owned(), "a,b".to_owned()),
+                ("work_mem".to_owned(), "4MB".to_owned()),
+                ("statement_timeout".to_owned(), "5s".to_owned()),
+            ]
+        );
+        assert_eq!(
+            parse_options("-c a=b\\ c"),
+            vec![("a".to_owned(), "b c".to_owned())]
+        );
+    }
+
+    #[test]
+    fn quoting() {
+        assert_eq!(quote("it's"), "'it''s'");
+    }
+}

@@ -1,0 +1,276 @@
+//! pgcell authenticates clients and pools backends: SCRAM and -PLUS,
+//! backend login with a password or with the recovered ClientKey, session
+//! and transaction pools, parameter restore, cancel, exhaustion.
+
+use std::time::{Duration, Instant};
+
+use crate::harness::*;
+
+/// A pooled tenant on `cluster` whose `app` user logs in with a password
+/// file; `pool` is the [tenants.pool] body.
+fn pooled_tenant(id: &str, cluster: &pgcell::local_pg::Cluster, pool: &str) -> String {
+    format!(
+        "{}[tenants.pool]\n{pool}\n[[tenants.users]]\nname = \"app\"\npassword_file = \"{{pw}}\"\n",
+        tenant(id, cluster, "")
+    )
+}
+
+fn init_pgbench(cluster: &pgcell::local_pg::Cluster) {
+    let out = std::process::Command::new("pgbench")
+        .args([
+            "-i",
+            "-q",
+            "-s",
+            "1",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &cluster.port().to_string(),
+            "-U",
+            "app",
+            "app",
+        ])
+        .env("PGPASSWORD", APP_PASSWORD)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn processed(output: &str) -> u64 {
+    output
+        .lines()
+        .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
+        .and_then(|v| v.split('/').next())
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgbench_through_transaction_and_session_pools() {
+    let a = cluster("cluster-pool");
+    init_pgbench(&a);
+    let text = config_text(
+        "",
+        "allow",
+        &(pooled_tenant("tx", &a, "mode = \"transaction\"\nsize = 3")
+            + &pooled_tenant("sess", &a, "mode = \"session\"\nsize = 10")),
+    );
+    let proxy = Proxy::start_with_files(&text, &[("pw", APP_PASSWORD)]).await;
+    let port = proxy.addr.port();
+    for mode in ["simple", "extended"] {
+        // 8 clients share 3 backends.
+        let (ok, out) = pgbench(
+            port,
+            "app.tx",
+            &["-c", "8", "-j", "2", "-T", "3", "-S", "-M", mode],
+        );
+        assert!(ok, "{mode}: {out}");
+        assert!(processed(&out) > 100, "{mode}: {out}");
+        assert!(!out.contains("aborted"), "{mode}: {out}");
+    }
+    // TPC-B-like (multi-statement transactions) through 3 backends.
+    let (ok, out) = pgbench(
+        port,
+        "app.tx",
+        &["-c", "6", "-j", "2", "-T", "3", "-M", "extended"],
+    );
+    assert!(ok && processed(&out) > 20, "{out}");
+    let (ok, out) = pgbench(port, "app.sess", &["-c", "4", "-j", "2", "-T", "2", "-S"]);
+    assert!(ok && processed(&out) > 100, "{out}");
+    // The transaction pool never opened more than its size.
+    let backends = a
+        .psql("postgres", "select count(*) from pg_stat_activity where usename = 'app' and application_name = 'pgcell' and backend_type = 'client backend'")
+        .unwrap();
+    assert!(backends.parse::<u32>().unwrap() <= 13, "{backends}");
+    let m = proxy.metrics().await;
+    assert!(metric(&m, "pgcell_transactions_total", &[("tenant", "tx")]).unwrap() > 100.0);
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scram_plus_and_failed_logins() {
+    let a = cluster("cluster-scram");
+    let proxy = Proxy::start_with_files(
+        &config_text(
+            "",
+            "allow",
+            &pooled_tenant("acme", &a, "mode = \"transaction\"\nsize = 2"),
+        ),
+        &[("pw", APP_PASSWORD)],
+    )
+    .await;
+    let port = proxy.addr.port();
+    // pgcell terminates TLS, so it offers SCRAM-SHA-256-PLUS itself.
+    let out = psql(
+        &format!("host=127.0.0.1 port={port} user=app.acme dbname=app sslmode=require channel_binding=require"),
+        "select current_user",
+    )
+    .unwrap();
+    assert_eq!(out, "app");
+    // Plain SCRAM over plaintext.
+    let (client, _c) = connect(&proxy.pg_config("app.acme")).await.unwrap();
+    assert_eq!(cluster_name(&client).await, "cluster-scram");
+
+    // Wrong password and unknown user: the same answer after the same wait.
+    let mut wrong = proxy.pg_config("app.acme");
+    wrong.password("nope");
+    let started = Instant::now();
+    let err = connect(&wrong).await.err().unwrap();
+    let wrong_wait = started.elapsed();
+    assert_eq!(code_of(&err), "28P01");
+    let mut unknown = proxy.pg_config("ghost.acme");
+    unknown.password("nope");
+    let started = Instant::now();
+    let err2 = connect(&unknown).await.err().unwrap();
+    let unknown_wait = started.elapsed();
+    assert_eq!(code_of(&err2), "28P01");
+    assert_eq!(
+        err.as_db_error()
+            .unwrap()
+            .message()
+            .replace("\"app\"", "\"X\""),
+        err2.as_db_error()
+            .unwrap()
+            .message()
+            .replace("\"ghost\"", "\"X\"")
+    );
+    assert!(wrong_wait >= Duration::from_millis(500) && unknown_wait >= Duration::from_millis(500));
+    let m = proxy.metrics().await;
+    assert!(
+        metric(
+            &m,
+            "pgcell_auth_failures_total",
+            &[("tenant", "acme"), ("reason", "invalid_password")]
+        )
+        .unwrap()
+            >= 2.0
+    );
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_scram_secret_logs_in_with_the_recovered_client_key() {
+    let a = cluster("cluster-secret");
+    let secret = a
+        .psql(
+            "postgres",
+            "select rolpassword from pg_authid where rolname = 'app'",
+        )
+        .unwrap();
+    assert!(secret.starts_with("SCRAM-SHA-256$"));
+    let tenant_text = format!(
+        "{}[tenants.pool]\nmode = \"transaction\"\nsize = 1\n[[tenants.users]]\nname = \"app\"\nscram_secret = \"{secret}\"\n",
+        tenant("acme", &a, "")
+    );
+    let proxy = Proxy::start(&config_text("", "allow", &tenant_text)).await;
+    // No password anywhere in pgcell: the backend login uses the ClientKey
+    // from this client's proof.
+    let (client, _c) = connect(&proxy.pg_config("app.acme")).await.unwrap();
+    assert_eq!(cluster_name(&client).await, "cluster-secret");
+    // A second client reuses the pool without a new backend login.
+    let (client2, _c2) = connect(&proxy.pg_config("app.acme")).await.unwrap();
+    client2.simple_query("select 1").await.unwrap();
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_follow_the_client_across_backends() {
+    let a = cluster("cluster-params");
+    let proxy = Proxy::start_with_files(
+        &config_text(
+            "",
+            "allow",
+            &pooled_tenant("acme", &a, "mode = \"transaction\"\nsize = 1"),
+        ),
+        &[("pw", APP_PASSWORD)],
+    )
+    .await;
+    let mut cfg_a = proxy.pg_config("app.acme");
+    cfg_a.application_name("client-a");
+    cfg_a.options("-c search_path=alpha,public");
+    let mut cfg_b = proxy.pg_config("app.acme");
+    cfg_b.application_name("client-b");
+    let (ca, _x) = connect(&cfg_a).await.unwrap();
+    let (cb, _y) = connect(&cfg_b).await.unwrap();
+    for _ in 0..3 {
+        // One backend serves both, in turn.
+        assert_eq!(show(&ca, "show application_name").await, "client-a");
+        assert_eq!(show(&cb, "show application_name").await, "client-b");
+        assert_eq!(show(&ca, "show search_path").await, "alpha,public");
+    }
+    // A SET the backend reports (TimeZone) follows client A.
+    ca.simple_query("set timezone = 'Asia/Tokyo'")
+        .await
+        .unwrap();
+    assert_ne!(show(&cb, "show timezone").await, "Asia/Tokyo");
+    assert_eq!(show(&ca, "show timezone").await, "Asia/Tokyo");
+    let pids: Vec<i32> = vec![
+        ca.query_one("select pg_backend_pid()", &[])
+            .await
+            .unwrap()
+            .get(0),
+        cb.query_one("select pg_backend_pid()", &[])
+            .await
+            .unwrap()
+            .get(0),
+    ];
+    assert_eq!(pids[0], pids[1], "pool size 1: one backend");
+    proxy.stop().await;
+}
+
+async fn show(c: &tokio_postgres::Client, q: &str) -> String {
+    c.query_one(q, &[]).await.unwrap().get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exhausted_pool_times_out_and_cancel_hits_only_the_running_query() {
+    let a = cluster("cluster-exhaust");
+    let proxy = Proxy::start_with_files(
+        &config_text(
+            "",
+            "allow",
+            &pooled_tenant(
+                "acme",
+                &a,
+                "mode = \"transaction\"\nsize = 1\nacquire_timeout = \"500ms\"",
+            ),
+        ),
+        &[("pw", APP_PASSWORD)],
+    )
+    .await;
+    let (holder, _h) = connect(&proxy.pg_config("app.acme")).await.unwrap();
+    let (waiter, _w) = connect(&proxy.pg_config("app.acme")).await.unwrap();
+    holder.simple_query("begin").await.unwrap();
+    let started = Instant::now();
+    let err = waiter.simple_query("select 1").await.unwrap_err();
+    assert_eq!(code_of(&err), "53300");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    holder.simple_query("commit").await.unwrap();
+
+    // Cancel in transaction mode: reaches the backend running the query.
+    let (sleeper, _s) = connect(&proxy.pg_config("app.acme")).await.unwrap();
+    let token = sleeper.cancel_token();
+    let task = tokio::spawn(async move { sleeper.simple_query("select pg_sleep(30)").await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    token.cancel_query(tokio_postgres::NoTls).await.unwrap();
+    let err = tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(code_of(&err), "57014");
+    // An idle client's cancel does nothing; the next query runs.
+    let (idle, _i) = connect(&proxy.pg_config("app.acme")).await.unwrap();
+    idle.cancel_token()
+        .cancel_query(tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    idle.simple_query("select 1").await.unwrap();
+    holder.simple_query("select 1").await.unwrap();
+    proxy.stop().await;
+}
