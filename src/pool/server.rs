@@ -61,6 +61,8 @@ pub struct ServerConn {
     pub created: Instant,
     /// When the connection was last handed back.
     pub last_used: Instant,
+    /// Prepared statements pgcell created on this backend.
+    pub prepared: crate::session::prepared::BackendStatements,
 }
 
 /// Why a backend could not be opened.
@@ -110,6 +112,7 @@ impl ServerConn {
             params: Vec::new(),
             created: Instant::now(),
             last_used: Instant::now(),
+            prepared: Default::default(),
         };
         tokio::time::timeout(login_timeout, conn.login(database, user, login))
             .await

@@ -6,6 +6,7 @@
 pub mod auth;
 pub mod login;
 pub mod pooled;
+pub mod prepared;
 pub mod relay;
 
 use std::net::SocketAddr;

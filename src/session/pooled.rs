@@ -12,6 +12,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::login::{self, LoginError};
+use super::prepared::ClientStatements;
 use super::relay::RelayBytes;
 use super::SessionError;
 use crate::cancel::{CancelTarget, Registration};
@@ -150,6 +151,7 @@ where
         status: b'I',
         bytes,
         tenant: tenant.id().to_owned(),
+        statements: ClientStatements::default(),
     };
     if let Some(lease) = first_lease {
         if pool.mode == PoolMode::Session {
@@ -184,6 +186,8 @@ struct Session<'a> {
     status: u8,
     bytes: &'a mut RelayBytes,
     tenant: String,
+    /// Named prepared statements (transaction mode).
+    statements: ClientStatements,
 }
 
 impl Session<'_> {
@@ -214,7 +218,13 @@ impl Session<'_> {
                     self.checkout(lease, client).await?;
                 }
                 self.count_client_message(&msg);
-                messages::tagged(&mut to_server, msg.tag, &msg.body);
+                match (self.pool.mode, self.lease.as_mut()) {
+                    (PoolMode::Transaction, Some(lease)) => self
+                        .statements
+                        .forward(&msg, &mut lease.conn.prepared, &mut to_server)
+                        .map_err(|e| SessionError::ClientProtocol(format!("{e:?}")))?,
+                    _ => messages::tagged(&mut to_server, msg.tag, &msg.body),
+                }
             }
             if !to_server.is_empty() {
                 let Some(lease) = self.lease.as_mut() else {
@@ -286,9 +296,20 @@ impl Session<'_> {
         to_client: &mut BytesMut,
     ) -> Result<bool, SessionError> {
         let mut ready_seen = false;
+        let transaction_mode = self.pool.mode == PoolMode::Transaction;
         while let Some(msg) = split_message(from_server, MAX_POOLED_MESSAGE_LEN)
             .map_err(|_| SessionError::BackendLost)?
         {
+            if transaction_mode {
+                if let Some(lease) = self.lease.as_mut() {
+                    if !self
+                        .statements
+                        .on_backend_message(msg.tag, &mut lease.conn.prepared)
+                    {
+                        continue;
+                    }
+                }
+            }
             match msg.tag {
                 b'Z' => {
                     self.pending = self.pending.saturating_sub(1);
@@ -314,6 +335,7 @@ impl Session<'_> {
             && self.pending == 0
             && !self.open_sequence
             && self.status == b'I'
+            && !self.statements.awaiting()
             && from_server.is_empty())
     }
 

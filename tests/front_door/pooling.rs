@@ -274,3 +274,64 @@ async fn exhausted_pool_times_out_and_cancel_hits_only_the_running_query() {
     holder.simple_query("select 1").await.unwrap();
     proxy.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prepared_statements_survive_backend_switches() {
+    let a = cluster("cluster-prepared");
+    init_pgbench(&a);
+    let proxy = Proxy::start_with_files(
+        &config_text(
+            "",
+            "allow",
+            &pooled_tenant("tx", &a, "mode = \"transaction\"\nsize = 2"),
+        ),
+        &[("pw", APP_PASSWORD)],
+    )
+    .await;
+    let port = proxy.addr.port();
+    // pgbench -M prepared: named statements parsed once per connection,
+    // bound on whichever of the 2 backends each transaction gets.
+    let (ok, out) = pgbench(
+        port,
+        "app.tx",
+        &["-c", "8", "-j", "2", "-T", "3", "-S", "-M", "prepared"],
+    );
+    assert!(ok, "{out}");
+    assert!(processed(&out) > 100, "{out}");
+    assert!(!out.contains("aborted") && !out.contains("ERROR"), "{out}");
+    let (ok, out) = pgbench(
+        port,
+        "app.tx",
+        &["-c", "4", "-j", "2", "-T", "2", "-M", "prepared"],
+    );
+    assert!(ok && processed(&out) > 10, "{out}");
+
+    // tokio-postgres: statements prepared once, executed many times while
+    // the clients take turns on the two backends.
+    let mut clients = Vec::new();
+    for _ in 0..6 {
+        let (c, conn) = connect(&proxy.pg_config("app.tx")).await.unwrap();
+        let stmt = c
+            .prepare("select $1::int + 1, pg_backend_pid()")
+            .await
+            .unwrap();
+        clients.push((c, conn, stmt));
+    }
+    let mut pids = std::collections::HashSet::new();
+    for round in 0..5 {
+        for (c, _, stmt) in &clients {
+            let row = c.query_one(stmt, &[&round]).await.unwrap();
+            assert_eq!(row.get::<_, i32>(0), round + 1);
+            pids.insert(row.get::<_, i32>(1));
+        }
+    }
+    assert!(pids.len() <= 2, "{pids:?}");
+    // Dropping a statement closes it; preparing again works on any backend.
+    let (c, _conn, stmt) = clients.pop().unwrap();
+    drop(stmt);
+    let again = c.prepare("select 41 + 1").await.unwrap();
+    for _ in 0..3 {
+        assert_eq!(c.query_one(&again, &[]).await.unwrap().get::<_, i32>(0), 42);
+    }
+    proxy.stop().await;
+}

@@ -1,0 +1,477 @@
+//! Protocol-level prepared statements in transaction mode.
+//!
+//! A client's named statements would live on one backend only, and the
+//! next transaction may run on another. pgcell therefore gives every named
+//! `Parse` a process-unique name (`pgcell_<n>`), remembers the client's
+//! statements, and before a `Bind` or `Describe` on a backend that lacks
+//! the statement it sends that `Parse` first and swallows its
+//! `ParseComplete`. Each backend keeps a bounded, least-recently-used set
+//! of the statements it holds; evicting one sends a `Close` whose
+//! `CloseComplete` is swallowed too. Unnamed statements pass through.
+//!
+//! Spec: <https://www.postgresql.org/docs/current/protocol-flow.html#PROTOCOL-FLOW-EXT-QUERY>
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::protocol::framing::Message;
+use crate::protocol::messages;
+
+/// Statements one backend keeps before the least recently used is closed.
+pub const MAX_PREPARED_PER_BACKEND: usize = 1_000;
+/// Statements one client may hold.
+pub const MAX_PREPARED_PER_CLIENT: usize = 10_000;
+
+static NEXT_STATEMENT: AtomicU64 = AtomicU64::new(1);
+
+/// The statements one backend holds, least recently used first out.
+#[derive(Debug, Default)]
+pub struct BackendStatements {
+    used: HashMap<String, u64>,
+    clock: u64,
+}
+
+impl BackendStatements {
+    fn contains(&self, name: &str) -> bool {
+        self.used.contains_key(name)
+    }
+
+    fn touch(&mut self, name: &str) {
+        self.clock += 1;
+        if let Some(t) = self.used.get_mut(name) {
+            *t = self.clock;
+        }
+    }
+
+    /// Records `name`; returns the statement evicted to make room, if any.
+    fn insert(&mut self, name: String) -> Option<String> {
+        self.clock += 1;
+        self.used.insert(name, self.clock);
+        if self.used.len() <= MAX_PREPARED_PER_BACKEND {
+            return None;
+        }
+        let oldest = self
+            .used
+            .iter()
+            .min_by_key(|(_, t)| **t)
+            .map(|(n, _)| n.clone())?;
+        self.used.remove(&oldest);
+        Some(oldest)
+    }
+
+    fn remove(&mut self, name: &str) {
+        self.used.remove(name);
+    }
+
+    /// Number of statements held.
+    pub fn len(&self) -> usize {
+        self.used.len()
+    }
+
+    /// True when none is held.
+    pub fn is_empty(&self) -> bool {
+        self.used.is_empty()
+    }
+}
+
+/// A client statement: its pgcell name and the `Parse` body that creates
+/// it under that name.
+#[derive(Debug, Clone)]
+struct Statement {
+    global: String,
+    parse: Bytes,
+}
+
+/// A response pgcell expects for a message it sent.
+#[derive(Debug, Clone)]
+struct Expected {
+    /// `ReadyForQuery` count at which it is answered at the latest.
+    segment: u64,
+    /// `b'1'` (ParseComplete) or `b'3'` (CloseComplete).
+    tag: u8,
+    /// Injected by pgcell: swallow the response.
+    injected: bool,
+    /// The statement it creates (for `Parse`).
+    creates: Option<String>,
+}
+
+/// One client's statements and the responses in flight.
+#[derive(Debug, Default)]
+pub struct ClientStatements {
+    statements: HashMap<String, Statement>,
+    expected: VecDeque<Expected>,
+    /// `ReadyForQuery` messages requested so far.
+    segments_sent: u64,
+    /// `ReadyForQuery` messages received so far.
+    segments_done: u64,
+}
+
+/// Why a client message was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PreparedError {
+    /// A message too short for its format.
+    Malformed(&'static str),
+    /// More statements than [`MAX_PREPARED_PER_CLIENT`].
+    TooMany,
+}
+
+impl ClientStatements {
+    /// Appends `msg` to `out` for `backend`, rewriting statement names and
+    /// injecting what the backend lacks.
+    pub fn forward(
+        &mut self,
+        msg: &Message,
+        backend: &mut BackendStatements,
+        out: &mut BytesMut,
+    ) -> Result<(), PreparedError> {
+        match msg.tag {
+            b'P' => self.parse(msg, backend, out)?,
+            b'B' => {
+                let (portal, rest) =
+                    split_cstr(&msg.body).ok_or(PreparedError::Malformed("Bind"))?;
+                let (name, tail) = split_cstr(rest).ok_or(PreparedError::Malformed("Bind"))?;
+                match self.ensure(name, backend, out) {
+                    Some(global) => {
+                        let mut body = BytesMut::with_capacity(msg.body.len() + 16);
+                        put_cstr(&mut body, portal);
+                        put_cstr(&mut body, global.as_bytes());
+                        body.put_slice(tail);
+                        messages::tagged(out, b'B', &body);
+                    }
+                    None => messages::tagged(out, b'B', &msg.body),
+                }
+            }
+            b'D' | b'C' if msg.body.first() == Some(&b'S') => {
+                let (name, _) =
+                    split_cstr(&msg.body[1..]).ok_or(PreparedError::Malformed("Describe/Close"))?;
+                if msg.tag == b'C' && !name.is_empty() {
+                    // pgcell names are never shared, so the statement is
+                    // closed on this backend and forgotten (a backend
+                    // without it answers CloseComplete all the same).
+                    let Some(statement) = self
+                        .statements
+                        .remove(&String::from_utf8_lossy(name).into_owned())
+                    else {
+                        messages::tagged(out, msg.tag, &msg.body);
+                        return Ok(());
+                    };
+                    backend.remove(&statement.global);
+                    let mut body = BytesMut::new();
+                    body.put_u8(b'S');
+                    put_cstr(&mut body, statement.global.as_bytes());
+                    messages::tagged(out, b'C', &body);
+                    self.expect(b'3', false, None);
+                    return Ok(());
+                }
+                match self.ensure(name, backend, out) {
+                    Some(global) => {
+                        let mut body = BytesMut::new();
+                        body.put_u8(b'S');
+                        put_cstr(&mut body, global.as_bytes());
+                        messages::tagged(out, msg.tag, &body);
+                    }
+                    None => messages::tagged(out, msg.tag, &msg.body),
+                }
+                if msg.tag == b'C' {
+                    self.expect(b'3', false, None);
+                }
+            }
+            b'C' => {
+                messages::tagged(out, msg.tag, &msg.body);
+                self.expect(b'3', false, None);
+            }
+            b'S' | b'Q' | b'F' => {
+                messages::tagged(out, msg.tag, &msg.body);
+                self.segments_sent += 1;
+            }
+            _ => messages::tagged(out, msg.tag, &msg.body),
+        }
+        Ok(())
+    }
+
+    fn parse(
+        &mut self,
+        msg: &Message,
+        backend: &mut BackendStatements,
+        out: &mut BytesMut,
+    ) -> Result<(), PreparedError> {
+        let (name, rest) = split_cstr(&msg.body).ok_or(PreparedError::Malformed("Parse"))?;
+        if name.is_empty() {
+            messages::tagged(out, b'P', &msg.body);
+            self.expect(b'1', false, None);
+            return Ok(());
+        }
+        let name = String::from_utf8_lossy(name).into_owned();
+        if !self.statements.contains_key(&name) && self.statements.len() >= MAX_PREPARED_PER_CLIENT
+        {
+            return Err(PreparedError::TooMany);
+        }
+        let global = format!("pgcell_{}", NEXT_STATEMENT.fetch_add(1, Ordering::Relaxed));
+        let mut body = BytesMut::with_capacity(msg.body.len() + 16);
+        put_cstr(&mut body, global.as_bytes());
+        body.put_slice(rest);
+        let parse = body.freeze();
+        self.make_room(backend, global.clone(), out);
+        messages::tagged(out, b'P', &parse);
+        self.expect(b'1', false, Some(global.clone()));
+        self.statements.insert(name, Statement { global, parse });
+        Ok(())
+    }
+
+    /// The pgcell name for client statement `name`, prepared on `backend`
+    /// first when it lacks it. `None` for the unnamed statement and for
+    /// names the client never prepared (the backend then reports the
+    /// error itself).
+    fn ensure(
+        &mut self,
+        name: &[u8],
+        backend: &mut BackendStatements,
+        out: &mut BytesMut,
+    ) -> Option<String> {
+        if name.is_empty() {
+            return None;
+        }
+        let statement = self
+            .statements
+            .get(&*String::from_utf8_lossy(name))?
+            .clone();
+        if backend.contains(&statement.global) {
+            backend.touch(&statement.global);
+        } else {
+            self.make_room(backend, statement.global.clone(), out);
+            messages::tagged(out, b'P', &statement.parse);
+            self.expect(b'1', true, Some(statement.global.clone()));
+        }
+        Some(statement.global)
+    }
+
+    fn make_room(&mut self, backend: &mut BackendStatements, global: String, out: &mut BytesMut) {
+        if let Some(evicted) = backend.insert(global) {
+            let mut body = BytesMut::new();
+            body.put_u8(b'S');
+            put_cstr(&mut body, evicted.as_bytes());
+            messages::tagged(out, b'C', &body);
+            self.expect(b'3', true, None);
+        }
+    }
+
+    fn expect(&mut self, tag: u8, injected: bool, creates: Option<String>) {
+        self.expected.push_back(Expected {
+            segment: self.segments_sent,
+            tag,
+            injected,
+            creates,
+        });
+    }
+
+    /// Looks at one backend message; false means swallow it.
+    pub fn on_backend_message(&mut self, tag: u8, backend: &mut BackendStatements) -> bool {
+        match tag {
+            b'1' | b'3' => match self.expected.front() {
+                Some(e) if e.tag == tag => {
+                    let injected = e.injected;
+                    self.expected.pop_front();
+                    !injected
+                }
+                _ => true,
+            },
+            b'E' => {
+                // The backend skips to the next Sync: nothing still expected
+                // in this segment will come, and statements it would have
+                // created do not exist.
+                let segment = self.segments_done;
+                while let Some(e) = self.expected.front() {
+                    if e.segment != segment {
+                        break;
+                    }
+                    if let Some(name) = &e.creates {
+                        backend.remove(name);
+                    }
+                    self.expected.pop_front();
+                }
+                true
+            }
+            b'Z' => {
+                self.segments_done += 1;
+                let done = self.segments_done;
+                while self.expected.front().is_some_and(|e| e.segment < done) {
+                    self.expected.pop_front();
+                }
+                true
+            }
+            _ => true,
+        }
+    }
+
+    /// True while injected responses are still to come (the backend must
+    /// not be handed back before they are swallowed).
+    pub fn awaiting(&self) -> bool {
+        !self.expected.is_empty()
+    }
+}
+
+fn split_cstr(b: &[u8]) -> Option<(&[u8], &[u8])> {
+    let end = b.iter().position(|&c| c == 0)?;
+    Some((&b[..end], &b[end + 1..]))
+}
+
+fn put_cstr(out: &mut BytesMut, s: &[u8]) {
+    out.put_slice(s);
+    out.put_u8(0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::framing::split_message;
+
+    fn msg(tag: u8, body: &[u8]) -> Message {
+        Message {
+            tag,
+            body: Bytes::copy_from_slice(body),
+        }
+    }
+
+    fn messages_of(mut out: BytesMut) -> Vec<(u8, Vec<u8>)> {
+        let mut v = Vec::new();
+        while let Some(m) = split_message(&mut out, 1 << 20).unwrap() {
+            v.push((m.tag, m.body.to_vec()));
+        }
+        v
+    }
+
+    #[test]
+    fn parse_is_renamed_and_injected_on_another_backend() {
+        let mut client = ClientStatements::default();
+        let mut backend_a = BackendStatements::default();
+        let mut out = BytesMut::new();
+        client
+            .forward(&msg(b'P', b"s1\0select 1\0\0\0"), &mut backend_a, &mut out)
+            .unwrap();
+        client
+            .forward(&msg(b'B', b"\0s1\0\0\0\0\0\0\0"), &mut backend_a, &mut out)
+            .unwrap();
+        client
+            .forward(&msg(b'S', b""), &mut backend_a, &mut out)
+            .unwrap();
+        let sent = messages_of(out);
+        assert_eq!(sent.len(), 3);
+        let global =
+            String::from_utf8(sent[0].1.split(|b| *b == 0).next().unwrap().to_vec()).unwrap();
+        assert!(global.starts_with("pgcell_"));
+        assert!(sent[1]
+            .1
+            .windows(global.len())
+            .any(|w| w == global.as_bytes()));
+        // Backend A answers: ParseComplete forwarded (the client's own).
+        assert!(client.on_backend_message(b'1', &mut backend_a));
+        assert!(client.on_backend_message(b'2', &mut backend_a));
+        assert!(client.on_backend_message(b'Z', &mut backend_a));
+        assert!(!client.awaiting());
+
+        // Next transaction on backend B: Parse injected, its answer swallowed.
+        let mut backend_b = BackendStatements::default();
+        let mut out = BytesMut::new();
+        client
+            .forward(&msg(b'B', b"\0s1\0\0\0\0\0\0\0"), &mut backend_b, &mut out)
+            .unwrap();
+        client
+            .forward(&msg(b'S', b""), &mut backend_b, &mut out)
+            .unwrap();
+        let sent = messages_of(out);
+        assert_eq!(
+            sent.iter().map(|m| m.0).collect::<Vec<_>>(),
+            vec![b'P', b'B', b'S']
+        );
+        assert!(client.awaiting());
+        assert!(
+            !client.on_backend_message(b'1', &mut backend_b),
+            "injected ParseComplete swallowed"
+        );
+        assert!(client.on_backend_message(b'2', &mut backend_b));
+        assert!(client.on_backend_message(b'Z', &mut backend_b));
+        // Already there: no injection the third time.
+        let mut out = BytesMut::new();
+        client
+            .forward(&msg(b'B', b"\0s1\0\0\0\0\0\0\0"), &mut backend_b, &mut out)
+            .unwrap();
+        assert_eq!(messages_of(out).len(), 1);
+    }
+
+    #[test]
+    fn error_skips_to_sync_and_forgets_failed_statements() {
+        let mut client = ClientStatements::default();
+        let mut backend = BackendStatements::default();
+        let mut out = BytesMut::new();
+        client
+            .forward(&msg(b'P', b"bad\0selec\0\0\0"), &mut backend, &mut out)
+            .unwrap();
+        client
+            .forward(&msg(b'S', b""), &mut backend, &mut out)
+            .unwrap();
+        assert_eq!(backend.len(), 1);
+        assert!(client.on_backend_message(b'E', &mut backend));
+        assert!(
+            backend.is_empty(),
+            "a failed Parse leaves nothing on the backend"
+        );
+        assert!(client.on_backend_message(b'Z', &mut backend));
+        assert!(!client.awaiting());
+    }
+
+    #[test]
+    fn close_and_unnamed_and_eviction() {
+        let mut client = ClientStatements::default();
+        let mut backend = BackendStatements::default();
+        let mut out = BytesMut::new();
+        client
+            .forward(&msg(b'P', b"\0select 1\0\0\0"), &mut backend, &mut out)
+            .unwrap();
+        assert_eq!(&messages_of(out)[0].1[..], b"\0select 1\0\0\0");
+        let mut out = BytesMut::new();
+        client
+            .forward(&msg(b'P', b"s\0select 1\0\0\0"), &mut backend, &mut out)
+            .unwrap();
+        client
+            .forward(&msg(b'C', b"Ss\0"), &mut backend, &mut out)
+            .unwrap();
+        let sent = messages_of(out);
+        assert_eq!(sent[1].0, b'C');
+        assert!(sent[1].1.starts_with(b"Spgcell_"));
+        assert!(backend.is_empty());
+        // Eviction: the oldest statement is closed, and its CloseComplete
+        // swallowed.
+        let mut backend = BackendStatements::default();
+        let mut client = ClientStatements::default();
+        for i in 0..=MAX_PREPARED_PER_BACKEND {
+            let mut out = BytesMut::new();
+            let body = format!("s{i}\0select {i}\0\0\0");
+            client
+                .forward(&msg(b'P', body.as_bytes()), &mut backend, &mut out)
+                .unwrap();
+            if i == MAX_PREPARED_PER_BACKEND {
+                let sent = messages_of(out);
+                assert_eq!(sent[0].0, b'C');
+            }
+        }
+        assert_eq!(backend.len(), MAX_PREPARED_PER_BACKEND);
+    }
+
+    #[test]
+    fn malformed_is_an_error_not_a_panic() {
+        let mut client = ClientStatements::default();
+        let mut backend = BackendStatements::default();
+        let mut out = BytesMut::new();
+        assert!(client
+            .forward(&msg(b'P', b"no-terminator"), &mut backend, &mut out)
+            .is_err());
+        assert!(client
+            .forward(&msg(b'B', b"\0"), &mut backend, &mut out)
+            .is_err());
+        assert!(client
+            .forward(&msg(b'D', b"S"), &mut backend, &mut out)
+            .is_err());
+    }
+}
