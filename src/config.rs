@@ -15,7 +15,10 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 pub use crate::proxy_protocol::ProxyMode;
-pub use pooling::{AuthMode, Credential, Password, PoolConfig, PoolMode, UserConfig};
+pub use pooling::{
+    AuthMode, AuthQueryConfig, Credential, Password, PoolConfig, PoolMode, UserConfig,
+    DEFAULT_AUTH_QUERY,
+};
 
 mod pooling;
 
@@ -36,6 +39,15 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// The tenants served.
     pub tenants: Vec<TenantConfig>,
+    /// The admin console.
+    pub admin: AdminConfig,
+}
+
+/// `[admin]`: who may use the admin console (database `pgcell`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AdminConfig {
+    /// `[[admin.users]]`; the console is off when empty.
+    pub users: Vec<UserConfig>,
 }
 
 /// `[listen]`.
@@ -172,6 +184,8 @@ pub struct TenantConfig {
     pub pool: PoolConfig,
     /// Users pgcell authenticates itself.
     pub users: Vec<UserConfig>,
+    /// Where secrets of users not in `users` come from, if anywhere.
+    pub auth_query: Option<AuthQueryConfig>,
 }
 
 impl TenantConfig {
@@ -232,6 +246,14 @@ struct RawConfig {
     shutdown: RawShutdown,
     #[serde(default)]
     tenants: Vec<RawTenant>,
+    #[serde(default)]
+    admin: RawAdmin,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RawAdmin {
+    #[serde(default)]
+    users: Vec<pooling::RawUser>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -392,6 +414,7 @@ struct RawTenant {
     pool: pooling::RawPool,
     #[serde(default)]
     users: Vec<pooling::RawUser>,
+    auth_query: Option<pooling::RawAuthQuery>,
 }
 
 fn default_tenant_max_clients() -> usize {
@@ -425,7 +448,8 @@ impl Config {
             unknown.push(path.to_string());
         });
         for key in unknown {
-            p.push(key, "unknown key");
+            // serde_ignored marks the inside of an optional table with `?`.
+            p.push(key.replace(".?.", "."), "unknown key");
         }
         let raw = match raw {
             Ok(raw) => raw,
@@ -530,6 +554,18 @@ impl Config {
             check_reachable(t, &format!("tenants[{i}]"), &listen, &tls, p);
         }
 
+        // Same keys as tenant users (one credential each), minus the pool.
+        let admin_users = pooling::users_from_raw(raw.admin.users, "admin", base, p);
+        for (i, u) in admin_users.iter().enumerate() {
+            if u.pool_mode.is_some() || u.pool_size.is_some() {
+                p.push(
+                    format!("admin.users[{i}]"),
+                    "pool_mode and pool_size do not apply to admin users",
+                );
+            }
+        }
+        let admin = AdminConfig { users: admin_users };
+
         Config {
             listen,
             tls,
@@ -538,6 +574,7 @@ impl Config {
             log,
             shutdown_grace,
             tenants,
+            admin,
         }
     }
 }
@@ -620,15 +657,25 @@ fn tenant_from_raw(
     }
     let users = pooling::users_from_raw(t.users, at, base, p);
     let pool = pooling::pool_from_raw(t.pool, at, p);
-    let auth = t.auth.unwrap_or(if users.is_empty() {
-        AuthMode::Passthrough
-    } else {
+    let auth_query = t
+        .auth_query
+        .and_then(|q| pooling::auth_query_from_raw(q, at, base, p));
+    let has_secrets = !users.is_empty() || auth_query.is_some();
+    let auth = t.auth.unwrap_or(if has_secrets {
         AuthMode::Scram
+    } else {
+        AuthMode::Passthrough
     });
-    if auth != AuthMode::Passthrough && users.is_empty() {
+    if auth != AuthMode::Passthrough && !has_secrets {
         p.push(
             format!("{at}.auth"),
-            "pgcell can authenticate clients only for users listed in [[tenants.users]]",
+            "pgcell can authenticate clients only for users listed in [[tenants.users]] or found by [tenants.auth_query]",
+        );
+    }
+    if auth_query.is_some() && auth != AuthMode::Scram {
+        p.push(
+            format!("{at}.auth_query"),
+            "needs auth = \"scram\": it fetches SCRAM secrets",
         );
     }
     if auth == AuthMode::Md5 {
@@ -655,6 +702,7 @@ fn tenant_from_raw(
         auth,
         pool,
         users,
+        auth_query,
     }
 }
 

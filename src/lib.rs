@@ -14,6 +14,9 @@
 //! | [`route`] | tenant resolution (SNI, `options`, user suffix) and policy, before any password |
 //! | [`backend`] | connecting to a tenant's backend |
 //! | [`session`] | one connection end to end: authentication relay and byte relay |
+//! | [`clients`] | the clients connected now, and what each is doing |
+//! | [`pool`] | backend pools per (tenant, database, user); pause and resume |
+//! | [`console`] | the admin console: database `pgcell`, `SHOW POOLS` … |
 //! | [`cancel`] | cancel keys pgcell issues and their backend targets |
 //! | [`health`] | the TCP health port the NLB checks |
 //! | [`admin`] | HTTP `/metrics`, `/livez`, `/readyz` |
@@ -35,7 +38,9 @@ pub mod admin;
 pub mod auth;
 pub mod backend;
 pub mod cancel;
+pub mod clients;
 pub mod config;
+pub mod console;
 pub mod demo;
 pub mod handshake;
 pub mod health;

@@ -42,10 +42,32 @@ pub const CONNECTION_ERRORS: &str = "pgcell_connection_errors_total";
 pub const POOL_WAIT_SECONDS: &str = "pgcell_pool_wait_seconds";
 /// Client logins pgcell refused (labels: tenant, reason).
 pub const AUTH_FAILURES: &str = "pgcell_auth_failures_total";
+/// auth_query fetches that failed: backend down, auth user refused, query
+/// error (labels: tenant, reason).
+pub const AUTH_QUERY_ERRORS: &str = "pgcell_auth_query_errors_total";
+/// auth_query lookups answered from the cache (label: tenant).
+pub const AUTH_QUERY_CACHE_HITS: &str = "pgcell_auth_query_cache_hits_total";
+/// auth_query lookups that asked the backend (label: tenant).
+pub const AUTH_QUERY_CACHE_MISSES: &str = "pgcell_auth_query_cache_misses_total";
 /// Transactions completed through transaction pools (label: tenant).
 pub const TRANSACTIONS: &str = "pgcell_transactions_total";
 /// Clients waiting for a pooled backend (label: tenant).
 pub const POOL_WAITING: &str = "pgcell_pool_waiting_clients";
+/// Most backends the tenant's pools may open, summed (label: tenant).
+pub const POOL_SIZE: &str = "pgcell_pool_size";
+/// Backends open or opening in the tenant's pools (label: tenant).
+pub const POOL_OPEN: &str = "pgcell_pool_backends_open";
+/// Backends idle in the tenant's pools (label: tenant).
+pub const POOL_IDLE: &str = "pgcell_pool_backends_idle";
+/// Backends checked out of the tenant's pools (label: tenant).
+pub const POOL_IN_USE: &str = "pgcell_pool_backends_in_use";
+/// 1 while the tenant is paused by the admin console (label: tenant).
+pub const POOL_PAUSED: &str = "pgcell_pool_paused";
+/// Commands run on the admin console (labels: command, outcome).
+pub const CONSOLE_COMMANDS: &str = "pgcell_console_commands_total";
+/// Statements whose session state a transaction-mode backend switch
+/// loses (labels: tenant, kind).
+pub const SESSION_STATE: &str = "pgcell_session_state_statements_total";
 /// 1 while pgcell is ready to serve, else 0.
 pub const READY: &str = "pgcell_ready";
 /// Certificate reloads (label: outcome).
@@ -100,6 +122,36 @@ pub fn handle() -> &'static PrometheusHandle {
         metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
         handle
     })
+}
+
+/// Values of the series `name` in Prometheus text `rendered`, summed per
+/// `tenant` label. Tenant ids are DNS labels, so a label value never holds
+/// an escaped quote.
+pub fn per_tenant(rendered: &str, name: &str) -> std::collections::HashMap<String, f64> {
+    let mut out = std::collections::HashMap::new();
+    for line in rendered.lines() {
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
+        let Some(labels) = rest.strip_prefix('{') else {
+            continue;
+        };
+        let Some((labels, value)) = labels.rsplit_once("} ") else {
+            continue;
+        };
+        let Some(tenant) = labels
+            .strip_prefix("tenant=\"")
+            .or_else(|| labels.split_once(",tenant=\"").map(|(_, v)| v))
+            .and_then(|v| v.split_once('"'))
+            .map(|(t, _)| t)
+        else {
+            continue;
+        };
+        if let Ok(v) = value.trim().parse::<f64>() {
+            *out.entry(tenant.to_owned()).or_insert(0.0) += v;
+        }
+    }
+    out
 }
 
 /// Runs the recorder's periodic upkeep (draining histogram buffers).
@@ -161,6 +213,10 @@ fn describe() {
         "Connections that ended in an error, by kind (client, policy, backend, internal)."
     );
     describe_gauge!(READY, "1 while pgcell is ready to serve clients.");
+    describe_counter!(
+        SESSION_STATE,
+        "Statements in transaction mode whose session state would not survive a backend switch, by kind."
+    );
     describe_histogram!(
         POOL_WAIT_SECONDS,
         Unit::Seconds,
@@ -168,12 +224,42 @@ fn describe() {
     );
     describe_counter!(AUTH_FAILURES, "Client logins refused by pgcell, by reason.");
     describe_counter!(
+        AUTH_QUERY_ERRORS,
+        "auth_query fetches of a user's secret that failed, by reason."
+    );
+    describe_counter!(
+        AUTH_QUERY_CACHE_HITS,
+        "auth_query lookups answered from the secret cache."
+    );
+    describe_counter!(
+        AUTH_QUERY_CACHE_MISSES,
+        "auth_query lookups that queried the backend."
+    );
+    describe_counter!(
         TRANSACTIONS,
         "Transactions completed through transaction pools."
     );
     describe_gauge!(
         POOL_WAITING,
         "Clients waiting for a pooled backend connection."
+    );
+    describe_gauge!(
+        POOL_SIZE,
+        "Most backend connections the tenant's pools may open."
+    );
+    describe_gauge!(POOL_OPEN, "Backend connections open in the tenant's pools.");
+    describe_gauge!(POOL_IDLE, "Backend connections idle in the tenant's pools.");
+    describe_gauge!(
+        POOL_IN_USE,
+        "Backend connections checked out of the tenant's pools."
+    );
+    describe_gauge!(
+        POOL_PAUSED,
+        "1 while the tenant's pools are paused by the admin console."
+    );
+    describe_counter!(
+        CONSOLE_COMMANDS,
+        "Admin console commands, by command and outcome."
     );
     describe_counter!(
         TLS_RELOADS,

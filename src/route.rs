@@ -28,6 +28,9 @@ pub struct Tenant {
     /// SCRAM secrets of the users pgcell authenticates, derived once per
     /// load (PBKDF2 is too slow to run per connection).
     pub secrets: HashMap<String, crate::auth::secret::ScramSecret>,
+    /// Secrets of other users, from the backend (`[tenants.auth_query]`);
+    /// the cache starts empty on every load.
+    pub auth_query: Option<crate::auth::query::AuthQuery>,
 }
 
 impl Tenant {
@@ -174,6 +177,16 @@ impl RoutingTable {
                     (u.name.clone(), secret)
                 })
                 .collect();
+            let auth_query = t.auth_query.clone().map(|q| {
+                crate::auth::query::AuthQuery::new(
+                    q,
+                    crate::auth::query::FetchSettings {
+                        connect_timeout: config.backend.connect_timeout,
+                        login_timeout: config.backend.auth_timeout,
+                        keepalive: config.listen.tcp_keepalive,
+                    },
+                )
+            });
             tenants.insert(
                 t.id.clone(),
                 Arc::new(Tenant {
@@ -181,6 +194,7 @@ impl RoutingTable {
                     backend_tls,
                     active,
                     secrets,
+                    auth_query,
                 }),
             );
         }

@@ -55,6 +55,10 @@ pub struct Shared {
     pub pools: crate::pool::Pools,
     /// Key for the fake SCRAM secrets of unknown users.
     pub mock_key: [u8; 32],
+    /// Admin console users and tenant summaries; swapped whole on reload.
+    pub console: ArcSwap<crate::console::ConsoleConfig>,
+    /// Clients connected now (`SHOW CLIENTS`).
+    pub connected: crate::clients::Clients,
     config_path: Option<PathBuf>,
     /// The sections a reload cannot change, as started.
     fixed: FixedSections,
@@ -169,6 +173,7 @@ impl Server {
             _ => None,
         };
         let routes = RoutingTable::build(&config, None)?;
+        let console = crate::console::ConsoleConfig::from_config(&config);
         let bind = |what, addr| move |error| StartError::Bind { what, addr, error };
         let listener = TcpListener::bind(config.listen.addr)
             .await
@@ -208,6 +213,8 @@ impl Server {
                 key[14..].copy_from_slice(&crate::auth::random_nonce());
                 key
             },
+            console: ArcSwap::from_pointee(console),
+            connected: crate::clients::Clients::default(),
             config_path,
             fixed: FixedSections::of(&config),
         });
@@ -336,8 +343,9 @@ impl ServerHandle {
 }
 
 impl Shared {
-    /// Re-reads the TLS certificate and key, and the config file's tenants
-    /// and routing. Listener addresses and timeouts need a restart.
+    /// Re-reads the TLS certificate and key, and the config file's tenants,
+    /// routing and admin users. Listener addresses and timeouts need a
+    /// restart. SIGHUP and the admin console's `RELOAD` both land here.
     pub fn reload(&self) -> Result<(), ReloadError> {
         if let Some(tls) = &self.tls {
             let result = tls.reload();
@@ -358,11 +366,14 @@ impl Shared {
                         );
                     }
                     let previous = self.routes.load();
-                    Ok(RoutingTable::build(&config, Some(&previous))?)
+                    let routes = RoutingTable::build(&config, Some(&previous))?;
+                    Ok((routes, crate::console::ConsoleConfig::from_config(&config)))
                 });
             let outcome = if result.is_ok() { "ok" } else { "error" };
             metrics::counter!(crate::metrics::CONFIG_RELOADS, "outcome" => outcome).increment(1);
-            self.routes.store(Arc::new(result?));
+            let (routes, console) = result?;
+            self.routes.store(Arc::new(routes));
+            self.console.store(Arc::new(console));
         }
         Ok(())
     }

@@ -5,8 +5,11 @@
 //!   `tls-server-end-point` channel binding) and client side (backends).
 //! - [`md5`]: the MD5 password response, for backends (and tenants) that
 //!   use md5.
+//! - [`query`]: `auth_query`, secrets fetched from a tenant's backend and
+//!   cached.
 
 pub mod md5;
+pub mod query;
 pub mod scram;
 pub mod secret;
 

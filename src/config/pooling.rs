@@ -1,5 +1,5 @@
 //! Tenant keys for client authentication and pooling: `auth`,
-//! `[tenants.pool]` and `[[tenants.users]]`.
+//! `[tenants.pool]`, `[[tenants.users]]` and `[tenants.auth_query]`.
 
 use std::fmt;
 use std::path::Path;
@@ -50,6 +50,10 @@ pub struct PoolConfig {
     pub check_after_idle: Duration,
     /// Run when a session-mode client leaves; none to skip.
     pub reset_query: Option<String>,
+    /// Transaction mode: keep a client on its backend for the rest of its
+    /// session once it runs a statement whose state a backend switch would
+    /// lose (LISTEN, SQL PREPARE, temp tables, advisory locks, ...).
+    pub pin_session_state: bool,
 }
 
 /// A secret that must never reach a log line.
@@ -86,6 +90,38 @@ pub struct UserConfig {
     pub pool_size: Option<usize>,
 }
 
+/// `[tenants.auth_query]`: SCRAM secrets of users not listed in
+/// `[[tenants.users]]`, fetched from the tenant's backend.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuthQueryConfig {
+    /// The role pgcell logs in as to run the query.
+    pub user: String,
+    /// Its password.
+    pub password: Password,
+    /// The query; `$1` is the client's user name, the one column returned
+    /// is the secret.
+    pub query: String,
+    /// Database the query runs in; the client's database when unset.
+    pub database: Option<String>,
+    /// How long a fetched secret (or "no such user") is used.
+    pub cache_ttl: Duration,
+}
+
+/// Reads `pg_authid` directly: needs a superuser. Operators usually point
+/// `query` at a `SECURITY DEFINER` function instead.
+pub const DEFAULT_AUTH_QUERY: &str =
+    "SELECT rolpassword FROM pg_catalog.pg_authid WHERE rolname = $1";
+
+#[derive(Debug, Deserialize)]
+pub(super) struct RawAuthQuery {
+    user: String,
+    password_env: Option<String>,
+    password_file: Option<String>,
+    query: Option<String>,
+    database: Option<String>,
+    cache_ttl: Option<String>,
+}
+
 #[derive(Debug, Default, Deserialize)]
 pub(super) struct RawPool {
     mode: Option<PoolMode>,
@@ -96,6 +132,7 @@ pub(super) struct RawPool {
     max_lifetime: Option<String>,
     check_after_idle: Option<String>,
     reset_query: Option<String>,
+    pin_session_state: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -141,6 +178,7 @@ pub(super) fn pool_from_raw(raw: RawPool, at: &str, p: &mut Problems) -> PoolCon
         max_lifetime,
         check_after_idle,
         reset_query,
+        pin_session_state: raw.pin_session_state.unwrap_or(false),
     }
 }
 
@@ -177,37 +215,10 @@ pub(super) fn users_from_raw(
             );
             continue;
         }
-        let credential = if let Some(var) = u.password_env {
-            match std::env::var(&var) {
-                Ok(pw) if !pw.is_empty() => Credential::Password(Password(pw)),
-                _ => {
-                    p.push(
-                        format!("{path}.password_env"),
-                        format!("environment variable {var} is not set or empty"),
-                    );
-                    continue;
-                }
-            }
-        } else if let Some(file) = u.password_file {
-            let file = base.join(file);
-            match std::fs::read_to_string(&file) {
-                Ok(pw) if !pw.trim_end_matches(['\r', '\n']).is_empty() => {
-                    Credential::Password(Password(pw.trim_end_matches(['\r', '\n']).to_owned()))
-                }
-                Ok(_) => {
-                    p.push(
-                        format!("{path}.password_file"),
-                        format!("{} is empty", file.display()),
-                    );
-                    continue;
-                }
-                Err(e) => {
-                    p.push(
-                        format!("{path}.password_file"),
-                        format!("cannot read {}: {e}", file.display()),
-                    );
-                    continue;
-                }
+        let credential = if u.password_env.is_some() || u.password_file.is_some() {
+            match password_from(u.password_env, u.password_file, &path, base, p) {
+                Some(pw) => Credential::Password(pw),
+                None => continue,
             }
         } else if let Some(secret) = u.scram_secret {
             match crate::auth::secret::ScramSecret::parse(&secret) {
@@ -228,4 +239,174 @@ pub(super) fn users_from_raw(
         });
     }
     users
+}
+
+/// The password named by `password_env` or `password_file` (whichever is
+/// set; env first), or a problem at `path`.
+fn password_from(
+    env: Option<String>,
+    file: Option<String>,
+    path: &str,
+    base: &Path,
+    p: &mut Problems,
+) -> Option<Password> {
+    if let Some(var) = env {
+        return match std::env::var(&var) {
+            Ok(pw) if !pw.is_empty() => Some(Password(pw)),
+            _ => {
+                p.push(
+                    format!("{path}.password_env"),
+                    format!("environment variable {var} is not set or empty"),
+                );
+                None
+            }
+        };
+    }
+    let file = base.join(file?);
+    match std::fs::read_to_string(&file) {
+        Ok(pw) if !pw.trim_end_matches(['\r', '\n']).is_empty() => {
+            Some(Password(pw.trim_end_matches(['\r', '\n']).to_owned()))
+        }
+        Ok(_) => {
+            p.push(
+                format!("{path}.password_file"),
+                format!("{} is empty", file.display()),
+            );
+            None
+        }
+        Err(e) => {
+            p.push(
+                format!("{path}.password_file"),
+                format!("cannot read {}: {e}", file.display()),
+            );
+            None
+        }
+    }
+}
+
+pub(super) fn auth_query_from_raw(
+    raw: RawAuthQuery,
+    at: &str,
+    base: &Path,
+    p: &mut Problems,
+) -> Option<AuthQueryConfig> {
+    let path = format!("{at}.auth_query");
+    if raw.user.is_empty() || raw.user.len() > 63 {
+        p.push(format!("{path}.user"), "must be 1 to 63 characters");
+    }
+    let query = raw.query.unwrap_or_else(|| DEFAULT_AUTH_QUERY.to_owned());
+    // The user name is always sent as parameter $1; a query without it
+    // would fail on every login.
+    if !query.contains("$1") {
+        p.push(
+            format!("{path}.query"),
+            "must use $1 for the user name (e.g. \"SELECT pgcell.get_auth($1)\")",
+        );
+    }
+    if raw.database.as_deref() == Some("") {
+        p.push(format!("{path}.database"), "must not be empty");
+    }
+    let cache_ttl = p.duration(
+        &format!("{path}.cache_ttl"),
+        raw.cache_ttl.as_deref().unwrap_or("60s"),
+    );
+    if raw.password_env.is_some() == raw.password_file.is_some() {
+        p.push(path, "needs exactly one of password_env, password_file");
+        return None;
+    }
+    let password = password_from(raw.password_env, raw.password_file, &path, base, p)?;
+    Some(AuthQueryConfig {
+        user: raw.user,
+        password,
+        query,
+        database: raw.database,
+        cache_ttl,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{AuthMode, Config};
+    use super::*;
+
+    fn parse(tenant_extra: &str) -> (Result<Config, super::super::ConfigError>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("auth.pw"), "s3cret\n").unwrap();
+        let text = format!(
+            "[listen]\naddr = \"127.0.0.1:6432\"\n[[tenants]]\nid = \"acme\"\nbackends = [\"127.0.0.1:5441\"]\n{tenant_extra}"
+        );
+        (Config::parse(&text, dir.path()), dir)
+    }
+
+    fn paths(result: Result<Config, super::super::ConfigError>) -> Vec<String> {
+        result
+            .unwrap_err()
+            .problems
+            .into_iter()
+            .map(|p| p.path)
+            .collect()
+    }
+
+    #[test]
+    fn auth_query_alone_enables_scram_with_defaults() {
+        let (c, _dir) =
+            parse("[tenants.auth_query]\nuser = \"pgcell_auth\"\npassword_file = \"auth.pw\"\n");
+        let t = &c.unwrap().tenants[0];
+        assert_eq!(t.auth, AuthMode::Scram);
+        assert!(t.users.is_empty());
+        let q = t.auth_query.as_ref().unwrap();
+        assert_eq!(q.user, "pgcell_auth");
+        assert_eq!(q.password, Password("s3cret".into()));
+        assert_eq!(q.query, DEFAULT_AUTH_QUERY);
+        assert_eq!(q.database, None);
+        assert_eq!(q.cache_ttl, Duration::from_secs(60));
+        assert!(!format!("{q:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn auth_query_keys() {
+        let (c, _dir) = parse(
+            "[tenants.auth_query]\nuser = \"a\"\npassword_file = \"auth.pw\"\nquery = \"SELECT secret FROM pgcell.get_auth($1)\"\ndatabase = \"postgres\"\ncache_ttl = \"5m\"\n",
+        );
+        let c = c.unwrap();
+        let q = c.tenants[0].auth_query.as_ref().unwrap();
+        assert_eq!(q.query, "SELECT secret FROM pgcell.get_auth($1)");
+        assert_eq!(q.database.as_deref(), Some("postgres"));
+        assert_eq!(q.cache_ttl, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn auth_query_problems() {
+        let (c, _dir) = parse("[tenants.auth_query]\nuser = \"a\"\n");
+        assert_eq!(paths(c), vec!["tenants[0].auth_query"]);
+        let (c, _dir) = parse(
+            "[tenants.auth_query]\nuser = \"a\"\npassword_file = \"auth.pw\"\npassword_env = \"X\"\n",
+        );
+        assert_eq!(paths(c), vec!["tenants[0].auth_query"]);
+        let (c, _dir) = parse(
+            "[tenants.auth_query]\nuser = \"\"\npassword_file = \"missing.pw\"\nquery = \"SELECT 'x'\"\ncache_ttl = \"0s\"\ndatabase = \"\"\ncolour = 1\n",
+        );
+        let mut got = paths(c);
+        got.sort();
+        assert_eq!(
+            got,
+            vec![
+                "tenants.0.auth_query.colour",
+                "tenants[0].auth_query.cache_ttl",
+                "tenants[0].auth_query.database",
+                "tenants[0].auth_query.password_file",
+                "tenants[0].auth_query.query",
+                "tenants[0].auth_query.user",
+            ]
+        );
+        for auth in ["md5", "passthrough"] {
+            let (c, _dir) = parse(&format!(
+                "auth = \"{auth}\"\n[tenants.auth_query]\nuser = \"a\"\npassword_file = \"auth.pw\"\n"
+            ));
+            assert_eq!(paths(c), vec!["tenants[0].auth_query"], "{auth}");
+        }
+        // Without users or auth_query pgcell has nothing to check against.
+        let (c, _dir) = parse("auth = \"scram\"\n");
+        assert_eq!(paths(c), vec!["tenants[0].auth"]);
+    }
 }

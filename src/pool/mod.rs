@@ -5,11 +5,14 @@
 //! A checkout takes an idle backend if one is fit (young enough, checked if
 //! it idled long), else opens one when a permit is free, else waits for
 //! whichever comes first — a returned backend or a freed permit — until
-//! `acquire_timeout`.
+//! `acquire_timeout`. A paused pool (`PAUSE` in the admin console) hands out
+//! nothing: checkouts wait for `RESUME`, still bounded by `acquire_timeout`.
 
 pub mod server;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -17,6 +20,7 @@ use thiserror::Error;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
+use crate::clients::{ClientEntry, ClientState};
 use crate::config::{PoolConfig, PoolMode};
 use crate::protocol::framing::read_message;
 use crate::route::Tenant;
@@ -60,6 +64,58 @@ pub struct Pool {
     login: Mutex<Option<BackendLogin>>,
     /// Parameters the backend reports at login, for clients' startup.
     params: Mutex<Option<Vec<(String, String)>>>,
+    /// Set by `PAUSE`; `resumed` wakes the checkouts it held up.
+    paused: AtomicBool,
+    resumed: Notify,
+    /// Checkouts under way.
+    waiting: AtomicUsize,
+    /// Backends checked out, by lease id (for `SHOW SERVERS`).
+    in_use: Arc<Mutex<HashMap<u64, ServerInUse>>>,
+}
+
+/// A checked-out backend as `SHOW SERVERS` lists it.
+#[derive(Debug, Clone)]
+struct ServerInUse {
+    addr: SocketAddr,
+    pid: i32,
+    created: Instant,
+    client: Option<u64>,
+}
+
+/// One backend of a pool, idle or in use.
+#[derive(Debug, Clone)]
+pub struct ServerInfo {
+    /// The backend's address.
+    pub addr: SocketAddr,
+    /// The backend's process id.
+    pub pid: i32,
+    /// When the connection was opened.
+    pub created: Instant,
+    /// Checked out (else idle in the pool).
+    pub in_use: bool,
+    /// The client holding it, by registry id.
+    pub client: Option<u64>,
+}
+
+/// A pool's figures at one moment.
+#[derive(Debug, Clone)]
+pub struct PoolSnapshot {
+    /// Which pool.
+    pub key: PoolKey,
+    /// Session or transaction.
+    pub mode: PoolMode,
+    /// Most backends it opens.
+    pub size: usize,
+    /// Backends open (or opening).
+    pub open: usize,
+    /// Backends idle in the pool.
+    pub idle: usize,
+    /// Backends checked out.
+    pub in_use: usize,
+    /// Checkouts waiting.
+    pub waiting: usize,
+    /// Paused by the admin console.
+    pub paused: bool,
 }
 
 /// Why no backend could be had.
@@ -82,7 +138,59 @@ pub struct Lease {
     /// The backend.
     pub conn: ServerConn,
     permit: OwnedSemaphorePermit,
+    _in_use: InUse,
 }
+
+/// Lists a lease in its pool's `in_use` and marks its client active, until
+/// dropped.
+struct InUse {
+    id: u64,
+    map: Arc<Mutex<HashMap<u64, ServerInUse>>>,
+    client: Option<Arc<ClientEntry>>,
+}
+
+impl Drop for InUse {
+    fn drop(&mut self) {
+        self.map
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.id);
+        if let Some(client) = &self.client {
+            client.set_state(ClientState::Idle);
+        }
+    }
+}
+
+/// Counts a checkout as waiting and marks its client so, until dropped
+/// (so that a cancelled checkout is not left counted).
+struct Waiting<'a> {
+    count: &'a AtomicUsize,
+    client: Option<Arc<ClientEntry>>,
+}
+
+impl<'a> Waiting<'a> {
+    fn start(count: &'a AtomicUsize) -> Waiting<'a> {
+        count.fetch_add(1, Ordering::Relaxed);
+        let client = crate::clients::current();
+        if let Some(c) = &client {
+            c.set_state(ClientState::Waiting);
+        }
+        Waiting { count, client }
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, Ordering::Relaxed);
+        if let Some(c) = &self.client {
+            if c.state() == ClientState::Waiting {
+                c.set_state(ClientState::Idle);
+            }
+        }
+    }
+}
+
+static NEXT_LEASE_ID: AtomicU64 = AtomicU64::new(1);
 
 impl Pool {
     /// A new, empty pool.
@@ -106,6 +214,105 @@ impl Pool {
             returned: Notify::new(),
             login: Mutex::new(None),
             params: Mutex::new(None),
+            paused: AtomicBool::new(false),
+            resumed: Notify::new(),
+            waiting: AtomicUsize::new(0),
+            in_use: Arc::default(),
+        }
+    }
+
+    /// Stops handing out backends; running transactions go on.
+    pub fn pause(&self) {
+        self.paused.store(true, Ordering::SeqCst);
+    }
+
+    /// Hands out backends again and wakes the checkouts that waited.
+    pub fn resume(&self) {
+        self.paused.store(false, Ordering::SeqCst);
+        self.resumed.notify_waiters();
+    }
+
+    /// Whether the pool is paused.
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::SeqCst)
+    }
+
+    /// The pool's figures now.
+    pub fn snapshot(&self) -> PoolSnapshot {
+        PoolSnapshot {
+            key: self.key.clone(),
+            mode: self.mode,
+            size: self.size,
+            open: self.open_count(),
+            idle: self.idle_count(),
+            in_use: self
+                .in_use
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .len(),
+            waiting: self.waiting.load(Ordering::Relaxed),
+            paused: self.is_paused(),
+        }
+    }
+
+    /// The pool's backends, idle and in use.
+    pub fn servers(&self) -> Vec<ServerInfo> {
+        let mut out: Vec<ServerInfo> = self
+            .idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(conn, _)| ServerInfo {
+                addr: conn.addr,
+                pid: conn.key.pid,
+                created: conn.created,
+                in_use: false,
+                client: None,
+            })
+            .collect();
+        out.extend(
+            self.in_use
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .values()
+                .map(|s| ServerInfo {
+                    addr: s.addr,
+                    pid: s.pid,
+                    created: s.created,
+                    in_use: true,
+                    client: s.client,
+                }),
+        );
+        out
+    }
+
+    /// Wraps a checked-out backend, recording who holds it.
+    fn lease(&self, conn: ServerConn, permit: OwnedSemaphorePermit) -> Lease {
+        let id = NEXT_LEASE_ID.fetch_add(1, Ordering::Relaxed);
+        let client = crate::clients::current();
+        if let Some(c) = &client {
+            c.set_state(ClientState::Active);
+        }
+        self.in_use
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(
+                id,
+                ServerInUse {
+                    addr: conn.addr,
+                    pid: conn.key.pid,
+                    created: conn.created,
+                    client: client.as_ref().map(|c| c.id),
+                },
+            );
+        Lease {
+            conn,
+            permit,
+            _in_use: InUse {
+                id,
+                map: self.in_use.clone(),
+                client,
+            },
         }
     }
 
@@ -149,7 +356,24 @@ impl Pool {
     pub async fn acquire(&self) -> Result<Lease, AcquireError> {
         let started = Instant::now();
         let deadline = tokio::time::Instant::now() + self.settings.acquire_timeout;
+        let _waiting = Waiting::start(&self.waiting);
         let result = loop {
+            if self.is_paused() {
+                // Register for the wake-up before looking again, so a
+                // RESUME in between is not missed.
+                let resumed = self.resumed.notified();
+                tokio::pin!(resumed);
+                resumed.as_mut().enable();
+                if self.is_paused() {
+                    tokio::select! {
+                        () = resumed => {}
+                        () = tokio::time::sleep_until(deadline) => {
+                            break Err(AcquireError::Timeout(self.settings.acquire_timeout));
+                        }
+                    }
+                }
+                continue;
+            }
             if let Some(lease) = self.take_idle().await {
                 break Ok(lease);
             }
@@ -170,6 +394,9 @@ impl Pool {
                     }
                 }
             };
+            if self.is_paused() {
+                continue;
+            }
             break self.open(permit).await;
         };
         metrics::histogram!(crate::metrics::POOL_WAIT_SECONDS, "tenant" => self.key.tenant.clone())
@@ -210,7 +437,8 @@ impl Pool {
         if params.is_none() {
             *params = Some(conn.params.clone());
         }
-        Ok(Lease { conn, permit })
+        drop(params);
+        Ok(self.lease(conn, permit))
     }
 
     async fn take_idle(&self) -> Option<Lease> {
@@ -231,7 +459,7 @@ impl Pool {
             {
                 continue;
             }
-            return Some(Lease { conn, permit });
+            return Some(self.lease(conn, permit));
         }
     }
 
@@ -241,13 +469,20 @@ impl Pool {
         if !clean || lease.conn.created.elapsed() > self.settings.max_lifetime {
             return;
         }
-        let Lease { mut conn, permit } = lease;
+        let Lease {
+            mut conn, permit, ..
+        } = lease;
         conn.last_used = Instant::now();
         self.idle
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push((conn, permit));
         self.returned.notify_one();
+    }
+
+    /// Whether clients that leave session state behind keep their backend.
+    pub fn pin_session_state(&self) -> bool {
+        self.settings.pin_session_state
     }
 
     /// The query run when a session-mode client leaves.
@@ -282,6 +517,8 @@ async fn ping(conn: &mut ServerConn) -> bool {
 #[derive(Default)]
 pub struct Pools {
     pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
+    /// Tenants paused by the admin console; their new pools start paused.
+    paused: Mutex<HashSet<String>>,
 }
 
 impl Pools {
@@ -295,16 +532,79 @@ impl Pools {
                 let user = config.user(&key.user);
                 let mode = user.and_then(|u| u.pool_mode).unwrap_or(config.pool.mode);
                 let size = user.and_then(|u| u.pool_size).unwrap_or(config.pool.size);
-                Arc::new(Pool::new(
-                    key,
-                    tenant.clone(),
-                    config.pool.clone(),
-                    mode,
-                    size,
-                    open,
-                ))
+                let paused = self
+                    .paused
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .contains(&key.tenant);
+                let pool = Pool::new(key, tenant.clone(), config.pool.clone(), mode, size, open);
+                if paused {
+                    pool.pause();
+                }
+                Arc::new(pool)
             })
             .clone()
+    }
+
+    /// Pauses `tenant`'s pools, present and future. Returns how many pools
+    /// it has now.
+    pub fn pause(&self, tenant: &str) -> usize {
+        self.paused
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(tenant.to_owned());
+        let pools = self.of_tenant(tenant);
+        for pool in &pools {
+            pool.pause();
+        }
+        pools.len()
+    }
+
+    /// Resumes `tenant`'s pools. Returns how many pools it has now.
+    pub fn resume(&self, tenant: &str) -> usize {
+        self.paused
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(tenant);
+        let pools = self.of_tenant(tenant);
+        for pool in &pools {
+            pool.resume();
+        }
+        pools.len()
+    }
+
+    /// Whether `tenant` is paused.
+    pub fn is_paused(&self, tenant: &str) -> bool {
+        self.paused
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(tenant)
+    }
+
+    /// Every pool, sorted by key.
+    pub fn all(&self) -> Vec<Arc<Pool>> {
+        let mut all: Vec<Arc<Pool>> = self
+            .pools
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect();
+        all.sort_by(|a, b| {
+            (&a.key.tenant, &a.key.database, &a.key.user).cmp(&(
+                &b.key.tenant,
+                &b.key.database,
+                &b.key.user,
+            ))
+        });
+        all
+    }
+
+    fn of_tenant(&self, tenant: &str) -> Vec<Arc<Pool>> {
+        self.all()
+            .into_iter()
+            .filter(|p| p.key.tenant == tenant)
+            .collect()
     }
 
     /// A snapshot: (key, mode, open, idle) per pool.

@@ -25,6 +25,10 @@ impl SqlState {
     pub const FEATURE_NOT_SUPPORTED: SqlState = SqlState("0A000");
     /// `22023` invalid_parameter_value.
     pub const INVALID_PARAMETER_VALUE: SqlState = SqlState("22023");
+    /// `42601` syntax_error.
+    pub const SYNTAX_ERROR: SqlState = SqlState("42601");
+    /// `42704` undefined_object.
+    pub const UNDEFINED_OBJECT: SqlState = SqlState("42704");
     /// `XX000` internal_error.
     pub const INTERNAL_ERROR: SqlState = SqlState("XX000");
 

@@ -1,7 +1,9 @@
 //! Client authentication by pgcell: SCRAM-SHA-256 (and -PLUS over TLS),
 //! or MD5 when a tenant opts in. Unknown users go through the same
 //! exchange against a fake secret and fail the same way, after the same
-//! delay, so user names cannot be probed.
+//! delay, so user names cannot be probed. Users not listed in
+//! `[[tenants.users]]` get their secret from the backend when the tenant
+//! has `[tenants.auth_query]` ([`crate::auth::query`]).
 
 use std::time::Duration;
 
@@ -9,6 +11,7 @@ use bytes::{Buf, BufMut, BytesMut};
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
+use crate::auth::query::AuthQueryError;
 use crate::auth::scram::{ScramError, ScramErrorKind, ScramServer};
 use crate::auth::secret::{mock_secret, ScramSecret};
 use crate::config::{AuthMode, Credential};
@@ -38,6 +41,9 @@ pub enum LoginError {
     /// The connection failed.
     #[error(transparent)]
     Io(#[from] FramingError),
+    /// The user's secret could not be fetched from the backend.
+    #[error(transparent)]
+    AuthQuery(#[from] AuthQueryError),
 }
 
 impl LoginError {
@@ -58,6 +64,12 @@ impl LoginError {
                 SqlState::PROTOCOL_VIOLATION,
                 "invalid authentication message".to_owned(),
             )),
+            // Not 28P01: the password may well be right. The reason is
+            // logged, not told.
+            LoginError::AuthQuery(_) => Some((
+                SqlState::CONNECTION_FAILURE,
+                "could not verify credentials".to_owned(),
+            )),
         }
     }
 
@@ -67,17 +79,19 @@ impl LoginError {
             LoginError::Failed(_) => "invalid_password",
             LoginError::ChannelBinding(_) => "channel_binding",
             LoginError::Malformed(_) | LoginError::Io(_) => "protocol",
+            LoginError::AuthQuery(_) => "auth_query",
         }
     }
 }
 
-/// Authenticates `user` of `tenant` and returns how to log in to the
-/// backend as that user. On failure the caller reports the error.
-/// Not cancel safe.
+/// Authenticates `user` of `tenant` (connecting to `database`) and
+/// returns how to log in to the backend as that user. On failure the
+/// caller reports the error. Not cancel safe.
 pub async fn authenticate<C>(
     client: &mut C,
     tenant: &Tenant,
     user: &str,
+    database: &str,
     info: &ClientInfo,
     mock_key: &[u8; 32],
 ) -> Result<BackendLogin, LoginError>
@@ -85,39 +99,87 @@ where
     C: AsyncRead + AsyncWrite + Unpin,
 {
     let configured = tenant.config.user(user);
+    // Configured users come first; the backend is asked about the rest.
+    let queried = match (&tenant.auth_query, configured) {
+        (Some(query), None) if tenant.config.auth == AuthMode::Scram => {
+            Some(query.lookup(tenant, database, user).await?)
+        }
+        _ => None,
+    };
+    let queried_secret = queried.as_ref().and_then(|q| q.secret.as_ref());
     let result = match tenant.config.auth {
         AuthMode::Md5 => md5(client, user, configured.map(|u| &u.credential)).await,
         _ => {
             let secret = tenant
                 .secrets
                 .get(user)
+                .or(queried_secret)
                 .cloned()
                 .unwrap_or_else(|| mock_secret(user, mock_key));
             scram(client, secret, info.tls_end_point.as_deref().cloned(), user).await
         }
     };
     let client_key = match result {
-        Ok(client_key) if configured.is_some() => client_key,
+        Ok(client_key) if configured.is_some() || queried_secret.is_some() => client_key,
         // A mock secret cannot be passed, but be explicit: unknown users
         // never get in.
         Ok(_) => return Err(LoginError::Failed(user.to_owned())),
-        Err(e) => return Err(e),
+        Err(e) => {
+            // The cached answer may be stale (a changed password, a new
+            // role): the next attempt asks the backend again.
+            if let (Some(query), Some(q)) = (&tenant.auth_query, &queried) {
+                if q.cached && matches!(e, LoginError::Failed(_)) {
+                    query.invalidate(user);
+                }
+            }
+            return Err(e);
+        }
     };
-    let login = match configured.map(|u| &u.credential) {
-        Some(Credential::Password(pw)) => BackendLogin::Password(pw.clone()),
-        Some(Credential::ScramSecret(secret)) => match client_key {
+    let login = match (configured.map(|u| &u.credential), queried_secret) {
+        (Some(Credential::Password(pw)), _) => BackendLogin::Password(pw.clone()),
+        // The backend holds the secret pgcell verified against: log in
+        // with the ClientKey recovered from this client's proof.
+        (Some(Credential::ScramSecret(secret)), _) | (None, Some(secret)) => match client_key {
             Some(client_key) => BackendLogin::ScramKeys {
                 client_key,
                 server_key: secret.server_key,
             },
             None => return Err(LoginError::Failed(user.to_owned())),
         },
-        None => return Err(LoginError::Failed(user.to_owned())),
+        (None, None) => return Err(LoginError::Failed(user.to_owned())),
     };
     let mut out = BytesMut::new();
     auth_request(&mut out, auth::OK, &[]);
     client.write_all(&out).await.map_err(FramingError::from)?;
     Ok(login)
+}
+
+/// Authenticates `user` with SCRAM against `secret` and sends
+/// `AuthenticationOk`: for logins that lead to no backend (the admin
+/// console). An unknown user (`None`) goes through the same exchange
+/// against a fake secret and fails the same way. Not cancel safe.
+pub async fn verify<C>(
+    client: &mut C,
+    user: &str,
+    secret: Option<&ScramSecret>,
+    info: &ClientInfo,
+    mock_key: &[u8; 32],
+) -> Result<(), LoginError>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
+    let known = secret.is_some();
+    let secret = secret
+        .cloned()
+        .unwrap_or_else(|| mock_secret(user, mock_key));
+    scram(client, secret, info.tls_end_point.as_deref().cloned(), user).await?;
+    if !known {
+        return Err(LoginError::Failed(user.to_owned()));
+    }
+    let mut out = BytesMut::new();
+    auth_request(&mut out, auth::OK, &[]);
+    client.write_all(&out).await.map_err(FramingError::from)?;
+    Ok(())
 }
 
 /// Runs SCRAM; returns the ClientKey recovered from the proof.

@@ -108,6 +108,7 @@ impl SessionError {
     /// Who is to blame.
     pub fn kind(&self) -> ErrorKind {
         match self {
+            SessionError::Login(login::LoginError::AuthQuery(_)) => ErrorKind::Backend,
             SessionError::Handshake(_)
             | SessionError::ClientIo(_)
             | SessionError::Login(_)
@@ -364,6 +365,16 @@ async fn serve_inner(
     };
     log.client = Some(client.clone());
 
+    // The admin console is a database of pgcell's own, not a tenant's.
+    if startup.get("database") == Some(crate::console::DATABASE) && shared.console.load().enabled()
+    {
+        let result = crate::console::serve(shared, &mut stream, &startup, &client).await;
+        if let Err(e) = &result {
+            report(&mut stream, e, "").await;
+        }
+        return result.map(|()| "admin_console");
+    }
+
     let table = shared.routes.load_full();
     let route = match admit(shared, &table, &mut startup, &client) {
         Ok(admitted) => admitted,
@@ -386,19 +397,44 @@ async fn serve_inner(
         metrics::gauge!(m::CLIENT_ACTIVE, "tenant" => tenant_id.clone(), "tls" => tls_label);
     active.increment(1.0);
     let started = Instant::now();
-    let result = if route.tenant.config.auth == crate::config::AuthMode::Passthrough {
+    let is_passthrough = route.tenant.config.auth == crate::config::AuthMode::Passthrough;
+    let user = startup.get("user").unwrap_or_default().to_owned();
+    let listed = shared.connected.register(crate::clients::NewClient {
+        tenant: tenant_id.clone(),
+        database: startup.get("database").unwrap_or(&user).to_owned(),
+        user,
+        addr: client.addr,
+        tls: client.tls,
+        // A passthrough client holds its own backend throughout.
+        state: if is_passthrough {
+            crate::clients::ClientState::Active
+        } else {
+            crate::clients::ClientState::Idle
+        },
+    });
+    let result = if is_passthrough {
         passthrough(shared, &mut stream, &startup, &route, log).await
     } else {
-        pooled::serve(
-            shared,
+        // The pooled relay does not feed the byte counters itself.
+        let mut counted = crate::clients::Counted::new(
             &mut stream,
-            &startup,
-            &route,
-            &client,
-            &mut log.bytes,
+            metrics::counter!(m::CLIENT_BYTES_RECEIVED, "tenant" => tenant_id.clone()),
+            metrics::counter!(m::CLIENT_BYTES_SENT, "tenant" => tenant_id.clone()),
+        );
+        crate::clients::scope(
+            listed.entry.clone(),
+            pooled::serve(
+                shared,
+                &mut counted,
+                &startup,
+                &route,
+                &client,
+                &mut log.bytes,
+            ),
         )
         .await
     };
+    drop(listed);
     active.decrement(1.0);
     metrics::histogram!(m::SESSION_SECONDS, "tenant" => tenant_id)
         .record(started.elapsed().as_secs_f64());

@@ -64,7 +64,9 @@ where
     let user = startup.get("user").unwrap_or_default().to_owned();
     let database = startup.get("database").unwrap_or(&user).to_owned();
 
-    let login = match login::authenticate(client, tenant, &user, info, &shared.mock_key).await {
+    let login = match login::authenticate(client, tenant, &user, &database, info, &shared.mock_key)
+        .await
+    {
         Ok(login) => login,
         Err(e) => {
             metrics::counter!(m::AUTH_FAILURES, "tenant" => tenant.id().to_owned(), "reason" => e.reason())
@@ -87,7 +89,9 @@ where
         user: user.clone(),
     };
     let pool = shared.pools.get(key, tenant, open);
-    pool.offer_login(login.clone());
+    // The latest verified login wins: an auth_query user's secret, and so
+    // the ClientKey, changes with its password.
+    pool.replace_login(login.clone());
 
     // The startup answer needs the backend's parameters: the first client
     // of a pool waits for one backend to log in.
@@ -152,6 +156,7 @@ where
         bytes,
         tenant: tenant.id().to_owned(),
         statements: ClientStatements::default(),
+        pinned: false,
     };
     if let Some(lease) = first_lease {
         if pool.mode == PoolMode::Session {
@@ -188,6 +193,8 @@ struct Session<'a> {
     tenant: String,
     /// Named prepared statements (transaction mode).
     statements: ClientStatements,
+    /// Kept on its backend for good (`pin_session_state`).
+    pinned: bool,
 }
 
 impl Session<'_> {
@@ -274,6 +281,9 @@ impl Session<'_> {
     }
 
     fn count_client_message(&mut self, msg: &Message) {
+        if self.pool.mode == PoolMode::Transaction && matches!(msg.tag, b'Q' | b'P') {
+            self.note_session_state(msg);
+        }
         match msg.tag {
             // Simple query and function call: one ReadyForQuery each.
             b'Q' | b'F' => self.pending += 1,
@@ -285,6 +295,32 @@ impl Session<'_> {
             b'P' | b'B' | b'E' | b'D' | b'C' | b'H' => self.open_sequence = true,
             // CopyData/CopyDone/CopyFail belong to a query already counted.
             _ => {}
+        }
+    }
+
+    /// Counts (and with `pin_session_state`, pins for) statements whose
+    /// effect outlives the transaction on this backend only.
+    fn note_session_state(&mut self, msg: &Message) {
+        let sql = match msg.tag {
+            b'Q' => &msg.body[..],
+            // Parse: statement name, then the query text.
+            _ => match msg.body.iter().position(|&b| b == 0) {
+                Some(end) => &msg.body[end + 1..],
+                None => return,
+            },
+        };
+        let Some(kind) = session_state_kind(sql) else {
+            return;
+        };
+        if kind == "set" && self.status != b'I' {
+            // SET inside a transaction ends with it (or is SET LOCAL).
+            return;
+        }
+        metrics::counter!(m::SESSION_STATE, "tenant" => self.tenant.clone(), "kind" => kind)
+            .increment(1);
+        if self.pool.pin_session_state() && !self.pinned {
+            self.pinned = true;
+            tracing::debug!(tenant = %self.tenant, kind, "client pinned to its backend");
         }
     }
 
@@ -336,6 +372,7 @@ impl Session<'_> {
             && !self.open_sequence
             && self.status == b'I'
             && !self.statements.awaiting()
+            && !self.pinned
             && from_server.is_empty())
     }
 
@@ -491,6 +528,66 @@ async fn run_simple(lease: &mut Lease, query: &str) -> Result<(), RestoreError> 
     }
 }
 
+/// The kind of session state a statement leaves on its backend, judged by
+/// its first words: what a transaction-mode backend switch would lose.
+/// Settings the backend reports are restored by pgcell and do not count.
+pub fn session_state_kind(sql: &[u8]) -> Option<&'static str> {
+    let text = String::from_utf8_lossy(&sql[..sql.len().min(4096)]).to_ascii_lowercase();
+    let text = strip_leading_comments(&text);
+    let mut words = text
+        .split(|c: char| c.is_ascii_whitespace() || c == ';' || c == '(')
+        .filter(|w| !w.is_empty());
+    let first = words.next()?;
+    let second = words.next().unwrap_or("");
+    let third = words.next().unwrap_or("");
+    match first {
+        "listen" => Some("listen"),
+        "prepare" => Some("prepare"),
+        "declare" if text.contains(" with hold") => Some("cursor_with_hold"),
+        "create"
+            if matches!(second, "temp" | "temporary")
+                || (matches!(second, "local" | "global")
+                    && matches!(third, "temp" | "temporary")) =>
+        {
+            Some("temp_table")
+        }
+        "set"
+            if !matches!(second, "local" | "transaction")
+                && !REPORTED_SETTINGS.contains(&second) =>
+        {
+            Some("set")
+        }
+        _ if text.contains("pg_advisory_lock") || text.contains("pg_try_advisory_lock") => {
+            Some("advisory_lock")
+        }
+        _ => None,
+    }
+}
+
+/// Settings PostgreSQL reports with `ParameterStatus` (restored by pgcell).
+const REPORTED_SETTINGS: &[&str] = &[
+    "application_name",
+    "client_encoding",
+    "datestyle",
+    "intervalstyle",
+    "timezone",
+    "time",
+    "standard_conforming_strings",
+];
+
+fn strip_leading_comments(mut s: &str) -> &str {
+    loop {
+        s = s.trim_start();
+        if let Some(rest) = s.strip_prefix("--") {
+            s = rest.split_once('\n').map(|(_, r)| r).unwrap_or("");
+        } else if let Some(rest) = s.strip_prefix("/*") {
+            s = rest.split_once("*/").map(|(_, r)| r).unwrap_or("");
+        } else {
+            return s;
+        }
+    }
+}
+
 /// A SQL string literal.
 fn quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
@@ -561,6 +658,33 @@ mod tests {
             parse_options("-c a=b\\ c"),
             vec![("a".to_owned(), "b c".to_owned())]
         );
+    }
+
+    #[test]
+    fn session_state_kinds() {
+        for (sql, kind) in [
+            ("LISTEN chan", Some("listen")),
+            ("  -- c\n/* x */ prepare p as select 1", Some("prepare")),
+            (
+                "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
+                Some("cursor_with_hold"),
+            ),
+            ("declare c cursor for select 1", None),
+            ("CREATE TEMP TABLE t (a int)", Some("temp_table")),
+            (
+                "create global temporary table t (a int)",
+                Some("temp_table"),
+            ),
+            ("create table t (a int)", None),
+            ("SET search_path = x", Some("set")),
+            ("SET LOCAL work_mem = '1MB'", None),
+            ("set timezone = 'UTC'", None),
+            ("select pg_advisory_lock(1)", Some("advisory_lock")),
+            ("select pg_advisory_xact_lock(1)", None),
+            ("select 1", None),
+        ] {
+            assert_eq!(session_state_kind(sql.as_bytes()), kind, "{sql}");
+        }
     }
 
     #[test]

@@ -5,7 +5,9 @@
 
 mod harness;
 
+mod auth_query;
 mod bad_input;
+mod console;
 mod negotiation;
 mod operations;
 mod pooling;

@@ -335,3 +335,142 @@ async fn prepared_statements_survive_backend_switches() {
     }
     proxy.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_transactions_never_return_dirty_and_session_state_is_visible() {
+    let a = cluster("cluster-dirty");
+    a.psql("app", "create table t (a int); alter table t owner to app")
+        .unwrap();
+    let proxy = Proxy::start_with_files(
+        &config_text(
+            "",
+            "allow",
+            &(pooled_tenant("acme", &a, "mode = \"transaction\"\nsize = 1")
+                + &pooled_tenant(
+                    "pin",
+                    &a,
+                    "mode = \"transaction\"\nsize = 2\npin_session_state = true",
+                )),
+        ),
+        &[("pw", APP_PASSWORD)],
+    )
+    .await;
+    // A client leaves mid-transaction: its backend is closed, not reused.
+    let (quitter, conn) = connect(&proxy.pg_config("app.acme")).await.unwrap();
+    quitter
+        .simple_query("begin; insert into t values (1)")
+        .await
+        .unwrap();
+    let quitter_pid: i32 = quitter
+        .query_one("select pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    drop(quitter);
+    let _ = conn.await;
+    let (next, _c) = connect(&proxy.pg_config("app.acme")).await.unwrap();
+    let row = next
+        .query_one("select pg_backend_pid(), (select count(*) from t)", &[])
+        .await
+        .unwrap();
+    assert_ne!(
+        row.get::<_, i32>(0),
+        quitter_pid,
+        "the dirty backend was reused"
+    );
+    assert_eq!(
+        row.get::<_, i64>(1),
+        0,
+        "the abandoned insert was committed"
+    );
+    let in_transaction = next
+        .simple_query("select now() = statement_timestamp()")
+        .await
+        .unwrap();
+    let same = in_transaction.iter().any(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0) == Some("t"),
+        _ => false,
+    });
+    assert!(same, "still inside someone else's transaction");
+
+    // Session state in transaction mode is counted...
+    next.simple_query("listen chan").await.unwrap();
+    let m = proxy.metrics().await;
+    assert!(
+        metric(
+            &m,
+            "pgcell_session_state_statements_total",
+            &[("tenant", "acme"), ("kind", "listen")]
+        )
+        .unwrap()
+            >= 1.0
+    );
+    // ...and with pin_session_state the client keeps its backend.
+    let (pinned, _p) = connect(&proxy.pg_config("app.pin")).await.unwrap();
+    pinned
+        .simple_query("create temp table scratch (a int)")
+        .await
+        .unwrap();
+    let (other, _o) = connect(&proxy.pg_config("app.pin")).await.unwrap();
+    for _ in 0..5 {
+        other.simple_query("select 1").await.unwrap();
+        pinned
+            .simple_query("insert into scratch values (1)")
+            .await
+            .unwrap();
+    }
+    let n: i64 = pinned
+        .query_one("select count(*) from scratch", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 5);
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_recovers_after_a_backend_restart() {
+    let a = cluster("cluster-restart");
+    let proxy = Proxy::start_with_files(
+        &config_text(
+            "",
+            "allow",
+            &pooled_tenant("acme", &a, "mode = \"transaction\"\nsize = 2"),
+        ),
+        &[("pw", APP_PASSWORD)],
+    )
+    .await;
+    let (client, _c) = connect(&proxy.pg_config("app.acme")).await.unwrap();
+    client.simple_query("select 1").await.unwrap();
+    let a = tokio::task::spawn_blocking(move || {
+        let mut a = a;
+        a.stop("fast").unwrap();
+        a
+    })
+    .await
+    .unwrap();
+    // Down: a new transaction fails fast with 08006, not a hang.
+    let started = Instant::now();
+    let err = client.simple_query("select 1").await.unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(
+        code_of(&err) == "08006" || code_of(&err).starts_with("57P"),
+        "{err}"
+    );
+    // pgcell authenticates new clients itself; their first query fails.
+    let (late, _l) = connect(&proxy.pg_config("app.acme")).await.unwrap();
+    let err = late.simple_query("select 1").await.unwrap_err();
+    assert_eq!(code_of(&err), "08006", "{err}");
+    // Back up: the pool opens fresh backends.
+    let a = tokio::task::spawn_blocking(move || {
+        let mut a = a;
+        a.restart().unwrap();
+        a
+    })
+    .await
+    .unwrap();
+    let (fresh, _f) = connect(&proxy.pg_config("app.acme")).await.unwrap();
+    assert_eq!(cluster_name(&fresh).await, "cluster-restart");
+    drop(a);
+    proxy.stop().await;
+}
