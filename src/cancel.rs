@@ -1,17 +1,57 @@
 //! Cancel keys: pgcell gives each client its own `BackendKeyData` and maps
 //! it to the key of the backend serving that client, so a `CancelRequest`
 //! reaches the right backend process and nothing else.
+//!
+//! # Key layout and forwarding between replicas
+//!
+//! The NLB may send a client's `CancelRequest` to another pgcell replica
+//! than the one serving the client, so a key names its owner. The process
+//! id pgcell issues is `instance_id << 23 | 23 random bits`: positive (the
+//! sign bit is clear), never zero, and its top byte below the sign bit is
+//! the issuing replica's `[cancel] instance_id`. The secret is 32 random
+//! bits. A replica that gets a key owned by another replica listed in
+//! `[cancel] peers` sends the `CancelRequest` on, once, to that peer's data
+//! port; it never sends one anywhere else, so it is no open relay.
+//!
+//! Forwarding cannot loop when each replica's id is unique and its peers'
+//! ids are right: a replica forwards only keys whose owner id differs from
+//! its own, and at the owner that never holds, so an unknown key there is
+//! dropped. If a peer list is wrong (an address that now belongs to a
+//! replica with another id), two replicas could pass one key back and
+//! forth; a replica therefore does not forward a key again that it
+//! forwarded within [`REPEAT_WINDOW`], which ends such a loop after one
+//! round.
+//!
+//! Protocol 3.0 keys are 64 bits, so a forged key must guess the 32-bit
+//! secret and the 23 random bits of the process id (the owner byte is
+//! public): about 2^-55 per try for one given session. Protocol 3.2 allows
+//! secrets of up to 256 bytes; issuing longer keys to clients that ask for
+//! 3.2 is future work.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use crate::config::{CancelConfig, CancelPeer};
 use crate::protocol::startup::CancelKey;
+use crate::proxy_protocol::{self, ProxyMode};
+use crate::route::ClientInfo;
+
+/// Random low bits of an issued process id; the owner id sits above them.
+const PID_RANDOM_BITS: u32 = 23;
+/// Mask of [`PID_RANDOM_BITS`].
+const PID_RANDOM_MASK: i32 = (1 << PID_RANDOM_BITS) - 1;
+/// How long a key forwarded to a peer is not forwarded again.
+pub const REPEAT_WINDOW: Duration = Duration::from_secs(2);
+/// Keys remembered for [`REPEAT_WINDOW`]; older ones are forgotten first
+/// when more are forwarded within the window.
+const MAX_RECENT_FORWARDS: usize = 1024;
 
 /// Where a cancel for one client goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,10 +62,17 @@ pub struct CancelTarget {
     pub key: CancelKey,
 }
 
-/// The cancel keys issued by this process.
+/// The cancel keys issued by this process, and the peers cancels for
+/// other replicas' keys go to.
 #[derive(Debug, Default, Clone)]
 pub struct CancelMap {
     inner: Arc<Mutex<HashMap<i32, Entry>>>,
+    /// This replica's id, in every process id it issues.
+    instance: u8,
+    /// Peer data ports by instance id; swapped whole on reload.
+    peers: Arc<ArcSwap<HashMap<u8, String>>>,
+    /// Keys forwarded within [`REPEAT_WINDOW`], oldest first.
+    recent: Arc<Mutex<VecDeque<(CancelKey, Instant)>>>,
 }
 
 /// A key's secret and where its cancels go.
@@ -61,6 +108,15 @@ pub enum CancelOutcome {
     UnknownKey,
     /// The backend could not be reached.
     BackendUnreachable,
+    /// The key is another replica's: sent on to that peer.
+    ForwardedToPeer,
+    /// The key is another replica's, one not among the peers: dropped.
+    UnknownPeer,
+    /// The peer owning the key could not be reached.
+    PeerUnreachable,
+    /// The key was forwarded moments ago: dropped (ends loops between
+    /// misconfigured peers).
+    RepeatedForward,
 }
 
 impl CancelOutcome {
@@ -70,11 +126,32 @@ impl CancelOutcome {
             CancelOutcome::Forwarded => "forwarded",
             CancelOutcome::UnknownKey => "unknown_key",
             CancelOutcome::BackendUnreachable => "backend_unreachable",
+            CancelOutcome::ForwardedToPeer => "forwarded_to_peer",
+            CancelOutcome::UnknownPeer => "unknown_peer",
+            CancelOutcome::PeerUnreachable => "peer_unreachable",
+            CancelOutcome::RepeatedForward => "repeated_forward",
         }
     }
 }
 
 impl CancelMap {
+    /// A map issuing keys owned by `config.instance_id`, forwarding to
+    /// `config.peers`.
+    pub fn new(config: &CancelConfig) -> CancelMap {
+        let map = CancelMap {
+            instance: config.instance_id,
+            ..CancelMap::default()
+        };
+        map.set_peers(&config.peers);
+        map
+    }
+
+    /// Replaces the peers (reload); the instance id needs a restart.
+    pub fn set_peers(&self, peers: &[CancelPeer]) {
+        let peers = peers.iter().map(|p| (p.id, p.addr.clone())).collect();
+        self.peers.store(Arc::new(peers));
+    }
+
     /// Issues a fresh random key for a session served by `target`.
     pub fn register(&self, target: CancelTarget) -> Registration {
         let reg = self.register_idle();
@@ -82,13 +159,15 @@ impl CancelMap {
         reg
     }
 
-    /// Issues a fresh random key for a client with no backend yet.
+    /// Issues a fresh random key, owned by this replica, for a client with
+    /// no backend yet.
     pub fn register_idle(&self) -> Registration {
         let mut map = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        // Ends: the map holds at most max_client_connections (≤ 1,000,000)
+        // of the 2^23 pids, so a random one is free at least 88% of the time.
         loop {
-            let (pid, secret) = random_key();
-            // Positive pids look like real ones to clients that print them.
-            let pid = pid & i32::MAX;
+            let (random, secret) = random_key();
+            let pid = issued_pid(self.instance, random);
             if pid == 0 || map.contains_key(&pid) {
                 continue;
             }
@@ -122,8 +201,29 @@ impl CancelMap {
         Some(target)
     }
 
-    /// Looks `key` up and sends the backend its `CancelRequest`.
-    pub async fn cancel(&self, key: CancelKey, connect_timeout: Duration) -> CancelOutcome {
+    /// Sends the `CancelRequest` for `key`, which `from` sent, where it
+    /// belongs: to the backend serving the client when the key is this
+    /// replica's, to the owning peer when it is a peer's. `proxy` is this
+    /// replica's `listen.proxy_protocol`; the peers share it, so with
+    /// "required" a forwarded request starts with a PROXY v2 header
+    /// carrying `from`'s address. Connecting to a peer and sending to it
+    /// get `connect_timeout` together.
+    pub async fn cancel(
+        &self,
+        key: CancelKey,
+        from: &ClientInfo,
+        connect_timeout: Duration,
+        proxy: ProxyMode,
+    ) -> CancelOutcome {
+        match owner_of(key.pid) {
+            Some(owner) if owner != self.instance => {
+                self.forward(owner, key, from, connect_timeout, proxy).await
+            }
+            _ => self.cancel_local(key, connect_timeout).await,
+        }
+    }
+
+    async fn cancel_local(&self, key: CancelKey, connect_timeout: Duration) -> CancelOutcome {
         let Some(target) = self.lookup(key) else {
             return CancelOutcome::UnknownKey;
         };
@@ -134,6 +234,57 @@ impl CancelMap {
                 CancelOutcome::BackendUnreachable
             }
         }
+    }
+
+    /// Sends `key` on to the peer `owner`, if it is one.
+    async fn forward(
+        &self,
+        owner: u8,
+        key: CancelKey,
+        from: &ClientInfo,
+        connect_timeout: Duration,
+        proxy: ProxyMode,
+    ) -> CancelOutcome {
+        let Some(addr) = self.peers.load().get(&owner).cloned() else {
+            tracing::debug!(owner, "cancel request for a replica that is not a peer");
+            return CancelOutcome::UnknownPeer;
+        };
+        if !self.first_forward(key) {
+            return CancelOutcome::RepeatedForward;
+        }
+        let header = (proxy == ProxyMode::Required).then_some(from);
+        match tokio::time::timeout(connect_timeout, send_to_peer(&addr, key, header)).await {
+            Ok(Ok(())) => CancelOutcome::ForwardedToPeer,
+            Ok(Err(e)) => {
+                tracing::warn!(peer = %addr, owner, error = %e, "cancel request not delivered to peer");
+                CancelOutcome::PeerUnreachable
+            }
+            Err(_) => {
+                tracing::warn!(peer = %addr, owner, "cancel request to peer timed out");
+                CancelOutcome::PeerUnreachable
+            }
+        }
+    }
+
+    /// Records a forward of `key`; false when it was forwarded within
+    /// [`REPEAT_WINDOW`].
+    fn first_forward(&self, key: CancelKey) -> bool {
+        let now = Instant::now();
+        let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+        while recent
+            .front()
+            .is_some_and(|(_, at)| now.duration_since(*at) > REPEAT_WINDOW)
+        {
+            recent.pop_front();
+        }
+        if recent.iter().any(|(k, _)| *k == key) {
+            return false;
+        }
+        if recent.len() >= MAX_RECENT_FORWARDS {
+            recent.pop_front();
+        }
+        recent.push_back((key, now));
+        true
     }
 
     /// Number of keys registered.
@@ -193,6 +344,39 @@ async fn send_cancel(target: CancelTarget, connect_timeout: Duration) -> std::io
     stream.shutdown().await
 }
 
+/// Sends a `CancelRequest` (after a PROXY v2 header for `header`'s client,
+/// when given) to a peer's data port. Not bounded in time: the caller is.
+async fn send_to_peer(
+    addr: &str,
+    key: CancelKey,
+    header: Option<&ClientInfo>,
+) -> std::io::Result<()> {
+    let mut stream = TcpStream::connect(addr).await?;
+    let mut buf = BytesMut::with_capacity(128);
+    if let Some(client) = header {
+        buf.extend_from_slice(&proxy_protocol::build::v2_proxy(
+            client.addr,
+            stream.peer_addr()?,
+            client.vpce_id.as_deref(),
+        ));
+    }
+    key.encode_cancel_request(&mut buf);
+    stream.write_all(&buf).await?;
+    stream.shutdown().await
+}
+
+/// The process id issued by replica `instance` with random bits `random`.
+fn issued_pid(instance: u8, random: i32) -> i32 {
+    (i32::from(instance) << PID_RANDOM_BITS) | (random & PID_RANDOM_MASK)
+}
+
+/// The replica that issued `pid`; none for pids pgcell never issues
+/// (zero or negative).
+pub fn owner_of(pid: i32) -> Option<u8> {
+    // pid > 0, so the shifted value is at most 255.
+    (pid > 0).then_some((pid >> PID_RANDOM_BITS) as u8)
+}
+
 fn random_key() -> (i32, i32) {
     let mut bytes = [0u8; 8];
     // getrandom fails only when the OS has no entropy source at all; a
@@ -238,5 +422,160 @@ mod tests {
         drop(reg);
         assert_eq!(map.lookup(key), None);
         assert!(map.is_empty());
+    }
+
+    fn client(addr: &str) -> ClientInfo {
+        ClientInfo {
+            addr: addr.parse().unwrap(),
+            vpce_id: Some("vpce-0123456789abcdef0".into()),
+            tls: false,
+            sni: None,
+            tls_end_point: None,
+        }
+    }
+
+    fn map(instance_id: u8, peers: &[(u8, String)]) -> CancelMap {
+        CancelMap::new(&CancelConfig {
+            instance_id,
+            peers: peers
+                .iter()
+                .map(|(id, addr)| CancelPeer {
+                    id: *id,
+                    addr: addr.clone(),
+                })
+                .collect(),
+        })
+    }
+
+    #[test]
+    fn issued_pids_name_their_owner() {
+        for instance in [0u8, 1, 2, 127, 128, 254, 255] {
+            let map = map(instance, &[]);
+            let regs: Vec<Registration> = (0..64).map(|_| map.register_idle()).collect();
+            for reg in &regs {
+                let key = reg.key();
+                assert!(key.pid > 0, "{key:?}");
+                assert_eq!(owner_of(key.pid), Some(instance), "{key:?}");
+            }
+            let pids: std::collections::HashSet<i32> = regs.iter().map(|r| r.key().pid).collect();
+            let secrets: std::collections::HashSet<i32> =
+                regs.iter().map(|r| r.key().secret).collect();
+            assert_eq!(pids.len(), 64, "pids are unique");
+            assert!(secrets.len() > 60, "secrets are random");
+            let low_bits: std::collections::HashSet<i32> =
+                pids.iter().map(|p| p & PID_RANDOM_MASK).collect();
+            assert!(low_bits.len() > 60, "the pid's low bits are random");
+        }
+        assert_eq!(issued_pid(255, -1), i32::MAX);
+        assert_eq!(issued_pid(0, 0), 0, "register_idle skips this one");
+        assert_eq!(owner_of(0), None);
+        assert_eq!(owner_of(-1), None);
+        assert_eq!(owner_of(i32::MIN), None);
+        assert_eq!(owner_of(1), Some(0));
+        assert_eq!(owner_of(3 << 23), Some(3));
+    }
+
+    #[tokio::test]
+    async fn foreign_keys_go_to_their_peer_once() {
+        let peer = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let peer_addr = peer.local_addr().unwrap();
+        let map = map(1, &[(2, peer_addr.to_string())]);
+        let from = client("10.9.8.7:4321");
+        let timeout = Duration::from_secs(5);
+        let key = CancelKey {
+            pid: issued_pid(2, 12345),
+            secret: 77,
+        };
+
+        let receive = tokio::spawn(async move {
+            let (mut s, _) = peer.accept().await.unwrap();
+            let mut got = Vec::new();
+            tokio::io::AsyncReadExt::read_to_end(&mut s, &mut got)
+                .await
+                .unwrap();
+            got
+        });
+        let outcome = map.cancel(key, &from, timeout, ProxyMode::Required).await;
+        assert_eq!(outcome, CancelOutcome::ForwardedToPeer);
+        let got = receive.await.unwrap();
+        let (header, request) = got.split_at(got.len() - 16);
+        assert_eq!(
+            proxy_protocol::parse_v2(header).unwrap(),
+            proxy_protocol::ProxyHeader::Proxy {
+                source: Some(from.addr),
+                vpce_id: from.vpce_id.clone(),
+                version: 2
+            }
+        );
+        let mut want = BytesMut::new();
+        key.encode_cancel_request(&mut want);
+        assert_eq!(request, &want[..]);
+
+        // The same key again at once: not forwarded (the loop guard).
+        assert_eq!(
+            map.cancel(key, &from, timeout, ProxyMode::Required).await,
+            CancelOutcome::RepeatedForward
+        );
+        // An owner that is not a peer: dropped, nothing sent.
+        let stranger = CancelKey {
+            pid: issued_pid(3, 12345),
+            secret: 77,
+        };
+        assert_eq!(
+            map.cancel(stranger, &from, timeout, ProxyMode::Off).await,
+            CancelOutcome::UnknownPeer
+        );
+        // This replica's own id: never forwarded, whatever the peers say.
+        let own = CancelKey {
+            pid: issued_pid(1, 12345),
+            secret: 77,
+        };
+        assert_eq!(
+            map.cancel(own, &from, timeout, ProxyMode::Off).await,
+            CancelOutcome::UnknownKey
+        );
+        // Reloaded peers apply at once; a peer that is down is reported.
+        map.set_peers(&[CancelPeer {
+            id: 3,
+            addr: peer_addr.to_string(),
+        }]);
+        assert_eq!(
+            map.cancel(stranger, &from, timeout, ProxyMode::Off).await,
+            CancelOutcome::PeerUnreachable
+        );
+        let key2 = CancelKey {
+            pid: issued_pid(2, 1),
+            secret: 1,
+        };
+        assert_eq!(
+            map.cancel(key2, &from, timeout, ProxyMode::Off).await,
+            CancelOutcome::UnknownPeer
+        );
+    }
+
+    #[tokio::test]
+    async fn without_proxy_header_only_the_request_is_sent() {
+        let peer = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let map = map(0, &[(9, peer.local_addr().unwrap().to_string())]);
+        let key = CancelKey {
+            pid: issued_pid(9, 5),
+            secret: -3,
+        };
+        let receive = tokio::spawn(async move {
+            let (mut s, _) = peer.accept().await.unwrap();
+            let mut got = Vec::new();
+            tokio::io::AsyncReadExt::read_to_end(&mut s, &mut got)
+                .await
+                .unwrap();
+            got
+        });
+        let from = client("127.0.0.1:1");
+        let outcome = map
+            .cancel(key, &from, Duration::from_secs(5), ProxyMode::Optional)
+            .await;
+        assert_eq!(outcome, CancelOutcome::ForwardedToPeer);
+        let mut want = BytesMut::new();
+        key.encode_cancel_request(&mut want);
+        assert_eq!(receive.await.unwrap(), want.to_vec());
     }
 }

@@ -15,11 +15,13 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 pub use crate::proxy_protocol::ProxyMode;
+pub use cancel::{CancelConfig, CancelPeer};
 pub use pooling::{
     AuthMode, AuthQueryConfig, Credential, Password, PoolConfig, PoolMode, UserConfig,
     DEFAULT_AUTH_QUERY,
 };
 
+mod cancel;
 mod pooling;
 
 /// A fully checked configuration.
@@ -41,6 +43,8 @@ pub struct Config {
     pub tenants: Vec<TenantConfig>,
     /// The admin console.
     pub admin: AdminConfig,
+    /// Cancel keys and the peers cancels are forwarded to.
+    pub cancel: CancelConfig,
 }
 
 /// `[admin]`: who may use the admin console (database `pgcell`).
@@ -248,6 +252,8 @@ struct RawConfig {
     tenants: Vec<RawTenant>,
     #[serde(default)]
     admin: RawAdmin,
+    #[serde(default)]
+    cancel: cancel::RawCancel,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -565,6 +571,7 @@ impl Config {
             }
         }
         let admin = AdminConfig { users: admin_users };
+        let cancel = cancel::cancel_from_raw(raw.cancel, p);
 
         Config {
             listen,
@@ -575,6 +582,7 @@ impl Config {
             shutdown_grace,
             tenants,
             admin,
+            cancel,
         }
     }
 }

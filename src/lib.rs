@@ -17,7 +17,7 @@
 //! | [`clients`] | the clients connected now, and what each is doing |
 //! | [`pool`] | backend pools per (tenant, database, user); pause and resume |
 //! | [`console`] | the admin console: database `pgcell`, `SHOW POOLS` … |
-//! | [`cancel`] | cancel keys pgcell issues and their backend targets |
+//! | [`cancel`] | cancel keys pgcell issues, their backend targets, forwarding to peer replicas |
 //! | [`health`] | the TCP health port the NLB checks |
 //! | [`admin`] | HTTP `/metrics`, `/livez`, `/readyz` |
 //! | [`metrics`] | every metric name and help text |

@@ -49,6 +49,9 @@ pub const AUTH_QUERY_ERRORS: &str = "pgcell_auth_query_errors_total";
 pub const AUTH_QUERY_CACHE_HITS: &str = "pgcell_auth_query_cache_hits_total";
 /// auth_query lookups that asked the backend (label: tenant).
 pub const AUTH_QUERY_CACHE_MISSES: &str = "pgcell_auth_query_cache_misses_total";
+/// Queries (simple `Query` and extended `Execute`) sent by pooled clients
+/// (label: tenant).
+pub const QUERIES: &str = "pgcell_queries_total";
 /// Transactions completed through transaction pools (label: tenant).
 pub const TRANSACTIONS: &str = "pgcell_transactions_total";
 /// Clients waiting for a pooled backend (label: tenant).
@@ -234,6 +237,10 @@ fn describe() {
     describe_counter!(
         AUTH_QUERY_CACHE_MISSES,
         "auth_query lookups that queried the backend."
+    );
+    describe_counter!(
+        QUERIES,
+        "Queries sent by pooled clients (Query and Execute messages)."
     );
     describe_counter!(
         TRANSACTIONS,

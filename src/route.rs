@@ -205,6 +205,11 @@ impl RoutingTable {
         })
     }
 
+    /// The tenant `id`, if configured.
+    pub fn tenant(&self, id: &str) -> Option<Arc<Tenant>> {
+        self.tenants.get(id).cloned()
+    }
+
     /// Whether `id` is a configured tenant (for metric labels).
     pub fn contains(&self, id: &str) -> bool {
         self.tenants.contains_key(id)

@@ -59,6 +59,9 @@ pub struct Shared {
     pub console: ArcSwap<crate::console::ConsoleConfig>,
     /// Clients connected now (`SHOW CLIENTS`).
     pub connected: crate::clients::Clients,
+    /// Bumped after every successful reload; idle sessions watch it to
+    /// notice that their tenant was removed.
+    pub reloaded: tokio::sync::watch::Sender<u64>,
     config_path: Option<PathBuf>,
     /// The sections a reload cannot change, as started.
     fixed: FixedSections,
@@ -72,6 +75,7 @@ struct FixedSections {
     backend: crate::config::BackendConfig,
     log: crate::config::LogConfig,
     shutdown_grace: Duration,
+    cancel_instance_id: u8,
 }
 
 impl FixedSections {
@@ -82,6 +86,7 @@ impl FixedSections {
             backend: config.backend.clone(),
             log: config.log.clone(),
             shutdown_grace: config.shutdown_grace,
+            cancel_instance_id: config.cancel.instance_id,
         }
     }
 
@@ -102,6 +107,9 @@ impl FixedSections {
         }
         if self.shutdown_grace != other.shutdown_grace {
             changed.push("shutdown");
+        }
+        if self.cancel_instance_id != other.cancel_instance_id {
+            changed.push("cancel.instance_id");
         }
         changed
     }
@@ -203,7 +211,7 @@ impl Server {
             settings,
             tls,
             routes: ArcSwap::from_pointee(routes),
-            cancel: CancelMap::default(),
+            cancel: CancelMap::new(&config.cancel),
             clients: Arc::new(Semaphore::new(config.listen.max_client_connections)),
             lifecycle: Lifecycle::default(),
             pools: crate::pool::Pools::default(),
@@ -215,6 +223,7 @@ impl Server {
             },
             console: ArcSwap::from_pointee(console),
             connected: crate::clients::Clients::default(),
+            reloaded: tokio::sync::watch::Sender::new(0),
             config_path,
             fixed: FixedSections::of(&config),
         });
@@ -270,6 +279,13 @@ impl Server {
         } = self;
         let mut background = tokio::task::JoinSet::new();
         background.spawn(crate::metrics::upkeep_loop());
+        let maintained = shared.clone();
+        background.spawn(async move {
+            maintained
+                .pools
+                .maintenance_loop(Duration::from_secs(5))
+                .await
+        });
         if let Some(health) = health {
             background.spawn(health.serve(shared.lifecycle.subscribe()));
         }
@@ -344,7 +360,7 @@ impl ServerHandle {
 
 impl Shared {
     /// Re-reads the TLS certificate and key, and the config file's tenants,
-    /// routing and admin users. Listener addresses and timeouts need a
+    /// routing, admin users and cancel peers. Listener addresses and timeouts need a
     /// restart. SIGHUP and the admin console's `RELOAD` both land here.
     pub fn reload(&self) -> Result<(), ReloadError> {
         if let Some(tls) = &self.tls {
@@ -367,12 +383,16 @@ impl Shared {
                     }
                     let previous = self.routes.load();
                     let routes = RoutingTable::build(&config, Some(&previous))?;
-                    Ok((routes, crate::console::ConsoleConfig::from_config(&config)))
+                    let console = crate::console::ConsoleConfig::from_config(&config);
+                    Ok((routes, console, config.cancel))
                 });
             let outcome = if result.is_ok() { "ok" } else { "error" };
             metrics::counter!(crate::metrics::CONFIG_RELOADS, "outcome" => outcome).increment(1);
-            let (routes, console) = result?;
+            let (routes, console, cancel) = result?;
+            self.cancel.set_peers(&cancel.peers);
+            self.pools.retire_tenants_except(|id| routes.contains(id));
             self.routes.store(Arc::new(routes));
+            self.reloaded.send_modify(|generation| *generation += 1);
             self.console.store(Arc::new(console));
         }
         Ok(())

@@ -187,6 +187,7 @@ pub(super) fn servers(shared: &Shared) -> Table {
 pub(super) fn stats(console: &ConsoleConfig) -> Table {
     let rendered = m::handle().render();
     let transactions = m::per_tenant(&rendered, m::TRANSACTIONS);
+    let queries = m::per_tenant(&rendered, m::QUERIES);
     let bytes_in = m::per_tenant(&rendered, m::CLIENT_BYTES_RECEIVED);
     let bytes_out = m::per_tenant(&rendered, m::CLIENT_BYTES_SENT);
     let wait_sum = m::per_tenant(&rendered, &format!("{}_sum", m::POOL_WAIT_SECONDS));
@@ -194,6 +195,7 @@ pub(super) fn stats(console: &ConsoleConfig) -> Table {
     let mut t = Table::new(&[
         ("tenant", Type::Text),
         ("transactions", Type::Int),
+        ("queries", Type::Int),
         ("bytes_in", Type::Int),
         ("bytes_out", Type::Int),
         ("checkouts", Type::Int),
@@ -213,6 +215,7 @@ pub(super) fn stats(console: &ConsoleConfig) -> Table {
         t.push(vec![
             id.to_owned(),
             (get(&transactions, id) as u64).to_string(),
+            (get(&queries, id) as u64).to_string(),
             (get(&bytes_in, id) as u64).to_string(),
             (get(&bytes_out, id) as u64).to_string(),
             (waits as u64).to_string(),

@@ -71,6 +71,42 @@ pub struct Pool {
     waiting: AtomicUsize,
     /// Backends checked out, by lease id (for `SHOW SERVERS`).
     in_use: Arc<Mutex<HashMap<u64, ServerInUse>>>,
+    /// Replaced by a reload (or its tenant removed): backends close as they
+    /// come free instead of going back to the pool.
+    retired: AtomicBool,
+    /// The settings this pool was made with, to tell on reload whether it
+    /// must be replaced.
+    signature: PoolSignature,
+}
+
+/// Everything a reload can change that a pool's backends depend on.
+#[derive(Debug, Clone, PartialEq)]
+struct PoolSignature {
+    mode: PoolMode,
+    size: usize,
+    settings: PoolConfig,
+    backends: Vec<String>,
+    backend_tls: crate::config::BackendTlsMode,
+    backend_ca: Option<std::path::PathBuf>,
+    backend_server_name: Option<String>,
+    credential: Option<crate::config::Credential>,
+}
+
+impl PoolSignature {
+    fn of(key: &PoolKey, tenant: &Tenant) -> PoolSignature {
+        let config = &tenant.config;
+        let user = config.user(&key.user);
+        PoolSignature {
+            mode: user.and_then(|u| u.pool_mode).unwrap_or(config.pool.mode),
+            size: user.and_then(|u| u.pool_size).unwrap_or(config.pool.size),
+            settings: config.pool.clone(),
+            backends: config.backends.clone(),
+            backend_tls: config.backend_tls,
+            backend_ca: config.backend_ca.clone(),
+            backend_server_name: config.backend_server_name.clone(),
+            credential: user.map(|u| u.credential.clone()),
+        }
+    }
 }
 
 /// A checked-out backend as `SHOW SERVERS` lists it.
@@ -202,7 +238,10 @@ impl Pool {
         size: usize,
         open: OpenSettings,
     ) -> Pool {
+        let signature = PoolSignature::of(&key, &tenant);
         Pool {
+            retired: AtomicBool::new(false),
+            signature,
             key,
             mode,
             size,
@@ -466,7 +505,10 @@ impl Pool {
     /// Hands a backend back. `clean` says the backend is idle (status `I`,
     /// nothing outstanding) and nothing happened that forbids reuse.
     pub fn release(&self, lease: Lease, clean: bool) {
-        if !clean || lease.conn.created.elapsed() > self.settings.max_lifetime {
+        if !clean
+            || lease.conn.created.elapsed() > self.settings.max_lifetime
+            || self.retired.load(Ordering::Acquire)
+        {
             return;
         }
         let Lease {
@@ -478,6 +520,58 @@ impl Pool {
             .unwrap_or_else(PoisonError::into_inner)
             .push((conn, permit));
         self.returned.notify_one();
+    }
+
+    /// Closes the idle backends and makes the rest close as they come
+    /// free: a reload replaced this pool or removed its tenant.
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Release);
+        self.idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+        self.returned.notify_waiters();
+    }
+
+    /// True once [`Pool::retire`] ran.
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Acquire)
+    }
+
+    /// Periodic upkeep: closes idle backends past `idle_timeout` or
+    /// `max_lifetime`, and opens backends up to `min_idle`.
+    pub async fn maintain(&self) {
+        let now = Instant::now();
+        self.idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|(conn, _)| {
+                now.duration_since(conn.last_used) <= self.settings.idle_timeout
+                    && now.duration_since(conn.created) <= self.settings.max_lifetime
+            });
+        if self.is_retired() || self.is_paused() {
+            return;
+        }
+        while self.idle_count() < self.settings.min_idle {
+            let has_login = self
+                .login
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .is_some();
+            if !has_login {
+                return;
+            }
+            let Ok(permit) = self.slots.clone().try_acquire_owned() else {
+                return;
+            };
+            match self.open(permit).await {
+                Ok(lease) => self.release(lease, true),
+                Err(e) => {
+                    tracing::debug!(pool = ?self.key, error = %e, "min_idle backend not opened");
+                    return;
+                }
+            }
+        }
     }
 
     /// Whether clients that leave session state behind keep their backend.
@@ -522,9 +616,39 @@ pub struct Pools {
 }
 
 impl Pools {
-    /// The pool for `key`, created on first use.
+    /// The pool for `key`, created on first use, and replaced when a reload
+    /// changed what its backends depend on (the old one retires).
     pub fn get(&self, key: PoolKey, tenant: &Arc<Tenant>, open: OpenSettings) -> Arc<Pool> {
         let mut pools = self.pools.lock().unwrap_or_else(PoisonError::into_inner);
+        let stale = pools
+            .get(&key)
+            .filter(|pool| pool.signature != PoolSignature::of(&key, tenant))
+            .cloned();
+        if let Some(old) = stale {
+            tracing::info!(pool = ?key, "pool settings changed: replacing the pool");
+            old.retire();
+            pools.remove(&key);
+            let replacement = Arc::new(Pool::new(
+                key.clone(),
+                tenant.clone(),
+                tenant.config.pool.clone(),
+                PoolSignature::of(&key, tenant).mode,
+                PoolSignature::of(&key, tenant).size,
+                open,
+            ));
+            if let Some(login) = old
+                .login
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone()
+            {
+                replacement.offer_login(login);
+            }
+            if old.is_paused() {
+                replacement.pause();
+            }
+            pools.insert(key.clone(), replacement);
+        }
         pools
             .entry(key.clone())
             .or_insert_with(|| {
@@ -544,6 +668,39 @@ impl Pools {
                 Arc::new(pool)
             })
             .clone()
+    }
+
+    /// The pool for `key` now, if any.
+    pub fn current(&self, key: &PoolKey) -> Option<Arc<Pool>> {
+        self.pools
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(key)
+            .cloned()
+    }
+
+    /// Retires and forgets the pools of tenants `keep` rejects (removed by
+    /// a reload).
+    pub fn retire_tenants_except(&self, keep: impl Fn(&str) -> bool) {
+        let mut pools = self.pools.lock().unwrap_or_else(PoisonError::into_inner);
+        pools.retain(|key, pool| {
+            let kept = keep(&key.tenant);
+            if !kept {
+                pool.retire();
+            }
+            kept
+        });
+    }
+
+    /// Runs [`Pool::maintain`] on every pool every `every`.
+    pub async fn maintenance_loop(&self, every: Duration) {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            for pool in self.all() {
+                pool.maintain().await;
+            }
+        }
     }
 
     /// Pauses `tenant`'s pools, present and future. Returns how many pools

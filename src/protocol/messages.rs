@@ -33,10 +33,26 @@ pub const SCRAM_SHA_256_PLUS: &str = "SCRAM-SHA-256-PLUS";
 
 /// Appends a fatal `ErrorResponse` to `buf`.
 pub fn error_response(buf: &mut BytesMut, code: SqlState, message: &str, hint: Option<&str>) {
+    error_with_severity(buf, "FATAL", code, message, hint);
+}
+
+/// Appends an `ErrorResponse` of severity `ERROR`: the statement fails,
+/// the session goes on.
+pub fn statement_error(buf: &mut BytesMut, code: SqlState, message: &str, hint: Option<&str>) {
+    error_with_severity(buf, "ERROR", code, message, hint);
+}
+
+fn error_with_severity(
+    buf: &mut BytesMut,
+    severity: &str,
+    code: SqlState,
+    message: &str,
+    hint: Option<&str>,
+) {
     let start = begin(buf, b'E');
     for (field, value) in [
-        (b'S', "FATAL"),
-        (b'V', "FATAL"),
+        (b'S', severity),
+        (b'V', severity),
         (b'C', code.code()),
         (b'M', message),
     ] {

@@ -99,6 +99,9 @@ pub enum SessionError {
     /// No pooled backend could be had.
     #[error(transparent)]
     Acquire(crate::pool::AcquireError),
+    /// A reload removed the client's tenant (the client got `57P01`).
+    #[error("tenant removed by a reload")]
+    TenantRemoved,
     /// The client broke the protocol during the session.
     #[error("client protocol violation: {0}")]
     ClientProtocol(String),
@@ -116,7 +119,7 @@ impl SessionError {
             SessionError::Acquire(crate::pool::AcquireError::Timeout(_)) => ErrorKind::Internal,
             SessionError::Acquire(_) => ErrorKind::Backend,
             SessionError::Route(_) | SessionError::Policy(_) => ErrorKind::Policy,
-            SessionError::ShuttingDown => ErrorKind::Internal,
+            SessionError::ShuttingDown | SessionError::TenantRemoved => ErrorKind::Internal,
             SessionError::Replication => ErrorKind::Policy,
             SessionError::BackendConnect(_)
             | SessionError::AuthTimeout
@@ -137,6 +140,7 @@ impl SessionError {
             SessionError::Policy(e) => e.reason(),
             SessionError::Replication => "replication_refused",
             SessionError::ShuttingDown => "shutting_down",
+            SessionError::TenantRemoved => "tenant_removed",
             SessionError::BackendConnect(_) => "backend_unreachable",
             SessionError::AuthRelay(_) => "auth_relay_failed",
             SessionError::AuthTimeout => "auth_timeout",
@@ -233,7 +237,7 @@ impl SessionError {
                 None,
             )),
             // The relay tells the client itself when it can.
-            SessionError::BackendLost => None,
+            SessionError::BackendLost | SessionError::TenantRemoved => None,
             SessionError::Login(e) => e
                 .client_error()
                 .map(|(code, message)| (code, message, None)),
@@ -349,11 +353,16 @@ async fn serve_inner(
     let (mut stream, mut startup, client) = match negotiated {
         Negotiated::LoadBalancerCheck => return Ok("load_balancer_check"),
         Negotiated::Cancel(key, client) => {
-            log.client = Some(client);
             let outcome = shared
                 .cancel
-                .cancel(key, shared.settings.connect_timeout)
+                .cancel(
+                    key,
+                    &client,
+                    shared.settings.connect_timeout,
+                    shared.settings.proxy_protocol,
+                )
                 .await;
+            log.client = Some(client);
             metrics::counter!(m::CANCEL_REQUESTS, "outcome" => outcome.label()).increment(1);
             return Ok("cancel_request");
         }

@@ -18,6 +18,7 @@ use super::SessionError;
 use crate::cancel::{CancelTarget, Registration};
 use crate::config::PoolMode;
 use crate::metrics as m;
+use crate::pool::server::BackendLogin;
 use crate::pool::server::{parameter_status, set_param};
 use crate::pool::{AcquireError, Lease, OpenSettings, Pool, PoolKey};
 use crate::protocol::framing::{split_message, Message};
@@ -26,6 +27,7 @@ use crate::protocol::startup::StartupMessage;
 use crate::protocol::SqlState;
 use crate::route::{ClientInfo, Route};
 use crate::server::Shared;
+use std::sync::Arc;
 
 /// Largest message relayed in pooled mode (PostgreSQL's own limit is 1 GiB
 /// for most messages).
@@ -146,8 +148,14 @@ where
     client.flush().await.map_err(SessionError::ClientIo)?;
 
     let mut session = Session {
-        pool: &pool,
+        shared,
+        open,
+        login,
+        seen_reload: *shared.reloaded.borrow(),
+        reloads: shared.reloaded.subscribe(),
+        pool: pool.clone(),
         registration,
+        defaults: wanted.clone(),
         wanted,
         lease: None,
         pending: 0,
@@ -157,6 +165,8 @@ where
         tenant: tenant.id().to_owned(),
         statements: ClientStatements::default(),
         pinned: false,
+        skipping_to_sync: false,
+        queries: metrics::counter!(m::QUERIES, "tenant" => tenant.id().to_owned()),
     };
     if let Some(lease) = first_lease {
         if pool.mode == PoolMode::Session {
@@ -170,7 +180,7 @@ where
     result
 }
 
-async fn acquire(pool: &Pool) -> Result<Lease, SessionError> {
+async fn acquire(pool: &Arc<Pool>) -> Result<Lease, SessionError> {
     metrics::gauge!(m::POOL_WAITING, "tenant" => pool.key.tenant.clone()).increment(1.0);
     let result = pool.acquire().await;
     metrics::gauge!(m::POOL_WAITING, "tenant" => pool.key.tenant.clone()).decrement(1.0);
@@ -178,10 +188,19 @@ async fn acquire(pool: &Pool) -> Result<Lease, SessionError> {
 }
 
 struct Session<'a> {
-    pool: &'a Pool,
+    shared: &'a Shared,
+    open: OpenSettings,
+    /// How this client's backends log in (kept for replacement pools).
+    login: BackendLogin,
+    /// The reload generation this session has caught up with.
+    seen_reload: u64,
+    reloads: tokio::sync::watch::Receiver<u64>,
+    pool: Arc<Pool>,
     registration: Registration,
     /// Settings the client asked for, to apply on every backend it gets.
     wanted: Vec<(String, String)>,
+    /// `wanted` as of login, for `DISCARD ALL`.
+    defaults: Vec<(String, String)>,
     lease: Option<Lease>,
     /// `ReadyForQuery` messages still to come.
     pending: usize,
@@ -195,6 +214,10 @@ struct Session<'a> {
     statements: ClientStatements,
     /// Kept on its backend for good (`pin_session_state`).
     pinned: bool,
+    /// A pipeline failed for want of a backend: drop messages to its Sync.
+    skipping_to_sync: bool,
+    /// `pgcell_queries_total` for this tenant.
+    queries: metrics::Counter,
 }
 
 impl Session<'_> {
@@ -203,7 +226,7 @@ impl Session<'_> {
         C: AsyncRead + AsyncWrite + Unpin,
     {
         if self.pool.mode == PoolMode::Session && self.lease.is_none() {
-            let lease = acquire(self.pool).await?;
+            let lease = acquire(&self.pool).await?;
             self.checkout(lease, client).await?;
         }
         let mut from_client = BytesMut::with_capacity(READ_CHUNK);
@@ -220,8 +243,55 @@ impl Session<'_> {
                     terminated = true;
                     break;
                 }
+                if self.skipping_to_sync {
+                    // The rest of a pipeline whose backend never came.
+                    if msg.tag == b'S' {
+                        self.skipping_to_sync = false;
+                        self.answer_ready(client).await?;
+                    }
+                    continue;
+                }
+                // SQL that would drop other clients' statements off a shared
+                // backend is answered here, when nothing is in flight.
+                if self.pool.mode == PoolMode::Transaction
+                    && msg.tag == b'Q'
+                    && self.pending == 0
+                    && !self.open_sequence
+                {
+                    let in_transaction = self.status != b'I';
+                    if let Some(tag) = self.statements.answer_locally(&msg.body, in_transaction) {
+                        if tag == "DISCARD ALL" {
+                            self.wanted = self.defaults.clone();
+                        }
+                        let mut out = BytesMut::new();
+                        let mut body = tag.as_bytes().to_vec();
+                        body.push(0);
+                        messages::tagged(&mut out, b'C', &body);
+                        messages::tagged(&mut out, b'Z', &[self.status]);
+                        client
+                            .write_all(&out)
+                            .await
+                            .map_err(SessionError::ClientIo)?;
+                        continue;
+                    }
+                }
                 if self.lease.is_none() {
-                    let lease = acquire(self.pool).await?;
+                    self.follow_reload(client).await?;
+                    let lease = match acquire(&self.pool).await {
+                        Ok(lease) => lease,
+                        Err(SessionError::Acquire(AcquireError::Timeout(wait))) => {
+                            // The statement fails, the session goes on: like
+                            // PostgreSQL after an error, skip to the Sync.
+                            self.refuse_statement(client, wait).await?;
+                            match msg.tag {
+                                b'Q' | b'F' => self.answer_ready(client).await?,
+                                b'S' => self.answer_ready(client).await?,
+                                _ => self.skipping_to_sync = true,
+                            }
+                            continue;
+                        }
+                        Err(e) => return Err(e),
+                    };
                     self.checkout(lease, client).await?;
                 }
                 self.count_client_message(&msg);
@@ -248,12 +318,21 @@ impl Session<'_> {
             }
 
             let Some(lease) = self.lease.as_mut() else {
-                // Idle in transaction mode: only the client can move.
+                // Idle in transaction mode: only the client moves, or a
+                // reload that may have removed the tenant.
                 from_client.reserve(READ_CHUNK);
-                match client.read_buf(&mut from_client).await {
-                    Ok(0) => return Ok(()),
-                    Ok(_) => continue,
-                    Err(e) => return Err(SessionError::ClientIo(e)),
+                tokio::select! {
+                    read = client.read_buf(&mut from_client) => match read {
+                        Ok(0) => return Ok(()),
+                        Ok(_) => continue,
+                        Err(e) => return Err(SessionError::ClientIo(e)),
+                    },
+                    changed = self.reloads.changed() => {
+                        if changed.is_ok() {
+                            self.follow_reload(client).await?;
+                        }
+                        continue;
+                    }
                 }
             };
             from_client.reserve(READ_CHUNK);
@@ -274,6 +353,11 @@ impl Session<'_> {
                         if release && from_client.is_empty() {
                             self.checkin();
                         }
+                        // Between transactions: a removed tenant's clients
+                        // leave here.
+                        if self.status == b'I' && self.pending == 0 && !self.open_sequence {
+                            self.follow_reload(client).await?;
+                        }
                     }
                 },
             }
@@ -281,6 +365,9 @@ impl Session<'_> {
     }
 
     fn count_client_message(&mut self, msg: &Message) {
+        if matches!(msg.tag, b'Q' | b'E') {
+            self.queries.increment(1);
+        }
         if self.pool.mode == PoolMode::Transaction && matches!(msg.tag, b'Q' | b'P') {
             self.note_session_state(msg);
         }
@@ -374,6 +461,77 @@ impl Session<'_> {
             && !self.statements.awaiting()
             && !self.pinned
             && from_server.is_empty())
+    }
+
+    /// Tells the client its statement failed for want of a backend.
+    async fn refuse_statement<C: AsyncWrite + Unpin>(
+        &mut self,
+        client: &mut C,
+        wait: std::time::Duration,
+    ) -> Result<(), SessionError> {
+        let mut out = BytesMut::new();
+        messages::statement_error(
+            &mut out,
+            SqlState::TOO_MANY_CONNECTIONS,
+            &format!("no server connection free within {} ms", wait.as_millis()),
+            Some("The tenant's pool is busy; retry, or raise pool.size or pool.acquire_timeout."),
+        );
+        client.write_all(&out).await.map_err(SessionError::ClientIo)
+    }
+
+    /// `ReadyForQuery` for a statement pgcell answered itself (no backend).
+    async fn answer_ready<C: AsyncWrite + Unpin>(
+        &mut self,
+        client: &mut C,
+    ) -> Result<(), SessionError> {
+        let mut out = BytesMut::new();
+        messages::tagged(&mut out, b'Z', b"I");
+        client
+            .write_all(&out)
+            .await
+            .map_err(SessionError::ClientIo)?;
+        client.flush().await.map_err(SessionError::ClientIo)
+    }
+
+    /// After a reload: moves to the tenant's current pool (its settings may
+    /// have changed) or, when the tenant is gone, ends the session with
+    /// `57P01`. Only called between transactions.
+    async fn follow_reload<C: AsyncWrite + Unpin>(
+        &mut self,
+        client: &mut C,
+    ) -> Result<(), SessionError> {
+        let generation = *self.reloads.borrow_and_update();
+        if generation == self.seen_reload {
+            return Ok(());
+        }
+        self.seen_reload = generation;
+        let tenant = self.shared.routes.load().tenant(&self.pool.key.tenant);
+        let Some(tenant) = tenant else {
+            if let Some(lease) = self.lease.take() {
+                self.registration.detach();
+                self.pool.release(lease, false);
+            }
+            let mut out = BytesMut::new();
+            messages::error_response(
+                &mut out,
+                SqlState::ADMIN_SHUTDOWN,
+                "terminating connection: the tenant was removed from this server",
+                None,
+            );
+            let _ = client.write_all(&out).await;
+            return Err(SessionError::TenantRemoved);
+        };
+        if self.lease.is_none() {
+            let pool = self
+                .shared
+                .pools
+                .get(self.pool.key.clone(), &tenant, self.open);
+            if !Arc::ptr_eq(&pool, &self.pool) {
+                pool.replace_login(self.login.clone());
+                self.pool = pool;
+            }
+        }
+        Ok(())
     }
 
     /// Takes `lease` for this client: restores its settings, points its

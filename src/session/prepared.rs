@@ -305,6 +305,43 @@ impl ClientStatements {
         }
     }
 
+    /// Answers, without a backend, the SQL that would otherwise wipe other
+    /// clients' statements off a shared backend: `DEALLOCATE ALL` and
+    /// `DISCARD ALL` forget this client's statements, `DEALLOCATE name`
+    /// forgets one of them. Returns the command tag to reply with, or
+    /// `None` when the query is something else (forward it).
+    /// `DISCARD ALL` inside a transaction block is left to the backend,
+    /// which refuses it.
+    pub fn answer_locally(&mut self, query: &[u8], in_transaction: bool) -> Option<&'static str> {
+        let text = String::from_utf8_lossy(query.strip_suffix(&[0]).unwrap_or(query)).into_owned();
+        let text = text.trim().trim_end_matches(';').trim();
+        if text.contains(';') {
+            return None;
+        }
+        let words: Vec<&str> = text.split_ascii_whitespace().collect();
+        let lower: Vec<String> = words.iter().map(|w| w.to_ascii_lowercase()).collect();
+        let lower: Vec<&str> = lower.iter().map(String::as_str).collect();
+        match lower.as_slice() {
+            ["discard", "all"] if !in_transaction => {
+                self.statements.clear();
+                Some("DISCARD ALL")
+            }
+            ["deallocate", "all"] | ["deallocate", "prepare", "all"] => {
+                self.statements.clear();
+                Some("DEALLOCATE ALL")
+            }
+            ["deallocate", _] | ["deallocate", "prepare", _] => {
+                let raw = words.last()?;
+                let name = match raw.strip_prefix('"').and_then(|n| n.strip_suffix('"')) {
+                    Some(quoted) => quoted.replace("\"\"", "\""),
+                    None => raw.to_ascii_lowercase(),
+                };
+                self.statements.remove(&name).map(|_| "DEALLOCATE")
+            }
+            _ => None,
+        }
+    }
+
     /// True while injected responses are still to come (the backend must
     /// not be handed back before they are swallowed).
     pub fn awaiting(&self) -> bool {
@@ -457,6 +494,50 @@ mod tests {
             }
         }
         assert_eq!(backend.len(), MAX_PREPARED_PER_BACKEND);
+    }
+
+    #[test]
+    fn deallocate_and_discard_are_answered_locally() {
+        let mut client = ClientStatements::default();
+        let mut backend = BackendStatements::default();
+        let mut out = BytesMut::new();
+        client
+            .forward(
+                &msg(b'P', b"_pg3_0\0select 1\0\0\0"),
+                &mut backend,
+                &mut out,
+            )
+            .unwrap();
+        client
+            .forward(&msg(b'P', b"Mixed\0select 2\0\0\0"), &mut backend, &mut out)
+            .unwrap();
+        assert_eq!(client.answer_locally(b"select 1\0", false), None);
+        assert_eq!(
+            client.answer_locally(b"DEALLOCATE ALL; SELECT 1\0", false),
+            None
+        );
+        assert_eq!(client.answer_locally(b"deallocate nosuch\0", false), None);
+        assert_eq!(
+            client.answer_locally(b"DEALLOCATE \"Mixed\"\0", false),
+            Some("DEALLOCATE")
+        );
+        assert_eq!(
+            client.answer_locally(b"deallocate prepare _PG3_0;\0", false),
+            Some("DEALLOCATE")
+        );
+        client
+            .forward(&msg(b'P', b"a\0select 1\0\0\0"), &mut backend, &mut out)
+            .unwrap();
+        assert_eq!(
+            client.answer_locally(b"  DEALLOCATE ALL \0", false),
+            Some("DEALLOCATE ALL")
+        );
+        assert!(client.statements.is_empty());
+        assert_eq!(client.answer_locally(b"discard all\0", true), None);
+        assert_eq!(
+            client.answer_locally(b"discard all\0", false),
+            Some("DISCARD ALL")
+        );
     }
 
     #[test]

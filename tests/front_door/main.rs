@@ -7,7 +7,9 @@ mod harness;
 
 mod auth_query;
 mod bad_input;
+mod cancel_peers;
 mod console;
+mod drivers;
 mod negotiation;
 mod operations;
 mod pooling;

@@ -249,7 +249,15 @@ async fn exhausted_pool_times_out_and_cancel_hits_only_the_running_query() {
     let err = waiter.simple_query("select 1").await.unwrap_err();
     assert_eq!(code_of(&err), "53300");
     assert!(started.elapsed() < Duration::from_secs(3));
+    // The statement failed, not the session: extended protocol too.
+    let err = waiter
+        .query_one("select $1::int", &[&1i32])
+        .await
+        .unwrap_err();
+    assert_eq!(code_of(&err), "53300");
     holder.simple_query("commit").await.unwrap();
+    let row = waiter.query_one("select $1::int", &[&7i32]).await.unwrap();
+    assert_eq!(row.get::<_, i32>(0), 7);
 
     // Cancel in transaction mode: reaches the backend running the query.
     let (sleeper, _s) = connect(&proxy.pg_config("app.acme")).await.unwrap();
@@ -472,5 +480,109 @@ async fn pool_recovers_after_a_backend_restart() {
     let (fresh, _f) = connect(&proxy.pg_config("app.acme")).await.unwrap();
     assert_eq!(cluster_name(&fresh).await, "cluster-restart");
     drop(a);
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_resizes_pools_and_closes_removed_tenants_after_their_transaction() {
+    let a = cluster("cluster-reload-pool");
+    let pool = "mode = \"transaction\"\nsize = 1\nacquire_timeout = \"500ms\"";
+    let text = config_text(
+        "",
+        "allow",
+        &(pooled_tenant("acme", &a, pool) + &pooled_tenant("gone", &a, pool)),
+    );
+    let proxy = Proxy::start_with_files(&text, &[("pw", APP_PASSWORD)]).await;
+    let (c1, _k1) = connect(&proxy.pg_config("app.acme")).await.unwrap();
+    let (c2, _k2) = connect(&proxy.pg_config("app.acme")).await.unwrap();
+    c1.simple_query("begin").await.unwrap();
+    assert_eq!(
+        code_of(&c2.simple_query("select 1").await.unwrap_err()),
+        "53300"
+    );
+    c1.simple_query("commit").await.unwrap();
+
+    let (idle_gone, idle_conn) = connect(&proxy.pg_config("app.gone")).await.unwrap();
+    idle_gone.simple_query("select 1").await.unwrap();
+    let (busy_gone, busy_conn) = connect(&proxy.pg_config("app.gone")).await.unwrap();
+    busy_gone.simple_query("begin").await.unwrap();
+
+    // Reload: acme's pool grows to 2, gone disappears. The running config
+    // file has `{pw}` already replaced, so edit it in place.
+    let path = proxy.config_path();
+    let current = std::fs::read_to_string(&path).unwrap();
+    let pw_line = current
+        .lines()
+        .find(|l| l.starts_with("password_file"))
+        .unwrap()
+        .to_owned();
+    let grown = config_text(
+        "",
+        "allow",
+        &pooled_tenant(
+            "acme",
+            &a,
+            "mode = \"transaction\"\nsize = 2\nacquire_timeout = \"500ms\"",
+        ),
+    )
+    .replace("password_file = \"{pw}\"", &pw_line);
+    write(&path, &grown);
+    proxy.handle.reload();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Both acme clients now fit at once, on the new pool.
+    c1.simple_query("begin").await.unwrap();
+    c2.simple_query("select 1").await.unwrap();
+    c1.simple_query("commit").await.unwrap();
+
+    // The idle client of the removed tenant is told and closed.
+    let end = tokio::time::timeout(Duration::from_secs(5), idle_conn)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(code_of(&end.expect_err("closed with an error")), "57P01");
+    drop(idle_gone);
+    // The busy one finishes its transaction first.
+    busy_gone.simple_query("select 1").await.unwrap();
+    busy_gone.simple_query("commit").await.unwrap();
+    let end = tokio::time::timeout(Duration::from_secs(5), busy_conn)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(code_of(&end.expect_err("closed with an error")), "57P01");
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn min_idle_backends_are_kept_open() {
+    let a = cluster("cluster-min-idle");
+    let proxy = Proxy::start_with_files(
+        &config_text(
+            "",
+            "allow",
+            &pooled_tenant("acme", &a, "mode = \"transaction\"\nsize = 4\nmin_idle = 3"),
+        ),
+        &[("pw", APP_PASSWORD)],
+    )
+    .await;
+    // The first login teaches the pool how to log in; upkeep (every 5 s)
+    // then opens backends up to min_idle.
+    let (client, _c) = connect(&proxy.pg_config("app.acme")).await.unwrap();
+    client.simple_query("select 1").await.unwrap();
+    let count = || {
+        a.psql("postgres", "select count(*) from pg_stat_activity where application_name = 'pgcell' and usename = 'app'")
+            .unwrap()
+            .parse::<u32>()
+            .unwrap()
+    };
+    let mut open = 0;
+    for _ in 0..40 {
+        open = count();
+        if open >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!((3..=4).contains(&open), "{open} backends");
     proxy.stop().await;
 }
