@@ -40,6 +40,9 @@ pub struct PoolConfig {
     pub size: usize,
     /// Backends kept open even when idle.
     pub min_idle: usize,
+    /// Client connections one pool serves at once; unlimited (within the
+    /// tenant's own limit) when unset.
+    pub max_client_connections: Option<usize>,
     /// How long a client may wait for a backend.
     pub acquire_timeout: Duration,
     /// An idle backend older than this (since last use) is closed.
@@ -127,6 +130,7 @@ pub(super) struct RawPool {
     mode: Option<PoolMode>,
     size: Option<usize>,
     min_idle: Option<usize>,
+    max_client_connections: Option<usize>,
     acquire_timeout: Option<String>,
     idle_timeout: Option<String>,
     max_lifetime: Option<String>,
@@ -161,6 +165,12 @@ pub(super) fn pool_from_raw(raw: RawPool, at: &str, p: &mut Problems) -> PoolCon
         p.push(format!("{at}.pool.size"), "must be at least 1");
     }
     let min_idle = raw.min_idle.unwrap_or(0);
+    if raw.max_client_connections == Some(0) {
+        p.push(
+            format!("{at}.pool.max_client_connections"),
+            "must be at least 1",
+        );
+    }
     if min_idle > size {
         p.push(format!("{at}.pool.min_idle"), "must not exceed pool.size");
     }
@@ -173,6 +183,7 @@ pub(super) fn pool_from_raw(raw: RawPool, at: &str, p: &mut Problems) -> PoolCon
         mode: raw.mode.unwrap_or(PoolMode::Session),
         size,
         min_idle,
+        max_client_connections: raw.max_client_connections,
         acquire_timeout,
         idle_timeout,
         max_lifetime,

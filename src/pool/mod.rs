@@ -77,6 +77,17 @@ pub struct Pool {
     /// The settings this pool was made with, to tell on reload whether it
     /// must be replaced.
     signature: PoolSignature,
+    /// Clients served by this pool now.
+    clients: AtomicUsize,
+}
+
+/// One client's place in a pool; freed on drop.
+pub struct ClientSlot(Arc<Pool>);
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        self.0.clients.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Everything a reload can change that a pool's backends depend on.
@@ -240,6 +251,7 @@ impl Pool {
     ) -> Pool {
         let signature = PoolSignature::of(&key, &tenant);
         Pool {
+            clients: AtomicUsize::new(0),
             retired: AtomicBool::new(false),
             signature,
             key,
@@ -572,6 +584,18 @@ impl Pool {
                 }
             }
         }
+    }
+
+    /// Takes one of the pool's client slots (`pool.max_client_connections`);
+    /// `None` when the pool is full.
+    pub fn admit_client(self: &Arc<Self>) -> Option<ClientSlot> {
+        let limit = self.settings.max_client_connections.unwrap_or(usize::MAX);
+        self.clients
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .ok()?;
+        Some(ClientSlot(self.clone()))
     }
 
     /// Whether clients that leave session state behind keep their backend.

@@ -108,7 +108,7 @@ where
     };
     let queried_secret = queried.as_ref().and_then(|q| q.secret.as_ref());
     let result = match tenant.config.auth {
-        AuthMode::Md5 => md5(client, user, configured.map(|u| &u.credential)).await,
+        AuthMode::Md5 => md5(client, user, tenant.id(), configured.map(|u| &u.credential)).await,
         _ => {
             let secret = tenant
                 .secrets
@@ -231,9 +231,13 @@ fn scram_error(e: ScramError, user: &str) -> LoginError {
 }
 
 /// MD5: only for tenants that opt in, and only with a configured password.
+///
+/// The client salts with the user name it sent, which routing may have
+/// rewritten from `USER.TENANT` to `USER`: both forms are accepted.
 async fn md5<C>(
     client: &mut C,
     user: &str,
+    tenant: &str,
     credential: Option<&Credential>,
 ) -> Result<Option<[u8; 32]>, LoginError>
 where
@@ -251,8 +255,14 @@ where
     let Some(Credential::Password(pw)) = credential else {
         return Err(LoginError::Failed(user.to_owned()));
     };
-    let expected = crate::auth::md5::md5_password(user, &pw.0, salt);
-    if subtle::ConstantTimeEq::ct_eq(expected.as_slice(), answer).into() {
+    let as_sent = format!("{user}.{tenant}");
+    let matches = [user, as_sent.as_str()]
+        .iter()
+        .fold(subtle::Choice::from(0), |acc, name| {
+            let expected = crate::auth::md5::md5_password(name, &pw.0, salt);
+            acc | subtle::ConstantTimeEq::ct_eq(expected.as_slice(), answer)
+        });
+    if matches.into() {
         Ok(None)
     } else {
         Err(LoginError::Failed(user.to_owned()))

@@ -99,6 +99,9 @@ pub enum SessionError {
     /// No pooled backend could be had.
     #[error(transparent)]
     Acquire(crate::pool::AcquireError),
+    /// `pool.max_client_connections` reached.
+    #[error("pool client limit reached")]
+    PoolFull,
     /// A reload removed the client's tenant (the client got `57P01`).
     #[error("tenant removed by a reload")]
     TenantRemoved,
@@ -119,7 +122,9 @@ impl SessionError {
             SessionError::Acquire(crate::pool::AcquireError::Timeout(_)) => ErrorKind::Internal,
             SessionError::Acquire(_) => ErrorKind::Backend,
             SessionError::Route(_) | SessionError::Policy(_) => ErrorKind::Policy,
-            SessionError::ShuttingDown | SessionError::TenantRemoved => ErrorKind::Internal,
+            SessionError::ShuttingDown | SessionError::TenantRemoved | SessionError::PoolFull => {
+                ErrorKind::Internal
+            }
             SessionError::Replication => ErrorKind::Policy,
             SessionError::BackendConnect(_)
             | SessionError::AuthTimeout
@@ -141,6 +146,7 @@ impl SessionError {
             SessionError::Replication => "replication_refused",
             SessionError::ShuttingDown => "shutting_down",
             SessionError::TenantRemoved => "tenant_removed",
+            SessionError::PoolFull => "pool_connection_limit",
             SessionError::BackendConnect(_) => "backend_unreachable",
             SessionError::AuthRelay(_) => "auth_relay_failed",
             SessionError::AuthTimeout => "auth_timeout",
@@ -238,6 +244,11 @@ impl SessionError {
             )),
             // The relay tells the client itself when it can.
             SessionError::BackendLost | SessionError::TenantRemoved => None,
+            SessionError::PoolFull => Some((
+                SqlState::TOO_MANY_CONNECTIONS,
+                "too many connections for this database and user".into(),
+                None,
+            )),
             SessionError::Login(e) => e
                 .client_error()
                 .map(|(code, message)| (code, message, None)),

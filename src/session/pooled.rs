@@ -91,6 +91,9 @@ where
         user: user.clone(),
     };
     let pool = shared.pools.get(key, tenant, open);
+    let Some(_pool_slot) = pool.admit_client() else {
+        return Err(SessionError::PoolFull);
+    };
     // The latest verified login wins: an auth_query user's secret, and so
     // the ClientKey, changes with its password.
     pool.replace_login(login.clone());
@@ -166,6 +169,8 @@ where
         statements: ClientStatements::default(),
         pinned: false,
         skipping_to_sync: false,
+        syncs_since_execute: 0,
+        in_copy: false,
         queries: metrics::counter!(m::QUERIES, "tenant" => tenant.id().to_owned()),
     };
     if let Some(lease) = first_lease {
@@ -216,6 +221,10 @@ struct Session<'a> {
     pinned: bool,
     /// A pipeline failed for want of a backend: drop messages to its Sync.
     skipping_to_sync: bool,
+    /// Syncs sent since the last Execute (see `count_client_message`).
+    syncs_since_execute: usize,
+    /// The client is sending COPY data.
+    in_copy: bool,
     /// `pgcell_queries_total` for this tenant.
     queries: metrics::Counter,
 }
@@ -373,14 +382,36 @@ impl Session<'_> {
         }
         match msg.tag {
             // Simple query and function call: one ReadyForQuery each.
-            b'Q' | b'F' => self.pending += 1,
+            b'Q' | b'F' => {
+                self.pending += 1;
+                self.syncs_since_execute = 0;
+            }
             // Sync ends an extended-protocol sequence.
             b'S' => {
                 self.pending += 1;
                 self.open_sequence = false;
+                self.syncs_since_execute += 1;
             }
-            b'P' | b'B' | b'E' | b'D' | b'C' | b'H' => self.open_sequence = true,
-            // CopyData/CopyDone/CopyFail belong to a query already counted.
+            b'E' => {
+                self.open_sequence = true;
+                self.syncs_since_execute = 0;
+            }
+            b'P' | b'B' | b'D' | b'C' | b'H' => self.open_sequence = true,
+            // CopyData/CopyDone/CopyFail belong to a command already
+            // counted. A Sync the client sent after the Execute that started
+            // COPY FROM STDIN reaches the backend in copy mode, where it is
+            // ignored: no ReadyForQuery will answer it.
+            b'd' | b'c' | b'f' => {
+                if !self.in_copy {
+                    self.in_copy = true;
+                    let ignored = std::mem::take(&mut self.syncs_since_execute);
+                    self.pending = self.pending.saturating_sub(ignored);
+                    self.statements.syncs_ignored(ignored);
+                }
+                if msg.tag != b'd' {
+                    self.in_copy = false;
+                }
+            }
             _ => {}
         }
     }

@@ -342,6 +342,16 @@ impl ClientStatements {
         }
     }
 
+    /// `n` Syncs reached the backend in copy mode and will get no
+    /// `ReadyForQuery`.
+    pub fn syncs_ignored(&mut self, n: usize) {
+        self.segments_sent = self.segments_sent.saturating_sub(n as u64);
+        let sent = self.segments_sent;
+        for e in self.expected.iter_mut() {
+            e.segment = e.segment.min(sent);
+        }
+    }
+
     /// True while injected responses are still to come (the backend must
     /// not be handed back before they are swallowed).
     pub fn awaiting(&self) -> bool {
