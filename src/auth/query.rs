@@ -137,21 +137,25 @@ impl AuthQuery {
         database: &str,
         user: &str,
     ) -> Result<Lookup, AuthQueryError> {
-        if let Some(secret) = self.cached(tenant, user) {
+        // The query runs in the client's database unless one is configured,
+        // and each database may answer differently (another `get_auth`
+        // function): cache per database then.
+        let key = self.cache_key(database, user);
+        if let Some(secret) = self.cached(tenant, &key) {
             return Ok(secret);
         }
         // The semaphore is never closed; without a permit the fetch just
         // runs unthrottled.
         let _permit = self.fetches.acquire().await.ok();
         // Another login of the same user may have fetched meanwhile.
-        if let Some(secret) = self.cached(tenant, user) {
+        if let Some(secret) = self.cached(tenant, &key) {
             return Ok(secret);
         }
         metrics::counter!(m::AUTH_QUERY_CACHE_MISSES, "tenant" => tenant.id().to_owned())
             .increment(1);
         match self.fetch(tenant, database, user).await {
             Ok(secret) => {
-                self.cache.insert(user, secret.clone());
+                self.cache.insert(&key, secret.clone());
                 Ok(Lookup {
                     secret,
                     cached: false,
@@ -173,9 +177,17 @@ impl AuthQuery {
         }
     }
 
-    /// Forgets what is cached for `user` (after a failed login).
-    pub fn invalidate(&self, user: &str) {
-        self.cache.invalidate(user);
+    /// Forgets what is cached for `user` of `database` (after a failed
+    /// login).
+    pub fn invalidate(&self, database: &str, user: &str) {
+        self.cache.invalidate(&self.cache_key(database, user));
+    }
+
+    fn cache_key(&self, database: &str, user: &str) -> String {
+        match &self.config.database {
+            Some(_) => user.to_owned(),
+            None => format!("{database}\0{user}"),
+        }
     }
 
     fn cached(&self, tenant: &Tenant, user: &str) -> Option<Lookup> {

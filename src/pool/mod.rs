@@ -564,7 +564,13 @@ impl Pool {
         if self.is_retired() || self.is_paused() {
             return;
         }
-        while self.idle_count() < self.settings.min_idle {
+        // Bounded: a pool retired or short-lived backends must not turn
+        // this into an open/close loop.
+        let missing = self.settings.min_idle.saturating_sub(self.idle_count());
+        for _ in 0..missing {
+            if self.is_retired() {
+                return;
+            }
             let has_login = self
                 .login
                 .lock()

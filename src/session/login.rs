@@ -129,7 +129,7 @@ where
             // role): the next attempt asks the backend again.
             if let (Some(query), Some(q)) = (&tenant.auth_query, &queried) {
                 if q.cached && matches!(e, LoginError::Failed(_)) {
-                    query.invalidate(user);
+                    query.invalidate(database, user);
                 }
             }
             return Err(e);

@@ -66,8 +66,17 @@ where
     let user = startup.get("user").unwrap_or_default().to_owned();
     let database = startup.get("database").unwrap_or(&user).to_owned();
 
-    let login = match login::authenticate(client, tenant, &user, &database, info, &shared.mock_key)
-        .await
+    // Taken before the (possibly slow) login, so a reload during it is
+    // followed afterwards.
+    let seen_reload = *shared.reloaded.borrow();
+    // The exchange is bounded like a backend's authentication_timeout, so
+    // clients that stall mid-exchange cannot hold connection slots.
+    let login = match tokio::time::timeout(
+        shared.settings.auth_timeout,
+        login::authenticate(client, tenant, &user, &database, info, &shared.mock_key),
+    )
+    .await
+    .unwrap_or_else(|_| Err(LoginError::Malformed("authentication timed out".to_owned())))
     {
         Ok(login) => login,
         Err(e) => {
@@ -90,7 +99,12 @@ where
         database,
         user: user.clone(),
     };
-    let pool = shared.pools.get(key, tenant, open);
+    // The tenant as configured now (a reload may have run during login):
+    // an older copy must never replace a newer pool.
+    let Some(current) = shared.routes.load().tenant(tenant.id()) else {
+        return Err(SessionError::TenantRemoved);
+    };
+    let pool = shared.pools.get(key, &current, open);
     let Some(_pool_slot) = pool.admit_client() else {
         return Err(SessionError::PoolFull);
     };
@@ -154,7 +168,7 @@ where
         shared,
         open,
         login,
-        seen_reload: *shared.reloaded.borrow(),
+        seen_reload,
         reloads: shared.reloaded.subscribe(),
         pool: pool.clone(),
         registration,
@@ -171,6 +185,7 @@ where
         skipping_to_sync: false,
         syncs_since_execute: 0,
         in_copy: false,
+        state_dirty: false,
         queries: metrics::counter!(m::QUERIES, "tenant" => tenant.id().to_owned()),
     };
     if let Some(lease) = first_lease {
@@ -223,8 +238,10 @@ struct Session<'a> {
     skipping_to_sync: bool,
     /// Syncs sent since the last Execute (see `count_client_message`).
     syncs_since_execute: usize,
-    /// The client is sending COPY data.
+    /// The backend is in copy-in mode (after CopyInResponse).
     in_copy: bool,
+    /// This checkout left session state on the backend.
+    state_dirty: bool,
     /// `pgcell_queries_total` for this tenant.
     queries: metrics::Counter,
 }
@@ -386,7 +403,9 @@ impl Session<'_> {
                 self.pending += 1;
                 self.syncs_since_execute = 0;
             }
-            // Sync ends an extended-protocol sequence.
+            // Sync ends an extended-protocol sequence. In copy-in mode the
+            // backend ignores it: no ReadyForQuery will answer it.
+            b'S' if self.in_copy => self.statements.syncs_ignored(1),
             b'S' => {
                 self.pending += 1;
                 self.open_sequence = false;
@@ -397,21 +416,10 @@ impl Session<'_> {
                 self.syncs_since_execute = 0;
             }
             b'P' | b'B' | b'D' | b'C' | b'H' => self.open_sequence = true,
-            // CopyData/CopyDone/CopyFail belong to a command already
-            // counted. A Sync the client sent after the Execute that started
-            // COPY FROM STDIN reaches the backend in copy mode, where it is
-            // ignored: no ReadyForQuery will answer it.
-            b'd' | b'c' | b'f' => {
-                if !self.in_copy {
-                    self.in_copy = true;
-                    let ignored = std::mem::take(&mut self.syncs_since_execute);
-                    self.pending = self.pending.saturating_sub(ignored);
-                    self.statements.syncs_ignored(ignored);
-                }
-                if msg.tag != b'd' {
-                    self.in_copy = false;
-                }
-            }
+            // CopyDone/CopyFail end copy-in mode (entered when the backend
+            // sent CopyInResponse); CopyData belongs to the COPY already
+            // counted.
+            b'c' | b'f' => self.in_copy = false,
             _ => {}
         }
     }
@@ -436,6 +444,7 @@ impl Session<'_> {
         }
         metrics::counter!(m::SESSION_STATE, "tenant" => self.tenant.clone(), "kind" => kind)
             .increment(1);
+        self.state_dirty = true;
         if self.pool.pin_session_state() && !self.pinned {
             self.pinned = true;
             tracing::debug!(tenant = %self.tenant, kind, "client pinned to its backend");
@@ -465,6 +474,25 @@ impl Session<'_> {
                 }
             }
             match msg.tag {
+                // CopyInResponse: the backend now reads COPY data and
+                // ignores Syncs until CopyDone/CopyFail. Syncs the client
+                // already sent after the COPY's Execute get no answer.
+                b'G' => {
+                    self.in_copy = true;
+                    let ignored = std::mem::take(&mut self.syncs_since_execute);
+                    self.pending = self.pending.saturating_sub(ignored);
+                    self.statements.syncs_ignored(ignored);
+                }
+                // A DEALLOCATE ALL / DISCARD ALL that reached the backend
+                // (pipelined, or inside a larger query) dropped every
+                // statement pgcell prepared there.
+                b'C' if msg.body.starts_with(b"DEALLOCATE ALL\0")
+                    || msg.body.starts_with(b"DISCARD ALL\0") =>
+                {
+                    if let Some(lease) = self.lease.as_mut() {
+                        lease.conn.prepared.clear();
+                    }
+                }
                 b'Z' => {
                     self.pending = self.pending.saturating_sub(1);
                     self.status = msg.body.first().copied().unwrap_or(b'I');
@@ -588,6 +616,7 @@ impl Session<'_> {
             let _ = client.write_all(&out).await;
             return Err(SessionError::BackendLost);
         }
+        self.statements.new_backend();
         self.registration.attach(CancelTarget {
             addr: lease.conn.addr,
             key: lease.conn.key,
@@ -603,7 +632,10 @@ impl Session<'_> {
         };
         let cancelled = self.registration.detach();
         metrics::counter!(m::TRANSACTIONS, "tenant" => self.tenant.clone()).increment(1);
-        self.pool.release(lease, !cancelled);
+        // Session state left on the backend (LISTEN, temp tables, SET of
+        // unreported settings, ...) must not reach the next client.
+        let dirty = std::mem::take(&mut self.state_dirty);
+        self.pool.release(lease, !cancelled && !dirty);
     }
 
     /// The client is gone: a session-mode backend is reset and returned, a
@@ -619,9 +651,17 @@ impl Session<'_> {
         }
         let clean = match self.pool.reset_query() {
             Some(query) if self.pool.mode == PoolMode::Session => {
-                run_simple(&mut lease, query).await.is_ok()
+                let reset = run_simple(&mut lease, query).await.is_ok();
+                // The reset put every setting back: what pgcell applied (or
+                // the backend reported) for this client no longer holds.
+                if let Some(defaults) = self.pool.params() {
+                    lease.conn.params = defaults;
+                }
+                lease.conn.prepared.clear();
+                reset
             }
-            _ => true,
+            // Transaction mode: a pinned or stateful backend is closed.
+            _ => !self.pinned && !self.state_dirty,
         };
         self.pool.release(lease, clean);
     }

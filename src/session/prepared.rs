@@ -65,6 +65,11 @@ impl BackendStatements {
         self.used.remove(name);
     }
 
+    /// Forgets everything: the backend dropped all its statements.
+    pub fn clear(&mut self) {
+        self.used.clear();
+    }
+
     /// Number of statements held.
     pub fn len(&self) -> usize {
         self.used.len()
@@ -106,6 +111,12 @@ pub struct ClientStatements {
     segments_sent: u64,
     /// `ReadyForQuery` messages received so far.
     segments_done: u64,
+    /// The client's last unnamed `Parse`: drivers (asyncpg without a
+    /// statement cache) parse in one transaction-mode round trip and bind
+    /// in the next, which may run on another backend.
+    last_unnamed: Option<Bytes>,
+    /// Whether `last_unnamed` was sent to the current backend.
+    unnamed_here: bool,
 }
 
 /// Why a client message was refused.
@@ -201,6 +212,8 @@ impl ClientStatements {
         if name.is_empty() {
             messages::tagged(out, b'P', &msg.body);
             self.expect(b'1', false, None);
+            self.last_unnamed = Some(msg.body.clone());
+            self.unnamed_here = true;
             return Ok(());
         }
         let name = String::from_utf8_lossy(name).into_owned();
@@ -231,6 +244,15 @@ impl ClientStatements {
         out: &mut BytesMut,
     ) -> Option<String> {
         if name.is_empty() {
+            // Another client's unnamed statement may sit on this backend:
+            // re-create the client's own first.
+            if !self.unnamed_here {
+                if let Some(parse) = self.last_unnamed.clone() {
+                    messages::tagged(out, b'P', &parse);
+                    self.expect(b'1', true, None);
+                    self.unnamed_here = true;
+                }
+            }
             return None;
         }
         let statement = self
@@ -340,6 +362,11 @@ impl ClientStatements {
             }
             _ => None,
         }
+    }
+
+    /// The client got another backend (a new transaction-mode checkout).
+    pub fn new_backend(&mut self) {
+        self.unnamed_here = false;
     }
 
     /// `n` Syncs reached the backend in copy mode and will get no
@@ -504,6 +531,44 @@ mod tests {
             }
         }
         assert_eq!(backend.len(), MAX_PREPARED_PER_BACKEND);
+    }
+
+    #[test]
+    fn unnamed_statement_follows_the_client_to_a_new_backend() {
+        let mut client = ClientStatements::default();
+        let mut backend = BackendStatements::default();
+        let mut out = BytesMut::new();
+        client
+            .forward(&msg(b'P', b"\0select $1\0\0\0"), &mut backend, &mut out)
+            .unwrap();
+        client
+            .forward(&msg(b'S', b""), &mut backend, &mut out)
+            .unwrap();
+        assert!(client.on_backend_message(b'1', &mut backend));
+        assert!(client.on_backend_message(b'Z', &mut backend));
+        // Same checkout: the Bind goes straight through.
+        let mut out = BytesMut::new();
+        client
+            .forward(&msg(b'B', b"\0\0\0\0\0\0\0\0"), &mut backend, &mut out)
+            .unwrap();
+        assert_eq!(messages_of(out).len(), 1);
+        // Next transaction, another backend: the client's own unnamed
+        // statement is re-created first and its ParseComplete swallowed.
+        client.new_backend();
+        let mut out = BytesMut::new();
+        client
+            .forward(&msg(b'B', b"\0\0\0\0\0\0\0\0"), &mut backend, &mut out)
+            .unwrap();
+        client
+            .forward(&msg(b'S', b""), &mut backend, &mut out)
+            .unwrap();
+        let sent = messages_of(out);
+        assert_eq!(
+            sent.iter().map(|m| m.0).collect::<Vec<_>>(),
+            vec![b'P', b'B', b'S']
+        );
+        assert_eq!(&sent[0].1[..], b"\0select $1\0\0\0");
+        assert!(!client.on_backend_message(b'1', &mut backend));
     }
 
     #[test]

@@ -37,7 +37,10 @@ async def setup():
 async def worker(w, pids):
     # A small cache on some connections makes asyncpg close evicted
     # statements (protocol Close) while others keep all of theirs.
-    cache = 4 if w % 2 else 100
+    # statement_cache_size=0 (the setting advised for PgBouncer) makes
+    # asyncpg parse unnamed statements in one round trip and bind them in
+    # the next, which may run on another backend.
+    cache = 0 if w % 3 == 0 else (4 if w % 2 else 100)
     conn = await asyncpg.connect(DSN, timeout=10, statement_cache_size=cache)
     try:
         # 1. The statement cache: the same texts again and again.

@@ -325,15 +325,27 @@ async fn prepared_statements_survive_backend_switches() {
             .unwrap();
         clients.push((c, conn, stmt));
     }
+    // A holder in an open transaction pins one backend, so the clients run
+    // on the other; without it they take the backend the holder just gave
+    // back. Every round therefore moves them, and their statements must be
+    // re-created where they are missing.
+    let (holder, _h) = connect(&proxy.pg_config("app.tx")).await.unwrap();
     let mut pids = std::collections::HashSet::new();
-    for round in 0..5 {
+    for round in 0..6 {
+        let hold = round % 2 == 0;
+        if hold {
+            holder.simple_query("begin").await.unwrap();
+        }
         for (c, _, stmt) in &clients {
             let row = c.query_one(stmt, &[&round]).await.unwrap();
             assert_eq!(row.get::<_, i32>(0), round + 1);
             pids.insert(row.get::<_, i32>(1));
         }
+        if hold {
+            holder.simple_query("commit").await.unwrap();
+        }
     }
-    assert!(pids.len() <= 2, "{pids:?}");
+    assert_eq!(pids.len(), 2, "the clients never changed backend: {pids:?}");
     // Dropping a statement closes it; preparing again works on any backend.
     let (c, _conn, stmt) = clients.pop().unwrap();
     drop(stmt);
@@ -421,11 +433,15 @@ async fn abandoned_transactions_never_return_dirty_and_session_state_is_visible(
         .unwrap();
     let (other, _o) = connect(&proxy.pg_config("app.pin")).await.unwrap();
     for _ in 0..5 {
-        other.simple_query("select 1").await.unwrap();
+        // `other` takes whatever backend is free while `pinned` works:
+        // without pinning that would be scratch's backend, and the insert
+        // would run elsewhere and fail.
+        other.simple_query("begin").await.unwrap();
         pinned
             .simple_query("insert into scratch values (1)")
             .await
             .unwrap();
+        other.simple_query("commit").await.unwrap();
     }
     let n: i64 = pinned
         .query_one("select count(*) from scratch", &[])
