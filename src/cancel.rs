@@ -334,7 +334,8 @@ impl Drop for Registration {
     }
 }
 
-async fn send_cancel(target: CancelTarget, connect_timeout: Duration) -> std::io::Result<()> {
+/// Sends `target` its `CancelRequest`.
+pub async fn send_cancel(target: CancelTarget, connect_timeout: Duration) -> std::io::Result<()> {
     let mut stream = tokio::time::timeout(connect_timeout, TcpStream::connect(target.addr))
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;

@@ -334,10 +334,24 @@ impl Session<'_> {
                     return Err(SessionError::BackendLost);
                 };
                 self.bytes.from_client += to_server.len() as u64;
-                if lease.conn.stream.write_all(&to_server).await.is_err() {
+                // Read while writing: a big pipeline whose answers fill the
+                // socket buffers would otherwise block both sides for good.
+                if write_draining(&mut lease.conn.stream, &to_server, &mut from_server)
+                    .await
+                    .is_err()
+                {
                     return self.backend_lost(client).await;
                 }
                 to_server.clear();
+                if !from_server.is_empty() {
+                    self.deliver(
+                        client,
+                        &mut from_server,
+                        &mut to_client,
+                        from_client.is_empty(),
+                    )
+                    .await?;
+                }
             }
             if terminated {
                 return Ok(());
@@ -372,22 +386,38 @@ impl Session<'_> {
                 read = lease.conn.stream.read_buf(&mut from_server) => match read {
                     Ok(0) | Err(_) => return self.backend_lost(client).await,
                     Ok(_) => {
-                        let release = self.relay_server_messages(&mut from_server, &mut to_client)?;
-                        self.bytes.to_client += to_client.len() as u64;
-                        client.write_all(&to_client).await.map_err(SessionError::ClientIo)?;
-                        to_client.clear();
-                        if release && from_client.is_empty() {
-                            self.checkin();
-                        }
-                        // Between transactions: a removed tenant's clients
-                        // leave here.
-                        if self.status == b'I' && self.pending == 0 && !self.open_sequence {
-                            self.follow_reload(client).await?;
-                        }
+                        self.deliver(client, &mut from_server, &mut to_client, from_client.is_empty())
+                            .await?;
                     }
                 },
             }
         }
+    }
+
+    /// Relays the complete backend messages in `from_server` to the client
+    /// and hands the backend back when the transaction is over.
+    async fn deliver<C: AsyncWrite + Unpin>(
+        &mut self,
+        client: &mut C,
+        from_server: &mut BytesMut,
+        to_client: &mut BytesMut,
+        client_quiet: bool,
+    ) -> Result<(), SessionError> {
+        let release = self.relay_server_messages(from_server, to_client)?;
+        self.bytes.to_client += to_client.len() as u64;
+        client
+            .write_all(to_client)
+            .await
+            .map_err(SessionError::ClientIo)?;
+        to_client.clear();
+        if release && client_quiet {
+            self.checkin();
+        }
+        // Between transactions: a removed tenant's clients leave here.
+        if self.status == b'I' && self.pending == 0 && !self.open_sequence {
+            self.follow_reload(client).await?;
+        }
+        Ok(())
     }
 
     fn count_client_message(&mut self, msg: &Message) {
@@ -646,7 +676,22 @@ impl Session<'_> {
         };
         let cancelled = self.registration.detach();
         let idle = self.pending == 0 && !self.open_sequence && self.status == b'I';
-        if !idle || cancelled {
+        if !idle {
+            // The client left mid-query: stop the query, so the backend
+            // closing does not leave it running and holding locks.
+            if self.pending > 0 {
+                let target = CancelTarget {
+                    addr: lease.conn.addr,
+                    key: lease.conn.key,
+                };
+                let timeout = self.shared.settings.connect_timeout;
+                tokio::spawn(async move {
+                    let _ = crate::cancel::send_cancel(target, timeout).await;
+                });
+            }
+            return;
+        }
+        if cancelled {
             return;
         }
         let clean = match self.pool.reset_query() {
@@ -817,9 +862,47 @@ fn strip_leading_comments(mut s: &str) -> &str {
     }
 }
 
+/// Most backend output buffered while a client pipeline is being written;
+/// past it pgcell stops reading until the write completes.
+const MAX_BUFFERED_WHILE_WRITING: usize = 64 << 20;
+
+/// Writes `data` to `stream`, reading what the backend answers meanwhile
+/// into `answers`. Not cancel safe.
+async fn write_draining<S>(
+    stream: &mut S,
+    data: &[u8],
+    answers: &mut BytesMut,
+) -> std::io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let mut written = 0;
+    while written < data.len() {
+        answers.reserve(READ_CHUNK);
+        tokio::select! {
+            n = writer.write(&data[written..]) => {
+                let n = n?;
+                if n == 0 {
+                    return Err(std::io::ErrorKind::WriteZero.into());
+                }
+                written += n;
+            }
+            read = reader.read_buf(answers), if answers.len() < MAX_BUFFERED_WHILE_WRITING => {
+                if read? == 0 {
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
+            }
+        }
+    }
+    writer.flush().await
+}
+
 /// A SQL string literal.
+/// An escape-string literal, valid whatever `standard_conforming_strings`
+/// the backend has.
 fn quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
+    format!("E'{}'", s.replace('\\', "\\\\").replace('\'', "''"))
 }
 
 /// `-c name=value` and `--name=value` settings from the `options` startup
@@ -918,6 +1001,7 @@ mod tests {
 
     #[test]
     fn quoting() {
-        assert_eq!(quote("it's"), "'it''s'");
+        assert_eq!(quote("it's"), "E'it''s'");
+        assert_eq!(quote("a\\b"), "E'a\\\\b'");
     }
 }

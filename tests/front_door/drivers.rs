@@ -185,7 +185,7 @@ fn read_all(mut f: File) -> String {
 /// `app` user logs in with a password file.
 fn transaction_tenant(id: &str, cluster: &pgcell::local_pg::Cluster, size: u32) -> String {
     format!(
-        "{}[tenants.pool]\nmode = \"transaction\"\nsize = {size}\n[[tenants.users]]\nname = \"app\"\npassword_file = \"{{pw}}\"\n",
+        "{}[tenants.pool]\nmode = \"transaction\"\nsize = {size}\nacquire_timeout = \"60s\"\n[[tenants.users]]\nname = \"app\"\npassword_file = \"{{pw}}\"\n",
         tenant(id, cluster, "")
     )
 }
