@@ -49,6 +49,8 @@ pub const AUTH_QUERY_ERRORS: &str = "pgcell_auth_query_errors_total";
 pub const AUTH_QUERY_CACHE_HITS: &str = "pgcell_auth_query_cache_hits_total";
 /// auth_query lookups that asked the backend (label: tenant).
 pub const AUTH_QUERY_CACHE_MISSES: &str = "pgcell_auth_query_cache_misses_total";
+/// How long transaction-mode clients held a backend (label: tenant).
+pub const TRANSACTION_SECONDS: &str = "pgcell_transaction_duration_seconds";
 /// Queries (simple `Query` and extended `Execute`) sent by pooled clients
 /// (label: tenant).
 pub const QUERIES: &str = "pgcell_queries_total";
@@ -110,6 +112,9 @@ pub fn handle() -> &'static PrometheusHandle {
             })
             .and_then(|b| {
                 b.set_buckets_for_metric(Matcher::Full(POOL_WAIT_SECONDS.into()), LATENCY_BUCKETS)
+            })
+            .and_then(|b| {
+                b.set_buckets_for_metric(Matcher::Full(TRANSACTION_SECONDS.into()), LATENCY_BUCKETS)
             });
         let recorder = match builder {
             Ok(b) => b.build_recorder(),
@@ -219,6 +224,11 @@ fn describe() {
     describe_counter!(
         SESSION_STATE,
         "Statements in transaction mode whose session state would not survive a backend switch, by kind."
+    );
+    describe_histogram!(
+        TRANSACTION_SECONDS,
+        Unit::Seconds,
+        "Time a transaction-mode client held its backend, per transaction."
     );
     describe_histogram!(
         POOL_WAIT_SECONDS,

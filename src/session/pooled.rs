@@ -186,6 +186,8 @@ where
         syncs_since_execute: 0,
         in_copy: false,
         state_dirty: false,
+        checked_out_at: std::time::Instant::now(),
+        transaction_seconds: metrics::histogram!(m::TRANSACTION_SECONDS, "tenant" => tenant.id().to_owned()),
         queries: metrics::counter!(m::QUERIES, "tenant" => tenant.id().to_owned()),
     };
     if let Some(lease) = first_lease {
@@ -242,6 +244,10 @@ struct Session<'a> {
     in_copy: bool,
     /// This checkout left session state on the backend.
     state_dirty: bool,
+    /// When the current backend was checked out.
+    checked_out_at: std::time::Instant,
+    /// `pgcell_transaction_duration_seconds` for this tenant.
+    transaction_seconds: metrics::Histogram,
     /// `pgcell_queries_total` for this tenant.
     queries: metrics::Counter,
 }
@@ -647,6 +653,7 @@ impl Session<'_> {
             return Err(SessionError::BackendLost);
         }
         self.statements.new_backend();
+        self.checked_out_at = std::time::Instant::now();
         self.registration.attach(CancelTarget {
             addr: lease.conn.addr,
             key: lease.conn.key,
@@ -662,6 +669,8 @@ impl Session<'_> {
         };
         let cancelled = self.registration.detach();
         metrics::counter!(m::TRANSACTIONS, "tenant" => self.tenant.clone()).increment(1);
+        self.transaction_seconds
+            .record(self.checked_out_at.elapsed().as_secs_f64());
         // Session state left on the backend (LISTEN, temp tables, SET of
         // unreported settings, ...) must not reach the next client.
         let dirty = std::mem::take(&mut self.state_dirty);

@@ -91,6 +91,16 @@ async fn pgbench_through_transaction_and_session_pools() {
     assert!(backends.parse::<u32>().unwrap() <= 13, "{backends}");
     let m = proxy.metrics().await;
     assert!(metric(&m, "pgcell_transactions_total", &[("tenant", "tx")]).unwrap() > 100.0);
+    assert!(
+        metric(
+            &m,
+            "pgcell_transaction_duration_seconds_count",
+            &[("tenant", "tx")]
+        )
+        .unwrap()
+            > 100.0
+    );
+    assert!(metric(&m, "pgcell_queries_total", &[("tenant", "tx")]).unwrap() > 100.0);
     proxy.stop().await;
 }
 
