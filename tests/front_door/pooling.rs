@@ -329,7 +329,10 @@ async fn prepared_statements_survive_backend_switches() {
     let (ok, out) = pgbench(
         port,
         "app.tx",
-        &["-c", "4", "-j", "2", "-t", "20", "-M", "prepared"],
+        // One thread per client: pgbench prepares synchronously, so a
+        // thread that serves two clients can block in PREPARE for a backend
+        // held by its own other client, mid-transaction (docs/pooling.md).
+        &["-c", "4", "-j", "4", "-t", "20", "-M", "prepared"],
     );
     assert!(ok && processed(&out) == 80, "{out}");
 
