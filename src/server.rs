@@ -352,6 +352,11 @@ impl ServerHandle {
         self.shared.lifecycle.state()
     }
 
+    /// Successful reloads so far.
+    pub fn reloads(&self) -> u64 {
+        *self.shared.reloaded.borrow()
+    }
+
     /// Cancel keys issued to sessions that are still open.
     pub fn cancel_keys(&self) -> usize {
         self.shared.cancel.len()

@@ -72,8 +72,7 @@ async fn scenario(a: &pgcell::local_pg::Cluster, proxy: bool) {
         &one.config_path(),
         &replica(listen, 1, Some((2, two.addr)), &acme),
     );
-    one.handle.reload();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    one.reload_and_wait().await;
     let before = two.metrics().await;
 
     // A client of replica 1, cancelled through replica 2.

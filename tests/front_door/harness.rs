@@ -189,6 +189,19 @@ impl Proxy {
         self.task = Some(task);
     }
 
+    /// Reloads and waits until the reload has been applied.
+    pub async fn reload_and_wait(&self) {
+        let before = self.handle.reloads();
+        self.handle.reload();
+        for _ in 0..200 {
+            if self.handle.reloads() > before {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("reload was not applied within 10 s");
+    }
+
     /// Shuts down and waits for the server to stop.
     pub async fn stop(mut self) {
         self.handle.shutdown();

@@ -183,8 +183,7 @@ async fn reload_swaps_certificate_and_tenants_without_dropping_sessions() {
         &proxy.config_path(),
         &(text.clone() + &tenant("newco", &b, "")),
     );
-    proxy.handle.reload();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.reload_and_wait().await;
 
     session
         .simple_query("select 1")

@@ -565,8 +565,7 @@ async fn reload_resizes_pools_and_closes_removed_tenants_after_their_transaction
     )
     .replace("password_file = \"{pw}\"", &pw_line);
     write(&path, &grown);
-    proxy.handle.reload();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.reload_and_wait().await;
 
     // Both acme clients now fit at once, on the new pool.
     c1.simple_query("begin").await.unwrap();
