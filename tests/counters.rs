@@ -144,7 +144,8 @@ async fn each_failure_moves_exactly_its_counter() {
     // Over listen.max_client_connections (3): the fourth socket gets 53300
     // at once, before it sends anything.
     let held: Vec<TcpStream> = futures_connect(proxy.addr, 3).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Give the accept loop time to take the three slots, even on a busy box.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
     let mut tcp = TcpStream::connect(proxy.addr).await.unwrap();
     let reply = read_until_close(&mut tcp, Duration::from_secs(5)).await;
     let (code, msg, _) = error_fields(&reply).unwrap();

@@ -43,17 +43,18 @@ fn count(m: &str, outcome: &str) -> f64 {
 /// `cancel_at`, and expects 57014 quickly.
 async fn cancel_via(client: Client, cancel_at: SocketAddr, proxy: bool) {
     let token = client.cancel_token();
-    let sleeper = tokio::spawn(async move { client.simple_query("select pg_sleep(30)").await });
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    token
-        .cancel_query_raw(tcp(cancel_at, proxy).await, NoTls)
-        .await
-        .unwrap();
-    let err = tokio::time::timeout(Duration::from_secs(5), sleeper)
-        .await
-        .expect("query cancelled within 5 s")
-        .unwrap()
-        .expect_err("the query was cancelled");
+    let mut sleeper = tokio::spawn(async move { client.simple_query("select pg_sleep(30)").await });
+    let err = cancel_until_done(&mut sleeper, || {
+        let token = token.clone();
+        async move {
+            token
+                .cancel_query_raw(tcp(cancel_at, proxy).await, NoTls)
+                .await
+                .unwrap()
+        }
+    })
+    .await
+    .expect_err("the query was cancelled");
     assert_eq!(code_of(&err), "57014");
 }
 

@@ -454,3 +454,23 @@ pub fn pgbench(port: u16, user: &str, args: &[&str]) -> (bool, String) {
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     (out.status.success(), text)
 }
+
+/// Sends cancels through `send` until `running` ends (a cancel that arrives
+/// before the query started is ignored by PostgreSQL, so one is not enough
+/// on a loaded machine) and returns how it ended.
+pub async fn cancel_until_done<T, F, Fut>(
+    running: &mut tokio::task::JoinHandle<T>,
+    mut send: F,
+) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    for _ in 0..40 {
+        send().await;
+        if let Ok(done) = tokio::time::timeout(Duration::from_millis(500), &mut *running).await {
+            return done.expect("query task");
+        }
+    }
+    panic!("the query was not cancelled within 20 s");
+}

@@ -149,19 +149,17 @@ async fn cancel_reaches_the_right_backend() {
     let (client, _c) = connect(&proxy.pg_config("app.acme")).await.unwrap();
     let (bystander, _c2) = connect(&proxy.pg_config("app.acme")).await.unwrap();
     let token = client.cancel_token();
-    let sleeper = tokio::spawn(async move { client.simple_query("select pg_sleep(30)").await });
+    let mut sleeper = tokio::spawn(async move { client.simple_query("select pg_sleep(30)").await });
     let bystander_sleep =
         tokio::spawn(async move { bystander.simple_query("select pg_sleep(2)").await });
-    tokio::time::sleep(Duration::from_millis(500)).await;
     // tokio-postgres sends the CancelRequest to pgcell (host/port of the
     // connection) with the key pgcell issued.
-    token.cancel_query(tokio_postgres::NoTls).await.unwrap();
-    let err = tokio::time::timeout(Duration::from_secs(10), sleeper)
-        .await
-        .expect("query cancelled in time")
-        .unwrap()
-        .err()
-        .unwrap();
+    let err = cancel_until_done(&mut sleeper, || {
+        let token = token.clone();
+        async move { token.cancel_query(tokio_postgres::NoTls).await.unwrap() }
+    })
+    .await
+    .unwrap_err();
     assert_eq!(code_of(&err), "57014");
     // The other session was not cancelled.
     bystander_sleep.await.unwrap().unwrap();

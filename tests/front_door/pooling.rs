@@ -275,14 +275,13 @@ async fn exhausted_pool_times_out_and_cancel_hits_only_the_running_query() {
     // Cancel in transaction mode: reaches the backend running the query.
     let (sleeper, _s) = connect(&proxy.pg_config("app.acme")).await.unwrap();
     let token = sleeper.cancel_token();
-    let task = tokio::spawn(async move { sleeper.simple_query("select pg_sleep(30)").await });
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    token.cancel_query(tokio_postgres::NoTls).await.unwrap();
-    let err = tokio::time::timeout(Duration::from_secs(10), task)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap_err();
+    let mut task = tokio::spawn(async move { sleeper.simple_query("select pg_sleep(30)").await });
+    let err = cancel_until_done(&mut task, || {
+        let token = token.clone();
+        async move { token.cancel_query(tokio_postgres::NoTls).await.unwrap() }
+    })
+    .await
+    .unwrap_err();
     assert_eq!(code_of(&err), "57014");
     // An idle client's cancel does nothing; the next query runs.
     let (idle, _i) = connect(&proxy.pg_config("app.acme")).await.unwrap();
