@@ -15,6 +15,15 @@ fn pooled_tenant(id: &str, cluster: &pgcell::local_pg::Cluster, pool: &str) -> S
     )
 }
 
+/// A pgcell serving one pooled tenant `id` on `cluster`.
+async fn pooled_proxy(id: &str, cluster: &pgcell::local_pg::Cluster, pool: &str) -> Proxy {
+    Proxy::start_with_files(
+        &config_text("", "allow", &pooled_tenant(id, cluster, pool)),
+        &[("pw", APP_PASSWORD)],
+    )
+    .await
+}
+
 fn init_pgbench(cluster: &pgcell::local_pg::Cluster) {
     let out = std::process::Command::new("pgbench")
         .args([
@@ -107,15 +116,7 @@ async fn pgbench_through_transaction_and_session_pools() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scram_plus_and_failed_logins() {
     let a = cluster("cluster-scram");
-    let proxy = Proxy::start_with_files(
-        &config_text(
-            "",
-            "allow",
-            &pooled_tenant("acme", &a, "mode = \"transaction\"\nsize = 2"),
-        ),
-        &[("pw", APP_PASSWORD)],
-    )
-    .await;
+    let proxy = pooled_proxy("acme", &a, "mode = \"transaction\"\nsize = 2").await;
     let port = proxy.addr.port();
     // pgcell terminates TLS, so it offers SCRAM-SHA-256-PLUS itself.
     let out = psql(
@@ -193,15 +194,7 @@ async fn stored_scram_secret_logs_in_with_the_recovered_client_key() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn settings_follow_the_client_across_backends() {
     let a = cluster("cluster-params");
-    let proxy = Proxy::start_with_files(
-        &config_text(
-            "",
-            "allow",
-            &pooled_tenant("acme", &a, "mode = \"transaction\"\nsize = 1"),
-        ),
-        &[("pw", APP_PASSWORD)],
-    )
-    .await;
+    let proxy = pooled_proxy("acme", &a, "mode = \"transaction\"\nsize = 1").await;
     let mut cfg_a = proxy.pg_config("app.acme");
     cfg_a.application_name("client-a");
     cfg_a.options("-c search_path=alpha,public");
@@ -242,17 +235,10 @@ async fn show(c: &tokio_postgres::Client, q: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exhausted_pool_times_out_and_cancel_hits_only_the_running_query() {
     let a = cluster("cluster-exhaust");
-    let proxy = Proxy::start_with_files(
-        &config_text(
-            "",
-            "allow",
-            &pooled_tenant(
-                "acme",
-                &a,
-                "mode = \"transaction\"\nsize = 1\nacquire_timeout = \"500ms\"",
-            ),
-        ),
-        &[("pw", APP_PASSWORD)],
+    let proxy = pooled_proxy(
+        "acme",
+        &a,
+        "mode = \"transaction\"\nsize = 1\nacquire_timeout = \"500ms\"",
     )
     .await;
     let (holder, _h) = connect(&proxy.pg_config("app.acme")).await.unwrap();
@@ -476,15 +462,7 @@ async fn abandoned_transactions_never_return_dirty_and_session_state_is_visible(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pool_recovers_after_a_backend_restart() {
     let a = cluster("cluster-restart");
-    let proxy = Proxy::start_with_files(
-        &config_text(
-            "",
-            "allow",
-            &pooled_tenant("acme", &a, "mode = \"transaction\"\nsize = 2"),
-        ),
-        &[("pw", APP_PASSWORD)],
-    )
-    .await;
+    let proxy = pooled_proxy("acme", &a, "mode = \"transaction\"\nsize = 2").await;
     let (client, _c) = connect(&proxy.pg_config("app.acme")).await.unwrap();
     client.simple_query("select 1").await.unwrap();
     let a = tokio::task::spawn_blocking(move || {
@@ -592,15 +570,7 @@ async fn reload_resizes_pools_and_closes_removed_tenants_after_their_transaction
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn min_idle_backends_are_kept_open() {
     let a = cluster("cluster-min-idle");
-    let proxy = Proxy::start_with_files(
-        &config_text(
-            "",
-            "allow",
-            &pooled_tenant("acme", &a, "mode = \"transaction\"\nsize = 4\nmin_idle = 3"),
-        ),
-        &[("pw", APP_PASSWORD)],
-    )
-    .await;
+    let proxy = pooled_proxy("acme", &a, "mode = \"transaction\"\nsize = 4\nmin_idle = 3").await;
     // The first login teaches the pool how to log in; upkeep (every 5 s)
     // then opens backends up to min_idle.
     let (client, _c) = connect(&proxy.pg_config("app.acme")).await.unwrap();
@@ -710,17 +680,10 @@ async fn md5_copy_session_pgbench_and_pool_client_limit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn late_cancels_never_hit_the_next_client_on_a_handed_on_backend() {
     let a = cluster("cluster-race");
-    let proxy = Proxy::start_with_files(
-        &config_text(
-            "",
-            "allow",
-            &pooled_tenant(
-                "acme",
-                &a,
-                "mode = \"transaction\"\nsize = 1\nacquire_timeout = \"10s\"",
-            ),
-        ),
-        &[("pw", APP_PASSWORD)],
+    let proxy = pooled_proxy(
+        "acme",
+        &a,
+        "mode = \"transaction\"\nsize = 1\nacquire_timeout = \"10s\"",
     )
     .await;
     // A runs short queries while its cancel key is fired continuously; B
@@ -774,15 +737,7 @@ async fn late_cancels_never_hit_the_next_client_on_a_handed_on_backend() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_pipelines_complete() {
     let a = cluster("cluster-pipeline");
-    let proxy = Proxy::start_with_files(
-        &config_text(
-            "",
-            "allow",
-            &pooled_tenant("acme", &a, "mode = \"transaction\"\nsize = 1"),
-        ),
-        &[("pw", APP_PASSWORD)],
-    )
-    .await;
+    let proxy = pooled_proxy("acme", &a, "mode = \"transaction\"\nsize = 1").await;
     let (client, _c) = connect(&proxy.pg_config("app.acme")).await.unwrap();
     let stmt = client.prepare("select $1::text").await.unwrap();
     // tokio-postgres pipelines concurrent queries on one connection: about
