@@ -15,13 +15,17 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 pub use crate::proxy_protocol::ProxyMode;
+pub use aws::AwsConfig;
 pub use cancel::{CancelConfig, CancelPeer};
+pub use kubernetes::{DiscoveryMode, KubernetesConfig};
 pub use pooling::{
     AuthMode, AuthQueryConfig, Credential, Password, PoolConfig, PoolMode, UserConfig,
     DEFAULT_AUTH_QUERY,
 };
 
+mod aws;
 mod cancel;
+mod kubernetes;
 mod pooling;
 
 /// A fully checked configuration.
@@ -39,12 +43,31 @@ pub struct Config {
     pub log: LogConfig,
     /// How long a shutdown waits for sessions to finish.
     pub shutdown_grace: Duration,
+    /// The drain before that: `[shutdown]`'s other keys.
+    pub drain: DrainConfig,
     /// The tenants served.
     pub tenants: Vec<TenantConfig>,
     /// The admin console.
     pub admin: AdminConfig,
     /// Cancel keys and the peers cancels are forwarded to.
     pub cancel: CancelConfig,
+    /// NLB self-registration.
+    pub aws: AwsConfig,
+    /// Discovery from Kubernetes.
+    pub kubernetes: KubernetesConfig,
+}
+
+/// How a drain leaves the target group (`[shutdown]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DrainConfig {
+    /// How long new connections are still accepted after the drain starts
+    /// (the NLB takes a while to stop sending new flows to a deregistered
+    /// target).
+    pub propagation: Duration,
+    /// Longest wait for the target to leave the target group after
+    /// DeregisterTargets; set it to the target group's deregistration
+    /// delay.
+    pub deregistration_timeout: Duration,
 }
 
 /// `[admin]`: who may use the admin console (database `pgcell`).
@@ -254,6 +277,10 @@ struct RawConfig {
     admin: RawAdmin,
     #[serde(default)]
     cancel: cancel::RawCancel,
+    #[serde(default)]
+    aws: aws::RawAws,
+    #[serde(default)]
+    kubernetes: kubernetes::RawKubernetes,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -384,14 +411,28 @@ fn default_log_level() -> String {
 struct RawShutdown {
     #[serde(default = "default_grace")]
     grace: String,
+    #[serde(default = "default_propagation")]
+    propagation: String,
+    #[serde(default = "default_deregistration_timeout")]
+    deregistration_timeout: String,
 }
 
 impl Default for RawShutdown {
     fn default() -> Self {
         RawShutdown {
             grace: default_grace(),
+            propagation: default_propagation(),
+            deregistration_timeout: default_deregistration_timeout(),
         }
     }
+}
+
+fn default_propagation() -> String {
+    "10s".into()
+}
+fn default_deregistration_timeout() -> String {
+    // The target group's default deregistration delay.
+    "300s".into()
 }
 
 fn default_grace() -> String {
@@ -547,6 +588,13 @@ impl Config {
             p.push("log.level", format!("invalid filter {:?}", log.level));
         }
         let shutdown_grace = p.duration("shutdown.grace", &raw.shutdown.grace);
+        let drain = DrainConfig {
+            propagation: p.duration("shutdown.propagation", &raw.shutdown.propagation),
+            deregistration_timeout: p.duration(
+                "shutdown.deregistration_timeout",
+                &raw.shutdown.deregistration_timeout,
+            ),
+        };
 
         let mut ids = HashSet::new();
         let tenants: Vec<TenantConfig> = raw
@@ -572,6 +620,8 @@ impl Config {
         }
         let admin = AdminConfig { users: admin_users };
         let cancel = cancel::cancel_from_raw(raw.cancel, p);
+        let aws = aws::aws_from_raw(raw.aws, p);
+        let kubernetes = kubernetes::kubernetes_from_raw(raw.kubernetes, p);
 
         Config {
             listen,
@@ -580,9 +630,12 @@ impl Config {
             backend,
             log,
             shutdown_grace,
+            drain,
             tenants,
             admin,
             cancel,
+            aws,
+            kubernetes,
         }
     }
 }
@@ -764,6 +817,22 @@ impl Config {
         } else {
             Err(p.into_error())
         }
+    }
+}
+
+/// Problems of one tenant (one found by discovery, say) under the running
+/// listener and TLS setup.
+pub fn tenant_problems_of(
+    t: &TenantConfig,
+    listen: &ListenConfig,
+    tls: &TlsConfig,
+) -> Result<(), ConfigError> {
+    let mut p = Problems::default();
+    check_reachable(t, &format!("tenant {:?}", t.id), listen, tls, &mut p);
+    if p.0.is_empty() {
+        Ok(())
+    } else {
+        Err(p.into_error())
     }
 }
 

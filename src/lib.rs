@@ -21,7 +21,9 @@
 //! | [`health`] | the TCP health port the NLB checks |
 //! | [`admin`] | HTTP `/metrics`, `/livez`, `/readyz` |
 //! | [`metrics`] | every metric name and help text |
-//! | [`lifecycle`] | Starting → Ready → Stopping → Stopped |
+//! | [`lifecycle`] | Starting → Ready → Draining → Stopping → Stopped |
+//! | [`register`] | this replica's NLB target: RegisterTargets when ready, DeregisterTargets first in a drain (`register/aws.rs`) |
+//! | [`discovery`] | tenants (`PgcellTenant`), their backends and the peers from Kubernetes (`discovery/kube.rs`) |
 //! | [`server`] | shared state; bind, serve, reload, shut down |
 //! | [`config`] | TOML → typed [`config::Config`], every problem reported at once |
 //! | [`local_pg`] | throwaway local PostgreSQL clusters for the demo and tests |
@@ -42,6 +44,7 @@ pub mod clients;
 pub mod config;
 pub mod console;
 pub mod demo;
+pub mod discovery;
 pub mod handshake;
 pub mod health;
 pub mod lifecycle;
@@ -51,6 +54,7 @@ pub mod metrics;
 pub mod pool;
 pub mod protocol;
 pub mod proxy_protocol;
+pub mod register;
 pub mod route;
 pub mod server;
 pub mod session;

@@ -83,6 +83,31 @@ pub const CONFIG_RELOADS: &str = "pgcell_config_reloads_total";
 pub const HEALTH_CHECKS: &str = "pgcell_health_checks_total";
 /// Build information (labels: version).
 pub const BUILD_INFO: &str = "pgcell_build_info";
+/// This replica's NLB target state, 1 for the current one (label: state:
+/// `unregistered`, `registering`, `initial`, `healthy`, `unhealthy`,
+/// `unhealthy.draining`, `draining`, `unavailable`, `unused`,
+/// `deregistering`, `deregistered`, `error`).
+pub const TARGET_STATE: &str = "pgcell_target_state";
+/// ELBv2 API calls (labels: operation, outcome: `ok`, `retried`, `error`).
+pub const TARGET_API_CALLS: &str = "pgcell_target_api_calls_total";
+/// Times the target was found missing from the target group and
+/// registered again.
+pub const TARGET_REREGISTRATIONS: &str = "pgcell_target_reregistrations_total";
+/// The drain phase, 1 for the current one (label: phase: `serving`,
+/// `deregistering`, `propagating`, `waiting_for_deregistration`,
+/// `closing_sessions`, `stopped`).
+pub const DRAIN_PHASE: &str = "pgcell_drain_phase";
+/// Sessions closed by shutdown (label: how: `at_transaction_boundary`,
+/// `grace_expired`).
+pub const SHUTDOWN_CLOSED: &str = "pgcell_shutdown_closed_sessions_total";
+/// Discovered tenants whose id is taken by a tenant in the config file.
+pub const DISCOVERY_CLASHES: &str = "pgcell_discovery_tenant_clashes";
+/// Tenants discovered from Kubernetes and in use.
+pub const DISCOVERY_TENANTS: &str = "pgcell_discovery_tenants";
+/// Kubernetes watch events and restarts (labels: resource, event).
+pub const DISCOVERY_EVENTS: &str = "pgcell_discovery_events_total";
+/// Peers (other replicas) known for cancel forwarding.
+pub const DISCOVERY_PEERS: &str = "pgcell_discovery_peers";
 
 /// Label value for connections whose tenant is unknown or not configured.
 pub const NO_TENANT: &str = "";
@@ -173,6 +198,33 @@ pub async fn upkeep_loop() {
 
 fn describe() {
     describe_counter!(TCP_ACCEPTED, "TCP connections accepted on the data port.");
+    describe_gauge!(
+        TARGET_STATE,
+        "This replica's NLB target state (1 = current)."
+    );
+    describe_counter!(
+        TARGET_API_CALLS,
+        "ELBv2 API calls, by operation and outcome."
+    );
+    describe_counter!(
+        TARGET_REREGISTRATIONS,
+        "Registrations repeated after the target went missing from its target group."
+    );
+    describe_gauge!(DRAIN_PHASE, "Shutdown drain phase (1 = current).");
+    describe_counter!(SHUTDOWN_CLOSED, "Sessions closed by shutdown, by how.");
+    describe_gauge!(
+        DISCOVERY_CLASHES,
+        "Discovered tenants ignored because the config file has their id."
+    );
+    describe_gauge!(DISCOVERY_TENANTS, "Tenants discovered from Kubernetes.");
+    describe_counter!(
+        DISCOVERY_EVENTS,
+        "Kubernetes watch events, by resource and event."
+    );
+    describe_gauge!(
+        DISCOVERY_PEERS,
+        "Other replicas known for cancel forwarding."
+    );
     describe_counter!(CLIENT_ACCEPTED, "Client connections routed to a tenant.");
     describe_gauge!(CLIENT_ACTIVE, "Client connections being served.");
     describe_counter!(

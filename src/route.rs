@@ -159,24 +159,32 @@ impl RoutingTable {
                 .and_then(|p| p.tenants.get(&t.id))
                 .map(|old| old.active.clone())
                 .unwrap_or_default();
-            let secrets = t
-                .users
-                .iter()
-                .map(|u| {
-                    let secret = match &u.credential {
-                        crate::config::Credential::ScramSecret(s) => s.clone(),
-                        crate::config::Credential::Password(pw) => {
-                            let nonce = crate::auth::random_nonce();
-                            crate::auth::secret::ScramSecret::from_password(
-                                &pw.0,
-                                &nonce[..16],
-                                crate::auth::secret::DEFAULT_ITERATIONS,
-                            )
-                        }
-                    };
-                    (u.name.clone(), secret)
-                })
-                .collect();
+            // Keep the derived secrets when the users did not change: a
+            // rebuild (reload, a discovered tenant changing) must not pay
+            // a PBKDF2 per password user each time.
+            let kept = previous
+                .and_then(|p| p.tenants.get(&t.id))
+                .filter(|old| old.config.users == t.users)
+                .map(|old| old.secrets.clone());
+            let secrets = kept.unwrap_or_else(|| {
+                t.users
+                    .iter()
+                    .map(|u| {
+                        let secret = match &u.credential {
+                            crate::config::Credential::ScramSecret(s) => s.clone(),
+                            crate::config::Credential::Password(pw) => {
+                                let nonce = crate::auth::random_nonce();
+                                crate::auth::secret::ScramSecret::from_password(
+                                    &pw.0,
+                                    &nonce[..16],
+                                    crate::auth::secret::DEFAULT_ITERATIONS,
+                                )
+                            }
+                        };
+                        (u.name.clone(), secret)
+                    })
+                    .collect()
+            });
             let auth_query = t.auth_query.clone().map(|q| {
                 crate::auth::query::AuthQuery::new(
                     q,

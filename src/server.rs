@@ -65,6 +65,27 @@ pub struct Shared {
     config_path: Option<PathBuf>,
     /// The sections a reload cannot change, as started.
     fixed: FixedSections,
+    /// The configuration file as last loaded, and what discovery added;
+    /// the routing table is built from both. The lock also serialises
+    /// rebuilds.
+    sources: std::sync::Mutex<Sources>,
+}
+
+/// What the routing table and the cancel peers are built from.
+struct Sources {
+    file: Config,
+    discovered: Discovered,
+}
+
+/// Tenants and peers learned at run time (from Kubernetes), merged with
+/// the file's: on an id clash the file's tenant wins and the clash is
+/// reported.
+#[derive(Debug, Clone, Default)]
+pub struct Discovered {
+    /// Tenants, each already validated.
+    pub tenants: Vec<crate::config::TenantConfig>,
+    /// Other replicas to forward cancels to.
+    pub peers: Vec<crate::config::CancelPeer>,
 }
 
 /// Configuration sections that need a restart to change.
@@ -226,6 +247,10 @@ impl Server {
             reloaded: tokio::sync::watch::Sender::new(0),
             config_path,
             fixed: FixedSections::of(&config),
+            sources: std::sync::Mutex::new(Sources {
+                file: config,
+                discovered: Discovered::default(),
+            }),
         });
         // Install the recorder before the first connection counts anything.
         crate::metrics::handle();
@@ -386,20 +411,75 @@ impl Shared {
                             "reload applies tenants and routing only; restart to apply changes to these sections"
                         );
                     }
-                    let previous = self.routes.load();
-                    let routes = RoutingTable::build(&config, Some(&previous))?;
-                    let console = crate::console::ConsoleConfig::from_config(&config);
-                    Ok((routes, console, config.cancel))
+                    let mut sources = self.lock_sources();
+                    let previous = std::mem::replace(&mut sources.file, config);
+                    self.rebuild(&sources).inspect_err(|_| sources.file = previous)
                 });
             let outcome = if result.is_ok() { "ok" } else { "error" };
             metrics::counter!(crate::metrics::CONFIG_RELOADS, "outcome" => outcome).increment(1);
-            let (routes, console, cancel) = result?;
-            self.cancel.set_peers(&cancel.peers);
-            self.pools.retire_tenants_except(|id| routes.contains(id));
-            self.routes.store(Arc::new(routes));
-            self.reloaded.send_modify(|generation| *generation += 1);
-            self.console.store(Arc::new(console));
+            result?;
         }
+        Ok(())
+    }
+
+    /// Replaces the tenants and peers discovery found and rebuilds the
+    /// routing table. A discovered tenant that the running listener
+    /// cannot serve as configured is left out and reported; a TLS
+    /// problem (an unusable backend CA) keeps the previous table.
+    pub fn set_discovered(&self, mut discovered: Discovered) -> Result<(), ReloadError> {
+        discovered.tenants.retain(|t| {
+            match crate::config::tenant_problems_of(t, &self.fixed.listen, &self.fixed.tls) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::error!(tenant = %t.id, problems = %e, "discovered tenant left out");
+                    false
+                }
+            }
+        });
+        let mut sources = self.lock_sources();
+        let previous = std::mem::replace(&mut sources.discovered, discovered);
+        let result = self.rebuild(&sources);
+        if result.is_err() {
+            sources.discovered = previous;
+        }
+        result
+    }
+
+    fn lock_sources(&self) -> std::sync::MutexGuard<'_, Sources> {
+        self.sources
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Builds the routing table, console and peers from `sources` and
+    /// swaps them in; tenants no longer present get their pools retired
+    /// and their idle clients told.
+    fn rebuild(&self, sources: &Sources) -> Result<(), ReloadError> {
+        let mut merged = sources.file.clone();
+        let mut clashes = 0;
+        for t in &sources.discovered.tenants {
+            if merged.tenants.iter().any(|f| f.id == t.id) {
+                clashes += 1;
+                tracing::warn!(tenant = %t.id, "a discovered tenant has the id of a tenant in the config file; the file's is used");
+            } else {
+                merged.tenants.push(t.clone());
+            }
+        }
+        metrics::gauge!(crate::metrics::DISCOVERY_CLASHES).set(clashes as f64);
+        let previous = self.routes.load();
+        let routes = RoutingTable::build(&merged, Some(&previous))?;
+        let console = crate::console::ConsoleConfig::from_config(&merged);
+        let mut peers = merged.cancel.peers.clone();
+        for peer in &sources.discovered.peers {
+            if !peers.iter().any(|p| p.addr == peer.addr) {
+                peers.push(peer.clone());
+            }
+        }
+        self.cancel.set_peers(&peers);
+        self.pools.retire_tenants_except(|id| routes.contains(id));
+        self.routes.store(Arc::new(routes));
+        self.reloaded.send_modify(|generation| *generation += 1);
+        self.console.store(Arc::new(console));
         Ok(())
     }
 }
