@@ -317,6 +317,7 @@ impl Server {
         if let Some(admin) = admin {
             background.spawn(crate::admin::serve(admin, shared.clone()));
         }
+        background.spawn(crate::discovery::run(shared.clone()));
         shared.lifecycle.set(State::Ready);
         tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "pgcell ready");
         let mut sessions = crate::listener::accept_loop(&listener, &shared, &mut control_rx).await;
@@ -443,6 +444,11 @@ impl Shared {
             sources.discovered = previous;
         }
         result
+    }
+
+    /// The configuration file as last loaded (without discovered tenants).
+    pub fn file_config(&self) -> Config {
+        self.lock_sources().file.clone()
     }
 
     fn lock_sources(&self) -> std::sync::MutexGuard<'_, Sources> {

