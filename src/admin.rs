@@ -1,10 +1,12 @@
-//! The admin HTTP port: `/metrics` (Prometheus text), `/livez`, `/readyz`.
+//! The admin HTTP port: `/metrics` (Prometheus text), `/livez`, `/readyz`,
+//! and `POST /drain` (the same drain as SIGTERM, for a `preStop` hook or
+//! an operator).
 
 use std::sync::Arc;
 
 use axum::extract::State as AxumState;
 use axum::http::StatusCode;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use tokio::net::TcpListener;
 
@@ -17,6 +19,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/metrics", get(metrics))
         .route("/livez", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .route("/drain", post(drain))
         .with_state(shared)
 }
 
@@ -53,5 +56,23 @@ async fn readyz(AxumState(shared): AxumState<Arc<Shared>>) -> (StatusCode, Strin
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (code, format!("{}\n", state.name()))
+    let mut body = format!("{}\n", state.name());
+    if shared.registration.enabled() {
+        body.push_str(&format!("target {}\n", shared.registration.state()));
+    }
+    (code, body)
+}
+
+/// Starts the drain; repeating it changes nothing (a second SIGTERM, not a
+/// second POST, cuts the waits short).
+async fn drain(AxumState(shared): AxumState<Arc<Shared>>) -> (StatusCode, String) {
+    if shared.start_drain() {
+        tracing::info!("drain requested on the admin port");
+        (StatusCode::ACCEPTED, "draining\n".into())
+    } else {
+        (
+            StatusCode::OK,
+            format!("already {}\n", shared.lifecycle.state().name()),
+        )
+    }
 }

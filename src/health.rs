@@ -1,7 +1,9 @@
 //! The TCP health port the NLB checks.
 //!
-//! It accepts only while pgcell is ready: the socket is bound at start (so
-//! the port is known and kept) but listens only in [`State::Ready`], and is
+//! It accepts only while pgcell is serving: the socket is bound at start (so
+//! the port is known and kept) but listens only in [`State::Ready`] and
+//! [`State::Draining`] (a target that fails its checks while draining gets
+//! its connections reset by the NLB), and is
 //! closed in every other state, so a TCP check fails fast with a refused
 //! connection. It tolerates a PROXY header (NLB checks carry `LOCAL` ones
 //! when the target group has PROXY v2 on), answers `HTTP/1.1 200` to an HTTP
@@ -55,7 +57,7 @@ impl HealthPort {
             if current == State::Stopped {
                 return;
             }
-            if current != State::Ready {
+            if !current.is_serving() {
                 if state.changed().await.is_err() {
                     return;
                 }
@@ -78,7 +80,7 @@ impl HealthPort {
                         }
                     }
                     changed = state.changed() => {
-                        if changed.is_err() || *state.borrow() != State::Ready {
+                        if changed.is_err() || !state.borrow().is_serving() {
                             break;
                         }
                     }

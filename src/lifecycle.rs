@@ -1,12 +1,18 @@
-//! Starting → Ready → Stopping → Stopped, and who watches it.
+//! Starting → Ready → Draining → Stopping → Stopped, and who watches it.
 //!
 //! - **Starting**: config, TLS and listeners are being set up; the health
 //!   port is closed.
 //! - **Ready**: the health port accepts, `/readyz` answers 200.
-//! - **Stopping**: the health port is closed so the NLB stops sending new
-//!   connections; the data port stops accepting; sessions get
-//!   `shutdown.grace` to finish; connections still in their handshake get
-//!   `57P01`.
+//! - **Draining** (first SIGTERM or `POST /drain`): the target is
+//!   deregistered first; the data port keeps accepting and the health port
+//!   keeps answering (an unhealthy target gets its connections reset by
+//!   the NLB) through `shutdown.propagation`, then until the target has
+//!   left the group (at most `shutdown.deregistration_timeout`);
+//!   `/readyz` answers 503.
+//! - **Stopping**: the data and health ports close; pooled clients leave
+//!   with `57P01` at their next transaction boundary (idle ones at once);
+//!   the rest get `shutdown.grace` to finish; connections still in their
+//!   handshake get `57P01`.
 //! - **Stopped**: everything is closed.
 
 use tokio::sync::watch;
@@ -18,6 +24,8 @@ pub enum State {
     Starting,
     /// Serving.
     Ready,
+    /// Leaving the target group; still serving.
+    Draining,
     /// Finishing the sessions it has.
     Stopping,
     /// Done.
@@ -25,11 +33,22 @@ pub enum State {
 }
 
 impl State {
+    /// Whether sessions should be ending.
+    pub fn is_stopping(self) -> bool {
+        matches!(self, State::Stopping | State::Stopped)
+    }
+
+    /// Whether the health port answers.
+    pub fn is_serving(self) -> bool {
+        matches!(self, State::Ready | State::Draining)
+    }
+
     /// Lower-case name for `/readyz` and logs.
     pub fn name(self) -> &'static str {
         match self {
             State::Starting => "starting",
             State::Ready => "ready",
+            State::Draining => "draining",
             State::Stopping => "stopping",
             State::Stopped => "stopped",
         }

@@ -4,21 +4,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::server::{Control, Shared};
+use crate::server::Shared;
 
 /// How long a refused connection may take to receive its error.
 const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_millis(200);
 
-/// Accepts connections and spawns a session for each until a
-/// [`Control::Shutdown`] (or every handle is gone). Returns the sessions
-/// still running.
+/// Accepts connections and spawns a session for each until `stop` turns
+/// true. Returns the sessions still running.
 pub async fn accept_loop(
     listener: &TcpListener,
     shared: &Arc<Shared>,
-    control: &mut mpsc::UnboundedReceiver<Control>,
+    mut stop: watch::Receiver<bool>,
 ) -> JoinSet<()> {
     let mut sessions = JoinSet::new();
     loop {
@@ -42,16 +41,9 @@ pub async fn accept_loop(
                 }
             },
             Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
-            command = control.recv() => match command {
-                Some(Control::Reload) => match shared.reload() {
-                    Ok(()) => tracing::info!("configuration and certificate reloaded"),
-                    Err(e) => tracing::error!(error = %e, "reload failed; keeping the running configuration"),
-                },
-                Some(Control::Shutdown) | None => {
-                    tracing::info!("shutdown requested");
-                    return sessions;
-                }
-            },
+            // Only `true` is ever sent; the sender is dropped only when
+            // the server stops.
+            _ = stop.changed() => return sessions,
         }
     }
 }

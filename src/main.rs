@@ -26,6 +26,9 @@ enum Command {
     /// Validate the configuration and TLS files; print every problem.
     Check,
     /// Start a throwaway PostgreSQL with two tenants behind pgcell.
+    /// Print the PgcellTenant CustomResourceDefinition (YAML).
+    #[cfg(feature = "kube")]
+    Crd,
     Demo {
         /// Data port for the proxy.
         #[arg(long, default_value_t = 6432)]
@@ -37,6 +40,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Check) => check(cli.config),
+        #[cfg(feature = "kube")]
+        Some(Command::Crd) => crd(),
         Some(Command::Demo { port }) => {
             runtime().and_then(|rt| Ok(rt.block_on(pgcell::demo::run(port))?))
         }
@@ -60,6 +65,14 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn require_config(path: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     path.context("--config FILE is required (see config/pgcell.example.toml)")
+}
+
+/// `pgcell crd`: the manifest committed as
+/// `deploy/kubernetes/base/pgcelltenant-crd.yaml`.
+#[cfg(feature = "kube")]
+fn crd() -> anyhow::Result<ExitCode> {
+    print!("{}", pgcell::discovery::crd::crd_yaml()?);
+    Ok(ExitCode::SUCCESS)
 }
 
 fn check(path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
@@ -110,8 +123,9 @@ fn run(path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// SIGTERM/SIGINT → graceful shutdown; a second one cuts the grace period
-/// short, a third exits at once.
+/// SIGTERM/SIGINT → drain and graceful shutdown; a second one cuts the
+/// drain's waits short, a third the sessions' grace period; a fourth exits
+/// at once.
 /// SIGHUP → reload.
 async fn forward_signals(handle: pgcell::ServerHandle) {
     use tokio::signal::unix::{signal, SignalKind};
@@ -136,9 +150,10 @@ async fn forward_signals(handle: pgcell::ServerHandle) {
         requests += 1;
         match requests {
             1 => tracing::info!("stop signal: draining"),
-            2 => tracing::warn!("second stop signal: closing sessions now"),
+            2 => tracing::warn!("second stop signal: cutting the drain short"),
+            3 => tracing::warn!("third stop signal: closing sessions now"),
             _ => {
-                tracing::warn!("third stop signal: exiting");
+                tracing::warn!("fourth stop signal: exiting");
                 std::process::exit(1);
             }
         }

@@ -35,6 +35,8 @@ pub struct Settings {
     pub tcp_keepalive: Duration,
     /// Time sessions get to finish on shutdown.
     pub shutdown_grace: Duration,
+    /// How the drain before that leaves the target group.
+    pub drain: crate::config::DrainConfig,
 }
 
 /// State shared by every connection of one server.
@@ -62,6 +64,12 @@ pub struct Shared {
     /// Bumped after every successful reload; idle sessions watch it to
     /// notice that their tenant was removed.
     pub reloaded: tokio::sync::watch::Sender<u64>,
+    /// Stop requests so far (SIGTERM, `POST /drain`): the first drains,
+    /// each further one cuts the current wait short.
+    pub stop_requests: tokio::sync::watch::Sender<u32>,
+    /// This replica's NLB target registration (a no-op unless
+    /// `[aws] register = true`).
+    pub registration: crate::register::Registration,
     config_path: Option<PathBuf>,
     /// The sections a reload cannot change, as started.
     fixed: FixedSections,
@@ -96,7 +104,10 @@ struct FixedSections {
     backend: crate::config::BackendConfig,
     log: crate::config::LogConfig,
     shutdown_grace: Duration,
+    drain: crate::config::DrainConfig,
     cancel_instance_id: u8,
+    aws: crate::config::AwsConfig,
+    kubernetes: crate::config::KubernetesConfig,
 }
 
 impl FixedSections {
@@ -107,7 +118,10 @@ impl FixedSections {
             backend: config.backend.clone(),
             log: config.log.clone(),
             shutdown_grace: config.shutdown_grace,
+            drain: config.drain,
             cancel_instance_id: config.cancel.instance_id,
+            aws: config.aws.clone(),
+            kubernetes: config.kubernetes.clone(),
         }
     }
 
@@ -126,8 +140,14 @@ impl FixedSections {
         if self.log != other.log {
             changed.push("log");
         }
-        if self.shutdown_grace != other.shutdown_grace {
+        if self.shutdown_grace != other.shutdown_grace || self.drain != other.drain {
             changed.push("shutdown");
+        }
+        if self.aws != other.aws {
+            changed.push("aws");
+        }
+        if self.kubernetes != other.kubernetes {
+            changed.push("kubernetes");
         }
         if self.cancel_instance_id != other.cancel_instance_id {
             changed.push("cancel.instance_id");
@@ -142,6 +162,9 @@ pub enum StartError {
     /// TLS files unusable.
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// Self-registration cannot be set up.
+    #[error(transparent)]
+    Register(#[from] crate::register::RegisterError),
     /// A port could not be bound.
     #[error("cannot bind {what} {addr}: {error}")]
     Bind {
@@ -227,7 +250,10 @@ impl Server {
             auth_timeout: config.backend.auth_timeout,
             tcp_keepalive: config.listen.tcp_keepalive,
             shutdown_grace: config.shutdown_grace,
+            drain: config.drain,
         };
+        let data_port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+        let registration = crate::register::Registration::new(&config.aws, data_port).await?;
         let shared = Arc::new(Shared {
             settings,
             tls,
@@ -245,6 +271,8 @@ impl Server {
             console: ArcSwap::from_pointee(console),
             connected: crate::clients::Clients::default(),
             reloaded: tokio::sync::watch::Sender::new(0),
+            stop_requests: tokio::sync::watch::Sender::new(0),
+            registration,
             config_path,
             fixed: FixedSections::of(&config),
             sources: std::sync::Mutex::new(Sources {
@@ -291,8 +319,8 @@ impl Server {
         }
     }
 
-    /// Serves until shut down, then lets sessions finish within the grace
-    /// period.
+    /// Serves until a stop request, drains (see [`crate::lifecycle`]), then
+    /// lets sessions finish within the grace period.
     pub async fn serve(self) {
         let Server {
             shared,
@@ -314,51 +342,158 @@ impl Server {
         if let Some(health) = health {
             background.spawn(health.serve(shared.lifecycle.subscribe()));
         }
-        if let Some(admin) = admin {
-            background.spawn(crate::admin::serve(admin, shared.clone()));
-        }
+        let admin = admin.map(|admin| tokio::spawn(crate::admin::serve(admin, shared.clone())));
         background.spawn(crate::discovery::run(shared.clone()));
-        shared.lifecycle.set(State::Ready);
-        tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "pgcell ready");
-        let mut sessions = crate::listener::accept_loop(&listener, &shared, &mut control_rx).await;
-        shared.lifecycle.set(State::Stopping);
-        drop(listener);
-        let grace = shared.settings.shutdown_grace;
-        tracing::info!(
-            sessions = sessions.len(),
-            grace_s = grace.as_secs_f64(),
-            "waiting for sessions to finish"
-        );
-        // A second shutdown request (second SIGTERM) cuts the grace short.
-        let second_request = async {
+        let controlled = shared.clone();
+        background.spawn(async move {
             while let Some(command) = control_rx.recv().await {
-                if command == Control::Shutdown {
-                    return;
+                match command {
+                    Control::Reload => match controlled.reload() {
+                        Ok(()) => tracing::info!("configuration and certificate reloaded"),
+                        Err(e) => tracing::error!(error = %e, "reload failed; keeping the running configuration"),
+                    },
+                    Control::Shutdown => controlled.request_stop(),
                 }
             }
-            std::future::pending::<()>().await
-        };
-        let drained = tokio::select! {
-            () = async { while sessions.join_next().await.is_some() {} } => true,
-            () = tokio::time::sleep(grace) => false,
-            () = second_request => false,
-        };
-        if !drained {
-            tracing::warn!(sessions = sessions.len(), "closing remaining sessions");
-            sessions.shutdown().await;
-        }
+            // Every handle is gone: nobody can stop the server any more.
+            controlled.request_stop();
+        });
+
+        shared.lifecycle.set(State::Ready);
+        set_phase(DrainPhase::Serving);
+        shared.registration.start();
+        tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "pgcell ready");
+        let (stop_accepting, accepting) = tokio::sync::watch::channel(false);
+        let (sessions, requests_at_stop) = tokio::join!(
+            crate::listener::accept_loop(&listener, &shared, accepting),
+            drain(&shared, stop_accepting),
+        );
+        drop(listener);
+        finish_sessions(&shared, sessions, requests_at_stop).await;
+        set_phase(DrainPhase::Stopped);
         shared.lifecycle.set(State::Stopped);
         // Let the admin server finish its graceful shutdown, briefly.
-        let _ = tokio::time::timeout(Duration::from_secs(2), async {
-            while background.join_next().await.is_some() {
-                if background.len() == 1 {
-                    break;
-                }
+        if let Some(mut admin) = admin {
+            if tokio::time::timeout(Duration::from_secs(2), &mut admin)
+                .await
+                .is_err()
+            {
+                admin.abort();
             }
-        })
-        .await;
+        }
         background.shutdown().await;
         tracing::info!("pgcell stopped");
+    }
+}
+
+/// Where a shutdown is (`pgcell_drain_phase`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DrainPhase {
+    Serving,
+    Deregistering,
+    Propagating,
+    WaitingForDeregistration,
+    ClosingSessions,
+    Stopped,
+}
+
+impl DrainPhase {
+    const ALL: [DrainPhase; 6] = [
+        DrainPhase::Serving,
+        DrainPhase::Deregistering,
+        DrainPhase::Propagating,
+        DrainPhase::WaitingForDeregistration,
+        DrainPhase::ClosingSessions,
+        DrainPhase::Stopped,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            DrainPhase::Serving => "serving",
+            DrainPhase::Deregistering => "deregistering",
+            DrainPhase::Propagating => "propagating",
+            DrainPhase::WaitingForDeregistration => "waiting_for_deregistration",
+            DrainPhase::ClosingSessions => "closing_sessions",
+            DrainPhase::Stopped => "stopped",
+        }
+    }
+}
+
+fn set_phase(phase: DrainPhase) {
+    for p in DrainPhase::ALL {
+        let value = if p == phase { 1.0 } else { 0.0 };
+        metrics::gauge!(crate::metrics::DRAIN_PHASE, "phase" => p.name()).set(value);
+    }
+    if phase != DrainPhase::Serving {
+        tracing::info!(phase = phase.name(), "drain");
+    }
+}
+
+/// The drain, from the first stop request to the data port closing:
+/// deregister, keep accepting through the propagation window, wait for the
+/// target to leave the group. A further stop request cuts the waits short
+/// (never the DeregisterTargets call, which is bounded by itself). Returns
+/// the number of stop requests seen when the data port closed.
+async fn drain(shared: &Shared, stop_accepting: tokio::sync::watch::Sender<bool>) -> u32 {
+    let mut requests = shared.stop_requests.subscribe();
+    // The sender lives in `shared`, so waiting cannot fail.
+    let _ = requests.wait_for(|n| *n >= 1).await;
+    shared.lifecycle.set(State::Draining);
+    let hurry = || {
+        let mut requests = shared.stop_requests.subscribe();
+        async move {
+            let _ = requests.wait_for(|n| *n >= 2).await;
+        }
+    };
+    if shared.registration.enabled() {
+        set_phase(DrainPhase::Deregistering);
+        shared.registration.deregister().await;
+    }
+    set_phase(DrainPhase::Propagating);
+    tokio::select! {
+        () = tokio::time::sleep(shared.settings.drain.propagation) => {}
+        () = hurry() => tracing::info!("second stop request: propagation window cut short"),
+    }
+    if shared.registration.enabled() {
+        set_phase(DrainPhase::WaitingForDeregistration);
+        tokio::select! {
+            () = shared.registration.wait_gone(shared.settings.drain.deregistration_timeout) => {}
+            () = hurry() => tracing::info!("second stop request: not waiting for the target to leave the group"),
+        }
+    }
+    set_phase(DrainPhase::ClosingSessions);
+    shared.lifecycle.set(State::Stopping);
+    let _ = stop_accepting.send(true);
+    let requests_at_stop = *shared.stop_requests.borrow();
+    requests_at_stop
+}
+
+/// Gives the sessions left `shutdown.grace` to finish (pooled ones leave
+/// at their next transaction boundary), then closes the rest. One more
+/// stop request closes them at once.
+async fn finish_sessions(
+    shared: &Shared,
+    mut sessions: tokio::task::JoinSet<()>,
+    requests_at_stop: u32,
+) {
+    let grace = shared.settings.shutdown_grace;
+    tracing::info!(
+        sessions = sessions.len(),
+        grace_s = grace.as_secs_f64(),
+        "waiting for sessions to finish"
+    );
+    let mut requests = shared.stop_requests.subscribe();
+    let cut = requests_at_stop.max(1) + 1;
+    let drained = tokio::select! {
+        () = async { while sessions.join_next().await.is_some() {} } => true,
+        () = tokio::time::sleep(grace) => false,
+        () = async { let _ = requests.wait_for(|n| *n >= cut).await; } => false,
+    };
+    if !drained {
+        tracing::warn!(sessions = sessions.len(), "closing remaining sessions");
+        metrics::counter!(crate::metrics::SHUTDOWN_CLOSED, "how" => "grace_expired")
+            .increment(sessions.len() as u64);
+        sessions.shutdown().await;
     }
 }
 
@@ -368,7 +503,8 @@ impl ServerHandle {
         let _ = self.tx.send(Control::Reload);
     }
 
-    /// Asks the server to stop gracefully.
+    /// Asks the server to stop gracefully: the first request drains, each
+    /// further one cuts the current wait short.
     pub fn shutdown(&self) {
         let _ = self.tx.send(Control::Shutdown);
     }
@@ -390,6 +526,26 @@ impl ServerHandle {
 }
 
 impl Shared {
+    /// Counts a stop request (SIGTERM, `POST /drain`, a handle's
+    /// `shutdown`).
+    pub fn request_stop(&self) {
+        self.stop_requests.send_modify(|n| *n = n.saturating_add(1));
+    }
+
+    /// Starts the drain unless it has started already (`POST /drain`, which
+    /// load balancers and scripts may repeat). Returns whether this call
+    /// started it.
+    pub fn start_drain(&self) -> bool {
+        self.stop_requests.send_if_modified(|n| {
+            if *n == 0 {
+                *n = 1;
+                true
+            } else {
+                false
+            }
+        })
+    }
+
     /// Re-reads the TLS certificate and key, and the config file's tenants,
     /// routing, admin users and cancel peers. Listener addresses and timeouts need a
     /// restart. SIGHUP and the admin console's `RELOAD` both land here.

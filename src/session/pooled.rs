@@ -170,6 +170,7 @@ where
         login,
         seen_reload,
         reloads: shared.reloaded.subscribe(),
+        lifecycle: shared.lifecycle.subscribe(),
         pool: pool.clone(),
         registration,
         defaults: wanted.clone(),
@@ -217,6 +218,8 @@ struct Session<'a> {
     /// The reload generation this session has caught up with.
     seen_reload: u64,
     reloads: tokio::sync::watch::Receiver<u64>,
+    /// The server's lifecycle: idle clients leave when it is stopping.
+    lifecycle: tokio::sync::watch::Receiver<crate::lifecycle::State>,
     pool: Arc<Pool>,
     registration: Registration,
     /// Settings the client asked for, to apply on every backend it gets.
@@ -367,18 +370,26 @@ impl Session<'_> {
                 // Idle in transaction mode: only the client moves, or a
                 // reload that may have removed the tenant.
                 from_client.reserve(READ_CHUNK);
-                tokio::select! {
-                    read = client.read_buf(&mut from_client) => match read {
-                        Ok(0) => return Ok(()),
-                        Ok(_) => continue,
-                        Err(e) => return Err(SessionError::ClientIo(e)),
-                    },
-                    changed = self.reloads.changed() => {
-                        if changed.is_ok() {
-                            self.follow_reload(client).await?;
-                        }
+                enum Woken {
+                    Read(std::io::Result<usize>),
+                    Reloaded(bool),
+                    Stopping,
+                }
+                let woken = tokio::select! {
+                    read = client.read_buf(&mut from_client) => Woken::Read(read),
+                    changed = self.reloads.changed() => Woken::Reloaded(changed.is_ok()),
+                    () = async { let _ = self.lifecycle.wait_for(|s| s.is_stopping()).await; } => Woken::Stopping,
+                };
+                match woken {
+                    Woken::Read(Ok(0)) => return Ok(()),
+                    Woken::Read(Ok(_)) => continue,
+                    Woken::Read(Err(e)) => return Err(SessionError::ClientIo(e)),
+                    Woken::Reloaded(true) => {
+                        self.follow_reload(client).await?;
                         continue;
                     }
+                    Woken::Reloaded(false) => continue,
+                    Woken::Stopping => return self.leave_for_shutdown(),
                 }
             };
             from_client.reserve(READ_CHUNK);
@@ -419,8 +430,12 @@ impl Session<'_> {
         if release && client_quiet {
             self.checkin();
         }
-        // Between transactions: a removed tenant's clients leave here.
+        // Between transactions: a removed tenant's clients leave here, and
+        // every client when the server is stopping.
         if self.status == b'I' && self.pending == 0 && !self.open_sequence {
+            if self.lifecycle.borrow().is_stopping() {
+                return self.leave_for_shutdown();
+            }
             self.follow_reload(client).await?;
         }
         Ok(())
@@ -586,6 +601,14 @@ impl Session<'_> {
             .await
             .map_err(SessionError::ClientIo)?;
         client.flush().await.map_err(SessionError::ClientIo)
+    }
+
+    /// Ends the session between transactions because the server is
+    /// stopping: the client gets `57P01` (written by the caller's error
+    /// report) and `finish` returns the backend.
+    fn leave_for_shutdown(&mut self) -> Result<(), SessionError> {
+        metrics::counter!(m::SHUTDOWN_CLOSED, "how" => "at_transaction_boundary").increment(1);
+        Err(SessionError::ShuttingDown)
     }
 
     /// After a reload: moves to the tenant's current pool (its settings may

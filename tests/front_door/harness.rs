@@ -119,6 +119,7 @@ sources = ["sni", "options", "user"]
 
 [shutdown]
 grace = "3s"
+propagation = "300ms"
 
 {rest}
 "#
@@ -202,8 +203,10 @@ impl Proxy {
         panic!("reload was not applied within 10 s");
     }
 
-    /// Shuts down and waits for the server to stop.
+    /// Shuts down, skipping the drain's waits (a second request), and waits
+    /// for the server to stop.
     pub async fn stop(mut self) {
+        self.handle.shutdown();
         self.handle.shutdown();
         if let Some(task) = self.task.take() {
             tokio::time::timeout(Duration::from_secs(40), task)
@@ -368,10 +371,20 @@ pub fn error_fields(bytes: &[u8]) -> Option<(String, String, String)> {
 
 /// A minimal HTTP/1.1 GET; returns (status, body).
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    http_request(addr, "GET", path).await
+}
+
+/// A minimal HTTP/1.1 request without a body; returns (status, body).
+pub async fn http_request(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
+    s.write_all(
+        format!(
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
     let raw = read_until_close(&mut s, Duration::from_secs(10)).await;
     let text = String::from_utf8_lossy(&raw).into_owned();
     let status = text

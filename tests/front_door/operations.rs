@@ -221,7 +221,14 @@ async fn shutdown_lets_sessions_finish() {
     let addr = proxy.addr;
     let admin = proxy.admin.unwrap();
     proxy.handle.shutdown();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Draining first (the propagation window), then stopping.
+    for _ in 0..100 {
+        if proxy.handle.state() == pgcell::lifecycle::State::Stopping {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(proxy.handle.state(), pgcell::lifecycle::State::Stopping);
     // No new connections; /readyz says so while the session finishes.
     assert!(TcpStream::connect(addr).await.is_err());
     let (status, body) = http_get(admin, "/readyz").await;

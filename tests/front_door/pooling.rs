@@ -8,7 +8,7 @@ use crate::harness::*;
 
 /// A pooled tenant on `cluster` whose `app` user logs in with a password
 /// file; `pool` is the [tenants.pool] body.
-fn pooled_tenant(id: &str, cluster: &pgcell::local_pg::Cluster, pool: &str) -> String {
+pub(crate) fn pooled_tenant(id: &str, cluster: &pgcell::local_pg::Cluster, pool: &str) -> String {
     format!(
         "{}[tenants.pool]\n{pool}\n[[tenants.users]]\nname = \"app\"\npassword_file = \"{{pw}}\"\n",
         tenant(id, cluster, "")
@@ -16,7 +16,11 @@ fn pooled_tenant(id: &str, cluster: &pgcell::local_pg::Cluster, pool: &str) -> S
 }
 
 /// A pgcell serving one pooled tenant `id` on `cluster`.
-async fn pooled_proxy(id: &str, cluster: &pgcell::local_pg::Cluster, pool: &str) -> Proxy {
+pub(crate) async fn pooled_proxy(
+    id: &str,
+    cluster: &pgcell::local_pg::Cluster,
+    pool: &str,
+) -> Proxy {
     Proxy::start_with_files(
         &config_text("", "allow", &pooled_tenant(id, cluster, pool)),
         &[("pw", APP_PASSWORD)],
@@ -24,7 +28,7 @@ async fn pooled_proxy(id: &str, cluster: &pgcell::local_pg::Cluster, pool: &str)
     .await
 }
 
-fn init_pgbench(cluster: &pgcell::local_pg::Cluster) {
+pub(crate) fn init_pgbench(cluster: &pgcell::local_pg::Cluster) {
     let out = std::process::Command::new("pgbench")
         .args([
             "-i",
@@ -49,7 +53,7 @@ fn init_pgbench(cluster: &pgcell::local_pg::Cluster) {
     );
 }
 
-fn processed(output: &str) -> u64 {
+pub(crate) fn processed(output: &str) -> u64 {
     output
         .lines()
         .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
