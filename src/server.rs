@@ -368,7 +368,10 @@ impl Server {
             crate::listener::accept_loop(&listener, &shared, accepting),
             drain(&shared, stop_accepting),
         );
+        // The port is closed before anyone is told Stopping.
         drop(listener);
+        set_phase(DrainPhase::ClosingSessions);
+        shared.lifecycle.set(State::Stopping);
         finish_sessions(&shared, sessions, requests_at_stop).await;
         set_phase(DrainPhase::Stopped);
         shared.lifecycle.set(State::Stopped);
@@ -461,8 +464,6 @@ async fn drain(shared: &Shared, stop_accepting: tokio::sync::watch::Sender<bool>
             () = hurry() => tracing::info!("second stop request: not waiting for the target to leave the group"),
         }
     }
-    set_phase(DrainPhase::ClosingSessions);
-    shared.lifecycle.set(State::Stopping);
     let _ = stop_accepting.send(true);
     let requests_at_stop = *shared.stop_requests.borrow();
     requests_at_stop

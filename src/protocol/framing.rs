@@ -89,13 +89,39 @@ fn checked_body_len(len: [u8; 4], max: usize) -> Result<usize, FramingError> {
 ///
 /// The relay feeds every chunk it forwards through [`FrameTracker::advance`]
 /// so that it knows whether it may inject a message of its own (only between
-/// messages) and which message came last.
-#[derive(Debug, Default, Clone)]
+/// messages), which message came last, and where the session is between
+/// transactions: a client's `Query`, `Sync` and `FunctionCall` each get
+/// exactly one `ReadyForQuery`, whose status byte says whether a
+/// transaction is open.
+#[derive(Debug, Clone)]
 pub struct FrameTracker {
     header: [u8; HEADER_LEN],
     header_filled: usize,
     body_left: usize,
     last_tag: Option<u8>,
+    /// `Query`, `Sync` and `FunctionCall` headers seen (client stream).
+    requests: u64,
+    /// `ReadyForQuery` headers seen (backend stream).
+    readies: u64,
+    /// The status byte of the last `ReadyForQuery`.
+    status: u8,
+    /// The next body byte is a `ReadyForQuery` status.
+    status_next: bool,
+}
+
+impl Default for FrameTracker {
+    fn default() -> Self {
+        FrameTracker {
+            header: [0; HEADER_LEN],
+            header_filled: 0,
+            body_left: 0,
+            last_tag: None,
+            requests: 0,
+            readies: 0,
+            status: b'I',
+            status_next: false,
+        }
+    }
 }
 
 impl FrameTracker {
@@ -103,6 +129,9 @@ impl FrameTracker {
     pub fn advance(&mut self, mut chunk: &[u8]) {
         while !chunk.is_empty() {
             if self.body_left > 0 {
+                if std::mem::take(&mut self.status_next) {
+                    self.status = chunk[0];
+                }
                 let n = self.body_left.min(chunk.len());
                 self.body_left -= n;
                 chunk = &chunk[n..];
@@ -119,6 +148,14 @@ impl FrameTracker {
                 self.body_left = (u32::from_be_bytes([a, b, c, d]) as usize).saturating_sub(4);
                 self.header_filled = 0;
                 self.last_tag = Some(tag);
+                match tag {
+                    b'Q' | b'S' | b'F' => self.requests += 1,
+                    b'Z' => {
+                        self.readies += 1;
+                        self.status_next = self.body_left > 0;
+                    }
+                    _ => {}
+                }
             }
         }
     }
@@ -131,6 +168,24 @@ impl FrameTracker {
     /// Tag of the most recent message whose header has been seen.
     pub fn last_tag(&self) -> Option<u8> {
         self.last_tag
+    }
+
+    /// Messages that each get one `ReadyForQuery` (in a client stream):
+    /// `Query`, `Sync`, `FunctionCall`. In a backend stream the count means
+    /// nothing (`S` is `ParameterStatus` there).
+    pub fn requests(&self) -> u64 {
+        self.requests
+    }
+
+    /// `ReadyForQuery` messages seen (in a backend stream).
+    pub fn readies(&self) -> u64 {
+        self.readies
+    }
+
+    /// Status of the last complete `ReadyForQuery`: `I` idle, `T` in a
+    /// transaction, `E` in a failed one.
+    pub fn status(&self) -> u8 {
+        self.status
     }
 }
 
@@ -172,5 +227,25 @@ mod tests {
             assert_eq!(t.at_boundary(), boundary, "at byte {i}");
         }
         assert_eq!(t.last_tag(), Some(b'E'));
+    }
+
+    #[test]
+    fn tracker_counts_requests_and_ready_status() {
+        let client = b"Q\0\0\0\x0dselect 1\0P\0\0\0\x04S\0\0\0\x04";
+        let mut c = FrameTracker::default();
+        for b in client {
+            c.advance(std::slice::from_ref(b));
+        }
+        assert_eq!(c.requests(), 2);
+        let backend = b"C\0\0\0\x0dSELECT 1\0Z\0\0\0\x05TZ\0\0\0\x05I";
+        let mut s = FrameTracker::default();
+        s.advance(&backend[..20]);
+        assert_eq!((s.readies(), s.status()), (1, b'T'));
+        s.advance(&backend[20..25]);
+        // The header of the second is in, its status byte not yet.
+        assert_eq!((s.readies(), s.status()), (2, b'T'));
+        s.advance(&backend[25..]);
+        assert_eq!((s.readies(), s.status()), (2, b'I'));
+        assert!(s.at_boundary());
     }
 }

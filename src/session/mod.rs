@@ -543,8 +543,13 @@ where
         from_client: metrics::counter!(m::CLIENT_BYTES_RECEIVED, "tenant" => tenant.id().to_owned()),
         to_client: metrics::counter!(m::CLIENT_BYTES_SENT, "tenant" => tenant.id().to_owned()),
     };
-    match relay::relay(client, backend.stream, &counters, &mut log.bytes).await {
+    let lifecycle = shared.lifecycle.subscribe();
+    match relay::relay(client, backend.stream, &counters, &mut log.bytes, lifecycle).await {
         RelayEnd::ClientClosed => Ok(()),
+        RelayEnd::ShuttingDown => {
+            metrics::counter!(m::SHUTDOWN_CLOSED, "how" => "at_transaction_boundary").increment(1);
+            Ok(())
+        }
         RelayEnd::ClientError(e) => Err(SessionError::ClientIo(e)),
         RelayEnd::BackendLost { error, .. } => {
             metrics::counter!(m::BACKEND_LOST, "tenant" => tenant.id().to_owned()).increment(1);

@@ -1,12 +1,17 @@
 //! Passthrough relay: bytes both ways until either side closes.
 //!
-//! The backend-to-client direction follows message boundaries (headers
-//! only, see [`FrameTracker`]) so that when the backend goes away between
-//! messages the client gets a proper `ErrorResponse` instead of a silent
-//! close.
+//! Both directions follow message boundaries (headers only, see
+//! [`FrameTracker`]) so that when the backend goes away between messages
+//! the client gets a proper `ErrorResponse` instead of a silent close, and
+//! so that when pgcell is stopping the session ends with `57P01` as soon
+//! as it is between transactions with nothing in flight.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+
+use tokio::sync::watch;
+
+use crate::lifecycle::State;
 
 use bytes::BytesMut;
 use metrics::Counter;
@@ -34,6 +39,9 @@ pub enum RelayEnd {
         /// The error, when the backend failed rather than closed.
         error: Option<io::Error>,
     },
+    /// pgcell is stopping: the session was idle between transactions and
+    /// the client was sent `57P01`.
+    ShuttingDown,
 }
 
 /// Byte counts, for the log line.
@@ -53,12 +61,14 @@ pub struct RelayCounters {
     pub to_client: Counter,
 }
 
-/// Relays until one side is done. Not cancel safe.
+/// Relays until one side is done, or until `lifecycle` says stopping and
+/// the session is between transactions. Not cancel safe.
 pub async fn relay<C, B>(
     client: C,
     backend: B,
     counters: &RelayCounters,
     bytes: &mut RelayBytes,
+    mut lifecycle: watch::Receiver<State>,
 ) -> RelayEnd
 where
     C: AsyncRead + AsyncWrite + Unpin,
@@ -71,6 +81,10 @@ where
     let client_done = AtomicBool::new(false);
     let from_client = AtomicU64::new(0);
     let to_client = AtomicU64::new(0);
+    // What the client has asked for that gets a ReadyForQuery, and whether
+    // it is between messages (read by the other direction).
+    let client_requests = AtomicU64::new(0);
+    let client_at_boundary = AtomicBool::new(true);
 
     let upstream = async {
         let mut buf = BytesMut::with_capacity(RELAY_BUF_LEN);
@@ -87,6 +101,8 @@ where
                     counters.from_client.increment(n as u64);
                     from_client.fetch_add(n as u64, Relaxed);
                     frames.advance(&buf);
+                    client_requests.store(frames.requests(), Relaxed);
+                    client_at_boundary.store(frames.at_boundary(), Relaxed);
                     // After Terminate the backend's close is the expected
                     // end, not a lost backend, however the client closes.
                     if frames.last_tag() == Some(b'X') {
@@ -110,9 +126,37 @@ where
     let downstream = async {
         let mut buf = BytesMut::with_capacity(RELAY_BUF_LEN);
         let mut frames = FrameTracker::default();
+        let mut stopping = lifecycle.borrow().is_stopping();
+        // Both directions run in this task, so nothing moves between this
+        // check and the 57P01: every request read from the client has been
+        // counted, and each has had its ReadyForQuery.
+        let between_transactions = |frames: &FrameTracker| {
+            frames.at_boundary()
+                && frames.status() == b'I'
+                && frames.readies() == client_requests.load(Relaxed)
+                && client_at_boundary.load(Relaxed)
+        };
         let error = loop {
+            if stopping && between_transactions(&frames) {
+                let mut msg = BytesMut::new();
+                if let Some((code, text, hint)) = super::SessionError::ShuttingDown.client_error("")
+                {
+                    messages::error_response(&mut msg, code, &text, hint.as_deref());
+                }
+                let _ = client_w.write_all(&msg).await;
+                let _ = client_w.shutdown().await;
+                client_done.store(true, Relaxed);
+                return RelayEnd::ShuttingDown;
+            }
             buf.clear();
-            match backend_r.read_buf(&mut buf).await {
+            let read = tokio::select! {
+                read = backend_r.read_buf(&mut buf) => read,
+                () = async { let _ = lifecycle.wait_for(|s| s.is_stopping()).await; }, if !stopping => {
+                    stopping = true;
+                    continue;
+                }
+            };
+            match read {
                 Ok(0) => break None,
                 Ok(n) => {
                     frames.advance(&buf);
@@ -162,7 +206,7 @@ where
                     Err(_) => end,
                 }
             }
-            RelayEnd::ClientError(_) => end,
+            RelayEnd::ClientError(_) | RelayEnd::ShuttingDown => end,
         },
         end = &mut downstream => end,
     };
@@ -175,6 +219,55 @@ where
 mod tests {
     use super::*;
     use tokio::io::duplex;
+
+    fn ready() -> (watch::Sender<State>, watch::Receiver<State>) {
+        let tx = watch::Sender::new(State::Ready);
+        let rx = tx.subscribe();
+        (tx, rx)
+    }
+
+    #[tokio::test]
+    async fn stopping_ends_the_session_between_transactions_only() {
+        let (client_side, mut client) = duplex(1024);
+        let (backend_side, mut backend) = duplex(1024);
+        let (lifecycle, rx) = ready();
+        let task = tokio::spawn(async move {
+            let mut bytes = RelayBytes::default();
+            relay(client_side, backend_side, &counters(), &mut bytes, rx).await
+        });
+        // A transaction is open when the stop comes: nothing happens.
+        client.write_all(b"Q\0\0\0\x0abegin\0").await.unwrap();
+        let mut q = [0u8; 11];
+        backend.read_exact(&mut q).await.unwrap();
+        backend.write_all(b"Z\0\0\0\x05T").await.unwrap();
+        let mut z = [0u8; 6];
+        client.read_exact(&mut z).await.unwrap();
+        lifecycle.send_replace(State::Stopping);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!task.is_finished());
+        // A query in flight at the end of the transaction: still nothing
+        // until its answer.
+        client.write_all(b"Q\0\0\0\x0bcommit\0").await.unwrap();
+        let mut q = [0u8; 12];
+        backend.read_exact(&mut q).await.unwrap();
+        backend.write_all(b"C\0\0\0\x0bCOMMIT\0").await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!task.is_finished());
+        backend.write_all(b"Z\0\0\0\x05I").await.unwrap();
+        let end = tokio::time::timeout(std::time::Duration::from_secs(5), task)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(matches!(end, RelayEnd::ShuttingDown), "{end:?}");
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        // CommandComplete and ReadyForQuery, then the 57P01.
+        assert!(
+            got.starts_with(b"C\0\0\0\x0bCOMMIT\0Z\0\0\0\x05IE"),
+            "{got:?}"
+        );
+        assert!(got.windows(6).any(|w| w == b"C57P01"));
+    }
 
     fn counters() -> RelayCounters {
         RelayCounters {
@@ -189,7 +282,14 @@ mod tests {
         let (backend_side, mut backend) = duplex(1024);
         let task = tokio::spawn(async move {
             let mut bytes = RelayBytes::default();
-            let end = relay(client_side, backend_side, &counters(), &mut bytes).await;
+            let end = relay(
+                client_side,
+                backend_side,
+                &counters(),
+                &mut bytes,
+                ready().1,
+            )
+            .await;
             (end, bytes)
         });
         client.write_all(b"Q\0\0\0\x0dselect 1\0").await.unwrap();
@@ -220,7 +320,14 @@ mod tests {
         let (backend_side, mut backend) = duplex(1024);
         let task = tokio::spawn(async move {
             let mut bytes = RelayBytes::default();
-            relay(client_side, backend_side, &counters(), &mut bytes).await
+            relay(
+                client_side,
+                backend_side,
+                &counters(),
+                &mut bytes,
+                ready().1,
+            )
+            .await
         });
         backend.write_all(b"D\0\0\0\x20partial").await.unwrap();
         drop(backend);
@@ -242,7 +349,14 @@ mod tests {
         let (backend_side, mut backend) = duplex(1024);
         let task = tokio::spawn(async move {
             let mut bytes = RelayBytes::default();
-            relay(client_side, backend_side, &counters(), &mut bytes).await
+            relay(
+                client_side,
+                backend_side,
+                &counters(),
+                &mut bytes,
+                ready().1,
+            )
+            .await
         });
         // Terminate, then the client waits for the server to close.
         client.write_all(b"X\0\0\0\x04").await.unwrap();
@@ -261,7 +375,14 @@ mod tests {
         let (backend_side, mut backend) = duplex(1024);
         let task = tokio::spawn(async move {
             let mut bytes = RelayBytes::default();
-            relay(client_side, backend_side, &counters(), &mut bytes).await
+            relay(
+                client_side,
+                backend_side,
+                &counters(),
+                &mut bytes,
+                ready().1,
+            )
+            .await
         });
         drop(client);
         // The backend sees EOF and closes too.

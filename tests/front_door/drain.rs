@@ -35,15 +35,28 @@ async fn ended_with(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn drain_serves_through_propagation_then_ends_clients_at_transaction_boundary() {
-    use pgcell::lifecycle::State;
+async fn drain_serves_through_propagation_then_ends_pooled_clients_at_transaction_boundary() {
     let a = cluster("cluster-drain");
-    let text = config_text(
-        "",
-        "allow",
-        &pooled_tenant("acme", &a, "mode = \"transaction\"\nsize = 3"),
-    )
-    .replace("propagation = \"300ms\"", "propagation = \"1500ms\"");
+    drain_scenario(&pooled_tenant(
+        "acme",
+        &a,
+        "mode = \"transaction\"\nsize = 3",
+    ))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_ends_passthrough_clients_at_transaction_boundary() {
+    let a = cluster("cluster-drain-passthrough");
+    drain_scenario(&tenant("acme", &a, "")).await;
+}
+
+/// Drains a pgcell serving tenant `acme` (`tenant_text`) with an idle
+/// client, one in a transaction and one arriving during the drain.
+async fn drain_scenario(tenant_text: &str) {
+    use pgcell::lifecycle::State;
+    let text = config_text("", "allow", tenant_text)
+        .replace("propagation = \"300ms\"", "propagation = \"1500ms\"");
     let proxy = Proxy::start_with_files(&text, &[("pw", APP_PASSWORD)]).await;
     let cfg = || {
         let mut c = proxy.pg_config("app.acme");
