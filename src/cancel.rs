@@ -13,14 +13,24 @@
 //! `[cancel] peers` sends the `CancelRequest` on, once, to that peer's data
 //! port; it never sends one anywhere else, so it is no open relay.
 //!
-//! Forwarding cannot loop when each replica's id is unique and its peers'
-//! ids are right: a replica forwards only keys whose owner id differs from
-//! its own, and at the owner that never holds, so an unknown key there is
-//! dropped. If a peer list is wrong (an address that now belongs to a
-//! replica with another id), two replicas could pass one key back and
-//! forth; a replica therefore does not forward a key again that it
-//! forwarded within [`REPEAT_WINDOW`], which ends such a loop after one
-//! round.
+//! With `[cancel] instance_id = "auto"` (replicas of one Deployment share
+//! one config file) each replica derives its id from its pod IP with
+//! [`instance_id_of`], and peers found in Kubernetes get ids derived the
+//! same way from their addresses. 256 ids for a few replicas collide now
+//! and then, so a key may name several replicas: a forward goes to every
+//! peer with the key's owner id, and a replica that misses a key carrying
+//! its own id forwards it to the peers sharing that id.
+//!
+//! Forwarding is one hop. A forwarded request carries the key with the
+//! sign bit of the process id set (issued ids never have it), and a
+//! replica that receives such a key clears the bit and looks only in its
+//! own map: it never forwards it again, so requests cannot loop and a
+//! cancel reaches the backend at most once (only the replica holding the
+//! key has a target for it). A client sending a negative process id itself
+//! gains nothing: the key is then only looked up where it landed. As a
+//! second guard (and for peers still forwarding unmarked keys), a replica
+//! does not forward a key again that it forwarded within
+//! [`REPEAT_WINDOW`].
 //!
 //! Protocol 3.0 keys are 64 bits, so a forged key must guess the 32-bit
 //! secret and the 23 random bits of the process id (the owner byte is
@@ -29,7 +39,7 @@
 //! 3.2 is future work.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -47,6 +57,9 @@ use crate::route::ClientInfo;
 const PID_RANDOM_BITS: u32 = 23;
 /// Mask of [`PID_RANDOM_BITS`].
 const PID_RANDOM_MASK: i32 = (1 << PID_RANDOM_BITS) - 1;
+/// Set in the process id of a key forwarded by a peer (see the module
+/// documentation).
+const FORWARDED_BIT: i32 = i32::MIN;
 /// How long a key forwarded to a peer is not forwarded again.
 pub const REPEAT_WINDOW: Duration = Duration::from_secs(2);
 /// Keys remembered for [`REPEAT_WINDOW`]; older ones are forgotten first
@@ -69,8 +82,9 @@ pub struct CancelMap {
     inner: Arc<Mutex<HashMap<i32, Entry>>>,
     /// This replica's id, in every process id it issues.
     instance: u8,
-    /// Peer data ports by instance id; swapped whole on reload.
-    peers: Arc<ArcSwap<HashMap<u8, String>>>,
+    /// Peer data ports by instance id (several when derived ids
+    /// collide); swapped whole on reload and on discovery.
+    peers: Arc<ArcSwap<HashMap<u8, Vec<String>>>>,
     /// Keys forwarded within [`REPEAT_WINDOW`], oldest first.
     recent: Arc<Mutex<VecDeque<(CancelKey, Instant)>>>,
 }
@@ -108,7 +122,8 @@ pub enum CancelOutcome {
     UnknownKey,
     /// The backend could not be reached.
     BackendUnreachable,
-    /// The key is another replica's: sent on to that peer.
+    /// The key is another replica's (or may be, when ids collide): sent
+    /// on to the peers with its owner id.
     ForwardedToPeer,
     /// The key is another replica's, one not among the peers: dropped.
     UnknownPeer,
@@ -146,10 +161,22 @@ impl CancelMap {
         map
     }
 
-    /// Replaces the peers (reload); the instance id needs a restart.
+    /// Replaces the peers (reload, discovery); the instance id needs a
+    /// restart.
     pub fn set_peers(&self, peers: &[CancelPeer]) {
-        let peers = peers.iter().map(|p| (p.id, p.addr.clone())).collect();
-        self.peers.store(Arc::new(peers));
+        let mut by_id: HashMap<u8, Vec<String>> = HashMap::new();
+        for p in peers {
+            let addrs = by_id.entry(p.id).or_default();
+            if !addrs.contains(&p.addr) {
+                addrs.push(p.addr.clone());
+            }
+        }
+        self.peers.store(Arc::new(by_id));
+    }
+
+    /// Number of peers cancels may be forwarded to.
+    pub fn peer_count(&self) -> usize {
+        self.peers.load().values().map(Vec::len).sum()
     }
 
     /// Issues a fresh random key for a session served by `target`.
@@ -215,11 +242,26 @@ impl CancelMap {
         connect_timeout: Duration,
         proxy: ProxyMode,
     ) -> CancelOutcome {
+        if key.pid & FORWARDED_BIT != 0 {
+            // A peer's forward: this replica is its last stop.
+            let key = CancelKey {
+                pid: key.pid & !FORWARDED_BIT,
+                ..key
+            };
+            return self.cancel_local(key, connect_timeout).await;
+        }
         match owner_of(key.pid) {
             Some(owner) if owner != self.instance => {
                 self.forward(owner, key, from, connect_timeout, proxy).await
             }
-            _ => self.cancel_local(key, connect_timeout).await,
+            Some(owner) => match self.cancel_local(key, connect_timeout).await {
+                // Another replica may have derived the same id.
+                CancelOutcome::UnknownKey if self.peers.load().contains_key(&owner) => {
+                    self.forward(owner, key, from, connect_timeout, proxy).await
+                }
+                outcome => outcome,
+            },
+            None => self.cancel_local(key, connect_timeout).await,
         }
     }
 
@@ -236,7 +278,8 @@ impl CancelMap {
         }
     }
 
-    /// Sends `key` on to the peer `owner`, if it is one.
+    /// Sends `key`, marked as forwarded, on to every peer with id
+    /// `owner`, at once; reports success when one of them took it.
     async fn forward(
         &self,
         owner: u8,
@@ -245,24 +288,44 @@ impl CancelMap {
         connect_timeout: Duration,
         proxy: ProxyMode,
     ) -> CancelOutcome {
-        let Some(addr) = self.peers.load().get(&owner).cloned() else {
+        let Some(addrs) = self.peers.load().get(&owner).cloned() else {
             tracing::debug!(owner, "cancel request for a replica that is not a peer");
             return CancelOutcome::UnknownPeer;
         };
         if !self.first_forward(key) {
             return CancelOutcome::RepeatedForward;
         }
-        let header = (proxy == ProxyMode::Required).then_some(from);
-        match tokio::time::timeout(connect_timeout, send_to_peer(&addr, key, header)).await {
-            Ok(Ok(())) => CancelOutcome::ForwardedToPeer,
-            Ok(Err(e)) => {
-                tracing::warn!(peer = %addr, owner, error = %e, "cancel request not delivered to peer");
-                CancelOutcome::PeerUnreachable
-            }
-            Err(_) => {
-                tracing::warn!(peer = %addr, owner, "cancel request to peer timed out");
-                CancelOutcome::PeerUnreachable
-            }
+        let header = (proxy == ProxyMode::Required).then(|| from.clone());
+        let marked = CancelKey {
+            pid: key.pid | FORWARDED_BIT,
+            ..key
+        };
+        let mut sends = tokio::task::JoinSet::new();
+        for addr in addrs {
+            let header = header.clone();
+            sends.spawn(async move {
+                let send = send_to_peer(&addr, marked, header.as_ref());
+                match tokio::time::timeout(connect_timeout, send).await {
+                    Ok(Ok(())) => true,
+                    Ok(Err(e)) => {
+                        tracing::warn!(peer = %addr, owner, error = %e, "cancel request not delivered to peer");
+                        false
+                    }
+                    Err(_) => {
+                        tracing::warn!(peer = %addr, owner, "cancel request to peer timed out");
+                        false
+                    }
+                }
+            });
+        }
+        let mut delivered = false;
+        while let Some(sent) = sends.join_next().await {
+            delivered |= sent.unwrap_or(false);
+        }
+        if delivered {
+            CancelOutcome::ForwardedToPeer
+        } else {
+            CancelOutcome::PeerUnreachable
         }
     }
 
@@ -366,6 +429,28 @@ async fn send_to_peer(
     stream.shutdown().await
 }
 
+/// The environment variable holding this pod's IP (Downward API
+/// `status.podIP`): the source of `instance_id = "auto"`, and how
+/// discovery tells this replica from its peers.
+pub const POD_IP_ENV: &str = "POD_IP";
+
+/// The instance id of the replica at `ip`, for `instance_id = "auto"` and
+/// peers found in Kubernetes: a hash of the address folded into one byte,
+/// so that ids spread evenly however the pod network numbers its pods.
+pub fn instance_id_of(ip: IpAddr) -> u8 {
+    let bytes = match ip {
+        IpAddr::V4(v4) => v4.octets().to_vec(),
+        IpAddr::V6(v6) => v6.octets().to_vec(),
+    };
+    // FNV-1a, 32 bits.
+    let mut hash: u32 = 0x811c_9dc5;
+    for b in bytes {
+        hash ^= u32::from(b);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    (hash ^ (hash >> 8) ^ (hash >> 16) ^ (hash >> 24)) as u8
+}
+
 /// The process id issued by replica `instance` with random bits `random`.
 fn issued_pid(instance: u8, random: i32) -> i32 {
     (i32::from(instance) << PID_RANDOM_BITS) | (random & PID_RANDOM_MASK)
@@ -438,6 +523,7 @@ mod tests {
     fn map(instance_id: u8, peers: &[(u8, String)]) -> CancelMap {
         CancelMap::new(&CancelConfig {
             instance_id,
+            auto_instance_id: false,
             peers: peers
                 .iter()
                 .map(|(id, addr)| CancelPeer {
@@ -508,8 +594,13 @@ mod tests {
                 version: 2
             }
         );
+        // The key goes on marked as forwarded.
         let mut want = BytesMut::new();
-        key.encode_cancel_request(&mut want);
+        CancelKey {
+            pid: key.pid | FORWARDED_BIT,
+            ..key
+        }
+        .encode_cancel_request(&mut want);
         assert_eq!(request, &want[..]);
 
         // The same key again at once: not forwarded (the loop guard).
@@ -576,7 +667,111 @@ mod tests {
             .await;
         assert_eq!(outcome, CancelOutcome::ForwardedToPeer);
         let mut want = BytesMut::new();
-        key.encode_cancel_request(&mut want);
+        CancelKey {
+            pid: key.pid | FORWARDED_BIT,
+            ..key
+        }
+        .encode_cancel_request(&mut want);
         assert_eq!(receive.await.unwrap(), want.to_vec());
+    }
+
+    /// Accepts one connection on `peer` and returns the key it was sent.
+    fn receive_one(peer: tokio::net::TcpListener) -> tokio::task::JoinHandle<CancelKey> {
+        tokio::spawn(async move {
+            let (mut s, _) = peer.accept().await.unwrap();
+            let mut got = Vec::new();
+            tokio::io::AsyncReadExt::read_to_end(&mut s, &mut got)
+                .await
+                .unwrap();
+            assert_eq!(got.len(), 16);
+            CancelKey {
+                pid: i32::from_be_bytes(got[8..12].try_into().unwrap()),
+                secret: i32::from_be_bytes(got[12..16].try_into().unwrap()),
+            }
+        })
+    }
+
+    #[tokio::test]
+    async fn colliding_ids_fan_out_one_hop() {
+        let (a, b) = (
+            tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        );
+        let peers = [
+            (5, a.local_addr().unwrap().to_string()),
+            (5, b.local_addr().unwrap().to_string()),
+        ];
+        let (got_a, got_b) = (receive_one(a), receive_one(b));
+        let from = client("127.0.0.1:1");
+        let timeout = Duration::from_secs(5);
+        // This replica shares id 5 with both peers and misses the key: it
+        // asks both, marked.
+        let map = map(5, &peers);
+        assert_eq!(map.peer_count(), 2);
+        let key = CancelKey {
+            pid: issued_pid(5, 99),
+            secret: 4,
+        };
+        let outcome = map.cancel(key, &from, timeout, ProxyMode::Off).await;
+        assert_eq!(outcome, CancelOutcome::ForwardedToPeer);
+        let marked = CancelKey {
+            pid: key.pid | FORWARDED_BIT,
+            ..key
+        };
+        assert_eq!(got_a.await.unwrap(), marked);
+        assert_eq!(got_b.await.unwrap(), marked);
+
+        // A marked key is only looked up here, never forwarded again.
+        let other = CancelKey {
+            pid: issued_pid(5, 100) | FORWARDED_BIT,
+            secret: 4,
+        };
+        assert_eq!(
+            map.cancel(other, &from, timeout, ProxyMode::Off).await,
+            CancelOutcome::UnknownKey
+        );
+        // A marked key this replica holds reaches its backend.
+        let backend = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target = CancelTarget {
+            addr: backend.local_addr().unwrap(),
+            key: CancelKey { pid: 42, secret: 7 },
+        };
+        let got_backend = receive_one(backend);
+        let reg = map.register(target);
+        let held = CancelKey {
+            pid: reg.key().pid | FORWARDED_BIT,
+            ..reg.key()
+        };
+        assert_eq!(
+            map.cancel(held, &from, timeout, ProxyMode::Off).await,
+            CancelOutcome::Forwarded
+        );
+        assert_eq!(got_backend.await.unwrap(), target.key);
+        // Without peers sharing its id, a miss is just a miss.
+        let alone = super::tests::map(6, &peers);
+        let own = CancelKey {
+            pid: issued_pid(6, 1),
+            secret: 1,
+        };
+        assert_eq!(
+            alone.cancel(own, &from, timeout, ProxyMode::Off).await,
+            CancelOutcome::UnknownKey
+        );
+    }
+
+    #[test]
+    fn derived_ids_spread() {
+        let ids: std::collections::HashSet<u8> = (0..=255u8)
+            .map(|last| instance_id_of(IpAddr::from([10, 0, 3, last])))
+            .collect();
+        assert!(ids.len() > 150, "{}", ids.len());
+        assert_eq!(
+            instance_id_of("10.0.3.7".parse().unwrap()),
+            instance_id_of("10.0.3.7".parse().unwrap())
+        );
+        assert_ne!(
+            instance_id_of("10.0.3.7".parse().unwrap()),
+            instance_id_of("10.0.4.7".parse().unwrap())
+        );
     }
 }

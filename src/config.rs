@@ -767,6 +767,29 @@ fn tenant_from_raw(
     }
 }
 
+/// Builds one tenant from a `[[tenants]]` entry given in any serde format
+/// (discovery turns a `PgcellTenant` into one), checked by the same rules
+/// as the file's tenants; problem paths start with `at`, relative paths
+/// are resolved against `base`. Unknown keys are not reported here: the
+/// caller builds the entry.
+pub fn tenant_from_entry<'de, D: serde::Deserializer<'de>>(
+    entry: D,
+    at: &str,
+    base: &Path,
+) -> Result<TenantConfig, ConfigError> {
+    let mut p = Problems::default();
+    match RawTenant::deserialize(entry) {
+        Ok(raw) => {
+            let tenant = tenant_from_raw(raw, at, base, &mut HashSet::new(), &mut p);
+            if p.0.is_empty() {
+                return Ok(tenant);
+            }
+        }
+        Err(e) => p.push(at, e.to_string()),
+    }
+    Err(p.into_error())
+}
+
 /// A tenant whose policy the listener cannot enforce is a mistake, not a
 /// policy: one no client could reach, or one whose policy a client could
 /// talk its way past.

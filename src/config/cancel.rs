@@ -1,5 +1,9 @@
 //! `[cancel]`: this replica's id in the cancel keys it issues, and the
 //! peers a `CancelRequest` for another replica's key is forwarded to.
+//!
+//! `instance_id = "auto"` derives the id from the pod's address (`POD_IP`),
+//! the way discovered peers' ids are derived from theirs; see
+//! [`crate::cancel::instance_id_of`].
 
 use std::collections::HashSet;
 
@@ -17,6 +21,10 @@ pub struct CancelConfig {
     /// This replica's id, encoded in every cancel key it issues; unique
     /// among the replicas that forward cancels to each other.
     pub instance_id: u8,
+    /// True when `instance_id = "auto"`: the id was derived from this
+    /// pod's address, and ids may collide (forwarding then goes to every
+    /// peer with the id).
+    pub auto_instance_id: bool,
     /// The other replicas, by id.
     pub peers: Vec<CancelPeer>,
 }
@@ -33,9 +41,23 @@ pub struct CancelPeer {
 #[derive(Debug, Default, Deserialize)]
 pub(super) struct RawCancel {
     #[serde(default)]
-    instance_id: i64,
+    instance_id: RawInstanceId,
     #[serde(default)]
     peers: Vec<RawPeer>,
+}
+
+/// A number, or `"auto"`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawInstanceId {
+    Fixed(i64),
+    Named(String),
+}
+
+impl Default for RawInstanceId {
+    fn default() -> Self {
+        RawInstanceId::Fixed(0)
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -45,12 +67,29 @@ pub(super) struct RawPeer {
 }
 
 pub(super) fn cancel_from_raw(raw: RawCancel, p: &mut Problems) -> CancelConfig {
-    let instance_id = instance_id(p, "cancel.instance_id", raw.instance_id).unwrap_or(0);
+    let pod_ip = std::env::var(crate::cancel::POD_IP_ENV).ok();
+    cancel_from_raw_with(raw, pod_ip.as_deref(), p)
+}
+
+/// [`cancel_from_raw`] with the pod IP given (tests).
+fn cancel_from_raw_with(raw: RawCancel, pod_ip: Option<&str>, p: &mut Problems) -> CancelConfig {
+    let (instance_id, auto_instance_id) = match raw.instance_id {
+        RawInstanceId::Fixed(id) => (instance_id(p, "cancel.instance_id", id).unwrap_or(0), false),
+        RawInstanceId::Named(name) if name == "auto" => (auto_instance_id(p, pod_ip), true),
+        RawInstanceId::Named(name) => {
+            p.push(
+                "cancel.instance_id",
+                format!("{name:?} is neither a number (0 to {MAX_INSTANCE_ID}) nor \"auto\""),
+            );
+            (0, false)
+        }
+    };
     let mut ids = HashSet::new();
     let mut peers = Vec::new();
     for (i, peer) in raw.peers.into_iter().enumerate() {
         let at = format!("cancel.peers[{i}]");
-        let id = instance_id_of_peer(p, &at, peer.id, instance_id, &mut ids);
+        let own = (!auto_instance_id).then_some(instance_id);
+        let id = instance_id_of_peer(p, &at, peer.id, own, &mut ids);
         let addr_ok = match split_host_port(&peer.addr) {
             Some((_, port)) if port != 0 => true,
             _ => {
@@ -68,7 +107,30 @@ pub(super) fn cancel_from_raw(raw: RawCancel, p: &mut Problems) -> CancelConfig 
             });
         }
     }
-    CancelConfig { instance_id, peers }
+    CancelConfig {
+        instance_id,
+        auto_instance_id,
+        peers,
+    }
+}
+
+/// The id derived from `pod_ip`; 0 outside a pod (`POD_IP` unset), where
+/// a single replica needs no distinct id.
+fn auto_instance_id(p: &mut Problems, pod_ip: Option<&str>) -> u8 {
+    match pod_ip.map(str::parse::<std::net::IpAddr>) {
+        None => 0,
+        Some(Ok(ip)) => crate::cancel::instance_id_of(ip),
+        Some(Err(_)) => {
+            p.push(
+                "cancel.instance_id",
+                format!(
+                    "\"auto\" needs {} to be an IP address, and it is not",
+                    crate::cancel::POD_IP_ENV
+                ),
+            );
+            0
+        }
+    }
 }
 
 fn instance_id(p: &mut Problems, path: &str, id: i64) -> Option<u8> {
@@ -88,12 +150,12 @@ fn instance_id_of_peer(
     p: &mut Problems,
     at: &str,
     id: i64,
-    own: u8,
+    own: Option<u8>,
     seen: &mut HashSet<u8>,
 ) -> Option<u8> {
     let path = format!("{at}.id");
     let id = instance_id(p, &path, id)?;
-    if id == own {
+    if Some(id) == own {
         p.push(
             path,
             format!("{id} is this replica's own cancel.instance_id"),
@@ -141,6 +203,7 @@ mod tests {
         .unwrap()
         .cancel;
         assert_eq!(c.instance_id, 3);
+        assert!(!c.auto_instance_id);
         assert_eq!(
             c.peers,
             vec![
@@ -193,6 +256,34 @@ mod tests {
             ],
             "{err}"
         );
+    }
+
+    #[test]
+    fn auto_instance_id_comes_from_the_pod_ip() {
+        let raw = |text: &str| -> RawCancel { toml::from_str(text).unwrap() };
+        let mut p = Problems::default();
+        let c = cancel_from_raw_with(raw("instance_id = \"auto\""), Some("10.1.2.3"), &mut p);
+        assert!(p.0.is_empty());
+        assert!(c.auto_instance_id);
+        assert_eq!(
+            c.instance_id,
+            crate::cancel::instance_id_of("10.1.2.3".parse().unwrap())
+        );
+        let c = cancel_from_raw_with(raw("instance_id = \"auto\""), None, &mut p);
+        assert_eq!((c.instance_id, c.auto_instance_id), (0, true));
+        assert!(p.0.is_empty());
+        // With auto, a peer may share the derived id.
+        let c = cancel_from_raw_with(
+            raw("instance_id = \"auto\"\npeers = [{ id = 0, addr = \"a:1\" }]"),
+            None,
+            &mut p,
+        );
+        assert_eq!(c.peers.len(), 1);
+        assert!(p.0.is_empty());
+        cancel_from_raw_with(raw("instance_id = \"auto\""), Some("pod-1"), &mut p);
+        cancel_from_raw_with(raw("instance_id = \"seven\""), None, &mut p);
+        let paths: Vec<&str> = p.0.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(paths, vec!["cancel.instance_id", "cancel.instance_id"]);
     }
 
     #[test]
