@@ -86,6 +86,7 @@ impl TargetState {
         })
     }
 
+    #[cfg_attr(not(feature = "aws"), allow(dead_code))]
     fn index(self) -> u8 {
         // ALL has 12 entries and lists every variant.
         TargetState::ALL
@@ -134,10 +135,13 @@ impl Seen {
 }
 
 /// The current state, mirrored into the gauge; each change logged once.
+/// (Used by the `aws` module only.)
+#[cfg_attr(not(feature = "aws"), allow(dead_code))]
 pub(crate) struct StateCell {
     current: AtomicU8,
 }
 
+#[cfg_attr(not(feature = "aws"), allow(dead_code))]
 impl StateCell {
     /// Starts at `unregistered`.
     pub(crate) fn new() -> StateCell {
