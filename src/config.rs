@@ -94,6 +94,9 @@ pub struct ListenConfig {
     pub max_client_connections: usize,
     /// Idle time before TCP keepalive probes start, client and backend side.
     pub tcp_keepalive: Duration,
+    /// Largest client message (body bytes) a pooled session buffers;
+    /// larger ones end the session with `08P01`.
+    pub max_message_size: usize,
 }
 
 /// Client-side TLS policy.
@@ -198,6 +201,9 @@ pub struct TenantConfig {
     pub require_tls: bool,
     /// Client connections of this tenant served at once.
     pub max_client_connections: usize,
+    /// New connections per second this tenant may open (token bucket, burst
+    /// of the same size); unlimited when unset.
+    pub max_connection_rate: Option<u32>,
     /// TLS to the backends.
     pub backend_tls: BackendTlsMode,
     /// CA bundle (PEM) for `verify-full`.
@@ -302,6 +308,8 @@ struct RawListen {
     max_client_connections: usize,
     #[serde(default = "default_tcp_keepalive")]
     tcp_keepalive: String,
+    #[serde(default = "default_max_message_size")]
+    max_message_size: usize,
 }
 
 fn default_proxy_protocol() -> ProxyMode {
@@ -312,6 +320,9 @@ fn default_startup_timeout() -> String {
 }
 fn default_max_client_connections() -> usize {
     10_000
+}
+fn default_max_message_size() -> usize {
+    DEFAULT_MAX_MESSAGE_SIZE
 }
 fn default_tcp_keepalive() -> String {
     // Well under the NLB's 350 s idle timeout.
@@ -452,6 +463,7 @@ struct RawTenant {
     require_tls: bool,
     #[serde(default = "default_tenant_max_clients")]
     max_client_connections: usize,
+    max_connection_rate: Option<u32>,
     #[serde(default = "default_backend_tls")]
     backend_tls: BackendTlsMode,
     backend_ca: Option<String>,
@@ -532,6 +544,7 @@ impl Config {
             max_client_connections: p
                 .positive("listen.max_client_connections", l.max_client_connections),
             tcp_keepalive: p.duration("listen.tcp_keepalive", &l.tcp_keepalive),
+            max_message_size: p.message_size("listen.max_message_size", l.max_message_size),
         };
 
         let t = raw.tls;
@@ -705,6 +718,12 @@ fn tenant_from_raw(
         &format!("{at}.max_client_connections"),
         t.max_client_connections,
     );
+    if t.max_connection_rate == Some(0) {
+        p.push(
+            format!("{at}.max_connection_rate"),
+            "must be at least 1 (leave it out for no limit)",
+        );
+    }
     if t.backend_tls == BackendTlsMode::VerifyFull && t.backend_ca.is_none() {
         p.push(
             format!("{at}.backend_ca"),
@@ -757,6 +776,7 @@ fn tenant_from_raw(
         allowed_cidrs,
         require_tls: t.require_tls,
         max_client_connections,
+        max_connection_rate: t.max_connection_rate,
         backend_tls: t.backend_tls,
         backend_ca: t.backend_ca.map(|c| base.join(c)),
         backend_server_name: t.backend_server_name,
@@ -891,6 +911,11 @@ fn parse_cidr(s: &str) -> Option<IpNet> {
 const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Largest connection limit any key accepts.
 const MAX_CONNECTIONS: usize = 1_000_000;
+/// Default `listen.max_message_size`: 64 MiB.
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 64 << 20;
+/// Bounds of `listen.max_message_size`: a `StartupMessage`'s own limit
+/// below, PostgreSQL's 1 GiB message limit above.
+const MESSAGE_SIZE_RANGE: std::ops::RangeInclusive<usize> = 10_000..=(1 << 30);
 
 #[derive(Default)]
 struct Problems(Vec<Problem>);
@@ -932,6 +957,21 @@ impl Problems {
                 Duration::from_secs(1)
             }
         }
+    }
+
+    fn message_size(&mut self, path: &str, n: usize) -> usize {
+        if MESSAGE_SIZE_RANGE.contains(&n) {
+            return n;
+        }
+        self.push(
+            path,
+            format!(
+                "must be between {} and {} bytes",
+                MESSAGE_SIZE_RANGE.start(),
+                MESSAGE_SIZE_RANGE.end()
+            ),
+        );
+        DEFAULT_MAX_MESSAGE_SIZE
     }
 
     fn positive(&mut self, path: &str, n: usize) -> usize {

@@ -8,7 +8,8 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
 
 use rustls::ClientConfig;
 use thiserror::Error;
@@ -25,6 +26,8 @@ pub struct Tenant {
     pub backend_tls: Option<Arc<ClientConfig>>,
     /// Client connections being served; survives reloads.
     active: Arc<AtomicUsize>,
+    /// New-connection budget (`max_connection_rate`); survives reloads.
+    arrivals: Arc<Mutex<RateBucket>>,
     /// SCRAM secrets of the users pgcell authenticates, derived once per
     /// load (PBKDF2 is too slow to run per connection).
     pub secrets: HashMap<String, crate::auth::secret::ScramSecret>,
@@ -119,6 +122,9 @@ pub enum PolicyError {
     /// `max_client_connections` reached.
     #[error("tenant connection limit of {0} reached")]
     TooManyConnections(usize),
+    /// `max_connection_rate` exceeded.
+    #[error("tenant connection rate of {0} per second exceeded")]
+    RateLimited(u32),
 }
 
 impl RouteError {
@@ -141,6 +147,7 @@ impl PolicyError {
             PolicyError::CidrNotAllowed(_) => "cidr_not_allowed",
             PolicyError::TlsRequired => "tls_required",
             PolicyError::TooManyConnections(_) => "tenant_connection_limit",
+            PolicyError::RateLimited(_) => "tenant_connection_rate",
         }
     }
 }
@@ -158,6 +165,10 @@ impl RoutingTable {
             let active = previous
                 .and_then(|p| p.tenants.get(&t.id))
                 .map(|old| old.active.clone())
+                .unwrap_or_default();
+            let arrivals = previous
+                .and_then(|p| p.tenants.get(&t.id))
+                .map(|old| old.arrivals.clone())
                 .unwrap_or_default();
             // Keep the derived secrets when the users did not change: a
             // rebuild (reload, a discovered tenant changing) must not pay
@@ -201,6 +212,7 @@ impl RoutingTable {
                     config: t.clone(),
                     backend_tls,
                     active,
+                    arrivals,
                     secrets,
                     auth_query,
                 }),
@@ -338,6 +350,18 @@ pub fn admit(tenant: Arc<Tenant>, client: &ClientInfo) -> Result<Route, PolicyEr
     if policy.require_tls && !client.tls {
         return Err(PolicyError::TlsRequired);
     }
+    // Counted before the connection limit, so that a flood held back by
+    // that limit still spends the budget.
+    if let Some(rate) = policy.max_connection_rate {
+        let allowed = tenant
+            .arrivals
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take(rate, Instant::now());
+        if !allowed {
+            return Err(PolicyError::RateLimited(rate));
+        }
+    }
     let limit = policy.max_client_connections;
     let taken = tenant
         .active
@@ -352,6 +376,35 @@ pub fn admit(tenant: Arc<Tenant>, client: &ClientInfo) -> Result<Route, PolicyEr
         tenant,
         _slot: slot,
     })
+}
+
+/// A token bucket of new connections: refills at `rate` per second, holds at
+/// most `rate` (a burst of one second's worth).
+#[derive(Debug, Default)]
+pub struct RateBucket {
+    tokens: f64,
+    last: Option<Instant>,
+}
+
+impl RateBucket {
+    /// Takes one token at `now` if there is one.
+    pub fn take(&mut self, rate: u32, now: Instant) -> bool {
+        let capacity = f64::from(rate);
+        self.tokens = match self.last {
+            // A new bucket starts full.
+            None => capacity,
+            Some(last) => (self.tokens
+                + now.saturating_duration_since(last).as_secs_f64() * capacity)
+                .min(capacity),
+        };
+        self.last = Some(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 /// IPv4-mapped IPv6 addresses compare as IPv4.
@@ -631,5 +684,25 @@ mod tests {
         );
         drop(first);
         assert!(admit(globex, &client).is_ok());
+    }
+
+    #[test]
+    fn connection_rate_bucket() {
+        let start = Instant::now();
+        let mut b = RateBucket::default();
+        // A burst of `rate`, then nothing until time passes.
+        for _ in 0..3 {
+            assert!(b.take(3, start));
+        }
+        assert!(!b.take(3, start));
+        let later = start + std::time::Duration::from_millis(340);
+        assert!(b.take(3, later));
+        assert!(!b.take(3, later));
+        // Refills to the burst size, never beyond.
+        let much_later = later + std::time::Duration::from_secs(60);
+        for _ in 0..3 {
+            assert!(b.take(3, much_later));
+        }
+        assert!(!b.take(3, much_later));
     }
 }

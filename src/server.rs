@@ -33,6 +33,9 @@ pub struct Settings {
     pub auth_timeout: Duration,
     /// TCP keepalive idle time.
     pub tcp_keepalive: Duration,
+    /// Largest client message a pooled session buffers
+    /// (`listen.max_message_size`).
+    pub max_message_size: usize,
     /// Time sessions get to finish on shutdown.
     pub shutdown_grace: Duration,
     /// How the drain before that leaves the target group.
@@ -249,6 +252,7 @@ impl Server {
             connect_timeout: config.backend.connect_timeout,
             auth_timeout: config.backend.auth_timeout,
             tcp_keepalive: config.listen.tcp_keepalive,
+            max_message_size: config.listen.max_message_size,
             shutdown_grace: config.shutdown_grace,
             drain: config.drain,
         };

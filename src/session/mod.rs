@@ -192,6 +192,11 @@ impl SessionError {
                 "too many connections for this tenant".into(),
                 None,
             )),
+            SessionError::Policy(PolicyError::RateLimited(_)) => Some((
+                SqlState::TOO_MANY_CONNECTIONS,
+                "too many new connections for this tenant: connection rate limit exceeded".into(),
+                Some("Retry after a short pause, or reuse connections.".into()),
+            )),
             SessionError::Policy(PolicyError::TlsRequired) => Some((
                 SqlState::INVALID_AUTHORIZATION,
                 "connection not authorized".into(),

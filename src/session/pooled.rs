@@ -29,8 +29,9 @@ use crate::route::{ClientInfo, Route};
 use crate::server::Shared;
 use std::sync::Arc;
 
-/// Largest message relayed in pooled mode (PostgreSQL's own limit is 1 GiB
-/// for most messages).
+/// Largest backend message relayed in pooled mode (PostgreSQL's own limit
+/// is 1 GiB for most messages); client messages are bounded by
+/// `listen.max_message_size`.
 pub const MAX_POOLED_MESSAGE_LEN: usize = 256 << 20;
 /// Read buffer size, each direction.
 const READ_CHUNK: usize = 32 * 1024;
@@ -271,8 +272,9 @@ impl Session<'_> {
         loop {
             // Forward every complete client message.
             let mut terminated = false;
-            while let Some(msg) = split_message(&mut from_client, MAX_POOLED_MESSAGE_LEN)
-                .map_err(|e| SessionError::ClientProtocol(e.to_string()))?
+            while let Some(msg) =
+                split_message(&mut from_client, self.shared.settings.max_message_size)
+                    .map_err(|e| SessionError::ClientProtocol(e.to_string()))?
             {
                 if msg.tag == b'X' {
                     terminated = true;
