@@ -1,0 +1,111 @@
+//! Micro-benchmarks of the per-transaction and per-login work: the
+//! prepared-statement rewrite of a `pgbench -M prepared` transaction (the
+//! statement already on the backend: the steady state), and the server side
+//! of a SCRAM exchange (client-first and client-final verification against a
+//! stored secret; no PBKDF2, as in every login pgcell serves).
+//!
+//! `cargo bench --bench hot_path`
+
+use std::hint::black_box;
+
+use bytes::{BufMut, BytesMut};
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+
+use pgcell::auth::scram::{ScramClient, ScramServer};
+use pgcell::auth::secret::ScramSecret;
+use pgcell::protocol::framing::split_message;
+use pgcell::session::prepared::{BackendStatements, ClientStatements};
+
+fn tagged(buf: &mut BytesMut, tag: u8, body: &[u8]) {
+    buf.put_u8(tag);
+    buf.put_u32((body.len() + 4) as u32);
+    buf.put_slice(body);
+}
+
+/// What `pgbench -S -M prepared` sends per transaction once its statement
+/// exists: Bind, Execute, Sync (Parse only the first time).
+fn prepared_transaction(first: bool) -> BytesMut {
+    let mut buf = BytesMut::new();
+    if first {
+        let mut parse = BytesMut::new();
+        parse.put_slice(b"P0_1\0SELECT abalance FROM pgbench_accounts WHERE aid = $1;\0");
+        parse.put_i16(0);
+        tagged(&mut buf, b'P', &parse);
+    }
+    let mut bind = BytesMut::new();
+    bind.put_slice(b"\0P0_1\0");
+    bind.put_i16(0);
+    bind.put_i16(1);
+    bind.put_i32(5);
+    bind.put_slice(b"12345");
+    bind.put_i16(0);
+    tagged(&mut buf, b'B', &bind);
+    tagged(&mut buf, b'E', b"\0\0\0\0\0");
+    tagged(&mut buf, b'S', b"");
+    buf
+}
+
+fn bench_prepared(c: &mut Criterion) {
+    let mut client = ClientStatements::default();
+    let mut backend = BackendStatements::default();
+    let mut out = BytesMut::with_capacity(4096);
+    // Prepare once (Parse injected, ParseComplete swallowed later).
+    let mut first = prepared_transaction(true);
+    while let Some(msg) = split_message(&mut first, 1 << 20).unwrap() {
+        client.forward(&msg, &mut backend, &mut out).unwrap();
+    }
+    for tag in [b'1', b'2', b'C', b'Z'] {
+        client.on_backend_message(tag, &mut backend);
+    }
+    assert!(!out.is_empty());
+    let steady = prepared_transaction(false);
+    let mut group = c.benchmark_group("prepared");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("rewrite_bind_execute_sync", |b| {
+        b.iter(|| {
+            out.clear();
+            let mut input = steady.clone();
+            while let Some(msg) = split_message(&mut input, 1 << 20).unwrap() {
+                client
+                    .forward(black_box(&msg), &mut backend, &mut out)
+                    .unwrap();
+            }
+            // The backend's answers: BindComplete, CommandComplete, RFQ.
+            for tag in [b'2', b'C', b'Z'] {
+                client.on_backend_message(tag, &mut backend);
+            }
+            black_box(out.len())
+        })
+    });
+    group.finish();
+}
+
+fn bench_scram(c: &mut Criterion) {
+    let secret = ScramSecret::from_password("bench-password", b"0123456789abcdef", 4096);
+    // Fixed nonces make the exchange deterministic, so the client's proof
+    // (one PBKDF2, client side) is computed once, outside the timing.
+    let server_nonce = [7u8; 18];
+    let mut client = ScramClient::with_password("bench-password", [3u8; 18]);
+    let client_first = client.client_first();
+    let mut server = ScramServer::new(secret.clone(), None, server_nonce);
+    let server_first = server.client_first("SCRAM-SHA-256", &client_first).unwrap();
+    let client_final = client.server_first(&server_first).unwrap();
+    assert!(server.client_final(&client_final).is_ok());
+
+    let mut group = c.benchmark_group("scram");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("server_verify_login", |b| {
+        b.iter(|| {
+            let mut server = ScramServer::new(secret.clone(), None, server_nonce);
+            let first = server
+                .client_first("SCRAM-SHA-256", black_box(&client_first))
+                .unwrap();
+            black_box(first);
+            black_box(server.client_final(black_box(&client_final)).is_ok())
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench_prepared, bench_scram);
+criterion_main!(benches);
