@@ -191,6 +191,7 @@ where
         checked_out_at: std::time::Instant::now(),
         transaction_seconds: metrics::histogram!(m::TRANSACTION_SECONDS, "tenant" => tenant.id().to_owned()),
         queries: metrics::counter!(m::QUERIES, "tenant" => tenant.id().to_owned()),
+        transactions: metrics::counter!(m::TRANSACTIONS, "tenant" => tenant.id().to_owned()),
     };
     if let Some(lease) = first_lease {
         if pool.mode == PoolMode::Session {
@@ -205,10 +206,7 @@ where
 }
 
 async fn acquire(pool: &Arc<Pool>) -> Result<Lease, SessionError> {
-    metrics::gauge!(m::POOL_WAITING, "tenant" => pool.key.tenant.clone()).increment(1.0);
-    let result = pool.acquire().await;
-    metrics::gauge!(m::POOL_WAITING, "tenant" => pool.key.tenant.clone()).decrement(1.0);
-    result.map_err(SessionError::Acquire)
+    pool.acquire().await.map_err(SessionError::Acquire)
 }
 
 struct Session<'a> {
@@ -254,6 +252,8 @@ struct Session<'a> {
     transaction_seconds: metrics::Histogram,
     /// `pgcell_queries_total` for this tenant.
     queries: metrics::Counter,
+    /// `pgcell_transactions_total` for this tenant.
+    transactions: metrics::Counter,
 }
 
 impl Session<'_> {
@@ -543,7 +543,7 @@ impl Session<'_> {
                     || msg.body.starts_with(b"DISCARD ALL\0") =>
                 {
                     if let Some(lease) = self.lease.as_mut() {
-                        lease.conn.prepared.clear();
+                        lease.conn.prepared.dropped_all();
                     }
                 }
                 b'Z' => {
@@ -693,7 +693,7 @@ impl Session<'_> {
             return;
         };
         let cancelled = self.registration.detach();
-        metrics::counter!(m::TRANSACTIONS, "tenant" => self.tenant.clone()).increment(1);
+        self.transactions.increment(1);
         self.transaction_seconds
             .record(self.checked_out_at.elapsed().as_secs_f64());
         // Session state left on the backend (LISTEN, temp tables, SET of

@@ -29,8 +29,12 @@ static NEXT_STATEMENT: AtomicU64 = AtomicU64::new(1);
 /// The statements one backend holds, least recently used first out.
 #[derive(Debug, Default)]
 pub struct BackendStatements {
-    used: HashMap<String, u64>,
+    /// Name → (last use, creation), in ticks of `clock`.
+    used: HashMap<String, (u64, u64)>,
     clock: u64,
+    /// `clock` when each `DEALLOCATE ALL`/`DISCARD ALL` still unanswered
+    /// was sent: its answer drops only what was created before it.
+    drops_sent: VecDeque<u64>,
 }
 
 impl BackendStatements {
@@ -40,22 +44,22 @@ impl BackendStatements {
 
     fn touch(&mut self, name: &str) {
         self.clock += 1;
-        if let Some(t) = self.used.get_mut(name) {
-            *t = self.clock;
+        if let Some((used, _)) = self.used.get_mut(name) {
+            *used = self.clock;
         }
     }
 
     /// Records `name`; returns the statement evicted to make room, if any.
     fn insert(&mut self, name: String) -> Option<String> {
         self.clock += 1;
-        self.used.insert(name, self.clock);
+        self.used.insert(name, (self.clock, self.clock));
         if self.used.len() <= MAX_PREPARED_PER_BACKEND {
             return None;
         }
         let oldest = self
             .used
             .iter()
-            .min_by_key(|(_, t)| **t)
+            .min_by_key(|(_, (used, _))| *used)
             .map(|(n, _)| n.clone())?;
         self.used.remove(&oldest);
         Some(oldest)
@@ -68,6 +72,25 @@ impl BackendStatements {
     /// Forgets everything: the backend dropped all its statements.
     pub fn clear(&mut self) {
         self.used.clear();
+        self.drops_sent.clear();
+    }
+
+    /// A `DEALLOCATE ALL` or `DISCARD ALL` was answered: forgets the
+    /// statements created before it was sent. Those a pipeline created
+    /// after it (sent before its answer was read) stay: forgetting them
+    /// would re-create them under the same name, which the backend refuses
+    /// (`42P05`; found by the `prepared_relay` fuzz target).
+    pub fn dropped_all(&mut self) {
+        match self.drops_sent.pop_front() {
+            Some(sent) => self.used.retain(|_, (_, created)| *created > sent),
+            // Not seen going out (inside a function, say): forget all.
+            None => self.used.clear(),
+        }
+    }
+
+    /// A query that may drop every statement is going to the backend.
+    fn drop_sent(&mut self) {
+        self.drops_sent.push_back(self.clock);
     }
 
     /// Number of statements held.
@@ -194,6 +217,9 @@ impl ClientStatements {
                 self.expect(b'3', false, None);
             }
             b'S' | b'Q' | b'F' => {
+                if msg.tag == b'Q' && may_drop_all(&msg.body) {
+                    backend.drop_sent();
+                }
                 messages::tagged(out, msg.tag, &msg.body);
                 self.segments_sent += 1;
             }
@@ -384,6 +410,14 @@ impl ClientStatements {
     pub fn awaiting(&self) -> bool {
         !self.expected.is_empty()
     }
+}
+
+/// Whether a simple query may be (or contain) `DEALLOCATE ALL` or
+/// `DISCARD ALL`: a cheap over-approximation, since an answer without a
+/// matching send forgets everything anyway.
+fn may_drop_all(sql: &[u8]) -> bool {
+    sql.windows(7)
+        .any(|w| w.eq_ignore_ascii_case(b"dealloc") || w.eq_ignore_ascii_case(b"discard"))
 }
 
 fn split_cstr(b: &[u8]) -> Option<(&[u8], &[u8])> {
@@ -629,5 +663,49 @@ mod tests {
         assert!(client
             .forward(&msg(b'D', b"S"), &mut backend, &mut out)
             .is_err());
+    }
+
+    /// Regression (fuzz target `prepared_relay`): a `Parse` pipelined
+    /// behind a `DEALLOCATE ALL` that reaches the backend survives its
+    /// answer; re-creating it would fail with `42P05`.
+    #[test]
+    fn deallocate_all_answer_keeps_statements_parsed_after_it() {
+        let mut client = ClientStatements::default();
+        let mut backend = BackendStatements::default();
+        let mut out = BytesMut::new();
+        client
+            .forward(&msg(b'P', b"old\0select 1\0\0\0"), &mut backend, &mut out)
+            .unwrap();
+        client
+            .forward(&msg(b'Q', b"DEALLOCATE ALL\0"), &mut backend, &mut out)
+            .unwrap();
+        client
+            .forward(&msg(b'P', b"new\0select 2\0\0\0"), &mut backend, &mut out)
+            .unwrap();
+        assert_eq!(backend.len(), 2);
+        // The answer to DEALLOCATE ALL arrives after the second Parse went out.
+        backend.dropped_all();
+        assert_eq!(backend.len(), 1);
+        let mut out = BytesMut::new();
+        client
+            .forward(&msg(b'B', b"\0new\0\0\0\0\0\0\0"), &mut backend, &mut out)
+            .unwrap();
+        assert_eq!(
+            messages_of(out).iter().map(|m| m.0).collect::<Vec<_>>(),
+            vec![b'B'],
+            "the surviving statement is not prepared again"
+        );
+        let mut out = BytesMut::new();
+        client
+            .forward(&msg(b'B', b"\0old\0\0\0\0\0\0\0"), &mut backend, &mut out)
+            .unwrap();
+        assert_eq!(
+            messages_of(out).iter().map(|m| m.0).collect::<Vec<_>>(),
+            vec![b'P', b'B'],
+            "the dropped statement is prepared again"
+        );
+        // An answer nobody saw going out forgets everything.
+        backend.dropped_all();
+        assert!(backend.is_empty());
     }
 }
