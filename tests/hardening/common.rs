@@ -1,0 +1,512 @@
+//! The hardening harness: throwaway clusters, the pgcell binary as a child
+//! process with fresh certificates and kernel-free ports, and raw clients
+//! that speak exactly the bytes a test needs (SCRAM by
+//! `pgcell::auth::scram::ScramClient`, PROXY v2 headers with a VPC
+//! endpoint id).
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use pgcell::local_pg::{free_port, Cluster};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Password of the `app` role in every test cluster.
+pub const APP_PASSWORD: &str = "app-secret-Hx7q";
+
+/// A cluster with role `app` (password [`APP_PASSWORD`]) owning database `app`.
+pub fn cluster(name: &str) -> Cluster {
+    cluster_with(name, &[])
+}
+
+/// [`cluster`] with extra `postgresql.conf` lines.
+pub fn cluster_with(name: &str, conf: &[&str]) -> Cluster {
+    let c = Cluster::start(name, conf).expect("start PostgreSQL");
+    c.psql(
+        "postgres",
+        &format!("CREATE ROLE app LOGIN PASSWORD '{APP_PASSWORD}'"),
+    )
+    .expect("create role");
+    c.psql("postgres", "CREATE DATABASE app OWNER app")
+        .expect("create db");
+    c
+}
+
+/// A pooled tenant (pgcell authenticates `app` with a password file
+/// `{pw}`) on `cluster`; `extra` goes into `[[tenants]]`, `pool` into
+/// `[tenants.pool]`.
+pub fn pooled(id: &str, cluster: &Cluster, extra: &str, pool: &str) -> String {
+    format!(
+        "[[tenants]]\nid = \"{id}\"\nbackends = [\"{}\"]\n{extra}\n[tenants.pool]\n{pool}\n[[tenants.users]]\nname = \"app\"\npassword_file = \"pw\"\n",
+        cluster.addr()
+    )
+}
+
+/// A passthrough tenant (the backend authenticates) at `backend`.
+pub fn passthrough(id: &str, backend: &str, extra: &str) -> String {
+    format!("[[tenants]]\nid = \"{id}\"\nbackends = [\"{backend}\"]\n{extra}\n")
+}
+
+/// The pgcell binary, running.
+pub struct Pgcell {
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub dir: tempfile::TempDir,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Pgcell {
+    /// Writes certificates, the password file and a config whose
+    /// `[listen]` gets `listen_extra`, then starts pgcell and waits until
+    /// its data port accepts.
+    pub async fn start(listen_extra: &str, rest: &str) -> Pgcell {
+        Pgcell::start_with(listen_extra, rest, "debug").await
+    }
+
+    /// [`Pgcell::start`] with a log level.
+    pub async fn start_with(listen_extra: &str, rest: &str, level: &str) -> Pgcell {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".into(), "*.pg.test".into()])
+            .unwrap();
+        std::fs::write(dir.path().join("server.crt"), cert.cert.pem()).unwrap();
+        std::fs::write(dir.path().join("server.key"), cert.key_pair.serialize_pem()).unwrap();
+        std::fs::write(dir.path().join("pw"), APP_PASSWORD).unwrap();
+        let port = free_port().unwrap();
+        let startup_timeout = if listen_extra.contains("startup_timeout") {
+            ""
+        } else {
+            "startup_timeout = \"3s\""
+        };
+        let admin_port = free_port().unwrap();
+        let text = format!(
+            r#"
+[listen]
+addr = "127.0.0.1:{port}"
+admin_addr = "127.0.0.1:{admin_port}"
+{startup_timeout}
+{listen_extra}
+
+[tls]
+cert = "server.crt"
+key = "server.key"
+mode = "allow"
+
+[routing]
+sni_suffix = "pg.test"
+sources = ["sni", "options", "user"]
+
+[backend]
+connect_timeout = "2s"
+auth_timeout = "2s"
+
+[log]
+level = "{level}"
+
+[shutdown]
+grace = "1s"
+propagation = "100ms"
+
+{rest}
+"#
+        );
+        let config = dir.path().join("pgcell.toml");
+        std::fs::write(&config, text).unwrap();
+        let log = dir.path().join("stderr.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_pgcell"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .env_remove("RUST_LOG")
+            .env("PGCELL_TEST_SECRET_ENV", "env-secret-Zr41")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start pgcell");
+        let mut p = Pgcell {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            admin: SocketAddr::from(([127, 0, 0, 1], admin_port)),
+            dir,
+            child,
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(p.admin).await.is_err() {
+            if let Ok(Some(status)) = p.child.try_wait() {
+                panic!("pgcell exited with {status}:\n{}", p.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "pgcell did not start:\n{}",
+                p.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        p
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Resident set size in KiB, from `/proc`.
+    pub fn rss_kib(&self) -> u64 {
+        proc_status_field(self.pid(), "VmRSS:")
+    }
+
+    /// Open file descriptors.
+    pub fn fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
+    /// Everything pgcell logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Panics if pgcell exited or logged a panic.
+    pub fn assert_alive(&mut self) {
+        assert!(
+            matches!(self.child.try_wait(), Ok(None)),
+            "pgcell exited:\n{}",
+            self.log()
+        );
+        assert!(
+            !self.log().contains("panicked"),
+            "pgcell panicked:\n{}",
+            self.log()
+        );
+    }
+
+    /// `/metrics`.
+    pub async fn metrics(&self) -> String {
+        let mut s = TcpStream::connect(self.admin).await.unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    /// tokio-postgres config for user `app`, database `app`, naming
+    /// `tenant` through `options`.
+    pub fn pg(&self, tenant: &str) -> tokio_postgres::Config {
+        let mut c = tokio_postgres::Config::new();
+        c.host("127.0.0.1")
+            .port(self.addr.port())
+            .user("app")
+            .password(APP_PASSWORD)
+            .dbname("app")
+            .options(format!("tenant={tenant}"))
+            .ssl_mode(tokio_postgres::config::SslMode::Disable)
+            .connect_timeout(Duration::from_secs(10));
+        c
+    }
+
+    /// Connects and spawns the connection task.
+    pub async fn connect(
+        &self,
+        tenant: &str,
+    ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        let (client, conn) = self.pg(tenant).connect(tokio_postgres::NoTls).await?;
+        tokio::spawn(conn);
+        Ok(client)
+    }
+}
+
+impl Drop for Pgcell {
+    fn drop(&mut self) {
+        // Our own child, by its pid.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A numeric `/proc/<pid>/status` field (kB).
+pub fn proc_status_field(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// SQLSTATE of a tokio-postgres error, or its text.
+pub fn code_of(e: &tokio_postgres::Error) -> String {
+    e.code()
+        .map(|c| c.code().to_owned())
+        .unwrap_or_else(|| format!("no code: {e}"))
+}
+
+/// Polls `check` every 100 ms until it is true or `within` passes.
+pub async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A PROXY v2 header from `src` carrying VPC endpoint `vpce`.
+pub fn proxy_v2(src: SocketAddr, vpce: Option<&str>) -> Vec<u8> {
+    let mut h = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    h.push(0x21);
+    h.push(0x11);
+    let mut body = Vec::new();
+    let SocketAddr::V4(v4) = src else {
+        panic!("IPv4 only")
+    };
+    body.extend_from_slice(&v4.ip().octets());
+    body.extend_from_slice(&[127, 0, 0, 1]);
+    body.extend_from_slice(&v4.port().to_be_bytes());
+    body.extend_from_slice(&5432u16.to_be_bytes());
+    if let Some(id) = vpce {
+        body.push(0xEA);
+        body.extend_from_slice(&((id.len() + 1) as u16).to_be_bytes());
+        body.push(0x01);
+        body.extend_from_slice(id.as_bytes());
+    }
+    h.extend_from_slice(&(body.len() as u16).to_be_bytes());
+    h.extend_from_slice(&body);
+    h
+}
+
+/// A StartupMessage (protocol 3.0).
+pub fn startup_packet(params: &[(&str, &str)]) -> Vec<u8> {
+    let mut body = (3u32 << 16).to_be_bytes().to_vec();
+    for (k, v) in params {
+        body.extend_from_slice(k.as_bytes());
+        body.push(0);
+        body.extend_from_slice(v.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut p = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+    p.extend_from_slice(&body);
+    p
+}
+
+/// A tagged message.
+pub fn tagged(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut m = vec![tag];
+    m.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+    m.extend_from_slice(body);
+    m
+}
+
+/// One backend message read by [`Raw`].
+#[derive(Debug)]
+pub struct Msg {
+    pub tag: u8,
+    pub body: Vec<u8>,
+}
+
+impl Msg {
+    /// (SQLSTATE, message) of an `ErrorResponse`.
+    pub fn error(&self) -> Option<(String, String)> {
+        if self.tag != b'E' {
+            return None;
+        }
+        let (mut code, mut msg) = (String::new(), String::new());
+        for field in self.body.split(|b| *b == 0) {
+            if let Some((&k, v)) = field.split_first() {
+                match k {
+                    b'C' => code = String::from_utf8_lossy(v).into_owned(),
+                    b'M' => msg = String::from_utf8_lossy(v).into_owned(),
+                    _ => {}
+                }
+            }
+        }
+        Some((code, msg))
+    }
+}
+
+/// A client that speaks the protocol by hand.
+pub struct Raw<S> {
+    pub stream: S,
+    /// Cancel key (pid, secret) from `BackendKeyData`.
+    pub key: Option<(i32, i32)>,
+}
+
+impl Raw<TcpStream> {
+    /// Connects, optionally with a PROXY v2 header.
+    pub async fn connect(addr: SocketAddr, header: Option<Vec<u8>>) -> Raw<TcpStream> {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        if let Some(h) = header {
+            stream.write_all(&h).await.unwrap();
+        }
+        Raw { stream, key: None }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Raw<S> {
+    pub async fn read_msg(&mut self) -> std::io::Result<Msg> {
+        let tag = self.stream.read_u8().await?;
+        let len = self.stream.read_u32().await? as usize;
+        let mut body = vec![0; len.saturating_sub(4)];
+        self.stream.read_exact(&mut body).await?;
+        Ok(Msg { tag, body })
+    }
+
+    /// Sends the StartupMessage and answers SCRAM (or cleartext/none) with
+    /// `password`; Ok after `ReadyForQuery`, Err((SQLSTATE, message)) on an
+    /// `ErrorResponse` or a close.
+    pub async fn login(
+        &mut self,
+        params: &[(&str, &str)],
+        password: &str,
+    ) -> Result<(), (String, String)> {
+        let io = |e: std::io::Error| ("io".to_owned(), e.to_string());
+        self.stream
+            .write_all(&startup_packet(params))
+            .await
+            .map_err(io)?;
+        let mut scram = None;
+        loop {
+            let m = self.read_msg().await.map_err(io)?;
+            if let Some(e) = m.error() {
+                return Err(e);
+            }
+            match (
+                m.tag,
+                m.body
+                    .get(..4)
+                    .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]])),
+            ) {
+                (b'R', Some(10)) => {
+                    let mut c = pgcell::auth::scram::ScramClient::with_password(password, [5; 18]);
+                    let first = c.client_first();
+                    let mut body = b"SCRAM-SHA-256\0".to_vec();
+                    body.extend_from_slice(&(first.len() as i32).to_be_bytes());
+                    body.extend_from_slice(&first);
+                    self.stream
+                        .write_all(&tagged(b'p', &body))
+                        .await
+                        .map_err(io)?;
+                    scram = Some(c);
+                }
+                (b'R', Some(11)) => {
+                    let c = scram
+                        .as_mut()
+                        .ok_or(("proto".to_owned(), "SASL continue first".to_owned()))?;
+                    let last = c
+                        .server_first(&m.body[4..])
+                        .map_err(|e| ("scram".to_owned(), format!("{e:?}")))?;
+                    self.stream
+                        .write_all(&tagged(b'p', &last))
+                        .await
+                        .map_err(io)?;
+                }
+                (b'R', Some(3)) => {
+                    let mut body = password.as_bytes().to_vec();
+                    body.push(0);
+                    self.stream
+                        .write_all(&tagged(b'p', &body))
+                        .await
+                        .map_err(io)?;
+                }
+                (b'K', _) => {
+                    let b = &m.body;
+                    self.key = Some((
+                        i32::from_be_bytes([b[0], b[1], b[2], b[3]]),
+                        i32::from_be_bytes([b[4], b[5], b[6], b[7]]),
+                    ));
+                }
+                (b'Z', _) => return Ok(()),
+                _ => {}
+            }
+        }
+    }
+
+    /// A simple query; Ok(messages up to `ReadyForQuery`) or Err on an
+    /// `ErrorResponse` (read on to `ReadyForQuery` when one comes).
+    pub async fn query(&mut self, sql: &str) -> Result<Vec<Msg>, (String, String)> {
+        let io = |e: std::io::Error| ("io".to_owned(), e.to_string());
+        let mut body = sql.as_bytes().to_vec();
+        body.push(0);
+        self.stream
+            .write_all(&tagged(b'Q', &body))
+            .await
+            .map_err(io)?;
+        let mut out = Vec::new();
+        let mut error = None;
+        loop {
+            let m = match self.read_msg().await {
+                Ok(m) => m,
+                Err(e) => return Err(error.unwrap_or_else(|| io(e))),
+            };
+            if error.is_none() {
+                error = m.error();
+            }
+            if m.tag == b'Z' {
+                return match error {
+                    Some(e) => Err(e),
+                    None => Ok(out),
+                };
+            }
+            out.push(m);
+        }
+    }
+
+    /// Reads until the server closes (bounded); the first error in it.
+    pub async fn error_then_close(&mut self, within: Duration) -> Option<(String, String)> {
+        let mut first = None;
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match tokio::time::timeout_at(deadline, self.read_msg()).await {
+                Ok(Ok(m)) => {
+                    if first.is_none() {
+                        first = m.error();
+                    }
+                }
+                Ok(Err(_)) => return first,
+                Err(_) => {
+                    panic!("server did not close within {within:?} (error so far: {first:?})")
+                }
+            }
+        }
+    }
+}
+
+/// The single text value of the first `DataRow` in `msgs`.
+pub fn first_value(msgs: &[Msg]) -> Option<String> {
+    let row = msgs.iter().find(|m| m.tag == b'D')?;
+    let len = i32::from_be_bytes(row.body.get(2..6)?.try_into().ok()?);
+    if len < 0 {
+        return None;
+    }
+    Some(String::from_utf8_lossy(row.body.get(6..6 + len as usize)?).into_owned())
+}
+
+/// `options` naming `tenant`, for [`Raw::login`].
+pub fn app_params(tenant: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("user", "app".to_owned()),
+        ("database", "app".to_owned()),
+        ("options", format!("tenant={tenant}")),
+    ]
+}
+
+/// Logs in as `app` naming `tenant` through `options`.
+pub async fn raw_login(addr: SocketAddr, tenant: &str) -> Result<Raw<TcpStream>, (String, String)> {
+    let mut raw = Raw::connect(addr, None).await;
+    let params = app_params(tenant);
+    let params: Vec<(&str, &str)> = params.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    raw.login(&params, APP_PASSWORD).await.map(|()| raw)
+}
