@@ -84,7 +84,11 @@ async fn soak() {
         let mode = ["simple", "extended", "prepared"][(rounds % 3) as usize];
         let t = round.to_string();
         let (ok, text) = tokio::task::block_in_place(|| {
-            pgbench(port, &["-C", "-c", "8", "-j", "2", "-T", &t, "-M", mode])
+            // One thread per client: with -M prepared a pgbench thread
+            // prepares for all its clients in turn, and one of them waiting
+            // for a pooled backend its sibling holds would stall the thread
+            // (tests/front_door/pooling.rs).
+            pgbench(port, &["-C", "-c", "8", "-j", "8", "-T", &t, "-M", mode])
         });
         let done = field(&text, "number of transactions actually processed:");
         let bad = field(&text, "number of failed transactions:");
