@@ -8,9 +8,17 @@ use clap::{Parser, Subcommand};
 use pgcell::config::{Config, LogFormat};
 use pgcell::Server;
 
+/// `pgcell --version`: the crate version and the git revision (`build.rs`).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("PGCELL_GIT_REVISION"),
+    ")"
+);
+
 /// pgcell: the PostgreSQL data plane of a private database cell.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version = VERSION, about)]
 struct Cli {
     /// Configuration file (TOML). With no subcommand, `run` is implied.
     #[arg(long, short, global = true)]

@@ -81,7 +81,7 @@ pub const TLS_RELOADS: &str = "pgcell_tls_reloads_total";
 pub const CONFIG_RELOADS: &str = "pgcell_config_reloads_total";
 /// Health-port connections answered.
 pub const HEALTH_CHECKS: &str = "pgcell_health_checks_total";
-/// Build information (labels: version).
+/// Build information, always 1 (labels: version, revision).
 pub const BUILD_INFO: &str = "pgcell_build_info";
 /// This replica's NLB target state, 1 for the current one (label: state:
 /// `unregistered`, `registering`, `initial`, `healthy`, `unhealthy`,
@@ -108,6 +108,11 @@ pub const DISCOVERY_TENANTS: &str = "pgcell_discovery_tenants";
 pub const DISCOVERY_EVENTS: &str = "pgcell_discovery_events_total";
 /// Peers (other replicas) known for cancel forwarding.
 pub const DISCOVERY_PEERS: &str = "pgcell_discovery_peers";
+
+/// The git revision this binary was built from (`build.rs`: the
+/// `PGCELL_GIT_REVISION` build environment, else `git rev-parse`, else
+/// `unknown`).
+pub const GIT_REVISION: &str = env!("PGCELL_GIT_REVISION");
 
 /// Label value for connections whose tenant is unknown or not configured.
 pub const NO_TENANT: &str = "";
@@ -152,7 +157,12 @@ pub fn handle() -> &'static PrometheusHandle {
         // case this handle renders nothing: acceptable for embedders.
         let _ = metrics::set_global_recorder(recorder);
         describe();
-        metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+        metrics::gauge!(
+            BUILD_INFO,
+            "version" => env!("CARGO_PKG_VERSION"),
+            "revision" => GIT_REVISION
+        )
+        .set(1.0);
         handle
     })
 }
