@@ -55,6 +55,8 @@ pub struct Config {
     pub aws: AwsConfig,
     /// Discovery from Kubernetes.
     pub kubernetes: KubernetesConfig,
+    /// Async runtime worker threads; `None`: one per CPU.
+    pub worker_threads: Option<usize>,
 }
 
 /// How a drain leaves the target group (`[shutdown]`).
@@ -287,6 +289,13 @@ struct RawConfig {
     aws: aws::RawAws,
     #[serde(default)]
     kubernetes: kubernetes::RawKubernetes,
+    #[serde(default)]
+    runtime: RawRuntime,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RawRuntime {
+    worker_threads: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -635,6 +644,10 @@ impl Config {
         let cancel = cancel::cancel_from_raw(raw.cancel, p);
         let aws = aws::aws_from_raw(raw.aws, p);
         let kubernetes = kubernetes::kubernetes_from_raw(raw.kubernetes, p);
+        let worker_threads = raw
+            .runtime
+            .worker_threads
+            .map(|n| p.positive("runtime.worker_threads", n));
 
         Config {
             listen,
@@ -649,6 +662,7 @@ impl Config {
             cancel,
             aws,
             kubernetes,
+            worker_threads,
         }
     }
 }

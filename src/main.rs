@@ -65,7 +65,17 @@ fn main() -> ExitCode {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
+    runtime_with(None)
+}
+
+/// The multi-threaded runtime, with `workers` threads (`[runtime]
+/// worker_threads`) or one per CPU.
+fn runtime_with(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = workers {
+        builder.worker_threads(n);
+    }
+    builder
         .enable_all()
         .build()
         .context("cannot start the async runtime")
@@ -121,7 +131,7 @@ fn run(path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let path = require_config(path)?;
     let config = Config::load(&path).map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?;
     init_logging(config.log.format, &config.log.level);
-    let rt = runtime()?;
+    let rt = runtime_with(config.worker_threads)?;
     rt.block_on(async move {
         let server = Server::bind(config, Some(path)).await?;
         let handle = server.handle();

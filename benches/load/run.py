@@ -165,7 +165,8 @@ def pgbouncer_path():
 class Servers:
     """PostgreSQL, PgBouncer and pgcell, started in `dir`, stopped by pid."""
 
-    def __init__(self, dir, binary, tls_cert, tls_key):
+    def __init__(self, dir, binary, tls_cert, tls_key, workers=None):
+        self.workers = workers
         self.dir = dir
         self.binary = binary
         self.cert = tls_cert
@@ -314,6 +315,7 @@ grace = "2s"
 
 [kubernetes]
 mode = "off"
+{f"[runtime]{chr(10)}worker_threads = {self.workers}" if self.workers else ""}
 
 [[tenants]]
 id = "bench"
@@ -447,7 +449,7 @@ def p99_from_logs(prefix_dir):
     return lat[min(len(lat) - 1, int(len(lat) * 0.99))] / 1000.0
 
 
-def run_case(servers, case, target, duration, sampling, workdir):
+def run_case(servers, case, target, duration, sampling, workdir, perf_dir=None):
     port, user, db, pid = servers.target(target, case.get("session", False))
     clients = case["clients"]
     threads = min(clients, 2) if clients < 64 else 4
@@ -459,10 +461,20 @@ def run_case(servers, case, target, duration, sampling, workdir):
     cmd.append(db)
     env = {**os.environ, "PGPASSWORD": PASSWORD, "PGSSLMODE": "require" if case.get("tls") else "disable",
            "PGCONNECT_TIMEOUT": "10"}
+    perf = None
+    if perf_dir and pid and target == "pgcell":
+        slug = re.sub(r"[^a-z0-9]+", "-", case["name"].lower()).strip("-")
+        perf = subprocess.Popen(["perf", "record", "-F", "499", "-g", "--call-graph", "dwarf,16384",
+                                 "-p", str(pid), "-o", os.path.join(perf_dir, f"{slug}.perf.data")],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.5)
     cpu0 = cpu_seconds(pid) if pid else None
     t0 = time.time()
     p = subprocess.run(cmd, text=True, capture_output=True, env=env, cwd=logdir,
                        timeout=duration * 4 + 60)
+    if perf:
+        perf.send_signal(signal.SIGINT)
+        perf.wait(timeout=120)
     wall = time.time() - t0
     cpu1 = cpu_seconds(pid) if pid else None
     out = p.stdout + p.stderr
@@ -744,6 +756,11 @@ def main():
     ap.add_argument("--cases", help="comma-separated substrings selecting cases")
     ap.add_argument("--binary", help="pgcell binary (default: build release)")
     ap.add_argument("--out", default=os.path.join(ROOT, "docs"), help="where benchmarks.md and charts go")
+    ap.add_argument("--pgcell-workers", type=int, help="pgcell [runtime] worker_threads (default: one per CPU)")
+    ap.add_argument("--perf-dir", help="record a perf profile of pgcell during its runs into this folder")
+    ap.add_argument("--hold", type=int, metavar="SECONDS",
+                    help="start the servers, print how to reach them, keep them up this long, stop")
+    ap.add_argument("--no-report", action="store_true", help="print the runs, write no report (exploration)")
     args = ap.parse_args()
 
     if args.smoke:
@@ -769,13 +786,22 @@ def main():
     run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
          "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=bench.pg.localhost"])
     os.chmod(key, 0o644)
-    servers = Servers(work, binary, cert, key)
+    servers = Servers(work, binary, cert, key, args.pgcell_workers)
     results = []
     started = datetime.datetime.now(datetime.timezone.utc)
     try:
         servers.start_postgres(args.scale)
         servers.start_pgbouncer()
         servers.start_pgcell()
+        if args.hold:
+            info = {t: servers.target(t) for t in ["direct", "pgbouncer", "pgcell"]}
+            print(json.dumps({"password": PASSWORD, "targets": info}), flush=True)
+            log(f"holding for {args.hold} s (Ctrl-C stops)")
+            try:
+                time.sleep(args.hold)
+            except KeyboardInterrupt:
+                pass
+            return
         case_list = smoke_cases() if args.smoke else cases(args)
         if args.cases:
             keys = [k.strip() for k in args.cases.split(",")]
@@ -784,7 +810,7 @@ def main():
         for rnd in range(1, args.rounds + 1):
             for case in case_list:
                 for target in case["targets"]:
-                    r = run_case(servers, case, target, args.duration, sampling, work)
+                    r = run_case(servers, case, target, args.duration, sampling, work, args.perf_dir)
                     r["round"] = rnd
                     results.append(r)
                     log(f"round {rnd} {case['name']:<24} {target:<9} tps={fmt(r['tps'])} "
@@ -810,6 +836,10 @@ def main():
                 or (r.get("target") == "pgcell" and (r.get("exit", 0) != 0 or r.get("failed")))
                 or (r.get("transactions") == 0 and "opened" not in r)
                 or ("opened" in r and r["opened"] == 0)]
+    if args.no_report:
+        print(targets_table(summary, order))
+        shutil.rmtree(work, ignore_errors=True)
+        return
     if args.smoke:
         for r in results:
             print(json.dumps(r))

@@ -79,6 +79,11 @@ pub struct Pool {
     signature: PoolSignature,
     /// Clients served by this pool now.
     clients: AtomicUsize,
+    /// `pgcell_pool_wait_seconds` and `pgcell_pool_waiting_clients` for
+    /// this tenant, looked up once (a labelled lookup per checkout costs
+    /// a hash and an allocation).
+    wait_seconds: metrics::Histogram,
+    waiting_clients: metrics::Gauge,
 }
 
 /// One client's place in a pool; freed on drop.
@@ -250,7 +255,13 @@ impl Pool {
         open: OpenSettings,
     ) -> Pool {
         let signature = PoolSignature::of(&key, &tenant);
+        let wait_seconds =
+            metrics::histogram!(crate::metrics::POOL_WAIT_SECONDS, "tenant" => key.tenant.clone());
+        let waiting_clients =
+            metrics::gauge!(crate::metrics::POOL_WAITING, "tenant" => key.tenant.clone());
         Pool {
+            wait_seconds,
+            waiting_clients,
             clients: AtomicUsize::new(0),
             retired: AtomicBool::new(false),
             signature,
@@ -405,6 +416,20 @@ impl Pool {
     /// Checks out a backend, waiting up to `acquire_timeout`. Cancel safe:
     /// dropping the future loses nothing.
     pub async fn acquire(&self) -> Result<Lease, AcquireError> {
+        // Decremented on drop: a checkout abandoned mid-wait (the client
+        // left) must not leave the gauge up.
+        struct Counted<'a>(&'a metrics::Gauge);
+        impl Drop for Counted<'_> {
+            fn drop(&mut self) {
+                self.0.decrement(1.0);
+            }
+        }
+        self.waiting_clients.increment(1.0);
+        let _counted = Counted(&self.waiting_clients);
+        self.checkout().await
+    }
+
+    async fn checkout(&self) -> Result<Lease, AcquireError> {
         let started = Instant::now();
         let deadline = tokio::time::Instant::now() + self.settings.acquire_timeout;
         let _waiting = Waiting::start(&self.waiting);
@@ -450,8 +475,7 @@ impl Pool {
             }
             break self.open(permit).await;
         };
-        metrics::histogram!(crate::metrics::POOL_WAIT_SECONDS, "tenant" => self.key.tenant.clone())
-            .record(started.elapsed().as_secs_f64());
+        self.wait_seconds.record(started.elapsed().as_secs_f64());
         result
     }
 
@@ -503,6 +527,12 @@ impl Pool {
             if now.duration_since(conn.created) > self.settings.max_lifetime
                 || now.duration_since(conn.last_used) > self.settings.idle_timeout
             {
+                continue;
+            }
+            // A backend restarted or terminated while idle has said so
+            // (57P01) or closed: drop it here, not in a client's face.
+            if conn.spoke_while_idle() {
+                tracing::debug!(tenant = %self.key.tenant, addr = %conn.addr, "idle backend spoke or closed; dropped");
                 continue;
             }
             if now.duration_since(conn.last_used) > self.settings.check_after_idle

@@ -65,6 +65,33 @@ pub struct ServerConn {
     pub prepared: crate::session::prepared::BackendStatements,
 }
 
+impl ServerConn {
+    /// Whether the backend sent something, or closed, while it sat idle in
+    /// the pool. An idle backend is silent: anything readable is a
+    /// `57P01` from a restart or an administrator, a FATAL before a close,
+    /// or news (a `ParameterStatus` after the server's reload) pgcell
+    /// would have to handle; the backend is not handed out then. Costs no
+    /// system call unless the poller saw the socket readable.
+    pub fn spoke_while_idle(&self) -> bool {
+        use std::task::{Context, Poll};
+        let tcp = match &self.stream {
+            crate::stream::MaybeTls::Plain(tcp) => tcp,
+            crate::stream::MaybeTls::Tls(tls) => tls.get_ref().0,
+        };
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match tcp.poll_read_ready(&mut cx) {
+            Poll::Pending => false,
+            Poll::Ready(Err(_)) => true,
+            // Readable as far as the poller knows: look without consuming.
+            Poll::Ready(Ok(())) => {
+                let mut byte = [0u8; 1];
+                let mut buf = tokio::io::ReadBuf::new(&mut byte);
+                !matches!(tcp.poll_peek(&mut cx, &mut buf), Poll::Pending)
+            }
+        }
+    }
+}
+
 /// Why a backend could not be opened.
 #[derive(Debug, Error)]
 pub enum OpenError {

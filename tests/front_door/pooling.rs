@@ -503,6 +503,43 @@ async fn pool_recovers_after_a_backend_restart() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_backends_a_restart_terminated_are_not_handed_out() {
+    let a = cluster("cluster-idle-restart");
+    let proxy = pooled_proxy("acme", &a, "mode = \"transaction\"\nsize = 2").await;
+    let (client, _c) = connect(&proxy.pg_config("app.acme")).await.unwrap();
+    // Two backends in the pool, both idle.
+    let (other, _o) = connect(&proxy.pg_config("app.acme")).await.unwrap();
+    client.batch_execute("begin").await.unwrap();
+    other.simple_query("select 1").await.unwrap();
+    client.batch_execute("commit").await.unwrap();
+    let before: u32 = cluster_pid(&client).await;
+    // A fast restart sends every idle backend 57P01 and closes it; the
+    // pool must drop them, not hand one to the next transaction.
+    let a = tokio::task::spawn_blocking(move || {
+        let mut a = a;
+        a.stop("fast").unwrap();
+        a.restart().unwrap();
+        a
+    })
+    .await
+    .unwrap();
+    for c in [&client, &other, &client] {
+        let pid = cluster_pid(c).await;
+        assert_ne!(pid, before);
+    }
+    drop(a);
+    proxy.stop().await;
+}
+
+async fn cluster_pid(client: &tokio_postgres::Client) -> u32 {
+    let row = client
+        .query_one("select pg_backend_pid()::int4", &[])
+        .await
+        .expect("a fresh backend answers");
+    row.get::<_, i32>(0) as u32
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_resizes_pools_and_closes_removed_tenants_after_their_transaction() {
     let a = cluster("cluster-reload-pool");
     let pool = "mode = \"transaction\"\nsize = 1\nacquire_timeout = \"500ms\"";
