@@ -156,10 +156,16 @@ macro_rules! all_of {
 impl Rendered {
     /// `kubectl kustomize <repo>/<dir>`, every document parsed.
     pub fn render(dir: &str) -> Rendered {
-        let yaml = run(
-            Command::new("kubectl").arg("kustomize").arg(repo_path(dir)),
-            120,
-        );
+        Rendered::render_path_as(&repo_path(dir), dir)
+    }
+
+    /// `kubectl kustomize <path>`, every document parsed.
+    pub fn render_path(path: &std::path::Path) -> Rendered {
+        Rendered::render_path_as(path, &path.display().to_string())
+    }
+
+    fn render_path_as(path: &std::path::Path, dir: &str) -> Rendered {
+        let yaml = run(Command::new("kubectl").arg("kustomize").arg(path), 120);
         let mut objects = Vec::new();
         for (i, doc) in serde_yaml::Deserializer::from_str(&yaml).enumerate() {
             let value = Value::deserialize(doc)

@@ -54,10 +54,12 @@ fn workspace() -> (tempfile::TempDir, PathBuf) {
 
 #[test]
 fn module_is_formatted() {
-    run(
-        terraform(&repo_path(MODULE)).args(["fmt", "-check", "-diff", "-recursive", "-no-color"]),
-        60,
-    );
+    for dir in [MODULE, "deploy/omnistrate/terraform"] {
+        run(
+            terraform(&repo_path(dir)).args(["fmt", "-check", "-diff", "-recursive", "-no-color"]),
+            60,
+        );
+    }
 }
 
 #[test]
