@@ -165,8 +165,7 @@ def pgbouncer_path():
 class Servers:
     """PostgreSQL, PgBouncer and pgcell, started in `dir`, stopped by pid."""
 
-    def __init__(self, dir, binary, tls_cert, tls_key, workers=None):
-        self.workers = workers
+    def __init__(self, dir, binary, tls_cert, tls_key):
         self.dir = dir
         self.binary = binary
         self.cert = tls_cert
@@ -174,8 +173,7 @@ class Servers:
         self.bin = pg_bin_dir()
         self.pg_port = free_port()
         self.bouncer_port = free_port()
-        self.cell_port = free_port()
-        self.cell_admin = free_port()
+        self.cells = {}  # name -> (port, pid)
         self.procs = []
 
     # PostgreSQL ----------------------------------------------------------
@@ -290,12 +288,13 @@ pidfile = {d}/pgbouncer.pid
             self.bouncer_pid = int(f.read().strip())
 
     # pgcell --------------------------------------------------------------
-    def start_pgcell(self):
-        d = os.path.join(self.dir, "pgcell")
+    def start_pgcell(self, name, workers):
+        d = os.path.join(self.dir, name)
         os.makedirs(d)
+        port, admin = free_port(), free_port()
         toml = f"""[listen]
-addr = "127.0.0.1:{self.cell_port}"
-admin_addr = "127.0.0.1:{self.cell_admin}"
+addr = "127.0.0.1:{port}"
+admin_addr = "127.0.0.1:{admin}"
 max_client_connections = 12000
 
 [tls]
@@ -315,7 +314,7 @@ grace = "2s"
 
 [kubernetes]
 mode = "off"
-{f"[runtime]{chr(10)}worker_threads = {self.workers}" if self.workers else ""}
+{f"[runtime]{chr(10)}worker_threads = {workers}" if workers else ""}
 
 [[tenants]]
 id = "bench"
@@ -351,8 +350,8 @@ scram_secret = "{self.app_secret}"
         p = subprocess.Popen([self.binary, "run", "--config", path],
                              stdout=subprocess.DEVNULL, stderr=open(os.path.join(d, "pgcell.log"), "w"))
         self.procs.append(p)
-        self.cell_pid = p.pid
-        wait_port(self.cell_port)
+        self.cells[name] = (port, p.pid)
+        wait_port(port)
 
     def stop(self):
         if getattr(self, "bouncer_pid", None):
@@ -378,8 +377,9 @@ scram_secret = "{self.app_secret}"
             return self.pg_port, "app", "app", None
         if name == "pgbouncer":
             return self.bouncer_port, "app", "app_session" if session else "app", self.bouncer_pid
-        if name == "pgcell":
-            return self.cell_port, "app.benchsess" if session else "app.bench", "app", self.cell_pid
+        if name in self.cells:
+            port, pid = self.cells[name]
+            return port, "app.benchsess" if session else "app.bench", "app", pid
         raise ValueError(name)
 
 
@@ -390,19 +390,21 @@ scram_secret = "{self.app_secret}"
 def cases(args):
     c = args.clients_high
     all3 = ["direct", "pgbouncer", "pgcell"]
+    all4 = all3 + ["pgcell-2t"]
     return [
-        dict(name="txn -S simple 32", bench=["-S", "-M", "simple"], clients=32, targets=all3),
+        dict(name="txn -S simple 32", bench=["-S", "-M", "simple"], clients=32, targets=all4),
         dict(name="txn -S extended 32", bench=["-S", "-M", "extended"], clients=32, targets=all3),
         dict(name="txn -S prepared 32", bench=["-S", "-M", "prepared"], clients=32, targets=all3),
-        dict(name=f"txn -S simple {c}", bench=["-S", "-M", "simple"], clients=c, targets=all3),
+        dict(name=f"txn -S simple {c}", bench=["-S", "-M", "simple"], clients=c, targets=all4),
         dict(name=f"txn -S extended {c}", bench=["-S", "-M", "extended"], clients=c, targets=all3),
         dict(name=f"txn -S prepared {c}", bench=["-S", "-M", "prepared"], clients=c, targets=all3),
         dict(name="txn TPC-B 32", bench=["-M", "simple"], clients=32, targets=all3),
         dict(name="session -S simple 32", bench=["-S", "-M", "simple"], clients=32, session=True, targets=all3),
-        dict(name="single client -S", bench=["-S", "-M", "simple"], clients=1, targets=all3),
-        dict(name="TLS txn -S simple 32", bench=["-S", "-M", "simple"], clients=32, tls=True, targets=all3),
+        # Single-client figures swing by 2x on a VM: at least 5 rounds.
+        dict(name="single client -S", bench=["-S", "-M", "simple"], clients=1, targets=all4, min_rounds=5),
+        dict(name="TLS txn -S simple 32", bench=["-S", "-M", "simple"], clients=32, tls=True, targets=all4),
         dict(name="storm -C plaintext", bench=["-S", "-M", "simple", "-C"], clients=8, storm=True, targets=all3),
-        dict(name="storm -C TLS", bench=["-S", "-M", "simple", "-C"], clients=8, storm=True, tls=True, targets=all3),
+        dict(name="storm -C TLS", bench=["-S", "-M", "simple", "-C"], clients=8, storm=True, tls=True, targets=all4),
     ]
 
 
@@ -462,7 +464,7 @@ def run_case(servers, case, target, duration, sampling, workdir, perf_dir=None):
     env = {**os.environ, "PGPASSWORD": PASSWORD, "PGSSLMODE": "require" if case.get("tls") else "disable",
            "PGCONNECT_TIMEOUT": "10"}
     perf = None
-    if perf_dir and pid and target == "pgcell":
+    if perf_dir and pid and target.startswith("pgcell"):
         slug = re.sub(r"[^a-z0-9]+", "-", case["name"].lower()).strip("-")
         perf = subprocess.Popen(["perf", "record", "-F", "499", "-g", "--call-graph", "dwarf,16384",
                                  "-p", str(pid), "-o", os.path.join(perf_dir, f"{slug}.perf.data")],
@@ -615,7 +617,7 @@ def targets_table(summary, cases_order):
     for case in cases_order:
         if case not in summary or "idle" in case:
             continue
-        for target in ["direct", "pgbouncer", "pgcell"]:
+        for target in ["direct", "pgbouncer", "pgcell", "pgcell-2t"]:
             s = summary[case].get(target)
             if not s:
                 continue
@@ -687,15 +689,15 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 d = json.loads(sys.stdin.read())
 s, order, out = d["summary"], d["order"], sys.argv[1]
-targets = ["direct", "pgbouncer", "pgcell"]
-colors = {"direct": "#888888", "pgbouncer": "#4c72b0", "pgcell": "#dd8452"}
+targets = ["direct", "pgbouncer", "pgcell", "pgcell-2t"]
+colors = {"direct": "#888888", "pgbouncer": "#4c72b0", "pgcell": "#dd8452", "pgcell-2t": "#f0b27a"}
 def bars(cases, key, ylabel, title, path):
     cases = [c for c in cases if c in s]
     fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(cases)), 4.5))
-    w = 0.27
+    w = 0.2
     for i, t in enumerate(targets):
         vals = [s[c].get(t, {}).get(key) or 0 for c in cases]
-        ax.bar([x + (i - 1) * w for x in range(len(cases))], vals, w, label=t, color=colors[t])
+        ax.bar([x + (i - 1.5) * w for x in range(len(cases))], vals, w, label=t, color=colors[t])
     ax.set_xticks(range(len(cases)))
     ax.set_xticklabels(cases, rotation=25, ha="right", fontsize=8)
     ax.set_ylabel(ylabel)
@@ -756,7 +758,10 @@ def main():
     ap.add_argument("--cases", help="comma-separated substrings selecting cases")
     ap.add_argument("--binary", help="pgcell binary (default: build release)")
     ap.add_argument("--out", default=os.path.join(ROOT, "docs"), help="where benchmarks.md and charts go")
-    ap.add_argument("--pgcell-workers", type=int, help="pgcell [runtime] worker_threads (default: one per CPU)")
+    ap.add_argument("--pgcell-workers", type=int, default=1,
+                    help="[runtime] worker_threads of the 'pgcell' target (default 1: the CPU budget of "
+                         "single-threaded PgBouncer on a box shared with PostgreSQL and pgbench); the "
+                         "'pgcell-2t' target runs with the default, one thread per CPU")
     ap.add_argument("--perf-dir", help="record a perf profile of pgcell during its runs into this folder")
     ap.add_argument("--hold", type=int, metavar="SECONDS",
                     help="start the servers, print how to reach them, keep them up this long, stop")
@@ -786,15 +791,16 @@ def main():
     run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
          "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=bench.pg.localhost"])
     os.chmod(key, 0o644)
-    servers = Servers(work, binary, cert, key, args.pgcell_workers)
+    servers = Servers(work, binary, cert, key)
     results = []
     started = datetime.datetime.now(datetime.timezone.utc)
     try:
         servers.start_postgres(args.scale)
         servers.start_pgbouncer()
-        servers.start_pgcell()
+        servers.start_pgcell("pgcell", args.pgcell_workers)
+        servers.start_pgcell("pgcell-2t", None)
         if args.hold:
-            info = {t: servers.target(t) for t in ["direct", "pgbouncer", "pgcell"]}
+            info = {t: servers.target(t) for t in ["direct", "pgbouncer", "pgcell", "pgcell-2t"]}
             print(json.dumps({"password": PASSWORD, "targets": info}), flush=True)
             log(f"holding for {args.hold} s (Ctrl-C stops)")
             try:
@@ -807,8 +813,11 @@ def main():
             keys = [k.strip() for k in args.cases.split(",")]
             case_list = [c for c in case_list if any(k in c["name"] for k in keys)]
         sampling = 0.2
-        for rnd in range(1, args.rounds + 1):
+        total_rounds = max([args.rounds] + [c.get("min_rounds", 0) for c in case_list])
+        for rnd in range(1, total_rounds + 1):
             for case in case_list:
+                if rnd > max(args.rounds, case.get("min_rounds", 0)):
+                    continue
                 for target in case["targets"]:
                     r = run_case(servers, case, target, args.duration, sampling, work, args.perf_dir)
                     r["round"] = rnd
@@ -875,8 +884,12 @@ raw runs in [`benchmarks/results.json`](benchmarks/results.json). Do not edit by
   session case), SCRAM with the role's stored secret (PgBouncer's `auth_file` holds the SCRAM secret,
   pgcell's `scram_secret`; neither pays a PBKDF2 per login), connection logging off (pgcell
   `log.level = "warn"`), TLS with the same P-256 certificate.
-- Each case ran {args.rounds} rounds of {args.duration} s, targets interleaved within each round
-  (direct, PgBouncer, pgcell, then the next case, …); figures are medians over rounds.
+- Each case ran {args.rounds} rounds of {args.duration} s (the single-client case at least 5), targets
+  interleaved within each round (direct, PgBouncer, pgcell, pgcell-2t, then the next case, …); figures
+  are medians over rounds.
+- `pgcell` runs with `[runtime] worker_threads = {args.pgcell_workers}`: on this box PostgreSQL and pgbench
+  need the cores too, and it is the CPU budget of single-threaded PgBouncer. `pgcell-2t` is the same
+  binary with the default runtime (one worker per CPU, {os.cpu_count()} here), shown where it matters.
 - `-j` is 2 below 64 clients and 4 above. Latency p99 from pgbench's per-transaction log sampled at
   20% (`-l --sampling-rate 0.2`). Proxy CPU is utime+stime of the proxy process from
   `/proc/PID/stat` before and after the run, divided by the transactions (for `-C` storms each
