@@ -33,10 +33,10 @@ enum Command {
     Run,
     /// Validate the configuration and TLS files; print every problem.
     Check,
-    /// Start a throwaway PostgreSQL with two tenants behind pgcell.
     /// Print the PgcellTenant CustomResourceDefinition (YAML).
     #[cfg(feature = "kube")]
     Crd,
+    /// Start a throwaway PostgreSQL with two tenants behind pgcell.
     Demo {
         /// Data port for the proxy.
         #[arg(long, default_value_t = 6432)]
