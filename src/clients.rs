@@ -182,8 +182,12 @@ tokio::task_local! {
 
 /// Runs `session` with `entry` as the current task's client, so that pool
 /// checkouts inside it can mark the client waiting or active.
-pub async fn scope<F: Future>(entry: Arc<ClientEntry>, session: F) -> F::Output {
-    CURRENT.scope(entry, session).await
+///
+/// A plain function, not an `async fn`: an `async fn` wrapper would hold
+/// `session` twice in its state (as its argument and inside the awaited
+/// scope), doubling what every idle connection's task costs.
+pub fn scope<F: Future>(entry: Arc<ClientEntry>, session: F) -> impl Future<Output = F::Output> {
+    CURRENT.scope(entry, session)
 }
 
 /// The client the current task serves, inside [`scope`].

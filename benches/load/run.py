@@ -276,7 +276,10 @@ pidfile = {d}/pgbouncer.pid
         with open(os.path.join(d, "pgbouncer.ini"), "w") as f:
             f.write(ini)
         chown_postgres(d)
-        p = subprocess.Popen(as_postgres() + [pgbouncer_path(), os.path.join(d, "pgbouncer.ini")],
+        # As root, PgBouncer drops to postgres itself (-u) and keeps this
+        # process's descriptor limit; runuser would reset it to 1024.
+        user = ["-u", "postgres"] if os.geteuid() == 0 else []
+        p = subprocess.Popen([pgbouncer_path(), *user, os.path.join(d, "pgbouncer.ini")],
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         self.procs.append(p)
         wait_port(self.bouncer_port)

@@ -429,6 +429,36 @@ impl Pool {
         self.checkout().await
     }
 
+    /// An idle backend that needs no liveness check, at once, or `None`
+    /// (none idle, a check due, or the pool paused): then [`Pool::acquire`]
+    /// waits. Backends past their lifetime or that spoke while idle are
+    /// dropped on the way.
+    pub fn try_acquire_idle(&self) -> Option<Lease> {
+        if self.is_paused() {
+            return None;
+        }
+        let now = Instant::now();
+        loop {
+            let (conn, permit) = {
+                let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+                let (conn, _) = idle.last()?;
+                if now.duration_since(conn.last_used) > self.settings.check_after_idle {
+                    // Due for a ping: the waiting path does it.
+                    return None;
+                }
+                idle.pop()?
+            };
+            if now.duration_since(conn.created) > self.settings.max_lifetime
+                || now.duration_since(conn.last_used) > self.settings.idle_timeout
+                || conn.spoke_while_idle()
+            {
+                continue;
+            }
+            self.wait_seconds.record(0.0);
+            return Some(self.lease(conn, permit));
+        }
+    }
+
     async fn checkout(&self) -> Result<Lease, AcquireError> {
         let started = Instant::now();
         let deadline = tokio::time::Instant::now() + self.settings.acquire_timeout;

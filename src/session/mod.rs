@@ -361,7 +361,9 @@ async fn serve_inner(
         tls: shared.tls.as_ref(),
         deadline,
     };
-    let negotiated = handshake::negotiate(tcp, peer, &cfg)
+    // Boxed: the handshake's state is large and only needed at the start;
+    // inline it would stay in every idle connection's task.
+    let negotiated = Box::pin(handshake::negotiate(tcp, peer, &cfg))
         .await
         .inspect_err(|e| {
             metrics::counter!(m::HANDSHAKE_ERRORS, "kind" => e.kind()).increment(1);

@@ -33,8 +33,27 @@ use std::sync::Arc;
 /// is 1 GiB for most messages); client messages are bounded by
 /// `listen.max_message_size`.
 pub const MAX_POOLED_MESSAGE_LEN: usize = 256 << 20;
-/// Read buffer size, each direction.
+/// Read buffer size, each direction, while a backend is leased.
 const READ_CHUNK: usize = 32 * 1024;
+/// Read buffer size of an idle client: most statements fit, and an idle
+/// client should cost little memory (thousands of them sit idle).
+const IDLE_READ_CHUNK: usize = 2 * 1024;
+/// First read from a backend: a short result fits.
+const SERVER_READ_CHUNK: usize = 4 * 1024;
+
+/// Makes room to read into `buf`: `small` bytes when it is empty (the
+/// common case, a short statement), a full chunk when a message is
+/// already partly in.
+fn reserve_read(buf: &mut BytesMut, small: usize) {
+    buf.reserve(if buf.is_empty() { small } else { READ_CHUNK });
+}
+
+/// Frees an empty buffer above `keep` bytes, so idle sessions stay small.
+fn shrink(buf: &mut BytesMut, keep: usize) {
+    if buf.is_empty() && buf.capacity() > keep {
+        *buf = BytesMut::new();
+    }
+}
 
 /// Reported parameters no session can set.
 const READ_ONLY: &[&str] = &[
@@ -72,10 +91,12 @@ where
     let seen_reload = *shared.reloaded.borrow();
     // The exchange is bounded like a backend's authentication_timeout, so
     // clients that stall mid-exchange cannot hold connection slots.
-    let login = match tokio::time::timeout(
+    // Boxed: the exchange's state is only needed once, and inline it
+    // would stay in every idle client's task.
+    let login = match Box::pin(tokio::time::timeout(
         shared.settings.auth_timeout,
         login::authenticate(client, tenant, &user, &database, info, &shared.mock_key),
-    )
+    ))
     .await
     .unwrap_or_else(|_| Err(LoginError::Malformed("authentication timed out".to_owned())))
     {
@@ -206,7 +227,13 @@ where
 }
 
 async fn acquire(pool: &Arc<Pool>) -> Result<Lease, SessionError> {
-    pool.acquire().await.map_err(SessionError::Acquire)
+    // An idle backend ready to go needs no waiting (the common case);
+    // the waiting path is boxed so its large state is not part of every
+    // idle client's task.
+    if let Some(lease) = pool.try_acquire_idle() {
+        return Ok(lease);
+    }
+    Box::pin(pool.acquire()).await.map_err(SessionError::Acquire)
 }
 
 struct Session<'a> {
@@ -265,10 +292,11 @@ impl Session<'_> {
             let lease = acquire(&self.pool).await?;
             self.checkout(lease, client).await?;
         }
-        let mut from_client = BytesMut::with_capacity(READ_CHUNK);
-        let mut from_server = BytesMut::with_capacity(READ_CHUNK);
-        let mut to_server = BytesMut::with_capacity(READ_CHUNK);
-        let mut to_client = BytesMut::with_capacity(READ_CHUNK);
+        // Allocated as needed and given back between transactions.
+        let mut from_client = BytesMut::new();
+        let mut from_server = BytesMut::new();
+        let mut to_server = BytesMut::new();
+        let mut to_client = BytesMut::new();
         loop {
             // Forward every complete client message.
             let mut terminated = false;
@@ -371,7 +399,12 @@ impl Session<'_> {
             let Some(lease) = self.lease.as_mut() else {
                 // Idle in transaction mode: only the client moves, or a
                 // reload that may have removed the tenant.
-                from_client.reserve(READ_CHUNK);
+                // Idle between transactions: hold no backend-side buffer.
+                shrink(&mut from_client, IDLE_READ_CHUNK);
+                for buf in [&mut from_server, &mut to_server, &mut to_client] {
+                    shrink(buf, 0);
+                }
+                reserve_read(&mut from_client, IDLE_READ_CHUNK);
                 enum Woken {
                     Read(std::io::Result<usize>),
                     Reloaded(bool),
@@ -394,8 +427,8 @@ impl Session<'_> {
                     Woken::Stopping => return self.leave_for_shutdown(),
                 }
             };
-            from_client.reserve(READ_CHUNK);
-            from_server.reserve(READ_CHUNK);
+            reserve_read(&mut from_client, IDLE_READ_CHUNK);
+            reserve_read(&mut from_server, SERVER_READ_CHUNK);
             tokio::select! {
                 read = client.read_buf(&mut from_client) => match read {
                     Ok(0) => return Ok(()),
