@@ -233,7 +233,9 @@ async fn acquire(pool: &Arc<Pool>) -> Result<Lease, SessionError> {
     if let Some(lease) = pool.try_acquire_idle() {
         return Ok(lease);
     }
-    Box::pin(pool.acquire()).await.map_err(SessionError::Acquire)
+    Box::pin(pool.acquire())
+        .await
+        .map_err(SessionError::Acquire)
 }
 
 struct Session<'a> {
