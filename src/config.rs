@@ -57,6 +57,9 @@ pub struct Config {
     pub kubernetes: KubernetesConfig,
     /// Async runtime worker threads; `None`: one per CPU.
     pub worker_threads: Option<usize>,
+    /// One thread running everything (`[runtime] flavor =
+    /// "current_thread"`) instead of the work-stealing pool.
+    pub current_thread: bool,
 }
 
 /// How a drain leaves the target group (`[shutdown]`).
@@ -296,6 +299,7 @@ struct RawConfig {
 #[derive(Debug, Default, Deserialize)]
 struct RawRuntime {
     worker_threads: Option<usize>,
+    flavor: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -648,6 +652,25 @@ impl Config {
             .runtime
             .worker_threads
             .map(|n| p.positive("runtime.worker_threads", n));
+        let current_thread = match raw.runtime.flavor.as_deref() {
+            None | Some("multi_thread") => false,
+            Some("current_thread") => {
+                if worker_threads.is_some() {
+                    p.push(
+                        "runtime.worker_threads",
+                        "does not apply with runtime.flavor = \"current_thread\"",
+                    );
+                }
+                true
+            }
+            Some(other) => {
+                p.push(
+                    "runtime.flavor",
+                    format!("{other:?} is not \"multi_thread\" or \"current_thread\""),
+                );
+                false
+            }
+        };
 
         Config {
             listen,
@@ -663,6 +686,7 @@ impl Config {
             aws,
             kubernetes,
             worker_threads,
+            current_thread,
         }
     }
 }

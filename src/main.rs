@@ -65,12 +65,21 @@ fn main() -> ExitCode {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    runtime_with(None)
+    runtime_with(None, false)
 }
 
-/// The multi-threaded runtime, with `workers` threads (`[runtime]
-/// worker_threads`) or one per CPU.
-fn runtime_with(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
+/// The runtime `[runtime]` asks for: the multi-threaded one with
+/// `workers` threads (default one per CPU), or one thread for everything.
+fn runtime_with(
+    workers: Option<usize>,
+    current_thread: bool,
+) -> anyhow::Result<tokio::runtime::Runtime> {
+    if current_thread {
+        return tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime");
+    }
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = workers {
         builder.worker_threads(n);
@@ -131,7 +140,7 @@ fn run(path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let path = require_config(path)?;
     let config = Config::load(&path).map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?;
     init_logging(config.log.format, &config.log.level);
-    let rt = runtime_with(config.worker_threads)?;
+    let rt = runtime_with(config.worker_threads, config.current_thread)?;
     rt.block_on(async move {
         let server = Server::bind(config, Some(path)).await?;
         let handle = server.handle();

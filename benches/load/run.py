@@ -356,6 +356,31 @@ scram_secret = "{self.app_secret}"
         self.cells[name] = (port, p.pid)
         wait_port(port)
 
+    def restart_proxies(self, workers):
+        """Stops PgBouncer and the pgcells and starts them again, fresh."""
+        os.kill(self.bouncer_pid, signal.SIGTERM)
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        self.procs = []
+        for name in list(self.cells):
+            shutil.rmtree(os.path.join(self.dir, name), ignore_errors=True)
+        shutil.rmtree(os.path.join(self.dir, "pgbouncer"), ignore_errors=True)
+        self.cells = {}
+        for _ in range(100):
+            try:
+                with socket.create_connection(("127.0.0.1", self.bouncer_port), timeout=0.2):
+                    time.sleep(0.1)
+            except OSError:
+                break
+        self.start_pgbouncer()
+        self.start_pgcell("pgcell", workers)
+        self.start_pgcell("pgcell-2t", None)
+
     def stop(self):
         if getattr(self, "bouncer_pid", None):
             try:
@@ -829,6 +854,10 @@ def main():
                         f"cpu/tx={fmt(r.get('proxy_cpu_us_per_tx'), 1)}µs exit={r['exit']}"
                         + (f" ERROR {r.get('error', '')[:200]}" if r['exit'] else ""))
         if args.idle:
+            # Fresh proxy processes: after the load cases their heaps are
+            # grown (allocator arenas keep freed memory), which would hide
+            # what idle clients cost.
+            servers.restart_proxies(args.pgcell_workers)
             for rnd in range(1, (1 if args.smoke else 2) + 1):
                 for tls in [False, True]:
                     for target in ["pgbouncer", "pgcell"]:

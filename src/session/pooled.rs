@@ -812,6 +812,9 @@ async fn restore_settings(
     lease: &mut Lease,
     wanted: &[(String, String)],
 ) -> Result<(), RestoreError> {
+    if settings_match(&lease.conn.params, wanted) {
+        return Ok(());
+    }
     let mut calls = Vec::new();
     for (name, value) in wanted {
         let current = lease.conn.param(name);
@@ -833,6 +836,26 @@ async fn restore_settings(
         set_param(&mut lease.conn.params, name.clone(), value.clone());
     }
     Ok(())
+}
+
+/// True when the backend already has every wanted setting, checked in one
+/// pass: both lists come from the same login's `ParameterStatus` order, so
+/// in the common case (the client changed nothing) names line up. `false`
+/// also when they do not line up; the caller then compares by name.
+fn settings_match(current: &[(String, String)], wanted: &[(String, String)]) -> bool {
+    let mut rest = current.iter();
+    'wanted: for (name, value) in wanted {
+        for (n, v) in rest.by_ref() {
+            if n.eq_ignore_ascii_case(name) {
+                if v != value {
+                    return false;
+                }
+                continue 'wanted;
+            }
+        }
+        return false;
+    }
+    true
 }
 
 /// Runs one simple query on an idle backend and reads to `ReadyForQuery`.
@@ -875,7 +898,11 @@ async fn run_simple(lease: &mut Lease, query: &str) -> Result<(), RestoreError> 
 /// its first words: what a transaction-mode backend switch would lose.
 /// Settings the backend reports are restored by pgcell and do not count.
 pub fn session_state_kind(sql: &[u8]) -> Option<&'static str> {
-    let text = String::from_utf8_lossy(&sql[..sql.len().min(4096)]).to_ascii_lowercase();
+    let head = &sql[..sql.len().min(4096)];
+    if !may_leave_session_state(head) {
+        return None;
+    }
+    let text = String::from_utf8_lossy(head).to_ascii_lowercase();
     let text = strip_leading_comments(&text);
     let mut words = text
         .split(|c: char| c.is_ascii_whitespace() || c == ';' || c == '(')
@@ -905,6 +932,39 @@ pub fn session_state_kind(sql: &[u8]) -> Option<&'static str> {
         }
         _ => None,
     }
+}
+
+/// A cheap filter run on every statement before [`session_state_kind`]
+/// looks closer (it lower-cases a copy): false when the statement neither
+/// starts with a keyword that can leave session state nor mentions an
+/// advisory lock. Statements starting with a comment take the close look.
+fn may_leave_session_state(sql: &[u8]) -> bool {
+    const NEEDLE: &[u8] = b"advisory_lock";
+    let mentions_advisory = sql.iter().enumerate().any(|(i, b)| {
+        (*b | 0x20) == b'a'
+            && sql
+                .get(i..i + NEEDLE.len())
+                .is_some_and(|w| w.eq_ignore_ascii_case(NEEDLE))
+    });
+    if mentions_advisory {
+        return true;
+    }
+    let start = sql
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(sql.len());
+    let rest = &sql[start..];
+    if rest.starts_with(b"--") || rest.starts_with(b"/*") {
+        return true;
+    }
+    let word_end = rest
+        .iter()
+        .position(|b| !b.is_ascii_alphabetic())
+        .unwrap_or(rest.len());
+    let word = &rest[..word_end];
+    [&b"listen"[..], b"prepare", b"declare", b"create", b"set"]
+        .iter()
+        .any(|k| word.eq_ignore_ascii_case(k))
 }
 
 /// Settings PostgreSQL reports with `ParameterStatus` (restored by pgcell).
@@ -945,8 +1005,23 @@ async fn write_draining<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    // The common case: the socket takes everything at once (a statement
+    // or a pipeline smaller than the socket buffer). No split, no read
+    // buffer.
+    let first = std::future::poll_fn(|cx| {
+        std::task::Poll::Ready(std::pin::Pin::new(&mut *stream).poll_write(cx, data))
+    })
+    .await;
+    let mut written = match first {
+        std::task::Poll::Ready(Ok(0)) => return Err(std::io::ErrorKind::WriteZero.into()),
+        std::task::Poll::Ready(Ok(n)) => n,
+        std::task::Poll::Ready(Err(e)) => return Err(e),
+        std::task::Poll::Pending => 0,
+    };
+    if written == data.len() {
+        return stream.flush().await;
+    }
     let (mut reader, mut writer) = tokio::io::split(stream);
-    let mut written = 0;
     while written < data.len() {
         answers.reserve(READ_CHUNK);
         tokio::select! {
