@@ -327,6 +327,8 @@ max_client_connections = 12000
 mode = "transaction"
 size = {POOL_SIZE}
 max_client_connections = 12000
+# PgBouncer's query_wait_timeout default: clients queue, they are not refused.
+acquire_timeout = "120s"
 [[tenants.users]]
 name = "app"
 scram_secret = "{self.app_secret}"
@@ -340,6 +342,7 @@ backends = ["127.0.0.1:{self.pg_port}"]
 [tenants.pool]
 mode = "session"
 size = {POOL_SIZE}
+acquire_timeout = "120s"
 [[tenants.users]]
 name = "app"
 scram_secret = "{self.app_secret}"
@@ -914,7 +917,8 @@ raw runs in [`benchmarks/results.json`](benchmarks/results.json). Do not edit by
   `shared_buffers=512MB` (the proxies are measured, not the disk).
 - Both proxies: pool size {POOL_SIZE} per (database, user), transaction mode (session mode for the
   session case), SCRAM with the role's stored secret (PgBouncer's `auth_file` holds the SCRAM secret,
-  pgcell's `scram_secret`; neither pays a PBKDF2 per login), connection logging off (pgcell
+  pgcell's `scram_secret`; neither pays a PBKDF2 per login), clients queue for a backend up to
+  120 s (PgBouncer's `query_wait_timeout`; pgcell `pool.acquire_timeout = "120s"`), connection logging off (pgcell
   `log.level = "warn"`), TLS with the same P-256 certificate.
 - Each case ran {args.rounds} rounds of {args.duration} s (the single-client case at least 5), targets
   interleaved within each round (direct, PgBouncer, pgcell, pgcell-2t, then the next case, …); figures

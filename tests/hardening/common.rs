@@ -70,6 +70,17 @@ impl Pgcell {
 
     /// [`Pgcell::start`] with a log level.
     pub async fn start_with(listen_extra: &str, rest: &str, level: &str) -> Pgcell {
+        Pgcell::start_on(std::net::Ipv4Addr::LOCALHOST, listen_extra, rest, level).await
+    }
+
+    /// [`Pgcell::start_with`] with the data port on `ip` (an address of a
+    /// test network this test created); the admin port stays on loopback.
+    pub async fn start_on(
+        ip: std::net::Ipv4Addr,
+        listen_extra: &str,
+        rest: &str,
+        level: &str,
+    ) -> Pgcell {
         let dir = tempfile::tempdir().unwrap();
         let cert = rcgen::generate_simple_self_signed(vec!["localhost".into(), "*.pg.test".into()])
             .unwrap();
@@ -86,7 +97,7 @@ impl Pgcell {
         let text = format!(
             r#"
 [listen]
-addr = "127.0.0.1:{port}"
+addr = "{ip}:{port}"
 admin_addr = "127.0.0.1:{admin_port}"
 {startup_timeout}
 {listen_extra}
@@ -128,7 +139,7 @@ propagation = "100ms"
             .spawn()
             .expect("start pgcell");
         let mut p = Pgcell {
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            addr: SocketAddr::from((ip, port)),
             admin: SocketAddr::from(([127, 0, 0, 1], admin_port)),
             dir,
             child,
@@ -199,7 +210,7 @@ propagation = "100ms"
     /// `tenant` through `options`.
     pub fn pg(&self, tenant: &str) -> tokio_postgres::Config {
         let mut c = tokio_postgres::Config::new();
-        c.host("127.0.0.1")
+        c.host(self.addr.ip().to_string())
             .port(self.addr.port())
             .user("app")
             .password(APP_PASSWORD)

@@ -10,6 +10,7 @@
 mod common;
 
 mod faults;
+mod half_open;
 mod isolation;
 mod limits;
 mod soak;
