@@ -26,6 +26,21 @@ pub const MAX_PREPARED_PER_CLIENT: usize = 10_000;
 
 static NEXT_STATEMENT: AtomicU64 = AtomicU64::new(1);
 
+/// The prefix of the names pgcell gives statements on backends.
+const PGCELL_PREFIX: &str = "pgcell_";
+/// A name in pgcell's namespace that pgcell never creates.
+const NEVER_CREATED: &[u8] = b"pgcell_unknown";
+
+/// For a statement name this client never prepared: when it lies in
+/// pgcell's namespace, the name to send instead, so that a client cannot
+/// bind, describe or close a statement pgcell made for another client on a
+/// shared backend. The backend then answers `26000` as PostgreSQL would
+/// for any unknown name.
+fn foreign(name: &[u8]) -> Option<&'static [u8]> {
+    name.starts_with(PGCELL_PREFIX.as_bytes())
+        .then_some(NEVER_CREATED)
+}
+
 /// The statements one backend holds, least recently used first out.
 #[derive(Debug, Default)]
 pub struct BackendStatements {
@@ -174,7 +189,17 @@ impl ClientStatements {
                         body.put_slice(tail);
                         messages::tagged(out, b'B', &body);
                     }
-                    None => messages::tagged(out, b'B', &msg.body),
+                    None => match foreign(name) {
+                        // Never another client's statement on this backend.
+                        Some(missing) => {
+                            let mut body = BytesMut::with_capacity(msg.body.len() + 16);
+                            put_cstr(&mut body, portal);
+                            put_cstr(&mut body, missing);
+                            body.put_slice(tail);
+                            messages::tagged(out, b'B', &body);
+                        }
+                        None => messages::tagged(out, b'B', &msg.body),
+                    },
                 }
             }
             b'D' | b'C' if msg.body.first() == Some(&b'S') => {
@@ -188,7 +213,10 @@ impl ClientStatements {
                         .statements
                         .remove(&String::from_utf8_lossy(name).into_owned())
                     else {
-                        messages::tagged(out, msg.tag, &msg.body);
+                        let mut body = BytesMut::new();
+                        body.put_u8(b'S');
+                        put_cstr(&mut body, foreign(name).unwrap_or(name));
+                        messages::tagged(out, msg.tag, &body);
                         return Ok(());
                     };
                     backend.remove(&statement.global);
@@ -206,7 +234,12 @@ impl ClientStatements {
                         put_cstr(&mut body, global.as_bytes());
                         messages::tagged(out, msg.tag, &body);
                     }
-                    None => messages::tagged(out, msg.tag, &msg.body),
+                    None => {
+                        let mut body = BytesMut::new();
+                        body.put_u8(b'S');
+                        put_cstr(&mut body, foreign(name).unwrap_or(name));
+                        messages::tagged(out, msg.tag, &body);
+                    }
                 }
                 if msg.tag == b'C' {
                     self.expect(b'3', false, None);
@@ -247,7 +280,10 @@ impl ClientStatements {
         {
             return Err(PreparedError::TooMany);
         }
-        let global = format!("pgcell_{}", NEXT_STATEMENT.fetch_add(1, Ordering::Relaxed));
+        let global = format!(
+            "{PGCELL_PREFIX}{}",
+            NEXT_STATEMENT.fetch_add(1, Ordering::Relaxed)
+        );
         let mut body = BytesMut::with_capacity(msg.body.len() + 16);
         put_cstr(&mut body, global.as_bytes());
         body.put_slice(rest);
@@ -448,6 +484,47 @@ mod tests {
             v.push((m.tag, m.body.to_vec()));
         }
         v
+    }
+
+    #[test]
+    fn a_client_cannot_reach_statements_pgcell_made_for_others() {
+        // Another client's statement sits on the shared backend.
+        let mut other = ClientStatements::default();
+        let mut backend = BackendStatements::default();
+        let mut out = BytesMut::new();
+        other
+            .forward(&msg(b'P', b"s1\0select 1\0\0\0"), &mut backend, &mut out)
+            .unwrap();
+        let theirs = messages_of(out)[0].1.clone();
+        let theirs = &theirs[..theirs.iter().position(|&b| b == 0).unwrap()];
+        assert!(theirs.starts_with(b"pgcell_"));
+        // This client names it without preparing it: Bind, Describe, Close.
+        let mut client = ClientStatements::default();
+        let mut out = BytesMut::new();
+        let mut bind = b"\0".to_vec();
+        bind.extend_from_slice(theirs);
+        bind.extend_from_slice(b"\0\0\0\0\0\0\0");
+        let mut named = b"S".to_vec();
+        named.extend_from_slice(theirs);
+        named.push(0);
+        for m in [msg(b'B', &bind), msg(b'D', &named), msg(b'C', &named)] {
+            client.forward(&m, &mut backend, &mut out).unwrap();
+        }
+        let sent = messages_of(out);
+        assert_eq!(sent.len(), 3);
+        for (_, body) in &sent {
+            assert!(!body.windows(theirs.len()).any(|w| w == theirs), "{sent:?}");
+            assert!(body
+                .windows(NEVER_CREATED.len())
+                .any(|w| w == NEVER_CREATED));
+        }
+        // Names outside pgcell's namespace pass as they are (26000 from
+        // the backend, as without pgcell).
+        let mut out = BytesMut::new();
+        client
+            .forward(&msg(b'B', b"\0mine\0\0\0\0\0\0\0"), &mut backend, &mut out)
+            .unwrap();
+        assert_eq!(messages_of(out)[0].1, b"\0mine\0\0\0\0\0\0\0".to_vec());
     }
 
     #[test]
