@@ -90,11 +90,9 @@ async fn drain_scenario(tenant_text: &str) {
     assert!(TcpStream::connect(health).await.is_ok());
     let (late, late_conn) = connect(&cfg()).await.expect("accepted while draining");
     late.simple_query("select 1").await.unwrap();
-    let m = pgcell::metrics::handle().render();
-    assert_eq!(
-        metric(&m, "pgcell_drain_phase", &[("phase", "propagating")]),
-        Some(1.0)
-    );
+    // (`pgcell_drain_phase` is process-wide and other tests' servers in
+    // this binary start and stop meanwhile: the phase is checked through
+    // the state here and through the logs of a lone binary below.)
 
     // After the propagation window: stopping. Idle clients leave with 57P01
     // at once; the busy one finishes its transaction first.
