@@ -117,16 +117,37 @@ pub async fn connect(
     Err(ConnectError::Unreachable { tried, last })
 }
 
+/// Seconds between unanswered keepalive probes.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// Unanswered probes before the peer is declared gone.
+const KEEPALIVE_PROBES: u32 = 3;
+
 /// `TCP_NODELAY` (the protocol is request/response) and keepalive well
 /// under the NLB's 350 s idle timeout.
+///
+/// Keepalive only probes a connection with nothing unacknowledged in
+/// flight; a peer that vanishes while pgcell still has bytes on their way
+/// to it (a result being written, or the last ReadyForQuery not yet
+/// acknowledged) would instead be retransmitted to for the kernel's
+/// `tcp_retries2` (about 15 minutes). `TCP_USER_TIMEOUT` set to the same
+/// budget as the probes closes that gap, so a vanished peer is found
+/// within `keepalive + 30 s` whatever it was doing. A live reader with a
+/// full window answers zero-window probes and is not affected.
 pub fn set_socket_options(tcp: &TcpStream, keepalive: Duration) {
     let _ = tcp.set_nodelay(true);
     let ka = TcpKeepalive::new()
         .with_time(keepalive)
-        .with_interval(Duration::from_secs(10))
-        .with_retries(3);
-    if let Err(e) = SockRef::from(tcp).set_tcp_keepalive(&ka) {
+        .with_interval(KEEPALIVE_INTERVAL)
+        .with_retries(KEEPALIVE_PROBES);
+    let sock = SockRef::from(tcp);
+    if let Err(e) = sock.set_tcp_keepalive(&ka) {
         tracing::debug!(error = %e, "could not set TCP keepalive");
+    }
+    #[cfg(target_os = "linux")]
+    if let Err(e) =
+        sock.set_tcp_user_timeout(Some(keepalive + KEEPALIVE_INTERVAL * KEEPALIVE_PROBES))
+    {
+        tracing::debug!(error = %e, "could not set TCP_USER_TIMEOUT");
     }
 }
 

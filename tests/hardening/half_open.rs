@@ -145,6 +145,10 @@ async fn half_open_client_is_reclaimed_by_keepalive() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    // Let the client acknowledge everything pgcell sent at login (its
+    // delayed ACK) so the cut tests the idle case keepalive covers; the
+    // in-flight case is covered by TCP_USER_TIMEOUT with the same budget.
+    tokio::time::sleep(Duration::from_secs(1)).await;
     net.cut();
     let cut_at = Instant::now();
     // Keepalive: 1 s idle, then 3 unanswered probes 10 s apart.
