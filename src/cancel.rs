@@ -32,6 +32,19 @@
 //! does not forward a key again that it forwarded within
 //! [`REPEAT_WINDOW`].
 //!
+//! # Keys are bound to the endpoint they were issued through
+//!
+//! A key issued to a client that came through a VPC endpoint (the PROXY v2
+//! header's vpce id) cancels only when the `CancelRequest` comes through
+//! the same endpoint: a key that leaked to another customer's network is
+//! worth nothing there. A request from another endpoint, or from none, is
+//! dropped and counted (`outcome="endpoint_mismatch"`), never forwarded.
+//! Forwards between replicas carry the vpce id in their PROXY header (with
+//! `proxy_protocol = "required"`, the only mode in which vpce ids exist
+//! to be trusted), so the owning replica checks the original endpoint.
+//! Keys issued to clients without a vpce id (in-cluster clients, no PROXY
+//! header) are not bound.
+//!
 //! Protocol 3.0 keys are 64 bits, so a forged key must guess the 32-bit
 //! secret and the 23 random bits of the process id (the owner byte is
 //! public): about 2^-55 per try for one given session. Protocol 3.2 allows
@@ -89,8 +102,14 @@ pub struct CancelMap {
     recent: Arc<Mutex<VecDeque<(CancelKey, Instant)>>>,
 }
 
-/// A key's secret and where its cancels go.
-type Entry = (i32, Arc<Mutex<Slot>>);
+/// A key's secret, the endpoint it was issued through, and where its
+/// cancels go.
+#[derive(Debug)]
+struct Entry {
+    secret: i32,
+    vpce_id: Option<Arc<str>>,
+    slot: Arc<Mutex<Slot>>,
+}
 
 /// Where one client's cancels go right now.
 ///
@@ -132,6 +151,9 @@ pub enum CancelOutcome {
     /// The key was forwarded moments ago: dropped (ends loops between
     /// misconfigured peers).
     RepeatedForward,
+    /// The key was issued through another VPC endpoint than the request
+    /// came through: dropped.
+    EndpointMismatch,
 }
 
 impl CancelOutcome {
@@ -145,6 +167,7 @@ impl CancelOutcome {
             CancelOutcome::UnknownPeer => "unknown_peer",
             CancelOutcome::PeerUnreachable => "peer_unreachable",
             CancelOutcome::RepeatedForward => "repeated_forward",
+            CancelOutcome::EndpointMismatch => "endpoint_mismatch",
         }
     }
 }
@@ -179,16 +202,17 @@ impl CancelMap {
         self.peers.load().values().map(Vec::len).sum()
     }
 
-    /// Issues a fresh random key for a session served by `target`.
-    pub fn register(&self, target: CancelTarget) -> Registration {
-        let reg = self.register_idle();
+    /// Issues a fresh random key for a session served by `target`, to a
+    /// client that came through VPC endpoint `vpce_id`.
+    pub fn register(&self, target: CancelTarget, vpce_id: Option<&str>) -> Registration {
+        let reg = self.register_idle(vpce_id);
         reg.attach(target);
         reg
     }
 
     /// Issues a fresh random key, owned by this replica, for a client with
-    /// no backend yet.
-    pub fn register_idle(&self) -> Registration {
+    /// no backend yet that came through VPC endpoint `vpce_id`.
+    pub fn register_idle(&self, vpce_id: Option<&str>) -> Registration {
         let mut map = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         // Ends: the map holds at most max_client_connections (≤ 1,000,000)
         // of the 2^23 pids, so a random one is free at least 88% of the time.
@@ -199,7 +223,14 @@ impl CancelMap {
                 continue;
             }
             let slot = Arc::new(Mutex::new(Slot::default()));
-            map.insert(pid, (secret, slot.clone()));
+            map.insert(
+                pid,
+                Entry {
+                    secret,
+                    vpce_id: vpce_id.map(Arc::from),
+                    slot: slot.clone(),
+                },
+            );
             return Registration {
                 map: self.clone(),
                 key: CancelKey { pid, secret },
@@ -208,24 +239,34 @@ impl CancelMap {
         }
     }
 
-    /// The target for `key` now, when the secret matches; marks the
-    /// checkout as cancelled.
-    pub fn lookup(&self, key: CancelKey) -> Option<CancelTarget> {
+    /// The target for `key` now, when the secret matches and the request
+    /// came through the endpoint the key was issued through (`vpce_id`:
+    /// the request's); marks the checkout as cancelled.
+    pub fn lookup(
+        &self,
+        key: CancelKey,
+        vpce_id: Option<&str>,
+    ) -> Result<CancelTarget, CancelOutcome> {
         let slot = {
             let map = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-            let (secret, slot) = map.get(&key.pid)?;
+            let entry = map.get(&key.pid).ok_or(CancelOutcome::UnknownKey)?;
             // Both are 32-bit values compared once; the difference in timing
             // between a pid miss and a secret mismatch reveals only that a pid
             // is in use, which any client of this process can learn anyway.
-            if *secret != key.secret {
-                return None;
+            if entry.secret != key.secret {
+                return Err(CancelOutcome::UnknownKey);
             }
-            slot.clone()
+            if let Some(issued) = &entry.vpce_id {
+                if vpce_id != Some(&**issued) {
+                    return Err(CancelOutcome::EndpointMismatch);
+                }
+            }
+            entry.slot.clone()
         };
         let mut slot = slot.lock().unwrap_or_else(PoisonError::into_inner);
-        let target = slot.target?;
+        let target = slot.target.ok_or(CancelOutcome::UnknownKey)?;
         slot.cancel_sent = true;
-        Some(target)
+        Ok(target)
     }
 
     /// Sends the `CancelRequest` for `key`, which `from` sent, where it
@@ -248,26 +289,41 @@ impl CancelMap {
                 pid: key.pid & !FORWARDED_BIT,
                 ..key
             };
-            return self.cancel_local(key, connect_timeout).await;
+            return self.cancel_local(key, from, connect_timeout).await;
         }
         match owner_of(key.pid) {
             Some(owner) if owner != self.instance => {
                 self.forward(owner, key, from, connect_timeout, proxy).await
             }
-            Some(owner) => match self.cancel_local(key, connect_timeout).await {
+            Some(owner) => match self.cancel_local(key, from, connect_timeout).await {
                 // Another replica may have derived the same id.
                 CancelOutcome::UnknownKey if self.peers.load().contains_key(&owner) => {
                     self.forward(owner, key, from, connect_timeout, proxy).await
                 }
                 outcome => outcome,
             },
-            None => self.cancel_local(key, connect_timeout).await,
+            None => self.cancel_local(key, from, connect_timeout).await,
         }
     }
 
-    async fn cancel_local(&self, key: CancelKey, connect_timeout: Duration) -> CancelOutcome {
-        let Some(target) = self.lookup(key) else {
-            return CancelOutcome::UnknownKey;
+    async fn cancel_local(
+        &self,
+        key: CancelKey,
+        from: &ClientInfo,
+        connect_timeout: Duration,
+    ) -> CancelOutcome {
+        let target = match self.lookup(key, from.vpce_id.as_deref()) {
+            Ok(target) => target,
+            Err(outcome) => {
+                if outcome == CancelOutcome::EndpointMismatch {
+                    tracing::warn!(
+                        client = %from.addr,
+                        vpce_id = from.vpce_id.as_deref().unwrap_or(""),
+                        "cancel request through another VPC endpoint than the key was issued through: dropped"
+                    );
+                }
+                return outcome;
+            }
         };
         match send_cancel(target, connect_timeout).await {
             Ok(()) => CancelOutcome::Forwarded,
@@ -490,24 +546,58 @@ mod tests {
             addr: "127.0.0.1:5432".parse().unwrap(),
             key: CancelKey { pid: 42, secret: 7 },
         };
-        let reg = map.register(target);
+        let reg = map.register(target, None);
         let key = reg.key();
         assert!(key.pid > 0);
-        assert_eq!(map.lookup(key), Some(target));
+        assert_eq!(map.lookup(key, None), Ok(target));
         assert_eq!(
-            map.lookup(CancelKey {
-                pid: key.pid,
-                secret: key.secret.wrapping_add(1)
-            }),
-            None
+            map.lookup(
+                CancelKey {
+                    pid: key.pid,
+                    secret: key.secret.wrapping_add(1)
+                },
+                None
+            ),
+            Err(CancelOutcome::UnknownKey)
         );
         assert!(reg.detach(), "the lookup above counts as a cancel");
-        assert_eq!(map.lookup(key), None, "idle: nothing to cancel");
+        assert_eq!(
+            map.lookup(key, None),
+            Err(CancelOutcome::UnknownKey),
+            "idle: nothing to cancel"
+        );
         assert!(!reg.detach());
         reg.attach(target);
         drop(reg);
-        assert_eq!(map.lookup(key), None);
+        assert_eq!(map.lookup(key, None), Err(CancelOutcome::UnknownKey));
         assert!(map.is_empty());
+    }
+
+    #[test]
+    fn keys_cancel_only_through_the_endpoint_they_were_issued_through() {
+        let map = CancelMap::default();
+        let target = CancelTarget {
+            addr: "127.0.0.1:5432".parse().unwrap(),
+            key: CancelKey { pid: 42, secret: 7 },
+        };
+        let reg = map.register(target, Some("vpce-0aaaaaaaaaaaaaaaa"));
+        let key = reg.key();
+        for other in [None, Some("vpce-0bbbbbbbbbbbbbbbb"), Some("")] {
+            assert_eq!(
+                map.lookup(key, other),
+                Err(CancelOutcome::EndpointMismatch),
+                "{other:?}"
+            );
+        }
+        assert!(!reg.detach(), "a refused request cancels nothing");
+        reg.attach(target);
+        assert_eq!(map.lookup(key, Some("vpce-0aaaaaaaaaaaaaaaa")), Ok(target));
+        // A key issued without an endpoint is not bound.
+        let open = map.register(target, None);
+        assert_eq!(
+            map.lookup(open.key(), Some("vpce-0bbbbbbbbbbbbbbbb")),
+            Ok(target)
+        );
     }
 
     fn client(addr: &str) -> ClientInfo {
@@ -538,7 +628,7 @@ mod tests {
     fn issued_pids_name_their_owner() {
         for instance in [0u8, 1, 2, 127, 128, 254, 255] {
             let map = map(instance, &[]);
-            let regs: Vec<Registration> = (0..64).map(|_| map.register_idle()).collect();
+            let regs: Vec<Registration> = (0..64).map(|_| map.register_idle(None)).collect();
             for reg in &regs {
                 let key = reg.key();
                 assert!(key.pid > 0, "{key:?}");
@@ -737,7 +827,7 @@ mod tests {
             key: CancelKey { pid: 42, secret: 7 },
         };
         let got_backend = receive_one(backend);
-        let reg = map.register(target);
+        let reg = map.register(target, None);
         let held = CancelKey {
             pid: reg.key().pid | FORWARDED_BIT,
             ..reg.key()

@@ -55,6 +55,10 @@ pub struct PgcellTenantSpec {
     /// Client connections of this tenant served at once (default 1000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_client_connections: Option<u32>,
+    /// New client connections per second accepted for this tenant
+    /// (a token bucket with one second of burst); unlimited when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connection_rate: Option<u32>,
     /// TLS to the backends: `disable` (default), `require` or
     /// `verify-full` (needs `backendCaFile`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -321,6 +325,7 @@ pub fn tenant_config(object: &PgcellTenant, lookup: &dyn Lookup) -> Result<Tenan
         "allowed_cidrs": spec.allowed_cidrs,
         "require_tls": spec.require_tls.unwrap_or(false),
         "max_client_connections": spec.max_client_connections.unwrap_or(1000),
+        "max_connection_rate": spec.max_connection_rate,
         "backend_tls": spec.backend_tls.unwrap_or(BackendTls::Disable),
         "backend_ca": spec.backend_ca_file,
         "backend_server_name": spec.backend_server_name,
@@ -457,6 +462,7 @@ mod tests {
                 "database": "app",
                 "allowedCidrs": ["10.0.0.0/8"],
                 "maxClientConnections": 50,
+                "maxConnectionRate": 20,
                 "pool": {"mode": "transaction", "size": 5, "acquireTimeout": "2s"},
                 "users": [
                     {"name": "app", "secretRef": {"name": "acme-users", "key": "app"}},
@@ -470,6 +476,7 @@ mod tests {
         assert_eq!(t.backends, vec!["10.0.0.5:5432".to_string()]);
         assert_eq!(t.database.as_deref(), Some("app"));
         assert_eq!(t.max_client_connections, 50);
+        assert_eq!(t.max_connection_rate, Some(20));
         assert_eq!(t.auth, AuthMode::Scram);
         assert_eq!(t.pool.mode, PoolMode::Transaction);
         assert_eq!(t.pool.size, 5);

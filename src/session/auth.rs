@@ -66,6 +66,7 @@ pub async fn relay<C, B>(
     backend: &mut B,
     cancel: &CancelMap,
     backend_addr: SocketAddr,
+    vpce_id: Option<&str>,
 ) -> Result<AuthEnd, AuthRelayError>
 where
     C: AsyncRead + AsyncWrite + Unpin,
@@ -122,10 +123,13 @@ where
                     pid: body.get_i32(),
                     secret: body.get_i32(),
                 };
-                let reg = cancel.register(CancelTarget {
-                    addr: backend_addr,
-                    key,
-                });
+                let reg = cancel.register(
+                    CancelTarget {
+                        addr: backend_addr,
+                        key,
+                    },
+                    vpce_id,
+                );
                 messages::backend_key_data(&mut out, reg.key());
                 registration = Some(reg);
             }

@@ -534,9 +534,16 @@ where
         .await
         .map_err(|e| AuthRelayError::Backend(e.into()))?;
 
+    let vpce_id = log.client.as_ref().and_then(|c| c.vpce_id.clone());
     let auth = tokio::time::timeout(
         shared.settings.auth_timeout,
-        auth::relay(client, &mut backend.stream, &shared.cancel, backend.addr),
+        auth::relay(
+            client,
+            &mut backend.stream,
+            &shared.cancel,
+            backend.addr,
+            vpce_id.as_deref(),
+        ),
     )
     .await
     .map_err(|_| SessionError::AuthTimeout)??;

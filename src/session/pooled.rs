@@ -163,7 +163,7 @@ where
         set_param(&mut wanted, name, value);
     }
 
-    let registration = shared.cancel.register_idle();
+    let registration = shared.cancel.register_idle(info.vpce_id.as_deref());
     let mut out = BytesMut::new();
     for (name, value) in &server_params {
         let value = wanted

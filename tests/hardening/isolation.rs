@@ -381,10 +381,21 @@ async fn cancel_keys_do_not_cross_tenants() {
         cancel(pid, secret.wrapping_add(guess), VPCE_B).await;
     }
     cancel(pid ^ 1, secret, VPCE_B).await;
+    // The right key, leaked to another customer's network, is worth
+    // nothing there: keys are bound to the endpoint they were issued
+    // through.
+    cancel(pid, secret, VPCE_B).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
         running().await,
-        "a guessed key cancelled another tenant's query"
+        "a guessed key or a key from another endpoint cancelled another tenant's query"
+    );
+    assert!(
+        p.metrics()
+            .await
+            .lines()
+            .any(|l| l.starts_with("pgcell_cancel_requests_total{outcome=\"endpoint_mismatch\"} 1")),
+        "the refused cancel is counted"
     );
     cancel(pid, secret, VPCE_A).await;
     let mut saw = None;
