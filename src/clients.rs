@@ -268,6 +268,16 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<'_, S> {
     }
 }
 
+impl<S: crate::stream::ReadReady> crate::stream::ReadReady for Counted<'_, S> {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.inner.poll_read_ready(cx)
+    }
+
+    fn waits_without_buffer(&self) -> bool {
+        self.inner.waits_without_buffer()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -152,6 +152,52 @@ impl<P: AsyncWrite + Unpin, T: AsyncWrite + Unpin> AsyncWrite for MaybeTls<P, T>
     }
 }
 
+/// Waiting for a client's next bytes without holding a read buffer: an
+/// idle pooled client (there may be tens of thousands) then costs no
+/// buffer memory until it speaks.
+pub trait ReadReady {
+    /// Ready when a read would find data (or the end of the stream) at
+    /// once, or when the stream cannot tell without reading: the read
+    /// itself then waits.
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+
+    /// True when [`ReadReady::poll_read_ready`] really waits (it is not
+    /// always ready), so that the caller can give its read buffer up.
+    fn waits_without_buffer(&self) -> bool {
+        true
+    }
+}
+
+impl ReadReady for tokio::net::TcpStream {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        tokio::net::TcpStream::poll_read_ready(self, cx)
+    }
+}
+
+impl<S: ReadReady> ReadReady for Prefixed<S> {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.has_read_ahead() {
+            return Poll::Ready(Ok(()));
+        }
+        self.inner.poll_read_ready(cx)
+    }
+}
+
+impl<P: ReadReady, T> ReadReady for MaybeTls<P, T> {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            MaybeTls::Plain(p) => p.poll_read_ready(cx),
+            // Decrypted bytes may already sit in the TLS state, which the
+            // socket's readiness does not show: let the read wait.
+            MaybeTls::Tls(_) => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn waits_without_buffer(&self) -> bool {
+        !self.is_tls()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,7 +13,7 @@ pub mod server;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
@@ -71,6 +71,9 @@ pub struct Pool {
     waiting: AtomicUsize,
     /// Backends checked out, by lease id (for `SHOW SERVERS`).
     in_use: Arc<Mutex<HashMap<u64, ServerInUse>>>,
+    /// Client settings lists in use, by fingerprint: clients with the
+    /// same settings (the common case: one application) share one copy.
+    client_settings: Mutex<Vec<(u64, Weak<Settings>)>>,
     /// Replaced by a reload (or its tenant removed): backends close as they
     /// come free instead of going back to the pool.
     retired: AtomicBool,
@@ -169,6 +172,9 @@ pub struct PoolSnapshot {
     /// Paused by the admin console.
     pub paused: bool,
 }
+
+/// A client's settings: (name, value) in the backend's reporting order.
+pub type Settings = Vec<(String, String)>;
 
 /// Why no backend could be had.
 #[derive(Debug, Error)]
@@ -280,6 +286,7 @@ impl Pool {
             resumed: Notify::new(),
             waiting: AtomicUsize::new(0),
             in_use: Arc::default(),
+            client_settings: Mutex::default(),
         }
     }
 
@@ -376,6 +383,32 @@ impl Pool {
                 client,
             },
         }
+    }
+
+    /// `list` (with fingerprint `fp`) as a shared copy: an equal list
+    /// already held by another client of this pool when there is one.
+    pub fn share_settings(&self, list: Settings, fp: u64) -> Arc<Settings> {
+        /// Distinct lists remembered; more are not shared.
+        const MAX_SHARED: usize = 16;
+        let mut known = self
+            .client_settings
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        known.retain(|(_, weak)| weak.strong_count() > 0);
+        for (f, weak) in known.iter() {
+            if *f == fp {
+                if let Some(shared) = weak.upgrade() {
+                    if *shared == list {
+                        return shared;
+                    }
+                }
+            }
+        }
+        let shared = Arc::new(list);
+        if known.len() < MAX_SHARED {
+            known.push((fp, Arc::downgrade(&shared)));
+        }
+        shared
     }
 
     /// Sets the login backends of this pool use, if none is known yet.

@@ -63,6 +63,11 @@ pub struct ServerConn {
     pub last_used: Instant,
     /// Prepared statements pgcell created on this backend.
     pub prepared: crate::session::prepared::BackendStatements,
+    /// `params` are known to hold every setting of the client settings
+    /// with this fingerprint (`session::pooled::fingerprint`); cleared
+    /// whenever `params` change otherwise. Spares the per-checkout
+    /// comparison when clients with the same settings share backends.
+    pub settings_verified: Option<u64>,
 }
 
 impl ServerConn {
@@ -140,6 +145,7 @@ impl ServerConn {
             created: Instant::now(),
             last_used: Instant::now(),
             prepared: Default::default(),
+            settings_verified: None,
         };
         tokio::time::timeout(login_timeout, conn.login(database, user, login))
             .await

@@ -55,6 +55,37 @@ pub fn split_message(buf: &mut BytesMut, max: usize) -> Result<Option<Message>, 
     Ok(Some(Message { tag, body }))
 }
 
+/// The message at the front of `buf`, looked at in place: its tag and its
+/// whole length (header included) when it is complete, or how many bytes
+/// it needs in all when it is not. Copies and allocates nothing.
+pub fn peek_message(buf: &[u8], max: usize) -> Result<Peeked, FramingError> {
+    let Some(header) = buf.first_chunk::<HEADER_LEN>() else {
+        return Ok(Peeked::Incomplete(HEADER_LEN));
+    };
+    let len = HEADER_LEN + checked_body_len([header[1], header[2], header[3], header[4]], max)?;
+    if buf.len() < len {
+        return Ok(Peeked::Incomplete(len));
+    }
+    Ok(Peeked::Complete {
+        tag: header[0],
+        len,
+    })
+}
+
+/// What [`peek_message`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peeked {
+    /// A whole message of `len` bytes, header included.
+    Complete {
+        /// The message type byte.
+        tag: u8,
+        /// Header and body.
+        len: usize,
+    },
+    /// Part of a message that will be this many bytes long in all.
+    Incomplete(usize),
+}
+
 /// Reads one message from `reader`, refusing lengths above `max`.
 ///
 /// Not cancel safe: a partly read message is lost when the future is dropped.

@@ -8,7 +8,7 @@
 //! left open. Parameters the backend reports (`ParameterStatus`) are
 //! tracked per client and restored on the next backend with `set_config`.
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::login::{self, LoginError};
@@ -21,12 +21,13 @@ use crate::metrics as m;
 use crate::pool::server::BackendLogin;
 use crate::pool::server::{parameter_status, set_param};
 use crate::pool::{AcquireError, Lease, OpenSettings, Pool, PoolKey};
-use crate::protocol::framing::{split_message, Message};
+use crate::protocol::framing::{peek_message, split_message, Message, Peeked, HEADER_LEN};
 use crate::protocol::messages;
 use crate::protocol::startup::StartupMessage;
 use crate::protocol::SqlState;
 use crate::route::{ClientInfo, Route};
 use crate::server::Shared;
+use crate::stream::ReadReady;
 use std::sync::Arc;
 
 /// Largest backend message relayed in pooled mode (PostgreSQL's own limit
@@ -43,9 +44,56 @@ const SERVER_READ_CHUNK: usize = 4 * 1024;
 
 /// Makes room to read into `buf`: `small` bytes when it is empty (the
 /// common case, a short statement), a full chunk when a message is
-/// already partly in.
+/// already partly in. A buffer given back with [`recycle`] is taken
+/// first.
 fn reserve_read(buf: &mut BytesMut, small: usize) {
+    if buf.capacity() == 0 {
+        reuse(buf);
+    }
     buf.reserve(if buf.is_empty() { small } else { READ_CHUNK });
+}
+
+/// Spare buffers kept per thread for the next transaction.
+const MAX_SPARE_BUFFERS: usize = 64;
+
+thread_local! {
+    /// Empty backend-side buffers of sessions that went idle: a
+    /// transaction-mode session gives its buffers back between
+    /// transactions (an idle client holds none) and takes them again for
+    /// the next one, without a trip through the allocator each time.
+    static SPARE_BUFFERS: std::cell::RefCell<Vec<BytesMut>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Gives an empty `buf` back for reuse; it is left without memory.
+fn recycle(buf: &mut BytesMut) {
+    if !buf.is_empty() || buf.capacity() == 0 {
+        return;
+    }
+    let mut spare = std::mem::take(buf);
+    // Back to the start of its memory (it may have been advanced over
+    // what was sent), so that `capacity` is all of it; large ones (a big
+    // result went through) and ones still shared with a message are
+    // freed.
+    if !spare.try_reclaim(SERVER_READ_CHUNK) || spare.capacity() > READ_CHUNK {
+        return;
+    }
+    SPARE_BUFFERS.with(|s| {
+        let mut s = s.borrow_mut();
+        if s.len() < MAX_SPARE_BUFFERS {
+            s.push(spare);
+        }
+    });
+}
+
+/// Puts a spare buffer into an empty `buf` that has no memory, if there is
+/// one on this thread.
+fn reuse(buf: &mut BytesMut) {
+    if buf.capacity() == 0 {
+        if let Some(spare) = SPARE_BUFFERS.with(|s| s.borrow_mut().pop()) {
+            *buf = spare;
+        }
+    }
 }
 
 /// Frees an empty buffer above `keep` bytes, so idle sessions stay small.
@@ -80,7 +128,7 @@ pub async fn serve<C>(
     bytes: &mut RelayBytes,
 ) -> Result<(), SessionError>
 where
-    C: AsyncRead + AsyncWrite + Unpin,
+    C: AsyncRead + AsyncWrite + ReadReady + Unpin,
 {
     let tenant = &route.tenant;
     let user = startup.get("user").unwrap_or_default().to_owned();
@@ -186,6 +234,9 @@ where
         .map_err(SessionError::ClientIo)?;
     client.flush().await.map_err(SessionError::ClientIo)?;
 
+    // Clients of one application have the same settings: one copy.
+    let wanted_fingerprint = fingerprint(&wanted);
+    let shared_wanted = pool.share_settings(wanted, wanted_fingerprint);
     let mut session = Session {
         shared,
         open,
@@ -195,8 +246,9 @@ where
         lifecycle: shared.lifecycle.subscribe(),
         pool: pool.clone(),
         registration,
-        defaults: wanted.clone(),
-        wanted,
+        defaults: shared_wanted.clone(),
+        wanted_fingerprint,
+        wanted: shared_wanted,
         lease: None,
         pending: 0,
         open_sequence: false,
@@ -251,9 +303,11 @@ struct Session<'a> {
     pool: Arc<Pool>,
     registration: Registration,
     /// Settings the client asked for, to apply on every backend it gets.
-    wanted: Vec<(String, String)>,
+    wanted: Arc<Vec<(String, String)>>,
+    /// [`fingerprint`] of `wanted`.
+    wanted_fingerprint: u64,
     /// `wanted` as of login, for `DISCARD ALL`.
-    defaults: Vec<(String, String)>,
+    defaults: Arc<Vec<(String, String)>>,
     lease: Option<Lease>,
     /// `ReadyForQuery` messages still to come.
     pending: usize,
@@ -288,7 +342,7 @@ struct Session<'a> {
 impl Session<'_> {
     async fn run<C>(&mut self, client: &mut C) -> Result<(), SessionError>
     where
-        C: AsyncRead + AsyncWrite + Unpin,
+        C: AsyncRead + AsyncWrite + ReadReady + Unpin,
     {
         if self.pool.mode == PoolMode::Session && self.lease.is_none() {
             let lease = acquire(&self.pool).await?;
@@ -300,6 +354,9 @@ impl Session<'_> {
         let mut to_server = BytesMut::new();
         let mut to_client = BytesMut::new();
         loop {
+            if !from_client.is_empty() {
+                reuse(&mut to_server);
+            }
             // Forward every complete client message.
             let mut terminated = false;
             while let Some(msg) =
@@ -329,6 +386,7 @@ impl Session<'_> {
                     if let Some(tag) = self.statements.answer_locally(&msg.body, in_transaction) {
                         if tag == "DISCARD ALL" {
                             self.wanted = self.defaults.clone();
+                            self.wanted_fingerprint = fingerprint(&self.wanted);
                         }
                         let mut out = BytesMut::new();
                         let mut body = tag.as_bytes().to_vec();
@@ -401,19 +459,29 @@ impl Session<'_> {
             let Some(lease) = self.lease.as_mut() else {
                 // Idle in transaction mode: only the client moves, or a
                 // reload that may have removed the tenant.
-                // Idle between transactions: hold no backend-side buffer.
-                shrink(&mut from_client, IDLE_READ_CHUNK);
+                // Idle between transactions: hold no buffer at all (a
+                // plaintext client is waited for by readiness; a TLS one
+                // gets its read buffer back to the idle size).
                 for buf in [&mut from_server, &mut to_server, &mut to_client] {
-                    shrink(buf, 0);
+                    recycle(buf);
                 }
-                reserve_read(&mut from_client, IDLE_READ_CHUNK);
+                if client.waits_without_buffer() {
+                    recycle(&mut from_client);
+                } else {
+                    shrink(&mut from_client, IDLE_READ_CHUNK);
+                }
                 enum Woken {
                     Read(std::io::Result<usize>),
                     Reloaded(bool),
                     Stopping,
                 }
+                let next = async {
+                    std::future::poll_fn(|cx| client.poll_read_ready(cx)).await?;
+                    reserve_read(&mut from_client, IDLE_READ_CHUNK);
+                    client.read_buf(&mut from_client).await
+                };
                 let woken = tokio::select! {
-                    read = client.read_buf(&mut from_client) => Woken::Read(read),
+                    read = next => Woken::Read(read),
                     changed = self.reloads.changed() => Woken::Reloaded(changed.is_ok()),
                     () = async { let _ = self.lifecycle.wait_for(|s| s.is_stopping()).await; } => Woken::Stopping,
                 };
@@ -450,6 +518,11 @@ impl Session<'_> {
 
     /// Relays the complete backend messages in `from_server` to the client
     /// and hands the backend back when the transaction is over.
+    ///
+    /// The messages are followed in place: unless one of them is a reply
+    /// pgcell swallows (to a statement it prepared on its own), the bytes
+    /// go to the client straight from the read buffer, without splitting
+    /// or copying a message.
     async fn deliver<C: AsyncWrite + Unpin>(
         &mut self,
         client: &mut C,
@@ -457,13 +530,19 @@ impl Session<'_> {
         to_client: &mut BytesMut,
         client_quiet: bool,
     ) -> Result<(), SessionError> {
-        let release = self.relay_server_messages(from_server, to_client)?;
-        self.bytes.to_client += to_client.len() as u64;
+        let (end, copied, release) = self.relay_server_messages(from_server, to_client)?;
+        let out: &[u8] = if copied {
+            to_client
+        } else {
+            &from_server[..end]
+        };
+        self.bytes.to_client += out.len() as u64;
         client
-            .write_all(to_client)
+            .write_all(out)
             .await
             .map_err(SessionError::ClientIo)?;
         to_client.clear();
+        from_server.advance(end);
         if release && client_quiet {
             self.checkin();
         }
@@ -539,75 +618,120 @@ impl Session<'_> {
         }
     }
 
-    /// Moves complete backend messages to `to_client`; true when the
+    /// Follows the complete backend messages at the front of `from_server`
+    /// and updates the session from them. Returns how many bytes they
+    /// take, whether they were copied to `to_client` (only when one of
+    /// them is swallowed: then `to_client` holds the rest; otherwise
+    /// `from_server[..end]` goes to the client as it is), and whether the
     /// backend may go back to the pool (transaction mode, idle).
     fn relay_server_messages(
         &mut self,
         from_server: &mut BytesMut,
         to_client: &mut BytesMut,
-    ) -> Result<bool, SessionError> {
+    ) -> Result<(usize, bool, bool), SessionError> {
         let mut ready_seen = false;
-        let transaction_mode = self.pool.mode == PoolMode::Transaction;
-        while let Some(msg) = split_message(from_server, MAX_POOLED_MESSAGE_LEN)
-            .map_err(|_| SessionError::BackendLost)?
-        {
-            if transaction_mode {
-                if let Some(lease) = self.lease.as_mut() {
-                    if !self
-                        .statements
-                        .on_backend_message(msg.tag, &mut lease.conn.prepared)
-                    {
-                        continue;
+        let mut pos = 0;
+        // Once a message is swallowed, the kept ones are copied; `kept`
+        // is where the bytes not copied yet start.
+        let mut copied = false;
+        let mut kept = 0;
+        loop {
+            let (tag, len) = match peek_message(&from_server[pos..], MAX_POOLED_MESSAGE_LEN)
+                .map_err(|_| SessionError::BackendLost)?
+            {
+                Peeked::Complete { tag, len } => (tag, len),
+                Peeked::Incomplete(needed) => {
+                    // Room for the whole of a long message, read once.
+                    let have = from_server.len() - pos;
+                    if needed > have {
+                        from_server.reserve(needed - have);
                     }
+                    break;
                 }
+            };
+            let body = &from_server[pos + HEADER_LEN..pos + len];
+            if !self.on_server_message(tag, body) {
+                to_client.extend_from_slice(&from_server[kept..pos]);
+                kept = pos + len;
+                copied = true;
             }
-            match msg.tag {
-                // CopyInResponse: the backend now reads COPY data and
-                // ignores Syncs until CopyDone/CopyFail. Syncs the client
-                // already sent after the COPY's Execute get no answer.
-                b'G' => {
-                    self.in_copy = true;
-                    let ignored = std::mem::take(&mut self.syncs_since_execute);
-                    self.pending = self.pending.saturating_sub(ignored);
-                    self.statements.syncs_ignored(ignored);
-                }
-                // A DEALLOCATE ALL / DISCARD ALL that reached the backend
-                // (pipelined, or inside a larger query) dropped every
-                // statement pgcell prepared there.
-                b'C' if msg.body.starts_with(b"DEALLOCATE ALL\0")
-                    || msg.body.starts_with(b"DISCARD ALL\0") =>
-                {
-                    if let Some(lease) = self.lease.as_mut() {
-                        lease.conn.prepared.dropped_all();
-                    }
-                }
-                b'Z' => {
-                    self.pending = self.pending.saturating_sub(1);
-                    self.status = msg.body.first().copied().unwrap_or(b'I');
-                    ready_seen = true;
-                }
-                b'S' => {
-                    if let Some((name, value)) = parameter_status(&msg.body) {
-                        if let Some(lease) = self.lease.as_mut() {
-                            set_param(&mut lease.conn.params, name.clone(), value.clone());
-                        }
-                        if !READ_ONLY.contains(&name.as_str()) {
-                            set_param(&mut self.wanted, name, value);
-                        }
-                    }
-                }
-                _ => {}
-            }
-            messages::tagged(to_client, msg.tag, &msg.body);
+            ready_seen |= tag == b'Z';
+            pos += len;
         }
-        Ok(ready_seen
+        if copied {
+            to_client.extend_from_slice(&from_server[kept..pos]);
+        }
+        let release = ready_seen
             && self.pool.mode == PoolMode::Transaction
             && self.pending == 0
             && !self.open_sequence
             && self.status == b'I'
             && !self.statements.awaiting()
             && !self.pinned
-            && from_server.is_empty())
+            && pos == from_server.len();
+        Ok((pos, copied, release))
+    }
+
+    /// Updates the session from one backend message; false when the
+    /// client must not see it (the reply to a statement pgcell prepared
+    /// on its own).
+    fn on_server_message(&mut self, tag: u8, body: &[u8]) -> bool {
+        match tag {
+            // Rows and the ordinary replies: nothing to follow.
+            b'D' | b'T' | b'n' | b't' | b'2' | b's' | b'd' => return true,
+            // Replies to Parse and Close: pgcell's own are swallowed.
+            b'1' | b'3' | b'E' if self.pool.mode == PoolMode::Transaction => {
+                if let Some(lease) = self.lease.as_mut() {
+                    if !self
+                        .statements
+                        .on_backend_message(tag, &mut lease.conn.prepared)
+                    {
+                        return false;
+                    }
+                }
+            }
+            // CopyInResponse: the backend now reads COPY data and ignores
+            // Syncs until CopyDone/CopyFail. Syncs the client already sent
+            // after the COPY's Execute get no answer.
+            b'G' => {
+                self.in_copy = true;
+                let ignored = std::mem::take(&mut self.syncs_since_execute);
+                self.pending = self.pending.saturating_sub(ignored);
+                self.statements.syncs_ignored(ignored);
+            }
+            // A DEALLOCATE ALL / DISCARD ALL that reached the backend
+            // (pipelined, or inside a larger query) dropped every statement
+            // pgcell prepared there.
+            b'C' if body.starts_with(b"DEALLOCATE ALL\0") || body.starts_with(b"DISCARD ALL\0") => {
+                if let Some(lease) = self.lease.as_mut() {
+                    lease.conn.prepared.dropped_all();
+                }
+            }
+            b'Z' => {
+                if self.pool.mode == PoolMode::Transaction {
+                    if let Some(lease) = self.lease.as_mut() {
+                        self.statements
+                            .on_backend_message(tag, &mut lease.conn.prepared);
+                    }
+                }
+                self.pending = self.pending.saturating_sub(1);
+                self.status = body.first().copied().unwrap_or(b'I');
+            }
+            b'S' => {
+                if let Some((name, value)) = parameter_status(body) {
+                    if let Some(lease) = self.lease.as_mut() {
+                        set_param(&mut lease.conn.params, name.clone(), value.clone());
+                        lease.conn.settings_verified = None;
+                    }
+                    if !READ_ONLY.contains(&name.as_str()) {
+                        set_param(Arc::make_mut(&mut self.wanted), name, value);
+                        self.wanted_fingerprint = fingerprint(&self.wanted);
+                    }
+                }
+            }
+            _ => {}
+        }
+        true
     }
 
     /// Tells the client its statement failed for want of a backend.
@@ -696,7 +820,7 @@ impl Session<'_> {
         mut lease: Lease,
         client: &mut C,
     ) -> Result<(), SessionError> {
-        if let Err(e) = restore_settings(&mut lease, &self.wanted).await {
+        if let Err(e) = restore_settings(&mut lease, &self.wanted, self.wanted_fingerprint).await {
             let mut out = BytesMut::new();
             let (code, message) = match &e {
                 RestoreError::Refused(message) => {
@@ -771,6 +895,7 @@ impl Session<'_> {
                 if let Some(defaults) = self.pool.params() {
                     lease.conn.params = defaults;
                 }
+                lease.conn.settings_verified = None;
                 lease.conn.prepared.clear();
                 reset
             }
@@ -811,8 +936,13 @@ enum RestoreError {
 async fn restore_settings(
     lease: &mut Lease,
     wanted: &[(String, String)],
+    wanted_fingerprint: u64,
 ) -> Result<(), RestoreError> {
+    if lease.conn.settings_verified == Some(wanted_fingerprint) {
+        return Ok(());
+    }
     if settings_match(&lease.conn.params, wanted) {
+        lease.conn.settings_verified = Some(wanted_fingerprint);
         return Ok(());
     }
     let mut calls = Vec::new();
@@ -835,7 +965,28 @@ async fn restore_settings(
     for (name, value) in wanted {
         set_param(&mut lease.conn.params, name.clone(), value.clone());
     }
+    lease.conn.settings_verified = Some(wanted_fingerprint);
     Ok(())
+}
+
+/// A fingerprint of a client's settings: equal lists, equal fingerprints
+/// (names compared as PostgreSQL does, case-insensitively). Keyed per
+/// process, so a client cannot aim for another client's fingerprint.
+pub fn fingerprint(settings: &[(String, String)]) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    static KEYS: std::sync::LazyLock<std::collections::hash_map::RandomState> =
+        std::sync::LazyLock::new(std::collections::hash_map::RandomState::new);
+    let mut h = KEYS.build_hasher();
+    h.write_usize(settings.len());
+    for (name, value) in settings {
+        for b in name.bytes() {
+            h.write_u8(b.to_ascii_lowercase());
+        }
+        h.write_u8(0);
+        h.write(value.as_bytes());
+        h.write_u8(0);
+    }
+    h.finish()
 }
 
 /// True when the backend already has every wanted setting, checked in one
@@ -880,6 +1031,7 @@ async fn run_simple(lease: &mut Lease, query: &str) -> Result<(), RestoreError> 
             b'S' => {
                 if let Some((name, value)) = parameter_status(&msg.body) {
                     set_param(&mut lease.conn.params, name, value);
+                    lease.conn.settings_verified = None;
                 }
             }
             b'Z' => {

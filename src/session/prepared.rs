@@ -437,6 +437,15 @@ impl ClientStatements {
     /// `DISCARD ALL` inside a transaction block is left to the backend,
     /// which refuses it.
     pub fn answer_locally(&mut self, query: &[u8], in_transaction: bool) -> Option<&'static str> {
+        // Every simple query passes here: decide on the first word, in
+        // place, before copying or allocating anything.
+        let start = query.iter().position(|b| !b.is_ascii_whitespace())?;
+        let first = &query[start..];
+        if !(starts_with_ignore_case(first, b"deallocate")
+            || starts_with_ignore_case(first, b"discard"))
+        {
+            return None;
+        }
         let text = String::from_utf8_lossy(query.strip_suffix(&[0]).unwrap_or(query)).into_owned();
         let text = text.trim().trim_end_matches(';').trim();
         if text.contains(';') {
@@ -494,6 +503,11 @@ impl ClientStatements {
 fn may_drop_all(sql: &[u8]) -> bool {
     sql.windows(7)
         .any(|w| w.eq_ignore_ascii_case(b"dealloc") || w.eq_ignore_ascii_case(b"discard"))
+}
+
+fn starts_with_ignore_case(s: &[u8], prefix: &[u8]) -> bool {
+    s.get(..prefix.len())
+        .is_some_and(|head| head.eq_ignore_ascii_case(prefix))
 }
 
 fn split_cstr(b: &[u8]) -> Option<(&[u8], &[u8])> {
