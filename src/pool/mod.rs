@@ -58,7 +58,7 @@ pub struct Pool {
     size: usize,
     tenant: Arc<Tenant>,
     open: OpenSettings,
-    idle: Mutex<Vec<(ServerConn, OwnedSemaphorePermit)>>,
+    idle: Mutex<Vec<(Box<ServerConn>, OwnedSemaphorePermit)>>,
     slots: Arc<Semaphore>,
     returned: Notify,
     login: Mutex<Option<BackendLogin>>,
@@ -194,7 +194,7 @@ pub enum AcquireError {
 /// with [`Pool::release`].
 pub struct Lease {
     /// The backend.
-    pub conn: ServerConn,
+    pub conn: Box<ServerConn>,
     permit: OwnedSemaphorePermit,
     _in_use: InUse,
 }
@@ -356,7 +356,7 @@ impl Pool {
     }
 
     /// Wraps a checked-out backend, recording who holds it.
-    fn lease(&self, conn: ServerConn, permit: OwnedSemaphorePermit) -> Lease {
+    fn lease(&self, conn: Box<ServerConn>, permit: OwnedSemaphorePermit) -> Lease {
         let id = NEXT_LEASE_ID.fetch_add(1, Ordering::Relaxed);
         let client = crate::clients::current();
         if let Some(c) = &client {
@@ -576,7 +576,7 @@ impl Pool {
             *params = Some(conn.params.clone());
         }
         drop(params);
-        Ok(self.lease(conn, permit))
+        Ok(self.lease(Box::new(conn), permit))
     }
 
     async fn take_idle(&self) -> Option<Lease> {

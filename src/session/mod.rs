@@ -363,12 +363,13 @@ async fn serve_inner(
     };
     // Boxed: the handshake's state is large and only needed at the start;
     // inline it would stay in every idle connection's task.
-    let negotiated = Box::pin(handshake::negotiate(tcp, peer, &cfg))
+    // (Matched as a temporary: a named binding would keep its storage in
+    // the task for the whole connection.)
+    let (mut stream, mut startup, client) = match Box::pin(handshake::negotiate(tcp, peer, &cfg))
         .await
         .inspect_err(|e| {
             metrics::counter!(m::HANDSHAKE_ERRORS, "kind" => e.kind()).increment(1);
-        })?;
-    let (mut stream, mut startup, client) = match negotiated {
+        })? {
         Negotiated::LoadBalancerCheck => return Ok("load_balancer_check"),
         Negotiated::Cancel(key, client) => {
             let outcome = shared
@@ -395,7 +396,13 @@ async fn serve_inner(
     // The admin console is a database of pgcell's own, not a tenant's.
     if startup.get("database") == Some(crate::console::DATABASE) && shared.console.load().enabled()
     {
-        let result = crate::console::serve(shared, &mut stream, &startup, &client).await;
+        let result = Box::pin(crate::console::serve(
+            shared,
+            &mut stream,
+            &startup,
+            &client,
+        ))
+        .await;
         if let Err(e) = &result {
             report(&mut stream, e, "").await;
         }
@@ -440,7 +447,9 @@ async fn serve_inner(
         },
     });
     let result = if is_passthrough {
-        passthrough(shared, &mut stream, &startup, &route, log).await
+        // Boxed: its relay state would otherwise size every pooled
+        // client's task too.
+        Box::pin(passthrough(shared, &mut stream, &startup, &route, log)).await
     } else {
         // The pooled relay does not feed the byte counters itself.
         let mut counted = crate::clients::Counted::new(

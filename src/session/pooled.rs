@@ -130,6 +130,26 @@ pub async fn serve<C>(
 where
     C: AsyncRead + AsyncWrite + ReadReady + Unpin,
 {
+    // Boxed: logging in and setting up is done once, and its state would
+    // otherwise stay in every idle client's task.
+    let mut session = Box::pin(open(shared, client, startup, route, info, bytes)).await?;
+    let result = session.run(client).await;
+    session.finish().await;
+    result
+}
+
+/// Logs the client in, answers its startup and sets up its session.
+async fn open<'a, C>(
+    shared: &'a Shared,
+    client: &mut C,
+    startup: &StartupMessage,
+    route: &Route,
+    info: &ClientInfo,
+    bytes: &'a mut RelayBytes,
+) -> Result<Session<'a>, SessionError>
+where
+    C: AsyncRead + AsyncWrite + ReadReady + Unpin,
+{
     let tenant = &route.tenant;
     let user = startup.get("user").unwrap_or_default().to_owned();
     let database = startup.get("database").unwrap_or(&user).to_owned();
@@ -175,7 +195,7 @@ where
         return Err(SessionError::TenantRemoved);
     };
     let pool = shared.pools.get(key, &current, open);
-    let Some(_pool_slot) = pool.admit_client() else {
+    let Some(pool_slot) = pool.admit_client() else {
         return Err(SessionError::PoolFull);
     };
     // The latest verified login wins: an auth_query user's secret, and so
@@ -245,6 +265,7 @@ where
         reloads: shared.reloaded.subscribe(),
         lifecycle: shared.lifecycle.subscribe(),
         pool: pool.clone(),
+        _pool_slot: pool_slot,
         registration,
         defaults: shared_wanted.clone(),
         wanted_fingerprint,
@@ -273,9 +294,7 @@ where
             pool.release(lease, true);
         }
     }
-    let result = session.run(client).await;
-    session.finish().await;
-    result
+    Ok(session)
 }
 
 async fn acquire(pool: &Arc<Pool>) -> Result<Lease, SessionError> {
@@ -301,6 +320,8 @@ struct Session<'a> {
     /// The server's lifecycle: idle clients leave when it is stopping.
     lifecycle: tokio::sync::watch::Receiver<crate::lifecycle::State>,
     pool: Arc<Pool>,
+    /// This client's place among the pool's `max_client_connections`.
+    _pool_slot: crate::pool::ClientSlot,
     registration: Registration,
     /// Settings the client asked for, to apply on every backend it gets.
     wanted: Arc<Vec<(String, String)>>,
@@ -346,7 +367,9 @@ impl Session<'_> {
     {
         if self.pool.mode == PoolMode::Session && self.lease.is_none() {
             let lease = acquire(&self.pool).await?;
-            self.checkout(lease, client).await?;
+            if let Some(lease) = self.try_checkout(lease) {
+                Box::pin(self.checkout_restoring(lease, client)).await?;
+            }
         }
         // Allocated as needed and given back between transactions.
         let mut from_client = BytesMut::new();
@@ -417,7 +440,9 @@ impl Session<'_> {
                         }
                         Err(e) => return Err(e),
                     };
-                    self.checkout(lease, client).await?;
+                    if let Some(lease) = self.try_checkout(lease) {
+                        Box::pin(self.checkout_restoring(lease, client)).await?;
+                    }
                 }
                 self.count_client_message(&msg);
                 match (self.pool.mode, self.lease.as_mut()) {
@@ -476,9 +501,33 @@ impl Session<'_> {
                     Stopping,
                 }
                 let next = async {
-                    std::future::poll_fn(|cx| client.poll_read_ready(cx)).await?;
-                    reserve_read(&mut from_client, IDLE_READ_CHUNK);
-                    client.read_buf(&mut from_client).await
+                    if !client.waits_without_buffer() {
+                        reserve_read(&mut from_client, IDLE_READ_CHUNK);
+                        return client.read_buf(&mut from_client).await;
+                    }
+                    loop {
+                        std::future::poll_fn(|cx| client.poll_read_ready(cx)).await?;
+                        reserve_read(&mut from_client, IDLE_READ_CHUNK);
+                        // Readiness can be stale (the last read took exactly
+                        // what it asked for): one try without waiting, and
+                        // the buffer goes back when nothing was there.
+                        let attempt = {
+                            let mut read = std::pin::pin!(client.read_buf(&mut from_client));
+                            std::future::poll_fn(|cx| {
+                                std::task::Poll::Ready(
+                                    match std::future::Future::poll(read.as_mut(), cx) {
+                                        std::task::Poll::Ready(r) => Some(r),
+                                        std::task::Poll::Pending => None,
+                                    },
+                                )
+                            })
+                            .await
+                        };
+                        match attempt {
+                            Some(read) => return read,
+                            None => recycle(&mut from_client),
+                        }
+                    }
                 };
                 let woken = tokio::select! {
                     read = next => Woken::Read(read),
@@ -815,7 +864,33 @@ impl Session<'_> {
 
     /// Takes `lease` for this client: restores its settings, points its
     /// cancel key at the backend.
+    ///
+    /// The common case (the backend already has the client's settings)
+    /// does not wait; the restoring path is boxed, so that its state is
+    /// not part of every client's task.
     async fn checkout<C: AsyncWrite + Unpin>(
+        &mut self,
+        lease: Lease,
+        client: &mut C,
+    ) -> Result<(), SessionError> {
+        match self.try_checkout(lease) {
+            None => Ok(()),
+            Some(lease) => Box::pin(self.checkout_restoring(lease, client)).await,
+        }
+    }
+
+    /// Takes `lease` at once when the backend has the client's settings;
+    /// gives it back when they must be restored first.
+    fn try_checkout(&mut self, mut lease: Lease) -> Option<Lease> {
+        if !settings_in_place(&mut lease.conn, &self.wanted, self.wanted_fingerprint) {
+            return Some(lease);
+        }
+        self.attach(lease);
+        None
+    }
+
+    /// [`Session::checkout`] of a backend whose settings differ.
+    async fn checkout_restoring<C: AsyncWrite + Unpin>(
         &mut self,
         mut lease: Lease,
         client: &mut C,
@@ -836,6 +911,12 @@ impl Session<'_> {
             let _ = client.write_all(&out).await;
             return Err(SessionError::BackendLost);
         }
+        self.attach(lease);
+        Ok(())
+    }
+
+    /// Points the session (its cancel key, its statements) at `lease`.
+    fn attach(&mut self, lease: Lease) {
         self.statements.new_backend();
         self.checked_out_at = std::time::Instant::now();
         self.registration.attach(CancelTarget {
@@ -843,7 +924,6 @@ impl Session<'_> {
             key: lease.conn.key,
         });
         self.lease = Some(lease);
-        Ok(())
     }
 
     /// Hands the backend back between transactions.
@@ -938,11 +1018,7 @@ async fn restore_settings(
     wanted: &[(String, String)],
     wanted_fingerprint: u64,
 ) -> Result<(), RestoreError> {
-    if lease.conn.settings_verified == Some(wanted_fingerprint) {
-        return Ok(());
-    }
-    if settings_match(&lease.conn.params, wanted) {
-        lease.conn.settings_verified = Some(wanted_fingerprint);
+    if settings_in_place(&mut lease.conn, wanted, wanted_fingerprint) {
         return Ok(());
     }
     let mut calls = Vec::new();
@@ -967,6 +1043,23 @@ async fn restore_settings(
     }
     lease.conn.settings_verified = Some(wanted_fingerprint);
     Ok(())
+}
+
+/// True when `conn` already has every setting of `wanted` (fingerprint
+/// `fp`): known from an earlier check, or found by comparing.
+fn settings_in_place(
+    conn: &mut crate::pool::server::ServerConn,
+    wanted: &[(String, String)],
+    fp: u64,
+) -> bool {
+    if conn.settings_verified == Some(fp) {
+        return true;
+    }
+    if settings_match(&conn.params, wanted) {
+        conn.settings_verified = Some(fp);
+        return true;
+    }
+    false
 }
 
 /// A fingerprint of a client's settings: equal lists, equal fingerprints
