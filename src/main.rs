@@ -145,7 +145,13 @@ fn run(path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         let server = Server::bind(config, Some(path)).await?;
         let handle = server.handle();
         tokio::spawn(forward_signals(handle));
-        server.serve().await;
+        // On a worker, not on this thread: with the multi-threaded runtime
+        // the future given to `block_on` runs outside the workers, and
+        // every accepted connection (and every finished one) would then
+        // cost a cross-thread wake-up.
+        tokio::spawn(server.serve())
+            .await
+            .map_err(|e| anyhow::anyhow!("server task failed: {e}"))?;
         Ok(ExitCode::SUCCESS)
     })
 }
