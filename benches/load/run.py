@@ -857,12 +857,13 @@ def main():
                         f"cpu/tx={fmt(r.get('proxy_cpu_us_per_tx'), 1)}µs exit={r['exit']}"
                         + (f" ERROR {r.get('error', '')[:200]}" if r['exit'] else ""))
         if args.idle:
-            # Fresh proxy processes: after the load cases their heaps are
-            # grown (allocator arenas keep freed memory), which would hide
-            # what idle clients cost.
-            servers.restart_proxies(args.pgcell_workers)
             for rnd in range(1, (1 if args.smoke else 2) + 1):
                 for tls in [False, True]:
+                    # Fresh proxy processes for every measurement: after the
+                    # load cases, or after the previous idle round, their
+                    # heaps are grown (allocators keep freed memory), which
+                    # would hide what idle clients cost.
+                    servers.restart_proxies(args.pgcell_workers)
                     for target in ["pgbouncer", "pgcell"]:
                         r = run_idle(servers, target, args.idle, tls, work)
                         r["round"] = rnd
@@ -931,8 +932,8 @@ raw runs in [`benchmarks/results.json`](benchmarks/results.json). Do not edit by
   `/proc/PID/stat` before and after the run, divided by the transactions (for `-C` storms each
   transaction is a new connection, so it is CPU per connection, login included).
 - Example command: `{example}`
-- Idle clients: an asyncpg script opens the connections (200 at a time), holds them, and the proxy's
-  RSS is read after 3 s; the idle role's SCRAM secret uses {IDLE_ITERATIONS} iterations so that
+- Idle clients: on freshly started proxy processes (one per measurement), an asyncpg script opens
+  the connections (200 at a time), holds them, and the proxy's RSS is read after 3 s; the idle role's SCRAM secret uses {IDLE_ITERATIONS} iterations so that
   10,000 client-side logins take seconds, not minutes (the proxies verify a proof either way; no
   PBKDF2 runs in them).
 
