@@ -245,6 +245,10 @@ impl ClientStatements {
                         body.put_u8(b'S');
                         put_cstr(&mut body, foreign(name).unwrap_or(name));
                         messages::tagged(out, msg.tag, &body);
+                        // Answered all the same: every CloseComplete must
+                        // have its entry, or a later reply would be matched
+                        // to the wrong one (found by the fuzz target).
+                        self.expect(b'3', false, None, None);
                         return Ok(());
                     };
                     backend.remove(&statement.global);
@@ -705,6 +709,46 @@ mod tests {
             "the injected Parse's ParseComplete reached the client"
         );
         assert!(client.on_backend_message(b'2', &mut backend));
+    }
+
+    #[test]
+    fn a_close_of_an_unknown_statement_keeps_replies_in_step() {
+        // s1 was prepared on an earlier backend: on this one its Parse is
+        // injected before the Bind. A Close of a name the client never
+        // prepared is answered too, and must not take the place of the
+        // Close after it (prepared_relay fuzz input
+        // `regression-close-of-unknown-statement`).
+        let mut client = ClientStatements::default();
+        let mut first = BackendStatements::default();
+        let mut out = BytesMut::new();
+        client
+            .forward(&msg(b'P', b"s1\0select 1\0\0\0"), &mut first, &mut out)
+            .unwrap();
+        assert!(client.on_backend_message(b'1', &mut first));
+        client.new_backend();
+        let mut backend = BackendStatements::default();
+        let mut out = BytesMut::new();
+        for m in [
+            msg(b'C', b"Sunknown\0"),
+            msg(b'B', b"\0s1\0\0\0\0\0\0\0"),
+            msg(b'C', b"Ss1\0"),
+            msg(b'S', b""),
+        ] {
+            client.forward(&m, &mut backend, &mut out).unwrap();
+        }
+        assert_eq!(
+            messages_of(out).iter().map(|m| m.0).collect::<Vec<_>>(),
+            vec![b'C', b'P', b'B', b'C', b'S']
+        );
+        assert!(client.on_backend_message(b'3', &mut backend));
+        assert!(
+            !client.on_backend_message(b'1', &mut backend),
+            "the injected ParseComplete is swallowed"
+        );
+        assert!(client.on_backend_message(b'2', &mut backend));
+        assert!(client.on_backend_message(b'3', &mut backend));
+        assert!(client.on_backend_message(b'Z', &mut backend));
+        assert!(!client.awaiting());
     }
 
     #[test]
