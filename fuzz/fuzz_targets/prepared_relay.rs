@@ -196,11 +196,6 @@ impl Harness {
             tag,
             body: Bytes::copy_from_slice(body),
         };
-        // As `session/pooled.rs`: a simple Query inside an unfinished
-        // extended sequence ends the session (08P01).
-        if tag == b'Q' && self.open_sequence {
-            return false;
-        }
         if tag == b'Q' && self.pending == 0 && !self.open_sequence {
             if self.client.answer_locally(&msg.body, false).is_some() {
                 return true;

@@ -390,20 +390,6 @@ impl Session<'_> {
                     terminated = true;
                     break;
                 }
-                if msg.tag == b'Q' && self.open_sequence && self.pool.mode == PoolMode::Transaction
-                {
-                    // PostgreSQL drops a simple Query that lands in a failed
-                    // extended-protocol pipeline before its Sync, unanswered,
-                    // and nothing on the wire says whether it did: pgcell
-                    // could no longer tell which replies belong to which
-                    // request, nor when the backend is free for another
-                    // client. No driver sends this; the session ends with a
-                    // message saying what to do instead.
-                    return Err(SessionError::ClientProtocol(
-                        "simple Query inside an unfinished extended-protocol sequence: send Sync first (transaction pooling cannot follow this)"
-                            .to_owned(),
-                    ));
-                }
                 if self.skipping_to_sync {
                     // The rest of a pipeline whose backend never came.
                     if msg.tag == b'S' {
