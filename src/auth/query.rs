@@ -213,9 +213,15 @@ impl AuthQuery {
             database,
             &self.config.user,
             &login,
-            self.settings.connect_timeout,
-            self.settings.login_timeout,
-            self.settings.keepalive,
+            // Its own connection, named so in pg_stat_activity.
+            &std::sync::Arc::new(crate::pool::StartupProfile {
+                params: vec![("application_name".to_owned(), "pgcell".to_owned())],
+            }),
+            &crate::pool::OpenSettings {
+                connect_timeout: self.settings.connect_timeout,
+                login_timeout: self.settings.login_timeout,
+                keepalive: self.settings.keepalive,
+            },
         )
         .await?;
         let value = tokio::time::timeout(

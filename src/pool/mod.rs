@@ -13,7 +13,7 @@ pub mod server;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
@@ -36,6 +36,30 @@ pub struct PoolKey {
     /// Backend user.
     pub user: String,
 }
+
+/// The startup parameters a backend logs in with, besides user and
+/// database: those of the clients it serves. A client gets only backends
+/// of its own profile, so its startup values are the backend's RESET
+/// values (`session::engine`). Clients of one application share one
+/// profile (and one copy of it).
+#[derive(Debug, PartialEq, Eq)]
+pub struct StartupProfile {
+    /// (name, value) as the client sent them, in its order.
+    pub params: Vec<(String, String)>,
+}
+
+impl StartupProfile {
+    /// Whether `a` and `b` are the same profile.
+    pub fn same(a: &Arc<StartupProfile>, b: &Arc<StartupProfile>) -> bool {
+        Arc::ptr_eq(a, b) || a == b
+    }
+}
+
+/// A startup profile and the parameters its backends reported at login.
+type ProfileParams = (Arc<StartupProfile>, Vec<(String, String)>);
+
+/// Distinct startup profiles a pool remembers the reported parameters of.
+const MAX_PROFILES: usize = 64;
 
 /// Timeouts for opening backends.
 #[derive(Debug, Clone, Copy)]
@@ -62,8 +86,12 @@ pub struct Pool {
     slots: Arc<Semaphore>,
     returned: Notify,
     login: Mutex<Option<BackendLogin>>,
-    /// Parameters the backend reports at login, for clients' startup.
-    params: Mutex<Option<Vec<(String, String)>>>,
+    /// Parameters backends report at login, per startup profile, for
+    /// clients' startup answer (most recent last).
+    params: Mutex<Vec<ProfileParams>>,
+    /// The profile of the latest client, for backends opened ahead
+    /// (`min_idle`).
+    last_profile: Mutex<Option<Arc<StartupProfile>>>,
     /// Set by `PAUSE`; `resumed` wakes the checkouts it held up.
     paused: AtomicBool,
     resumed: Notify,
@@ -71,9 +99,6 @@ pub struct Pool {
     waiting: AtomicUsize,
     /// Backends checked out, by lease id (for `SHOW SERVERS`).
     in_use: Arc<Mutex<HashMap<u64, ServerInUse>>>,
-    /// Client settings lists in use, by fingerprint: clients with the
-    /// same settings (the common case: one application) share one copy.
-    client_settings: Mutex<Vec<(u64, Weak<Settings>)>>,
     /// Replaced by a reload (or its tenant removed): backends close as they
     /// come free instead of going back to the pool.
     retired: AtomicBool,
@@ -172,9 +197,6 @@ pub struct PoolSnapshot {
     /// Paused by the admin console.
     pub paused: bool,
 }
-
-/// A client's settings: (name, value) in the backend's reporting order.
-pub type Settings = Vec<(String, String)>;
 
 /// Why no backend could be had.
 #[derive(Debug, Error)]
@@ -281,12 +303,12 @@ impl Pool {
             slots: Arc::new(Semaphore::new(size)),
             returned: Notify::new(),
             login: Mutex::new(None),
-            params: Mutex::new(None),
+            params: Mutex::new(Vec::new()),
+            last_profile: Mutex::new(None),
             paused: AtomicBool::new(false),
             resumed: Notify::new(),
             waiting: AtomicUsize::new(0),
             in_use: Arc::default(),
-            client_settings: Mutex::default(),
         }
     }
 
@@ -385,30 +407,27 @@ impl Pool {
         }
     }
 
-    /// `list` (with fingerprint `fp`) as a shared copy: an equal list
-    /// already held by another client of this pool when there is one.
-    pub fn share_settings(&self, list: Settings, fp: u64) -> Arc<Settings> {
-        /// Distinct lists remembered; more are not shared.
-        const MAX_SHARED: usize = 16;
-        let mut known = self
-            .client_settings
+    /// `params` as a shared profile: the copy another client of this pool
+    /// already holds when there is one. Remembered as the latest.
+    pub fn share_profile(&self, params: Vec<(String, String)>) -> Arc<StartupProfile> {
+        let wanted = StartupProfile { params };
+        let mut last = self
+            .last_profile
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        known.retain(|(_, weak)| weak.strong_count() > 0);
-        for (f, weak) in known.iter() {
-            if *f == fp {
-                if let Some(shared) = weak.upgrade() {
-                    if *shared == list {
-                        return shared;
-                    }
-                }
-            }
+        if let Some(current) = last.as_ref().filter(|p| ***p == wanted) {
+            return current.clone();
         }
-        let shared = Arc::new(list);
-        if known.len() < MAX_SHARED {
-            known.push((fp, Arc::downgrade(&shared)));
-        }
-        shared
+        let known = self
+            .params
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .find(|(p, _)| **p == wanted)
+            .map(|(p, _)| p.clone());
+        let profile = known.unwrap_or_else(|| Arc::new(wanted));
+        *last = Some(profile.clone());
+        profile
     }
 
     /// Sets the login backends of this pool use, if none is known yet.
@@ -424,13 +443,16 @@ impl Pool {
         *self.login.lock().unwrap_or_else(PoisonError::into_inner) = Some(login);
     }
 
-    /// Parameters reported by this pool's backends at login, if any has
-    /// logged in yet.
-    pub fn params(&self) -> Option<Vec<(String, String)>> {
+    /// Parameters reported at login by this pool's backends of `profile`,
+    /// if one has logged in yet.
+    pub fn params(&self, profile: &Arc<StartupProfile>) -> Option<Vec<(String, String)>> {
         self.params
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+            .iter()
+            .rev()
+            .find(|(p, _)| StartupProfile::same(p, profile))
+            .map(|(_, params)| params.clone())
     }
 
     /// Backends open (idle and checked out).
@@ -448,7 +470,7 @@ impl Pool {
 
     /// Checks out a backend, waiting up to `acquire_timeout`. Cancel safe:
     /// dropping the future loses nothing.
-    pub async fn acquire(&self) -> Result<Lease, AcquireError> {
+    pub async fn acquire(&self, profile: &Arc<StartupProfile>) -> Result<Lease, AcquireError> {
         // Decremented on drop: a checkout abandoned mid-wait (the client
         // left) must not leave the gauge up.
         struct Counted<'a>(&'a metrics::Gauge);
@@ -459,14 +481,14 @@ impl Pool {
         }
         self.waiting_clients.increment(1.0);
         let _counted = Counted(&self.waiting_clients);
-        self.checkout().await
+        self.checkout(profile).await
     }
 
     /// An idle backend that needs no liveness check, at once, or `None`
     /// (none idle, a check due, or the pool paused): then [`Pool::acquire`]
     /// waits. Backends past their lifetime or that spoke while idle are
     /// dropped on the way.
-    pub fn try_acquire_idle(&self) -> Option<Lease> {
+    pub fn try_acquire_idle(&self, profile: &Arc<StartupProfile>) -> Option<Lease> {
         if self.is_paused() {
             return None;
         }
@@ -474,12 +496,15 @@ impl Pool {
         loop {
             let (conn, permit) = {
                 let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-                let (conn, _) = idle.last()?;
+                let at = idle
+                    .iter()
+                    .rposition(|(c, _)| StartupProfile::same(&c.profile, profile))?;
+                let (conn, _) = &idle[at];
                 if now.duration_since(conn.last_used) > self.settings.check_after_idle {
                     // Due for a ping: the waiting path does it.
                     return None;
                 }
-                idle.pop()?
+                idle.remove(at)
             };
             if now.duration_since(conn.created) > self.settings.max_lifetime
                 || now.duration_since(conn.last_used) > self.settings.idle_timeout
@@ -492,7 +517,7 @@ impl Pool {
         }
     }
 
-    async fn checkout(&self) -> Result<Lease, AcquireError> {
+    async fn checkout(&self, profile: &Arc<StartupProfile>) -> Result<Lease, AcquireError> {
         let started = Instant::now();
         let deadline = tokio::time::Instant::now() + self.settings.acquire_timeout;
         let _waiting = Waiting::start(&self.waiting);
@@ -513,36 +538,46 @@ impl Pool {
                 }
                 continue;
             }
-            if let Some(lease) = self.take_idle().await {
+            if let Some(lease) = self.take_idle(profile).await {
                 break Ok(lease);
             }
             let permit = match self.slots.clone().try_acquire_owned() {
                 Ok(permit) => permit,
-                Err(_) => {
-                    let returned = self.returned.notified();
-                    tokio::select! {
-                        () = returned => continue,
-                        permit = self.slots.clone().acquire_owned() => match permit {
-                            Ok(p) => p,
-                            // The semaphore is never closed.
-                            Err(_) => continue,
-                        },
-                        () = tokio::time::sleep_until(deadline) => {
-                            break Err(AcquireError::Timeout(self.settings.acquire_timeout));
+                // The pool is full, but an idle backend of another profile
+                // can make room: it is closed and one of this profile
+                // opened in its place.
+                Err(_) => match self.evict_other(profile) {
+                    Some(permit) => permit,
+                    None => {
+                        let returned = self.returned.notified();
+                        tokio::select! {
+                            () = returned => continue,
+                            permit = self.slots.clone().acquire_owned() => match permit {
+                                Ok(p) => p,
+                                // The semaphore is never closed.
+                                Err(_) => continue,
+                            },
+                            () = tokio::time::sleep_until(deadline) => {
+                                break Err(AcquireError::Timeout(self.settings.acquire_timeout));
+                            }
                         }
                     }
-                }
+                },
             };
             if self.is_paused() {
                 continue;
             }
-            break self.open(permit).await;
+            break self.open(permit, profile).await;
         };
         self.wait_seconds.record(started.elapsed().as_secs_f64());
         result
     }
 
-    async fn open(&self, permit: OwnedSemaphorePermit) -> Result<Lease, AcquireError> {
+    async fn open(
+        &self,
+        permit: OwnedSemaphorePermit,
+        profile: &Arc<StartupProfile>,
+    ) -> Result<Lease, AcquireError> {
         let login = self
             .login
             .lock()
@@ -554,9 +589,8 @@ impl Pool {
             &self.key.database,
             &self.key.user,
             &login,
-            self.open.connect_timeout,
-            self.open.login_timeout,
-            self.open.keepalive,
+            profile,
+            &self.open,
         )
         .await;
         let conn = match conn {
@@ -572,20 +606,37 @@ impl Pool {
             }
         };
         let mut params = self.params.lock().unwrap_or_else(PoisonError::into_inner);
-        if params.is_none() {
-            *params = Some(conn.params.clone());
+        if !params.iter().any(|(p, _)| StartupProfile::same(p, profile)) {
+            if params.len() >= MAX_PROFILES {
+                params.remove(0);
+            }
+            params.push((profile.clone(), conn.params.clone()));
         }
         drop(params);
         Ok(self.lease(Box::new(conn), permit))
     }
 
-    async fn take_idle(&self) -> Option<Lease> {
+    /// Closes an idle backend of another profile than `profile` and
+    /// returns its permit, if there is one.
+    fn evict_other(&self, profile: &Arc<StartupProfile>) -> Option<OwnedSemaphorePermit> {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        // The least recently used first (the front of the list).
+        let at = idle
+            .iter()
+            .position(|(c, _)| !StartupProfile::same(&c.profile, profile))?;
+        let (_conn, permit) = idle.remove(at);
+        Some(permit)
+    }
+
+    async fn take_idle(&self, profile: &Arc<StartupProfile>) -> Option<Lease> {
         loop {
-            let (mut conn, permit) = self
-                .idle
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .pop()?;
+            let (mut conn, permit) = {
+                let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+                let at = idle
+                    .iter()
+                    .rposition(|(c, _)| StartupProfile::same(&c.profile, profile))?;
+                idle.remove(at)
+            };
             let now = Instant::now();
             if now.duration_since(conn.created) > self.settings.max_lifetime
                 || now.duration_since(conn.last_used) > self.settings.idle_timeout
@@ -669,13 +720,18 @@ impl Pool {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .is_some();
-            if !has_login {
+            let profile = self
+                .last_profile
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone();
+            let (true, Some(profile)) = (has_login, profile) else {
                 return;
-            }
+            };
             let Ok(permit) = self.slots.clone().try_acquire_owned() else {
                 return;
             };
-            match self.open(permit).await {
+            match self.open(permit, &profile).await {
                 Ok(lease) => self.release(lease, true),
                 Err(e) => {
                     tracing::debug!(pool = ?self.key, error = %e, "min_idle backend not opened");

@@ -5,7 +5,7 @@
 //! configured, with the ClientKey recovered from a client's proof.
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::{BufMut, BytesMut};
 use thiserror::Error;
@@ -63,11 +63,9 @@ pub struct ServerConn {
     pub last_used: Instant,
     /// Prepared statements pgcell created on this backend.
     pub prepared: crate::session::prepared::BackendStatements,
-    /// `params` are known to hold every setting of the client settings
-    /// with this fingerprint (`session::pooled::fingerprint`); cleared
-    /// whenever `params` change otherwise. Spares the per-checkout
-    /// comparison when clients with the same settings share backends.
-    pub settings_verified: Option<u64>,
+    /// The startup parameters it logged in with: it serves clients that
+    /// sent the same.
+    pub profile: std::sync::Arc<super::StartupProfile>,
 }
 
 impl ServerConn {
@@ -132,10 +130,14 @@ impl ServerConn {
         database: &str,
         user: &str,
         login: &BackendLogin,
-        connect_timeout: Duration,
-        login_timeout: Duration,
-        keepalive: Duration,
+        profile: &std::sync::Arc<super::StartupProfile>,
+        timeouts: &super::OpenSettings,
     ) -> Result<ServerConn, OpenError> {
+        let super::OpenSettings {
+            connect_timeout,
+            login_timeout,
+            keepalive,
+        } = *timeouts;
         let backend = backend::connect(tenant, connect_timeout, keepalive).await?;
         let mut conn = ServerConn {
             stream: backend.stream,
@@ -145,7 +147,7 @@ impl ServerConn {
             created: Instant::now(),
             last_used: Instant::now(),
             prepared: Default::default(),
-            settings_verified: None,
+            profile: profile.clone(),
         };
         tokio::time::timeout(login_timeout, conn.login(database, user, login))
             .await
@@ -159,14 +161,12 @@ impl ServerConn {
         user: &str,
         login: &BackendLogin,
     ) -> Result<(), OpenError> {
-        let startup = StartupMessage {
-            minor: 0,
-            params: vec![
-                ("user".to_owned(), user.to_owned()),
-                ("database".to_owned(), database.to_owned()),
-                ("application_name".to_owned(), "pgcell".to_owned()),
-            ],
-        };
+        let mut params = vec![
+            ("user".to_owned(), user.to_owned()),
+            ("database".to_owned(), database.to_owned()),
+        ];
+        params.extend(self.profile.params.iter().cloned());
+        let startup = StartupMessage { minor: 0, params };
         let mut out = BytesMut::new();
         startup.encode(&mut out);
         self.send(&mut out).await?;

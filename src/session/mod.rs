@@ -4,6 +4,9 @@
 //! one metric increment labelled with its kind, and one log line.
 
 pub mod auth;
+pub mod buffers;
+pub mod classify;
+pub mod engine;
 pub mod login;
 pub mod pooled;
 pub mod prepared;

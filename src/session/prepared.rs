@@ -282,8 +282,13 @@ impl ClientStatements {
                 self.expect(b'3', false, None, None);
             }
             b'S' | b'Q' | b'F' => {
-                if msg.tag == b'Q' && may_drop_all(&msg.body) {
-                    backend.drop_sent();
+                if msg.tag == b'Q' {
+                    if may_drop_all(&msg.body) {
+                        backend.drop_sent();
+                    }
+                    // A simple Query replaces the unnamed statement: a
+                    // later Bind of it fails, as on a direct connection.
+                    self.last_unnamed = None;
                 }
                 messages::tagged(out, msg.tag, &msg.body);
                 self.segments_sent += 1;
@@ -459,9 +464,23 @@ impl ClientStatements {
         let lower: Vec<String> = words.iter().map(|w| w.to_ascii_lowercase()).collect();
         let lower: Vec<&str> = lower.iter().map(String::as_str).collect();
         match lower.as_slice() {
-            ["discard", "all"] if !in_transaction => {
+            // Runs on the backend (its ParameterStatus messages and its
+            // reset are what the client must see); the client's statements
+            // go with it. Inside a transaction block the backend refuses
+            // it and nothing is forgotten.
+            ["discard", "all"] => {
+                if !in_transaction {
+                    self.statements.clear();
+                }
+                None
+            }
+            // Inside a transaction block the backend may hold SQL-level
+            // statements of this client: it runs there too (the statements
+            // pgcell made there are dropped with them and made again when
+            // needed).
+            ["deallocate", "all"] | ["deallocate", "prepare", "all"] if in_transaction => {
                 self.statements.clear();
-                Some("DISCARD ALL")
+                None
             }
             ["deallocate", "all"] | ["deallocate", "prepare", "all"] => {
                 self.statements.clear();
@@ -491,6 +510,18 @@ impl ClientStatements {
         let sent = self.segments_sent;
         for e in self.expected.iter_mut() {
             e.segment = e.segment.min(sent);
+        }
+    }
+
+    /// The backend discarded the `ReadyForQuery`-drawing message with
+    /// index `n` (a `Query` sent into a failed pipeline): replies to what
+    /// was sent after it come one segment earlier.
+    pub fn rfq_discarded(&mut self, n: u64) {
+        self.segments_sent = self.segments_sent.saturating_sub(1);
+        for e in self.expected.iter_mut() {
+            if e.segment > n {
+                e.segment -= 1;
+            }
         }
     }
 
@@ -883,7 +914,7 @@ mod tests {
     }
 
     #[test]
-    fn deallocate_and_discard_are_answered_locally() {
+    fn deallocate_is_answered_locally_outside_a_transaction() {
         let mut client = ClientStatements::default();
         let mut backend = BackendStatements::default();
         let mut out = BytesMut::new();
@@ -920,10 +951,19 @@ mod tests {
         );
         assert!(client.statements.is_empty());
         assert_eq!(client.answer_locally(b"discard all\0", true), None);
-        assert_eq!(
-            client.answer_locally(b"discard all\0", false),
-            Some("DISCARD ALL")
-        );
+        // DISCARD ALL runs on the backend; the client's statements go.
+        client
+            .forward(&msg(b'P', b"b\0select 1\0\0\0"), &mut backend, &mut out)
+            .unwrap();
+        assert_eq!(client.answer_locally(b"discard all\0", false), None);
+        assert!(client.statements.is_empty());
+        // Inside a transaction block DEALLOCATE ALL runs on the backend
+        // (SQL-level statements live there) and forgets the client's.
+        client
+            .forward(&msg(b'P', b"c\0select 1\0\0\0"), &mut backend, &mut out)
+            .unwrap();
+        assert_eq!(client.answer_locally(b"DEALLOCATE ALL\0", true), None);
+        assert!(client.statements.is_empty());
     }
 
     #[test]

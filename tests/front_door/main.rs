@@ -9,6 +9,7 @@ mod auth_query;
 mod bad_input;
 mod cancel_peers;
 mod console;
+mod differential;
 mod drain;
 mod drivers;
 mod negotiation;

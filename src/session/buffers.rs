@@ -1,0 +1,127 @@
+//! Buffers of pooled sessions: allocated when a transaction needs them,
+//! given back between transactions (an idle client holds none), and the
+//! write path that keeps reading a backend's answers while a large
+//! pipeline is written to it.
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Read buffer size, each direction, while a backend is leased.
+pub const READ_CHUNK: usize = 32 * 1024;
+/// Read buffer size of an idle client: most statements fit, and an idle
+/// client should cost little memory (thousands of them sit idle).
+pub const IDLE_READ_CHUNK: usize = 2 * 1024;
+/// First read from a backend: a short result fits.
+pub const SERVER_READ_CHUNK: usize = 4 * 1024;
+
+/// Makes room to read into `buf`: `small` bytes when it is empty (the
+/// common case, a short statement), a full chunk when a message is
+/// already partly in. A buffer given back with [`recycle`] is taken
+/// first.
+pub fn reserve_read(buf: &mut BytesMut, small: usize) {
+    if buf.capacity() == 0 {
+        reuse(buf);
+    }
+    buf.reserve(if buf.is_empty() { small } else { READ_CHUNK });
+}
+
+/// Spare buffers kept per thread for the next transaction.
+const MAX_SPARE_BUFFERS: usize = 64;
+
+thread_local! {
+    /// Empty backend-side buffers of sessions that went idle: a
+    /// transaction-mode session gives its buffers back between
+    /// transactions (an idle client holds none) and takes them again for
+    /// the next one, without a trip through the allocator each time.
+    static SPARE_BUFFERS: std::cell::RefCell<Vec<BytesMut>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Gives an empty `buf` back for reuse; it is left without memory.
+pub fn recycle(buf: &mut BytesMut) {
+    if !buf.is_empty() || buf.capacity() == 0 {
+        return;
+    }
+    let mut spare = std::mem::take(buf);
+    // Back to the start of its memory (it may have been advanced over
+    // what was sent), so that `capacity` is all of it; large ones (a big
+    // result went through) and ones still shared with a message are
+    // freed.
+    if !spare.try_reclaim(SERVER_READ_CHUNK) || spare.capacity() > READ_CHUNK {
+        return;
+    }
+    SPARE_BUFFERS.with(|s| {
+        let mut s = s.borrow_mut();
+        if s.len() < MAX_SPARE_BUFFERS {
+            s.push(spare);
+        }
+    });
+}
+
+/// Puts a spare buffer into an empty `buf` that has no memory, if there is
+/// one on this thread.
+pub fn reuse(buf: &mut BytesMut) {
+    if buf.capacity() == 0 {
+        if let Some(spare) = SPARE_BUFFERS.with(|s| s.borrow_mut().pop()) {
+            *buf = spare;
+        }
+    }
+}
+
+/// Frees an empty buffer above `keep` bytes, so idle sessions stay small.
+pub fn shrink(buf: &mut BytesMut, keep: usize) {
+    if buf.is_empty() && buf.capacity() > keep {
+        *buf = BytesMut::new();
+    }
+}
+
+/// Most backend output buffered while a client pipeline is being written;
+/// past it pgcell stops reading until the write completes.
+const MAX_BUFFERED_WHILE_WRITING: usize = 64 << 20;
+
+/// Writes `data` to `stream`, reading what the backend answers meanwhile
+/// into `answers`. Not cancel safe.
+pub async fn write_draining<S>(
+    stream: &mut S,
+    data: &[u8],
+    answers: &mut BytesMut,
+) -> std::io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    // The common case: the socket takes everything at once (a statement
+    // or a pipeline smaller than the socket buffer). No split, no read
+    // buffer.
+    let first = std::future::poll_fn(|cx| {
+        std::task::Poll::Ready(std::pin::Pin::new(&mut *stream).poll_write(cx, data))
+    })
+    .await;
+    let mut written = match first {
+        std::task::Poll::Ready(Ok(0)) => return Err(std::io::ErrorKind::WriteZero.into()),
+        std::task::Poll::Ready(Ok(n)) => n,
+        std::task::Poll::Ready(Err(e)) => return Err(e),
+        std::task::Poll::Pending => 0,
+    };
+    if written == data.len() {
+        return stream.flush().await;
+    }
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    while written < data.len() {
+        answers.reserve(READ_CHUNK);
+        tokio::select! {
+            n = writer.write(&data[written..]) => {
+                let n = n?;
+                if n == 0 {
+                    return Err(std::io::ErrorKind::WriteZero.into());
+                }
+                written += n;
+            }
+            read = reader.read_buf(answers), if answers.len() < MAX_BUFFERED_WHILE_WRITING => {
+                if read? == 0 {
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
+            }
+        }
+    }
+    writer.flush().await
+}

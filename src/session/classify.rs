@@ -1,0 +1,173 @@
+//! What a statement does to a pooled session that pgcell cannot carry to
+//! another backend, judged by its first words; and the settings in the
+//! `options` startup parameter.
+
+/// The kind of session state a statement leaves on its backend, judged by
+/// its first words: what a transaction-mode backend switch would lose.
+/// Settings are carried by the engine (`session::engine`) and do not
+/// count.
+pub fn session_state_kind(sql: &[u8]) -> Option<&'static str> {
+    let head = &sql[..sql.len().min(4096)];
+    if !may_leave_session_state(head) {
+        return None;
+    }
+    let text = String::from_utf8_lossy(head).to_ascii_lowercase();
+    let text = strip_leading_comments(&text);
+    let mut words = text
+        .split(|c: char| c.is_ascii_whitespace() || c == ';' || c == '(')
+        .filter(|w| !w.is_empty());
+    let first = words.next()?;
+    let second = words.next().unwrap_or("");
+    let third = words.next().unwrap_or("");
+    match first {
+        "listen" => Some("listen"),
+        "prepare" => Some("prepare"),
+        "declare" if text.contains(" with hold") => Some("cursor_with_hold"),
+        "create"
+            if matches!(second, "temp" | "temporary")
+                || (matches!(second, "local" | "global")
+                    && matches!(third, "temp" | "temporary")) =>
+        {
+            Some("temp_table")
+        }
+        _ if text.contains("pg_advisory_lock") || text.contains("pg_try_advisory_lock") => {
+            Some("advisory_lock")
+        }
+        _ => None,
+    }
+}
+
+/// A cheap filter run on every statement before [`session_state_kind`]
+/// looks closer (it lower-cases a copy): false when the statement neither
+/// starts with a keyword that can leave session state nor mentions an
+/// advisory lock. Statements starting with a comment take the close look.
+fn may_leave_session_state(sql: &[u8]) -> bool {
+    const NEEDLE: &[u8] = b"advisory_lock";
+    let mentions_advisory = sql.iter().enumerate().any(|(i, b)| {
+        (*b | 0x20) == b'a'
+            && sql
+                .get(i..i + NEEDLE.len())
+                .is_some_and(|w| w.eq_ignore_ascii_case(NEEDLE))
+    });
+    if mentions_advisory {
+        return true;
+    }
+    let start = sql
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(sql.len());
+    let rest = &sql[start..];
+    if rest.starts_with(b"--") || rest.starts_with(b"/*") {
+        return true;
+    }
+    let word_end = rest
+        .iter()
+        .position(|b| !b.is_ascii_alphabetic())
+        .unwrap_or(rest.len());
+    let word = &rest[..word_end];
+    [&b"listen"[..], b"prepare", b"declare", b"create"]
+        .iter()
+        .any(|k| word.eq_ignore_ascii_case(k))
+}
+
+fn strip_leading_comments(mut s: &str) -> &str {
+    loop {
+        s = s.trim_start();
+        if let Some(rest) = s.strip_prefix("--") {
+            s = rest.split_once('\n').map(|(_, r)| r).unwrap_or("");
+        } else if let Some(rest) = s.strip_prefix("/*") {
+            s = rest.split_once("*/").map(|(_, r)| r).unwrap_or("");
+        } else {
+            return s;
+        }
+    }
+}
+
+/// `-c name=value` and `--name=value` settings from the `options` startup
+/// parameter.
+pub fn parse_options(options: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut tokens = Vec::new();
+    let mut current = String::new();
+    let mut chars = options.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                if let Some(next) = chars.next() {
+                    current.push(next);
+                }
+            }
+            c if c.is_ascii_whitespace() => {
+                if !current.is_empty() {
+                    tokens.push(std::mem::take(&mut current));
+                }
+            }
+            c => current.push(c),
+        }
+    }
+    if !current.is_empty() {
+        tokens.push(current);
+    }
+    let mut iter = tokens.into_iter();
+    while let Some(token) = iter.next() {
+        let setting = if token == "-c" {
+            iter.next()
+        } else if let Some(rest) = token.strip_prefix("--") {
+            Some(rest.to_owned())
+        } else {
+            token.strip_prefix("-c").map(str::to_owned)
+        };
+        if let Some((name, value)) = setting.as_deref().and_then(|s| s.split_once('=')) {
+            out.push((name.replace('-', "_"), value.to_owned()));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_settings() {
+        assert_eq!(
+            parse_options("-c search_path=a,b --work-mem=4MB -cstatement_timeout=5s x"),
+            vec![
+                ("search_path".to_owned(), "a,b".to_owned()),
+                ("work_mem".to_owned(), "4MB".to_owned()),
+                ("statement_timeout".to_owned(), "5s".to_owned()),
+            ]
+        );
+        assert_eq!(
+            parse_options("-c a=b\\ c"),
+            vec![("a".to_owned(), "b c".to_owned())]
+        );
+    }
+
+    #[test]
+    fn session_state_kinds() {
+        for (sql, kind) in [
+            ("LISTEN chan", Some("listen")),
+            ("  -- c\n/* x */ prepare p as select 1", Some("prepare")),
+            (
+                "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
+                Some("cursor_with_hold"),
+            ),
+            ("declare c cursor for select 1", None),
+            ("CREATE TEMP TABLE t (a int)", Some("temp_table")),
+            (
+                "create global temporary table t (a int)",
+                Some("temp_table"),
+            ),
+            ("create table t (a int)", None),
+            ("SET search_path = x", None),
+            ("SET LOCAL work_mem = '1MB'", None),
+            ("set timezone = 'UTC'", None),
+            ("select pg_advisory_lock(1)", Some("advisory_lock")),
+            ("select pg_advisory_xact_lock(1)", None),
+            ("select 1", None),
+        ] {
+            assert_eq!(session_state_kind(sql.as_bytes()), kind, "{sql}");
+        }
+    }
+}

@@ -1,0 +1,627 @@
+//! The pooled-session engine: what a backend owes its client, and what a
+//! client's session is, without I/O.
+//!
+//! The relay loop in [`super::pooled`] only moves bytes; it tells this
+//! module every message it sends to a backend and every message the
+//! backend answers, and asks it three questions: may the backend go back
+//! to the pool now ([`Position::idle`]), did the transaction that just
+//! ended possibly change the session ([`SessionChanges`]), and what must
+//! run on a backend before it serves this client ([`ClientSession`]).
+//!
+//! # The invariant
+//!
+//! Every backend a client gets presents exactly that client's session, and
+//! no backend returned to the pool carries anything of the client it
+//! served:
+//!
+//! - A backend logs in with the startup parameters of the clients it
+//!   serves (the pool hands a client only backends of its own startup
+//!   profile), so the client's startup values are the backend's RESET
+//!   values and `pg_settings.source` says `client`, as on a direct
+//!   connection.
+//! - Settings a client changes (`SET`, `RESET`, `set_config(…, false)`,
+//!   `SET ROLE`, `SET SESSION AUTHORIZATION`, also inside a transaction
+//!   that commits) are read back from the backend when the transaction
+//!   ends ([`CAPTURE_AND_RESET`]) and the backend is reset in the same
+//!   round trip; the client's [`ClientSession`] replays them on its next
+//!   backend. A transaction that may have changed settings is recognised
+//!   by its statements ([`may_change_settings`]) or by a `ParameterStatus`
+//!   the backend sent during it.
+//! - State that cannot be carried over (`LISTEN`, SQL `PREPARE`, `WITH
+//!   HOLD` cursors, temporary tables, session advisory locks) closes the
+//!   backend instead of returning it (or pins the client to it).
+//!
+//! Where pgcell cannot see a change — a function that calls
+//! `set_config(…, false)` on a setting PostgreSQL does not report —
+//! docs/pooling.md says so.
+
+use std::collections::VecDeque;
+
+/// Where a backend stands in the protocol: which of the client's messages
+/// still owe a reply, and whether an extended-protocol sequence is open.
+///
+/// Fed every message as it goes to the backend ([`Position::sent`]) and
+/// every message that comes back ([`Position::received`]). It follows
+/// PostgreSQL's rules (postgres.c): after an error in an extended-protocol
+/// message the backend discards everything up to the next `Sync`, a
+/// simple `Query` included (no reply); after an error in a simple `Query`
+/// it discards nothing; a simple `Query` in the middle of an unfinished
+/// sequence runs and ends the sequence's implicit transaction.
+#[derive(Debug, Default)]
+pub struct Position {
+    units: VecDeque<Unit>,
+    /// The backend has failed an extended-protocol message and discards
+    /// until the next `Sync` it receives (no `Sync` sent after it yet).
+    skipping: bool,
+    /// `Sync`s sent since the last `Execute` or `Query`: a COPY's
+    /// `CopyInResponse` makes the backend ignore them.
+    syncs_since_execute: usize,
+    /// The backend is in copy-in mode.
+    in_copy: bool,
+    /// Transaction status of the last `ReadyForQuery`.
+    status: u8,
+    /// Count of `ReadyForQuery`-drawing messages sent (`Query`,
+    /// `FunctionCall`, `Sync`), for [`Dropped`].
+    sent_rfq: u64,
+}
+
+/// Something sent to the backend that is not finished yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unit {
+    /// Extended-protocol messages since the last `Sync`/`Query`, with the
+    /// number of them whose final reply is still due.
+    Extended { due: u32 },
+    /// A `Query` or `FunctionCall`: one `ReadyForQuery`. Carries its
+    /// index among `ReadyForQuery`-drawing messages.
+    Simple(u64),
+    /// A `Sync`: one `ReadyForQuery`.
+    Sync(u64),
+}
+
+/// What a message sent to the backend means for the replies to come.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sent {
+    /// As usual.
+    Counted,
+    /// A `Sync` the backend ignores (copy-in mode): no `ReadyForQuery`.
+    Ignored,
+    /// A `Query`/`FunctionCall` sent into a failed pipeline: the backend
+    /// discards it. Carries its index among `ReadyForQuery`-drawing
+    /// messages (the prepared-statement tracker numbers them the same).
+    Discarded(u64),
+}
+
+/// What a backend message shows about messages sent earlier.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Received {
+    /// `Query`/`FunctionCall` messages the backend discarded (sent into a
+    /// pipeline that has now failed), by index.
+    pub discarded: Vec<u64>,
+    /// `Sync`s the backend ignores (a COPY entered copy-in mode after
+    /// they were sent).
+    pub syncs_ignored: usize,
+}
+
+impl Position {
+    /// A backend idle in status `I`.
+    pub fn new() -> Position {
+        Position {
+            status: b'I',
+            ..Position::default()
+        }
+    }
+
+    /// Notes one message sent to the backend (client's or pgcell's own).
+    pub fn sent(&mut self, tag: u8) -> Sent {
+        match tag {
+            b'Q' | b'F' => {
+                self.sent_rfq += 1;
+                self.syncs_since_execute = 0;
+                if self.skipping {
+                    self.sent_rfq -= 1;
+                    return Sent::Discarded(self.sent_rfq);
+                }
+                self.units.push_back(Unit::Simple(self.sent_rfq - 1));
+            }
+            // In copy-in mode the backend ignores Sync: no reply.
+            b'S' if self.in_copy => return Sent::Ignored,
+            b'S' => {
+                self.sent_rfq += 1;
+                self.syncs_since_execute += 1;
+                self.skipping = false;
+                self.units.push_back(Unit::Sync(self.sent_rfq - 1));
+            }
+            b'P' | b'B' | b'D' | b'E' | b'C' => {
+                if tag == b'E' {
+                    self.syncs_since_execute = 0;
+                }
+                match self.units.back_mut() {
+                    Some(Unit::Extended { due }) => *due += 1,
+                    _ => self.units.push_back(Unit::Extended { due: 1 }),
+                }
+            }
+            // Flush opens a sequence without drawing a reply of its own.
+            b'H' if !matches!(self.units.back(), Some(Unit::Extended { .. })) => {
+                self.units.push_back(Unit::Extended { due: 0 });
+            }
+            // CopyDone / CopyFail end copy-in mode.
+            b'c' | b'f' => self.in_copy = false,
+            _ => {}
+        }
+        Sent::Counted
+    }
+
+    /// Notes one backend message. Returns the `ReadyForQuery`-drawing
+    /// messages this message shows the backend discarded.
+    pub fn received(&mut self, tag: u8, body: &[u8]) -> Received {
+        match tag {
+            b'Z' => {
+                self.status = body.first().copied().unwrap_or(b'I');
+                while let Some(unit) = self.units.pop_front() {
+                    if matches!(unit, Unit::Simple(_) | Unit::Sync(_)) {
+                        break;
+                    }
+                }
+            }
+            b'E' => {
+                return Received {
+                    discarded: self.error(),
+                    syncs_ignored: 0,
+                }
+            }
+            // Final replies of extended-protocol messages: ParseComplete,
+            // BindComplete, CloseComplete, RowDescription / NoData (a
+            // Describe; Execute sends no RowDescription), CommandComplete,
+            // EmptyQueryResponse, PortalSuspended (an Execute).
+            b'1' | b'2' | b'3' | b'T' | b'n' | b'C' | b'I' | b's' => {
+                if let Some(Unit::Extended { due }) = self.working_mut() {
+                    *due = due.saturating_sub(1);
+                }
+            }
+            // CopyInResponse: Syncs sent after the COPY's Execute are
+            // ignored by the backend until CopyDone/CopyFail.
+            b'G' => {
+                self.in_copy = true;
+                let mut ignored = std::mem::take(&mut self.syncs_since_execute);
+                let mut removed = 0;
+                let mut i = self.units.len();
+                while ignored > 0 && i > 0 {
+                    i -= 1;
+                    if matches!(self.units[i], Unit::Sync(_)) {
+                        self.units.remove(i);
+                        ignored -= 1;
+                        removed += 1;
+                    }
+                }
+                // They were the last ones sent: numbering stays dense.
+                self.sent_rfq -= removed as u64;
+                return Received {
+                    discarded: Vec::new(),
+                    syncs_ignored: removed,
+                };
+            }
+            _ => {}
+        }
+        Received::default()
+    }
+
+    /// An ErrorResponse: whose is it, and what does the backend skip?
+    fn error(&mut self) -> Vec<u64> {
+        let mut dropped = Vec::new();
+        let Some(at) = self.working_index() else {
+            // Nothing outstanding: an error while idle (a FATAL before the
+            // backend closes).
+            return dropped;
+        };
+        if !matches!(self.units[at], Unit::Extended { .. }) {
+            // A simple Query's (or a Sync's commit): nothing is skipped.
+            return dropped;
+        }
+        // The backend discards up to the next Sync: the rest of this
+        // sequence and any Query sent into it get no reply.
+        self.units[at] = Unit::Extended { due: 0 };
+        let i = at + 1;
+        while i < self.units.len() {
+            match self.units[i] {
+                Unit::Sync(_) => return dropped,
+                Unit::Simple(n) => {
+                    dropped.push(n);
+                    self.units.remove(i);
+                }
+                Unit::Extended { .. } => {
+                    self.units.remove(i);
+                }
+            }
+        }
+        // No Sync sent yet: what the client sends until then is skipped.
+        self.skipping = true;
+        dropped
+    }
+
+    /// The unit the backend is working on: the first that still owes a
+    /// reply (an extended sequence whose replies have all come is done,
+    /// unless nothing follows it).
+    fn working_index(&self) -> Option<usize> {
+        self.units
+            .iter()
+            .position(|u| !matches!(u, Unit::Extended { due: 0 }))
+    }
+
+    fn working_mut(&mut self) -> Option<&mut Unit> {
+        let at = self.working_index()?;
+        self.units.get_mut(at)
+    }
+
+    /// Transaction status of the last `ReadyForQuery`.
+    pub fn status(&self) -> u8 {
+        self.status
+    }
+
+    /// Nothing outstanding and no sequence open: the backend waits for a
+    /// new command (it may still be inside a transaction block: see
+    /// [`Position::status`]).
+    pub fn quiet(&self) -> bool {
+        self.units.is_empty() && !self.skipping
+    }
+
+    /// Quiet and outside a transaction block: the point where a
+    /// transaction-mode backend can go back to the pool.
+    pub fn idle(&self) -> bool {
+        self.quiet() && self.status == b'I'
+    }
+
+    /// Whether a query is running (a reply is still due).
+    pub fn busy(&self) -> bool {
+        self.working_index().is_some()
+    }
+}
+
+/// Whether a statement may change the session's settings: one of its
+/// statements (the text is split at every `;`, an over-approximation) is
+/// `SET` (but not `SET LOCAL`, `SET TRANSACTION`, `SET CONSTRAINTS`),
+/// `RESET`, `DISCARD`, or a `DO` block or `CALL` (their bodies may `SET`);
+/// or the text mentions `set_config`. Run on every statement: no
+/// allocation, one pass in the common case.
+pub fn may_change_settings(sql: &[u8]) -> bool {
+    const NEEDLE: &[u8] = b"set_config";
+    if sql
+        .windows(NEEDLE.len())
+        .any(|w| w.eq_ignore_ascii_case(NEEDLE))
+    {
+        return true;
+    }
+    sql.split(|&b| b == b';').any(statement_may_change_settings)
+}
+
+fn statement_may_change_settings(sql: &[u8]) -> bool {
+    let mut words = Words::new(sql);
+    match words.next() {
+        Some(w) if w.eq_ignore_ascii_case(b"set") => !matches!(
+            words.next(),
+            Some(w) if w.eq_ignore_ascii_case(b"local")
+                || w.eq_ignore_ascii_case(b"transaction")
+                || w.eq_ignore_ascii_case(b"constraints")
+        ),
+        Some(w) => ["reset", "discard", "do", "call"]
+            .iter()
+            .any(|k| w.eq_ignore_ascii_case(k.as_bytes())),
+        None => false,
+    }
+}
+
+/// The first words of a statement, past comments.
+struct Words<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Words<'a> {
+    fn new(sql: &'a [u8]) -> Words<'a> {
+        Words { rest: sql }
+    }
+}
+
+impl<'a> Iterator for Words<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        loop {
+            let start = self
+                .rest
+                .iter()
+                .position(|b| !b.is_ascii_whitespace() && *b != b'(' && *b != b';')?;
+            self.rest = &self.rest[start..];
+            if let Some(after) = self.rest.strip_prefix(b"--") {
+                let end = after
+                    .iter()
+                    .position(|&b| b == b'\n')
+                    .unwrap_or(after.len());
+                self.rest = &after[end..];
+            } else if let Some(after) = self.rest.strip_prefix(b"/*") {
+                let end = after
+                    .windows(2)
+                    .position(|w| w == b"*/")
+                    .map_or(after.len(), |p| p + 2);
+                self.rest = &after[end..];
+            } else {
+                let end = self
+                    .rest
+                    .iter()
+                    .position(|b| !(b.is_ascii_alphanumeric() || *b == b'_'))
+                    .unwrap_or(self.rest.len());
+                if end == 0 {
+                    return None;
+                }
+                let (word, rest) = self.rest.split_at(end);
+                self.rest = rest;
+                return Some(word);
+            }
+        }
+    }
+}
+
+/// What a transaction did to the session, followed while a backend is
+/// checked out.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SessionChanges {
+    /// A statement or a `ParameterStatus` says settings may have changed:
+    /// read them back and reset the backend before returning it.
+    pub settings: bool,
+}
+
+/// Read back what a client changed, then reset the backend to its login
+/// state, in one round trip. Rows: (`name`, `value`): the session
+/// authorization and the role first (they are replayed first: settings
+/// may need the role's rights; the caller drops them when they are the
+/// login user's and `none`), then every setting whose source is the
+/// session.
+pub const CAPTURE_AND_RESET: &str = "SELECT 'session_authorization', \
+pg_catalog.current_setting('session_authorization') \
+UNION ALL SELECT 'role', pg_catalog.current_setting('role') \
+UNION ALL SELECT name, pg_catalog.current_setting(name) FROM pg_catalog.pg_settings \
+WHERE source = 'session' AND name NOT IN ('role', 'session_authorization'); \
+SET SESSION AUTHORIZATION DEFAULT; RESET ROLE; RESET ALL";
+
+/// Resets a backend to its login state (after a client whose session was
+/// replayed on it changed nothing more).
+pub const RESET: &str = "SET SESSION AUTHORIZATION DEFAULT; RESET ROLE; RESET ALL";
+
+/// Turns the rows of [`CAPTURE_AND_RESET`] into a client session; `user`
+/// is the user the backend logged in as.
+pub fn captured(rows: Vec<(String, String)>, user: &str) -> ClientSession {
+    let settings = rows
+        .into_iter()
+        .filter(|(name, value)| match name.as_str() {
+            "session_authorization" => value != user,
+            "role" => value != "none",
+            _ => true,
+        })
+        .collect();
+    ClientSession { settings }
+}
+
+/// The session a client must see on every backend it gets, beyond its
+/// startup values (which its backends log in with): the settings it
+/// changed, as read back by [`CAPTURE_AND_RESET`].
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ClientSession {
+    /// (name, value) in replay order.
+    pub settings: Vec<(String, String)>,
+}
+
+impl ClientSession {
+    /// Whether the client changed nothing (the common case: nothing to do
+    /// on checkout).
+    pub fn is_empty(&self) -> bool {
+        self.settings.is_empty()
+    }
+
+    /// The statement that gives a freshly reset backend this session, or
+    /// `None` when there is nothing to apply.
+    pub fn restore_query(&self) -> Option<String> {
+        if self.settings.is_empty() {
+            return None;
+        }
+        let calls: Vec<String> = self
+            .settings
+            .iter()
+            .map(|(name, value)| {
+                format!(
+                    "pg_catalog.set_config({}, {}, false)",
+                    quote(name),
+                    quote(value)
+                )
+            })
+            .collect();
+        Some(format!("SELECT {}", calls.join(", ")))
+    }
+}
+
+/// An escape-string literal, valid whatever `standard_conforming_strings`
+/// the backend has.
+pub fn quote(s: &str) -> String {
+    format!("E'{}'", s.replace('\\', "\\\\").replace('\'', "''"))
+}
+
+/// Whether an ErrorResponse body has severity FATAL or PANIC: the backend
+/// closes after it.
+pub fn is_fatal(body: &[u8]) -> bool {
+    let mut rest = body;
+    while let Some((&field, tail)) = rest.split_first() {
+        if field == 0 {
+            break;
+        }
+        let Some(end) = tail.iter().position(|&b| b == 0) else {
+            break;
+        };
+        let value = &tail[..end];
+        // 'V' (never localised) is authoritative; 'S' may be translated.
+        if field == b'V' || field == b'S' {
+            if value == b"FATAL" || value == b"PANIC" {
+                return true;
+            }
+            if field == b'V' {
+                return false;
+            }
+        }
+        rest = tail.get(end + 1..).unwrap_or(&[]);
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn feed(p: &mut Position, sent: &[u8]) {
+        for &t in sent {
+            p.sent(t);
+        }
+    }
+
+    #[test]
+    fn simple_query_round_trip() {
+        let mut p = Position::new();
+        feed(&mut p, b"Q");
+        assert!(!p.idle());
+        p.received(b'T', b"");
+        p.received(b'C', b"");
+        assert!(!p.idle());
+        p.received(b'Z', b"I");
+        assert!(p.idle());
+    }
+
+    #[test]
+    fn a_query_after_flush_ends_the_sequence() {
+        // Parse/Describe/Flush, then a simple Query: the Query's
+        // ReadyForQuery 'I' leaves the backend free (issue: held forever).
+        let mut p = Position::new();
+        feed(&mut p, b"PDH");
+        p.received(b'1', b"");
+        p.received(b't', b"");
+        p.received(b'T', b"");
+        assert!(!p.idle(), "an open sequence holds the backend");
+        feed(&mut p, b"Q");
+        p.received(b'T', b"");
+        p.received(b'C', b"");
+        p.received(b'Z', b"I");
+        assert!(p.idle());
+    }
+
+    #[test]
+    fn a_query_sent_into_a_failed_pipeline_gets_no_reply() {
+        let mut p = Position::new();
+        feed(&mut p, b"PBE");
+        feed(&mut p, b"Q");
+        feed(&mut p, b"S");
+        p.received(b'1', b"");
+        p.received(b'2', b"");
+        assert_eq!(p.received(b'E', b"").discarded, vec![0]);
+        // Only the Sync's ReadyForQuery comes.
+        p.received(b'Z', b"I");
+        assert!(p.idle());
+    }
+
+    #[test]
+    fn a_query_sent_after_the_error_arrived_is_skipped_too() {
+        let mut p = Position::new();
+        feed(&mut p, b"PBE");
+        p.received(b'E', b"");
+        assert_eq!(p.sent(b'Q'), Sent::Discarded(0));
+        assert_eq!(p.sent(b'S'), Sent::Counted);
+        p.received(b'Z', b"I");
+        assert!(p.idle());
+    }
+
+    #[test]
+    fn an_error_in_a_query_after_a_finished_sequence_skips_nothing() {
+        let mut p = Position::new();
+        feed(&mut p, b"PD");
+        feed(&mut p, b"Q");
+        feed(&mut p, b"S");
+        p.received(b'1', b"");
+        p.received(b'n', b"");
+        assert!(p.received(b'E', b"").discarded.is_empty());
+        p.received(b'Z', b"I");
+        assert!(!p.idle(), "the Sync's ReadyForQuery is still due");
+        p.received(b'Z', b"I");
+        assert!(p.idle());
+    }
+
+    #[test]
+    fn transaction_block_keeps_the_backend() {
+        let mut p = Position::new();
+        feed(&mut p, b"Q");
+        p.received(b'C', b"");
+        p.received(b'Z', b"T");
+        assert!(p.quiet() && !p.idle());
+        feed(&mut p, b"Q");
+        p.received(b'E', b"");
+        p.received(b'Z', b"E");
+        assert!(!p.idle());
+        feed(&mut p, b"Q");
+        p.received(b'C', b"");
+        p.received(b'Z', b"I");
+        assert!(p.idle());
+    }
+
+    #[test]
+    fn copy_in_over_the_extended_protocol_ignores_early_syncs() {
+        let mut p = Position::new();
+        feed(&mut p, b"PBES");
+        p.received(b'1', b"");
+        p.received(b'2', b"");
+        assert_eq!(p.received(b'G', b"").syncs_ignored, 1);
+        feed(&mut p, b"dd");
+        assert_eq!(p.sent(b'S'), Sent::Ignored);
+        p.sent(b'c');
+        p.received(b'C', b"");
+        feed(&mut p, b"S");
+        p.received(b'Z', b"I");
+        assert!(p.idle());
+    }
+
+    #[test]
+    fn settings_statements() {
+        for (sql, changes) in [
+            ("SET search_path = a", true),
+            ("  /* x */ -- y\n set role r", true),
+            ("SET LOCAL work_mem = '1MB'", false),
+            ("set transaction isolation level serializable", false),
+            ("SET CONSTRAINTS ALL DEFERRED", false),
+            ("RESET ALL", true),
+            ("discard all", true),
+            ("select pg_catalog.set_config('a.b', 'c', false)", true),
+            ("SELECT 1", false),
+            ("UPDATE t SET a = 1", false),
+            ("BEGIN; SET ROLE r; COMMIT", true),
+            ("begin;set local work_mem = 1", false),
+            ("DO $$ BEGIN PERFORM 1; END $$", true),
+            ("call p()", true),
+            ("SELECT 'a;b'", false),
+            ("(SELECT 1)", false),
+            ("", false),
+        ] {
+            assert_eq!(may_change_settings(sql.as_bytes()), changes, "{sql}");
+        }
+    }
+
+    #[test]
+    fn fatal_errors() {
+        assert!(is_fatal(b"SFATAL\0VFATAL\0C57P01\0Mterminating\0\0"));
+        assert!(!is_fatal(b"SERROR\0VERROR\0C42601\0Mx\0\0"));
+        assert!(!is_fatal(b"SFATAL"));
+        assert!(!is_fatal(b""));
+    }
+
+    #[test]
+    fn restore_query_quotes() {
+        let s = ClientSession {
+            settings: vec![("search_path".into(), "a, 'b'".into())],
+        };
+        assert_eq!(
+            s.restore_query().as_deref(),
+            Some("SELECT pg_catalog.set_config(E'search_path', E'a, ''b''', false)")
+        );
+        assert_eq!(ClientSession::default().restore_query(), None);
+    }
+}

@@ -1,0 +1,266 @@
+//! Lending a backend to a client and taking it back: the client's session
+//! is replayed on checkout, read back and reset on checkin when the
+//! transaction may have changed it (`session::engine` says why).
+
+use bytes::BytesMut;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+use super::{Session, SessionError};
+use crate::cancel::CancelTarget;
+use crate::config::PoolMode;
+use crate::pool::server::{error_message, parameter_status, set_param};
+use crate::pool::Lease;
+use crate::protocol::framing::read_message;
+use crate::protocol::messages;
+use crate::protocol::SqlState;
+use crate::session::engine::{self, ClientSession, Position, SessionChanges};
+
+/// Longest reply read while pgcell talks to a backend on its own.
+const MAX_OWN_REPLY: usize = 1 << 20;
+
+/// Why pgcell's own statement on a backend failed.
+pub(super) enum OwnQueryError {
+    /// The backend refused it (its message).
+    Refused(String),
+    /// The backend closed or answered out of turn.
+    Lost,
+}
+
+impl Session<'_> {
+    /// Takes `lease` for this client: replays its session (nothing to do
+    /// in the common case, a client that changed no setting), points its
+    /// cancel key at the backend.
+    pub(super) async fn checkout<C: AsyncWrite + Unpin>(
+        &mut self,
+        lease: Lease,
+        client: &mut C,
+    ) -> Result<(), SessionError> {
+        match self.session.restore_query() {
+            None => {
+                self.attach(lease);
+                Ok(())
+            }
+            // Boxed: rare, and its state would otherwise be part of every
+            // client's task.
+            Some(query) => Box::pin(self.checkout_restoring(lease, query, client)).await,
+        }
+    }
+
+    async fn checkout_restoring<C: AsyncWrite + Unpin>(
+        &mut self,
+        mut lease: Lease,
+        query: String,
+        client: &mut C,
+    ) -> Result<(), SessionError> {
+        if let Err(e) = run_own(&mut lease, &query).await {
+            let mut out = BytesMut::new();
+            let (code, message) = match e {
+                // A setting the client made earlier no longer applies (a
+                // role dropped since, say): as PostgreSQL would say.
+                OwnQueryError::Refused(message) => (SqlState::INVALID_PARAMETER_VALUE, message),
+                OwnQueryError::Lost => (
+                    SqlState::CONNECTION_FAILURE,
+                    "server connection lost: the database closed the connection unexpectedly"
+                        .to_owned(),
+                ),
+            };
+            messages::error_response(&mut out, code, &message, None);
+            let _ = client.write_all(&out).await;
+            return Err(SessionError::BackendLost);
+        }
+        self.attach(lease);
+        Ok(())
+    }
+
+    /// Points the session (its cancel key, its statements, its protocol
+    /// position) at `lease`.
+    pub(super) fn attach(&mut self, lease: Lease) {
+        self.statements.new_backend();
+        self.position = Position::new();
+        self.backend_fatal = false;
+        self.checked_out_at = std::time::Instant::now();
+        self.registration.attach(CancelTarget {
+            addr: lease.conn.addr,
+            key: lease.conn.key,
+        });
+        self.lease = Some(lease);
+    }
+
+    /// Hands the backend back between transactions (transaction mode):
+    /// reads back and resets what the transaction may have changed first.
+    pub(super) async fn checkin(&mut self) {
+        let Some(mut lease) = self.lease.take() else {
+            return;
+        };
+        let cancelled = self.registration.detach();
+        self.transactions.increment(1);
+        self.transaction_seconds
+            .record(self.checked_out_at.elapsed().as_secs_f64());
+        let changes = std::mem::take(&mut self.changes);
+        // State that cannot be carried (LISTEN, temp tables, ...) must not
+        // reach the next client: that backend is closed.
+        let dirty = std::mem::take(&mut self.state_dirty);
+        let carried = if changes.settings {
+            self.carry_settings(&mut lease).await
+        } else if !self.session.is_empty() {
+            // The client's replayed settings are on the backend: off they go.
+            run_own(&mut lease, engine::RESET).await.is_ok()
+        } else {
+            true
+        };
+        self.pool.release(lease, !cancelled && !dirty && carried);
+    }
+
+    /// Reads back the settings the client has now and resets the backend
+    /// to its login state. False when that failed (the backend must then
+    /// be closed; the client keeps the session it had).
+    async fn carry_settings(&mut self, lease: &mut Lease) -> bool {
+        match run_own(lease, engine::CAPTURE_AND_RESET).await {
+            Ok(rows) => {
+                self.session = engine::captured(rows, &self.pool.key.user);
+                true
+            }
+            Err(e) => {
+                if let OwnQueryError::Refused(message) = e {
+                    tracing::warn!(tenant = %self.tenant, %message, "session settings could not be read back; backend closed");
+                }
+                false
+            }
+        }
+    }
+
+    /// The client is gone: a session-mode backend is reset and returned, a
+    /// backend left mid-transaction is closed, never returned dirty.
+    pub(super) async fn finish(&mut self) {
+        let Some(mut lease) = self.lease.take() else {
+            return;
+        };
+        let cancelled = self.registration.detach();
+        if !self.position.idle() {
+            // The client left mid-query: stop the query, so the backend
+            // closing does not leave it running and holding locks.
+            if self.position.busy() {
+                let target = CancelTarget {
+                    addr: lease.conn.addr,
+                    key: lease.conn.key,
+                };
+                let timeout = self.shared.settings.connect_timeout;
+                tokio::spawn(async move {
+                    let _ = crate::cancel::send_cancel(target, timeout).await;
+                });
+            }
+            return;
+        }
+        if cancelled || self.pinned || self.state_dirty {
+            return;
+        }
+        let changes = std::mem::take(&mut self.changes);
+        let clean = match self.pool.reset_query() {
+            Some(query) if self.pool.mode == PoolMode::Session => {
+                let reset = run_own(&mut lease, query).await.is_ok();
+                lease.conn.prepared.clear();
+                reset
+            }
+            // Nothing may have changed: as it logged in.
+            _ if !changes.settings && self.session.is_empty() => true,
+            // Reset (what is read back is of no use now).
+            _ => run_own(&mut lease, engine::CAPTURE_AND_RESET).await.is_ok(),
+        };
+        self.session = ClientSession::default();
+        self.changes = SessionChanges::default();
+        self.pool.release(lease, clean);
+    }
+}
+
+/// Runs one simple query of pgcell's own on a backend that waits for a
+/// command, to `ReadyForQuery`; returns its rows as (first, second)
+/// column text. `ParameterStatus` updates the backend's parameters;
+/// notices are dropped.
+pub(super) async fn run_own(
+    lease: &mut Lease,
+    query: &str,
+) -> Result<Vec<(String, String)>, OwnQueryError> {
+    let mut body = query.as_bytes().to_vec();
+    body.push(0);
+    let mut out = BytesMut::new();
+    messages::tagged(&mut out, b'Q', &body);
+    lease
+        .conn
+        .stream
+        .write_all(&out)
+        .await
+        .map_err(|_| OwnQueryError::Lost)?;
+    let mut error = None;
+    let mut rows = Vec::new();
+    loop {
+        let msg = read_message(&mut lease.conn.stream, MAX_OWN_REPLY)
+            .await
+            .map_err(|_| OwnQueryError::Lost)?;
+        match msg.tag {
+            b'E' => {
+                if engine::is_fatal(&msg.body) {
+                    return Err(OwnQueryError::Lost);
+                }
+                error = Some(error_message(&msg.body).unwrap_or_default());
+            }
+            b'S' => {
+                if let Some((name, value)) = parameter_status(&msg.body) {
+                    set_param(&mut lease.conn.params, name, value);
+                }
+            }
+            b'D' => {
+                if let Some(row) = two_text_columns(&msg.body) {
+                    rows.push(row);
+                }
+            }
+            b'Z' => {
+                return match (error, msg.body.first()) {
+                    (None, Some(b'I')) => Ok(rows),
+                    (Some(e), _) => Err(OwnQueryError::Refused(e)),
+                    (None, _) => Err(OwnQueryError::Lost),
+                };
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The two text columns of a DataRow, when it has two non-null ones.
+fn two_text_columns(body: &[u8]) -> Option<(String, String)> {
+    let count = u16::from_be_bytes(*body.first_chunk::<2>()?);
+    if count != 2 {
+        return None;
+    }
+    let mut rest = &body[2..];
+    let mut column = || -> Option<String> {
+        let len = i32::from_be_bytes(*rest.first_chunk::<4>()?);
+        let len = usize::try_from(len).ok()?;
+        let value = rest.get(4..4 + len)?;
+        rest = &rest[4 + len..];
+        Some(String::from_utf8_lossy(value).into_owned())
+    };
+    let first = column()?;
+    let second = column()?;
+    Some((first, second))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_rows() {
+        let mut body = vec![0, 2];
+        for v in [&b"work_mem"[..], b"64MB"] {
+            body.extend_from_slice(&(v.len() as i32).to_be_bytes());
+            body.extend_from_slice(v);
+        }
+        assert_eq!(
+            two_text_columns(&body),
+            Some(("work_mem".to_owned(), "64MB".to_owned()))
+        );
+        assert_eq!(two_text_columns(&[0, 2, 0, 0]), None);
+        assert_eq!(two_text_columns(&[0, 2, 0xff, 0xff, 0xff, 0xff]), None);
+        assert_eq!(two_text_columns(&[]), None);
+    }
+}

@@ -1,0 +1,796 @@
+//! A client served from a pool: pgcell authenticates it, answers its
+//! startup from what a backend of its startup profile reported, and lends
+//! it a backend per session or per transaction.
+//!
+//! This file is the I/O loop: it moves bytes between the client and its
+//! backend and asks [`super::engine`] everything else — where the backend
+//! stands in the protocol (so when it may go back to the pool), whether
+//! the transaction may have changed the session, what a backend must run
+//! before it serves this client. Checkout and checkin are in
+//! [`checkout`].
+
+mod checkout;
+
+use std::sync::Arc;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use super::buffers::{
+    recycle, reserve_read, reuse, shrink, write_draining, IDLE_READ_CHUNK, SERVER_READ_CHUNK,
+};
+use super::classify::session_state_kind;
+use super::engine::{self, ClientSession, Position, Sent, SessionChanges};
+use super::login::{self, LoginError};
+use super::prepared::ClientStatements;
+use super::relay::RelayBytes;
+use super::SessionError;
+use crate::cancel::Registration;
+use crate::config::PoolMode;
+use crate::metrics as m;
+use crate::pool::server::BackendLogin;
+use crate::pool::server::{parameter_status, set_param};
+use crate::pool::{AcquireError, Lease, OpenSettings, Pool, PoolKey, StartupProfile};
+use crate::protocol::framing::{peek_message, split_message, Message, Peeked, HEADER_LEN};
+use crate::protocol::messages;
+use crate::protocol::startup::StartupMessage;
+use crate::protocol::SqlState;
+use crate::route::{ClientInfo, Route};
+use crate::server::Shared;
+use crate::stream::ReadReady;
+
+/// Largest backend message relayed in pooled mode (PostgreSQL's own limit
+/// is 1 GiB for most messages); client messages are bounded by
+/// `listen.max_message_size`.
+pub const MAX_POOLED_MESSAGE_LEN: usize = 256 << 20;
+
+/// Reported parameters no session can set.
+const READ_ONLY: &[&str] = &[
+    "server_version",
+    "server_encoding",
+    "integer_datetimes",
+    "is_superuser",
+    "session_authorization",
+    "in_hot_standby",
+    "scram_iterations",
+];
+
+/// Startup parameters that are not session settings.
+const NOT_SETTINGS: &[&str] = &["user", "database", "replication"];
+
+/// Serves a pooled client to the end. `startup` is already rewritten for
+/// the backend (tenant tokens removed).
+pub async fn serve<C>(
+    shared: &Shared,
+    client: &mut C,
+    startup: &StartupMessage,
+    route: &Route,
+    info: &ClientInfo,
+    bytes: &mut RelayBytes,
+) -> Result<(), SessionError>
+where
+    C: AsyncRead + AsyncWrite + ReadReady + Unpin,
+{
+    // Boxed: logging in and setting up is done once, and its state would
+    // otherwise stay in every idle client's task.
+    let mut session = Box::pin(open(shared, client, startup, route, info, bytes)).await?;
+    let result = session.run(client).await;
+    session.finish().await;
+    result
+}
+
+/// Logs the client in, answers its startup and sets up its session.
+async fn open<'a, C>(
+    shared: &'a Shared,
+    client: &mut C,
+    startup: &StartupMessage,
+    route: &Route,
+    info: &ClientInfo,
+    bytes: &'a mut RelayBytes,
+) -> Result<Session<'a>, SessionError>
+where
+    C: AsyncRead + AsyncWrite + ReadReady + Unpin,
+{
+    let tenant = &route.tenant;
+    let user = startup.get("user").unwrap_or_default().to_owned();
+    let database = startup.get("database").unwrap_or(&user).to_owned();
+
+    // Taken before the (possibly slow) login, so a reload during it is
+    // followed afterwards.
+    let seen_reload = *shared.reloaded.borrow();
+    // The exchange is bounded like a backend's authentication_timeout, so
+    // clients that stall mid-exchange cannot hold connection slots.
+    // Boxed: the exchange's state is only needed once, and inline it
+    // would stay in every idle client's task.
+    let login = match Box::pin(tokio::time::timeout(
+        shared.settings.auth_timeout,
+        login::authenticate(client, tenant, &user, &database, info, &shared.mock_key),
+    ))
+    .await
+    .unwrap_or_else(|_| Err(LoginError::Malformed("authentication timed out".to_owned())))
+    {
+        Ok(login) => login,
+        Err(e) => {
+            metrics::counter!(m::AUTH_FAILURES, "tenant" => tenant.id().to_owned(), "reason" => e.reason())
+                .increment(1);
+            if matches!(e, LoginError::Failed(_)) {
+                tokio::time::sleep(login::AUTH_FAILURE_DELAY).await;
+            }
+            return Err(SessionError::Login(e));
+        }
+    };
+
+    let open = OpenSettings {
+        connect_timeout: shared.settings.connect_timeout,
+        login_timeout: shared.settings.auth_timeout,
+        keepalive: shared.settings.tcp_keepalive,
+    };
+    let key = PoolKey {
+        tenant: tenant.id().to_owned(),
+        database,
+        user: user.clone(),
+    };
+    // The tenant as configured now (a reload may have run during login):
+    // an older copy must never replace a newer pool.
+    let Some(current) = shared.routes.load().tenant(tenant.id()) else {
+        return Err(SessionError::TenantRemoved);
+    };
+    let pool = shared.pools.get(key, &current, open);
+    let Some(pool_slot) = pool.admit_client() else {
+        return Err(SessionError::PoolFull);
+    };
+    // The latest verified login wins: an auth_query user's secret, and so
+    // the ClientKey, changes with its password.
+    pool.replace_login(login.clone());
+
+    // The client's backends log in with its startup parameters (its
+    // RESET values): clients that sent the same share backends.
+    let profile = pool.share_profile(
+        startup
+            .params
+            .iter()
+            .filter(|(name, _)| !NOT_SETTINGS.contains(&name.as_str()))
+            .cloned()
+            .collect(),
+    );
+    // The startup answer is what such a backend reported at login: the
+    // first client of a profile waits for one backend to log in.
+    let mut first_lease = None;
+    let server_params = match pool.params(&profile) {
+        Some(p) => p,
+        None => {
+            let lease = acquire(&pool, &profile).await?;
+            let params = lease.conn.params.clone();
+            first_lease = Some(lease);
+            params
+        }
+    };
+
+    let registration = shared.cancel.register_idle(info.vpce_id.as_deref());
+    let mut out = BytesMut::new();
+    for (name, value) in &server_params {
+        let mut body = Vec::with_capacity(name.len() + value.len() + 2);
+        body.extend_from_slice(name.as_bytes());
+        body.push(0);
+        body.extend_from_slice(value.as_bytes());
+        body.push(0);
+        messages::tagged(&mut out, b'S', &body);
+    }
+    messages::backend_key_data(&mut out, registration.key());
+    messages::tagged(&mut out, b'Z', b"I");
+    client
+        .write_all(&out)
+        .await
+        .map_err(SessionError::ClientIo)?;
+    client.flush().await.map_err(SessionError::ClientIo)?;
+
+    let mut session = Session {
+        shared,
+        open,
+        login,
+        seen_reload,
+        reloads: shared.reloaded.subscribe(),
+        lifecycle: shared.lifecycle.subscribe(),
+        pool: pool.clone(),
+        _pool_slot: pool_slot,
+        registration,
+        profile,
+        session: ClientSession::default(),
+        changes: SessionChanges::default(),
+        lease: None,
+        position: Position::new(),
+        bytes,
+        tenant: tenant.id().to_owned(),
+        statements: ClientStatements::default(),
+        pinned: false,
+        skipping_to_sync: false,
+        state_dirty: false,
+        backend_fatal: false,
+        checked_out_at: std::time::Instant::now(),
+        transaction_seconds: metrics::histogram!(m::TRANSACTION_SECONDS, "tenant" => tenant.id().to_owned()),
+        queries: metrics::counter!(m::QUERIES, "tenant" => tenant.id().to_owned()),
+        transactions: metrics::counter!(m::TRANSACTIONS, "tenant" => tenant.id().to_owned()),
+    };
+    if let Some(lease) = first_lease {
+        if pool.mode == PoolMode::Session {
+            session.attach(lease);
+        } else {
+            pool.release(lease, true);
+        }
+    }
+    Ok(session)
+}
+
+async fn acquire(pool: &Arc<Pool>, profile: &Arc<StartupProfile>) -> Result<Lease, SessionError> {
+    // An idle backend ready to go needs no waiting (the common case);
+    // the waiting path is boxed so its large state is not part of every
+    // idle client's task.
+    if let Some(lease) = pool.try_acquire_idle(profile) {
+        return Ok(lease);
+    }
+    Box::pin(pool.acquire(profile))
+        .await
+        .map_err(SessionError::Acquire)
+}
+
+struct Session<'a> {
+    shared: &'a Shared,
+    open: OpenSettings,
+    /// How this client's backends log in (kept for replacement pools).
+    login: BackendLogin,
+    /// The reload generation this session has caught up with.
+    seen_reload: u64,
+    reloads: tokio::sync::watch::Receiver<u64>,
+    /// The server's lifecycle: idle clients leave when it is stopping.
+    lifecycle: tokio::sync::watch::Receiver<crate::lifecycle::State>,
+    pool: Arc<Pool>,
+    /// This client's place among the pool's `max_client_connections`.
+    _pool_slot: crate::pool::ClientSlot,
+    registration: Registration,
+    /// The client's startup parameters: it gets backends that logged in
+    /// with them.
+    profile: Arc<StartupProfile>,
+    /// What the client changed beyond its startup values, replayed on
+    /// every backend it gets.
+    session: ClientSession,
+    /// What the current checkout may have changed.
+    changes: SessionChanges,
+    lease: Option<Lease>,
+    /// Where the current backend stands in the protocol.
+    position: Position,
+    bytes: &'a mut RelayBytes,
+    tenant: String,
+    /// Named prepared statements (transaction mode).
+    statements: ClientStatements,
+    /// Kept on its backend for good (`pin_session_state`).
+    pinned: bool,
+    /// A pipeline failed for want of a backend: drop messages to its Sync.
+    skipping_to_sync: bool,
+    /// This checkout left state on the backend that cannot be carried to
+    /// another one (LISTEN, temporary tables, ...): it is closed.
+    state_dirty: bool,
+    /// The backend sent a FATAL error: it closes next, and the client has
+    /// its error already.
+    backend_fatal: bool,
+    /// When the current backend was checked out.
+    checked_out_at: std::time::Instant,
+    /// `pgcell_transaction_duration_seconds` for this tenant.
+    transaction_seconds: metrics::Histogram,
+    /// `pgcell_queries_total` for this tenant.
+    queries: metrics::Counter,
+    /// `pgcell_transactions_total` for this tenant.
+    transactions: metrics::Counter,
+}
+
+impl Session<'_> {
+    async fn run<C>(&mut self, client: &mut C) -> Result<(), SessionError>
+    where
+        C: AsyncRead + AsyncWrite + ReadReady + Unpin,
+    {
+        if self.pool.mode == PoolMode::Session && self.lease.is_none() {
+            let lease = acquire(&self.pool, &self.profile).await?;
+            self.checkout(lease, client).await?;
+        }
+        // Allocated as needed and given back between transactions.
+        let mut from_client = BytesMut::new();
+        let mut from_server = BytesMut::new();
+        let mut to_server = BytesMut::new();
+        let mut to_client = BytesMut::new();
+        loop {
+            if !from_client.is_empty() {
+                reuse(&mut to_server);
+            }
+            // Forward every complete client message.
+            let mut terminated = false;
+            while let Some(msg) =
+                split_message(&mut from_client, self.shared.settings.max_message_size)
+                    .map_err(|e| SessionError::ClientProtocol(e.to_string()))?
+            {
+                if msg.tag == b'X' {
+                    terminated = true;
+                    break;
+                }
+                if self.skipping_to_sync {
+                    // The rest of a pipeline whose backend never came.
+                    if msg.tag == b'S' {
+                        self.skipping_to_sync = false;
+                        self.answer_ready(client).await?;
+                    }
+                    continue;
+                }
+                // SQL that would drop other clients' statements off a shared
+                // backend is answered here, when nothing is in flight.
+                if self.pool.mode == PoolMode::Transaction
+                    && msg.tag == b'Q'
+                    && self.position.quiet()
+                {
+                    let status = self.position.status();
+                    if let Some(tag) = self.statements.answer_locally(&msg.body, status != b'I') {
+                        let mut out = BytesMut::new();
+                        let mut body = tag.as_bytes().to_vec();
+                        body.push(0);
+                        messages::tagged(&mut out, b'C', &body);
+                        messages::tagged(&mut out, b'Z', &[status]);
+                        client
+                            .write_all(&out)
+                            .await
+                            .map_err(SessionError::ClientIo)?;
+                        continue;
+                    }
+                }
+                if self.lease.is_none() {
+                    self.follow_reload(client).await?;
+                    let lease = match acquire(&self.pool, &self.profile).await {
+                        Ok(lease) => lease,
+                        Err(SessionError::Acquire(AcquireError::Timeout(wait))) => {
+                            // The statement fails, the session goes on: like
+                            // PostgreSQL after an error, skip to the Sync.
+                            self.refuse_statement(client, wait).await?;
+                            match msg.tag {
+                                b'Q' | b'F' => self.answer_ready(client).await?,
+                                b'S' => self.answer_ready(client).await?,
+                                _ => self.skipping_to_sync = true,
+                            }
+                            continue;
+                        }
+                        Err(e) => return Err(e),
+                    };
+                    self.checkout(lease, client).await?;
+                }
+                self.count_client_message(&msg);
+                let from = to_server.len();
+                match (self.pool.mode, self.lease.as_mut()) {
+                    (PoolMode::Transaction, Some(lease)) => self
+                        .statements
+                        .forward(&msg, &mut lease.conn.prepared, &mut to_server)
+                        .map_err(|e| SessionError::ClientProtocol(format!("{e:?}")))?,
+                    _ => messages::tagged(&mut to_server, msg.tag, &msg.body),
+                }
+                self.note_sent(&to_server[from..]);
+            }
+            if !to_server.is_empty() {
+                let Some(lease) = self.lease.as_mut() else {
+                    return Err(SessionError::BackendLost);
+                };
+                self.bytes.from_client += to_server.len() as u64;
+                // Read while writing: a big pipeline whose answers fill the
+                // socket buffers would otherwise block both sides for good.
+                if write_draining(&mut lease.conn.stream, &to_server, &mut from_server)
+                    .await
+                    .is_err()
+                {
+                    return self.backend_lost(client).await;
+                }
+                to_server.clear();
+                if !from_server.is_empty() {
+                    self.deliver(
+                        client,
+                        &mut from_server,
+                        &mut to_client,
+                        from_client.is_empty(),
+                    )
+                    .await?;
+                }
+            }
+            if terminated {
+                return Ok(());
+            }
+
+            let Some(lease) = self.lease.as_mut() else {
+                // Idle in transaction mode: only the client moves, or a
+                // reload that may have removed the tenant.
+                // Idle between transactions: hold no buffer at all (a
+                // plaintext client is waited for by readiness; a TLS one
+                // gets its read buffer back to the idle size).
+                for buf in [&mut from_server, &mut to_server, &mut to_client] {
+                    recycle(buf);
+                }
+                if client.waits_without_buffer() {
+                    recycle(&mut from_client);
+                } else {
+                    shrink(&mut from_client, IDLE_READ_CHUNK);
+                }
+                enum Woken {
+                    Read(std::io::Result<usize>),
+                    Reloaded(bool),
+                    Stopping,
+                }
+                let next = async {
+                    if !client.waits_without_buffer() {
+                        reserve_read(&mut from_client, IDLE_READ_CHUNK);
+                        return client.read_buf(&mut from_client).await;
+                    }
+                    loop {
+                        std::future::poll_fn(|cx| client.poll_read_ready(cx)).await?;
+                        reserve_read(&mut from_client, IDLE_READ_CHUNK);
+                        // Readiness can be stale (the last read took exactly
+                        // what it asked for): one try without waiting, and
+                        // the buffer goes back when nothing was there.
+                        let attempt = {
+                            let mut read = std::pin::pin!(client.read_buf(&mut from_client));
+                            std::future::poll_fn(|cx| {
+                                std::task::Poll::Ready(
+                                    match std::future::Future::poll(read.as_mut(), cx) {
+                                        std::task::Poll::Ready(r) => Some(r),
+                                        std::task::Poll::Pending => None,
+                                    },
+                                )
+                            })
+                            .await
+                        };
+                        match attempt {
+                            Some(read) => return read,
+                            None => recycle(&mut from_client),
+                        }
+                    }
+                };
+                let woken = tokio::select! {
+                    read = next => Woken::Read(read),
+                    changed = self.reloads.changed() => Woken::Reloaded(changed.is_ok()),
+                    () = async { let _ = self.lifecycle.wait_for(|s| s.is_stopping()).await; } => Woken::Stopping,
+                };
+                match woken {
+                    Woken::Read(Ok(0)) => return Ok(()),
+                    Woken::Read(Ok(_)) => continue,
+                    Woken::Read(Err(e)) => return Err(SessionError::ClientIo(e)),
+                    Woken::Reloaded(true) => {
+                        self.follow_reload(client).await?;
+                        continue;
+                    }
+                    Woken::Reloaded(false) => continue,
+                    Woken::Stopping => return self.leave_for_shutdown(),
+                }
+            };
+            reserve_read(&mut from_client, IDLE_READ_CHUNK);
+            reserve_read(&mut from_server, SERVER_READ_CHUNK);
+            tokio::select! {
+                read = client.read_buf(&mut from_client) => match read {
+                    Ok(0) => return Ok(()),
+                    Ok(_) => {}
+                    Err(e) => return Err(SessionError::ClientIo(e)),
+                },
+                read = lease.conn.stream.read_buf(&mut from_server) => match read {
+                    Ok(0) | Err(_) => return self.backend_lost(client).await,
+                    Ok(_) => {
+                        self.deliver(client, &mut from_server, &mut to_client, from_client.is_empty())
+                            .await?;
+                    }
+                },
+            }
+        }
+    }
+
+    /// Relays the complete backend messages in `from_server` to the client
+    /// and hands the backend back when the transaction is over.
+    ///
+    /// The messages are followed in place: unless one of them is a reply
+    /// pgcell swallows (to a statement it prepared on its own), the bytes
+    /// go to the client straight from the read buffer, without splitting
+    /// or copying a message.
+    async fn deliver<C: AsyncWrite + Unpin>(
+        &mut self,
+        client: &mut C,
+        from_server: &mut BytesMut,
+        to_client: &mut BytesMut,
+        client_quiet: bool,
+    ) -> Result<(), SessionError> {
+        let (end, copied, release) = self.relay_server_messages(from_server, to_client)?;
+        let out: &[u8] = if copied {
+            to_client
+        } else {
+            &from_server[..end]
+        };
+        self.bytes.to_client += out.len() as u64;
+        client
+            .write_all(out)
+            .await
+            .map_err(SessionError::ClientIo)?;
+        to_client.clear();
+        from_server.advance(end);
+        if release && client_quiet {
+            self.checkin().await;
+        }
+        // Between transactions: a removed tenant's clients leave here, and
+        // every client when the server is stopping.
+        if self.position.idle() {
+            if self.lifecycle.borrow().is_stopping() {
+                return self.leave_for_shutdown();
+            }
+            self.follow_reload(client).await?;
+        }
+        Ok(())
+    }
+
+    /// Follows the messages just written for the backend (the client's,
+    /// and any pgcell added: re-created statements, evictions).
+    fn note_sent(&mut self, sent: &[u8]) {
+        let mut pos = 0;
+        while let Some(header) = sent.get(pos..pos + HEADER_LEN) {
+            let tag = header[0];
+            let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+            match self.position.sent(tag) {
+                Sent::Counted => {}
+                Sent::Ignored => self.statements.syncs_ignored(1),
+                Sent::Discarded(n) => self.statements.rfq_discarded(n),
+            }
+            pos += 1 + len.max(4);
+        }
+    }
+
+    fn count_client_message(&mut self, msg: &Message) {
+        if !matches!(msg.tag, b'Q' | b'P' | b'E') {
+            return;
+        }
+        if msg.tag != b'P' {
+            self.queries.increment(1);
+        }
+        if msg.tag == b'E' {
+            return;
+        }
+        let sql = match msg.tag {
+            b'Q' => &msg.body[..],
+            // Parse: statement name, then the query text.
+            _ => match msg.body.iter().position(|&b| b == 0) {
+                Some(end) => &msg.body[end + 1..],
+                None => return,
+            },
+        };
+        if engine::may_change_settings(sql) {
+            self.changes.settings = true;
+        }
+        if self.pool.mode == PoolMode::Transaction {
+            self.note_session_state(sql);
+        }
+    }
+
+    /// Counts (and with `pin_session_state`, pins for) statements whose
+    /// effect outlives the transaction on this backend only.
+    fn note_session_state(&mut self, sql: &[u8]) {
+        let Some(kind) = session_state_kind(sql) else {
+            return;
+        };
+        metrics::counter!(m::SESSION_STATE, "tenant" => self.tenant.clone(), "kind" => kind)
+            .increment(1);
+        self.state_dirty = true;
+        if self.pool.pin_session_state() && !self.pinned {
+            self.pinned = true;
+            tracing::debug!(tenant = %self.tenant, kind, "client pinned to its backend");
+        }
+    }
+
+    /// Follows the complete backend messages at the front of `from_server`
+    /// and updates the session from them. Returns how many bytes they
+    /// take, whether they were copied to `to_client` (only when one of
+    /// them is swallowed: then `to_client` holds the rest; otherwise
+    /// `from_server[..end]` goes to the client as it is), and whether the
+    /// backend may go back to the pool (transaction mode, idle).
+    fn relay_server_messages(
+        &mut self,
+        from_server: &mut BytesMut,
+        to_client: &mut BytesMut,
+    ) -> Result<(usize, bool, bool), SessionError> {
+        let mut ready_seen = false;
+        let mut pos = 0;
+        // Once a message is swallowed, the kept ones are copied; `kept`
+        // is where the bytes not copied yet start.
+        let mut copied = false;
+        let mut kept = 0;
+        loop {
+            let (tag, len) = match peek_message(&from_server[pos..], MAX_POOLED_MESSAGE_LEN)
+                .map_err(|_| SessionError::BackendLost)?
+            {
+                Peeked::Complete { tag, len } => (tag, len),
+                Peeked::Incomplete(needed) => {
+                    // Room for the whole of a long message, read once.
+                    let have = from_server.len() - pos;
+                    if needed > have {
+                        from_server.reserve(needed - have);
+                    }
+                    break;
+                }
+            };
+            let body = &from_server[pos + HEADER_LEN..pos + len];
+            if !self.on_server_message(tag, body) {
+                to_client.extend_from_slice(&from_server[kept..pos]);
+                kept = pos + len;
+                copied = true;
+            }
+            ready_seen |= tag == b'Z';
+            pos += len;
+        }
+        if copied {
+            to_client.extend_from_slice(&from_server[kept..pos]);
+        }
+        let release = ready_seen
+            && self.pool.mode == PoolMode::Transaction
+            && self.position.idle()
+            && !self.statements.awaiting()
+            && !self.pinned
+            && pos == from_server.len();
+        Ok((pos, copied, release))
+    }
+
+    /// Updates the session from one backend message; false when the
+    /// client must not see it (the reply to a statement pgcell prepared
+    /// on its own).
+    fn on_server_message(&mut self, tag: u8, body: &[u8]) -> bool {
+        // Data rows, the most common message, change nothing.
+        if tag == b'D' {
+            return true;
+        }
+        let received = self.position.received(tag, body);
+        for n in received.discarded {
+            self.statements.rfq_discarded(n);
+        }
+        if received.syncs_ignored > 0 {
+            self.statements.syncs_ignored(received.syncs_ignored);
+        }
+        match tag {
+            // Replies to Parse and Close: pgcell's own are swallowed.
+            b'1' | b'3' | b'E' | b'Z' if self.pool.mode == PoolMode::Transaction => {
+                if tag == b'E' && engine::is_fatal(body) {
+                    self.backend_fatal = true;
+                }
+                if let Some(lease) = self.lease.as_mut() {
+                    if !self
+                        .statements
+                        .on_backend_message(tag, &mut lease.conn.prepared)
+                    {
+                        return false;
+                    }
+                }
+            }
+            b'E' if engine::is_fatal(body) => self.backend_fatal = true,
+            // A DEALLOCATE ALL / DISCARD ALL that reached the backend
+            // dropped every statement pgcell prepared there.
+            b'C' if body.starts_with(b"DEALLOCATE ALL\0") || body.starts_with(b"DISCARD ALL\0") => {
+                if let Some(lease) = self.lease.as_mut() {
+                    lease.conn.prepared.dropped_all();
+                }
+            }
+            b'S' => {
+                if let Some((name, value)) = parameter_status(body) {
+                    // A reported setting changed (by a SET, a RESET, or a
+                    // function): the session must be read back.
+                    if !READ_ONLY.contains(&name.as_str()) {
+                        self.changes.settings = true;
+                    }
+                    if let Some(lease) = self.lease.as_mut() {
+                        set_param(&mut lease.conn.params, name, value);
+                    }
+                }
+            }
+            _ => {}
+        }
+        true
+    }
+
+    /// Tells the client its statement failed for want of a backend.
+    async fn refuse_statement<C: AsyncWrite + Unpin>(
+        &mut self,
+        client: &mut C,
+        wait: std::time::Duration,
+    ) -> Result<(), SessionError> {
+        let mut out = BytesMut::new();
+        messages::statement_error(
+            &mut out,
+            SqlState::TOO_MANY_CONNECTIONS,
+            &format!("no server connection free within {} ms", wait.as_millis()),
+            Some("The tenant's pool is busy; retry, or raise pool.size or pool.acquire_timeout."),
+        );
+        client.write_all(&out).await.map_err(SessionError::ClientIo)
+    }
+
+    /// `ReadyForQuery` for a statement pgcell answered itself (no backend).
+    async fn answer_ready<C: AsyncWrite + Unpin>(
+        &mut self,
+        client: &mut C,
+    ) -> Result<(), SessionError> {
+        let mut out = BytesMut::new();
+        messages::tagged(&mut out, b'Z', b"I");
+        client
+            .write_all(&out)
+            .await
+            .map_err(SessionError::ClientIo)?;
+        client.flush().await.map_err(SessionError::ClientIo)
+    }
+
+    /// Ends the session between transactions because the server is
+    /// stopping: the client gets `57P01` (written by the caller's error
+    /// report) and `finish` returns the backend.
+    fn leave_for_shutdown(&mut self) -> Result<(), SessionError> {
+        metrics::counter!(m::SHUTDOWN_CLOSED, "how" => "at_transaction_boundary").increment(1);
+        Err(SessionError::ShuttingDown)
+    }
+
+    /// After a reload: moves to the tenant's current pool (its settings may
+    /// have changed) or, when the tenant is gone, ends the session with
+    /// `57P01`. Only called between transactions.
+    async fn follow_reload<C: AsyncWrite + Unpin>(
+        &mut self,
+        client: &mut C,
+    ) -> Result<(), SessionError> {
+        let generation = *self.reloads.borrow_and_update();
+        if generation == self.seen_reload {
+            return Ok(());
+        }
+        self.seen_reload = generation;
+        let tenant = self.shared.routes.load().tenant(&self.pool.key.tenant);
+        let Some(tenant) = tenant else {
+            if let Some(lease) = self.lease.take() {
+                self.registration.detach();
+                self.pool.release(lease, false);
+            }
+            let mut out = BytesMut::new();
+            messages::error_response(
+                &mut out,
+                SqlState::ADMIN_SHUTDOWN,
+                "terminating connection: the tenant was removed from this server",
+                None,
+            );
+            let _ = client.write_all(&out).await;
+            return Err(SessionError::TenantRemoved);
+        };
+        if self.lease.is_none() {
+            let pool = self
+                .shared
+                .pools
+                .get(self.pool.key.clone(), &tenant, self.open);
+            if !Arc::ptr_eq(&pool, &self.pool) {
+                pool.replace_login(self.login.clone());
+                self.profile = pool.share_profile(self.profile.params.clone());
+                self.pool = pool;
+            }
+        }
+        Ok(())
+    }
+
+    /// The backend closed or failed: the client gets one error (none when
+    /// the backend's own FATAL already reached it, as on a direct
+    /// connection) and the session ends.
+    async fn backend_lost<C: AsyncWrite + Unpin>(
+        &mut self,
+        client: &mut C,
+    ) -> Result<(), SessionError> {
+        self.lease = None;
+        self.registration.detach();
+        metrics::counter!(m::BACKEND_LOST, "tenant" => self.tenant.clone()).increment(1);
+        if !self.backend_fatal {
+            let mut out = BytesMut::new();
+            messages::error_response(
+                &mut out,
+                SqlState::CONNECTION_FAILURE,
+                "server connection lost: the database closed the connection unexpectedly",
+                None,
+            );
+            let _ = client.write_all(&out).await;
+        }
+        Err(SessionError::BackendLost)
+    }
+}
+
+impl From<AcquireError> for SessionError {
+    fn from(e: AcquireError) -> Self {
+        SessionError::Acquire(e)
+    }
+}

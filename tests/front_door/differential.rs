@@ -1,0 +1,563 @@
+//! Pooled sessions against PostgreSQL itself: the same client script runs
+//! on direct connections and through pgcell (session pool, and a
+//! transaction pool smaller than the number of clients), and every
+//! client's transcript — ParameterStatus at login and after, rows, command
+//! tags, errors with SQLSTATE and severity, when the connection closes —
+//! must be the same. Only the backend key (process id, secret) is left
+//! out: it legitimately differs.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::{BufMut, BytesMut};
+use pgcell::auth::scram::ScramClient;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::harness::*;
+use crate::pooling::pooled_proxy;
+
+/// How long a step waits for what it expects before the transcript says
+/// so (a hang through pgcell shows as `<timeout>`, not as a stuck test).
+const STEP_TIMEOUT: Duration = Duration::from_secs(4);
+
+/// What a step sends.
+#[derive(Clone)]
+enum Send {
+    /// A simple Query.
+    Query(&'static str),
+    /// Raw frontend messages, already framed.
+    Raw(Vec<u8>),
+}
+
+/// What a step reads before the next one runs.
+#[derive(Clone, Copy)]
+enum Until {
+    /// This many ReadyForQuery.
+    Ready(usize),
+    /// A message with this tag.
+    Tag(u8),
+    /// The server closes the connection.
+    Closed,
+}
+
+/// One step of a script: which client, what it sends, what it waits for.
+#[derive(Clone)]
+struct Step {
+    client: usize,
+    send: Send,
+    until: Until,
+}
+
+fn q(client: usize, sql: &'static str) -> Step {
+    Step {
+        client,
+        send: Send::Query(sql),
+        until: Until::Ready(1),
+    }
+}
+
+fn raw(client: usize, msgs: Vec<u8>, until: Until) -> Step {
+    Step {
+        client,
+        send: Send::Raw(msgs),
+        until,
+    }
+}
+
+/// A script: the startup parameters of each client, then the steps.
+struct Script {
+    name: &'static str,
+    clients: Vec<Vec<(&'static str, &'static str)>>,
+    steps: Vec<Step>,
+}
+
+/// A raw protocol client that logs in with SCRAM and records, in order,
+/// everything the server sends.
+struct Wire {
+    stream: TcpStream,
+    buf: BytesMut,
+    closed: bool,
+    transcript: Vec<String>,
+}
+
+impl Wire {
+    async fn connect(addr: SocketAddr, user: &str, params: &[(&str, &str)]) -> Wire {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let mut wire = Wire {
+            stream,
+            buf: BytesMut::new(),
+            closed: false,
+            transcript: Vec::new(),
+        };
+        let mut all = vec![("user", user), ("database", "app")];
+        all.extend_from_slice(params);
+        let packet = startup_packet(&all, 0);
+        wire.stream.write_all(&packet).await.unwrap();
+        let mut scram = ScramClient::with_password(APP_PASSWORD, [7u8; 18]);
+        loop {
+            let Some((tag, body)) = wire.next().await else {
+                wire.transcript.push("<closed at login>".into());
+                return wire;
+            };
+            match tag {
+                b'R' => {
+                    let code = i32::from_be_bytes(body[..4].try_into().unwrap());
+                    match code {
+                        0 => {}
+                        10 => {
+                            let first = scram.client_first();
+                            let mut b = BytesMut::new();
+                            b.put_slice(b"SCRAM-SHA-256\0");
+                            b.put_i32(first.len() as i32);
+                            b.put_slice(&first);
+                            wire.send_msg(b'p', &b).await;
+                        }
+                        11 => {
+                            let fin = scram.server_first(&body[4..]).unwrap();
+                            wire.send_msg(b'p', &fin).await;
+                        }
+                        12 => {}
+                        other => panic!("authentication request {other}"),
+                    }
+                }
+                // Differs legitimately (pgcell issues its own).
+                b'K' => {}
+                b'Z' => {
+                    wire.record(tag, &body);
+                    return wire;
+                }
+                _ => wire.record(tag, &body),
+            }
+        }
+    }
+
+    async fn send_msg(&mut self, tag: u8, body: &[u8]) {
+        let mut out = BytesMut::new();
+        out.put_u8(tag);
+        out.put_i32(body.len() as i32 + 4);
+        out.put_slice(body);
+        self.stream.write_all(&out).await.unwrap();
+    }
+
+    /// The next message, or `None` when the server closed.
+    async fn next(&mut self) -> Option<(u8, Vec<u8>)> {
+        loop {
+            if self.buf.len() >= 5 {
+                let len = u32::from_be_bytes(self.buf[1..5].try_into().unwrap()) as usize;
+                if self.buf.len() > len {
+                    let msg = self.buf.split_to(len + 1);
+                    return Some((msg[0], msg[5..].to_vec()));
+                }
+            }
+            match self.stream.read_buf(&mut self.buf).await {
+                Ok(0) | Err(_) => {
+                    self.closed = true;
+                    return None;
+                }
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Runs one step and records what came back.
+    async fn step(&mut self, send: &Send, until: Until) {
+        if self.closed {
+            self.transcript.push("<step after close>".into());
+            return;
+        }
+        let out = match send {
+            Send::Query(sql) => {
+                let mut body = sql.as_bytes().to_vec();
+                body.push(0);
+                frame(b'Q', &body)
+            }
+            Send::Raw(bytes) => bytes.clone(),
+        };
+        if self.stream.write_all(&out).await.is_err() {
+            self.transcript.push("<write failed>".into());
+            return;
+        }
+        let mut ready = 0;
+        let read = async {
+            loop {
+                let Some((tag, body)) = self.next().await else {
+                    self.transcript.push("<closed>".into());
+                    return;
+                };
+                self.record(tag, &body);
+                match until {
+                    Until::Ready(n) if tag == b'Z' => {
+                        ready += 1;
+                        if ready == n {
+                            return;
+                        }
+                    }
+                    Until::Tag(t) if tag == t => return,
+                    _ => {}
+                }
+            }
+        };
+        if tokio::time::timeout(STEP_TIMEOUT, read).await.is_err() {
+            self.transcript.push("<timeout>".into());
+        }
+    }
+
+    fn record(&mut self, tag: u8, body: &[u8]) {
+        let line = match tag {
+            b'S' | b'T' | b'D' | b'C' | b'E' | b'N' => {
+                format!("{} {}", tag as char, describe(tag, body))
+            }
+            // Notification: the sender's pid differs.
+            b'A' => "A".into(),
+            _ => format!("{} {}", tag as char, String::from_utf8_lossy(body)),
+        };
+        self.transcript.push(line);
+    }
+}
+
+/// A readable rendering of a message body.
+fn describe(tag: u8, body: &[u8]) -> String {
+    match tag {
+        b'E' | b'N' => {
+            // Severity (non-localised), SQLSTATE, message.
+            let mut fields = std::collections::BTreeMap::new();
+            let mut rest = body;
+            while let Some((&f, tail)) = rest.split_first() {
+                if f == 0 {
+                    break;
+                }
+                let end = tail.iter().position(|&b| b == 0).unwrap_or(tail.len());
+                fields.insert(f, String::from_utf8_lossy(&tail[..end]).into_owned());
+                rest = tail.get(end + 1..).unwrap_or(&[]);
+            }
+            format!(
+                "{} {} {}",
+                fields.get(&b'V').cloned().unwrap_or_default(),
+                fields.get(&b'C').cloned().unwrap_or_default(),
+                fields.get(&b'M').cloned().unwrap_or_default()
+            )
+        }
+        b'D' => {
+            let n = u16::from_be_bytes([body[0], body[1]]);
+            let mut rest = &body[2..];
+            let mut cols = Vec::new();
+            for _ in 0..n {
+                let len = i32::from_be_bytes(rest[..4].try_into().unwrap());
+                rest = &rest[4..];
+                if len < 0 {
+                    cols.push("NULL".to_owned());
+                } else {
+                    cols.push(String::from_utf8_lossy(&rest[..len as usize]).into_owned());
+                    rest = &rest[len as usize..];
+                }
+            }
+            cols.join("|")
+        }
+        b'T' => {
+            // Column names only (table OIDs are the same cluster's anyway).
+            let n = u16::from_be_bytes([body[0], body[1]]);
+            let mut rest = &body[2..];
+            let mut names = Vec::new();
+            for _ in 0..n {
+                let end = rest.iter().position(|&b| b == 0).unwrap();
+                names.push(String::from_utf8_lossy(&rest[..end]).into_owned());
+                rest = &rest[end + 1 + 18..];
+            }
+            names.join("|")
+        }
+        _ => String::from_utf8_lossy(body)
+            .trim_end_matches('\0')
+            .replace('\0', "="),
+    }
+}
+
+fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    out.extend_from_slice(&(body.len() as i32 + 4).to_be_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+/// Parse of the unnamed statement, no parameter types.
+fn parse(sql: &str) -> Vec<u8> {
+    let mut body = vec![0];
+    body.extend_from_slice(sql.as_bytes());
+    body.extend_from_slice(&[0, 0, 0]);
+    frame(b'P', &body)
+}
+
+/// Bind of the unnamed portal to the unnamed statement, no parameters,
+/// text results.
+fn bind() -> Vec<u8> {
+    frame(b'B', &[0, 0, 0, 0, 0, 0, 0, 0])
+}
+
+fn describe_statement() -> Vec<u8> {
+    frame(b'D', b"S\0")
+}
+
+fn execute() -> Vec<u8> {
+    frame(b'E', &[0, 0, 0, 0, 0])
+}
+
+fn sync() -> Vec<u8> {
+    frame(b'S', &[])
+}
+
+fn flush() -> Vec<u8> {
+    frame(b'H', &[])
+}
+
+fn query(sql: &str) -> Vec<u8> {
+    let mut body = sql.as_bytes().to_vec();
+    body.push(0);
+    frame(b'Q', &body)
+}
+
+fn cat(parts: &[Vec<u8>]) -> Vec<u8> {
+    parts.concat()
+}
+
+/// Runs `script` with clients connecting to `addr` as `user`; returns
+/// each client's transcript. A client connects at its first step.
+async fn run(script: &Script, addr: SocketAddr, user: &str) -> Vec<Vec<String>> {
+    let mut clients: Vec<Option<Wire>> = script.clients.iter().map(|_| None).collect();
+    for step in &script.steps {
+        if clients[step.client].is_none() {
+            clients[step.client] =
+                Some(Wire::connect(addr, user, &script.clients[step.client]).await);
+        }
+        if let Some(wire) = clients[step.client].as_mut() {
+            wire.step(&step.send, step.until).await;
+        }
+    }
+    clients
+        .into_iter()
+        .map(|c| c.map(|w| w.transcript).unwrap_or_default())
+        .collect()
+}
+
+/// The scripts: every finding of the pooled-session review, and the
+/// session-state statements around them.
+fn scripts() -> Vec<Script> {
+    let none: Vec<(&str, &str)> = vec![];
+    vec![
+        Script {
+            name: "settings made inside a committed transaction stay with their client",
+            clients: vec![none.clone(), none.clone()],
+            steps: vec![
+                q(0, "BEGIN"),
+                q(0, "SET statement_timeout = 300"),
+                q(0, "SET search_path = other, public"),
+                q(0, "SELECT set_config('work_mem', '77MB', false)"),
+                q(0, "COMMIT"),
+                q(1, "SHOW statement_timeout"),
+                q(1, "SHOW search_path"),
+                q(1, "SHOW work_mem"),
+                q(0, "SHOW statement_timeout"),
+                q(0, "SHOW search_path"),
+                q(0, "SHOW work_mem"),
+                q(0, "BEGIN; SET work_mem = '5MB'; ROLLBACK"),
+                q(0, "SHOW work_mem"),
+                q(
+                    0,
+                    "BEGIN; SAVEPOINT s; SET work_mem = '6MB'; ROLLBACK TO s; COMMIT",
+                ),
+                q(0, "SHOW work_mem"),
+                q(1, "SHOW work_mem"),
+            ],
+        },
+        Script {
+            name: "SET ROLE does not cross clients",
+            clients: vec![none.clone(), none.clone()],
+            steps: vec![
+                q(0, "BEGIN; SET ROLE differential_role; COMMIT"),
+                q(1, "SELECT current_user, session_user"),
+                q(0, "SELECT current_user, session_user"),
+                q(0, "RESET ROLE"),
+                q(0, "SELECT current_user"),
+                q(0, "SET ROLE differential_role"),
+                q(1, "SELECT current_user"),
+                q(0, "SELECT current_user"),
+            ],
+        },
+        Script {
+            name: "startup options belong to their client and are its RESET values",
+            clients: vec![
+                vec![
+                    (
+                        "options",
+                        "-c search_path=alpha,public -c statement_timeout=1234",
+                    ),
+                    ("DateStyle", "Postgres, MDY"),
+                    ("TimeZone", "Asia/Tokyo"),
+                    ("IntervalStyle", "iso_8601"),
+                ],
+                none.clone(),
+            ],
+            steps: vec![
+                q(0, "SHOW search_path"),
+                q(1, "SHOW search_path"),
+                q(1, "SHOW statement_timeout"),
+                q(1, "SHOW DateStyle"),
+                q(0, "SET datestyle = ISO"),
+                q(0, "SELECT source FROM pg_settings WHERE name = 'DateStyle'"),
+                q(0, "RESET datestyle"),
+                q(0, "SHOW datestyle"),
+                q(0, "SELECT source FROM pg_settings WHERE name = 'DateStyle'"),
+                q(0, "SET timezone = 'UTC'"),
+                q(0, "SET statement_timeout = 5"),
+                q(0, "RESET ALL"),
+                q(0, "SHOW timezone"),
+                q(0, "SHOW statement_timeout"),
+                q(0, "SET intervalstyle = postgres"),
+                q(0, "DISCARD ALL"),
+                q(0, "SHOW intervalstyle"),
+                q(1, "SHOW timezone"),
+                q(1, "SHOW intervalstyle"),
+                q(0, "SHOW search_path"),
+            ],
+        },
+        Script {
+            name: "application_name is the client's own, or empty",
+            clients: vec![none.clone(), vec![("application_name", "billing")]],
+            steps: vec![
+                q(0, "SHOW application_name"),
+                q(1, "SHOW application_name"),
+                q(
+                    0,
+                    "SELECT application_name FROM pg_stat_activity WHERE pid = pg_backend_pid()",
+                ),
+                q(1, "SET application_name = 'other'"),
+                q(0, "SHOW application_name"),
+                q(1, "SHOW application_name"),
+            ],
+        },
+        Script {
+            name: "a terminated backend gives one FATAL and a close",
+            clients: vec![none.clone(), none.clone()],
+            steps: vec![
+                Step {
+                    client: 0,
+                    send: Send::Query("SELECT pg_terminate_backend(pg_backend_pid())"),
+                    until: Until::Closed,
+                },
+                q(1, "SELECT 1"),
+            ],
+        },
+        Script {
+            name: "a query after Parse/Describe/Flush frees the backend at its ReadyForQuery",
+            clients: vec![none.clone(), none.clone()],
+            steps: vec![
+                raw(
+                    0,
+                    cat(&[parse("SELECT 1 AS one"), describe_statement(), flush()]),
+                    Until::Tag(b'T'),
+                ),
+                q(0, "SELECT 2 AS two"),
+                q(1, "SELECT 3 AS three"),
+                raw(0, cat(&[bind(), execute(), sync()]), Until::Ready(1)),
+                q(1, "SELECT 4 AS four"),
+            ],
+        },
+        Script {
+            name: "DEALLOCATE ALL inside a transaction reaches SQL-level statements",
+            clients: vec![none.clone()],
+            steps: vec![
+                q(0, "BEGIN"),
+                q(0, "PREPARE p AS SELECT 1"),
+                q(0, "DEALLOCATE ALL"),
+                q(0, "PREPARE p AS SELECT 2"),
+                q(0, "EXECUTE p"),
+                q(0, "COMMIT"),
+            ],
+        },
+        Script {
+            name: "a query sent into a failed pipeline gets no reply and costs nothing after",
+            clients: vec![none.clone(), none.clone()],
+            steps: vec![
+                raw(
+                    0,
+                    cat(&[
+                        parse("SELECT 1/0"),
+                        bind(),
+                        execute(),
+                        query("SELECT 'dropped'"),
+                        sync(),
+                    ]),
+                    Until::Ready(1),
+                ),
+                q(0, "SELECT 'after'"),
+                q(1, "SELECT 'other client'"),
+                raw(
+                    0,
+                    cat(&[parse("SELECT 5"), bind(), execute(), sync()]),
+                    Until::Ready(1),
+                ),
+                q(1, "SELECT 'still served'"),
+            ],
+        },
+        Script {
+            name: "errors, copy and notices keep their order and codes",
+            clients: vec![none.clone(), none.clone()],
+            steps: vec![
+                q(0, "SELECT 1/0"),
+                q(0, "BEGIN; SELECT 1/0; COMMIT"),
+                q(0, "ROLLBACK"),
+                q(0, "COPY (SELECT generate_series(1, 3)) TO STDOUT"),
+                q(0, "DO $$ BEGIN RAISE NOTICE 'hello'; END $$"),
+                q(1, "SET client_min_messages = warning"),
+                q(1, "DO $$ BEGIN RAISE NOTICE 'hidden'; END $$"),
+                q(0, "DO $$ BEGIN RAISE NOTICE 'shown'; END $$"),
+            ],
+        },
+    ]
+}
+
+/// Runs every script against direct PostgreSQL and through pgcell with
+/// `pool` and compares. The clients of one script run one after another
+/// in `session` mode (they would wait for each other's backend).
+async fn compare(pool: &str, cluster_name: &str) {
+    let a = cluster(cluster_name);
+    a.psql(
+        "postgres",
+        "CREATE ROLE differential_role; GRANT differential_role TO app; CREATE SCHEMA alpha AUTHORIZATION app",
+    )
+    .unwrap();
+    let proxy = pooled_proxy("acme", &a, pool).await;
+    let mut failures = Vec::new();
+    for script in scripts() {
+        let direct = run(&script, a.addr(), "app").await;
+        let pooled = run(&script, proxy.addr, "app.acme").await;
+        for (i, (d, p)) in direct.iter().zip(&pooled).enumerate() {
+            if d != p {
+                failures.push(format!(
+                    "{} [{pool}], client {i}:\n  direct: {d:#?}\n  pgcell: {p:#?}",
+                    script.name
+                ));
+            }
+        }
+    }
+    proxy.stop().await;
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transaction_pool_matches_direct_postgres() {
+    compare(
+        "mode = \"transaction\"\nsize = 1\nacquire_timeout = \"2s\"",
+        "cluster-diff-tx",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_pool_matches_direct_postgres() {
+    // Two backends: each script has at most two clients at once.
+    compare(
+        "mode = \"session\"\nsize = 2\nacquire_timeout = \"2s\"",
+        "cluster-diff-session",
+    )
+    .await;
+}
