@@ -3,11 +3,13 @@
 //! backend, LRU eviction, swallowed injected replies) against scripted
 //! backends that answer like PostgreSQL's extended protocol.
 //!
-//! The input is a program of client operations. The harness does what
-//! `session/pooled.rs` does around `ClientStatements`: forwards each
-//! message, clears a backend's statement set on `DEALLOCATE ALL`, answers
-//! `DEALLOCATE`/`DISCARD ALL` locally when nothing is in flight, and
-//! changes backend only between transactions. It checks:
+//! The input is a program of client operations. The harness drives the
+//! same engine as `session/pooled`: `ClientStatements` for statements and
+//! `session::engine::Position` for where the backend stands (every message
+//! sent, pgcell's injected ones included, and every reply); it clears a
+//! backend's statement set on `DEALLOCATE ALL`, answers `DEALLOCATE`
+//! locally when the backend is quiet, and changes backend only when the
+//! engine says the backend is idle. It checks:
 //!
 //! - named statements reach a backend only under pgcell names, never twice
 //!   (no `42P05`), and never missing (no `26000` for a pgcell name), except
@@ -16,8 +18,10 @@
 //!   `DEALLOCATE ALL`;
 //! - replies to what pgcell injected never reach the client: it sees no
 //!   more `ParseComplete`/`CloseComplete` than it asked for;
-//! - after a final `Sync` has been answered nothing is awaited, so the
-//!   backend could go back to the pool;
+//! - after a final `Sync` has been answered nothing is awaited and the
+//!   engine finds the backend idle, so it goes back to the pool — also
+//!   when the client sent a simple `Query` into a failed pipeline
+//!   (PostgreSQL drops it unanswered);
 //! - a backend's statement set stays within its bound.
 
 #![no_main]
@@ -28,6 +32,7 @@ use bytes::{Bytes, BytesMut};
 use libfuzzer_sys::fuzz_target;
 use pgcell::protocol::framing::{split_message, Message};
 use pgcell::protocol::messages;
+use pgcell::session::engine::{Position, Sent};
 use pgcell::session::prepared::{BackendStatements, ClientStatements, MAX_PREPARED_PER_BACKEND};
 
 /// One scripted backend: the statements it holds, as PostgreSQL would.
@@ -174,9 +179,8 @@ struct Harness {
     current: usize,
     /// Replies produced but not yet seen by pgcell.
     in_flight: VecDeque<Message>,
-    /// `ReadyForQuery` still to come.
-    pending: usize,
-    open_sequence: bool,
+    /// Where the current backend stands (the engine's view).
+    position: Position,
     parses_sent: usize,
     closes_sent: usize,
     parse_completes_seen: usize,
@@ -196,22 +200,15 @@ impl Harness {
             tag,
             body: Bytes::copy_from_slice(body),
         };
-        if tag == b'Q' && self.pending == 0 && !self.open_sequence {
-            if self.client.answer_locally(&msg.body, false).is_some() {
+        if tag == b'Q' && self.position.quiet() {
+            let in_transaction = self.position.status() != b'I';
+            if self.client.answer_locally(&msg.body, in_transaction).is_some() {
                 return true;
             }
         }
         match tag {
             b'P' => self.parses_sent += 1,
             b'C' => self.closes_sent += 1,
-            _ => {}
-        }
-        match tag {
-            b'Q' | b'S' | b'F' => {
-                self.pending += 1;
-                self.open_sequence = false;
-            }
-            b'P' | b'B' | b'D' | b'C' | b'H' | b'E' => self.open_sequence = true,
             _ => {}
         }
         let backend = &mut self.backends[self.current];
@@ -228,6 +225,11 @@ impl Harness {
         }
         assert!(backend.tracked.len() <= MAX_PREPARED_PER_BACKEND);
         while let Ok(Some(m)) = split_message(&mut out, usize::MAX) {
+            match self.position.sent(m.tag) {
+                Sent::Counted => {}
+                Sent::Ignored => self.client.syncs_ignored(1),
+                Sent::Discarded(n) => self.client.rfq_discarded(n),
+            }
             backend.run(&m, &mut self.in_flight);
         }
         assert!(out.is_empty(), "forward produced a partial message");
@@ -243,8 +245,12 @@ impl Harness {
             {
                 backend.tracked.dropped_all();
             }
-            if m.tag == b'Z' {
-                self.pending = self.pending.saturating_sub(1);
+            let received = self.position.received(m.tag, &m.body);
+            for n in received.discarded {
+                self.client.rfq_discarded(n);
+            }
+            if received.syncs_ignored > 0 {
+                self.client.syncs_ignored(received.syncs_ignored);
             }
             if !self.client.on_backend_message(m.tag, &mut backend.tracked) {
                 continue;
@@ -260,7 +266,7 @@ impl Harness {
     }
 
     fn idle(&self) -> bool {
-        self.pending == 0 && !self.open_sequence && !self.client.awaiting() && self.in_flight.is_empty()
+        self.position.idle() && !self.client.awaiting() && self.in_flight.is_empty()
     }
 }
 
@@ -270,8 +276,7 @@ fuzz_target!(|input: &[u8]| {
         backends: (0..3).map(|_| Backend::default()).collect(),
         current: 0,
         in_flight: VecDeque::new(),
-        pending: 0,
-        open_sequence: false,
+        position: Position::new(),
         parses_sent: 0,
         closes_sent: 0,
         parse_completes_seen: 0,
@@ -341,9 +346,11 @@ fuzz_target!(|input: &[u8]| {
         }
     }
     // Finish the pipeline: once its Sync is answered nothing is awaited.
-    if h.send(b'S', b"") && !h.query_dropped {
+    if h.send(b'S', b"") {
         h.deliver();
-        assert_eq!(h.pending, 0);
-        assert!(!h.client.awaiting(), "backend would be kept for replies that never come");
+        assert!(h.position.idle(), "the engine would keep the backend after the last Sync");
+        if !h.query_dropped {
+            assert!(!h.client.awaiting(), "backend would be kept for replies that never come");
+        }
     }
 });
