@@ -8,10 +8,14 @@
 use bytes::{BufMut, BytesMut};
 use thiserror::Error;
 
-/// Longest pre-startup packet accepted, as PostgreSQL's `MAX_STARTUP_PACKET_LENGTH`.
+/// Longest pre-startup packet body (after the length word) accepted, as
+/// PostgreSQL's `MAX_STARTUP_PACKET_LENGTH`: postmaster.c compares it with
+/// the length minus the 4 bytes of the length itself.
 pub const MAX_STARTUP_PACKET_LEN: usize = 10_000;
 /// Shortest pre-startup packet: length and code.
 pub const MIN_STARTUP_PACKET_LEN: usize = 8;
+/// Length of a protocol 3.0 `CancelRequest`: length, code, pid, secret.
+pub const CANCEL_REQUEST_LEN: usize = 16;
 /// `SSLRequest` code (1234 << 16 | 5679).
 pub const SSL_REQUEST_CODE: u32 = 80_877_103;
 /// `GSSENCRequest` code (1234 << 16 | 5680).
@@ -62,9 +66,12 @@ pub enum StartupError {
     /// Length field below the minimum.
     #[error("invalid length of startup packet: {0}")]
     TooShort(usize),
-    /// Length field above [`MAX_STARTUP_PACKET_LEN`].
+    /// Length field above [`MAX_STARTUP_PACKET_LEN`] plus the length word.
     #[error("startup packet too long: {0} bytes")]
     TooLong(usize),
+    /// A `CancelRequest` whose length is not [`CANCEL_REQUEST_LEN`].
+    #[error("invalid length of cancel request packet: {0}")]
+    InvalidCancelLength(usize),
     /// A protocol major version other than 3.
     #[error("unsupported frontend protocol {0}.{1}: server supports 3.0")]
     UnsupportedProtocol(u16, u16),
@@ -80,7 +87,7 @@ pub fn body_len(header: [u8; 4]) -> Result<usize, StartupError> {
     if len < MIN_STARTUP_PACKET_LEN {
         return Err(StartupError::TooShort(len));
     }
-    if len > MAX_STARTUP_PACKET_LEN {
+    if len - 4 > MAX_STARTUP_PACKET_LEN {
         return Err(StartupError::TooLong(len));
     }
     Ok(len - 4)
@@ -101,7 +108,7 @@ pub fn parse_body(body: &[u8]) -> Result<FrontendStartup, StartupError> {
             // Protocol 3.0 keys are exactly 4 bytes; longer keys (3.2) are
             // never issued by pgcell, so they cannot match anything.
             if rest.len() != 8 {
-                return Err(StartupError::Malformed("cancel request of wrong length"));
+                return Err(StartupError::InvalidCancelLength(body.len() + 4));
             }
             let pid = i32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]);
             let secret = i32::from_be_bytes([rest[4], rest[5], rest[6], rest[7]]);
@@ -255,11 +262,19 @@ mod tests {
     #[test]
     fn bounds() {
         assert_eq!(body_len(4u32.to_be_bytes()), Err(StartupError::TooShort(4)));
+        assert_eq!(body_len(7u32.to_be_bytes()), Err(StartupError::TooShort(7)));
+        assert_eq!(body_len(8u32.to_be_bytes()), Ok(4));
+        // PostgreSQL bounds the body, not the packet: 10,004 bytes pass.
         assert_eq!(
-            body_len(10_001u32.to_be_bytes()),
-            Err(StartupError::TooLong(10_001))
+            body_len(10_005u32.to_be_bytes()),
+            Err(StartupError::TooLong(10_005))
         );
-        assert_eq!(body_len(10_000u32.to_be_bytes()), Ok(9_996));
+        assert_eq!(body_len(10_004u32.to_be_bytes()), Ok(10_000));
+        // node-postgres' Terminate (`X 00 00 00 04`) read as a length.
+        assert!(matches!(
+            body_len(*b"X\0\0\0"),
+            Err(StartupError::TooLong(_))
+        ));
     }
 
     #[test]

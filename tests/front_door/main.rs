@@ -14,5 +14,6 @@ mod drivers;
 mod negotiation;
 mod operations;
 mod pooling;
+mod pre_startup;
 mod proxy_header;
 mod routing;
