@@ -165,6 +165,9 @@ pub enum StartError {
     /// TLS files unusable.
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// The operating system has no random bytes.
+    #[error(transparent)]
+    Random(#[from] crate::auth::RandomError),
     /// Self-registration cannot be set up.
     #[error(transparent)]
     Register(#[from] crate::register::RegisterError),
@@ -227,6 +230,10 @@ impl Server {
             // Config::parse rejects this combination.
             _ => None,
         };
+        // Without random bytes no nonce, salt or cancel key can be made
+        // safely: refuse to start rather than fall back to guessable ones.
+        let mut mock_key = [0u8; 32];
+        crate::auth::fill_random(&mut mock_key, "key")?;
         let routes = RoutingTable::build(&config, None)?;
         let console = crate::console::ConsoleConfig::from_config(&config);
         let bind = |what, addr| move |error| StartError::Bind { what, addr, error };
@@ -266,12 +273,7 @@ impl Server {
             clients: Arc::new(Semaphore::new(config.listen.max_client_connections)),
             lifecycle: Lifecycle::default(),
             pools: crate::pool::Pools::default(),
-            mock_key: {
-                let mut key = [0u8; 32];
-                key[..18].copy_from_slice(&crate::auth::random_nonce());
-                key[14..].copy_from_slice(&crate::auth::random_nonce());
-                key
-            },
+            mock_key,
             console: ArcSwap::from_pointee(console),
             connected: crate::clients::Clients::default(),
             reloaded: tokio::sync::watch::Sender::new(0),
