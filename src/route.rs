@@ -155,9 +155,11 @@ impl PolicyError {
 impl RoutingTable {
     /// Builds the table from `config`, carrying connection counts over from
     /// `previous` for tenants that stay.
+    /// Password users' SCRAM salts derive from `salt_key`.
     pub fn build(
         config: &Config,
         previous: Option<&RoutingTable>,
+        salt_key: &crate::auth::secret::SaltKey,
     ) -> Result<RoutingTable, TlsError> {
         let mut tenants = HashMap::new();
         for t in &config.tenants {
@@ -184,12 +186,7 @@ impl RoutingTable {
                         let secret = match &u.credential {
                             crate::config::Credential::ScramSecret(s) => s.clone(),
                             crate::config::Credential::Password(pw) => {
-                                let nonce = crate::auth::random_nonce();
-                                crate::auth::secret::ScramSecret::from_password(
-                                    &pw.0,
-                                    &nonce[..16],
-                                    crate::auth::secret::DEFAULT_ITERATIONS,
-                                )
+                                salt_key.password_secret(&t.id, &u.name, &pw.0)
                             }
                         };
                         (u.name.clone(), secret)
@@ -520,7 +517,8 @@ mod tests {
         "#
         );
         let config = Config::parse(&text, Path::new(".")).unwrap();
-        RoutingTable::build(&config, None).unwrap()
+        let key = crate::auth::secret::SaltKey::from_secret(b"test");
+        RoutingTable::build(&config, None, &key).unwrap()
     }
 
     fn startup(params: &[(&str, &str)]) -> StartupMessage {

@@ -16,4 +16,5 @@ mod operations;
 mod pooling;
 mod pre_startup;
 mod proxy_header;
+mod replicas;
 mod routing;
