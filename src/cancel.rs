@@ -61,6 +61,7 @@ use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use crate::auth::{fill_random_from, RandomError, RandomSource, OS_RANDOM};
 use crate::config::{CancelConfig, CancelPeer};
 use crate::protocol::startup::CancelKey;
 use crate::proxy_protocol::{self, ProxyMode};
@@ -203,21 +204,50 @@ impl CancelMap {
     }
 
     /// Issues a fresh random key for a session served by `target`, to a
-    /// client that came through VPC endpoint `vpce_id`.
-    pub fn register(&self, target: CancelTarget, vpce_id: Option<&str>) -> Registration {
-        let reg = self.register_idle(vpce_id);
+    /// client that came through VPC endpoint `vpce_id`. Fails, rather than
+    /// issue a guessable key, when the OS has no random bytes.
+    pub fn try_register(
+        &self,
+        target: CancelTarget,
+        vpce_id: Option<&str>,
+    ) -> Result<Registration, RandomError> {
+        let reg = self.try_register_idle(vpce_id)?;
         reg.attach(target);
-        reg
+        Ok(reg)
     }
 
     /// Issues a fresh random key, owned by this replica, for a client with
-    /// no backend yet that came through VPC endpoint `vpce_id`.
+    /// no backend yet that came through VPC endpoint `vpce_id`. Fails,
+    /// rather than issue a guessable key, when the OS has no random bytes.
+    pub fn try_register_idle(&self, vpce_id: Option<&str>) -> Result<Registration, RandomError> {
+        self.register_idle_from(OS_RANDOM, vpce_id)
+    }
+
+    /// [`CancelMap::try_register_idle`] for callers that cannot report an
+    /// error yet (the pooled session): they should move to
+    /// `try_register_idle`.
+    ///
+    /// # Panics
+    ///
+    /// If the OS has no random bytes. `Server::bind` refuses to start in
+    /// that case, so this means the source failed after it worked; the
+    /// panic ends only that connection's task, never with a guessable key.
     pub fn register_idle(&self, vpce_id: Option<&str>) -> Registration {
+        #[allow(clippy::expect_used)]
+        self.try_register_idle(vpce_id)
+            .expect("the OS random source worked at startup")
+    }
+
+    fn register_idle_from(
+        &self,
+        source: RandomSource,
+        vpce_id: Option<&str>,
+    ) -> Result<Registration, RandomError> {
         let mut map = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         // Ends: the map holds at most max_client_connections (≤ 1,000,000)
         // of the 2^23 pids, so a random one is free at least 88% of the time.
         loop {
-            let (random, secret) = random_key();
+            let (random, secret) = random_key(source)?;
             let pid = issued_pid(self.instance, random);
             if pid == 0 || map.contains_key(&pid) {
                 continue;
@@ -231,11 +261,11 @@ impl CancelMap {
                     slot: slot.clone(),
                 },
             );
-            return Registration {
+            return Ok(Registration {
                 map: self.clone(),
                 key: CancelKey { pid, secret },
                 slot,
-            };
+            });
         }
     }
 
@@ -519,25 +549,31 @@ pub fn owner_of(pid: i32) -> Option<u8> {
     (pid > 0).then_some((pid >> PID_RANDOM_BITS) as u8)
 }
 
-fn random_key() -> (i32, i32) {
+fn random_key(source: RandomSource) -> Result<(i32, i32), RandomError> {
     let mut bytes = [0u8; 8];
-    // getrandom fails only when the OS has no entropy source at all; a
-    // time-based fallback keeps keys unique, though guessable, there.
-    if getrandom::fill(&mut bytes).is_err() {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default();
-        bytes = (nanos as u64).to_le_bytes();
-    }
+    fill_random_from(source, &mut bytes, "cancel key")?;
     let pid = i32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
     let secret = i32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
-    (pid, secret)
+    Ok((pid, secret))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_key_without_random_bytes() {
+        fn broken(_: &mut [u8]) -> Result<(), getrandom::Error> {
+            Err(getrandom::Error::UNSUPPORTED)
+        }
+        let map = CancelMap::default();
+        let e = map.register_idle_from(broken, None).err().unwrap();
+        assert_eq!(
+            e.to_string(),
+            format!("could not generate random cancel key: {}", e.source)
+        );
+        assert!(map.is_empty());
+    }
 
     #[test]
     fn keys_map_and_expire() {
@@ -546,7 +582,7 @@ mod tests {
             addr: "127.0.0.1:5432".parse().unwrap(),
             key: CancelKey { pid: 42, secret: 7 },
         };
-        let reg = map.register(target, None);
+        let reg = map.try_register(target, None).unwrap();
         let key = reg.key();
         assert!(key.pid > 0);
         assert_eq!(map.lookup(key, None), Ok(target));
@@ -580,7 +616,9 @@ mod tests {
             addr: "127.0.0.1:5432".parse().unwrap(),
             key: CancelKey { pid: 42, secret: 7 },
         };
-        let reg = map.register(target, Some("vpce-0aaaaaaaaaaaaaaaa"));
+        let reg = map
+            .try_register(target, Some("vpce-0aaaaaaaaaaaaaaaa"))
+            .unwrap();
         let key = reg.key();
         for other in [None, Some("vpce-0bbbbbbbbbbbbbbbb"), Some("")] {
             assert_eq!(
@@ -593,7 +631,7 @@ mod tests {
         reg.attach(target);
         assert_eq!(map.lookup(key, Some("vpce-0aaaaaaaaaaaaaaaa")), Ok(target));
         // A key issued without an endpoint is not bound.
-        let open = map.register(target, None);
+        let open = map.try_register(target, None).unwrap();
         assert_eq!(
             map.lookup(open.key(), Some("vpce-0bbbbbbbbbbbbbbbb")),
             Ok(target)
@@ -628,7 +666,9 @@ mod tests {
     fn issued_pids_name_their_owner() {
         for instance in [0u8, 1, 2, 127, 128, 254, 255] {
             let map = map(instance, &[]);
-            let regs: Vec<Registration> = (0..64).map(|_| map.register_idle(None)).collect();
+            let regs: Vec<Registration> = (0..64)
+                .map(|_| map.try_register_idle(None).unwrap())
+                .collect();
             for reg in &regs {
                 let key = reg.key();
                 assert!(key.pid > 0, "{key:?}");
@@ -827,7 +867,7 @@ mod tests {
             key: CancelKey { pid: 42, secret: 7 },
         };
         let got_backend = receive_one(backend);
-        let reg = map.register(target, None);
+        let reg = map.try_register(target, None).unwrap();
         let held = CancelKey {
             pid: reg.key().pid | FORWARDED_BIT,
             ..reg.key()

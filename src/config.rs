@@ -51,6 +51,8 @@ pub struct Config {
     pub admin: AdminConfig,
     /// Cancel keys and the peers cancels are forwarded to.
     pub cancel: CancelConfig,
+    /// Secret material shared by the replicas (`[auth]`).
+    pub auth: AuthConfig,
     /// NLB self-registration.
     pub aws: AwsConfig,
     /// Discovery from Kubernetes.
@@ -81,6 +83,29 @@ pub struct AdminConfig {
     /// `[[admin.users]]`; the console is off when empty.
     pub users: Vec<UserConfig>,
 }
+
+/// `[auth]`: secret material every replica shares.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuthConfig {
+    /// From `secret_env` or `secret_file`: the key the SCRAM salts of
+    /// password users and the mock secrets of unknown users derive from,
+    /// so that all replicas answer a user alike. `None`: a random key per
+    /// process (fine for one replica).
+    pub secret: Option<AuthSecret>,
+}
+
+/// The `[auth]` secret; never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AuthSecret(pub Vec<u8>);
+
+impl fmt::Debug for AuthSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AuthSecret(<redacted>)")
+    }
+}
+
+/// Shortest `[auth]` secret accepted, in bytes.
+pub const MIN_AUTH_SECRET_LEN: usize = 32;
 
 /// `[listen]`.
 #[derive(Debug, Clone, PartialEq)]
@@ -289,11 +314,68 @@ struct RawConfig {
     #[serde(default)]
     cancel: cancel::RawCancel,
     #[serde(default)]
+    auth: RawAuth,
+    #[serde(default)]
     aws: aws::RawAws,
     #[serde(default)]
     kubernetes: kubernetes::RawKubernetes,
     #[serde(default)]
     runtime: RawRuntime,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RawAuth {
+    secret_env: Option<String>,
+    secret_file: Option<String>,
+}
+
+/// `[auth]`: reads the secret named by `secret_env` or `secret_file`.
+fn auth_from_raw(raw: RawAuth, base: &Path, p: &mut Problems) -> AuthConfig {
+    let (path, secret) = match (raw.secret_env, raw.secret_file) {
+        (None, None) => return AuthConfig::default(),
+        (Some(_), Some(_)) => {
+            p.push("auth", "set one of secret_env, secret_file");
+            return AuthConfig::default();
+        }
+        (Some(var), None) => match std::env::var(&var) {
+            Ok(v) => ("auth.secret_env", v),
+            Err(_) => {
+                p.push(
+                    "auth.secret_env",
+                    format!("environment variable {var} is not set"),
+                );
+                return AuthConfig::default();
+            }
+        },
+        (None, Some(file)) => {
+            let file = base.join(file);
+            match std::fs::read_to_string(&file) {
+                Ok(v) => (
+                    "auth.secret_file",
+                    v.trim_end_matches(['\r', '\n']).to_owned(),
+                ),
+                Err(e) => {
+                    p.push(
+                        "auth.secret_file",
+                        format!("cannot read {}: {e}", file.display()),
+                    );
+                    return AuthConfig::default();
+                }
+            }
+        }
+    };
+    if secret.len() < MIN_AUTH_SECRET_LEN {
+        p.push(
+            path,
+            format!(
+                "the secret must be at least {MIN_AUTH_SECRET_LEN} bytes (e.g. `openssl rand -base64 32`)"
+            ),
+        );
+        return AuthConfig::default();
+    }
+    AuthConfig {
+        secret: Some(AuthSecret(secret.into_bytes())),
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -646,6 +728,7 @@ impl Config {
         }
         let admin = AdminConfig { users: admin_users };
         let cancel = cancel::cancel_from_raw(raw.cancel, p);
+        let auth = auth_from_raw(raw.auth, base, p);
         let aws = aws::aws_from_raw(raw.aws, p);
         let kubernetes = kubernetes::kubernetes_from_raw(raw.kubernetes, p);
         let worker_threads = raw
@@ -683,6 +766,7 @@ impl Config {
             tenants,
             admin,
             cancel,
+            auth,
             aws,
             kubernetes,
             worker_threads,
@@ -1035,6 +1119,41 @@ mod tests {
         id = "acme"
         backends = ["127.0.0.1:5441"]
     "#;
+
+    #[test]
+    fn auth_secret_from_file_and_its_problems() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("long"), format!("{}\n", "s".repeat(32))).unwrap();
+        std::fs::write(dir.path().join("short"), "s".repeat(31)).unwrap();
+        let with = |auth: &str| format!("[auth]\n{auth}\n{MINIMAL}");
+        let tls_off = "[tls]\nmode = \"disable\"\n";
+        let c = Config::parse(&(with("secret_file = \"long\"") + tls_off), dir.path()).unwrap();
+        assert_eq!(c.auth.secret, Some(AuthSecret(b"s".repeat(32))));
+        assert_eq!(
+            format!("{:?}", c.auth),
+            "AuthConfig { secret: Some(AuthSecret(<redacted>)) }"
+        );
+        assert_eq!(
+            Config::parse(&(MINIMAL.to_owned() + tls_off), dir.path())
+                .unwrap()
+                .auth
+                .secret,
+            None
+        );
+        for (auth, path) in [
+            ("secret_file = \"short\"", "auth.secret_file"),
+            ("secret_file = \"missing\"", "auth.secret_file"),
+            (
+                "secret_env = \"PGCELL_TEST_NO_SUCH_VARIABLE\"",
+                "auth.secret_env",
+            ),
+            ("secret_env = \"X\"\nsecret_file = \"long\"", "auth"),
+            ("secret = \"inline\"", "auth.secret"),
+        ] {
+            let err = Config::parse(&(with(auth) + tls_off), dir.path()).unwrap_err();
+            assert!(err.problems.iter().any(|p| p.path == path), "{auth}: {err}");
+        }
+    }
 
     #[test]
     fn minimal_config_gets_defaults() {

@@ -22,7 +22,7 @@ use pgwire::messages::startup::ParameterStatus;
 use pgwire::messages::{DecodeContext, Message, PgWireFrontendMessage, ProtocolVersion};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::auth::secret::{ScramSecret, DEFAULT_ITERATIONS};
+use crate::auth::secret::{SaltKey, ScramSecret};
 use crate::config::{AuthMode, Config, Credential, PoolMode};
 use crate::lifecycle::State;
 use crate::metrics as m;
@@ -61,7 +61,7 @@ struct TenantSummary {
 impl ConsoleConfig {
     /// Derives the admin users' secrets (PBKDF2 for passwords: once per
     /// load, never per login).
-    pub fn from_config(config: &Config) -> ConsoleConfig {
+    pub fn from_config(config: &Config, salt_key: &SaltKey) -> ConsoleConfig {
         let secrets = config
             .admin
             .users
@@ -69,10 +69,8 @@ impl ConsoleConfig {
             .map(|u| {
                 let secret = match &u.credential {
                     Credential::ScramSecret(s) => s.clone(),
-                    Credential::Password(pw) => {
-                        let salt = crate::auth::random_nonce();
-                        ScramSecret::from_password(&pw.0, &salt[..16], DEFAULT_ITERATIONS)
-                    }
+                    // Scope "": no tenant id is empty.
+                    Credential::Password(pw) => salt_key.password_secret("", &u.name, &pw.0),
                 };
                 (u.name.clone(), secret)
             })
@@ -482,7 +480,7 @@ mod tests {
         "#;
         let config = Config::parse(text, std::path::Path::new(".")).unwrap();
         assert_eq!(config.admin.users.len(), 1);
-        assert!(ConsoleConfig::from_config(&config).enabled());
+        assert!(ConsoleConfig::from_config(&config, &SaltKey::from_secret(b"test")).enabled());
 
         let bad = r#"
             [listen]
@@ -504,6 +502,6 @@ mod tests {
     fn no_admin_users_no_console() {
         let text = "[listen]\naddr = \"127.0.0.1:6432\"\n";
         let config = Config::parse(text, std::path::Path::new(".")).unwrap();
-        assert!(!ConsoleConfig::from_config(&config).enabled());
+        assert!(!ConsoleConfig::from_config(&config, &SaltKey::from_secret(b"test")).enabled());
     }
 }

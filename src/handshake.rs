@@ -116,15 +116,27 @@ impl HandshakeError {
     }
 
     /// What the client is told, if it can be told anything.
+    ///
+    /// Where PostgreSQL's postmaster (`ProcessStartupPacket`) closes without
+    /// a reply, so does pgcell: a length outside 8..=10,004 ("invalid length
+    /// of startup packet", e.g. node-postgres' Terminate sent before any
+    /// startup), a `CancelRequest` of the wrong length, and the startup
+    /// timeout (`authentication_timeout`, which exits silently). Drivers
+    /// rely on that silence; the metric and log line still record them.
     pub fn client_error(&self) -> Option<(SqlState, String, Option<&'static str>)> {
         let violation = |m: String| Some((SqlState::PROTOCOL_VIOLATION, m, None));
         match self {
             HandshakeError::Startup(StartupError::UnsupportedProtocol(..)) => {
                 Some((SqlState::FEATURE_NOT_SUPPORTED, self.to_string(), None))
             }
+            HandshakeError::Startup(
+                StartupError::TooShort(_)
+                | StartupError::TooLong(_)
+                | StartupError::InvalidCancelLength(_),
+            )
+            | HandshakeError::Timeout => None,
             HandshakeError::Startup(e) => violation(e.to_string()),
-            HandshakeError::Timeout
-            | HandshakeError::RepeatedEncryptionRequest
+            HandshakeError::RepeatedEncryptionRequest
             | HandshakeError::DataAfterSslRequest
             | HandshakeError::DirectTlsWithoutAlpn => violation(self.to_string()),
             HandshakeError::PlaintextRefused => Some((
@@ -512,7 +524,38 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn oversized_packet_gets_protocol_violation() {
+    async fn invalid_lengths_close_without_a_reply() {
+        // Each as PostgreSQL's postmaster: logged, never answered.
+        let cases: [&[u8]; 4] = [
+            // node-postgres: connect() then end() before the startup.
+            b"X\0\0\0\x04",
+            &[0, 0, 0x4e, 0x25, 0, 3, 0, 0],
+            &[0, 0, 0, 7, 0, 3, 0],
+            // A CancelRequest one byte short.
+            &[0, 0, 0, 15, 4, 210, 22, 46, 0, 0, 0, 1, 0, 0, 0],
+        ];
+        for bytes in cases {
+            let (mut client, server) = duplex(4096);
+            let task = tokio::spawn(async move {
+                negotiate(
+                    server,
+                    PEER.parse().unwrap(),
+                    &cfg(ProxyMode::Off, TlsMode::Allow),
+                )
+                .await
+            });
+            client.write_all(bytes).await.unwrap();
+            let err = task.await.unwrap().err().unwrap();
+            assert_eq!(err.kind(), "startup", "{bytes:?}: {err}");
+            assert!(err.client_error().is_none(), "{err}");
+            let mut reply = Vec::new();
+            client.read_to_end(&mut reply).await.unwrap();
+            assert!(reply.is_empty(), "{bytes:?} got {reply:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn malformed_parameters_get_protocol_violation() {
         let (mut client, server) = duplex(4096);
         let task = tokio::spawn(async move {
             negotiate(
@@ -522,12 +565,14 @@ mod tests {
             )
             .await
         });
-        client.write_all(&20_000u32.to_be_bytes()).await.unwrap();
-        client.write_all(&[0, 3, 0, 0]).await.unwrap();
+        client
+            .write_all(&[0, 0, 0, 12, 0, 3, 0, 0, b'u', 0, b'x', 1])
+            .await
+            .unwrap();
         let err = task.await.unwrap().err().unwrap();
         assert!(matches!(
             err,
-            HandshakeError::Startup(StartupError::TooLong(20_000))
+            HandshakeError::Startup(StartupError::Malformed(_))
         ));
         let mut reply = Vec::new();
         client.read_to_end(&mut reply).await.unwrap();
@@ -566,6 +611,8 @@ mod tests {
         c.deadline = Instant::now() + Duration::from_millis(50);
         let r = negotiate(server, PEER.parse().unwrap(), &c).await;
         assert!(matches!(r, Err(HandshakeError::Timeout)));
+        // PostgreSQL exits silently at authentication_timeout.
+        assert!(HandshakeError::Timeout.client_error().is_none());
     }
 
     #[tokio::test]

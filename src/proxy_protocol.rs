@@ -116,9 +116,21 @@ pub async fn read_preface<S: AsyncRead + Unpin>(
     stream: &mut S,
     mode: ProxyMode,
 ) -> Result<Preface, ProxyError> {
-    let mut probe = [0u8; PROBE_LEN];
-    stream.read_exact(&mut probe).await?;
-    let is_v2 = probe == V2_SIGNATURE[..PROBE_LEN];
+    let mut buf = [0u8; PROBE_LEN];
+    let mut filled = 0;
+    // Stop as soon as the bytes cannot start a header: a client may send
+    // fewer than PROBE_LEN bytes and wait for an answer (node-postgres'
+    // Terminate before a startup is 5), and PostgreSQL decides from the
+    // first 4.
+    while filled < PROBE_LEN && may_start_header(&buf[..filled]) {
+        let n = stream.read(&mut buf[filled..]).await?;
+        if n == 0 {
+            return Err(ProxyError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+        }
+        filled += n;
+    }
+    let probe = &buf[..filled];
+    let is_v2 = probe == &V2_SIGNATURE[..PROBE_LEN];
     let is_v1 = probe.starts_with(b"PROXY ");
     match (is_v2 || is_v1, mode) {
         // Refused before parsing: a listener with the protocol off never
@@ -128,14 +140,14 @@ pub async fn read_preface<S: AsyncRead + Unpin>(
         (false, _) => {
             return Ok(Preface {
                 header: None,
-                read_ahead: Bytes::copy_from_slice(&probe),
+                read_ahead: Bytes::copy_from_slice(probe),
             })
         }
         (true, _) => {}
     }
     let header = if is_v2 {
         let mut fixed = [0u8; V2_FIXED_LEN];
-        fixed[..PROBE_LEN].copy_from_slice(&probe);
+        fixed[..PROBE_LEN].copy_from_slice(probe);
         stream
             .read_exact(&mut fixed[PROBE_LEN..])
             .await
@@ -167,6 +179,14 @@ pub async fn read_preface<S: AsyncRead + Unpin>(
         header: Some(header),
         read_ahead: Bytes::new(),
     })
+}
+
+/// Whether `start` (fewer than [`PROBE_LEN`] bytes) may begin a v1 or v2
+/// header.
+fn may_start_header(start: &[u8]) -> bool {
+    const V1_PREFIX: &[u8] = b"PROXY ";
+    V2_SIGNATURE.starts_with(start)
+        || V1_PREFIX.starts_with(&start[..start.len().min(V1_PREFIX.len())])
 }
 
 /// A header that stops part-way is malformed, not a plain disconnect.
@@ -437,5 +457,32 @@ mod tests {
             Some(ProxyHeader::Proxy { version: 1, .. })
         ));
         assert_eq!(r, b"rest");
+    }
+
+    #[tokio::test]
+    async fn short_first_packet_is_not_held_for_the_probe() {
+        use tokio::io::AsyncWriteExt;
+        // Five bytes, then the client waits: no header can start with
+        // them, so they come back at once instead of at the timeout.
+        let (mut client, mut server) = tokio::io::duplex(64);
+        client.write_all(b"X\0\0\0\x04").await.unwrap();
+        let p = tokio::time::timeout(
+            std::time::Duration::from_secs(2),
+            read_preface(&mut server, ProxyMode::Optional),
+        )
+        .await
+        .expect("not held")
+        .unwrap();
+        assert_eq!(&p.read_ahead[..], b"X\0\0\0\x04");
+        // A possible header start is read on.
+        let (mut client, mut server) = tokio::io::duplex(64);
+        client.write_all(b"PROX").await.unwrap();
+        let read = read_preface(&mut server, ProxyMode::Optional);
+        tokio::pin!(read);
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(100), &mut read)
+                .await
+                .is_err()
+        );
     }
 }

@@ -15,7 +15,7 @@ use rustls::ClientConfig;
 use thiserror::Error;
 
 use crate::config::{Config, RoutingSource, TenantConfig};
-use crate::protocol::startup::StartupMessage;
+use crate::protocol::startup::{parse_startup_options, StartupMessage};
 use crate::tls::{self, TlsError};
 
 /// One tenant as the data path uses it.
@@ -155,9 +155,11 @@ impl PolicyError {
 impl RoutingTable {
     /// Builds the table from `config`, carrying connection counts over from
     /// `previous` for tenants that stay.
+    /// Password users' SCRAM salts derive from `salt_key`.
     pub fn build(
         config: &Config,
         previous: Option<&RoutingTable>,
+        salt_key: &crate::auth::secret::SaltKey,
     ) -> Result<RoutingTable, TlsError> {
         let mut tenants = HashMap::new();
         for t in &config.tenants {
@@ -184,12 +186,7 @@ impl RoutingTable {
                         let secret = match &u.credential {
                             crate::config::Credential::ScramSecret(s) => s.clone(),
                             crate::config::Credential::Password(pw) => {
-                                let nonce = crate::auth::random_nonce();
-                                crate::auth::secret::ScramSecret::from_password(
-                                    &pw.0,
-                                    &nonce[..16],
-                                    crate::auth::secret::DEFAULT_ITERATIONS,
-                                )
+                                salt_key.password_secret(&t.id, &u.name, &pw.0)
                             }
                         };
                         (u.name.clone(), secret)
@@ -428,87 +425,66 @@ fn split_user(user: &str) -> Option<(&str, &str)> {
     (!user.is_empty() && !tenant.is_empty()).then_some((user, tenant))
 }
 
-/// Takes `tenant=ID` / `endpoint=ID` tokens out of the `options` parameter.
+/// Takes the tenant out of the `options` parameter: a `tenant` or
+/// `endpoint` setting in any form PostgreSQL accepts (`-c tenant=ID`,
+/// `-ctenant=ID`, `--tenant=ID`, backslash escapes), or pgcell's own bare
+/// `tenant=ID` / `endpoint=ID`. Every such token is removed; the rest of
+/// `options` reaches the backend as the client wrote it.
 fn tenant_from_options(startup: &mut StartupMessage) -> Result<Option<String>, RouteError> {
     let Some(options) = startup.get("options") else {
         return Ok(None);
     };
+    let parsed = parse_startup_options(options);
     let mut found: Option<String> = None;
-    let mut kept = Vec::new();
-    for token in split_options(options) {
-        let value = token
-            .unescaped
-            .strip_prefix("tenant=")
-            .or_else(|| token.unescaped.strip_prefix("endpoint="));
-        match value {
-            Some(id) => {
-                if let Some(prev) = &found {
-                    if prev != id {
-                        return Err(RouteError::Conflict {
-                            first: prev.clone(),
-                            first_source: "options",
-                            second: id.to_owned(),
-                            second_source: "options",
-                        });
-                    }
-                }
+    let mut note = |id: &str| -> Result<(), RouteError> {
+        match &found {
+            Some(prev) if prev != id => Err(RouteError::Conflict {
+                first: prev.clone(),
+                first_source: "options",
+                second: id.to_owned(),
+                second_source: "options",
+            }),
+            _ => {
                 found = Some(id.to_owned());
-                // `-c tenant=ID` reads naturally to libpq users; the `-c`
-                // must not reach the backend alone.
-                if kept.last().is_some_and(|t| t == "-c") {
-                    kept.pop();
-                }
+                Ok(())
             }
-            None => kept.push(token.raw),
+        }
+    };
+    let mut drop_settings = Vec::new();
+    for (i, setting) in parsed.settings.iter().enumerate() {
+        if TENANT_KEYS.contains(&setting.name.as_str()) {
+            note(&setting.value)?;
+            drop_settings.push(i);
+        }
+    }
+    let mut drop_bare = Vec::new();
+    for &i in &parsed.bare {
+        let Some(arg) = parsed.args.get(i) else {
+            continue;
+        };
+        let value = TENANT_KEYS.iter().find_map(|key| {
+            arg.text
+                .strip_prefix(key)
+                .and_then(|rest| rest.strip_prefix('='))
+        });
+        if let Some(id) = value {
+            note(id)?;
+            drop_bare.push(i);
         }
     }
     if found.is_some() {
+        let kept = parsed.without(&drop_settings, &drop_bare);
         if kept.is_empty() {
             startup.remove("options");
         } else {
-            startup.set("options", kept.join(" "));
+            startup.set("options", kept);
         }
     }
     Ok(found)
 }
 
-struct OptionToken {
-    raw: String,
-    unescaped: String,
-}
-
-/// Splits `options` as PostgreSQL does: on whitespace, with `\` escaping
-/// the next character.
-fn split_options(options: &str) -> Vec<OptionToken> {
-    let mut tokens = Vec::new();
-    let mut chars = options.chars().peekable();
-    loop {
-        while chars.peek().is_some_and(|c| c.is_ascii_whitespace()) {
-            chars.next();
-        }
-        if chars.peek().is_none() {
-            return tokens;
-        }
-        let mut raw = String::new();
-        let mut unescaped = String::new();
-        while let Some(&c) = chars.peek() {
-            if c.is_ascii_whitespace() {
-                break;
-            }
-            chars.next();
-            raw.push(c);
-            if c == '\\' {
-                if let Some(next) = chars.next() {
-                    raw.push(next);
-                    unescaped.push(next);
-                }
-            } else {
-                unescaped.push(c);
-            }
-        }
-        tokens.push(OptionToken { raw, unescaped });
-    }
-}
+/// Names under which `options` carries the tenant.
+const TENANT_KEYS: [&str; 2] = ["tenant", "endpoint"];
 
 #[cfg(test)]
 mod tests {
@@ -541,7 +517,8 @@ mod tests {
         "#
         );
         let config = Config::parse(&text, Path::new(".")).unwrap();
-        RoutingTable::build(&config, None).unwrap()
+        let key = crate::auth::secret::SaltKey::from_secret(b"test");
+        RoutingTable::build(&config, None, &key).unwrap()
     }
 
     fn startup(params: &[(&str, &str)]) -> StartupMessage {
@@ -590,6 +567,36 @@ mod tests {
         assert_eq!(t.resolve(&mut s, None).unwrap().id(), "globex");
         assert_eq!(s.get("options"), None);
         assert_eq!(s.get("database"), Some("globex_db"));
+    }
+
+    #[test]
+    fn options_tenant_in_every_postgres_form() {
+        let t = table(ALL);
+        for (options, rest) in [
+            ("-ctenant=acme", None),
+            ("--tenant=acme", None),
+            ("-c tenant=acme", None),
+            ("-c\ttenant=acme", None),
+            ("--tenant=ac\\me -c work_mem=1MB", Some("-c work_mem=1MB")),
+            ("-cwork_mem=1MB -ctenant=acme", Some("-cwork_mem=1MB")),
+            (
+                "--search-path=a\\ b --endpoint=acme",
+                Some("--search-path=a\\ b"),
+            ),
+            ("-c endpoint=acme --tenant=acme", None),
+        ] {
+            let mut s = startup(&[("user", "u"), ("options", options)]);
+            assert_eq!(t.resolve(&mut s, None).unwrap().id(), "acme", "{options}");
+            assert_eq!(s.get("options"), rest, "{options}");
+        }
+        // Not the tenant: the argument of another switch, or after `--`.
+        let mut s = startup(&[("user", "u"), ("options", "-d tenant=acme")]);
+        assert_eq!(t.resolve(&mut s, None).err(), Some(RouteError::Missing));
+        let mut s = startup(&[("user", "u"), ("options", "-ctenant=acme --tenant=globex")]);
+        assert!(matches!(
+            t.resolve(&mut s, None),
+            Err(RouteError::Conflict { .. })
+        ));
     }
 
     #[test]

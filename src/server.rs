@@ -11,6 +11,7 @@ use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Semaphore};
 
+use crate::auth::secret::SaltKey;
 use crate::cancel::CancelMap;
 use crate::config::{Config, ConfigError, ProxyMode, TlsMode};
 use crate::health::HealthPort;
@@ -60,6 +61,9 @@ pub struct Shared {
     pub pools: crate::pool::Pools,
     /// Key for the fake SCRAM secrets of unknown users.
     pub mock_key: [u8; 32],
+    /// What password users' SCRAM salts derive from (`[auth]` secret, or
+    /// random per process); fixed until restart.
+    pub salt_key: SaltKey,
     /// Admin console users and tenant summaries; swapped whole on reload.
     pub console: ArcSwap<crate::console::ConsoleConfig>,
     /// Clients connected now (`SHOW CLIENTS`).
@@ -109,6 +113,7 @@ struct FixedSections {
     shutdown_grace: Duration,
     drain: crate::config::DrainConfig,
     cancel_instance_id: u8,
+    auth: crate::config::AuthConfig,
     aws: crate::config::AwsConfig,
     kubernetes: crate::config::KubernetesConfig,
 }
@@ -123,6 +128,7 @@ impl FixedSections {
             shutdown_grace: config.shutdown_grace,
             drain: config.drain,
             cancel_instance_id: config.cancel.instance_id,
+            auth: config.auth.clone(),
             aws: config.aws.clone(),
             kubernetes: config.kubernetes.clone(),
         }
@@ -155,6 +161,9 @@ impl FixedSections {
         if self.cancel_instance_id != other.cancel_instance_id {
             changed.push("cancel.instance_id");
         }
+        if self.auth != other.auth {
+            changed.push("auth");
+        }
         changed
     }
 }
@@ -165,6 +174,9 @@ pub enum StartError {
     /// TLS files unusable.
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// The operating system has no random bytes.
+    #[error(transparent)]
+    Random(#[from] crate::auth::RandomError),
     /// Self-registration cannot be set up.
     #[error(transparent)]
     Register(#[from] crate::register::RegisterError),
@@ -227,8 +239,16 @@ impl Server {
             // Config::parse rejects this combination.
             _ => None,
         };
-        let routes = RoutingTable::build(&config, None)?;
-        let console = crate::console::ConsoleConfig::from_config(&config);
+        // Without random bytes no nonce or cancel key can be made safely:
+        // refuse to start rather than fall back to guessable ones.
+        crate::auth::fill_random(&mut [0u8; 32], "key")?;
+        let salt_key = match &config.auth.secret {
+            Some(secret) => SaltKey::from_secret(&secret.0),
+            None => SaltKey::random()?,
+        };
+        let mock_key = salt_key.mock_key();
+        let routes = RoutingTable::build(&config, None, &salt_key)?;
+        let console = crate::console::ConsoleConfig::from_config(&config, &salt_key);
         let bind = |what, addr| move |error| StartError::Bind { what, addr, error };
         let listener = TcpListener::bind(config.listen.addr)
             .await
@@ -266,12 +286,8 @@ impl Server {
             clients: Arc::new(Semaphore::new(config.listen.max_client_connections)),
             lifecycle: Lifecycle::default(),
             pools: crate::pool::Pools::default(),
-            mock_key: {
-                let mut key = [0u8; 32];
-                key[..18].copy_from_slice(&crate::auth::random_nonce());
-                key[14..].copy_from_slice(&crate::auth::random_nonce());
-                key
-            },
+            mock_key,
+            salt_key,
             console: ArcSwap::from_pointee(console),
             connected: crate::clients::Clients::default(),
             reloaded: tokio::sync::watch::Sender::new(0),
@@ -634,8 +650,8 @@ impl Shared {
         }
         metrics::gauge!(crate::metrics::DISCOVERY_CLASHES).set(clashes as f64);
         let previous = self.routes.load();
-        let routes = RoutingTable::build(&merged, Some(&previous))?;
-        let console = crate::console::ConsoleConfig::from_config(&merged);
+        let routes = RoutingTable::build(&merged, Some(&previous), &self.salt_key)?;
+        let console = crate::console::ConsoleConfig::from_config(&merged, &self.salt_key);
         let mut peers = merged.cancel.peers.clone();
         for peer in &sources.discovered.peers {
             if !peers.iter().any(|p| p.addr == peer.addr) {

@@ -13,17 +13,80 @@ pub mod query;
 pub mod scram;
 pub mod secret;
 
-/// Random bytes for a SCRAM nonce.
-pub fn random_nonce() -> [u8; 18] {
+use thiserror::Error;
+
+/// The operating system gave no random bytes. pgcell never falls back to
+/// anything predictable: it refuses to start, or refuses the connection.
+#[derive(Debug, Error)]
+#[error("could not generate random {what}: {source}")]
+pub struct RandomError {
+    /// What the bytes were for (PostgreSQL's wording: "nonce", "cancel key").
+    pub what: &'static str,
+    /// The operating system's error.
+    pub source: getrandom::Error,
+}
+
+/// Where random bytes come from: [`OS_RANDOM`], or a stand-in in tests.
+pub type RandomSource = fn(&mut [u8]) -> Result<(), getrandom::Error>;
+
+/// The operating system's CSPRNG (`getrandom(2)`).
+pub const OS_RANDOM: RandomSource = getrandom::fill;
+
+/// Fills `buf` from `source`; `what` names the use in the error.
+pub fn fill_random_from(
+    source: RandomSource,
+    buf: &mut [u8],
+    what: &'static str,
+) -> Result<(), RandomError> {
+    source(buf).map_err(|source| RandomError { what, source })
+}
+
+/// Fills `buf` from the operating system.
+pub fn fill_random(buf: &mut [u8], what: &'static str) -> Result<(), RandomError> {
+    fill_random_from(OS_RANDOM, buf, what)
+}
+
+/// Random bytes for a SCRAM nonce (or an MD5 salt), from `source`.
+pub fn nonce_from(source: RandomSource) -> Result<[u8; 18], RandomError> {
     let mut nonce = [0u8; 18];
-    // getrandom fails only without any OS entropy source; the exchange then
-    // still works with a time-derived nonce, which is unique but guessable.
-    if getrandom::fill(&mut nonce).is_err() {
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default();
-        nonce[..16].copy_from_slice(&t.to_le_bytes());
+    fill_random_from(source, &mut nonce, "nonce")?;
+    Ok(nonce)
+}
+
+/// Random bytes for a SCRAM nonce, from the operating system.
+pub fn try_random_nonce() -> Result<[u8; 18], RandomError> {
+    nonce_from(OS_RANDOM)
+}
+
+/// [`try_random_nonce`] for callers that cannot report an error yet (the
+/// pool's SCRAM client towards backends): they should move to
+/// `try_random_nonce`.
+///
+/// # Panics
+///
+/// If the operating system has no random bytes. `Server::bind` refuses to
+/// start in that case, so this means the source failed after it worked;
+/// the panic ends only the task (one connection), never with a guessable
+/// nonce.
+pub fn random_nonce() -> [u8; 18] {
+    #[allow(clippy::expect_used)]
+    try_random_nonce().expect("the OS random source worked at startup")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn broken(_: &mut [u8]) -> Result<(), getrandom::Error> {
+        Err(getrandom::Error::UNSUPPORTED)
     }
-    nonce
+
+    #[test]
+    fn a_failing_source_is_an_error_not_a_fallback() {
+        let e = nonce_from(broken).unwrap_err();
+        assert_eq!(e.what, "nonce");
+        assert!(e.to_string().starts_with("could not generate random nonce"));
+        let a = try_random_nonce().unwrap();
+        assert_ne!(a, try_random_nonce().unwrap());
+    }
 }

@@ -143,6 +143,59 @@ pub fn mock_secret(username: &str, key: &[u8; KEY_LEN]) -> ScramSecret {
     }
 }
 
+/// The key that SCRAM salts of password users and the mock secrets of
+/// unknown users are derived from. From `[auth]`'s shared secret every
+/// replica derives the same key, so a prober comparing replicas sees the
+/// same salt and iteration count for a user on each; without one, the key
+/// is random per process.
+#[derive(Clone)]
+pub struct SaltKey([u8; KEY_LEN]);
+
+impl SaltKey {
+    /// The key derived from secret material shared by all replicas.
+    pub fn from_secret(secret: &[u8]) -> SaltKey {
+        SaltKey(hmac_sha256(&sha256(secret), &[b"pgcell salt key"]))
+    }
+
+    /// A key of this process only; fails without OS random bytes.
+    pub fn random() -> Result<SaltKey, crate::auth::RandomError> {
+        let mut key = [0u8; KEY_LEN];
+        crate::auth::fill_random(&mut key, "key")?;
+        Ok(SaltKey(key))
+    }
+
+    /// The key of [`mock_secret`].
+    pub fn mock_key(&self) -> [u8; KEY_LEN] {
+        hmac_sha256(&self.0, &[b"pgcell mock key"])
+    }
+
+    /// The secret of a configured password: 4096 iterations and a salt
+    /// derived from the key, `scope` (the tenant id; empty for admin
+    /// users), the user and the password, so it changes with the password
+    /// and is the same on every replica with the same key.
+    pub fn password_secret(&self, scope: &str, user: &str, password: &str) -> ScramSecret {
+        // NULs separate the parts: none of them can contain one.
+        let digest = hmac_sha256(
+            &self.0,
+            &[
+                b"pgcell password salt\0",
+                scope.as_bytes(),
+                b"\0",
+                user.as_bytes(),
+                b"\0",
+                password.as_bytes(),
+            ],
+        );
+        ScramSecret::from_password(password, &digest[..GENERATED_SALT_LEN], DEFAULT_ITERATIONS)
+    }
+}
+
+impl fmt::Debug for SaltKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SaltKey(<redacted>)")
+    }
+}
+
 /// Why a SCRAM secret could not be parsed or made. Never quotes the secret.
 #[derive(Debug, Error)]
 pub enum SecretError {
@@ -376,6 +429,28 @@ mod tests {
             ScramSecret::parse(&format!("SCRAM-SHA-256$10000000:{salt}${key}:{key}")).unwrap();
         assert_eq!(secret.iterations, MAX_ITERATIONS);
         assert_eq!(secret.salt.len(), MAX_SALT_LEN);
+    }
+
+    #[test]
+    fn salt_key_derivations() {
+        let k = SaltKey::from_secret(b"0123456789abcdef0123456789abcdef");
+        let same = SaltKey::from_secret(b"0123456789abcdef0123456789abcdef");
+        let other = SaltKey::from_secret(b"0123456789abcdef0123456789abcdeX");
+        assert_eq!(k.mock_key(), same.mock_key());
+        assert_ne!(k.mock_key(), other.mock_key());
+        let a = k.password_secret("acme", "alice", "pw");
+        assert_eq!(a, same.password_secret("acme", "alice", "pw"));
+        assert_eq!(a.iterations, DEFAULT_ITERATIONS);
+        assert_eq!(a.salt.len(), GENERATED_SALT_LEN);
+        assert_ne!(a.salt, other.password_secret("acme", "alice", "pw").salt);
+        assert_ne!(a.salt, k.password_secret("acme", "alice", "pw2").salt);
+        assert_ne!(a.salt, k.password_secret("globex", "alice", "pw").salt);
+        assert_eq!(ScramSecret::from_password("pw", &a.salt, a.iterations), a);
+        assert_ne!(
+            SaltKey::random().unwrap().mock_key(),
+            SaltKey::random().unwrap().mock_key()
+        );
+        assert_eq!(format!("{k:?}"), "SaltKey(<redacted>)");
     }
 
     #[test]

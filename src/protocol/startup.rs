@@ -8,10 +8,14 @@
 use bytes::{BufMut, BytesMut};
 use thiserror::Error;
 
-/// Longest pre-startup packet accepted, as PostgreSQL's `MAX_STARTUP_PACKET_LENGTH`.
+/// Longest pre-startup packet body (after the length word) accepted, as
+/// PostgreSQL's `MAX_STARTUP_PACKET_LENGTH`: postmaster.c compares it with
+/// the length minus the 4 bytes of the length itself.
 pub const MAX_STARTUP_PACKET_LEN: usize = 10_000;
 /// Shortest pre-startup packet: length and code.
 pub const MIN_STARTUP_PACKET_LEN: usize = 8;
+/// Length of a protocol 3.0 `CancelRequest`: length, code, pid, secret.
+pub const CANCEL_REQUEST_LEN: usize = 16;
 /// `SSLRequest` code (1234 << 16 | 5679).
 pub const SSL_REQUEST_CODE: u32 = 80_877_103;
 /// `GSSENCRequest` code (1234 << 16 | 5680).
@@ -62,9 +66,12 @@ pub enum StartupError {
     /// Length field below the minimum.
     #[error("invalid length of startup packet: {0}")]
     TooShort(usize),
-    /// Length field above [`MAX_STARTUP_PACKET_LEN`].
+    /// Length field above [`MAX_STARTUP_PACKET_LEN`] plus the length word.
     #[error("startup packet too long: {0} bytes")]
     TooLong(usize),
+    /// A `CancelRequest` whose length is not [`CANCEL_REQUEST_LEN`].
+    #[error("invalid length of cancel request packet: {0}")]
+    InvalidCancelLength(usize),
     /// A protocol major version other than 3.
     #[error("unsupported frontend protocol {0}.{1}: server supports 3.0")]
     UnsupportedProtocol(u16, u16),
@@ -80,7 +87,7 @@ pub fn body_len(header: [u8; 4]) -> Result<usize, StartupError> {
     if len < MIN_STARTUP_PACKET_LEN {
         return Err(StartupError::TooShort(len));
     }
-    if len > MAX_STARTUP_PACKET_LEN {
+    if len - 4 > MAX_STARTUP_PACKET_LEN {
         return Err(StartupError::TooLong(len));
     }
     Ok(len - 4)
@@ -101,7 +108,7 @@ pub fn parse_body(body: &[u8]) -> Result<FrontendStartup, StartupError> {
             // Protocol 3.0 keys are exactly 4 bytes; longer keys (3.2) are
             // never issued by pgcell, so they cannot match anything.
             if rest.len() != 8 {
-                return Err(StartupError::Malformed("cancel request of wrong length"));
+                return Err(StartupError::InvalidCancelLength(body.len() + 4));
             }
             let pid = i32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]);
             let secret = i32::from_be_bytes([rest[4], rest[5], rest[6], rest[7]]);
@@ -209,6 +216,185 @@ impl CancelKey {
     }
 }
 
+/// One argument of the `options` startup parameter, split as PostgreSQL's
+/// `pg_split_opts` does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OptionArg {
+    /// As the client wrote it, escapes included (what goes on to a backend).
+    pub raw: String,
+    /// With `\` escapes resolved (what PostgreSQL's switch parser reads).
+    pub text: String,
+}
+
+/// A `name=value` setting in `options`, found by PostgreSQL's switch grammar:
+/// `-c name=value`, `-cname=value`, `--name=value`, and `c` after other
+/// flags in one argument (`-ec name=value`), as getopt reads them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OptionSetting {
+    /// Setting name, `-` replaced by `_` as PostgreSQL's `ParseLongOption`
+    /// does.
+    pub name: String,
+    /// Its value.
+    pub value: String,
+    /// Index of the first argument that carries it.
+    pub first_arg: usize,
+    /// How many arguments carry it: 2 for `-c name=value`, else 1.
+    pub arg_count: usize,
+    /// Flags before `c` in the first argument (`-e` of `-ecname=value`):
+    /// they stay if the setting is removed.
+    pub leading_flags: Option<String>,
+}
+
+/// The `options` startup parameter, parsed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StartupOptions {
+    /// Every argument, in order.
+    pub args: Vec<OptionArg>,
+    /// The settings PostgreSQL would apply.
+    pub settings: Vec<OptionSetting>,
+    /// Indices of arguments that are no switch nor a switch's argument
+    /// (PostgreSQL refuses them; pgcell reads its own `tenant=ID` there).
+    pub bare: Vec<usize>,
+}
+
+/// Switches of PostgreSQL's `process_postgres_switches` that take an
+/// argument (its getopt string `B:bc:C:D:d:EeFf:h:ijk:lN:nOPp:r:S:sTt:v:W:-:`).
+const SWITCHES_WITH_ARGUMENT: &[char] = &[
+    'B', 'c', 'C', 'D', 'd', 'f', 'h', 'k', 'N', 'p', 'r', 'S', 't', 'v', 'W', '-',
+];
+
+/// Whitespace as C's `isspace` in the C locale, which `pg_split_opts` uses.
+fn is_c_space(c: char) -> bool {
+    matches!(c, ' ' | '\t' | '\n' | '\x0B' | '\x0C' | '\r')
+}
+
+/// Splits `options` into arguments as PostgreSQL's `pg_split_opts`: on
+/// whitespace, a `\` escaping the next character (a trailing `\` is
+/// dropped).
+pub fn split_options(options: &str) -> Vec<OptionArg> {
+    let mut args = Vec::new();
+    let mut chars = options.chars().peekable();
+    loop {
+        while chars.next_if(|&c| is_c_space(c)).is_some() {}
+        if chars.peek().is_none() {
+            return args;
+        }
+        let mut raw = String::new();
+        let mut text = String::new();
+        while let Some(c) = chars.next_if(|&c| !is_c_space(c)) {
+            raw.push(c);
+            if c == '\\' {
+                if let Some(next) = chars.next() {
+                    raw.push(next);
+                    text.push(next);
+                }
+            } else {
+                text.push(c);
+            }
+        }
+        args.push(OptionArg { raw, text });
+    }
+}
+
+/// Parses `options` as PostgreSQL's backend does: [`split_options`], then
+/// its getopt switch grammar. Switches PostgreSQL would refuse are skipped
+/// here, not reported: the backend reports them.
+pub fn parse_startup_options(options: &str) -> StartupOptions {
+    let args = split_options(options);
+    let mut settings = Vec::new();
+    let mut bare = Vec::new();
+    let mut i = 0;
+    let mut options_ended = false;
+    while i < args.len() {
+        let text = args[i].text.as_str();
+        let Some(switches) = text
+            .strip_prefix('-')
+            .filter(|s| !s.is_empty() && !options_ended)
+        else {
+            bare.push(i);
+            i += 1;
+            continue;
+        };
+        if switches == "-" {
+            // getopt: `--` ends the switches.
+            options_ended = true;
+            i += 1;
+            continue;
+        }
+        let mut consumed = 1;
+        for (at, flag) in switches.char_indices() {
+            if !SWITCHES_WITH_ARGUMENT.contains(&flag) {
+                continue;
+            }
+            let attached = &switches[at + flag.len_utf8()..];
+            let argument = if !attached.is_empty() {
+                Some(attached)
+            } else {
+                consumed = 2;
+                args.get(i + 1).map(|a| a.text.as_str())
+            };
+            if matches!(flag, 'c' | '-') {
+                if let Some((name, value)) = argument.and_then(|a| a.split_once('=')) {
+                    settings.push(OptionSetting {
+                        name: name.replace('-', "_"),
+                        value: value.to_owned(),
+                        first_arg: i,
+                        arg_count: consumed.min(args.len() - i),
+                        leading_flags: (at > 0).then(|| format!("-{}", &switches[..at])),
+                    });
+                }
+            }
+            break;
+        }
+        i += consumed;
+    }
+    StartupOptions {
+        args,
+        settings,
+        bare,
+    }
+}
+
+/// The `name=value` settings of `options`, in order, as PostgreSQL applies
+/// them (names with `-` as `_`).
+pub fn option_settings(options: &str) -> Vec<(String, String)> {
+    parse_startup_options(options)
+        .settings
+        .into_iter()
+        .map(|s| (s.name, s.value))
+        .collect()
+}
+
+impl StartupOptions {
+    /// The `options` text without the settings at `drop_settings` and the
+    /// bare arguments at `drop_bare` (indices into `settings` and `args`),
+    /// arguments kept as the client wrote them.
+    pub fn without(&self, drop_settings: &[usize], drop_bare: &[usize]) -> String {
+        let mut kept: Vec<Option<String>> = self.args.iter().map(|a| Some(a.raw.clone())).collect();
+        for &s in drop_settings {
+            let Some(setting) = self.settings.get(s) else {
+                continue;
+            };
+            for (n, slot) in kept
+                .iter_mut()
+                .enumerate()
+                .skip(setting.first_arg)
+                .take(setting.arg_count)
+            {
+                *slot = (n == setting.first_arg)
+                    .then(|| setting.leading_flags.clone())
+                    .flatten();
+            }
+        }
+        for &b in drop_bare {
+            if let Some(slot) = kept.get_mut(b) {
+                *slot = None;
+            }
+        }
+        kept.into_iter().flatten().collect::<Vec<_>>().join(" ")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -255,11 +441,19 @@ mod tests {
     #[test]
     fn bounds() {
         assert_eq!(body_len(4u32.to_be_bytes()), Err(StartupError::TooShort(4)));
+        assert_eq!(body_len(7u32.to_be_bytes()), Err(StartupError::TooShort(7)));
+        assert_eq!(body_len(8u32.to_be_bytes()), Ok(4));
+        // PostgreSQL bounds the body, not the packet: 10,004 bytes pass.
         assert_eq!(
-            body_len(10_001u32.to_be_bytes()),
-            Err(StartupError::TooLong(10_001))
+            body_len(10_005u32.to_be_bytes()),
+            Err(StartupError::TooLong(10_005))
         );
-        assert_eq!(body_len(10_000u32.to_be_bytes()), Ok(9_996));
+        assert_eq!(body_len(10_004u32.to_be_bytes()), Ok(10_000));
+        // node-postgres' Terminate (`X 00 00 00 04`) read as a length.
+        assert!(matches!(
+            body_len(*b"X\0\0\0"),
+            Err(StartupError::TooLong(_))
+        ));
     }
 
     #[test]
@@ -291,5 +485,56 @@ mod tests {
         };
         assert_eq!(m.minor, 2);
         assert_eq!(m.protocol_options(), vec!["_pq_.foo".to_string()]);
+    }
+
+    #[test]
+    fn options_split_like_pg_split_opts() {
+        let args = split_options("  -c\ta=b\\ c  \\\\x\x0Bend\\");
+        let texts: Vec<&str> = args.iter().map(|a| a.text.as_str()).collect();
+        assert_eq!(texts, ["-c", "a=b c", "\\x", "end"]);
+        assert_eq!(args[1].raw, "a=b\\ c");
+    }
+
+    #[test]
+    fn options_switch_grammar() {
+        let o = parse_startup_options(
+            "-c search_path=a,b --work-mem=4MB -cstatement_timeout=5s x -ec tenant=t1 \
+             -d 5 -D c=d -c",
+        );
+        let got: Vec<(&str, &str, usize, usize)> = o
+            .settings
+            .iter()
+            .map(|s| (s.name.as_str(), s.value.as_str(), s.first_arg, s.arg_count))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("search_path", "a,b", 0, 2),
+                ("work_mem", "4MB", 2, 1),
+                ("statement_timeout", "5s", 3, 1),
+                ("tenant", "t1", 5, 2),
+            ]
+        );
+        assert_eq!(o.settings[3].leading_flags.as_deref(), Some("-e"));
+        // `x` is bare; `-d 5` and `-D c=d` take their argument; a last `-c`
+        // without one sets nothing.
+        assert_eq!(o.bare, [4]);
+        assert_eq!(
+            option_settings("--a-b=1 -- -c x=y"),
+            [("a_b".to_owned(), "1".to_owned())]
+        );
+    }
+
+    #[test]
+    fn options_without_settings() {
+        let o = parse_startup_options("-c a=1 -ctenant=x --b=\\ 2 -ec tenant=x tenant=x -cc=3");
+        let tenant: Vec<usize> = o
+            .settings
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.name == "tenant")
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(o.without(&tenant, &o.bare), "-c a=1 --b=\\ 2 -e -cc=3");
     }
 }

@@ -57,6 +57,9 @@ pub enum AuthRelayError {
     /// The client sent something other than an authentication response.
     #[error("expected an authentication response, got message type {0:?}")]
     UnexpectedClientMessage(char),
+    /// No random bytes for the client's cancel key.
+    #[error(transparent)]
+    Random(crate::auth::RandomError),
 }
 
 /// Relays messages from the backend's first answer to `ReadyForQuery`.
@@ -123,13 +126,15 @@ where
                     pid: body.get_i32(),
                     secret: body.get_i32(),
                 };
-                let reg = cancel.register(
-                    CancelTarget {
-                        addr: backend_addr,
-                        key,
-                    },
-                    vpce_id,
-                );
+                let reg = cancel
+                    .try_register(
+                        CancelTarget {
+                            addr: backend_addr,
+                            key,
+                        },
+                        vpce_id,
+                    )
+                    .map_err(AuthRelayError::Random)?;
                 messages::backend_key_data(&mut out, reg.key());
                 registration = Some(reg);
             }

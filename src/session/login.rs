@@ -44,6 +44,9 @@ pub enum LoginError {
     /// The user's secret could not be fetched from the backend.
     #[error(transparent)]
     AuthQuery(#[from] AuthQueryError),
+    /// No random bytes for the nonce or salt: refused, never guessable.
+    #[error(transparent)]
+    Random(#[from] crate::auth::RandomError),
 }
 
 impl LoginError {
@@ -70,6 +73,11 @@ impl LoginError {
                 SqlState::CONNECTION_FAILURE,
                 "could not verify credentials".to_owned(),
             )),
+            // PostgreSQL's words (auth-scram.c) and code.
+            LoginError::Random(e) => Some((
+                SqlState::INTERNAL_ERROR,
+                format!("could not generate random {}", e.what),
+            )),
         }
     }
 
@@ -80,6 +88,7 @@ impl LoginError {
             LoginError::ChannelBinding(_) => "channel_binding",
             LoginError::Malformed(_) | LoginError::Io(_) => "protocol",
             LoginError::AuthQuery(_) => "auth_query",
+            LoginError::Random(_) => "random_unavailable",
         }
     }
 }
@@ -192,7 +201,7 @@ async fn scram<C>(
 where
     C: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut server = ScramServer::new(secret, channel_binding, crate::auth::random_nonce());
+    let mut server = ScramServer::new(secret, channel_binding, crate::auth::try_random_nonce()?);
     let mut out = BytesMut::new();
     let mut list = Vec::new();
     for m in server.mechanisms() {
@@ -244,7 +253,7 @@ where
     C: AsyncRead + AsyncWrite + Unpin,
 {
     let salt: [u8; 4] = {
-        let n = crate::auth::random_nonce();
+        let n = crate::auth::try_random_nonce()?;
         [n[0], n[1], n[2], n[3]]
     };
     let mut out = BytesMut::new();
@@ -319,6 +328,18 @@ async fn send<C: AsyncWrite + Unpin>(client: &mut C, out: &mut BytesMut) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_random_bytes_refuses_with_xx000() {
+        fn broken(_: &mut [u8]) -> Result<(), getrandom::Error> {
+            Err(getrandom::Error::UNSUPPORTED)
+        }
+        let e = LoginError::from(crate::auth::nonce_from(broken).unwrap_err());
+        let (code, message) = e.client_error().unwrap();
+        assert_eq!(code, SqlState::INTERNAL_ERROR);
+        assert_eq!(message, "could not generate random nonce");
+        assert_eq!(e.reason(), "random_unavailable");
+    }
 
     #[test]
     fn initial_response_forms() {

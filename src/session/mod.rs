@@ -118,6 +118,8 @@ impl SessionError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             SessionError::Login(login::LoginError::AuthQuery(_)) => ErrorKind::Backend,
+            SessionError::Login(login::LoginError::Random(_))
+            | SessionError::AuthRelay(AuthRelayError::Random(_)) => ErrorKind::Internal,
             SessionError::Handshake(_)
             | SessionError::ClientIo(_)
             | SessionError::Login(_)
@@ -151,6 +153,7 @@ impl SessionError {
             SessionError::TenantRemoved => "tenant_removed",
             SessionError::PoolFull => "pool_connection_limit",
             SessionError::BackendConnect(_) => "backend_unreachable",
+            SessionError::AuthRelay(AuthRelayError::Random(_)) => "random_unavailable",
             SessionError::AuthRelay(_) => "auth_relay_failed",
             SessionError::AuthTimeout => "auth_timeout",
             SessionError::BackendRejected(_) => "backend_rejected",
@@ -237,6 +240,12 @@ impl SessionError {
             SessionError::AuthRelay(AuthRelayError::UnexpectedClientMessage(_)) => Some((
                 SqlState::PROTOCOL_VIOLATION,
                 "expected an authentication response".into(),
+                None,
+            )),
+            // PostgreSQL's words (postmaster.c) and code.
+            SessionError::AuthRelay(AuthRelayError::Random(e)) => Some((
+                SqlState::INTERNAL_ERROR,
+                format!("could not generate random {}", e.what),
                 None,
             )),
             SessionError::AuthRelay(AuthRelayError::UnsupportedMethod(_)) => Some((

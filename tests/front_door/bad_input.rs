@@ -1,5 +1,6 @@
-//! Bad input: each gets an error (where a Postgres client can read one) and
-//! a close within the startup timeout, while other clients keep working.
+//! Bad input: each gets an error (where PostgreSQL would send one; see
+//! pre_startup.rs for the cases it answers with silence) and a close within
+//! the startup timeout, while other clients keep working.
 
 use std::time::{Duration, Instant};
 
@@ -18,13 +19,14 @@ async fn malformed_clients_are_closed_and_others_served() {
     let (survivor, _c) = connect(&proxy.pg_config("app.acme")).await.unwrap();
     survivor.simple_query("select 1").await.unwrap();
 
-    // Garbage first bytes: read as an absurd length → 08P01.
+    // Garbage first bytes: read as an absurd length → closed without a
+    // reply, as PostgreSQL does.
     let mut tcp = TcpStream::connect(proxy.addr).await.unwrap();
     tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .unwrap();
     let reply = read_until_close(&mut tcp, Duration::from_secs(5)).await;
-    assert_eq!(error_fields(&reply).unwrap().0, "08P01");
+    assert!(reply.is_empty(), "{reply:?}");
 
     // Oversized startup packet (PostgreSQL's limit is 10,000 bytes).
     let mut tcp = TcpStream::connect(proxy.addr).await.unwrap();
@@ -38,9 +40,7 @@ async fn malformed_clients_are_closed_and_others_served() {
     big.truncate(64);
     tcp.write_all(&big).await.unwrap();
     let reply = read_until_close(&mut tcp, Duration::from_secs(5)).await;
-    let (code, msg, _) = error_fields(&reply).unwrap();
-    assert_eq!(code, "08P01");
-    assert!(msg.contains("too long"), "{msg}");
+    assert!(reply.is_empty(), "{reply:?}");
 
     // Truncated startup packet: the client gives up half-way.
     let mut tcp = TcpStream::connect(proxy.addr).await.unwrap();
@@ -67,9 +67,9 @@ async fn malformed_clients_are_closed_and_others_served() {
     let reply = read_until_close(&mut tcp, Duration::from_secs(5)).await;
     assert_eq!(error_fields(&reply).unwrap().0, "0A000");
 
-    // Byte-a-second client: cut off at the startup timeout with 08P01,
-    // while the survivor keeps working. It stops writing once pgcell has
-    // answered, so the answer is not lost to a reset.
+    // Byte-a-second client: cut off at the startup timeout without a
+    // reply (as PostgreSQL at authentication_timeout), while the survivor
+    // keeps working. It stops writing once pgcell has closed.
     let mut slow = TcpStream::connect(proxy.addr).await.unwrap();
     let started = Instant::now();
     let slow_task = tokio::spawn(async move {
@@ -90,9 +90,7 @@ async fn malformed_clients_are_closed_and_others_served() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     let reply = read_until_close(&mut silent, Duration::from_secs(6)).await;
-    let (code, msg, _) = error_fields(&reply).unwrap();
-    assert_eq!(code, "08P01");
-    assert!(msg.contains("timeout"), "{msg}");
+    assert!(reply.is_empty(), "{reply:?}");
     let mut slow = slow_task.await.unwrap();
     let reply = read_until_close(&mut slow, Duration::from_secs(6)).await;
     assert!(
@@ -100,9 +98,7 @@ async fn malformed_clients_are_closed_and_others_served() {
         "held for {:?}",
         started.elapsed()
     );
-    let (code, msg, _) = error_fields(&reply).expect("the slow client is told");
-    assert_eq!(code, "08P01");
-    assert!(msg.contains("timeout"), "{msg}");
+    assert!(reply.is_empty(), "{reply:?}");
 
     // TLS handshake garbage after 'S'.
     let mut tcp = TcpStream::connect(proxy.addr).await.unwrap();

@@ -15,5 +15,7 @@ mod drivers;
 mod negotiation;
 mod operations;
 mod pooling;
+mod pre_startup;
 mod proxy_header;
+mod replicas;
 mod routing;

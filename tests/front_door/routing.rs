@@ -271,3 +271,48 @@ async fn replication_connections_are_refused() {
     );
     proxy.stop().await;
 }
+
+/// Every form of `options` PostgreSQL accepts names the tenant, and the
+/// token leaves `options` in each: the backend then applies exactly what
+/// direct PostgreSQL applies to the same `options` without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn options_tenant_in_every_postgres_form() {
+    let a = cluster("cluster-opts");
+    let proxy = Proxy::start(&config_text("", "allow", &tenant("acme", &a, ""))).await;
+    let rest = r"-cwork_mem=5MB --search-path=a,\ b -c application_name=opt\ test";
+    let settings = "select current_setting('work_mem'), current_setting('search_path'), \
+                    current_setting('application_name')";
+    let rows = |client: tokio_postgres::Client| async move {
+        let row = client.query_one(settings, &[]).await.unwrap();
+        (0..3).map(|i| row.get::<_, String>(i)).collect::<Vec<_>>()
+    };
+    let mut direct = tokio_postgres::Config::new();
+    direct
+        .host("127.0.0.1")
+        .port(a.port())
+        .user("app")
+        .password(APP_PASSWORD)
+        .dbname("app")
+        .options(rest);
+    let (client, _c) = connect(&direct).await.unwrap();
+    let want = rows(client).await;
+    assert_eq!(want, ["5MB", "a, b", "opt test"]);
+
+    for form in [
+        "-ctenant=acme",
+        "--tenant=acme",
+        "-c tenant=acme",
+        r"--tenant=ac\me",
+        "-c endpoint=acme",
+    ] {
+        for options in [format!("{form} {rest}"), format!("{rest} {form}")] {
+            let mut cfg = proxy.pg_config("app");
+            cfg.options(&options);
+            let (client, _c) = connect(&cfg)
+                .await
+                .unwrap_or_else(|e| panic!("{options}: {e}"));
+            assert_eq!(rows(client).await, want, "{options}");
+        }
+    }
+    proxy.stop().await;
+}

@@ -268,8 +268,8 @@ async fn slowloris_is_cut_by_the_startup_timeout() {
     for l in lorises {
         let (lived, out) = l.await.unwrap();
         slowest = slowest.max(lived);
-        let text = String::from_utf8_lossy(&out);
-        assert!(text.contains("08P01"), "{text}");
+        // Closed without a reply, as PostgreSQL at authentication_timeout.
+        assert!(out.is_empty(), "{out:?}");
     }
     eprintln!(
         "slowloris: 200 cut, longest lived {slowest:?} (all within {:?}); RSS start {rss_start} KiB, with 200 open {peak} KiB",
