@@ -1,6 +1,5 @@
 //! What a statement does to a pooled session that pgcell cannot carry to
-//! another backend, judged by its first words; and the settings in the
-//! `options` startup parameter.
+//! another backend, judged by its first words.
 
 /// The kind of session state a statement leaves on its backend, judged by
 /// its first words: what a transaction-mode backend switch would lose.
@@ -83,66 +82,9 @@ fn strip_leading_comments(mut s: &str) -> &str {
     }
 }
 
-/// `-c name=value` and `--name=value` settings from the `options` startup
-/// parameter.
-pub fn parse_options(options: &str) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    let mut tokens = Vec::new();
-    let mut current = String::new();
-    let mut chars = options.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '\\' => {
-                if let Some(next) = chars.next() {
-                    current.push(next);
-                }
-            }
-            c if c.is_ascii_whitespace() => {
-                if !current.is_empty() {
-                    tokens.push(std::mem::take(&mut current));
-                }
-            }
-            c => current.push(c),
-        }
-    }
-    if !current.is_empty() {
-        tokens.push(current);
-    }
-    let mut iter = tokens.into_iter();
-    while let Some(token) = iter.next() {
-        let setting = if token == "-c" {
-            iter.next()
-        } else if let Some(rest) = token.strip_prefix("--") {
-            Some(rest.to_owned())
-        } else {
-            token.strip_prefix("-c").map(str::to_owned)
-        };
-        if let Some((name, value)) = setting.as_deref().and_then(|s| s.split_once('=')) {
-            out.push((name.replace('-', "_"), value.to_owned()));
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn options_settings() {
-        assert_eq!(
-            parse_options("-c search_path=a,b --work-mem=4MB -cstatement_timeout=5s x"),
-            vec![
-                ("search_path".to_owned(), "a,b".to_owned()),
-                ("work_mem".to_owned(), "4MB".to_owned()),
-                ("statement_timeout".to_owned(), "5s".to_owned()),
-            ]
-        );
-        assert_eq!(
-            parse_options("-c a=b\\ c"),
-            vec![("a".to_owned(), "b c".to_owned())]
-        );
-    }
 
     #[test]
     fn session_state_kinds() {
