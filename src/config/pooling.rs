@@ -57,6 +57,10 @@ pub struct PoolConfig {
     /// session once it runs a statement whose state a backend switch would
     /// lose (LISTEN, SQL PREPARE, temp tables, advisory locks, ...).
     pub pin_session_state: bool,
+    /// Transaction mode: read back and reset the session after every
+    /// transaction, not only after those that may have changed settings
+    /// (for functions that change settings out of pgcell's sight).
+    pub reset_every_transaction: bool,
 }
 
 /// A secret that must never reach a log line.
@@ -137,6 +141,7 @@ pub(super) struct RawPool {
     check_after_idle: Option<String>,
     reset_query: Option<String>,
     pin_session_state: Option<bool>,
+    reset_every_transaction: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -190,6 +195,7 @@ pub(super) fn pool_from_raw(raw: RawPool, at: &str, p: &mut Problems) -> PoolCon
         check_after_idle,
         reset_query,
         pin_session_state: raw.pin_session_state.unwrap_or(false),
+        reset_every_transaction: raw.reset_every_transaction.unwrap_or(false),
     }
 }
 

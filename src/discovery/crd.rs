@@ -173,6 +173,10 @@ pub struct PoolSpec {
     /// session state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pin_session_state: Option<bool>,
+    /// Transaction mode: reset the session after every transaction, for
+    /// functions that change settings pgcell cannot see.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reset_every_transaction: Option<bool>,
 }
 
 /// TLS from pgcell to the backends.
@@ -341,6 +345,7 @@ pub fn tenant_config(object: &PgcellTenant, lookup: &dyn Lookup) -> Result<Tenan
             "check_after_idle": pool.check_after_idle,
             "reset_query": pool.reset_query,
             "pin_session_state": pool.pin_session_state,
+            "reset_every_transaction": pool.reset_every_transaction,
         },
         "users": users,
     });

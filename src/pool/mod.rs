@@ -758,6 +758,12 @@ impl Pool {
         self.settings.pin_session_state
     }
 
+    /// Whether every transaction-mode checkin reads back and resets the
+    /// session.
+    pub fn reset_every_transaction(&self) -> bool {
+        self.settings.reset_every_transaction
+    }
+
     /// The query run when a session-mode client leaves.
     pub fn reset_query(&self) -> Option<&str> {
         self.settings.reset_query.as_deref()

@@ -29,6 +29,8 @@ impl SqlState {
     pub const SYNTAX_ERROR: SqlState = SqlState("42601");
     /// `42704` undefined_object.
     pub const UNDEFINED_OBJECT: SqlState = SqlState("42704");
+    /// `54000` program_limit_exceeded.
+    pub const PROGRAM_LIMIT_EXCEEDED: SqlState = SqlState("54000");
     /// `XX000` internal_error.
     pub const INTERNAL_ERROR: SqlState = SqlState("XX000");
 

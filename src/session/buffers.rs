@@ -6,6 +6,8 @@
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use crate::stream::ReadReady;
+
 /// Read buffer size, each direction, while a backend is leased.
 pub const READ_CHUNK: usize = 32 * 1024;
 /// Read buffer size of an idle client: most statements fit, and an idle
@@ -124,4 +126,38 @@ where
         }
     }
     writer.flush().await
+}
+
+/// Reads what an idle client sends next into `buf`. A client that can be
+/// waited for by readiness (plaintext) holds no buffer while it waits:
+/// the buffer is taken only once bytes are there. Cancel safe.
+pub async fn read_idle<C>(client: &mut C, buf: &mut BytesMut) -> std::io::Result<usize>
+where
+    C: AsyncRead + ReadReady + Unpin,
+{
+    if !client.waits_without_buffer() {
+        reserve_read(buf, IDLE_READ_CHUNK);
+        return client.read_buf(buf).await;
+    }
+    loop {
+        std::future::poll_fn(|cx| client.poll_read_ready(cx)).await?;
+        reserve_read(buf, IDLE_READ_CHUNK);
+        // Readiness can be stale (the last read took exactly what it
+        // asked for): one try without waiting, and the buffer goes back
+        // when nothing was there.
+        let attempt = {
+            let mut read = std::pin::pin!(client.read_buf(buf));
+            std::future::poll_fn(|cx| {
+                std::task::Poll::Ready(match std::future::Future::poll(read.as_mut(), cx) {
+                    std::task::Poll::Ready(r) => Some(r),
+                    std::task::Poll::Pending => None,
+                })
+            })
+            .await
+        };
+        match attempt {
+            Some(read) => return read,
+            None => recycle(buf),
+        }
+    }
 }

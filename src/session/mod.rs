@@ -111,6 +111,9 @@ pub enum SessionError {
     /// The client broke the protocol during the session.
     #[error("client protocol violation: {0}")]
     ClientProtocol(String),
+    /// The client prepared more statements than pgcell keeps per client.
+    #[error("too many prepared statements")]
+    StatementLimit,
 }
 
 impl SessionError {
@@ -123,7 +126,8 @@ impl SessionError {
             SessionError::Handshake(_)
             | SessionError::ClientIo(_)
             | SessionError::Login(_)
-            | SessionError::ClientProtocol(_) => ErrorKind::Client,
+            | SessionError::ClientProtocol(_)
+            | SessionError::StatementLimit => ErrorKind::Client,
             SessionError::Acquire(crate::pool::AcquireError::Timeout(_)) => ErrorKind::Internal,
             SessionError::Acquire(_) => ErrorKind::Backend,
             SessionError::Route(_) | SessionError::Policy(_) => ErrorKind::Policy,
@@ -163,6 +167,7 @@ impl SessionError {
             SessionError::Acquire(crate::pool::AcquireError::Timeout(_)) => "pool_timeout",
             SessionError::Acquire(_) => "backend_unreachable",
             SessionError::ClientProtocol(_) => "client_protocol",
+            SessionError::StatementLimit => "statement_limit",
         }
     }
 
@@ -285,6 +290,14 @@ impl SessionError {
             SessionError::ClientProtocol(m) => {
                 Some((SqlState::PROTOCOL_VIOLATION, m.clone(), None))
             }
+            SessionError::StatementLimit => Some((
+                SqlState::PROGRAM_LIMIT_EXCEEDED,
+                format!(
+                    "too many prepared statements on this connection (pgcell keeps at most {})",
+                    prepared::MAX_PREPARED_PER_CLIENT
+                ),
+                Some("Close statements the application no longer uses.".into()),
+            )),
         }
     }
 }

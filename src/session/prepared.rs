@@ -185,6 +185,17 @@ pub struct ClientStatements {
     unnamed_here: bool,
 }
 
+impl From<PreparedError> for super::SessionError {
+    fn from(e: PreparedError) -> Self {
+        match e {
+            PreparedError::Malformed(what) => super::SessionError::ClientProtocol(format!(
+                "invalid frontend message: malformed {what} message"
+            )),
+            PreparedError::TooMany => super::SessionError::StatementLimit,
+        }
+    }
+}
+
 /// Why a client message was refused.
 #[derive(Debug, PartialEq, Eq)]
 pub enum PreparedError {

@@ -543,6 +543,59 @@ async fn compare(pool: &str, cluster_name: &str) {
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
+/// A function that changes a setting PostgreSQL does not report, called
+/// from a plain SELECT: invisible on the wire, so only
+/// `reset_every_transaction` keeps it with its client.
+fn hidden_setting_script() -> Script {
+    Script {
+        name: "a function that sets an unreported setting, with reset_every_transaction",
+        clients: vec![vec![], vec![]],
+        steps: vec![
+            q(0, "SELECT differential_set_work_mem()"),
+            q(1, "SHOW work_mem"),
+            q(0, "SHOW work_mem"),
+            q(1, "SHOW work_mem"),
+        ],
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_every_transaction_covers_settings_changed_out_of_sight() {
+    let a = cluster("cluster-diff-hidden");
+    a.psql(
+        "app",
+        "CREATE FUNCTION public.differential_set_work_mem() RETURNS text LANGUAGE sql \
+         AS $$ SELECT pg_catalog.set_config('work_mem', '99MB', false) $$; \
+         ALTER FUNCTION public.differential_set_work_mem() OWNER TO app",
+    )
+    .unwrap();
+    let script = hidden_setting_script();
+    let direct = run(&script, a.addr(), "app").await;
+    let proxy = pooled_proxy(
+        "acme",
+        &a,
+        "mode = \"transaction\"\nsize = 1\nacquire_timeout = \"2s\"\nreset_every_transaction = true",
+    )
+    .await;
+    let pooled = run(&script, proxy.addr, "app.acme").await;
+    proxy.stop().await;
+    assert_eq!(direct, pooled);
+    // Without it the change is out of pgcell's sight (the documented
+    // limit): the other client sees it.
+    let proxy = pooled_proxy(
+        "acme",
+        &a,
+        "mode = \"transaction\"\nsize = 1\nacquire_timeout = \"2s\"",
+    )
+    .await;
+    let pooled = run(&script, proxy.addr, "app.acme").await;
+    proxy.stop().await;
+    assert!(
+        pooled[1].iter().any(|l| l == "D 99MB"),
+        "the limit in docs/pooling.md no longer holds; update the docs: {pooled:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transaction_pool_matches_direct_postgres() {
     compare(

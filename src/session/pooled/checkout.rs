@@ -100,7 +100,7 @@ impl Session<'_> {
         // State that cannot be carried (LISTEN, temp tables, ...) must not
         // reach the next client: that backend is closed.
         let dirty = std::mem::take(&mut self.state_dirty);
-        let carried = if changes.settings {
+        let carried = if changes.settings || self.pool.reset_every_transaction() {
             self.carry_settings(&mut lease).await
         } else if !self.session.is_empty() {
             // The client's replayed settings are on the backend: off they go.

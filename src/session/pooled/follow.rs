@@ -1,0 +1,222 @@
+//! Following both directions of a leased backend: what the client sends
+//! (counted, classified, handed to the engine as it goes out) and what the
+//! backend answers (relayed in place, pgcell's own replies swallowed, the
+//! engine told), and the decision to hand the backend back.
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+use super::{Session, SessionError, MAX_POOLED_MESSAGE_LEN, READ_ONLY};
+use crate::config::PoolMode;
+use crate::metrics as m;
+use crate::pool::server::{parameter_status, set_param};
+use crate::protocol::framing::{peek_message, Message, Peeked, HEADER_LEN};
+use crate::session::classify::session_state_kind;
+use crate::session::engine::{self, Sent};
+
+impl Session<'_> {
+    /// Relays the complete backend messages in `from_server` to the client
+    /// and hands the backend back when the transaction is over.
+    ///
+    /// The messages are followed in place: unless one of them is a reply
+    /// pgcell swallows (to a statement it prepared on its own), the bytes
+    /// go to the client straight from the read buffer, without splitting
+    /// or copying a message.
+    pub(super) async fn deliver<C: AsyncWrite + Unpin>(
+        &mut self,
+        client: &mut C,
+        from_server: &mut BytesMut,
+        to_client: &mut BytesMut,
+        client_quiet: bool,
+    ) -> Result<(), SessionError> {
+        let (end, copied, release) = self.relay_server_messages(from_server, to_client)?;
+        let out: &[u8] = if copied {
+            to_client
+        } else {
+            &from_server[..end]
+        };
+        self.bytes.to_client += out.len() as u64;
+        client
+            .write_all(out)
+            .await
+            .map_err(SessionError::ClientIo)?;
+        to_client.clear();
+        from_server.advance(end);
+        if release && client_quiet {
+            self.checkin().await;
+        }
+        // Between transactions: a removed tenant's clients leave here, and
+        // every client when the server is stopping.
+        if self.position.idle() {
+            if self.lifecycle.borrow().is_stopping() {
+                return self.leave_for_shutdown();
+            }
+            self.follow_reload(client).await?;
+        }
+        Ok(())
+    }
+
+    /// Follows the messages just written for the backend (the client's,
+    /// and any pgcell added: re-created statements, evictions).
+    pub(super) fn note_sent(&mut self, sent: &[u8]) {
+        let mut pos = 0;
+        while let Some(header) = sent.get(pos..pos + HEADER_LEN) {
+            let tag = header[0];
+            let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+            match self.position.sent(tag) {
+                Sent::Counted => {}
+                Sent::Ignored => self.statements.syncs_ignored(1),
+                Sent::Discarded(n) => self.statements.rfq_discarded(n),
+            }
+            pos += 1 + len.max(4);
+        }
+    }
+
+    pub(super) fn count_client_message(&mut self, msg: &Message) {
+        if !matches!(msg.tag, b'Q' | b'P' | b'E') {
+            return;
+        }
+        if msg.tag != b'P' {
+            self.queries.increment(1);
+        }
+        if msg.tag == b'E' {
+            return;
+        }
+        let sql = match msg.tag {
+            b'Q' => &msg.body[..],
+            // Parse: statement name, then the query text.
+            _ => match msg.body.iter().position(|&b| b == 0) {
+                Some(end) => &msg.body[end + 1..],
+                None => return,
+            },
+        };
+        if engine::may_change_settings(sql) {
+            self.changes.settings = true;
+        }
+        if self.pool.mode == PoolMode::Transaction {
+            self.note_session_state(sql);
+        }
+    }
+
+    /// Counts (and with `pin_session_state`, pins for) statements whose
+    /// effect outlives the transaction on this backend only.
+    fn note_session_state(&mut self, sql: &[u8]) {
+        let Some(kind) = session_state_kind(sql) else {
+            return;
+        };
+        metrics::counter!(m::SESSION_STATE, "tenant" => self.tenant.clone(), "kind" => kind)
+            .increment(1);
+        self.state_dirty = true;
+        if self.pool.pin_session_state() && !self.pinned {
+            self.pinned = true;
+            tracing::debug!(tenant = %self.tenant, kind, "client pinned to its backend");
+        }
+    }
+
+    /// Follows the complete backend messages at the front of `from_server`
+    /// and updates the session from them. Returns how many bytes they
+    /// take, whether they were copied to `to_client` (only when one of
+    /// them is swallowed: then `to_client` holds the rest; otherwise
+    /// `from_server[..end]` goes to the client as it is), and whether the
+    /// backend may go back to the pool (transaction mode, idle).
+    fn relay_server_messages(
+        &mut self,
+        from_server: &mut BytesMut,
+        to_client: &mut BytesMut,
+    ) -> Result<(usize, bool, bool), SessionError> {
+        let mut ready_seen = false;
+        let mut pos = 0;
+        // Once a message is swallowed, the kept ones are copied; `kept`
+        // is where the bytes not copied yet start.
+        let mut copied = false;
+        let mut kept = 0;
+        loop {
+            let (tag, len) = match peek_message(&from_server[pos..], MAX_POOLED_MESSAGE_LEN)
+                .map_err(|_| SessionError::BackendLost)?
+            {
+                Peeked::Complete { tag, len } => (tag, len),
+                Peeked::Incomplete(needed) => {
+                    // Room for the whole of a long message, read once.
+                    let have = from_server.len() - pos;
+                    if needed > have {
+                        from_server.reserve(needed - have);
+                    }
+                    break;
+                }
+            };
+            let body = &from_server[pos + HEADER_LEN..pos + len];
+            if !self.on_server_message(tag, body) {
+                to_client.extend_from_slice(&from_server[kept..pos]);
+                kept = pos + len;
+                copied = true;
+            }
+            ready_seen |= tag == b'Z';
+            pos += len;
+        }
+        if copied {
+            to_client.extend_from_slice(&from_server[kept..pos]);
+        }
+        let release = ready_seen
+            && self.pool.mode == PoolMode::Transaction
+            && self.position.idle()
+            && !self.statements.awaiting()
+            && !self.pinned
+            && pos == from_server.len();
+        Ok((pos, copied, release))
+    }
+
+    /// Updates the session from one backend message; false when the
+    /// client must not see it (the reply to a statement pgcell prepared
+    /// on its own).
+    fn on_server_message(&mut self, tag: u8, body: &[u8]) -> bool {
+        // Data rows, the most common message, change nothing.
+        if tag == b'D' {
+            return true;
+        }
+        let received = self.position.received(tag, body);
+        for n in received.discarded {
+            self.statements.rfq_discarded(n);
+        }
+        if received.syncs_ignored > 0 {
+            self.statements.syncs_ignored(received.syncs_ignored);
+        }
+        match tag {
+            // Replies to Parse and Close: pgcell's own are swallowed.
+            b'1' | b'3' | b'E' | b'Z' if self.pool.mode == PoolMode::Transaction => {
+                if tag == b'E' && engine::is_fatal(body) {
+                    self.backend_fatal = true;
+                }
+                if let Some(lease) = self.lease.as_mut() {
+                    if !self
+                        .statements
+                        .on_backend_message(tag, &mut lease.conn.prepared)
+                    {
+                        return false;
+                    }
+                }
+            }
+            b'E' if engine::is_fatal(body) => self.backend_fatal = true,
+            // A DEALLOCATE ALL / DISCARD ALL that reached the backend
+            // dropped every statement pgcell prepared there.
+            b'C' if body.starts_with(b"DEALLOCATE ALL\0") || body.starts_with(b"DISCARD ALL\0") => {
+                if let Some(lease) = self.lease.as_mut() {
+                    lease.conn.prepared.dropped_all();
+                }
+            }
+            b'S' => {
+                if let Some((name, value)) = parameter_status(body) {
+                    // A reported setting changed (by a SET, a RESET, or a
+                    // function): the session must be read back.
+                    if !READ_ONLY.contains(&name.as_str()) {
+                        self.changes.settings = true;
+                    }
+                    if let Some(lease) = self.lease.as_mut() {
+                        set_param(&mut lease.conn.params, name, value);
+                    }
+                }
+            }
+            _ => {}
+        }
+        true
+    }
+}
