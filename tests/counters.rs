@@ -89,14 +89,12 @@ async fn each_failure_moves_exactly_its_counter() {
     expected[1] += 1.0;
     expected[9] += 1.0;
 
-    // Silent client: startup_timeout (3 s in the test config).
+    // Silent client: startup_timeout (3 s in the test config); closed
+    // without a reply, as PostgreSQL's authentication_timeout does.
     let mut tcp = TcpStream::connect(proxy.addr).await.unwrap();
-    assert_eq!(
-        error_fields(&read_until_close(&mut tcp, Duration::from_secs(6)).await)
-            .unwrap()
-            .0,
-        "08P01"
-    );
+    assert!(read_until_close(&mut tcp, Duration::from_secs(6))
+        .await
+        .is_empty());
     expected[2] += 1.0;
     expected[9] += 1.0;
 

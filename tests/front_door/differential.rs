@@ -614,3 +614,169 @@ async fn session_pool_matches_direct_postgres() {
     )
     .await;
 }
+
+/// A small deterministic generator (xorshift64*): the same seed, the same
+/// scripts, on every machine.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
+        items[self.below(items.len())]
+    }
+}
+
+/// Settings the random scripts change, with values to choose from (none
+/// depends on timing: no short statement_timeout).
+const RANDOM_SETTINGS: &[(&str, &[&str])] = &[
+    ("work_mem", &["'8MB'", "'77MB'"]),
+    ("search_path", &["alpha, public", "public"]),
+    ("statement_timeout", &["'5s'", "0"]),
+    ("DateStyle", &["'ISO, MDY'", "'Postgres, DMY'"]),
+    ("TimeZone", &["'UTC'", "'Asia/Tokyo'"]),
+    ("application_name", &["'x1'", "'x2'"]),
+    ("client_min_messages", &["warning", "notice"]),
+    ("IntervalStyle", &["postgres", "iso_8601"]),
+];
+
+/// One statement of a random script, as SQL (leaked; tests only).
+fn random_statement(rng: &mut Rng, in_transaction: bool) -> &'static str {
+    let (name, values) = rng.pick(RANDOM_SETTINGS);
+    let value = rng.pick(values);
+    let sql = match rng.below(if in_transaction { 13 } else { 11 }) {
+        0 | 1 => format!("SET {name} = {value}"),
+        2 | 3 => format!("SHOW {name}"),
+        4 => format!("RESET {name}"),
+        5 => format!(
+            "SELECT set_config('{name}', {}, false)",
+            if value.starts_with('\'') {
+                value.to_owned()
+            } else {
+                format!("'{value}'")
+            }
+        ),
+        6 => "SET ROLE differential_role".to_owned(),
+        7 => "SELECT current_user, pg_catalog.current_setting('role')".to_owned(),
+        8 => "RESET ROLE".to_owned(),
+        9 => ["SELECT 1/0", "SELECT 'ok'", "RESET ALL", "DO $$ BEGIN RAISE NOTICE 'n'; END $$"]
+            [rng.below(4)]
+        .to_owned(),
+        10 if !in_transaction => "DISCARD ALL".to_owned(),
+        10 => "SELECT 2".to_owned(),
+        11 => format!("SET LOCAL {name} = {value}"),
+        _ => "SAVEPOINT s; SET work_mem = '9MB'; ROLLBACK TO s".to_owned(),
+    };
+    Box::leak(sql.into_boxed_str())
+}
+
+/// A random script: three clients with random startup parameters taking
+/// turns; a transaction, a pipeline or a statement at a time (so no client
+/// waits for another's backend: the comparison is of sessions, not of
+/// timing). Every client ends by showing every setting it can change.
+fn random_script(seed: u64) -> Script {
+    let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+    let profiles: &[&[(&str, &str)]] = &[
+        &[],
+        &[("options", "-c search_path=alpha,public -c work_mem=3MB")],
+        &[("DateStyle", "Postgres, MDY"), ("TimeZone", "Asia/Tokyo")],
+        &[("application_name", "app2")],
+    ];
+    let clients: Vec<Vec<(&'static str, &'static str)>> =
+        (0..3).map(|_| rng.pick(profiles).to_vec()).collect();
+    let mut steps = Vec::new();
+    for _ in 0..14 {
+        let client = rng.below(3);
+        match rng.below(6) {
+            0 | 1 => {
+                steps.push(q(client, "BEGIN"));
+                for _ in 0..1 + rng.below(3) {
+                    steps.push(q(client, random_statement(&mut rng, true)));
+                }
+                steps.push(q(client, rng.pick(&["COMMIT", "ROLLBACK"])));
+            }
+            2 => {
+                let sql = rng.pick(&[
+                    "SELECT pg_catalog.current_setting('work_mem')",
+                    "SELECT 1/0",
+                    "SELECT pg_catalog.set_config('work_mem', '12MB', false)",
+                ]);
+                steps.push(raw(
+                    client,
+                    cat(&[parse(sql), bind(), execute(), sync()]),
+                    Until::Ready(1),
+                ));
+            }
+            _ => steps.push(q(client, random_statement(&mut rng, false))),
+        }
+    }
+    for client in 0..3 {
+        for (name, _) in RANDOM_SETTINGS {
+            steps.push(q(
+                client,
+                Box::leak(format!("SHOW {name}").into_boxed_str()),
+            ));
+        }
+        steps.push(q(
+            client,
+            "SELECT current_user, (SELECT source FROM pg_settings WHERE name = 'DateStyle')",
+        ));
+    }
+    Script {
+        name: "random",
+        clients,
+        steps,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_sessions_through_a_small_transaction_pool_match_direct_postgres() {
+    let a = cluster("cluster-diff-random");
+    a.psql(
+        "postgres",
+        "CREATE ROLE differential_role; GRANT differential_role TO app; CREATE SCHEMA alpha AUTHORIZATION app",
+    )
+    .unwrap();
+    // Two backends for three clients.
+    let proxy = pooled_proxy(
+        "acme",
+        &a,
+        "mode = \"transaction\"\nsize = 2\nacquire_timeout = \"2s\"",
+    )
+    .await;
+    let mut failures = Vec::new();
+    for seed in 1..=16u64 {
+        let script = random_script(seed);
+        let direct = run(&script, a.addr(), "app").await;
+        let pooled = run(&script, proxy.addr, "app.acme").await;
+        for (i, (d, p)) in direct.iter().zip(&pooled).enumerate() {
+            if d != p {
+                let steps: Vec<String> = script
+                    .steps
+                    .iter()
+                    .map(|s| match &s.send {
+                        Send::Query(sql) => format!("{}: {sql}", s.client),
+                        Send::Raw(_) => format!("{}: <pipeline>", s.client),
+                    })
+                    .collect();
+                failures.push(format!(
+                    "seed {seed}, client {i}\n  script: {steps:#?}\n  direct: {d:#?}\n  pgcell: {p:#?}"
+                ));
+            }
+        }
+        if !failures.is_empty() {
+            break;
+        }
+    }
+    proxy.stop().await;
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}

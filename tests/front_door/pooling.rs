@@ -228,7 +228,8 @@ async fn settings_follow_the_client_across_backends() {
             "select count(*) from pg_stat_activity where usename = 'app'",
         )
         .unwrap();
-    assert_eq!(backends, "1", "pool size 1: at most one backend");
+    let backends: u32 = backends.parse().unwrap();
+    assert!(backends <= 1, "pool size 1: {backends} backends");
     proxy.stop().await;
 }
 
