@@ -34,8 +34,10 @@ pub type ClientStream<S> = MaybeTls<Prefixed<S>, tokio_rustls::server::TlsStream
 pub enum Negotiated<S> {
     /// A load balancer's own connection (PROXY v2 `LOCAL`): close quietly.
     LoadBalancerCheck,
-    /// A `CancelRequest`; the connection carries nothing else.
-    Cancel(CancelKey, ClientInfo),
+    /// A `CancelRequest`; the connection carries nothing else. The stream
+    /// is closed once the cancel is handled: over TLS with close_notify,
+    /// as PostgreSQL does (libpq reports a bare EOF as an SSL error).
+    Cancel(CancelKey, ClientInfo, ClientStream<S>),
     /// A client ready to be routed.
     Startup {
         /// The client stream, TLS or not.
@@ -339,7 +341,7 @@ where
             }
             FrontendStartup::CancelRequest(key) => {
                 client.tls = stream.is_tls();
-                return Ok(Negotiated::Cancel(key, client));
+                return Ok(Negotiated::Cancel(key, client, stream));
             }
             FrontendStartup::Startup(mut startup) => {
                 client.tls = stream.is_tls();

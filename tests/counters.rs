@@ -79,8 +79,8 @@ async fn each_failure_moves_exactly_its_counter() {
     expected[0] += 1.0;
     expected[9] += 1.0;
 
-    // Oversized startup packet: closed without a reply, as PostgreSQL's
-    // postmaster does ("invalid length of startup packet"), and counted.
+    // Oversized startup packet: closed without a reply, as PostgreSQL
+    // does, and still counted.
     let mut tcp = TcpStream::connect(proxy.addr).await.unwrap();
     tcp.write_all(&[0, 1, 0, 0, 0, 3, 0, 0]).await.unwrap();
     assert!(read_until_close(&mut tcp, Duration::from_secs(5))
@@ -90,7 +90,7 @@ async fn each_failure_moves_exactly_its_counter() {
     expected[9] += 1.0;
 
     // Silent client: startup_timeout (3 s in the test config); closed
-    // without a reply, as PostgreSQL's authentication_timeout does.
+    // without a reply, as PostgreSQL at authentication_timeout.
     let mut tcp = TcpStream::connect(proxy.addr).await.unwrap();
     assert!(read_until_close(&mut tcp, Duration::from_secs(6))
         .await

@@ -396,7 +396,7 @@ async fn serve_inner(
             metrics::counter!(m::HANDSHAKE_ERRORS, "kind" => e.kind()).increment(1);
         })? {
         Negotiated::LoadBalancerCheck => return Ok("load_balancer_check"),
-        Negotiated::Cancel(key, client) => {
+        Negotiated::Cancel(key, client, mut stream) => {
             let outcome = shared
                 .cancel
                 .cancel(
@@ -407,6 +407,10 @@ async fn serve_inner(
                 )
                 .await;
             log.client = Some(client);
+            // After the cancel, as PostgreSQL: the client learns it was
+            // handled from the close. Over TLS that is a close_notify
+            // (shutdown); bounded, the client may not be reading.
+            let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
             metrics::counter!(m::CANCEL_REQUESTS, "outcome" => outcome.label()).increment(1);
             return Ok("cancel_request");
         }

@@ -277,3 +277,82 @@ async fn backend_tls_with_ca_verification() {
     let _ = std::fs::remove_file(ca_path);
     let _ = std::fs::remove_file(wrong_ca);
 }
+
+/// A CancelRequest inside TLS (libpq 17's cancel API, psycopg's
+/// `cancel_safe()`) cancels the query and ends with a TLS close_notify, as
+/// PostgreSQL does: a bare TCP close is "SSL error: unexpected eof" to
+/// libpq.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_inside_tls_ends_with_close_notify() {
+    let hba: &[u8] = b"local all all trust\nhost all all 127.0.0.1/32 trust\n";
+    let a = cluster_with("cluster-tls-cancel", &[], &[("pg_hba.conf", hba)]);
+    let proxy = Proxy::start(&config_text("", "allow", &tenant("acme", &a, ""))).await;
+
+    // A raw session (the backend trusts it) for the key pgcell issues.
+    let mut session = TcpStream::connect(proxy.addr).await.unwrap();
+    session
+        .write_all(&startup_packet(
+            &[("user", "app.acme"), ("database", "app")],
+            0,
+        ))
+        .await
+        .unwrap();
+    let mut key = None;
+    loop {
+        let (tag, body) = read_msg(&mut session).await;
+        match tag {
+            b'K' => key = Some(body),
+            b'Z' => break,
+            b'E' => panic!("login failed: {:?}", String::from_utf8_lossy(&body)),
+            _ => {}
+        }
+    }
+    let key = key.expect("BackendKeyData");
+    let sql = b"select pg_sleep(30)\0";
+    let mut query = vec![b'Q'];
+    query.extend_from_slice(&((sql.len() + 4) as u32).to_be_bytes());
+    query.extend_from_slice(sql);
+    session.write_all(&query).await.unwrap();
+
+    let mut cancel = vec![0, 0, 0, 16, 4, 210, 22, 46];
+    cancel.extend_from_slice(&key);
+    for _ in 0..40 {
+        let mut tls = proxy.tls_stream("acme.pg.test").await;
+        tls.write_all(&cancel).await.unwrap();
+        let mut buf = [0u8; 16];
+        let read = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf))
+            .await
+            .expect("pgcell closes the cancel connection");
+        // Ok(0) only after a close_notify; a bare FIN is UnexpectedEof.
+        assert!(matches!(read, Ok(0)), "{read:?}");
+        // RowDescription comes first; then the query's end.
+        while let Ok((tag, body)) =
+            tokio::time::timeout(Duration::from_millis(500), read_msg(&mut session)).await
+        {
+            if tag == b'T' {
+                continue;
+            }
+            let mut whole = vec![tag];
+            whole.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+            whole.extend_from_slice(&body);
+            assert_eq!(
+                error_fields(&whole).map(|e| e.0).as_deref(),
+                Some("57014"),
+                "{}: {:?}",
+                tag as char,
+                String::from_utf8_lossy(&body)
+            );
+            proxy.stop().await;
+            return;
+        }
+    }
+    panic!("the query was not cancelled within 20 s");
+}
+
+async fn read_msg(s: &mut TcpStream) -> (u8, Vec<u8>) {
+    let tag = s.read_u8().await.unwrap();
+    let len = s.read_u32().await.unwrap();
+    let mut body = vec![0u8; len as usize - 4];
+    s.read_exact(&mut body).await.unwrap();
+    (tag, body)
+}

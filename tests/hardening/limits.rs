@@ -222,6 +222,91 @@ async fn exhausted_pool_does_not_starve_another_tenant() {
     p.assert_alive();
 }
 
+/// A flood past the global limit holds a bounded number of descriptors:
+/// at most `MAX_REFUSALS_IN_FLIGHT` refusals are written by tasks of their
+/// own, the rest are written without blocking and closed at once, while
+/// the flooding clients keep their ends open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusal_flood_keeps_descriptors_bounded() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let a = cluster("hard-fd-flood");
+    let mut p = Pgcell::start_with(
+        // The held sockets must outlive the flood.
+        "max_client_connections = 20\nstartup_timeout = \"60s\"",
+        &pooled("a", &a, "", "mode = \"transaction\""),
+        "info",
+    )
+    .await;
+    let mut silent = Vec::new();
+    for _ in 0..20 {
+        silent.push(TcpStream::connect(p.addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let baseline = p.fds();
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (pid, stop) = (p.pid(), stop.clone());
+        std::thread::spawn(move || {
+            let mut peak = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let n = std::fs::read_dir(format!("/proc/{pid}/fd"))
+                    .map(|d| d.count())
+                    .unwrap_or(0);
+                peak = peak.max(n);
+            }
+            peak
+        })
+    };
+    let started = Instant::now();
+    let mut refused = 0;
+    let mut failed = Vec::new();
+    for _ in 0..10 {
+        let wave: Vec<_> = (0..300)
+            .map(|_| {
+                let addr = p.addr;
+                tokio::spawn(async move {
+                    let mut s = TcpStream::connect(addr)
+                        .await
+                        .map_err(|e| format!("connect: {e}"))?;
+                    let mut out = Vec::new();
+                    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+                        .await
+                        .map_err(|_| "not closed within 5 s".to_owned())?
+                        .map_err(|e| format!("read: {e}"))?;
+                    // Keep this end open a while: only pgcell's side counts.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    Ok::<_, String>(out)
+                })
+            })
+            .collect();
+        for t in wave {
+            match t.await.unwrap() {
+                Ok(out) => {
+                    let text = String::from_utf8_lossy(&out);
+                    assert!(text.contains("53300"), "{text}");
+                    refused += 1;
+                }
+                // The kernel's, not pgcell's: a full accept queue.
+                Err(e) => failed.push(e),
+            }
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let peak = sampler.join().unwrap();
+    eprintln!(
+        "refusal flood: {refused} refused in {:?} ({} not connected: {:?}); pgcell fds {baseline} before, peak {peak}",
+        started.elapsed(),
+        failed.len(),
+        failed.first()
+    );
+    assert!(refused >= 2970, "{refused} refused; {failed:?}");
+    let bound = baseline + pgcell::listener::MAX_REFUSALS_IN_FLIGHT + 16;
+    assert!(peak <= bound, "peak {peak} fds > {bound}");
+    drop(silent);
+    p.assert_alive();
+}
+
 /// Slowloris: clients that dribble a StartupMessage are cut at
 /// `listen.startup_timeout`; a normal client is served meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
