@@ -668,8 +668,12 @@ fn random_statement(rng: &mut Rng, in_transaction: bool) -> &'static str {
         6 => "SET ROLE differential_role".to_owned(),
         7 => "SELECT current_user, pg_catalog.current_setting('role')".to_owned(),
         8 => "RESET ROLE".to_owned(),
-        9 => ["SELECT 1/0", "SELECT 'ok'", "RESET ALL", "DO $$ BEGIN RAISE NOTICE 'n'; END $$"]
-            [rng.below(4)]
+        9 => [
+            "SELECT 1/0",
+            "SELECT 'ok'",
+            "RESET ALL",
+            "DO $$ BEGIN RAISE NOTICE 'n'; END $$",
+        ][rng.below(4)]
         .to_owned(),
         10 if !in_transaction => "DISCARD ALL".to_owned(),
         10 => "SELECT 2".to_owned(),
