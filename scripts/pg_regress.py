@@ -74,6 +74,7 @@ RESULT_RE = re.compile(
 
 children = []  # (description, Popen) of every process we started
 clusters = []  # Cluster objects still running
+work_dirs = []  # removed at exit
 
 
 def log(msg):
@@ -568,6 +569,7 @@ def main():
             os.unlink(latest)
         os.symlink(results_dir, latest)
     work = tempfile.mkdtemp(prefix="run-", dir=CACHE)
+    work_dirs.append(work)
     binary = os.path.join(work, "pgcell")
     shutil.copy(args.pgcell, binary)
     schedule_file = os.path.join(work, "schedule")
@@ -631,6 +633,8 @@ def cleanup():
             print(f"stopping {what} (pid {proc.pid}): {e}", file=sys.stderr)
     for c in list(clusters):
         c.stop()
+    for w in work_dirs:
+        shutil.rmtree(w, ignore_errors=True)
 
 
 if __name__ == "__main__":
