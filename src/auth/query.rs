@@ -353,28 +353,15 @@ fn write_query(out: &mut BytesMut, query: &str, user: &str) {
 
 /// The value of a one-column `DataRow`: none for NULL.
 fn data_row_value(body: &[u8]) -> Result<Option<String>, AuthQueryError> {
-    let shape = |what: &str| AuthQueryError::Shape(what.to_owned());
-    let (count, rest) = body
-        .split_first_chunk::<2>()
-        .ok_or_else(|| shape("malformed DataRow"))?;
-    let count = i16::from_be_bytes(*count);
-    if count != 1 {
-        return Err(AuthQueryError::Shape(format!(
-            "query returned {count} columns; it must return one (the secret)"
-        )));
+    let columns = crate::protocol::messages::data_row(body)
+        .ok_or_else(|| AuthQueryError::Shape("malformed DataRow".to_owned()))?;
+    match columns.as_slice() {
+        [value] => Ok(value.map(|v| String::from_utf8_lossy(v).into_owned())),
+        _ => Err(AuthQueryError::Shape(format!(
+            "query returned {} columns; it must return one (the secret)",
+            columns.len()
+        ))),
     }
-    let (len, rest) = rest
-        .split_first_chunk::<4>()
-        .ok_or_else(|| shape("malformed DataRow"))?;
-    let len = i32::from_be_bytes(*len);
-    if len == -1 {
-        return Ok(None);
-    }
-    let value = usize::try_from(len)
-        .ok()
-        .and_then(|len| rest.get(..len))
-        .ok_or_else(|| shape("malformed DataRow"))?;
-    Ok(Some(String::from_utf8_lossy(value).into_owned()))
 }
 
 /// Answers per user, each kept for a TTL, at most `capacity` of them.

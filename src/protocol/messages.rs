@@ -140,8 +140,47 @@ fn put_field(buf: &mut BytesMut, field: u8, value: &str) {
     buf.put_u8(0);
 }
 
+/// The column values of a `DataRow` body (`None` for NULL), or `None`
+/// when the body is malformed.
+/// <https://www.postgresql.org/docs/current/protocol-message-formats.html#PROTOCOL-MESSAGE-FORMATS-DATAROW>
+pub fn data_row(body: &[u8]) -> Option<Vec<Option<&[u8]>>> {
+    let (count, mut rest) = body.split_first_chunk::<2>()?;
+    let count = usize::try_from(i16::from_be_bytes(*count)).ok()?;
+    let mut columns = Vec::with_capacity(count.min(64));
+    for _ in 0..count {
+        let (len, tail) = rest.split_first_chunk::<4>()?;
+        let len = i32::from_be_bytes(*len);
+        if len == -1 {
+            columns.push(None);
+            rest = tail;
+            continue;
+        }
+        let len = usize::try_from(len).ok()?;
+        columns.push(Some(tail.get(..len)?));
+        rest = &tail[len..];
+    }
+    Some(columns)
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn data_rows() {
+        let mut body = vec![0, 3];
+        body.extend_from_slice(&2i32.to_be_bytes());
+        body.extend_from_slice(b"ab");
+        body.extend_from_slice(&(-1i32).to_be_bytes());
+        body.extend_from_slice(&0i32.to_be_bytes());
+        assert_eq!(
+            super::data_row(&body),
+            Some(vec![Some(&b"ab"[..]), None, Some(&b""[..])])
+        );
+        assert_eq!(super::data_row(&[0, 1, 0, 0, 0, 5, b'x']), None);
+        assert_eq!(super::data_row(&[0, 1, 0xff, 0xff, 0xff, 0xfe]), None);
+        assert_eq!(super::data_row(&[0xff, 0xff]), None);
+        assert_eq!(super::data_row(&[]), None);
+    }
+
     use super::*;
 
     #[test]

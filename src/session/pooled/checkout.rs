@@ -209,8 +209,11 @@ pub(super) async fn run_own(
                 }
             }
             b'D' => {
-                if let Some(row) = two_text_columns(&msg.body) {
-                    rows.push(row);
+                if let Some([Some(name), Some(value)]) = messages::data_row(&msg.body).as_deref() {
+                    rows.push((
+                        String::from_utf8_lossy(name).into_owned(),
+                        String::from_utf8_lossy(value).into_owned(),
+                    ));
                 }
             }
             b'Z' => {
@@ -222,45 +225,5 @@ pub(super) async fn run_own(
             }
             _ => {}
         }
-    }
-}
-
-/// The two text columns of a DataRow, when it has two non-null ones.
-fn two_text_columns(body: &[u8]) -> Option<(String, String)> {
-    let count = u16::from_be_bytes(*body.first_chunk::<2>()?);
-    if count != 2 {
-        return None;
-    }
-    let mut rest = &body[2..];
-    let mut column = || -> Option<String> {
-        let len = i32::from_be_bytes(*rest.first_chunk::<4>()?);
-        let len = usize::try_from(len).ok()?;
-        let value = rest.get(4..4 + len)?;
-        rest = &rest[4 + len..];
-        Some(String::from_utf8_lossy(value).into_owned())
-    };
-    let first = column()?;
-    let second = column()?;
-    Some((first, second))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn data_rows() {
-        let mut body = vec![0, 2];
-        for v in [&b"work_mem"[..], b"64MB"] {
-            body.extend_from_slice(&(v.len() as i32).to_be_bytes());
-            body.extend_from_slice(v);
-        }
-        assert_eq!(
-            two_text_columns(&body),
-            Some(("work_mem".to_owned(), "64MB".to_owned()))
-        );
-        assert_eq!(two_text_columns(&[0, 2, 0, 0]), None);
-        assert_eq!(two_text_columns(&[0, 2, 0xff, 0xff, 0xff, 0xff]), None);
-        assert_eq!(two_text_columns(&[]), None);
     }
 }
