@@ -373,13 +373,168 @@ pub struct SessionChanges {
 /// authorization and the role first (they are replayed first: settings
 /// may need the role's rights; the caller drops them when they are the
 /// login user's and `none`), then every setting whose source is the
-/// session.
-pub const CAPTURE_AND_RESET: &str = "SELECT 'session_authorization', \
+/// session. For a client that set custom (dotted) settings, see
+/// [`CustomSettings::capture_and_reset`].
+pub const CAPTURE_AND_RESET: &str = concat!(
+    "SELECT 'session_authorization', \
 pg_catalog.current_setting('session_authorization') \
 UNION ALL SELECT 'role', pg_catalog.current_setting('role') \
 UNION ALL SELECT name, pg_catalog.current_setting(name) FROM pg_catalog.pg_settings \
-WHERE source = 'session' AND name NOT IN ('role', 'session_authorization'); \
-SET SESSION AUTHORIZATION DEFAULT; RESET ROLE; RESET ALL";
+WHERE source = 'session' AND name NOT IN ('role', 'session_authorization')",
+    "; SET SESSION AUTHORIZATION DEFAULT; RESET ROLE; RESET ALL"
+);
+
+/// Where [`CAPTURE_AND_RESET`]'s read-back ends and its reset begins.
+const CAPTURE_END: usize = CAPTURE_AND_RESET.len() - RESET.len() - 2;
+
+/// Most custom setting names followed per client; names beyond it are
+/// not carried (docs/pooling.md lists the limit).
+pub const MAX_CUSTOM_SETTINGS: usize = 64;
+
+/// The custom settings (dotted names such as `myapp.tenant`) a client
+/// may have set. PostgreSQL keeps such placeholders out of `pg_settings`,
+/// so [`CAPTURE_AND_RESET`] cannot find them: their names are taken from
+/// the client's `SET` statements and `set_config('…')` calls and read
+/// back by name.
+#[derive(Debug, Default, Clone)]
+pub struct CustomSettings {
+    names: Vec<String>,
+}
+
+impl CustomSettings {
+    /// Notes the dotted setting names a statement sets (run only on
+    /// statements [`may_change_settings`] flags).
+    pub fn note(&mut self, sql: &[u8]) {
+        for statement in sql.split(|&b| b == b';') {
+            if let Some(name) = set_statement_name(statement) {
+                self.add(name);
+            }
+        }
+        const NEEDLE: &[u8] = b"set_config";
+        let mut rest = sql;
+        while let Some(at) = rest
+            .windows(NEEDLE.len())
+            .position(|w| w.eq_ignore_ascii_case(NEEDLE))
+        {
+            rest = &rest[at + NEEDLE.len()..];
+            if let Some(name) = set_config_name(rest) {
+                self.add(name);
+            }
+        }
+    }
+
+    fn add(&mut self, name: String) {
+        if !name.contains('.')
+            || self.names.len() >= MAX_CUSTOM_SETTINGS
+            || self.names.iter().any(|n| n.eq_ignore_ascii_case(&name))
+        {
+            return;
+        }
+        self.names.push(name);
+    }
+
+    /// The names noted so far.
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// [`CAPTURE_AND_RESET`], also reading back the noted custom settings
+    /// (those with a value on this backend: a name never set reads as
+    /// NULL and yields no row).
+    pub fn capture_and_reset(&self) -> std::borrow::Cow<'static, str> {
+        if self.names.is_empty() {
+            return CAPTURE_AND_RESET.into();
+        }
+        let values: Vec<String> = self.names.iter().map(|n| format!("({})", quote(n))).collect();
+        format!(
+            "{} UNION ALL SELECT c.n, pg_catalog.current_setting(c.n, true) FROM (VALUES {}) AS c(n) \
+WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_settings s WHERE lower(s.name) = lower(c.n)){}",
+            &CAPTURE_AND_RESET[..CAPTURE_END],
+            values.join(", "),
+            &CAPTURE_AND_RESET[CAPTURE_END..],
+        )
+        .into()
+    }
+}
+
+/// The setting a `SET [SESSION] name …` statement sets, as PostgreSQL
+/// names it (unquoted parts folded to lower case).
+fn set_statement_name(statement: &[u8]) -> Option<String> {
+    let mut words = Words::new(statement);
+    let first = words.next()?;
+    if !first.eq_ignore_ascii_case(b"set") {
+        return None;
+    }
+    let mut rest = words.rest;
+    let mut name = identifier_path(rest)?;
+    if name.eq_ignore_ascii_case("session") {
+        // `SET SESSION name`: the name follows.
+        words.next();
+        rest = words.rest;
+        name = identifier_path(rest)?;
+    }
+    Some(name)
+}
+
+/// A (possibly dotted, possibly quoted) identifier at the start of `sql`,
+/// after white space.
+fn identifier_path(sql: &[u8]) -> Option<String> {
+    let mut rest = sql.trim_ascii_start();
+    let mut name = String::new();
+    loop {
+        if let Some(quoted) = rest.strip_prefix(b"\"") {
+            let mut i = 0;
+            loop {
+                match quoted.get(i)? {
+                    b'"' if quoted.get(i + 1) == Some(&b'"') => {
+                        name.push('"');
+                        i += 2;
+                    }
+                    b'"' => break,
+                    &b => {
+                        name.push(char::from(b));
+                        i += 1;
+                    }
+                }
+            }
+            rest = &quoted[i + 1..];
+        } else {
+            let end = rest
+                .iter()
+                .position(|b| !(b.is_ascii_alphanumeric() || *b == b'_' || *b == b'$'))
+                .unwrap_or(rest.len());
+            if end == 0 {
+                return None;
+            }
+            name.push_str(&String::from_utf8_lossy(&rest[..end]).to_ascii_lowercase());
+            rest = &rest[end..];
+        }
+        match rest.strip_prefix(b".") {
+            Some(after) => {
+                name.push('.');
+                rest = after;
+            }
+            None => return Some(name),
+        }
+    }
+}
+
+/// The name in `set_config('name', …` when it is a plain literal (text
+/// just after the word `set_config`).
+fn set_config_name(after: &[u8]) -> Option<String> {
+    let rest = after.trim_ascii_start().strip_prefix(b"(")?;
+    let rest = rest.trim_ascii_start();
+    let rest = rest
+        .strip_prefix(b"E'")
+        .or_else(|| rest.strip_prefix(b"e'"))
+        .or_else(|| rest.strip_prefix(b"'"))?;
+    let end = rest.iter().position(|&b| b == b'\'' || b == b'\\')?;
+    if rest[end] != b'\'' || rest.get(end + 1) == Some(&b'\'') {
+        // Escapes: not a name pgcell follows.
+        return None;
+    }
+    std::str::from_utf8(&rest[..end]).ok().map(str::to_owned)
+}
 
 /// Resets a backend to its login state (after a client whose session was
 /// replayed on it changed nothing more).
@@ -603,6 +758,31 @@ mod tests {
         ] {
             assert_eq!(may_change_settings(sql.as_bytes()), changes, "{sql}");
         }
+    }
+
+    #[test]
+    fn custom_setting_names_from_statements() {
+        let mut c = CustomSettings::default();
+        c.note(b"SET myapp.tenant = 'a'; set Session App.\"User Id\" TO 1");
+        c.note(b"SELECT pg_catalog.set_config( 'x.y', $1, false), set_config('plain', 'v', false)");
+        c.note(b"SET search_path = a; SET LOCAL l.m = 1; SET MYAPP.TENANT = 'b'");
+        c.note(b"select set_config(E'e.f', '1', false), set_config('g''h.i', '1', false)");
+        assert_eq!(c.names(), ["myapp.tenant", "app.User Id", "x.y", "e.f"]);
+        for i in 0..2 * MAX_CUSTOM_SETTINGS {
+            c.note(format!("SET n{i}.x = 1").as_bytes());
+        }
+        assert_eq!(c.names().len(), MAX_CUSTOM_SETTINGS);
+    }
+
+    #[test]
+    fn capture_query_reads_custom_settings_before_the_reset() {
+        assert!(CAPTURE_AND_RESET[CAPTURE_END..].starts_with("; SET SESSION"));
+        let mut c = CustomSettings::default();
+        assert_eq!(c.capture_and_reset(), CAPTURE_AND_RESET);
+        c.note(b"SET a.b = 1");
+        let q = c.capture_and_reset();
+        assert!(q.contains("(VALUES (E'a.b'))"), "{q}");
+        assert!(q.ends_with(RESET), "{q}");
     }
 
     #[test]

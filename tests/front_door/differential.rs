@@ -15,6 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::harness::*;
+use pgcell::local_pg::Cluster;
 use crate::pooling::pooled_proxy;
 
 /// How long a step waits for what it expects before the transcript says
@@ -28,6 +29,9 @@ enum Send {
     Query(&'static str),
     /// Raw frontend messages, already framed.
     Raw(Vec<u8>),
+    /// A simple Query, then (once it runs) a CancelRequest with the key
+    /// the client got at login, on a connection of its own.
+    QueryThenCancel(&'static str),
 }
 
 /// What a step reads before the next one runs.
@@ -75,6 +79,9 @@ struct Script {
 /// A raw protocol client that logs in with SCRAM and records, in order,
 /// everything the server sends.
 struct Wire {
+    addr: SocketAddr,
+    /// BackendKeyData's process id and secret (left out of the transcript).
+    key: Option<[u8; 8]>,
     stream: TcpStream,
     buf: BytesMut,
     closed: bool,
@@ -85,6 +92,8 @@ impl Wire {
     async fn connect(addr: SocketAddr, user: &str, params: &[(&str, &str)]) -> Wire {
         let stream = TcpStream::connect(addr).await.unwrap();
         let mut wire = Wire {
+            addr,
+            key: None,
             stream,
             buf: BytesMut::new(),
             closed: false,
@@ -122,7 +131,7 @@ impl Wire {
                     }
                 }
                 // Differs legitimately (pgcell issues its own).
-                b'K' => {}
+                b'K' => wire.key = body.get(..8).and_then(|k| k.try_into().ok()),
                 b'Z' => {
                     wire.record(tag, &body);
                     return wire;
@@ -173,10 +182,26 @@ impl Wire {
                 frame(b'Q', &body)
             }
             Send::Raw(bytes) => bytes.clone(),
+            Send::QueryThenCancel(sql) => {
+                let mut body = sql.as_bytes().to_vec();
+                body.push(0);
+                frame(b'Q', &body)
+            }
         };
         if self.stream.write_all(&out).await.is_err() {
             self.transcript.push("<write failed>".into());
             return;
+        }
+        if let (Send::QueryThenCancel(_), Some(key)) = (send, self.key) {
+            // Long enough for the query to be running on its backend.
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            let mut cancel = TcpStream::connect(self.addr).await.unwrap();
+            let mut packet = 16i32.to_be_bytes().to_vec();
+            packet.extend_from_slice(&80877102i32.to_be_bytes());
+            packet.extend_from_slice(&key);
+            cancel.write_all(&packet).await.unwrap();
+            let mut rest = Vec::new();
+            let _ = cancel.read_to_end(&mut rest).await;
         }
         let mut ready = 0;
         let read = async {
@@ -307,6 +332,20 @@ fn sync() -> Vec<u8> {
 
 fn flush() -> Vec<u8> {
     frame(b'H', &[])
+}
+
+fn copy_data(data: &str) -> Vec<u8> {
+    frame(b'd', data.as_bytes())
+}
+
+fn copy_done() -> Vec<u8> {
+    frame(b'c', &[])
+}
+
+fn copy_fail(why: &str) -> Vec<u8> {
+    let mut body = why.as_bytes().to_vec();
+    body.push(0);
+    frame(b'f', &body)
 }
 
 fn query(sql: &str) -> Vec<u8> {
@@ -512,7 +551,107 @@ fn scripts() -> Vec<Script> {
                 q(0, "DO $$ BEGIN RAISE NOTICE 'shown'; END $$"),
             ],
         },
+        Script {
+            name: "custom (dotted) settings stay with their client",
+            clients: vec![none.clone(), none.clone()],
+            steps: vec![
+                q(0, "SET myapp.tenant = 'acme'"),
+                q(0, "BEGIN; SELECT set_config('myapp.user', 'u1', false); COMMIT"),
+                // A name another client set is defined on its backends
+                // (docs/pooling.md): compare values, not NULL against ''.
+                q(
+                    1,
+                    "SELECT coalesce(current_setting('myapp.tenant', true), '') AS t, \
+                     coalesce(current_setting('myapp.user', true), '') AS u",
+                ),
+                q(0, "SHOW myapp.tenant"),
+                q(0, "SELECT current_setting('myapp.user')"),
+                q(1, "SET myapp.tenant = 'other'"),
+                q(0, "SHOW myapp.tenant"),
+                q(0, "RESET myapp.tenant"),
+                q(0, "SHOW myapp.tenant"),
+                q(1, "SHOW myapp.tenant"),
+                q(0, "SELECT current_setting('myapp.user')"),
+                q(0, "BEGIN; SET LOCAL myapp.user = 'local'; SHOW myapp.user; COMMIT"),
+                q(0, "SHOW myapp.user"),
+            ],
+        },
+        Script {
+            name: "COPY FROM STDIN, simple and extended, with errors and CopyFail",
+            clients: vec![none.clone(), none.clone()],
+            steps: vec![
+                q(0, "TRUNCATE diff_copy"),
+                raw(0, query("COPY diff_copy FROM STDIN"), Until::Tag(b'G')),
+                raw(0, cat(&[copy_data("1\n2\n"), copy_data("3\n"), copy_done()]), Until::Ready(1)),
+                q(1, "SELECT count(*) FROM diff_copy"),
+                raw(0, query("COPY diff_copy FROM STDIN"), Until::Tag(b'G')),
+                raw(0, cat(&[copy_data("x\n"), copy_done()]), Until::Ready(1)),
+                raw(0, query("COPY diff_copy FROM STDIN"), Until::Tag(b'G')),
+                raw(0, cat(&[copy_data("4\n"), copy_fail("changed my mind")]), Until::Ready(1)),
+                raw(
+                    0,
+                    cat(&[parse("COPY diff_copy FROM STDIN"), bind(), execute(), sync()]),
+                    Until::Tag(b'G'),
+                ),
+                raw(0, cat(&[copy_data("5\n"), copy_done(), sync()]), Until::Ready(1)),
+                q(1, "SELECT count(*) FROM diff_copy"),
+                q(0, "SELECT 'after copy'"),
+            ],
+        },
+        Script {
+            name: "a cancelled query gives 57014 and the session goes on",
+            clients: vec![none.clone(), none.clone()],
+            steps: vec![
+                Step {
+                    client: 0,
+                    send: Send::QueryThenCancel("SELECT pg_sleep(3)"),
+                    until: Until::Ready(1),
+                },
+                q(0, "SELECT 'after cancel'"),
+                q(1, "SELECT 'other client'"),
+                q(0, "BEGIN"),
+                Step {
+                    client: 0,
+                    send: Send::QueryThenCancel("SELECT pg_sleep(3)"),
+                    until: Until::Ready(1),
+                },
+                q(0, "SELECT 1"),
+                q(0, "ROLLBACK"),
+                q(1, "SELECT 'still served'"),
+            ],
+        },
     ]
+}
+
+/// What every comparison's cluster has: a role to switch to, a schema,
+/// a table for COPY.
+fn prepare(a: &Cluster) {
+    a.psql(
+        "postgres",
+        "CREATE ROLE differential_role; GRANT differential_role TO app; CREATE SCHEMA alpha AUTHORIZATION app",
+    )
+    .unwrap();
+    a.psql("app", "CREATE TABLE diff_copy (a int); ALTER TABLE diff_copy OWNER TO app")
+        .unwrap();
+}
+
+/// Runs `scripts` against direct PostgreSQL and through `proxy`, and
+/// returns every difference.
+async fn differences(scripts: &[Script], a: &Cluster, proxy: &Proxy, label: &str) -> Vec<String> {
+    let mut failures = Vec::new();
+    for script in scripts {
+        let direct = run(script, a.addr(), "app").await;
+        let through = run(script, proxy.addr, "app.acme").await;
+        for (i, (d, p)) in direct.iter().zip(&through).enumerate() {
+            if d != p {
+                failures.push(format!(
+                    "{} [{label}], client {i}:\n  direct: {d:#?}\n  pgcell: {p:#?}",
+                    script.name
+                ));
+            }
+        }
+    }
+    failures
 }
 
 /// Runs every script against direct PostgreSQL and through pgcell with
@@ -520,26 +659,60 @@ fn scripts() -> Vec<Script> {
 /// in `session` mode (they would wait for each other's backend).
 async fn compare(pool: &str, cluster_name: &str) {
     let a = cluster(cluster_name);
-    a.psql(
-        "postgres",
-        "CREATE ROLE differential_role; GRANT differential_role TO app; CREATE SCHEMA alpha AUTHORIZATION app",
-    )
-    .unwrap();
+    prepare(&a);
     let proxy = pooled_proxy("acme", &a, pool).await;
-    let mut failures = Vec::new();
-    for script in scripts() {
-        let direct = run(&script, a.addr(), "app").await;
-        let pooled = run(&script, proxy.addr, "app.acme").await;
-        for (i, (d, p)) in direct.iter().zip(&pooled).enumerate() {
-            if d != p {
-                failures.push(format!(
-                    "{} [{pool}], client {i}:\n  direct: {d:#?}\n  pgcell: {p:#?}",
-                    script.name
-                ));
-            }
-        }
-    }
+    let failures = differences(&scripts(), &a, &proxy, pool).await;
     proxy.stop().await;
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passthrough_matches_direct_postgres() {
+    let a = cluster("cluster-diff-passthrough");
+    prepare(&a);
+    let proxy = Proxy::start(&config_text("", "allow", &tenant("acme", &a, ""))).await;
+    let failures = differences(&scripts(), &a, &proxy, "passthrough").await;
+    proxy.stop().await;
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// `SET SESSION AUTHORIZATION` needs a superuser login: its own cluster,
+/// where the pool's user is one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_authorization_through_pools_matches_direct_postgres() {
+    let a = cluster("cluster-diff-authz");
+    prepare(&a);
+    a.psql("postgres", "ALTER ROLE app SUPERUSER").unwrap();
+    let none: Vec<(&str, &str)> = vec![];
+    let scripts = [Script {
+        name: "SET SESSION AUTHORIZATION stays with its client",
+        clients: vec![none.clone(), none.clone()],
+        steps: vec![
+            q(0, "BEGIN; SET SESSION AUTHORIZATION differential_role; COMMIT"),
+            q(1, "SELECT current_user, session_user"),
+            q(0, "SELECT current_user, session_user"),
+            q(0, "SET work_mem = '3MB'"),
+            q(1, "SHOW work_mem"),
+            q(0, "SELECT current_user, session_user, current_setting('work_mem')"),
+            q(0, "RESET SESSION AUTHORIZATION"),
+            q(0, "SELECT current_user, session_user"),
+            q(0, "SET SESSION AUTHORIZATION differential_role"),
+            q(0, "SET ROLE app"),
+            q(1, "SELECT current_user, session_user"),
+            q(0, "SELECT current_user, session_user"),
+            q(0, "DISCARD ALL"),
+            q(0, "SELECT current_user, session_user"),
+        ],
+    }];
+    let mut failures = Vec::new();
+    for pool in [
+        "mode = \"transaction\"\nsize = 1\nacquire_timeout = \"2s\"",
+        "mode = \"session\"\nsize = 2\nacquire_timeout = \"2s\"",
+    ] {
+        let proxy = pooled_proxy("acme", &a, pool).await;
+        failures.extend(differences(&scripts, &a, &proxy, pool).await);
+        proxy.stop().await;
+    }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
@@ -745,11 +918,7 @@ fn random_script(seed: u64) -> Script {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_sessions_through_a_small_transaction_pool_match_direct_postgres() {
     let a = cluster("cluster-diff-random");
-    a.psql(
-        "postgres",
-        "CREATE ROLE differential_role; GRANT differential_role TO app; CREATE SCHEMA alpha AUTHORIZATION app",
-    )
-    .unwrap();
+    prepare(&a);
     // Two backends for three clients.
     let proxy = pooled_proxy(
         "acme",
@@ -770,6 +939,7 @@ async fn random_sessions_through_a_small_transaction_pool_match_direct_postgres(
                     .map(|s| match &s.send {
                         Send::Query(sql) => format!("{}: {sql}", s.client),
                         Send::Raw(_) => format!("{}: <pipeline>", s.client),
+                        Send::QueryThenCancel(sql) => format!("{}: {sql} <cancel>", s.client),
                     })
                     .collect();
                 failures.push(format!(

@@ -115,7 +115,8 @@ impl Session<'_> {
     /// to its login state. False when that failed (the backend must then
     /// be closed; the client keeps the session it had).
     async fn carry_settings(&mut self, lease: &mut Lease) -> bool {
-        match run_own(lease, engine::CAPTURE_AND_RESET).await {
+        let query = self.custom.capture_and_reset();
+        match run_own(lease, &query).await {
             Ok(rows) => {
                 self.session = engine::captured(rows, &self.pool.key.user);
                 true

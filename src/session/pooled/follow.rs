@@ -92,6 +92,7 @@ impl Session<'_> {
         };
         if engine::may_change_settings(sql) {
             self.changes.settings = true;
+            self.custom.note(sql);
         }
         if self.pool.mode == PoolMode::Transaction {
             self.note_session_state(sql);

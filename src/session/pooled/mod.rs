@@ -21,7 +21,7 @@ use super::buffers::{
     read_idle, recycle, reserve_read, reuse, shrink, write_draining, IDLE_READ_CHUNK,
     SERVER_READ_CHUNK,
 };
-use super::engine::{ClientSession, Position, SessionChanges};
+use super::engine::{ClientSession, CustomSettings, Position, SessionChanges};
 use super::login::{self, LoginError};
 use super::prepared::ClientStatements;
 use super::relay::RelayBytes;
@@ -196,6 +196,7 @@ where
         registration,
         profile,
         session: ClientSession::default(),
+        custom: CustomSettings::default(),
         changes: SessionChanges::default(),
         lease: None,
         position: Position::new(),
@@ -253,6 +254,8 @@ struct Session<'a> {
     /// What the client changed beyond its startup values, replayed on
     /// every backend it gets.
     session: ClientSession,
+    /// The custom (dotted) settings it may have set, read back by name.
+    custom: CustomSettings,
     /// What the current checkout may have changed.
     changes: SessionChanges,
     lease: Option<Lease>,
