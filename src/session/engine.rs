@@ -445,7 +445,11 @@ impl CustomSettings {
         if self.names.is_empty() {
             return CAPTURE_AND_RESET.into();
         }
-        let values: Vec<String> = self.names.iter().map(|n| format!("({})", quote(n))).collect();
+        let values: Vec<String> = self
+            .names
+            .iter()
+            .map(|n| format!("({})", quote(n)))
+            .collect();
         format!(
             "{} UNION ALL SELECT c.n, pg_catalog.current_setting(c.n, true) FROM (VALUES {}) AS c(n) \
 WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_settings s WHERE lower(s.name) = lower(c.n)){}",

@@ -15,8 +15,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::harness::*;
-use pgcell::local_pg::Cluster;
 use crate::pooling::pooled_proxy;
+use pgcell::local_pg::Cluster;
 
 /// How long a step waits for what it expects before the transcript says
 /// so (a hang through pgcell shows as `<timeout>`, not as a stuck test).
@@ -72,6 +72,9 @@ fn raw(client: usize, msgs: Vec<u8>, until: Until) -> Step {
 /// A script: the startup parameters of each client, then the steps.
 struct Script {
     name: &'static str,
+    /// Text the direct transcript must contain: the script does what it
+    /// says on PostgreSQL (a cancel that cancels, a COPY that fails).
+    shows: &'static [&'static str],
     clients: Vec<Vec<(&'static str, &'static str)>>,
     steps: Vec<Step>,
 }
@@ -384,6 +387,7 @@ fn scripts() -> Vec<Script> {
     vec![
         Script {
             name: "settings made inside a committed transaction stay with their client",
+            shows: &[],
             clients: vec![none.clone(), none.clone()],
             steps: vec![
                 q(0, "BEGIN"),
@@ -409,6 +413,7 @@ fn scripts() -> Vec<Script> {
         },
         Script {
             name: "SET ROLE does not cross clients",
+            shows: &[],
             clients: vec![none.clone(), none.clone()],
             steps: vec![
                 q(0, "BEGIN; SET ROLE differential_role; COMMIT"),
@@ -423,6 +428,7 @@ fn scripts() -> Vec<Script> {
         },
         Script {
             name: "startup options belong to their client and are its RESET values",
+            shows: &[],
             clients: vec![
                 vec![
                     (
@@ -460,6 +466,7 @@ fn scripts() -> Vec<Script> {
         },
         Script {
             name: "application_name is the client's own, or empty",
+            shows: &[],
             clients: vec![none.clone(), vec![("application_name", "billing")]],
             steps: vec![
                 q(0, "SHOW application_name"),
@@ -475,6 +482,7 @@ fn scripts() -> Vec<Script> {
         },
         Script {
             name: "a terminated backend gives one FATAL and a close",
+            shows: &[],
             clients: vec![none.clone(), none.clone()],
             steps: vec![
                 Step {
@@ -487,6 +495,7 @@ fn scripts() -> Vec<Script> {
         },
         Script {
             name: "a query after Parse/Describe/Flush frees the backend at its ReadyForQuery",
+            shows: &[],
             clients: vec![none.clone(), none.clone()],
             steps: vec![
                 raw(
@@ -502,6 +511,7 @@ fn scripts() -> Vec<Script> {
         },
         Script {
             name: "DEALLOCATE ALL inside a transaction reaches SQL-level statements",
+            shows: &[],
             clients: vec![none.clone()],
             steps: vec![
                 q(0, "BEGIN"),
@@ -514,6 +524,7 @@ fn scripts() -> Vec<Script> {
         },
         Script {
             name: "a query sent into a failed pipeline gets no reply and costs nothing after",
+            shows: &[],
             clients: vec![none.clone(), none.clone()],
             steps: vec![
                 raw(
@@ -539,6 +550,7 @@ fn scripts() -> Vec<Script> {
         },
         Script {
             name: "errors, copy and notices keep their order and codes",
+            shows: &[],
             clients: vec![none.clone(), none.clone()],
             steps: vec![
                 q(0, "SELECT 1/0"),
@@ -553,53 +565,84 @@ fn scripts() -> Vec<Script> {
         },
         Script {
             name: "custom (dotted) settings stay with their client",
+            shows: &["D acme", "D u1", "D local", "D other"],
             clients: vec![none.clone(), none.clone()],
             steps: vec![
                 q(0, "SET myapp.tenant = 'acme'"),
-                q(0, "BEGIN; SELECT set_config('myapp.user', 'u1', false); COMMIT"),
+                q(
+                    0,
+                    "BEGIN; SELECT set_config('myapp.actor', 'u1', false); COMMIT",
+                ),
                 // A name another client set is defined on its backends
                 // (docs/pooling.md): compare values, not NULL against ''.
                 q(
                     1,
                     "SELECT coalesce(current_setting('myapp.tenant', true), '') AS t, \
-                     coalesce(current_setting('myapp.user', true), '') AS u",
+                     coalesce(current_setting('myapp.actor', true), '') AS u",
                 ),
                 q(0, "SHOW myapp.tenant"),
-                q(0, "SELECT current_setting('myapp.user')"),
+                q(0, "SELECT current_setting('myapp.actor')"),
                 q(1, "SET myapp.tenant = 'other'"),
                 q(0, "SHOW myapp.tenant"),
                 q(0, "RESET myapp.tenant"),
                 q(0, "SHOW myapp.tenant"),
                 q(1, "SHOW myapp.tenant"),
-                q(0, "SELECT current_setting('myapp.user')"),
-                q(0, "BEGIN; SET LOCAL myapp.user = 'local'; SHOW myapp.user; COMMIT"),
-                q(0, "SHOW myapp.user"),
+                q(0, "SELECT current_setting('myapp.actor')"),
+                q(
+                    0,
+                    "BEGIN; SET LOCAL myapp.actor = 'local'; SHOW myapp.actor; COMMIT",
+                ),
+                q(0, "SHOW myapp.actor"),
             ],
         },
         Script {
             name: "COPY FROM STDIN, simple and extended, with errors and CopyFail",
+            shows: &[
+                "D 3",
+                "22P02",
+                "57014 COPY from stdin failed: changed my mind",
+                "D 4",
+            ],
             clients: vec![none.clone(), none.clone()],
             steps: vec![
                 q(0, "TRUNCATE diff_copy"),
                 raw(0, query("COPY diff_copy FROM STDIN"), Until::Tag(b'G')),
-                raw(0, cat(&[copy_data("1\n2\n"), copy_data("3\n"), copy_done()]), Until::Ready(1)),
+                raw(
+                    0,
+                    cat(&[copy_data("1\n2\n"), copy_data("3\n"), copy_done()]),
+                    Until::Ready(1),
+                ),
                 q(1, "SELECT count(*) FROM diff_copy"),
                 raw(0, query("COPY diff_copy FROM STDIN"), Until::Tag(b'G')),
                 raw(0, cat(&[copy_data("x\n"), copy_done()]), Until::Ready(1)),
                 raw(0, query("COPY diff_copy FROM STDIN"), Until::Tag(b'G')),
-                raw(0, cat(&[copy_data("4\n"), copy_fail("changed my mind")]), Until::Ready(1)),
                 raw(
                     0,
-                    cat(&[parse("COPY diff_copy FROM STDIN"), bind(), execute(), sync()]),
+                    cat(&[copy_data("4\n"), copy_fail("changed my mind")]),
+                    Until::Ready(1),
+                ),
+                raw(
+                    0,
+                    cat(&[
+                        parse("COPY diff_copy FROM STDIN"),
+                        bind(),
+                        execute(),
+                        sync(),
+                    ]),
                     Until::Tag(b'G'),
                 ),
-                raw(0, cat(&[copy_data("5\n"), copy_done(), sync()]), Until::Ready(1)),
+                raw(
+                    0,
+                    cat(&[copy_data("5\n"), copy_done(), sync()]),
+                    Until::Ready(1),
+                ),
                 q(1, "SELECT count(*) FROM diff_copy"),
                 q(0, "SELECT 'after copy'"),
             ],
         },
         Script {
             name: "a cancelled query gives 57014 and the session goes on",
+            shows: &["57014 canceling statement due to user request", "25P02"],
             clients: vec![none.clone(), none.clone()],
             steps: vec![
                 Step {
@@ -631,8 +674,11 @@ fn prepare(a: &Cluster) {
         "CREATE ROLE differential_role; GRANT differential_role TO app; CREATE SCHEMA alpha AUTHORIZATION app",
     )
     .unwrap();
-    a.psql("app", "CREATE TABLE diff_copy (a int); ALTER TABLE diff_copy OWNER TO app")
-        .unwrap();
+    a.psql(
+        "app",
+        "CREATE TABLE diff_copy (a int); ALTER TABLE diff_copy OWNER TO app",
+    )
+    .unwrap();
 }
 
 /// Runs `scripts` against direct PostgreSQL and through `proxy`, and
@@ -641,6 +687,13 @@ async fn differences(scripts: &[Script], a: &Cluster, proxy: &Proxy, label: &str
     let mut failures = Vec::new();
     for script in scripts {
         let direct = run(script, a.addr(), "app").await;
+        for needle in script.shows {
+            assert!(
+                direct.iter().flatten().any(|line| line.contains(needle)),
+                "{}: direct PostgreSQL never showed {needle:?}: {direct:#?}",
+                script.name
+            );
+        }
         let through = run(script, proxy.addr, "app.acme").await;
         for (i, (d, p)) in direct.iter().zip(&through).enumerate() {
             if d != p {
@@ -686,14 +739,21 @@ async fn session_authorization_through_pools_matches_direct_postgres() {
     let none: Vec<(&str, &str)> = vec![];
     let scripts = [Script {
         name: "SET SESSION AUTHORIZATION stays with its client",
+        shows: &["D differential_role|differential_role", "|3MB"],
         clients: vec![none.clone(), none.clone()],
         steps: vec![
-            q(0, "BEGIN; SET SESSION AUTHORIZATION differential_role; COMMIT"),
+            q(
+                0,
+                "BEGIN; SET SESSION AUTHORIZATION differential_role; COMMIT",
+            ),
             q(1, "SELECT current_user, session_user"),
             q(0, "SELECT current_user, session_user"),
             q(0, "SET work_mem = '3MB'"),
             q(1, "SHOW work_mem"),
-            q(0, "SELECT current_user, session_user, current_setting('work_mem')"),
+            q(
+                0,
+                "SELECT current_user, session_user, current_setting('work_mem')",
+            ),
             q(0, "RESET SESSION AUTHORIZATION"),
             q(0, "SELECT current_user, session_user"),
             q(0, "SET SESSION AUTHORIZATION differential_role"),
@@ -722,6 +782,7 @@ async fn session_authorization_through_pools_matches_direct_postgres() {
 fn hidden_setting_script() -> Script {
     Script {
         name: "a function that sets an unreported setting, with reset_every_transaction",
+        shows: &[],
         clients: vec![vec![], vec![]],
         steps: vec![
             q(0, "SELECT differential_set_work_mem()"),
@@ -910,6 +971,7 @@ fn random_script(seed: u64) -> Script {
     }
     Script {
         name: "random",
+        shows: &[],
         clients,
         steps,
     }
