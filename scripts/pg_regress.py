@@ -560,6 +560,7 @@ def main():
     lib = build_libs(src, major, inc)
     regress_dir = os.path.join(src, "src/test/regress")
 
+    tests = [t for t in (args.tests or "").split(",") if t]
     stamp = time.strftime("%Y%m%d-%H%M%S")
     results_dir = os.path.abspath(args.results or os.path.join(CACHE, "results", f"{'tests' if tests else args.schedule}-{stamp}"))
     os.makedirs(results_dir, exist_ok=True)
@@ -573,7 +574,6 @@ def main():
     binary = os.path.join(work, "pgcell")
     shutil.copy(args.pgcell, binary)
     schedule_file = os.path.join(work, "schedule")
-    tests = [t for t in (args.tests or "").split(",") if t]
     n = write_schedule(schedule_file, args.schedule, regress_dir, tests)
     chown_pg(work)
     log(f"PostgreSQL {version}, pg_regress {pg_regress}, {'--tests' if tests else args.schedule} schedule ({n} tests),"

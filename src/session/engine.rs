@@ -279,7 +279,8 @@ impl Position {
 /// Whether a statement may change the session's settings: one of its
 /// statements (the text is split at every `;`, an over-approximation) is
 /// `SET` (but not `SET LOCAL`, `SET TRANSACTION`, `SET CONSTRAINTS`),
-/// `RESET`, `DISCARD`, or a `DO` block or `CALL` (their bodies may `SET`);
+/// `RESET`, `DISCARD`, a `DO` block or `CALL` (their bodies may `SET`), or
+/// `LOAD` (a module that reserves a prefix removes custom settings in it);
 /// or the text mentions `set_config`. Run on every statement: no
 /// allocation, one pass in the common case.
 pub fn may_change_settings(sql: &[u8]) -> bool {
@@ -302,7 +303,7 @@ fn statement_may_change_settings(sql: &[u8]) -> bool {
                 || w.eq_ignore_ascii_case(b"transaction")
                 || w.eq_ignore_ascii_case(b"constraints")
         ),
-        Some(w) => ["reset", "discard", "do", "call"]
+        Some(w) => ["reset", "discard", "do", "call", "load"]
             .iter()
             .any(|k| w.eq_ignore_ascii_case(k.as_bytes())),
         None => false,
@@ -756,6 +757,7 @@ mod tests {
             ("begin;set local work_mem = 1", false),
             ("DO $$ BEGIN PERFORM 1; END $$", true),
             ("call p()", true),
+            ("LOAD 'plpgsql'", true),
             ("SELECT 'a;b'", false),
             ("(SELECT 1)", false),
             ("", false),
