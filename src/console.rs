@@ -189,14 +189,19 @@ where
     }
     let user = startup.get("user").unwrap_or_default().to_owned();
     let console = shared.console.load_full();
-    let verified = login::verify(
-        client,
-        &user,
-        console.secrets.get(&user),
-        info,
-        &shared.mock_key,
+    // Bounded like a tenant's login: a stalled client holds no slot.
+    let verified = tokio::time::timeout(
+        shared.settings.auth_timeout,
+        login::verify(
+            client,
+            &user,
+            console.secrets.get(&user),
+            info,
+            &shared.mock_key,
+        ),
     )
-    .await;
+    .await
+    .unwrap_or(Err(LoginError::Timeout));
     if let Err(e) = verified {
         metrics::counter!(m::AUTH_FAILURES, "tenant" => m::NO_TENANT, "reason" => e.reason())
             .increment(1);

@@ -47,6 +47,9 @@ pub enum LoginError {
     /// No random bytes for the nonce or salt: refused, never guessable.
     #[error(transparent)]
     Random(#[from] crate::auth::RandomError),
+    /// The client did not finish the exchange within `backend.auth_timeout`.
+    #[error("canceling authentication due to timeout")]
+    Timeout,
 }
 
 impl LoginError {
@@ -62,7 +65,9 @@ impl LoginError {
                 "channel binding failed".to_owned(),
             )),
             LoginError::Malformed(m) => Some((SqlState::PROTOCOL_VIOLATION, m.clone())),
-            LoginError::Io(FramingError::Io(_)) => None,
+            // PostgreSQL logs its FATAL (57014) and closes without a word
+            // at authentication_timeout: drivers expect the close.
+            LoginError::Io(FramingError::Io(_)) | LoginError::Timeout => None,
             LoginError::Io(_) => Some((
                 SqlState::PROTOCOL_VIOLATION,
                 "invalid authentication message".to_owned(),
@@ -89,6 +94,7 @@ impl LoginError {
             LoginError::Malformed(_) | LoginError::Io(_) => "protocol",
             LoginError::AuthQuery(_) => "auth_query",
             LoginError::Random(_) => "random_unavailable",
+            LoginError::Timeout => "timeout",
         }
     }
 }

@@ -114,6 +114,10 @@ pub enum SessionError {
     /// The client prepared more statements than pgcell keeps per client.
     #[error("too many prepared statements")]
     StatementLimit,
+    /// A setting the client made earlier was refused when pgcell gave it
+    /// to its next backend (the client got `22023` and the backend's text).
+    #[error("session settings no longer apply: {0}")]
+    SessionRestore(String),
 }
 
 impl SessionError {
@@ -127,7 +131,8 @@ impl SessionError {
             | SessionError::ClientIo(_)
             | SessionError::Login(_)
             | SessionError::ClientProtocol(_)
-            | SessionError::StatementLimit => ErrorKind::Client,
+            | SessionError::StatementLimit
+            | SessionError::SessionRestore(_) => ErrorKind::Client,
             SessionError::Acquire(crate::pool::AcquireError::Timeout(_)) => ErrorKind::Internal,
             SessionError::Acquire(_) => ErrorKind::Backend,
             SessionError::Route(_) | SessionError::Policy(_) => ErrorKind::Policy,
@@ -168,6 +173,7 @@ impl SessionError {
             SessionError::Acquire(_) => "backend_unreachable",
             SessionError::ClientProtocol(_) => "client_protocol",
             SessionError::StatementLimit => "statement_limit",
+            SessionError::SessionRestore(_) => "settings_refused",
         }
     }
 
@@ -265,7 +271,9 @@ impl SessionError {
                 None,
             )),
             // The relay tells the client itself when it can.
-            SessionError::BackendLost | SessionError::TenantRemoved => None,
+            SessionError::BackendLost
+            | SessionError::TenantRemoved
+            | SessionError::SessionRestore(_) => None,
             SessionError::PoolFull => Some((
                 SqlState::TOO_MANY_CONNECTIONS,
                 "too many connections for this database and user".into(),

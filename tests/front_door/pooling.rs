@@ -802,3 +802,61 @@ async fn large_pipelines_complete() {
     }
     proxy.stop().await;
 }
+
+/// A setting a client made that no longer applies when pgcell replays it
+/// on the client's next backend (its role was dropped meanwhile): the
+/// client gets `22023` with PostgreSQL's text, the connection error is
+/// counted as the client's (not a lost backend), and the backend — the
+/// failed replay changed nothing on it — serves the next client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_setting_that_no_longer_applies_is_the_clients_error() {
+    let a = cluster("cluster-restore-refused");
+    a.psql("postgres", "CREATE ROLE gone_role; GRANT gone_role TO app")
+        .unwrap();
+    let proxy = pooled_proxy(
+        "acme",
+        &a,
+        "mode = \"transaction\"\nsize = 1\nacquire_timeout = \"2s\"",
+    )
+    .await;
+    let (ca, task_a) = connect(&proxy.pg_config("app.acme")).await.unwrap();
+    let (cb, _b) = connect(&proxy.pg_config("app.acme")).await.unwrap();
+    ca.simple_query("SET ROLE gone_role").await.unwrap();
+    assert_eq!(show(&ca, "SELECT current_user::text").await, "gone_role");
+    let pid: i32 = cb
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    a.psql("postgres", "DROP ROLE gone_role").unwrap();
+
+    let err = ca.simple_query("SELECT 1").await.unwrap_err();
+    let db = err.as_db_error().expect("an ErrorResponse");
+    assert_eq!(db.code().code(), "22023", "{db:?}");
+    assert!(db.message().contains("gone_role"), "{db:?}");
+    assert_eq!(db.severity(), "FATAL");
+    assert!(task_a.await.unwrap().is_ok() || ca.is_closed());
+
+    let again: i32 = cb
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(again, pid, "the backend was closed");
+    let metrics = proxy.metrics().await;
+    assert_eq!(
+        metric(&metrics, "pgcell_backend_lost_total", &[("tenant", "acme")]).unwrap_or(0.0),
+        0.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "pgcell_connection_errors_total",
+            &[("kind", "client")]
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    proxy.stop().await;
+}

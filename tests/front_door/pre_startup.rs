@@ -218,3 +218,73 @@ async fn pre_startup_silence_matches_postgres() {
     assert!(count(&after, "timeout") - count(&before, "timeout") >= 2.0);
     proxy.stop().await;
 }
+
+/// Everything a server sends on a fresh connection after `bytes` until it
+/// closes (true) or 8 s pass (false).
+async fn until_close(addr: SocketAddr, bytes: &[u8]) -> (Vec<u8>, bool) {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(8);
+    while let Ok(read) = tokio::time::timeout_at(deadline, tcp.read_buf(&mut out)).await {
+        if !matches!(read, Ok(n) if n > 0) {
+            return (out, true);
+        }
+    }
+    (out, false)
+}
+
+/// The message types in `bytes`.
+fn tags(bytes: &[u8]) -> String {
+    let mut tags = String::new();
+    let mut rest = bytes;
+    while rest.len() >= 5 {
+        tags.push(char::from(rest[0]));
+        let len = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
+        rest = rest.get(1 + len..).unwrap_or(&[]);
+    }
+    tags
+}
+
+/// A client that stalls inside the password exchange: PostgreSQL ends it
+/// at `authentication_timeout` without a word (its FATAL 57014 goes to
+/// the log only), pgcell at `backend.auth_timeout` the same way, counted
+/// as an authentication failure of its own kind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_stalling_in_authentication_is_closed_silently() {
+    let a = cluster_with(
+        "cluster-auth-stall",
+        &["authentication_timeout = '1s'"],
+        &[],
+    );
+    let pooled = crate::pooling::pooled_tenant("acme", &a, "mode = \"transaction\"\nsize = 1");
+    let proxy = Proxy::start_with_files(
+        &config_text(
+            "",
+            "allow",
+            &format!("[backend]\nauth_timeout = \"1s\"\n\n{pooled}"),
+        ),
+        &[("pw", APP_PASSWORD)],
+    )
+    .await;
+    let to_pg = startup_packet(&[("user", "app"), ("database", "app")], 0);
+    let to_cell = startup_packet(&[("user", "app.acme"), ("database", "app")], 0);
+    let (pg, cell) = tokio::join!(
+        until_close(a.addr(), &to_pg),
+        until_close(proxy.addr, &to_cell),
+    );
+    // The SASL request, nothing after it, then the close.
+    assert_eq!((tags(&pg.0), pg.1), ("R".to_owned(), true), "PostgreSQL");
+    assert_eq!((tags(&cell.0), cell.1), ("R".to_owned(), true), "pgcell");
+    let metrics = proxy.metrics().await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "pgcell_auth_failures_total",
+            &[("tenant", "acme"), ("reason", "timeout")]
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    proxy.stop().await;
+}

@@ -52,21 +52,35 @@ impl Session<'_> {
         query: String,
         client: &mut C,
     ) -> Result<(), SessionError> {
-        if let Err(e) = run_own(&mut lease, &query).await {
-            let mut out = BytesMut::new();
-            let (code, message) = match e {
-                // A setting the client made earlier no longer applies (a
-                // role dropped since, say): as PostgreSQL would say.
-                OwnQueryError::Refused(message) => (SqlState::INVALID_PARAMETER_VALUE, message),
-                OwnQueryError::Lost => (
+        match run_own(&mut lease, &query).await {
+            Ok(_) => {}
+            // A setting the client made earlier no longer applies (a role
+            // dropped since, say): as PostgreSQL would say it to a new
+            // session. The failed statement changed nothing, so the
+            // backend goes back clean.
+            Err(OwnQueryError::Refused(message)) => {
+                self.pool.release(lease, true);
+                let mut out = BytesMut::new();
+                messages::error_response(
+                    &mut out,
+                    SqlState::INVALID_PARAMETER_VALUE,
+                    &message,
+                    None,
+                );
+                let _ = client.write_all(&out).await;
+                return Err(SessionError::SessionRestore(message));
+            }
+            Err(OwnQueryError::Lost) => {
+                let mut out = BytesMut::new();
+                messages::error_response(
+                    &mut out,
                     SqlState::CONNECTION_FAILURE,
-                    "server connection lost: the database closed the connection unexpectedly"
-                        .to_owned(),
-                ),
-            };
-            messages::error_response(&mut out, code, &message, None);
-            let _ = client.write_all(&out).await;
-            return Err(SessionError::BackendLost);
+                    "server connection lost: the database closed the connection unexpectedly",
+                    None,
+                );
+                let _ = client.write_all(&out).await;
+                return Err(SessionError::BackendLost);
+            }
         }
         self.attach(lease);
         Ok(())

@@ -107,7 +107,7 @@ where
         login::authenticate(client, tenant, &user, &database, info, &shared.mock_key),
     ))
     .await
-    .unwrap_or_else(|_| Err(LoginError::Malformed("authentication timed out".to_owned())))
+    .unwrap_or(Err(LoginError::Timeout))
     {
         Ok(login) => login,
         Err(e) => {
