@@ -202,7 +202,7 @@ fn pgcell_backends(cluster: &pgcell::local_pg::Cluster) -> u32 {
     cluster
         .psql(
             "postgres",
-            "select count(*) from pg_stat_activity where usename = 'app' and application_name = 'pgcell' and backend_type = 'client backend'",
+            "select count(*) from pg_stat_activity where usename = 'app' and backend_type = 'client backend'",
         )
         .unwrap()
         .parse()
@@ -251,5 +251,38 @@ async fn psycopg_prepared_statements_through_a_transaction_pool() {
     )
     .await;
     assert!(pgcell_backends(&a) <= 3);
+    proxy.stop().await;
+}
+
+/// psycopg's `cancel_safe()` and async cancellation over TLS (libpq 17's
+/// encrypted cancel): the query is cancelled and the cancel connection
+/// ends cleanly (with close_notify), through a passthrough tenant and a
+/// transaction pool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psycopg_cancel_safe_over_tls() {
+    let python = tokio::task::spawn_blocking(driver_python).await.unwrap();
+    let a = cluster("cluster-psycopg-cancel");
+    let proxy = Proxy::start_with_files(
+        &config_text(
+            "",
+            "allow",
+            &(tenant("pass", &a, "") + &transaction_tenant("tx", &a, 1)),
+        ),
+        &[("pw", APP_PASSWORD)],
+    )
+    .await;
+    let tls = |tenant: &str| dsn(&proxy, tenant).replace("sslmode=disable", "sslmode=require");
+    run_script(python, "psycopg_cancel.py", vec![tls("pass"), tls("tx")]).await;
+    let metrics = proxy.metrics().await;
+    assert!(
+        metric(
+            &metrics,
+            "pgcell_cancel_requests_total",
+            &[("outcome", "forwarded")]
+        )
+        .unwrap_or(0.0)
+            >= 4.0,
+        "{metrics}"
+    );
     proxy.stop().await;
 }
