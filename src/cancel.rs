@@ -223,21 +223,6 @@ impl CancelMap {
         self.register_idle_from(OS_RANDOM, vpce_id)
     }
 
-    /// [`CancelMap::try_register_idle`] for callers that cannot report an
-    /// error yet (the pooled session): they should move to
-    /// `try_register_idle`.
-    ///
-    /// # Panics
-    ///
-    /// If the OS has no random bytes. `Server::bind` refuses to start in
-    /// that case, so this means the source failed after it worked; the
-    /// panic ends only that connection's task, never with a guessable key.
-    pub fn register_idle(&self, vpce_id: Option<&str>) -> Registration {
-        #[allow(clippy::expect_used)]
-        self.try_register_idle(vpce_id)
-            .expect("the OS random source worked at startup")
-    }
-
     fn register_idle_from(
         &self,
         source: RandomSource,

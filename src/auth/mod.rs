@@ -58,21 +58,6 @@ pub fn try_random_nonce() -> Result<[u8; 18], RandomError> {
     nonce_from(OS_RANDOM)
 }
 
-/// [`try_random_nonce`] for callers that cannot report an error yet (the
-/// pool's SCRAM client towards backends): they should move to
-/// `try_random_nonce`.
-///
-/// # Panics
-///
-/// If the operating system has no random bytes. `Server::bind` refuses to
-/// start in that case, so this means the source failed after it worked;
-/// the panic ends only the task (one connection), never with a guessable
-/// nonce.
-pub fn random_nonce() -> [u8; 18] {
-    #[allow(clippy::expect_used)]
-    try_random_nonce().expect("the OS random source worked at startup")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

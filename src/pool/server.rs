@@ -121,6 +121,9 @@ pub enum OpenError {
     /// Timed out.
     #[error("backend login timed out")]
     Timeout,
+    /// No random bytes for the SCRAM nonce: refused, never guessable.
+    #[error(transparent)]
+    Random(#[from] crate::auth::RandomError),
 }
 
 impl ServerConn {
@@ -214,16 +217,17 @@ impl ServerConn {
                                 return Err(OpenError::Unsupported("SASL without SCRAM-SHA-256"));
                             }
                             let mut client = match login {
-                                BackendLogin::Password(pw) => {
-                                    ScramClient::with_password(&pw.0, crate::auth::random_nonce())
-                                }
+                                BackendLogin::Password(pw) => ScramClient::with_password(
+                                    &pw.0,
+                                    crate::auth::try_random_nonce()?,
+                                ),
                                 BackendLogin::ScramKeys {
                                     client_key,
                                     server_key,
                                 } => ScramClient::with_keys(
                                     *client_key,
                                     *server_key,
-                                    crate::auth::random_nonce(),
+                                    crate::auth::try_random_nonce()?,
                                 ),
                             };
                             let first = client.client_first();

@@ -114,6 +114,10 @@ pub enum SessionError {
     /// The client prepared more statements than pgcell keeps per client.
     #[error("too many prepared statements")]
     StatementLimit,
+    /// No random bytes for the client's cancel key: refused, never
+    /// guessable.
+    #[error(transparent)]
+    Random(crate::auth::RandomError),
     /// A setting the client made earlier was refused when pgcell gave it
     /// to its next backend (the client got `22023` and the backend's text).
     #[error("session settings no longer apply: {0}")]
@@ -126,7 +130,11 @@ impl SessionError {
         match self {
             SessionError::Login(login::LoginError::AuthQuery(_)) => ErrorKind::Backend,
             SessionError::Login(login::LoginError::Random(_))
-            | SessionError::AuthRelay(AuthRelayError::Random(_)) => ErrorKind::Internal,
+            | SessionError::AuthRelay(AuthRelayError::Random(_))
+            | SessionError::Random(_)
+            | SessionError::Acquire(crate::pool::AcquireError::Open(
+                crate::pool::server::OpenError::Random(_),
+            )) => ErrorKind::Internal,
             SessionError::Handshake(_)
             | SessionError::ClientIo(_)
             | SessionError::Login(_)
@@ -162,7 +170,11 @@ impl SessionError {
             SessionError::TenantRemoved => "tenant_removed",
             SessionError::PoolFull => "pool_connection_limit",
             SessionError::BackendConnect(_) => "backend_unreachable",
-            SessionError::AuthRelay(AuthRelayError::Random(_)) => "random_unavailable",
+            SessionError::AuthRelay(AuthRelayError::Random(_))
+            | SessionError::Random(_)
+            | SessionError::Acquire(crate::pool::AcquireError::Open(
+                crate::pool::server::OpenError::Random(_),
+            )) => "random_unavailable",
             SessionError::AuthRelay(_) => "auth_relay_failed",
             SessionError::AuthTimeout => "auth_timeout",
             SessionError::BackendRejected(_) => "backend_rejected",
@@ -289,6 +301,15 @@ impl SessionError {
                     "The tenant's pool is busy; retry, or raise pool.size or pool.acquire_timeout."
                         .into(),
                 ),
+            )),
+            // PostgreSQL's words (auth-scram.c) and code.
+            SessionError::Random(e)
+            | SessionError::Acquire(crate::pool::AcquireError::Open(
+                crate::pool::server::OpenError::Random(e),
+            )) => Some((
+                SqlState::INTERNAL_ERROR,
+                format!("could not generate random {}", e.what),
+                None,
             )),
             SessionError::Acquire(_) => Some((
                 SqlState::CONNECTION_FAILURE,

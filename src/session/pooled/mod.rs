@@ -166,7 +166,10 @@ where
         }
     };
 
-    let registration = shared.cancel.register_idle(info.vpce_id.as_deref());
+    let registration = shared
+        .cancel
+        .try_register_idle(info.vpce_id.as_deref())
+        .map_err(SessionError::Random)?;
     let mut out = BytesMut::new();
     for (name, value) in &server_params {
         let mut body = Vec::with_capacity(name.len() + value.len() + 2);
