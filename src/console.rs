@@ -16,7 +16,7 @@ use std::collections::HashMap;
 
 use bytes::{Buf, BytesMut};
 use pgwire::messages::response::{
-    CommandComplete, EmptyQueryResponse, ErrorResponse, ReadyForQuery, TransactionStatus,
+    CommandComplete, EmptyQueryResponse, ReadyForQuery, TransactionStatus,
 };
 use pgwire::messages::startup::ParameterStatus;
 use pgwire::messages::{DecodeContext, Message, PgWireFrontendMessage, ProtocolVersion};
@@ -27,7 +27,7 @@ use crate::config::{AuthMode, Config, Credential, PoolMode};
 use crate::lifecycle::State;
 use crate::metrics as m;
 use crate::protocol::startup::StartupMessage;
-use crate::protocol::SqlState;
+use crate::protocol::{ClientError, SqlState};
 use crate::route::ClientInfo;
 use crate::server::Shared;
 use crate::session::login::{self, LoginError};
@@ -163,13 +163,6 @@ impl Command {
     }
 }
 
-/// A command that failed; the console goes on.
-struct CommandError {
-    code: SqlState,
-    message: String,
-    hint: Option<String>,
-}
-
 const COMMANDS_HINT: &str = "Commands: SHOW POOLS, SHOW CLIENTS, SHOW SERVERS, SHOW STATS, SHOW TENANTS, RELOAD, PAUSE [tenant], RESUME [tenant].";
 
 /// Serves an admin console session to the end: login, then commands until
@@ -262,16 +255,11 @@ where
                 m if m.is_extended_query() => {
                     if !skip_to_sync {
                         skip_to_sync = true;
-                        error(
-                            &mut out,
-                            &CommandError {
-                                code: SqlState::FEATURE_NOT_SUPPORTED,
-                                message:
-                                    "the admin console supports the simple query protocol only"
-                                        .into(),
-                                hint: None,
-                            },
-                        );
+                        ClientError::statement(
+                            SqlState::FEATURE_NOT_SUPPORTED,
+                            "the admin console supports the simple query protocol only",
+                        )
+                        .encode(&mut out);
                     }
                 }
                 // COPY data outside a COPY: nothing to do.
@@ -323,14 +311,9 @@ fn run(shared: &Shared, query: &str, out: &mut BytesMut) {
     let Some(command) = Command::parse(query) else {
         metrics::counter!(m::CONSOLE_COMMANDS, "command" => "unknown", "outcome" => "error")
             .increment(1);
-        error(
-            out,
-            &CommandError {
-                code: SqlState::SYNTAX_ERROR,
-                message: "unrecognized admin console command".into(),
-                hint: Some(COMMANDS_HINT.into()),
-            },
-        );
+        ClientError::statement(SqlState::SYNTAX_ERROR, "unrecognized admin console command")
+            .hint(COMMANDS_HINT)
+            .encode(out);
         return;
     };
     let result = execute(shared, &command, out);
@@ -338,11 +321,11 @@ fn run(shared: &Shared, query: &str, out: &mut BytesMut) {
     metrics::counter!(m::CONSOLE_COMMANDS, "command" => command.label(), "outcome" => outcome)
         .increment(1);
     if let Err(e) = result {
-        error(out, &e);
+        e.encode(out);
     }
 }
 
-fn execute(shared: &Shared, command: &Command, out: &mut BytesMut) -> Result<(), CommandError> {
+fn execute(shared: &Shared, command: &Command, out: &mut BytesMut) -> Result<(), ClientError> {
     let console = shared.console.load_full();
     let tag = match command {
         Command::Empty => {
@@ -364,11 +347,10 @@ fn execute(shared: &Shared, command: &Command, out: &mut BytesMut) -> Result<(),
             shared.reload().map_err(|e| {
                 tracing::error!(error = %e, "reload from the admin console failed; keeping the running configuration");
                 // The admin operates pgcell: the config problems are for them.
-                CommandError {
-                    code: SqlState::INVALID_PARAMETER_VALUE,
-                    message: format!("reload failed; the running configuration stays: {e}"),
-                    hint: None,
-                }
+                ClientError::statement(
+                    SqlState::INVALID_PARAMETER_VALUE,
+                    format!("reload failed; the running configuration stays: {e}"),
+                )
             })?;
             tracing::info!("configuration and certificate reloaded from the admin console");
             "RELOAD"
@@ -378,11 +360,11 @@ fn execute(shared: &Shared, command: &Command, out: &mut BytesMut) -> Result<(),
             let tenants: Vec<String> = match tenant {
                 Some(t) if console.has_tenant(t) => vec![t.clone()],
                 Some(t) => {
-                    return Err(CommandError {
-                        code: SqlState::UNDEFINED_OBJECT,
-                        message: format!("unknown tenant \"{t}\""),
-                        hint: Some("SHOW TENANTS lists them.".into()),
-                    })
+                    return Err(ClientError::statement(
+                        SqlState::UNDEFINED_OBJECT,
+                        format!("unknown tenant \"{t}\""),
+                    )
+                    .hint("SHOW TENANTS lists them."))
                 }
                 None => console.tenants.iter().map(|t| t.id.clone()).collect(),
             };
@@ -408,20 +390,6 @@ fn execute(shared: &Shared, command: &Command, out: &mut BytesMut) -> Result<(),
     };
     encode(out, &CommandComplete::new(tag.to_owned()));
     Ok(())
-}
-
-/// Appends a (non-fatal) `ErrorResponse`.
-fn error(out: &mut BytesMut, e: &CommandError) {
-    let mut fields = vec![
-        (b'S', "ERROR".to_owned()),
-        (b'V', "ERROR".to_owned()),
-        (b'C', e.code.code().to_owned()),
-        (b'M', e.message.clone()),
-    ];
-    if let Some(hint) = &e.hint {
-        fields.push((b'H', hint.clone()));
-    }
-    encode(out, &ErrorResponse::new(fields));
 }
 
 /// Appends `message`. pgwire refuses only messages over its length limits

@@ -18,7 +18,7 @@ use tokio::time::{timeout_at, Instant};
 use crate::config::TlsMode;
 use crate::protocol::messages;
 use crate::protocol::startup::{self, CancelKey, FrontendStartup, StartupError, StartupMessage};
-use crate::protocol::SqlState;
+use crate::protocol::{ClientError, SqlState};
 use crate::proxy_protocol::{self, ProxyError, ProxyHeader, ProxyMode};
 use crate::route::ClientInfo;
 use crate::stream::{MaybeTls, Prefixed};
@@ -125,12 +125,12 @@ impl HandshakeError {
     /// startup), a `CancelRequest` of the wrong length, and the startup
     /// timeout (`authentication_timeout`, which exits silently). Drivers
     /// rely on that silence; the metric and log line still record them.
-    pub fn client_error(&self) -> Option<(SqlState, String, Option<&'static str>)> {
-        let violation = |m: String| Some((SqlState::PROTOCOL_VIOLATION, m, None));
+    pub fn client_error(&self) -> Option<ClientError> {
+        let violation = |m: String| Some(ClientError::fatal(SqlState::PROTOCOL_VIOLATION, m));
         match self {
-            HandshakeError::Startup(StartupError::UnsupportedProtocol(..)) => {
-                Some((SqlState::FEATURE_NOT_SUPPORTED, self.to_string(), None))
-            }
+            HandshakeError::Startup(StartupError::UnsupportedProtocol(..)) => Some(
+                ClientError::fatal(SqlState::FEATURE_NOT_SUPPORTED, self.to_string()),
+            ),
             HandshakeError::Startup(
                 StartupError::TooShort(_)
                 | StartupError::TooLong(_)
@@ -141,15 +141,16 @@ impl HandshakeError {
             HandshakeError::RepeatedEncryptionRequest
             | HandshakeError::DataAfterSslRequest
             | HandshakeError::DirectTlsWithoutAlpn => violation(self.to_string()),
-            HandshakeError::PlaintextRefused => Some((
-                SqlState::CONNECTION_REJECTED,
-                "this server accepts TLS connections only".to_owned(),
-                Some("Connect with sslmode=require (or stricter)."),
-            )),
-            HandshakeError::NoUser => Some((
+            HandshakeError::PlaintextRefused => Some(
+                ClientError::fatal(
+                    SqlState::CONNECTION_REJECTED,
+                    "this server accepts TLS connections only",
+                )
+                .hint("Connect with sslmode=require (or stricter)."),
+            ),
+            HandshakeError::NoUser => Some(ClientError::fatal(
                 SqlState::INVALID_AUTHORIZATION,
-                "no PostgreSQL user name specified in startup packet".to_owned(),
-                None,
+                "no PostgreSQL user name specified in startup packet",
             )),
             // Not a Postgres client, or nothing can reach it.
             HandshakeError::Proxy(_)
@@ -230,16 +231,10 @@ where
 /// Sends `err`'s `ErrorResponse`, if it has one. Best effort, and bounded:
 /// the client may not be reading.
 async fn tell_client<W: AsyncWrite + Unpin>(stream: &mut W, err: &HandshakeError) {
-    let Some((code, message, hint)) = err.client_error() else {
+    let Some(error) = err.client_error() else {
         return;
     };
-    let mut buf = BytesMut::new();
-    messages::error_response(&mut buf, code, &message, hint);
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
-        stream.write_all(&buf).await?;
-        stream.flush().await
-    })
-    .await;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), error.send(stream)).await;
 }
 
 type Failed<S> = (Option<ClientStream<S>>, HandshakeError);

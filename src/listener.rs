@@ -76,12 +76,11 @@ fn refuse_over_limit(
     metrics::counter!(crate::metrics::REJECTIONS, "reason" => "global_connection_limit", "tenant" => crate::metrics::NO_TENANT)
         .increment(1);
     let mut buf = bytes::BytesMut::new();
-    crate::protocol::messages::error_response(
-        &mut buf,
+    crate::protocol::ClientError::fatal(
         crate::protocol::SqlState::TOO_MANY_CONNECTIONS,
         "sorry, too many clients already",
-        None,
-    );
+    )
+    .encode(&mut buf);
     match refusals.clone().try_acquire_owned() {
         Ok(permit) => {
             sessions.spawn(async move {

@@ -29,11 +29,10 @@ use tokio::sync::Semaphore;
 use crate::auth::secret::{ScramSecret, SecretError};
 use crate::config::AuthQueryConfig;
 use crate::metrics as m;
-use crate::pool::server::{error_message, BackendLogin, OpenError, ServerConn};
+use crate::pool::server::{BackendLogin, OpenError, ServerConn};
 use crate::protocol::framing::{read_message, FramingError};
-use crate::protocol::messages;
+use crate::protocol::{messages, SqlState};
 use crate::route::Tenant;
-use crate::session::auth::error_code;
 
 /// Most users whose answer one tenant's cache holds.
 pub const MAX_CACHED_SECRETS: usize = 10_000;
@@ -86,7 +85,7 @@ pub enum AuthQueryError {
     #[error("auth query failed with SQLSTATE {code}: {message}")]
     Query {
         /// SQLSTATE.
-        code: String,
+        code: SqlState,
         /// The backend's message.
         message: String,
     },
@@ -291,8 +290,8 @@ where
             // The first error wins; the backend then skips to Sync.
             b'E' if error.is_none() => {
                 error = Some(AuthQueryError::Query {
-                    code: error_code(&msg.body).unwrap_or_default(),
-                    message: error_message(&msg.body).unwrap_or_default(),
+                    code: messages::error_code(&msg.body),
+                    message: messages::error_message(&msg.body),
                 });
             }
             b'Z' => break,
@@ -619,7 +618,7 @@ mod tests {
         let (result, _) = scripted(reply).await;
         match result {
             Err(AuthQueryError::Query { code, message }) => {
-                assert_eq!(code, "42883");
+                assert_eq!(code.code(), "42883");
                 assert!(message.contains("does not exist"));
             }
             other => panic!("{other:?}"),

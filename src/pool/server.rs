@@ -15,10 +15,10 @@ use crate::auth::scram::{ScramClient, ScramError, SCRAM_SHA_256};
 use crate::backend::{self, BackendStream, ConnectError};
 use crate::config::Password;
 use crate::protocol::framing::{read_message, FramingError};
-use crate::protocol::messages::auth;
+use crate::protocol::messages::{self, auth};
 use crate::protocol::startup::{CancelKey, StartupMessage};
+use crate::protocol::SqlState;
 use crate::route::Tenant;
-use crate::session::auth::error_code;
 
 /// Longest backend message accepted during login.
 const MAX_LOGIN_MESSAGE_LEN: usize = 1 << 20;
@@ -108,7 +108,7 @@ pub enum OpenError {
     #[error("backend refused login with SQLSTATE {code}: {message}")]
     Refused {
         /// SQLSTATE.
-        code: String,
+        code: SqlState,
         /// The backend's message.
         message: String,
     },
@@ -275,8 +275,8 @@ impl ServerConn {
                 }
                 b'E' => {
                     return Err(OpenError::Refused {
-                        code: error_code(&msg.body).unwrap_or_default(),
-                        message: error_message(&msg.body).unwrap_or_default(),
+                        code: messages::error_code(&msg.body),
+                        message: messages::error_message(&msg.body),
                     })
                 }
                 b'Z' => return Ok(()),
@@ -326,11 +326,4 @@ pub fn set_param(params: &mut Vec<(String, String)>, name: String, value: String
         Some((_, v)) => *v = value,
         None => params.push((name, value)),
     }
-}
-
-/// The `M` (message) field of an `ErrorResponse` body.
-pub fn error_message(body: &[u8]) -> Option<String> {
-    body.split(|b| *b == 0)
-        .find_map(|f| f.strip_prefix(b"M"))
-        .map(|m| String::from_utf8_lossy(m).into_owned())
 }

@@ -31,40 +31,6 @@ pub mod auth {
 /// The SASL mechanism that needs channel binding to the backend's own TLS.
 pub const SCRAM_SHA_256_PLUS: &str = "SCRAM-SHA-256-PLUS";
 
-/// Appends a fatal `ErrorResponse` to `buf`.
-pub fn error_response(buf: &mut BytesMut, code: SqlState, message: &str, hint: Option<&str>) {
-    error_with_severity(buf, "FATAL", code, message, hint);
-}
-
-/// Appends an `ErrorResponse` of severity `ERROR`: the statement fails,
-/// the session goes on.
-pub fn statement_error(buf: &mut BytesMut, code: SqlState, message: &str, hint: Option<&str>) {
-    error_with_severity(buf, "ERROR", code, message, hint);
-}
-
-fn error_with_severity(
-    buf: &mut BytesMut,
-    severity: &str,
-    code: SqlState,
-    message: &str,
-    hint: Option<&str>,
-) {
-    let start = begin(buf, b'E');
-    for (field, value) in [
-        (b'S', severity),
-        (b'V', severity),
-        (b'C', code.code()),
-        (b'M', message),
-    ] {
-        put_field(buf, field, value);
-    }
-    if let Some(hint) = hint {
-        put_field(buf, b'H', hint);
-    }
-    buf.put_u8(0);
-    finish(buf, start);
-}
-
 /// Appends `BackendKeyData` with `key` to `buf`.
 pub fn backend_key_data(buf: &mut BytesMut, key: CancelKey) {
     buf.put_u8(b'K');
@@ -133,11 +99,35 @@ fn finish(buf: &mut BytesMut, start: usize) {
     buf[start..start + 4].copy_from_slice(&len.to_be_bytes());
 }
 
-fn put_field(buf: &mut BytesMut, field: u8, value: &str) {
-    buf.put_u8(field);
-    // A NUL inside a value would end the field early; drop it.
-    buf.extend(value.bytes().filter(|&b| b != 0));
-    buf.put_u8(0);
+/// Field `code` of an `ErrorResponse` or `NoticeResponse` body.
+pub fn error_field(body: &[u8], code: u8) -> Option<&[u8]> {
+    let mut rest = body;
+    while let Some((&field, tail)) = rest.split_first() {
+        if field == 0 {
+            break;
+        }
+        let end = tail.iter().position(|&b| b == 0)?;
+        if field == code {
+            return Some(&tail[..end]);
+        }
+        rest = &tail[end + 1..];
+    }
+    None
+}
+
+/// The SQLSTATE of an `ErrorResponse` body; `XX000` when it has none
+/// that is well formed.
+pub fn error_code(body: &[u8]) -> SqlState {
+    error_field(body, b'C')
+        .and_then(SqlState::parse)
+        .unwrap_or(SqlState::INTERNAL_ERROR)
+}
+
+/// The primary message of an `ErrorResponse` body (empty when missing).
+pub fn error_message(body: &[u8]) -> String {
+    error_field(body, b'M')
+        .map(|m| String::from_utf8_lossy(m).into_owned())
+        .unwrap_or_default()
 }
 
 /// The column values of a `DataRow` body (`None` for NULL), or `None`
@@ -184,16 +174,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn error_response_layout() {
-        let mut buf = BytesMut::new();
-        error_response(&mut buf, SqlState::CONNECTION_REJECTED, "no", Some("try"));
-        assert_eq!(buf[0], b'E');
-        let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
-        assert_eq!(len, buf.len() - 1);
-        assert_eq!(
-            &buf[5..],
-            b"SFATAL\0VFATAL\0C08004\0Mno\0Htry\0\0".as_slice()
-        );
+    fn error_fields() {
+        let body = b"SFATAL\0VFATAL\0C28P01\0Mpassword authentication failed\0\0";
+        assert_eq!(error_code(body), SqlState::INVALID_PASSWORD);
+        assert_eq!(error_message(body), "password authentication failed");
+        assert_eq!(error_code(b"SFATAL\0\0"), SqlState::INTERNAL_ERROR);
+        assert_eq!(error_code(b"SFATAL"), SqlState::INTERNAL_ERROR);
+        assert_eq!(error_message(b"SFATAL\0Cxx"), "");
     }
 
     #[test]

@@ -2,12 +2,15 @@
 //!
 //! pgcell parses the pre-startup packets in full ([`startup`]), frames
 //! backend and frontend messages by their 5-byte header only ([`framing`]),
-//! and builds the handful of messages it sends itself ([`messages`]).
+//! builds the handful of messages it sends itself ([`messages`]), and
+//! reports every error to a client as a [`ClientError`].
 //! Spec: <https://www.postgresql.org/docs/current/protocol-message-formats.html>
 
+pub mod client_error;
 pub mod framing;
 pub mod messages;
 pub mod sqlstate;
 pub mod startup;
 
+pub use client_error::{ClientError, Severity};
 pub use sqlstate::SqlState;

@@ -18,6 +18,7 @@ use crate::cancel::{CancelMap, CancelTarget, Registration};
 use crate::protocol::framing::{read_message, FramingError, Message};
 use crate::protocol::messages::{self, auth};
 use crate::protocol::startup::CancelKey;
+use crate::protocol::SqlState;
 
 /// Longest backend message accepted before `ReadyForQuery`.
 pub const MAX_BACKEND_STARTUP_MESSAGE_LEN: usize = 1 << 20;
@@ -33,7 +34,7 @@ pub enum AuthEnd {
     /// forwarded.
     Rejected {
         /// The SQLSTATE the backend gave.
-        code: String,
+        code: SqlState,
     },
     /// The client sent `Terminate` or closed.
     ClientQuit,
@@ -143,7 +144,7 @@ where
                 // The client may be gone already; the rejection stands.
                 let _ = flush(client, &mut out).await;
                 return Ok(AuthEnd::Rejected {
-                    code: error_code(&msg.body).unwrap_or_default(),
+                    code: messages::error_code(&msg.body),
                 });
             }
             b'Z' => {
@@ -166,40 +167,9 @@ fn auth_code(msg: &Message) -> Result<i32, AuthRelayError> {
         .ok_or(AuthRelayError::MalformedBackend("Authentication request"))
 }
 
-/// The `C` (SQLSTATE) field of an `ErrorResponse` body.
-pub fn error_code(body: &[u8]) -> Option<String> {
-    let mut rest = body;
-    while let Some((&field, tail)) = rest.split_first() {
-        if field == 0 {
-            break;
-        }
-        let end = tail.iter().position(|&b| b == 0)?;
-        if field == b'C' {
-            return Some(String::from_utf8_lossy(&tail[..end]).into_owned());
-        }
-        rest = &tail[end + 1..];
-    }
-    None
-}
-
 async fn flush<W: AsyncWrite + Unpin>(w: &mut W, out: &mut BytesMut) -> Result<(), FramingError> {
     w.write_all(out).await?;
     w.flush().await?;
     out.clear();
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn finds_sqlstate() {
-        assert_eq!(
-            error_code(b"SFATAL\0VFATAL\0C28P01\0Mpassword authentication failed\0\0"),
-            Some("28P01".into())
-        );
-        assert_eq!(error_code(b"SFATAL\0\0"), None);
-        assert_eq!(error_code(b"SFATAL"), None);
-    }
 }

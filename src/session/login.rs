@@ -18,7 +18,7 @@ use crate::config::{AuthMode, Credential};
 use crate::pool::server::BackendLogin;
 use crate::protocol::framing::{read_message, FramingError};
 use crate::protocol::messages::{self, auth};
-use crate::protocol::SqlState;
+use crate::protocol::{ClientError, SqlState};
 use crate::route::{ClientInfo, Tenant};
 
 /// Pause before a failed login is reported, the same for every cause.
@@ -54,36 +54,34 @@ pub enum LoginError {
 
 impl LoginError {
     /// What the client is told.
-    pub fn client_error(&self) -> Option<(SqlState, String)> {
-        match self {
-            LoginError::Failed(user) => Some((
+    pub fn client_error(&self) -> Option<ClientError> {
+        Some(match self {
+            LoginError::Failed(user) => ClientError::fatal(
                 SqlState::INVALID_PASSWORD,
                 format!("password authentication failed for user \"{user}\""),
-            )),
-            LoginError::ChannelBinding(_) => Some((
-                SqlState::INVALID_AUTHORIZATION,
-                "channel binding failed".to_owned(),
-            )),
-            LoginError::Malformed(m) => Some((SqlState::PROTOCOL_VIOLATION, m.clone())),
+            ),
+            LoginError::ChannelBinding(_) => {
+                ClientError::fatal(SqlState::INVALID_AUTHORIZATION, "channel binding failed")
+            }
+            LoginError::Malformed(m) => ClientError::fatal(SqlState::PROTOCOL_VIOLATION, m.clone()),
             // PostgreSQL logs its FATAL (57014) and closes without a word
             // at authentication_timeout: drivers expect the close.
-            LoginError::Io(FramingError::Io(_)) | LoginError::Timeout => None,
-            LoginError::Io(_) => Some((
+            LoginError::Io(FramingError::Io(_)) | LoginError::Timeout => return None,
+            LoginError::Io(_) => ClientError::fatal(
                 SqlState::PROTOCOL_VIOLATION,
-                "invalid authentication message".to_owned(),
-            )),
+                "invalid authentication message",
+            ),
             // Not 28P01: the password may well be right. The reason is
             // logged, not told.
-            LoginError::AuthQuery(_) => Some((
-                SqlState::CONNECTION_FAILURE,
-                "could not verify credentials".to_owned(),
-            )),
+            LoginError::AuthQuery(_) => {
+                ClientError::fatal(SqlState::CONNECTION_FAILURE, "could not verify credentials")
+            }
             // PostgreSQL's words (auth-scram.c) and code.
-            LoginError::Random(e) => Some((
+            LoginError::Random(e) => ClientError::fatal(
                 SqlState::INTERNAL_ERROR,
                 format!("could not generate random {}", e.what),
-            )),
-        }
+            ),
+        })
     }
 
     /// Metric label.
@@ -341,7 +339,7 @@ mod tests {
             Err(getrandom::Error::UNSUPPORTED)
         }
         let e = LoginError::from(crate::auth::nonce_from(broken).unwrap_err());
-        let (code, message) = e.client_error().unwrap();
+        let ClientError { code, message, .. } = e.client_error().unwrap();
         assert_eq!(code, SqlState::INTERNAL_ERROR);
         assert_eq!(message, "could not generate random nonce");
         assert_eq!(e.reason(), "random_unavailable");

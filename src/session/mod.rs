@@ -27,9 +27,8 @@ use crate::handshake::{self, ClientStream, HandshakeConfig, HandshakeError, Nego
 use crate::lifecycle::State;
 use crate::metrics as m;
 use crate::protocol::framing::FramingError;
-use crate::protocol::messages;
 use crate::protocol::startup::StartupMessage;
-use crate::protocol::SqlState;
+use crate::protocol::{ClientError, Severity, SqlState};
 use crate::route::{self, ClientInfo, PolicyError, RouteError};
 use crate::server::Shared;
 use auth::{AuthEnd, AuthRelayError};
@@ -89,7 +88,7 @@ pub enum SessionError {
     AuthTimeout,
     /// The backend refused the client (its `ErrorResponse` was forwarded).
     #[error("backend refused the connection with SQLSTATE {0}")]
-    BackendRejected(String),
+    BackendRejected(SqlState),
     /// The backend went away during the session.
     #[error("backend connection lost")]
     BackendLost,
@@ -191,143 +190,134 @@ impl SessionError {
 
     /// What the client is told. Internal detail never reaches it: policy
     /// denials name no rule, backend failures name no address.
-    pub fn client_error(
-        &self,
-        how_to_name_tenant: &str,
-    ) -> Option<(SqlState, String, Option<String>)> {
-        let hint = Some(how_to_name_tenant.to_owned());
-        match self {
-            // Negotiation errors are reported where they happen.
+    pub fn client_error(&self, how_to_name_tenant: &str) -> Option<ClientError> {
+        use crate::pool::server::OpenError;
+        use crate::pool::AcquireError;
+        let error = match self {
+            // Negotiation errors are reported where they happen; the
+            // relay tells the client itself when it can.
             SessionError::Handshake(_)
             | SessionError::ClientIo(_)
-            | SessionError::BackendRejected(_) => None,
-            SessionError::Route(RouteError::Missing) => Some((
-                SqlState::CONNECTION_REJECTED,
-                "no tenant specified".into(),
-                hint,
-            )),
-            SessionError::Route(RouteError::Unknown(id)) => Some((
+            | SessionError::BackendRejected(_)
+            | SessionError::AuthRelay(AuthRelayError::Client(FramingError::Io(_)))
+            | SessionError::BackendLost
+            | SessionError::TenantRemoved
+            | SessionError::SessionRestore(_) => return None,
+            SessionError::Route(RouteError::Missing) => {
+                ClientError::fatal(SqlState::CONNECTION_REJECTED, "no tenant specified")
+                    .hint(how_to_name_tenant.to_owned())
+            }
+            SessionError::Route(RouteError::Unknown(id)) => ClientError::fatal(
                 SqlState::CONNECTION_REJECTED,
                 format!("unknown tenant \"{id}\""),
-                hint,
-            )),
-            SessionError::Route(RouteError::Conflict { .. }) => Some((
+            )
+            .hint(how_to_name_tenant.to_owned()),
+            SessionError::Route(RouteError::Conflict { .. }) => ClientError::fatal(
                 SqlState::CONNECTION_REJECTED,
-                "the connection names more than one tenant".into(),
-                Some(format!("{self}. Name one tenant only.")),
-            )),
-            SessionError::Policy(PolicyError::TooManyConnections(_)) => Some((
+                "the connection names more than one tenant",
+            )
+            .hint(format!("{self}. Name one tenant only.")),
+            SessionError::Policy(PolicyError::TooManyConnections(_)) => ClientError::fatal(
                 SqlState::TOO_MANY_CONNECTIONS,
-                "too many connections for this tenant".into(),
-                None,
-            )),
-            SessionError::Policy(PolicyError::RateLimited(_)) => Some((
+                "too many connections for this tenant",
+            ),
+            SessionError::Policy(PolicyError::RateLimited(_)) => ClientError::fatal(
                 SqlState::TOO_MANY_CONNECTIONS,
-                "too many new connections for this tenant: connection rate limit exceeded".into(),
-                Some("Retry after a short pause, or reuse connections.".into()),
-            )),
-            SessionError::Policy(PolicyError::TlsRequired) => Some((
-                SqlState::INVALID_AUTHORIZATION,
-                "connection not authorized".into(),
-                Some("This tenant accepts TLS connections only: use sslmode=require.".into()),
-            )),
-            SessionError::Policy(_) => Some((
-                SqlState::INVALID_AUTHORIZATION,
-                "connection not authorized".into(),
-                None,
-            )),
-            SessionError::Replication => Some((
-                SqlState::INVALID_AUTHORIZATION,
-                "replication connections are not accepted".into(),
-                None,
-            )),
-            SessionError::ShuttingDown => Some((
-                SqlState::ADMIN_SHUTDOWN,
-                "the server is shutting down".into(),
-                Some("Reconnect; another server will take the connection.".into()),
-            )),
-            SessionError::BackendConnect(_) => Some((
-                SqlState::CONNECTION_FAILURE,
-                "could not connect to the database server".into(),
-                None,
-            )),
-            SessionError::AuthRelay(AuthRelayError::Client(
-                FramingError::TooLong { .. } | FramingError::InvalidLength(_),
-            )) => Some((
-                SqlState::PROTOCOL_VIOLATION,
-                "invalid authentication message".into(),
-                None,
-            )),
-            // The client is gone.
-            SessionError::AuthRelay(AuthRelayError::Client(_)) => None,
-            SessionError::AuthRelay(AuthRelayError::UnexpectedClientMessage(_)) => Some((
-                SqlState::PROTOCOL_VIOLATION,
-                "expected an authentication response".into(),
-                None,
-            )),
-            // PostgreSQL's words (postmaster.c) and code.
-            SessionError::AuthRelay(AuthRelayError::Random(e)) => Some((
-                SqlState::INTERNAL_ERROR,
-                format!("could not generate random {}", e.what),
-                None,
-            )),
-            SessionError::AuthRelay(AuthRelayError::UnsupportedMethod(_)) => Some((
-                SqlState::FEATURE_NOT_SUPPORTED,
-                "the database server requested an authentication method that cannot be relayed"
-                    .into(),
-                None,
-            )),
-            SessionError::AuthRelay(_) | SessionError::AuthTimeout => Some((
-                SqlState::CONNECTION_FAILURE,
-                "the database server did not complete authentication".into(),
-                None,
-            )),
-            // The relay tells the client itself when it can.
-            SessionError::BackendLost
-            | SessionError::TenantRemoved
-            | SessionError::SessionRestore(_) => None,
-            SessionError::PoolFull => Some((
-                SqlState::TOO_MANY_CONNECTIONS,
-                "too many connections for this database and user".into(),
-                None,
-            )),
-            SessionError::Login(e) => e
-                .client_error()
-                .map(|(code, message)| (code, message, None)),
-            SessionError::Acquire(crate::pool::AcquireError::Timeout(wait)) => Some((
-                SqlState::TOO_MANY_CONNECTIONS,
-                format!("no server connection free within {} ms", wait.as_millis()),
-                Some(
-                    "The tenant's pool is busy; retry, or raise pool.size or pool.acquire_timeout."
-                        .into(),
-                ),
-            )),
-            // PostgreSQL's words (auth-scram.c) and code.
-            SessionError::Random(e)
-            | SessionError::Acquire(crate::pool::AcquireError::Open(
-                crate::pool::server::OpenError::Random(e),
-            )) => Some((
-                SqlState::INTERNAL_ERROR,
-                format!("could not generate random {}", e.what),
-                None,
-            )),
-            SessionError::Acquire(_) => Some((
-                SqlState::CONNECTION_FAILURE,
-                "could not connect to the database server".into(),
-                None,
-            )),
-            SessionError::ClientProtocol(m) => {
-                Some((SqlState::PROTOCOL_VIOLATION, m.clone(), None))
+                "too many new connections for this tenant: connection rate limit exceeded",
+            )
+            .hint("Retry after a short pause, or reuse connections."),
+            SessionError::Policy(PolicyError::TlsRequired) => {
+                ClientError::fatal(SqlState::INVALID_AUTHORIZATION, "connection not authorized")
+                    .hint("This tenant accepts TLS connections only: use sslmode=require.")
             }
-            SessionError::StatementLimit => Some((
+            SessionError::Policy(_) => {
+                ClientError::fatal(SqlState::INVALID_AUTHORIZATION, "connection not authorized")
+            }
+            SessionError::Replication => ClientError::fatal(
+                SqlState::INVALID_AUTHORIZATION,
+                "replication connections are not accepted",
+            ),
+            SessionError::ShuttingDown => {
+                ClientError::fatal(SqlState::ADMIN_SHUTDOWN, "the server is shutting down")
+                    .hint("Reconnect; another server will take the connection.")
+            }
+            SessionError::BackendConnect(_) => ClientError::fatal(
+                SqlState::CONNECTION_FAILURE,
+                "could not connect to the database server",
+            ),
+            SessionError::AuthRelay(AuthRelayError::Client(_)) => ClientError::fatal(
+                SqlState::PROTOCOL_VIOLATION,
+                "invalid authentication message",
+            ),
+            SessionError::AuthRelay(AuthRelayError::UnexpectedClientMessage(_)) => {
+                ClientError::fatal(
+                    SqlState::PROTOCOL_VIOLATION,
+                    "expected an authentication response",
+                )
+            }
+            SessionError::AuthRelay(AuthRelayError::UnsupportedMethod(_)) => ClientError::fatal(
+                SqlState::FEATURE_NOT_SUPPORTED,
+                "the database server requested an authentication method that cannot be relayed",
+            ),
+            // PostgreSQL's words (auth-scram.c, postmaster.c) and code.
+            SessionError::AuthRelay(AuthRelayError::Random(e))
+            | SessionError::Random(e)
+            | SessionError::Acquire(AcquireError::Open(OpenError::Random(e))) => {
+                ClientError::fatal(
+                    SqlState::INTERNAL_ERROR,
+                    format!("could not generate random {}", e.what),
+                )
+            }
+            SessionError::AuthRelay(_) | SessionError::AuthTimeout => ClientError::fatal(
+                SqlState::CONNECTION_FAILURE,
+                "the database server did not complete authentication",
+            ),
+            SessionError::PoolFull => ClientError::fatal(
+                SqlState::TOO_MANY_CONNECTIONS,
+                "too many connections for this database and user",
+            ),
+            SessionError::Login(e) => return e.client_error(),
+            SessionError::Acquire(AcquireError::Timeout(wait)) => {
+                pool_timeout(*wait, Severity::Fatal)
+            }
+            SessionError::Acquire(_) => ClientError::fatal(
+                SqlState::CONNECTION_FAILURE,
+                "could not connect to the database server",
+            ),
+            SessionError::ClientProtocol(m) => {
+                ClientError::fatal(SqlState::PROTOCOL_VIOLATION, m.clone())
+            }
+            SessionError::StatementLimit => ClientError::fatal(
                 SqlState::PROGRAM_LIMIT_EXCEEDED,
                 format!(
                     "too many prepared statements on this connection (pgcell keeps at most {})",
                     prepared::MAX_PREPARED_PER_CLIENT
                 ),
-                Some("Close statements the application no longer uses.".into()),
-            )),
-        }
+            )
+            .hint("Close statements the application no longer uses."),
+        };
+        Some(error)
+    }
+}
+
+/// The backend went away between two messages and did not say why.
+pub(crate) fn server_lost() -> ClientError {
+    ClientError::fatal(
+        SqlState::CONNECTION_FAILURE,
+        "server connection lost: the database closed the connection unexpectedly",
+    )
+}
+
+/// No backend came free within `wait`: a statement's error in transaction
+/// mode, the connection's at login.
+pub(crate) fn pool_timeout(wait: Duration, severity: Severity) -> ClientError {
+    ClientError {
+        severity,
+        code: SqlState::TOO_MANY_CONNECTIONS,
+        message: format!("no server connection free within {} ms", wait.as_millis()).into(),
+        hint: Some(
+            "The tenant's pool is busy; retry, or raise pool.size or pool.acquire_timeout.".into(),
+        ),
     }
 }
 
@@ -644,15 +634,9 @@ where
 
 /// Sends the client the one `ErrorResponse` for `e`, if it gets one.
 async fn report<W: AsyncWrite + Unpin>(stream: &mut W, e: &SessionError, how_to_name_tenant: &str) {
-    let Some((code, message, hint)) = e.client_error(how_to_name_tenant) else {
+    let Some(error) = e.client_error(how_to_name_tenant) else {
         return;
     };
-    let mut buf = BytesMut::new();
-    messages::error_response(&mut buf, code, &message, hint.as_deref());
     // Bounded: a client that does not read must not hold the task.
-    let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        stream.write_all(&buf).await?;
-        stream.flush().await
-    })
-    .await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), error.send(stream)).await;
 }

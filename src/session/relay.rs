@@ -18,7 +18,6 @@ use metrics::Counter;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::protocol::framing::FrameTracker;
-use crate::protocol::{messages, SqlState};
 
 /// Bytes read per read call, each direction.
 const RELAY_BUF_LEN: usize = 32 * 1024;
@@ -138,12 +137,9 @@ where
         };
         let error = loop {
             if stopping && between_transactions(&frames) {
-                let mut msg = BytesMut::new();
-                if let Some((code, text, hint)) = super::SessionError::ShuttingDown.client_error("")
-                {
-                    messages::error_response(&mut msg, code, &text, hint.as_deref());
+                if let Some(error) = super::SessionError::ShuttingDown.client_error("") {
+                    let _ = error.send(&mut client_w).await;
                 }
-                let _ = client_w.write_all(&msg).await;
                 let _ = client_w.shutdown().await;
                 client_done.store(true, Relaxed);
                 return RelayEnd::ShuttingDown;
@@ -177,14 +173,7 @@ where
         // ErrorResponse of its own: tell the client what happened.
         let client_told = frames.at_boundary() && frames.last_tag() != Some(b'E');
         if client_told {
-            let mut msg = BytesMut::new();
-            messages::error_response(
-                &mut msg,
-                SqlState::CONNECTION_FAILURE,
-                "server connection lost: the database closed the connection unexpectedly",
-                None,
-            );
-            let _ = client_w.write_all(&msg).await;
+            let _ = super::server_lost().send(&mut client_w).await;
         }
         let _ = client_w.shutdown().await;
         RelayEnd::BackendLost { client_told, error }

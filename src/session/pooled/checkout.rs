@@ -8,11 +8,11 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use super::{Session, SessionError};
 use crate::cancel::CancelTarget;
 use crate::config::PoolMode;
-use crate::pool::server::{error_message, parameter_status, set_param};
+use crate::pool::server::{parameter_status, set_param};
 use crate::pool::Lease;
 use crate::protocol::framing::read_message;
 use crate::protocol::messages;
-use crate::protocol::SqlState;
+use crate::protocol::{ClientError, SqlState};
 use crate::session::engine::{self, ClientSession, Position, SessionChanges};
 
 /// Longest reply read while pgcell talks to a backend on its own.
@@ -60,25 +60,13 @@ impl Session<'_> {
             // backend goes back clean.
             Err(OwnQueryError::Refused(message)) => {
                 self.pool.release(lease, true);
-                let mut out = BytesMut::new();
-                messages::error_response(
-                    &mut out,
-                    SqlState::INVALID_PARAMETER_VALUE,
-                    &message,
-                    None,
-                );
-                let _ = client.write_all(&out).await;
+                let _ = ClientError::fatal(SqlState::INVALID_PARAMETER_VALUE, message.clone())
+                    .send(client)
+                    .await;
                 return Err(SessionError::SessionRestore(message));
             }
             Err(OwnQueryError::Lost) => {
-                let mut out = BytesMut::new();
-                messages::error_response(
-                    &mut out,
-                    SqlState::CONNECTION_FAILURE,
-                    "server connection lost: the database closed the connection unexpectedly",
-                    None,
-                );
-                let _ = client.write_all(&out).await;
+                let _ = crate::session::server_lost().send(client).await;
                 return Err(SessionError::BackendLost);
             }
         }
@@ -216,7 +204,7 @@ pub(super) async fn run_own(
                 if engine::is_fatal(&msg.body) {
                     return Err(OwnQueryError::Lost);
                 }
-                error = Some(error_message(&msg.body).unwrap_or_default());
+                error = Some(messages::error_message(&msg.body));
             }
             b'S' => {
                 if let Some((name, value)) = parameter_status(&msg.body) {

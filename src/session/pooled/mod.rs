@@ -34,7 +34,7 @@ use crate::pool::{AcquireError, Lease, OpenSettings, Pool, PoolKey, StartupProfi
 use crate::protocol::framing::{split_message, Message};
 use crate::protocol::messages;
 use crate::protocol::startup::StartupMessage;
-use crate::protocol::SqlState;
+use crate::protocol::{ClientError, Severity, SqlState};
 use crate::route::{ClientInfo, Route};
 use crate::server::Shared;
 use crate::stream::ReadReady;
@@ -478,14 +478,10 @@ impl Session<'_> {
         client: &mut C,
         wait: std::time::Duration,
     ) -> Result<(), SessionError> {
-        let mut out = BytesMut::new();
-        messages::statement_error(
-            &mut out,
-            SqlState::TOO_MANY_CONNECTIONS,
-            &format!("no server connection free within {} ms", wait.as_millis()),
-            Some("The tenant's pool is busy; retry, or raise pool.size or pool.acquire_timeout."),
-        );
-        client.write_all(&out).await.map_err(SessionError::ClientIo)
+        super::pool_timeout(wait, Severity::Error)
+            .send(client)
+            .await
+            .map_err(SessionError::ClientIo)
     }
 
     /// `ReadyForQuery` for a statement pgcell answered itself (no backend).
@@ -528,14 +524,12 @@ impl Session<'_> {
                 self.registration.detach();
                 self.pool.release(lease, false);
             }
-            let mut out = BytesMut::new();
-            messages::error_response(
-                &mut out,
+            let _ = ClientError::fatal(
                 SqlState::ADMIN_SHUTDOWN,
                 "terminating connection: the tenant was removed from this server",
-                None,
-            );
-            let _ = client.write_all(&out).await;
+            )
+            .send(client)
+            .await;
             return Err(SessionError::TenantRemoved);
         };
         if self.lease.is_none() {
@@ -563,14 +557,7 @@ impl Session<'_> {
         self.registration.detach();
         metrics::counter!(m::BACKEND_LOST, "tenant" => self.tenant.clone()).increment(1);
         if !self.backend_fatal {
-            let mut out = BytesMut::new();
-            messages::error_response(
-                &mut out,
-                SqlState::CONNECTION_FAILURE,
-                "server connection lost: the database closed the connection unexpectedly",
-                None,
-            );
-            let _ = client.write_all(&out).await;
+            let _ = super::server_lost().send(client).await;
         }
         Err(SessionError::BackendLost)
     }
