@@ -10,9 +10,9 @@
 
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
-use pgcell::pool::server::{error_message, parameter_status};
+use pgcell::pool::server::parameter_status;
 use pgcell::protocol::framing::{split_message, FrameTracker};
-use pgcell::protocol::messages::sasl_without_plus;
+use pgcell::protocol::messages::{error_code, error_message, sasl_without_plus};
 
 const MAX_BODY: usize = 1 << 16;
 
@@ -33,6 +33,7 @@ fuzz_target!(|stream: &[u8]| {
                     }
                     b'E' | b'N' => {
                         let _ = error_message(&msg.body);
+                        assert_eq!(error_code(&msg.body).code().len(), 5);
                     }
                     b'R' => {
                         if let Some(filtered) = sasl_without_plus(&msg.body) {
