@@ -31,7 +31,6 @@ use std::collections::{HashSet, VecDeque};
 use bytes::{Bytes, BytesMut};
 use libfuzzer_sys::fuzz_target;
 use pgcell::protocol::framing::{split_message, Message};
-use pgcell::protocol::messages;
 use pgcell::session::engine::{Position, Sent};
 use pgcell::session::prepared::{BackendStatements, ClientStatements, MAX_PREPARED_PER_BACKEND};
 
@@ -287,7 +286,7 @@ fuzz_target!(|input: &[u8]| {
     while let Some(op) = ops.next() {
         let arg = usize::from(op >> 4);
         let name = format!("s{}", arg % 5);
-        let mut named = |prefix: &[u8], name: &str, suffix: &[u8]| {
+        let named = |prefix: &[u8], name: &str, suffix: &[u8]| {
             let mut b = prefix.to_vec();
             b.extend_from_slice(name.as_bytes());
             b.push(0);
