@@ -1174,6 +1174,22 @@ mod tests {
     }
 
     #[test]
+    fn max_prepared_statements_default_and_bounds() {
+        let c = Config::parse(MINIMAL, Path::new(".")).unwrap();
+        assert_eq!(c.tenants[0].pool.max_prepared_statements, 1000);
+        let with = |n: u32| format!("{MINIMAL}\n[tenants.pool]\nmax_prepared_statements = {n}\n");
+        let c = Config::parse(&with(50), Path::new(".")).unwrap();
+        assert_eq!(c.tenants[0].pool.max_prepared_statements, 50);
+        let err = Config::parse(&with(0), Path::new(".")).unwrap_err();
+        assert!(
+            err.problems
+                .iter()
+                .any(|p| p.path == "tenants[0].pool.max_prepared_statements"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn sni_source_needs_suffix_only_when_listed() {
         let text = format!("{MINIMAL}\n[routing]\nsources = [\"options\"]\n");
         assert!(Config::parse(&text, Path::new(".")).is_ok());

@@ -61,6 +61,9 @@ pub struct PoolConfig {
     /// transaction, not only after those that may have changed settings
     /// (for functions that change settings out of pgcell's sight).
     pub reset_every_transaction: bool,
+    /// Transaction mode: protocol-level prepared statements each backend
+    /// keeps (least recently used closed first).
+    pub max_prepared_statements: usize,
 }
 
 /// A secret that must never reach a log line.
@@ -142,6 +145,7 @@ pub(super) struct RawPool {
     reset_query: Option<String>,
     pin_session_state: Option<bool>,
     reset_every_transaction: Option<bool>,
+    max_prepared_statements: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -170,6 +174,15 @@ pub(super) fn pool_from_raw(raw: RawPool, at: &str, p: &mut Problems) -> PoolCon
         p.push(format!("{at}.pool.size"), "must be at least 1");
     }
     let min_idle = raw.min_idle.unwrap_or(0);
+    let max_prepared_statements = raw
+        .max_prepared_statements
+        .unwrap_or(crate::session::prepared::MAX_PREPARED_PER_BACKEND);
+    if max_prepared_statements == 0 {
+        p.push(
+            format!("{at}.pool.max_prepared_statements"),
+            "must be at least 1 (each named statement a client prepares needs a place on its backend)",
+        );
+    }
     if raw.max_client_connections == Some(0) {
         p.push(
             format!("{at}.pool.max_client_connections"),
@@ -196,6 +209,7 @@ pub(super) fn pool_from_raw(raw: RawPool, at: &str, p: &mut Problems) -> PoolCon
         reset_query,
         pin_session_state: raw.pin_session_state.unwrap_or(false),
         reset_every_transaction: raw.reset_every_transaction.unwrap_or(false),
+        max_prepared_statements,
     }
 }
 

@@ -177,6 +177,10 @@ pub struct PoolSpec {
     /// functions that change settings pgcell cannot see.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reset_every_transaction: Option<bool>,
+    /// Transaction mode: protocol-level prepared statements each backend
+    /// keeps (default 1000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_prepared_statements: Option<u32>,
 }
 
 /// TLS from pgcell to the backends.
@@ -346,6 +350,7 @@ pub fn tenant_config(object: &PgcellTenant, lookup: &dyn Lookup) -> Result<Tenan
             "reset_query": pool.reset_query,
             "pin_session_state": pool.pin_session_state,
             "reset_every_transaction": pool.reset_every_transaction,
+            "max_prepared_statements": pool.max_prepared_statements,
         },
         "users": users,
     });

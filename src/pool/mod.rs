@@ -594,7 +594,11 @@ impl Pool {
         )
         .await;
         let conn = match conn {
-            Ok(conn) => conn,
+            Ok(mut conn) => {
+                conn.prepared
+                    .set_limit(self.settings.max_prepared_statements);
+                conn
+            }
             Err(e) => {
                 metrics::counter!(crate::metrics::BACKEND_CONNECT_ERRORS, "tenant" => self.key.tenant.clone())
                     .increment(1);

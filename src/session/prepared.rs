@@ -19,7 +19,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 use crate::protocol::framing::Message;
 use crate::protocol::messages;
 
-/// Statements one backend keeps before the least recently used is closed.
+/// Statements one backend keeps before the least recently used is closed,
+/// unless the pool says otherwise (`pool.max_prepared_statements`).
 pub const MAX_PREPARED_PER_BACKEND: usize = 1_000;
 /// Statements one client may hold.
 pub const MAX_PREPARED_PER_CLIENT: usize = 10_000;
@@ -42,17 +43,35 @@ fn foreign(name: &[u8]) -> Option<&'static [u8]> {
 }
 
 /// The statements one backend holds, least recently used first out.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct BackendStatements {
     /// Name → (last use, creation), in ticks of `clock`.
     used: HashMap<String, (u64, u64)>,
+    /// Most statements kept; the least recently used beyond it is closed.
+    limit: usize,
     clock: u64,
     /// `clock` when each `DEALLOCATE ALL`/`DISCARD ALL` still unanswered
     /// was sent: its answer drops only what was created before it.
     drops_sent: VecDeque<u64>,
 }
 
+impl Default for BackendStatements {
+    fn default() -> Self {
+        BackendStatements {
+            used: HashMap::new(),
+            limit: MAX_PREPARED_PER_BACKEND,
+            clock: 0,
+            drops_sent: VecDeque::new(),
+        }
+    }
+}
+
 impl BackendStatements {
+    /// Keeps at most `limit` statements (at least one) from now on.
+    pub fn set_limit(&mut self, limit: usize) {
+        self.limit = limit.max(1);
+    }
+
     fn contains(&self, name: &str) -> bool {
         self.used.contains_key(name)
     }
@@ -70,7 +89,7 @@ impl BackendStatements {
         self.clock += 1;
         self.used.insert(name, (self.clock, self.clock));
         let mut evicted = Vec::new();
-        while self.used.len() > MAX_PREPARED_PER_BACKEND {
+        while self.used.len() > self.limit {
             let Some(oldest) = self
                 .used
                 .iter()

@@ -860,3 +860,42 @@ async fn a_replayed_setting_that_no_longer_applies_is_the_clients_error() {
     );
     proxy.stop().await;
 }
+
+/// `pool.max_prepared_statements` bounds the statements pgcell keeps on a
+/// backend: beyond it the least recently used is closed, and prepared
+/// again, unseen by the client, when the client uses it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_prepared_statements_bounds_each_backend() {
+    let a = cluster("cluster-max-prepared");
+    let proxy = pooled_proxy(
+        "acme",
+        &a,
+        "mode = \"transaction\"\nsize = 1\nmax_prepared_statements = 2",
+    )
+    .await;
+    let (c, _task) = connect(&proxy.pg_config("app.acme")).await.unwrap();
+    let statements = [
+        c.prepare("SELECT 1::int").await.unwrap(),
+        c.prepare("SELECT 2::int").await.unwrap(),
+        c.prepare("SELECT 3::int").await.unwrap(),
+    ];
+    for round in 0..3 {
+        for (i, s) in statements.iter().enumerate() {
+            let v: i32 = c.query_one(s, &[]).await.unwrap().get(0);
+            assert_eq!(v, i as i32 + 1, "round {round}");
+        }
+        let rows = c
+            .simple_query("SELECT count(*) FROM pg_prepared_statements")
+            .await
+            .unwrap();
+        let kept = rows
+            .iter()
+            .find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(kept, "2", "round {round}");
+    }
+    proxy.stop().await;
+}
