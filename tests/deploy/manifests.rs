@@ -167,9 +167,9 @@ impl Rendered {
     fn render_path_as(path: &std::path::Path, dir: &str) -> Rendered {
         let yaml = run(Command::new("kubectl").arg("kustomize").arg(path), 120);
         let mut objects = Vec::new();
-        for (i, doc) in serde_yaml::Deserializer::from_str(&yaml).enumerate() {
-            let value = Value::deserialize(doc)
-                .unwrap_or_else(|e| panic!("{dir}: document {i} is not YAML: {e}"));
+        let docs: Vec<Value> = serde_saphyr::from_multiple(&yaml)
+            .unwrap_or_else(|e| panic!("{dir}: the rendered manifests are not YAML: {e}"));
+        for value in docs {
             if value.is_null() {
                 continue;
             }

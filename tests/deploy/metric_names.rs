@@ -128,7 +128,7 @@ fn omnistrate_spec_parses_and_names_only_what_exists() {
     let exported = exported_series();
     let text =
         std::fs::read_to_string(repo_path("deploy/omnistrate/pgcell-service-plan.yaml")).unwrap();
-    let spec: Value = serde_yaml::from_str(&text).expect("the Omnistrate spec is YAML");
+    let spec: Value = serde_saphyr::from_str(&text).expect("the Omnistrate spec is YAML");
     let services = spec["services"].as_array().expect("services");
     let names: Vec<&str> = services
         .iter()

@@ -805,22 +805,23 @@ async fn large_pipelines_complete() {
 
 /// A setting a client made that no longer applies when pgcell replays it
 /// on the client's next backend (its role was dropped meanwhile): the
-/// client gets `22023` with PostgreSQL's text, the connection error is
-/// counted as the client's (not a lost backend), and the backend — the
+/// client gets `22023` with PostgreSQL's text, no backend is counted as
+/// lost, and the backend — the
 /// failed replay changed nothing on it — serves the next client.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replayed_setting_that_no_longer_applies_is_the_clients_error() {
     let a = cluster("cluster-restore-refused");
     a.psql("postgres", "CREATE ROLE gone_role; GRANT gone_role TO app")
         .unwrap();
+    // A tenant of its own: the metrics registry is shared by the tests.
     let proxy = pooled_proxy(
-        "acme",
+        "refused",
         &a,
         "mode = \"transaction\"\nsize = 1\nacquire_timeout = \"2s\"",
     )
     .await;
-    let (ca, task_a) = connect(&proxy.pg_config("app.acme")).await.unwrap();
-    let (cb, _b) = connect(&proxy.pg_config("app.acme")).await.unwrap();
+    let (ca, task_a) = connect(&proxy.pg_config("app.refused")).await.unwrap();
+    let (cb, _b) = connect(&proxy.pg_config("app.refused")).await.unwrap();
     ca.simple_query("SET ROLE gone_role").await.unwrap();
     assert_eq!(show(&ca, "SELECT current_user::text").await, "gone_role");
     let pid: i32 = cb
