@@ -310,9 +310,11 @@ impl Discovery {
         for (ns, name) in secrets {
             let key = (ns.clone(), name.clone());
             if !self.secrets.contains_key(&key) {
+                // What a Role's `resourceNames` is checked against.
+                let by_name = format!("metadata.name={name}");
                 let watch = Watch::spawn(
                     Api::namespaced(self.client.clone(), ns),
-                    watcher::Config::default().fields(&format!("metadata.name={name}")),
+                    watcher::Config::default().fields(&by_name),
                     "secrets",
                     self.changed.clone(),
                 );
