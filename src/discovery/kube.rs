@@ -554,3 +554,28 @@ impl crd::Lookup for StoreLookup<'_> {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::is_secret_name;
+
+    #[test]
+    fn only_dns_subdomains_go_into_a_field_selector() {
+        for ok in ["acme-users", "a", "acme.users-2", &"a".repeat(253)] {
+            assert!(is_secret_name(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "Acme",
+            "-acme",
+            "acme-",
+            "a..b",
+            "a,metadata.name!=b",
+            "a=b",
+            "a b",
+            &"a".repeat(254),
+        ] {
+            assert!(!is_secret_name(bad), "{bad}");
+        }
+    }
+}
