@@ -906,7 +906,9 @@ async fn full_session_pool_queues_at_login_and_refuses_after_acquire_timeout() {
 
     // Past acquire_timeout: exactly the documented refusal.
     let started = Instant::now();
-    let err = connect(&config).await.err().expect("refused");
+    let Err(err) = connect(&config).await else {
+        panic!("a client waiting past acquire_timeout was let in");
+    };
     let waited = started.elapsed();
     let db = err.as_db_error().expect("an ErrorResponse");
     assert_eq!(db.code().code(), "53300");
