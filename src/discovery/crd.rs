@@ -110,7 +110,9 @@ pub struct ServiceRef {
     pub port: IntOrString,
 }
 
-/// A key of a Secret in the PgcellTenant's namespace.
+/// A key of a Secret in the PgcellTenant's namespace. pgcell watches
+/// that Secret by name: grant it `list` and `watch` on the name (a Role
+/// rule with `resourceNames`).
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SecretKeyRef {

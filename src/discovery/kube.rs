@@ -1,4 +1,6 @@
-//! Watches the Kubernetes API: `PgcellTenant`s, the Secrets they name and
+//! Watches the Kubernetes API: `PgcellTenant`s, each Secret they name (by
+//! name: a `metadata.name` field selector, so no other Secret is ever
+//! listed and the Role can name the Secrets in `resourceNames`) and
 //! `discovery.k8s.io/v1` EndpointSlices, each through a kube-runtime
 //! `watcher` feeding a `reflector` store. Every change wakes one loop that
 //! waits [`DEBOUNCE`] for more, then recomputes the whole discovered set
@@ -14,7 +16,7 @@ use std::fmt::Debug;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use ::kube::api::Api;
@@ -35,9 +37,12 @@ use crate::server::{Discovered, Shared};
 /// How long a change waits for the changes that usually come with it (a
 /// rollout touches several EndpointSlices) before routing is recomputed.
 pub const DEBOUNCE: Duration = Duration::from_millis(150);
-/// How long a newly watched namespace (a tenant's Service elsewhere) may
-/// hold back publishing while its first list is under way.
-const NEW_NAMESPACE_WAIT: Duration = Duration::from_secs(5);
+/// How long a new watch that may never list (a tenant's Service in
+/// another namespace, a Secret pgcell may not read) holds back publishing
+/// while its first list is under way.
+const NEW_WATCH_WAIT: Duration = Duration::from_secs(5);
+/// Longest Secret name (a DNS subdomain).
+const MAX_SECRET_NAME_LEN: usize = 253;
 /// Longest wait between attempts to build a client.
 const MAX_CLIENT_BACKOFF: Duration = Duration::from_secs(60);
 
@@ -74,12 +79,6 @@ pub async fn run(shared: Arc<Shared>, config: KubernetesConfig) {
         "pgcelltenants",
         changed.clone(),
     );
-    let secrets = Watch::spawn(
-        Api::namespaced(client.clone(), &namespace),
-        watcher::Config::default(),
-        "secrets",
-        changed.clone(),
-    );
     let mut discovery = Discovery {
         shared,
         client,
@@ -89,7 +88,7 @@ pub async fn run(shared: Arc<Shared>, config: KubernetesConfig) {
         data_port: file.listen.addr.port(),
         changed,
         tenants,
-        secrets,
+        secrets: BTreeMap::new(),
         slices: BTreeMap::new(),
         published: None,
         problems: HashMap::new(),
@@ -128,10 +127,12 @@ fn own_addresses(listen: SocketAddr) -> Vec<SocketAddr> {
 }
 
 /// One watched resource: its store, whether its first list completed,
-/// and the task feeding it (aborted on drop).
+/// the last error while it has not, and the task feeding it (aborted on
+/// drop).
 struct Watch<K: Resource<DynamicType = ()> + 'static> {
     store: Store<K>,
     ready: Arc<AtomicBool>,
+    error: Arc<Mutex<Option<String>>>,
     started: Instant,
     task: tokio::task::JoinHandle<()>,
 }
@@ -149,6 +150,8 @@ where
         let (store, writer) = reflector::store();
         let ready = Arc::new(AtomicBool::new(false));
         let listed = ready.clone();
+        let error = Arc::new(Mutex::new(None));
+        let last_error = error.clone();
         let task = tokio::spawn(async move {
             let mut events = watcher(api, config)
                 .default_backoff()
@@ -163,6 +166,8 @@ where
                     Ok(watcher::Event::InitDone) => "listed",
                     Err(e) => {
                         tracing::warn!(resource, error = %e, "Kubernetes watch failed; retrying with backoff");
+                        *last_error.lock().unwrap_or_else(PoisonError::into_inner) =
+                            Some(e.to_string());
                         "error"
                     }
                 };
@@ -183,6 +188,7 @@ where
         Watch {
             store,
             ready,
+            error,
             started: Instant::now(),
             task,
         }
@@ -190,6 +196,27 @@ where
 
     fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
+    }
+
+    /// What kept the first list from completing, if it has not.
+    fn failure(&self) -> Option<String> {
+        if self.is_ready() {
+            return None;
+        }
+        self.error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// How long this watch may still hold back publishing while its first
+    /// list is due: [`NEW_WATCH_WAIT`] from its start at most.
+    fn pending(&self) -> Option<Duration> {
+        if self.is_ready() {
+            return None;
+        }
+        let left = NEW_WATCH_WAIT.saturating_sub(self.started.elapsed());
+        (!left.is_zero()).then_some(left)
     }
 }
 
@@ -209,7 +236,8 @@ struct Discovery {
     data_port: u16,
     changed: Arc<Notify>,
     tenants: Watch<PgcellTenant>,
-    secrets: Watch<Secret>,
+    /// One watch per Secret the tenants reference, by (namespace, name).
+    secrets: BTreeMap<(String, String), Watch<Secret>>,
     /// EndpointSlices by namespace: pgcell's own, and those of tenants'
     /// Services elsewhere.
     slices: BTreeMap<String, Watch<EndpointSlice>>,
@@ -225,12 +253,15 @@ impl Discovery {
         loop {
             self.changed.notified().await;
             tokio::time::sleep(DEBOUNCE).await;
-            if !(self.tenants.is_ready() && self.secrets.is_ready()) {
+            if !self.tenants.is_ready() {
                 continue;
             }
+            let secrets = self.referenced_secrets();
+            self.watch_secrets(&secrets);
             let namespaces = self.service_namespaces();
             self.watch_slices_in(&namespaces);
-            if let Some(wait) = self.slices_pending() {
+            let pending = [self.slices_pending(), self.secrets_pending()];
+            if let Some(wait) = pending.into_iter().flatten().min() {
                 let changed = self.changed.clone();
                 tokio::spawn(async move {
                     tokio::time::sleep(wait).await;
@@ -255,6 +286,50 @@ impl Discovery {
         namespaces
     }
 
+    /// The Secrets the tenants reference, as (namespace, name). Names that
+    /// are not valid Secret names are left out (their tenants are
+    /// reported by the lookup), so none can widen a field selector.
+    fn referenced_secrets(&self) -> BTreeSet<(String, String)> {
+        let mut secrets = BTreeSet::new();
+        for t in self.tenants.store.state() {
+            let ns = t.metadata.namespace.as_deref().unwrap_or(&self.namespace);
+            for u in &t.spec.users {
+                if is_secret_name(&u.secret_ref.name) {
+                    secrets.insert((ns.to_owned(), u.secret_ref.name.clone()));
+                }
+            }
+        }
+        secrets
+    }
+
+    /// Starts a watch for each Secret in `secrets` not watched yet, each
+    /// selecting that one Secret by name, and stops those no longer
+    /// referenced.
+    fn watch_secrets(&mut self, secrets: &BTreeSet<(String, String)>) {
+        self.secrets.retain(|key, _| secrets.contains(key));
+        for (ns, name) in secrets {
+            let key = (ns.clone(), name.clone());
+            if !self.secrets.contains_key(&key) {
+                // What a Role's `resourceNames` is checked against.
+                let by_name = format!("metadata.name={name}");
+                let watch = Watch::spawn(
+                    Api::namespaced(self.client.clone(), ns),
+                    watcher::Config::default().fields(&by_name),
+                    "secrets",
+                    self.changed.clone(),
+                );
+                self.secrets.insert(key, watch);
+            }
+        }
+    }
+
+    /// How long to wait for a new Secret watch's first list, if any is
+    /// still due: [`NEW_WATCH_WAIT`] at most, since a Secret pgcell may not
+    /// read never lists, and must not hold back the other tenants.
+    fn secrets_pending(&self) -> Option<Duration> {
+        self.secrets.values().filter_map(Watch::pending).min()
+    }
+
     /// Starts watches for `namespaces` not watched yet and stops those no
     /// longer needed.
     fn watch_slices_in(&mut self, namespaces: &BTreeSet<String>) {
@@ -274,7 +349,7 @@ impl Discovery {
 
     /// How long to wait for a slice watch's first list, if any is still
     /// due. pgcell's own namespace is always waited for; another one
-    /// (perhaps not listable at all) for [`NEW_NAMESPACE_WAIT`] at most.
+    /// (perhaps not listable at all) for [`NEW_WATCH_WAIT`] at most.
     fn slices_pending(&self) -> Option<Duration> {
         let mut wait = None;
         for (ns, watch) in &self.slices {
@@ -284,8 +359,7 @@ impl Discovery {
             if *ns == self.namespace {
                 return Some(DEBOUNCE);
             }
-            let left = NEW_NAMESPACE_WAIT.saturating_sub(watch.started.elapsed());
-            if !left.is_zero() {
+            if let Some(left) = watch.pending() {
                 wait = Some(wait.map_or(left, |w: Duration| w.min(left)));
             }
         }
@@ -340,7 +414,7 @@ impl Discovery {
                 .cmp(&(&b.metadata.namespace, &b.metadata.name))
         });
         let lookup = StoreLookup {
-            secrets: &self.secrets.store,
+            secrets: &self.secrets,
             slices: &self.slices,
         };
         let mut tenants: Vec<TenantConfig> = Vec::new();
@@ -406,16 +480,44 @@ fn fingerprint(tenants: &[TenantConfig], peers: &[CancelPeer]) -> u64 {
     hasher.finish()
 }
 
+/// Whether `name` is a valid Secret name: a DNS subdomain (RFC 1123),
+/// so that it is safe inside a field selector.
+fn is_secret_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_SECRET_NAME_LEN
+        && name.split('.').all(|label| {
+            let bytes = label.as_bytes();
+            !bytes.is_empty()
+                && bytes
+                    .iter()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+                && bytes[0] != b'-'
+                && bytes[bytes.len() - 1] != b'-'
+        })
+}
+
 /// Secrets and endpoints from the reflector stores.
 struct StoreLookup<'a> {
-    secrets: &'a Store<Secret>,
+    secrets: &'a BTreeMap<(String, String), Watch<Secret>>,
     slices: &'a BTreeMap<String, Watch<EndpointSlice>>,
 }
 
 impl crd::Lookup for StoreLookup<'_> {
     fn secret(&self, namespace: &str, name: &str, key: &str) -> Result<String, String> {
-        let secret = self
+        if !is_secret_name(name) {
+            return Err(format!("{name:?} is not a valid Secret name"));
+        }
+        let watch = self
             .secrets
+            .get(&(namespace.to_owned(), name.to_owned()))
+            .ok_or_else(|| format!("Secret {namespace}/{name} not found"))?;
+        if let Some(error) = watch.failure() {
+            return Err(format!(
+                "Secret {namespace}/{name} could not be read (is list and watch of it granted to pgcell? see docs/discovery.md, RBAC): {error}"
+            ));
+        }
+        let secret = watch
+            .store
             .get(&ObjectRef::new(name).within(namespace))
             .ok_or_else(|| format!("Secret {namespace}/{name} not found"))?;
         let bytes = secret
@@ -450,5 +552,30 @@ impl crd::Lookup for StoreLookup<'_> {
                 .filter(|s| endpoints::belongs_to(s, &service.name)),
             &service.port,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_secret_name;
+
+    #[test]
+    fn only_dns_subdomains_go_into_a_field_selector() {
+        for ok in ["acme-users", "a", "acme.users-2", &"a".repeat(253)] {
+            assert!(is_secret_name(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "Acme",
+            "-acme",
+            "acme-",
+            "a..b",
+            "a,metadata.name!=b",
+            "a=b",
+            "a b",
+            &"a".repeat(254),
+        ] {
+            assert!(!is_secret_name(bad), "{bad}");
+        }
     }
 }

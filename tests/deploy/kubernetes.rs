@@ -16,6 +16,7 @@ use crate::repo_path;
 pub const SELF_REGISTER: &str = "deploy/kubernetes/overlays/self-register";
 pub const TARGET_GROUP_BINDING: &str = "deploy/kubernetes/overlays/target-group-binding";
 const EXAMPLE_TENANT: &str = "deploy/kubernetes/examples/tenant";
+const EXAMPLE_POOLED_TENANT: &str = "deploy/kubernetes/examples/pooled-tenant";
 const OVERLAYS: [&str; 2] = [SELF_REGISTER, TARGET_GROUP_BINDING];
 
 /// Upper bound of one DeregisterTargets call retried through an API
@@ -230,7 +231,10 @@ fn mounted_config(r: &Rendered) -> Config {
 #[test]
 fn every_rendered_object_parses_into_its_type() {
     // Rendering does the parsing; unknown kinds and fields panic there.
-    for dir in OVERLAYS.iter().chain([&EXAMPLE_TENANT]) {
+    for dir in OVERLAYS
+        .iter()
+        .chain([&EXAMPLE_TENANT, &EXAMPLE_POOLED_TENANT])
+    {
         let r = Rendered::render(dir);
         assert!(!r.objects.is_empty());
     }
@@ -428,14 +432,10 @@ fn watched_by_discovery() -> BTreeSet<(String, String)> {
     watched
 }
 
-/// (group, resource, verb) granted to `namespace/sa` in `namespace` by
-/// RoleBindings there.
-fn granted(
-    r: &Rendered,
-    rbac: &Rendered,
-    namespace: &str,
-    sa: (&str, &str),
-) -> BTreeSet<(String, String, String)> {
+/// (group, resource, verb, name) granted to `namespace/sa` in `namespace`
+/// by RoleBindings there; the name is `None` for every object of the
+/// resource, else one of the rule's `resourceNames`.
+fn granted(r: &Rendered, rbac: &Rendered, namespace: &str, sa: (&str, &str)) -> BTreeSet<Grant> {
     let mut out = BTreeSet::new();
     for binding in r.role_bindings() {
         if binding.metadata.namespace.as_deref() != Some(namespace) {
@@ -472,11 +472,18 @@ fn granted(
             )
         });
         for rule in rules {
-            assert!(rule.resource_names.is_none() && rule.non_resource_urls.is_none());
+            assert!(rule.non_resource_urls.is_none());
+            // An empty resourceNames list means every object.
+            let names: Vec<Option<String>> = match &rule.resource_names {
+                Some(names) if !names.is_empty() => names.iter().cloned().map(Some).collect(),
+                _ => vec![None],
+            };
             for g in rule.api_groups.iter().flatten() {
                 for res in rule.resources.iter().flatten() {
                     for v in &rule.verbs {
-                        out.insert((g.clone(), res.clone(), v.clone()));
+                        for name in &names {
+                            out.insert((g.clone(), res.clone(), v.clone(), name.clone()));
+                        }
                     }
                 }
             }
@@ -485,19 +492,32 @@ fn granted(
     out
 }
 
-fn with_verbs(
-    resources: impl IntoIterator<Item = (String, String)>,
-) -> BTreeSet<(String, String, String)> {
+/// (group, resource, verb, name): see [`granted`].
+type Grant = (String, String, String, Option<String>);
+
+/// list + watch of every object of `resources`.
+fn with_verbs(resources: impl IntoIterator<Item = (String, String)>) -> BTreeSet<Grant> {
     resources
         .into_iter()
-        .flat_map(|(g, r)| ["list", "watch"].map(|v| (g.clone(), r.clone(), v.to_owned())))
+        .flat_map(|(g, r)| ["list", "watch"].map(|v| (g.clone(), r.clone(), v.to_owned(), None)))
         .collect()
+}
+
+/// (group, plural) of Secrets.
+fn secrets() -> (String, String) {
+    (
+        <Secret as k8s_openapi::Resource>::GROUP.to_owned(),
+        <Secret as k8s_openapi::Resource>::URL_PATH_SEGMENT.to_owned(),
+    )
 }
 
 #[test]
 fn rbac_grants_exactly_what_discovery_watches() {
     let watched = watched_by_discovery();
-    let expected = with_verbs(watched.clone());
+    // Secrets are watched one by one, by name, and granted per tenant
+    // (`rbac_grants_each_pooled_tenant_its_own_secrets`): never all of
+    // them.
+    let expected = with_verbs(watched.iter().filter(|r| **r != secrets()).cloned());
     for dir in OVERLAYS {
         let cell = Cell::render(dir);
         let r = &cell.rendered;
@@ -525,7 +545,7 @@ fn rbac_grants_exactly_what_discovery_watches() {
         assert_eq!(
             granted(r, r, &ns, (&ns, &sa_name)),
             expected,
-            "{dir}: what pgcell may do in its namespace (list + watch of exactly what src/discovery watches)"
+            "{dir}: what pgcell may do in its namespace (list + watch of exactly what src/discovery watches, no Secret)"
         );
         // The ClusterRole for other namespaces' EndpointSlices grants those
         // only, and only through RoleBindings.
@@ -544,7 +564,7 @@ fn rbac_grants_exactly_what_discovery_watches() {
                             verbs
                                 .clone()
                                 .into_iter()
-                                .map(move |v| (g.clone(), r.clone(), v))
+                                .map(move |v| (g.clone(), r.clone(), v, None))
                         })
                     })
                 })
@@ -641,6 +661,57 @@ fn example_tenant_is_valid_and_its_endpoints_are_watchable() {
         grants,
         with_verbs([("discovery.k8s.io".to_owned(), "endpointslices".to_owned())]),
         "pgcell may watch EndpointSlices in {service_ns}, nothing more"
+    );
+}
+
+/// Lookup for validating the pooled example tenant: every Secret key
+/// holds a password.
+struct PooledExampleLookup;
+
+impl crd::Lookup for PooledExampleLookup {
+    fn secret(&self, _namespace: &str, _name: &str, _key: &str) -> Result<String, String> {
+        Ok("example-password".to_owned())
+    }
+    fn endpoints(&self, _namespace: &str, _service: &ServiceRef) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+#[test]
+fn rbac_grants_each_pooled_tenant_its_own_secrets() {
+    let example = Rendered::render(EXAMPLE_POOLED_TENANT);
+    let cell = Cell::render(SELF_REGISTER);
+    let own_ns = cell.deployment().metadata.namespace.clone().unwrap();
+    let sa = cell.pod().service_account_name.clone().unwrap();
+    let tenants = example.tenants();
+    assert_eq!(tenants.len(), 1);
+    let tenant = tenants[0];
+    let config = crd::tenant_config(tenant, &PooledExampleLookup)
+        .unwrap_or_else(|e| panic!("the pooled example fails pgcell's validation: {e}"));
+    assert!(!config.users.is_empty() && config.require_tls);
+    assert_eq!(tenant.metadata.namespace.as_deref(), Some(own_ns.as_str()));
+    let (group, resource) = secrets();
+    let referenced: BTreeSet<Grant> = tenant
+        .spec
+        .users
+        .iter()
+        .flat_map(|u| {
+            ["list", "watch"].map(|v| {
+                (
+                    group.clone(),
+                    resource.clone(),
+                    v.to_owned(),
+                    Some(u.secret_ref.name.clone()),
+                )
+            })
+        })
+        .collect();
+    // What the example's RoleBindings add in pgcell's namespace: list +
+    // watch of exactly the Secrets the tenant names.
+    let added = granted(&example, &cell.rendered, &own_ns, (&own_ns, &sa));
+    assert_eq!(
+        added, referenced,
+        "the example grants list + watch of its own Secrets by name, nothing more"
     );
 }
 

@@ -900,3 +900,70 @@ async fn max_prepared_statements_bounds_each_backend() {
     }
     proxy.stop().await;
 }
+
+/// Session mode: a client beyond a full pool waits in line at login (a
+/// session-mode client owns its backend from login to the end), is served
+/// when another client leaves, and past `acquire_timeout` is refused as
+/// PostgreSQL refuses a connection over its limit: `FATAL 53300` before
+/// any `ReadyForQuery`, then the close. Never a session that looks
+/// established and then dies on its first statement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_session_pool_queues_at_login_and_refuses_after_acquire_timeout() {
+    let a = cluster("cluster-queue");
+    let proxy = pooled_proxy(
+        "acme",
+        &a,
+        "mode = \"session\"\nsize = 1\nacquire_timeout = \"2s\"",
+    )
+    .await;
+    let config = proxy.pg_config("app.acme");
+    let (holder, _h) = connect(&config).await.unwrap();
+    holder.simple_query("select 1").await.unwrap();
+
+    // In line: the login completes once the holder leaves.
+    let started = Instant::now();
+    let mut waiting = tokio::spawn({
+        let config = config.clone();
+        async move { connect(&config).await }
+    });
+    let early = tokio::time::timeout(Duration::from_millis(700), &mut waiting).await;
+    assert!(
+        early.is_err(),
+        "the client beyond the pool got its login answered without a backend"
+    );
+    drop(holder);
+    let (waiter, _w) = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("served once the holder left")
+        .unwrap()
+        .unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(700));
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "served before the timeout"
+    );
+    assert_eq!(cluster_name(&waiter).await, "cluster-queue");
+
+    // Past acquire_timeout: exactly the documented refusal.
+    let started = Instant::now();
+    let Err(err) = connect(&config).await else {
+        panic!("a client waiting past acquire_timeout was let in");
+    };
+    let waited = started.elapsed();
+    let db = err.as_db_error().expect("an ErrorResponse");
+    assert_eq!(db.code().code(), "53300");
+    assert_eq!(db.severity(), "FATAL");
+    assert_eq!(db.message(), "no server connection free within 2000 ms");
+    assert!(
+        waited >= Duration::from_secs(2) && waited < Duration::from_secs(5),
+        "{waited:?}"
+    );
+
+    // pgcell goes on serving: the client in the pool, and the next one in
+    // line once it leaves.
+    waiter.simple_query("select 1").await.unwrap();
+    drop(waiter);
+    let (next, _n) = connect(&config).await.unwrap();
+    assert_eq!(cluster_name(&next).await, "cluster-queue");
+    proxy.stop().await;
+}

@@ -1,7 +1,13 @@
 //! A fake Kubernetes API server: list and watch (with resourceVersion,
-//! bookmarks, 410 Gone) for PgcellTenants, Secrets and EndpointSlices, on
-//! the real paths and in the real JSON shapes, so that a real
-//! `kube::Client` talks to it.
+//! bookmarks, 410 Gone, `labelSelector` and `fieldSelector`) for
+//! PgcellTenants, Secrets and EndpointSlices, on the real paths and in the
+//! real JSON shapes, so that a real `kube::Client` talks to it.
+//!
+//! [`ApiServer::grant_secrets`] makes it authorize Secrets as RBAC does
+//! for a Role whose rule names them in `resourceNames`: a list or watch
+//! is allowed only when its field selector requires `metadata.name` to be
+//! one of them (the apiserver takes the request's name from such a
+//! selector), and gets `403 Forbidden` otherwise.
 //!
 //! Tests change objects through [`ApiServer`]'s methods; every change gets
 //! the next resourceVersion and goes to open watches. [`ApiServer::break_watches`]
@@ -96,6 +102,13 @@ struct Objects {
     lists: HashMap<Kind, usize>,
     /// Watch requests served, by resource.
     watches: HashMap<Kind, usize>,
+    /// Secret names a list or watch may name; any Secret when `None`.
+    granted_secrets: Option<HashSet<String>>,
+    /// Requests refused with 403, by resource.
+    forbidden: HashMap<Kind, usize>,
+    /// Names of the objects sent to clients (in lists and watch events),
+    /// by resource.
+    served: HashMap<Kind, HashSet<String>>,
 }
 
 struct Inner {
@@ -205,6 +218,37 @@ impl ApiServer {
         self.inner.cut.send_modify(|n| *n += 1);
     }
 
+    /// From now on, Secrets may be listed and watched only by name, and
+    /// only those in `names` (a Role rule with `resourceNames`).
+    pub fn grant_secrets(&self, names: &[&str]) {
+        self.inner.objects.lock().unwrap().granted_secrets =
+            Some(names.iter().map(|n| (*n).to_owned()).collect());
+    }
+
+    /// Requests for `kind` refused with 403 so far.
+    pub fn forbidden(&self, kind: Kind) -> usize {
+        *self
+            .inner
+            .objects
+            .lock()
+            .unwrap()
+            .forbidden
+            .get(&kind)
+            .unwrap_or(&0)
+    }
+
+    /// Names of the `kind` objects sent to clients so far.
+    pub fn served(&self, kind: Kind) -> HashSet<String> {
+        self.inner
+            .objects
+            .lock()
+            .unwrap()
+            .served
+            .get(&kind)
+            .cloned()
+            .unwrap_or_default()
+    }
+
     /// The next watch of `kind` gets an ERROR event with a 410 Status.
     pub fn expire_next_watch(&self, kind: Kind) {
         self.inner.objects.lock().unwrap().expire.insert(kind);
@@ -258,6 +302,57 @@ fn matches(selector: Option<&str>, object: &Value) -> bool {
     })
 }
 
+/// A field selector's terms, as the apiserver parses them: `field=value`,
+/// `field==value`, `field!=value`, comma-separated. Only the fields every
+/// resource supports (`metadata.name`, `metadata.namespace`) are known;
+/// any other is an error (the apiserver answers 400).
+struct FieldSelector(Vec<(String, bool, String)>);
+
+impl FieldSelector {
+    fn parse(selector: Option<&str>) -> Result<FieldSelector, String> {
+        let mut terms = Vec::new();
+        for term in selector
+            .unwrap_or_default()
+            .split(',')
+            .filter(|t| !t.is_empty())
+        {
+            let (field, equal, value) = if let Some((f, v)) = term.split_once("!=") {
+                (f, false, v)
+            } else if let Some((f, v)) = term.split_once("==") {
+                (f, true, v)
+            } else if let Some((f, v)) = term.split_once('=') {
+                (f, true, v)
+            } else {
+                return Err(format!("invalid selector: {term:?}"));
+            };
+            if !matches!(field, "metadata.name" | "metadata.namespace") {
+                return Err(format!("field label not supported: {field}"));
+            }
+            terms.push((field.to_owned(), equal, value.to_owned()));
+        }
+        Ok(FieldSelector(terms))
+    }
+
+    fn matches(&self, object: &Value) -> bool {
+        self.0.iter().all(|(field, equal, value)| {
+            let actual = match field.as_str() {
+                "metadata.name" => &object["metadata"]["name"],
+                _ => &object["metadata"]["namespace"],
+            };
+            (actual.as_str() == Some(value)) == *equal
+        })
+    }
+
+    /// The one name this selector requires (`RequiresExactMatch` on
+    /// `metadata.name`), which RBAC checks against `resourceNames`.
+    fn exact_name(&self) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(field, equal, _)| field == "metadata.name" && *equal)
+            .map(|(_, _, value)| value.as_str())
+    }
+}
+
 fn query(request: &Request) -> HashMap<String, String> {
     request
         .uri()
@@ -297,17 +392,51 @@ async fn handle(State(inner): State<Arc<Inner>>, request: Request) -> Response {
             .into_response();
     };
     let q = query(&request);
-    let selector = q.get("labelSelector").map(String::as_str);
+    let labels = q.get("labelSelector").cloned();
+    let fields = match FieldSelector::parse(q.get("fieldSelector").map(String::as_str)) {
+        Ok(fields) => fields,
+        Err(message) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                [(header::CONTENT_TYPE, "application/json")],
+                status(400, "BadRequest", &message).to_string(),
+            )
+                .into_response();
+        }
+    };
     let watching = matches!(q.get("watch").map(String::as_str), Some("true" | "1"));
+    {
+        let mut objects = inner.objects.lock().unwrap();
+        let allowed = kind != Kind::Secret
+            || objects
+                .granted_secrets
+                .as_ref()
+                .is_none_or(|names| fields.exact_name().is_some_and(|name| names.contains(name)));
+        if !allowed {
+            *objects.forbidden.entry(kind).or_default() += 1;
+            let verb = if watching { "watch" } else { "list" };
+            let message = format!(
+                "secrets is forbidden: User \"system:serviceaccount:{namespace}:pgcell\" cannot {verb} resource \"secrets\" in API group \"\" in the namespace \"{namespace}\""
+            );
+            return (
+                StatusCode::FORBIDDEN,
+                [(header::CONTENT_TYPE, "application/json")],
+                status(403, "Forbidden", &message).to_string(),
+            )
+                .into_response();
+        }
+    }
+    let selected = move |o: &Value| matches(labels.as_deref(), o) && fields.matches(o);
     if !watching {
         let mut objects = inner.objects.lock().unwrap();
         *objects.lists.entry(kind).or_default() += 1;
         let items: Vec<Value> = objects
             .live
             .iter()
-            .filter(|((k, ns, _), o)| *k == kind && *ns == namespace && matches(selector, o))
+            .filter(|((k, ns, _), o)| *k == kind && *ns == namespace && selected(o))
             .map(|(_, o)| o.clone())
             .collect();
+        note_served(&mut objects, kind, &items);
         let list = json!({
             "apiVersion": kind.api_version(),
             "kind": format!("{}List", kind.kind()),
@@ -353,12 +482,17 @@ async fn handle(State(inner): State<Arc<Inner>>, request: Request) -> Response {
             .collect();
         (replay, objects.rv)
     };
+    let served = inner.clone();
     tokio::spawn(async move {
-        let event = |c: &Change| json!({"type": c.kind_of_event, "object": c.object});
+        let event = |c: &Change| {
+            let mut objects = served.objects.lock().unwrap();
+            note_served(&mut objects, kind, std::slice::from_ref(&c.object));
+            json!({"type": c.kind_of_event, "object": c.object})
+        };
         let mut last = from;
         for c in &replay {
             last = c.rv;
-            if matches(selector_owned(&q), &c.object) && tx.send(line(event(c))).await.is_err() {
+            if selected(&c.object) && tx.send(line(event(c))).await.is_err() {
                 return;
             }
         }
@@ -379,7 +513,7 @@ async fn handle(State(inner): State<Arc<Inner>>, request: Request) -> Response {
                             continue;
                         }
                         last = c.rv;
-                        if matches(selector_owned(&q), &c.object)
+                        if selected(&c.object)
                             && tx.send(line(event(&c))).await.is_err()
                         {
                             return;
@@ -394,8 +528,14 @@ async fn handle(State(inner): State<Arc<Inner>>, request: Request) -> Response {
     stream_response(rx)
 }
 
-fn selector_owned(q: &HashMap<String, String>) -> Option<&str> {
-    q.get("labelSelector").map(String::as_str)
+/// Records that `items` of `kind` went to a client.
+fn note_served(objects: &mut Objects, kind: Kind, items: &[Value]) {
+    let served = objects.served.entry(kind).or_default();
+    for item in items {
+        if let Some(name) = item["metadata"]["name"].as_str() {
+            served.insert(name.to_owned());
+        }
+    }
 }
 
 fn stream_response(rx: mpsc::Receiver<Bytes>) -> Response {

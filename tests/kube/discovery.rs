@@ -346,3 +346,93 @@ async fn unreachable_api_leaves_the_file_config_working() {
     }
     proxy.stop().await;
 }
+
+/// A pooled tenant on `cluster` whose user `app` takes its password from
+/// Secret `secret`.
+fn pooled(cluster: &pgcell::local_pg::Cluster, secret: &str) -> serde_json::Value {
+    json!({
+        "backends": hosts(cluster),
+        "auth": "scram",
+        "pool": {"mode": "transaction", "size": 2},
+        "users": [{"name": "app", "secretRef": {"name": secret, "key": "app"}}],
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_secrets_tenants_reference_are_read() {
+    let _serial = serial().await;
+    let a = cluster("kube-rbac");
+    let api = ApiServer::start().await;
+    // RBAC as deploy/kubernetes grants it: list and watch of the Secrets
+    // the tenants name (`resourceNames`), nothing else in the namespace.
+    api.grant_secrets(&["acme-users"]);
+    api.apply(
+        Kind::Secret,
+        NS,
+        secret("acme-users", &[("app", APP_PASSWORD)]),
+    );
+    api.apply(
+        Kind::Secret,
+        NS,
+        secret("unrelated", &[("tls.key", "not for pgcell")]),
+    );
+    let proxy = Proxy::start(&config_text(&api.url(), "", "")).await;
+    api.apply(Kind::Tenant, NS, tenant("acme", pooled(&a, "acme-users")));
+    proxy
+        .wait_answer("app.acme", APP_PASSWORD, Ok("kube-rbac"))
+        .await;
+    assert_eq!(api.forbidden(Kind::Secret), 0, "pgcell asked for more");
+
+    // A tenant naming a Secret pgcell may not read is left out alone: it
+    // does not hold back the others for long.
+    api.apply(
+        Kind::Secret,
+        NS,
+        secret("beta-users", &[("app", APP_PASSWORD)]),
+    );
+    api.apply(Kind::Tenant, NS, tenant("beta", pooled(&a, "beta-users")));
+    eventually("the beta-users watch is refused", || async {
+        (api.forbidden(Kind::Secret) > 0).then_some(())
+    })
+    .await;
+    api.apply(
+        Kind::Tenant,
+        NS,
+        tenant("gamma", json!({"backends": hosts(&a)})),
+    );
+    proxy
+        .wait_answer("app.gamma", APP_PASSWORD, Ok("kube-rbac"))
+        .await;
+    assert_eq!(
+        proxy.answer("app.beta", APP_PASSWORD).await,
+        Err(UNKNOWN_TENANT.to_owned())
+    );
+    assert_eq!(
+        proxy.answer("app.acme", APP_PASSWORD).await.as_deref(),
+        Ok("kube-rbac")
+    );
+
+    // The operator grants it: the watch's retry succeeds.
+    api.grant_secrets(&["acme-users", "beta-users"]);
+    proxy
+        .wait_answer("app.beta", APP_PASSWORD, Ok("kube-rbac"))
+        .await;
+
+    // The unrelated Secret, changed meanwhile, never reached pgcell.
+    api.apply(
+        Kind::Secret,
+        NS,
+        secret("unrelated", &[("tls.key", "rotated")]),
+    );
+    tokio::time::sleep(2 * pgcell::discovery::kube::DEBOUNCE).await;
+    let served = api.served(Kind::Secret);
+    assert_eq!(
+        served,
+        ["acme-users", "beta-users"]
+            .map(str::to_owned)
+            .into_iter()
+            .collect(),
+        "Secrets sent to pgcell"
+    );
+    proxy.stop().await;
+}

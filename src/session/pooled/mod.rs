@@ -154,13 +154,19 @@ where
             .collect(),
     );
     // The startup answer is what such a backend reported at login: the
-    // first client of a profile waits for one backend to log in.
+    // first client of a profile waits for one backend to log in. In
+    // session mode every client waits for its backend here, before its
+    // login completes: it owns that backend to the end, so a full pool
+    // queues clients at login (bounded by `acquire_timeout`) and one that
+    // waits in vain is refused as PostgreSQL refuses a connection over
+    // its limit (FATAL 53300, no ReadyForQuery), instead of seeing a
+    // session that dies on its first statement.
     let mut first_lease = None;
     let server_params = match pool.params(&profile) {
-        Some(p) => p,
-        None => {
+        Some(p) if pool.mode == PoolMode::Transaction => p,
+        known => {
             let lease = acquire(&pool, &profile).await?;
-            let params = lease.conn.params.clone();
+            let params = known.unwrap_or_else(|| lease.conn.params.clone());
             first_lease = Some(lease);
             params
         }
