@@ -117,7 +117,7 @@ struct Entry {
 /// A pooled client has a backend only while it runs a transaction (or for
 /// its session); between, a cancel has nothing to do. When a cancel was
 /// sent during a checkout, that backend must not serve anyone else: the
-/// signal may land after the hand-over. [`Registration::detach`] reports it
+/// signal may land after the hand-over. [`IssuedKey::detach`] reports it
 /// so the pool closes that backend instead.
 #[derive(Debug, Default)]
 struct Slot {
@@ -127,7 +127,7 @@ struct Slot {
 
 /// Keeps a key registered; the key is forgotten when this drops.
 #[derive(Debug)]
-pub struct Registration {
+pub struct IssuedKey {
     map: CancelMap,
     key: CancelKey,
     slot: Arc<Mutex<Slot>>,
@@ -206,12 +206,12 @@ impl CancelMap {
     /// Issues a fresh random key for a session served by `target`, to a
     /// client that came through VPC endpoint `vpce_id`. Fails, rather than
     /// issue a guessable key, when the OS has no random bytes.
-    pub fn try_register(
+    pub fn try_issue(
         &self,
         target: CancelTarget,
         vpce_id: Option<&str>,
-    ) -> Result<Registration, RandomError> {
-        let reg = self.try_register_idle(vpce_id)?;
+    ) -> Result<IssuedKey, RandomError> {
+        let reg = self.try_issue_idle(vpce_id)?;
         reg.attach(target);
         Ok(reg)
     }
@@ -219,15 +219,15 @@ impl CancelMap {
     /// Issues a fresh random key, owned by this replica, for a client with
     /// no backend yet that came through VPC endpoint `vpce_id`. Fails,
     /// rather than issue a guessable key, when the OS has no random bytes.
-    pub fn try_register_idle(&self, vpce_id: Option<&str>) -> Result<Registration, RandomError> {
-        self.register_idle_from(OS_RANDOM, vpce_id)
+    pub fn try_issue_idle(&self, vpce_id: Option<&str>) -> Result<IssuedKey, RandomError> {
+        self.issue_idle_from(OS_RANDOM, vpce_id)
     }
 
-    fn register_idle_from(
+    fn issue_idle_from(
         &self,
         source: RandomSource,
         vpce_id: Option<&str>,
-    ) -> Result<Registration, RandomError> {
+    ) -> Result<IssuedKey, RandomError> {
         let mut map = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         // Ends: the map holds at most max_client_connections (≤ 1,000,000)
         // of the 2^23 pids, so a random one is free at least 88% of the time.
@@ -246,7 +246,7 @@ impl CancelMap {
                     slot: slot.clone(),
                 },
             );
-            return Ok(Registration {
+            return Ok(IssuedKey {
                 map: self.clone(),
                 key: CancelKey { pid, secret },
                 slot,
@@ -435,7 +435,7 @@ impl CancelMap {
     }
 }
 
-impl Registration {
+impl IssuedKey {
     /// The key to give the client.
     pub fn key(&self) -> CancelKey {
         self.key
@@ -458,7 +458,7 @@ impl Registration {
     }
 }
 
-impl Drop for Registration {
+impl Drop for IssuedKey {
     fn drop(&mut self) {
         self.map
             .inner
@@ -552,7 +552,7 @@ mod tests {
             Err(getrandom::Error::UNSUPPORTED)
         }
         let map = CancelMap::default();
-        let e = map.register_idle_from(broken, None).err().unwrap();
+        let e = map.issue_idle_from(broken, None).err().unwrap();
         assert_eq!(
             e.to_string(),
             format!("could not generate random cancel key: {}", e.source)
@@ -567,7 +567,7 @@ mod tests {
             addr: "127.0.0.1:5432".parse().unwrap(),
             key: CancelKey { pid: 42, secret: 7 },
         };
-        let reg = map.try_register(target, None).unwrap();
+        let reg = map.try_issue(target, None).unwrap();
         let key = reg.key();
         assert!(key.pid > 0);
         assert_eq!(map.lookup(key, None), Ok(target));
@@ -602,7 +602,7 @@ mod tests {
             key: CancelKey { pid: 42, secret: 7 },
         };
         let reg = map
-            .try_register(target, Some("vpce-0aaaaaaaaaaaaaaaa"))
+            .try_issue(target, Some("vpce-0aaaaaaaaaaaaaaaa"))
             .unwrap();
         let key = reg.key();
         for other in [None, Some("vpce-0bbbbbbbbbbbbbbbb"), Some("")] {
@@ -616,7 +616,7 @@ mod tests {
         reg.attach(target);
         assert_eq!(map.lookup(key, Some("vpce-0aaaaaaaaaaaaaaaa")), Ok(target));
         // A key issued without an endpoint is not bound.
-        let open = map.try_register(target, None).unwrap();
+        let open = map.try_issue(target, None).unwrap();
         assert_eq!(
             map.lookup(open.key(), Some("vpce-0bbbbbbbbbbbbbbbb")),
             Ok(target)
@@ -651,9 +651,7 @@ mod tests {
     fn issued_pids_name_their_owner() {
         for instance in [0u8, 1, 2, 127, 128, 254, 255] {
             let map = map(instance, &[]);
-            let regs: Vec<Registration> = (0..64)
-                .map(|_| map.try_register_idle(None).unwrap())
-                .collect();
+            let regs: Vec<IssuedKey> = (0..64).map(|_| map.try_issue_idle(None).unwrap()).collect();
             for reg in &regs {
                 let key = reg.key();
                 assert!(key.pid > 0, "{key:?}");
@@ -852,7 +850,7 @@ mod tests {
             key: CancelKey { pid: 42, secret: 7 },
         };
         let got_backend = receive_one(backend);
-        let reg = map.try_register(target, None).unwrap();
+        let reg = map.try_issue(target, None).unwrap();
         let held = CancelKey {
             pid: reg.key().pid | FORWARDED_BIT,
             ..reg.key()

@@ -30,7 +30,7 @@ use crate::protocol::startup::StartupMessage;
 use crate::protocol::{ClientError, SqlState};
 use crate::route::ClientInfo;
 use crate::server::Shared;
-use crate::session::login::{self, LoginError};
+use crate::session::client_auth::{self, ClientAuthError};
 use crate::session::SessionError;
 
 pub use show::publish_pool_gauges;
@@ -185,7 +185,7 @@ where
     // Bounded like a tenant's login: a stalled client holds no slot.
     let verified = tokio::time::timeout(
         shared.settings.auth_timeout,
-        login::verify(
+        client_auth::verify(
             client,
             &user,
             console.secrets.get(&user),
@@ -194,14 +194,14 @@ where
         ),
     )
     .await
-    .unwrap_or(Err(LoginError::Timeout));
+    .unwrap_or(Err(ClientAuthError::Timeout));
     if let Err(e) = verified {
         metrics::counter!(m::AUTH_FAILURES, "tenant" => m::NO_TENANT, "reason" => e.reason())
             .increment(1);
-        if matches!(e, LoginError::Failed(_)) {
-            tokio::time::sleep(login::AUTH_FAILURE_DELAY).await;
+        if matches!(e, ClientAuthError::Failed(_)) {
+            tokio::time::sleep(client_auth::AUTH_FAILURE_DELAY).await;
         }
-        return Err(SessionError::Login(e));
+        return Err(SessionError::ClientAuth(e));
     }
     tracing::info!(user, client_addr = %info.addr, "admin console login");
 

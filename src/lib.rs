@@ -13,16 +13,17 @@
 //! | [`protocol`] | the wire format: startup packets, framing, messages pgcell builds, SQLSTATEs |
 //! | [`route`] | tenant resolution (SNI, `options`, user suffix) and policy, before any password |
 //! | [`backend`] | connecting to a tenant's backend |
-//! | [`session`] | one connection end to end: authentication relay and byte relay |
+//! | [`auth`] | authentication primitives: SCRAM, MD5, secrets, randomness; `auth_query` (a user's secret from the tenant's backend) |
+//! | [`session`] | one connection end to end. Names: *client auth* (`session::client_auth`) is pgcell checking a client's password; *auth relay* (`session::auth_relay`) is the backend checking it through pgcell (passthrough); *backend login* (`pool::server`) is pgcell logging in to a backend for a pool |
 //! | [`clients`] | the clients connected now, and what each is doing |
 //! | [`pool`] | backend pools per (tenant, database, user); pause and resume |
 //! | [`console`] | the admin console: database `pgcell`, `SHOW POOLS` … |
-//! | [`cancel`] | cancel keys pgcell issues, their backend targets, forwarding to peer replicas |
+//! | [`cancel`] | cancel keys pgcell issues ([`cancel::IssuedKey`]), their backend targets, forwarding to peer replicas |
 //! | [`health`] | the TCP health port the NLB checks |
 //! | [`admin`] | HTTP `/metrics`, `/livez`, `/readyz` |
 //! | [`metrics`] | every metric name and help text |
 //! | [`lifecycle`] | Starting → Ready → Draining → Stopping → Stopped |
-//! | [`register`] | this replica's NLB target: RegisterTargets when ready, DeregisterTargets first in a drain (`register/aws.rs`) |
+//! | [`register`] | this replica's NLB target ([`register::Registration`]): RegisterTargets when ready, DeregisterTargets first in a drain (`register/aws.rs`) |
 //! | [`discovery`] | tenants (`PgcellTenant`), their backends and the peers from Kubernetes (`discovery/kube.rs`) |
 //! | [`server`] | shared state; bind, serve, reload, shut down |
 //! | [`config`] | TOML → typed [`config::Config`], every problem reported at once |

@@ -3,11 +3,11 @@
 //! becomes at most one `ErrorResponse` (through [`SessionError::client_error`]),
 //! one metric increment labelled with its kind, and one log line.
 
-pub mod auth;
+pub mod auth_relay;
 pub mod buffers;
 pub mod classify;
+pub mod client_auth;
 pub mod engine;
-pub mod login;
 pub mod pooled;
 pub mod prepared;
 pub mod relay;
@@ -31,7 +31,7 @@ use crate::protocol::startup::StartupMessage;
 use crate::protocol::{ClientError, Severity, SqlState};
 use crate::route::{self, ClientInfo, PolicyError, RouteError};
 use crate::server::Shared;
-use auth::{AuthEnd, AuthRelayError};
+use auth_relay::{AuthEnd, AuthRelayError};
 use relay::{RelayBytes, RelayCounters, RelayEnd};
 
 /// Who is to blame; the metric label of every error.
@@ -97,7 +97,7 @@ pub enum SessionError {
     ClientIo(std::io::Error),
     /// pgcell refused the client's login.
     #[error(transparent)]
-    Login(#[from] login::LoginError),
+    ClientAuth(#[from] client_auth::ClientAuthError),
     /// No pooled backend could be had.
     #[error(transparent)]
     Acquire(crate::pool::AcquireError),
@@ -127,8 +127,10 @@ impl SessionError {
     /// Who is to blame.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            SessionError::Login(login::LoginError::AuthQuery(_)) => ErrorKind::Backend,
-            SessionError::Login(login::LoginError::Random(_))
+            SessionError::ClientAuth(client_auth::ClientAuthError::AuthQuery(_)) => {
+                ErrorKind::Backend
+            }
+            SessionError::ClientAuth(client_auth::ClientAuthError::Random(_))
             | SessionError::AuthRelay(AuthRelayError::Random(_))
             | SessionError::Random(_)
             | SessionError::Acquire(crate::pool::AcquireError::Open(
@@ -136,7 +138,7 @@ impl SessionError {
             )) => ErrorKind::Internal,
             SessionError::Handshake(_)
             | SessionError::ClientIo(_)
-            | SessionError::Login(_)
+            | SessionError::ClientAuth(_)
             | SessionError::ClientProtocol(_)
             | SessionError::StatementLimit
             | SessionError::SessionRestore(_) => ErrorKind::Client,
@@ -179,7 +181,7 @@ impl SessionError {
             SessionError::BackendRejected(_) => "backend_rejected",
             SessionError::BackendLost => "backend_lost",
             SessionError::ClientIo(_) => "client_lost",
-            SessionError::Login(e) => e.reason(),
+            SessionError::ClientAuth(e) => e.reason(),
             SessionError::Acquire(crate::pool::AcquireError::Timeout(_)) => "pool_timeout",
             SessionError::Acquire(_) => "backend_unreachable",
             SessionError::ClientProtocol(_) => "client_protocol",
@@ -276,7 +278,7 @@ impl SessionError {
                 SqlState::TOO_MANY_CONNECTIONS,
                 "too many connections for this database and user",
             ),
-            SessionError::Login(e) => return e.client_error(),
+            SessionError::ClientAuth(e) => return e.client_error(),
             SessionError::Acquire(AcquireError::Timeout(wait)) => {
                 pool_timeout(*wait, Severity::Fatal)
             }
@@ -594,7 +596,7 @@ where
     let vpce_id = log.client.as_ref().and_then(|c| c.vpce_id.clone());
     let auth = tokio::time::timeout(
         shared.settings.auth_timeout,
-        auth::relay(
+        auth_relay::relay(
             client,
             &mut backend.stream,
             &shared.cancel,
@@ -605,7 +607,7 @@ where
     .await
     .map_err(|_| SessionError::AuthTimeout)??;
     let _cancel_key = match auth {
-        AuthEnd::Ready(registration) => registration,
+        AuthEnd::Ready(cancel_key) => cancel_key,
         AuthEnd::Rejected { code } => return Err(SessionError::BackendRejected(code)),
         AuthEnd::ClientQuit => return Ok(()),
     };

@@ -81,7 +81,7 @@ impl Session<'_> {
         self.position = Position::new();
         self.backend_fatal = false;
         self.checked_out_at = std::time::Instant::now();
-        self.registration.attach(CancelTarget {
+        self.cancel_key.attach(CancelTarget {
             addr: lease.conn.addr,
             key: lease.conn.key,
         });
@@ -94,7 +94,7 @@ impl Session<'_> {
         let Some(mut lease) = self.lease.take() else {
             return;
         };
-        let cancelled = self.registration.detach();
+        let cancelled = self.cancel_key.detach();
         self.transactions.increment(1);
         self.transaction_seconds
             .record(self.checked_out_at.elapsed().as_secs_f64());
@@ -138,7 +138,7 @@ impl Session<'_> {
         let Some(mut lease) = self.lease.take() else {
             return;
         };
-        let cancelled = self.registration.detach();
+        let cancelled = self.cancel_key.detach();
         if !self.position.idle() {
             // The client left mid-query: stop the query, so the backend
             // closing does not leave it running and holding locks.

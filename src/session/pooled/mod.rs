@@ -21,12 +21,12 @@ use super::buffers::{
     read_idle, recycle, reserve_read, reuse, shrink, write_draining, IDLE_READ_CHUNK,
     SERVER_READ_CHUNK,
 };
+use super::client_auth::{self, ClientAuthError};
 use super::engine::{ClientSession, CustomSettings, Position, SessionChanges};
-use super::login::{self, LoginError};
 use super::prepared::ClientStatements;
 use super::relay::RelayBytes;
 use super::SessionError;
-use crate::cancel::Registration;
+use crate::cancel::IssuedKey;
 use crate::config::PoolMode;
 use crate::metrics as m;
 use crate::pool::server::BackendLogin;
@@ -104,19 +104,19 @@ where
     // would stay in every idle client's task.
     let login = match Box::pin(tokio::time::timeout(
         shared.settings.auth_timeout,
-        login::authenticate(client, tenant, &user, &database, info, &shared.mock_key),
+        client_auth::authenticate(client, tenant, &user, &database, info, &shared.mock_key),
     ))
     .await
-    .unwrap_or(Err(LoginError::Timeout))
+    .unwrap_or(Err(ClientAuthError::Timeout))
     {
         Ok(login) => login,
         Err(e) => {
             metrics::counter!(m::AUTH_FAILURES, "tenant" => tenant.id().to_owned(), "reason" => e.reason())
                 .increment(1);
-            if matches!(e, LoginError::Failed(_)) {
-                tokio::time::sleep(login::AUTH_FAILURE_DELAY).await;
+            if matches!(e, ClientAuthError::Failed(_)) {
+                tokio::time::sleep(client_auth::AUTH_FAILURE_DELAY).await;
             }
-            return Err(SessionError::Login(e));
+            return Err(SessionError::ClientAuth(e));
         }
     };
 
@@ -172,9 +172,9 @@ where
         }
     };
 
-    let registration = shared
+    let cancel_key = shared
         .cancel
-        .try_register_idle(info.vpce_id.as_deref())
+        .try_issue_idle(info.vpce_id.as_deref())
         .map_err(SessionError::Random)?;
     let mut out = BytesMut::new();
     for (name, value) in &server_params {
@@ -185,7 +185,7 @@ where
         body.push(0);
         messages::tagged(&mut out, b'S', &body);
     }
-    messages::backend_key_data(&mut out, registration.key());
+    messages::backend_key_data(&mut out, cancel_key.key());
     messages::tagged(&mut out, b'Z', b"I");
     client
         .write_all(&out)
@@ -202,7 +202,7 @@ where
         lifecycle: shared.lifecycle.subscribe(),
         pool: pool.clone(),
         _pool_slot: pool_slot,
-        registration,
+        cancel_key,
         profile,
         session: ClientSession::default(),
         custom: CustomSettings::default(),
@@ -256,7 +256,7 @@ struct Session<'a> {
     pool: Arc<Pool>,
     /// This client's place among the pool's `max_client_connections`.
     _pool_slot: crate::pool::ClientSlot,
-    registration: Registration,
+    cancel_key: IssuedKey,
     /// The client's startup parameters: it gets backends that logged in
     /// with them.
     profile: Arc<StartupProfile>,
@@ -527,7 +527,7 @@ impl Session<'_> {
         let tenant = self.shared.routes.load().tenant(&self.pool.key.tenant);
         let Some(tenant) = tenant else {
             if let Some(lease) = self.lease.take() {
-                self.registration.detach();
+                self.cancel_key.detach();
                 self.pool.release(lease, false);
             }
             let _ = ClientError::fatal(
@@ -560,7 +560,7 @@ impl Session<'_> {
         client: &mut C,
     ) -> Result<(), SessionError> {
         self.lease = None;
-        self.registration.detach();
+        self.cancel_key.detach();
         metrics::counter!(m::BACKEND_LOST, "tenant" => self.tenant.clone()).increment(1);
         if !self.backend_fatal {
             let _ = super::server_lost().send(client).await;

@@ -28,7 +28,7 @@ const MAX_AUTH_MESSAGE_LEN: usize = 65_535;
 
 /// Why a client was not let in.
 #[derive(Debug, Error)]
-pub enum LoginError {
+pub enum ClientAuthError {
     /// Wrong password or unknown user (indistinguishable on purpose).
     #[error("password authentication failed for user {0:?}")]
     Failed(String),
@@ -52,32 +52,34 @@ pub enum LoginError {
     Timeout,
 }
 
-impl LoginError {
+impl ClientAuthError {
     /// What the client is told.
     pub fn client_error(&self) -> Option<ClientError> {
         Some(match self {
-            LoginError::Failed(user) => ClientError::fatal(
+            ClientAuthError::Failed(user) => ClientError::fatal(
                 SqlState::INVALID_PASSWORD,
                 format!("password authentication failed for user \"{user}\""),
             ),
-            LoginError::ChannelBinding(_) => {
+            ClientAuthError::ChannelBinding(_) => {
                 ClientError::fatal(SqlState::INVALID_AUTHORIZATION, "channel binding failed")
             }
-            LoginError::Malformed(m) => ClientError::fatal(SqlState::PROTOCOL_VIOLATION, m.clone()),
+            ClientAuthError::Malformed(m) => {
+                ClientError::fatal(SqlState::PROTOCOL_VIOLATION, m.clone())
+            }
             // PostgreSQL logs its FATAL (57014) and closes without a word
             // at authentication_timeout: drivers expect the close.
-            LoginError::Io(FramingError::Io(_)) | LoginError::Timeout => return None,
-            LoginError::Io(_) => ClientError::fatal(
+            ClientAuthError::Io(FramingError::Io(_)) | ClientAuthError::Timeout => return None,
+            ClientAuthError::Io(_) => ClientError::fatal(
                 SqlState::PROTOCOL_VIOLATION,
                 "invalid authentication message",
             ),
             // Not 28P01: the password may well be right. The reason is
             // logged, not told.
-            LoginError::AuthQuery(_) => {
+            ClientAuthError::AuthQuery(_) => {
                 ClientError::fatal(SqlState::CONNECTION_FAILURE, "could not verify credentials")
             }
             // PostgreSQL's words (auth-scram.c) and code.
-            LoginError::Random(e) => ClientError::fatal(
+            ClientAuthError::Random(e) => ClientError::fatal(
                 SqlState::INTERNAL_ERROR,
                 format!("could not generate random {}", e.what),
             ),
@@ -87,12 +89,12 @@ impl LoginError {
     /// Metric label.
     pub fn reason(&self) -> &'static str {
         match self {
-            LoginError::Failed(_) => "invalid_password",
-            LoginError::ChannelBinding(_) => "channel_binding",
-            LoginError::Malformed(_) | LoginError::Io(_) => "protocol",
-            LoginError::AuthQuery(_) => "auth_query",
-            LoginError::Random(_) => "random_unavailable",
-            LoginError::Timeout => "timeout",
+            ClientAuthError::Failed(_) => "invalid_password",
+            ClientAuthError::ChannelBinding(_) => "channel_binding",
+            ClientAuthError::Malformed(_) | ClientAuthError::Io(_) => "protocol",
+            ClientAuthError::AuthQuery(_) => "auth_query",
+            ClientAuthError::Random(_) => "random_unavailable",
+            ClientAuthError::Timeout => "timeout",
         }
     }
 }
@@ -107,7 +109,7 @@ pub async fn authenticate<C>(
     database: &str,
     info: &ClientInfo,
     mock_key: &[u8; 32],
-) -> Result<BackendLogin, LoginError>
+) -> Result<BackendLogin, ClientAuthError>
 where
     C: AsyncRead + AsyncWrite + Unpin,
 {
@@ -136,12 +138,12 @@ where
         Ok(client_key) if configured.is_some() || queried_secret.is_some() => client_key,
         // A mock secret cannot be passed, but be explicit: unknown users
         // never get in.
-        Ok(_) => return Err(LoginError::Failed(user.to_owned())),
+        Ok(_) => return Err(ClientAuthError::Failed(user.to_owned())),
         Err(e) => {
             // The cached answer may be stale (a changed password, a new
             // role): the next attempt asks the backend again.
             if let (Some(query), Some(q)) = (&tenant.auth_query, &queried) {
-                if q.cached && matches!(e, LoginError::Failed(_)) {
+                if q.cached && matches!(e, ClientAuthError::Failed(_)) {
                     query.invalidate(database, user);
                 }
             }
@@ -157,9 +159,9 @@ where
                 client_key,
                 server_key: secret.server_key,
             },
-            None => return Err(LoginError::Failed(user.to_owned())),
+            None => return Err(ClientAuthError::Failed(user.to_owned())),
         },
-        (None, None) => return Err(LoginError::Failed(user.to_owned())),
+        (None, None) => return Err(ClientAuthError::Failed(user.to_owned())),
     };
     let mut out = BytesMut::new();
     auth_request(&mut out, auth::OK, &[]);
@@ -177,7 +179,7 @@ pub async fn verify<C>(
     secret: Option<&ScramSecret>,
     info: &ClientInfo,
     mock_key: &[u8; 32],
-) -> Result<(), LoginError>
+) -> Result<(), ClientAuthError>
 where
     C: AsyncRead + AsyncWrite + Unpin,
 {
@@ -187,7 +189,7 @@ where
         .unwrap_or_else(|| mock_secret(user, mock_key));
     scram(client, secret, info.tls_end_point.as_deref().cloned(), user).await?;
     if !known {
-        return Err(LoginError::Failed(user.to_owned()));
+        return Err(ClientAuthError::Failed(user.to_owned()));
     }
     let mut out = BytesMut::new();
     auth_request(&mut out, auth::OK, &[]);
@@ -201,7 +203,7 @@ async fn scram<C>(
     secret: ScramSecret,
     channel_binding: Option<Vec<u8>>,
     user: &str,
-) -> Result<Option<[u8; 32]>, LoginError>
+) -> Result<Option<[u8; 32]>, ClientAuthError>
 where
     C: AsyncRead + AsyncWrite + Unpin,
 {
@@ -235,11 +237,11 @@ where
     }
 }
 
-fn scram_error(e: ScramError, user: &str) -> LoginError {
+fn scram_error(e: ScramError, user: &str) -> ClientAuthError {
     match e.kind() {
-        ScramErrorKind::AuthFailed => LoginError::Failed(user.to_owned()),
-        ScramErrorKind::ChannelBinding => LoginError::ChannelBinding(e),
-        ScramErrorKind::Malformed => LoginError::Malformed(e.to_string()),
+        ScramErrorKind::AuthFailed => ClientAuthError::Failed(user.to_owned()),
+        ScramErrorKind::ChannelBinding => ClientAuthError::ChannelBinding(e),
+        ScramErrorKind::Malformed => ClientAuthError::Malformed(e.to_string()),
     }
 }
 
@@ -252,7 +254,7 @@ async fn md5<C>(
     user: &str,
     tenant: &str,
     credential: Option<&Credential>,
-) -> Result<Option<[u8; 32]>, LoginError>
+) -> Result<Option<[u8; 32]>, ClientAuthError>
 where
     C: AsyncRead + AsyncWrite + Unpin,
 {
@@ -266,7 +268,7 @@ where
     let answer = read_password_message(client).await?;
     let answer = answer.strip_suffix(&[0]).unwrap_or(&answer);
     let Some(Credential::Password(pw)) = credential else {
-        return Err(LoginError::Failed(user.to_owned()));
+        return Err(ClientAuthError::Failed(user.to_owned()));
     };
     let as_sent = format!("{user}.{tenant}");
     let matches = [user, as_sent.as_str()]
@@ -278,16 +280,16 @@ where
     if matches.into() {
         Ok(None)
     } else {
-        Err(LoginError::Failed(user.to_owned()))
+        Err(ClientAuthError::Failed(user.to_owned()))
     }
 }
 
 async fn read_password_message<C: AsyncRead + Unpin>(
     client: &mut C,
-) -> Result<Vec<u8>, LoginError> {
+) -> Result<Vec<u8>, ClientAuthError> {
     let msg = read_message(client, MAX_AUTH_MESSAGE_LEN).await?;
     if msg.tag != b'p' {
-        return Err(LoginError::Malformed(format!(
+        return Err(ClientAuthError::Malformed(format!(
             "expected an authentication response, got message type {:?}",
             msg.tag as char
         )));
@@ -296,8 +298,8 @@ async fn read_password_message<C: AsyncRead + Unpin>(
 }
 
 /// `SASLInitialResponse`: mechanism name, then a length-prefixed response.
-fn parse_initial_response(body: &[u8]) -> Result<(String, Vec<u8>), LoginError> {
-    let malformed = || LoginError::Malformed("malformed SASLInitialResponse".to_owned());
+fn parse_initial_response(body: &[u8]) -> Result<(String, Vec<u8>), ClientAuthError> {
+    let malformed = || ClientAuthError::Malformed("malformed SASLInitialResponse".to_owned());
     let end = body.iter().position(|&b| b == 0).ok_or_else(malformed)?;
     let mechanism = std::str::from_utf8(&body[..end])
         .map_err(|_| malformed())?
@@ -322,7 +324,10 @@ fn auth_request(out: &mut BytesMut, code: i32, data: &[u8]) {
     messages::tagged(out, b'R', &body);
 }
 
-async fn send<C: AsyncWrite + Unpin>(client: &mut C, out: &mut BytesMut) -> Result<(), LoginError> {
+async fn send<C: AsyncWrite + Unpin>(
+    client: &mut C,
+    out: &mut BytesMut,
+) -> Result<(), ClientAuthError> {
     client.write_all(out).await.map_err(FramingError::from)?;
     client.flush().await.map_err(FramingError::from)?;
     out.clear();
@@ -338,7 +343,7 @@ mod tests {
         fn broken(_: &mut [u8]) -> Result<(), getrandom::Error> {
             Err(getrandom::Error::UNSUPPORTED)
         }
-        let e = LoginError::from(crate::auth::nonce_from(broken).unwrap_err());
+        let e = ClientAuthError::from(crate::auth::nonce_from(broken).unwrap_err());
         let ClientError { code, message, .. } = e.client_error().unwrap();
         assert_eq!(code, SqlState::INTERNAL_ERROR);
         assert_eq!(message, "could not generate random nonce");

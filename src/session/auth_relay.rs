@@ -14,7 +14,7 @@ use bytes::{Buf, BytesMut};
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
-use crate::cancel::{CancelMap, CancelTarget, Registration};
+use crate::cancel::{CancelMap, CancelTarget, IssuedKey};
 use crate::protocol::framing::{read_message, FramingError, Message};
 use crate::protocol::messages::{self, auth};
 use crate::protocol::startup::CancelKey;
@@ -29,7 +29,7 @@ pub const MAX_CLIENT_AUTH_MESSAGE_LEN: usize = 65_535;
 /// How the exchange ended when nothing broke.
 pub enum AuthEnd {
     /// The backend sent `ReadyForQuery`; the session can start.
-    Ready(Option<Registration>),
+    Ready(Option<IssuedKey>),
     /// The backend refused the client with an `ErrorResponse`, already
     /// forwarded.
     Rejected {
@@ -77,7 +77,7 @@ where
     B: AsyncRead + AsyncWrite + Unpin,
 {
     let mut out = BytesMut::with_capacity(1024);
-    let mut registration = None;
+    let mut cancel_key = None;
     loop {
         let msg = read_message(backend, MAX_BACKEND_STARTUP_MESSAGE_LEN)
             .await
@@ -128,7 +128,7 @@ where
                     secret: body.get_i32(),
                 };
                 let reg = cancel
-                    .try_register(
+                    .try_issue(
                         CancelTarget {
                             addr: backend_addr,
                             key,
@@ -137,7 +137,7 @@ where
                     )
                     .map_err(AuthRelayError::Random)?;
                 messages::backend_key_data(&mut out, reg.key());
-                registration = Some(reg);
+                cancel_key = Some(reg);
             }
             b'E' => {
                 messages::tagged(&mut out, b'E', &msg.body);
@@ -152,7 +152,7 @@ where
                 flush(client, &mut out)
                     .await
                     .map_err(AuthRelayError::Client)?;
-                return Ok(AuthEnd::Ready(registration));
+                return Ok(AuthEnd::Ready(cancel_key));
             }
             // ParameterStatus, NoticeResponse, NegotiateProtocolVersion.
             tag => messages::tagged(&mut out, tag, &msg.body),
