@@ -13,8 +13,9 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 use pgcell::auth::scram::{ScramClient, ScramServer};
 use pgcell::auth::secret::ScramSecret;
+use pgcell::pool::statements::BackendStatements;
 use pgcell::protocol::framing::split_message;
-use pgcell::session::prepared::{BackendStatements, ClientStatements};
+use pgcell::session::prepared::ClientStatements;
 
 fn tagged(buf: &mut BytesMut, tag: u8, body: &[u8]) {
     buf.put_u8(tag);

@@ -52,7 +52,7 @@
 //! 3.2 is future work.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -66,6 +66,10 @@ use crate::config::{CancelConfig, CancelPeer};
 use crate::protocol::startup::CancelKey;
 use crate::proxy_protocol::{self, ProxyMode};
 use crate::route::ClientInfo;
+
+// Defined with the `[cancel]` keys that use them; here too, as part of
+// what a cancel key is.
+pub use crate::config::cancel::{instance_id_of, POD_IP_ENV};
 
 /// Random low bits of an issued process id; the owner id sits above them.
 const PID_RANDOM_BITS: u32 = 23;
@@ -500,28 +504,6 @@ async fn send_to_peer(
     stream.shutdown().await
 }
 
-/// The environment variable holding this pod's IP (Downward API
-/// `status.podIP`): the source of `instance_id = "auto"`, and how
-/// discovery tells this replica from its peers.
-pub const POD_IP_ENV: &str = "POD_IP";
-
-/// The instance id of the replica at `ip`, for `instance_id = "auto"` and
-/// peers found in Kubernetes: a hash of the address folded into one byte,
-/// so that ids spread evenly however the pod network numbers its pods.
-pub fn instance_id_of(ip: IpAddr) -> u8 {
-    let bytes = match ip {
-        IpAddr::V4(v4) => v4.octets().to_vec(),
-        IpAddr::V6(v6) => v6.octets().to_vec(),
-    };
-    // FNV-1a, 32 bits.
-    let mut hash: u32 = 0x811c_9dc5;
-    for b in bytes {
-        hash ^= u32::from(b);
-        hash = hash.wrapping_mul(0x0100_0193);
-    }
-    (hash ^ (hash >> 8) ^ (hash >> 16) ^ (hash >> 24)) as u8
-}
-
 /// The process id issued by replica `instance` with random bits `random`.
 fn issued_pid(instance: u8, random: i32) -> i32 {
     (i32::from(instance) << PID_RANDOM_BITS) | (random & PID_RANDOM_MASK)
@@ -545,6 +527,7 @@ fn random_key(source: RandomSource) -> Result<(i32, i32), RandomError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::IpAddr;
 
     #[test]
     fn no_key_without_random_bytes() {

@@ -20,11 +20,11 @@ pub use cancel::{CancelConfig, CancelPeer};
 pub use kubernetes::{DiscoveryMode, KubernetesConfig};
 pub use pooling::{
     AuthMode, AuthQueryConfig, Credential, Password, PoolConfig, PoolMode, UserConfig,
-    DEFAULT_AUTH_QUERY,
+    DEFAULT_AUTH_QUERY, DEFAULT_MAX_PREPARED_STATEMENTS,
 };
 
 mod aws;
-mod cancel;
+pub mod cancel;
 mod kubernetes;
 mod pooling;
 

@@ -10,6 +10,7 @@
 //! | [`proxy_protocol`] | PROXY v2/v1 header: real client address, AWS VPC endpoint id |
 //! | [`handshake`] | pre-startup negotiation: `SSLRequest`, `GSSENCRequest`, direct TLS, `CancelRequest`, `StartupMessage` |
 //! | [`tls`] | rustls server (SNI, ALPN, reload) and backend client configs |
+//! | [`channel_binding`] | `tls-server-end-point` data of pgcell's certificate, for SCRAM-SHA-256-PLUS |
 //! | [`protocol`] | the wire format: startup packets, framing, messages pgcell builds, SQLSTATEs |
 //! | [`route`] | tenant resolution (SNI, `options`, user suffix) and policy, before any password |
 //! | [`backend`] | connecting to a tenant's backend |
@@ -41,6 +42,7 @@ pub mod admin;
 pub mod auth;
 pub mod backend;
 pub mod cancel;
+pub mod channel_binding;
 pub mod clients;
 pub mod config;
 pub mod console;

@@ -90,7 +90,7 @@ fn load_state(cert: &Path, key: &Path) -> Result<TlsState, TlsError> {
     let config = server_config(cert, key)?;
     let end_point = read_certs(cert)?
         .first()
-        .and_then(|leaf| crate::auth::scram::tls_server_end_point(leaf))
+        .and_then(|leaf| crate::channel_binding::tls_server_end_point(leaf))
         .map(Arc::new);
     Ok(TlsState { config, end_point })
 }

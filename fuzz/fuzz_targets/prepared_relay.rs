@@ -32,7 +32,9 @@ use bytes::{Bytes, BytesMut};
 use libfuzzer_sys::fuzz_target;
 use pgcell::protocol::framing::{split_message, Message};
 use pgcell::session::engine::{Position, Sent};
-use pgcell::session::prepared::{BackendStatements, ClientStatements, MAX_PREPARED_PER_BACKEND};
+use pgcell::config::DEFAULT_MAX_PREPARED_STATEMENTS as MAX_PREPARED_PER_BACKEND;
+use pgcell::pool::statements::BackendStatements;
+use pgcell::session::prepared::ClientStatements;
 
 /// One scripted backend: the statements it holds, as PostgreSQL would.
 #[derive(Default)]

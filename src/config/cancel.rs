@@ -3,7 +3,7 @@
 //!
 //! `instance_id = "auto"` derives the id from the pod's address (`POD_IP`),
 //! the way discovered peers' ids are derived from theirs; see
-//! [`crate::cancel::instance_id_of`].
+//! [`instance_id_of`].
 
 use std::collections::HashSet;
 
@@ -67,7 +67,7 @@ pub(super) struct RawPeer {
 }
 
 pub(super) fn cancel_from_raw(raw: RawCancel, p: &mut Problems) -> CancelConfig {
-    let pod_ip = std::env::var(crate::cancel::POD_IP_ENV).ok();
+    let pod_ip = std::env::var(POD_IP_ENV).ok();
     cancel_from_raw_with(raw, pod_ip.as_deref(), p)
 }
 
@@ -119,13 +119,13 @@ fn cancel_from_raw_with(raw: RawCancel, pod_ip: Option<&str>, p: &mut Problems) 
 fn auto_instance_id(p: &mut Problems, pod_ip: Option<&str>) -> u8 {
     match pod_ip.map(str::parse::<std::net::IpAddr>) {
         None => 0,
-        Some(Ok(ip)) => crate::cancel::instance_id_of(ip),
+        Some(Ok(ip)) => instance_id_of(ip),
         Some(Err(_)) => {
             p.push(
                 "cancel.instance_id",
                 format!(
                     "\"auto\" needs {} to be an IP address, and it is not",
-                    crate::cancel::POD_IP_ENV
+                    POD_IP_ENV
                 ),
             );
             0
@@ -167,6 +167,28 @@ fn instance_id_of_peer(
         return None;
     }
     Some(id)
+}
+
+/// The environment variable holding this pod's IP (Downward API
+/// `status.podIP`): the source of `instance_id = "auto"`, and how
+/// discovery tells this replica from its peers.
+pub const POD_IP_ENV: &str = "POD_IP";
+
+/// The instance id of the replica at `ip`, for `instance_id = "auto"` and
+/// peers found in Kubernetes: a hash of the address folded into one byte,
+/// so that ids spread evenly however the pod network numbers its pods.
+pub fn instance_id_of(ip: std::net::IpAddr) -> u8 {
+    let bytes = match ip {
+        std::net::IpAddr::V4(v4) => v4.octets().to_vec(),
+        std::net::IpAddr::V6(v6) => v6.octets().to_vec(),
+    };
+    // FNV-1a, 32 bits.
+    let mut hash: u32 = 0x811c_9dc5;
+    for b in bytes {
+        hash ^= u32::from(b);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    (hash ^ (hash >> 8) ^ (hash >> 16) ^ (hash >> 24)) as u8
 }
 
 #[cfg(test)]
@@ -265,10 +287,7 @@ mod tests {
         let c = cancel_from_raw_with(raw("instance_id = \"auto\""), Some("10.1.2.3"), &mut p);
         assert!(p.0.is_empty());
         assert!(c.auto_instance_id);
-        assert_eq!(
-            c.instance_id,
-            crate::cancel::instance_id_of("10.1.2.3".parse().unwrap())
-        );
+        assert_eq!(c.instance_id, instance_id_of("10.1.2.3".parse().unwrap()));
         let c = cancel_from_raw_with(raw("instance_id = \"auto\""), None, &mut p);
         assert_eq!((c.instance_id, c.auto_instance_id), (0, true));
         assert!(p.0.is_empty());

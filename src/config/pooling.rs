@@ -66,6 +66,10 @@ pub struct PoolConfig {
     pub max_prepared_statements: usize,
 }
 
+/// Protocol-level prepared statements a backend keeps unless
+/// `pool.max_prepared_statements` says otherwise.
+pub const DEFAULT_MAX_PREPARED_STATEMENTS: usize = 1_000;
+
 /// A secret that must never reach a log line.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Password(pub String);
@@ -176,7 +180,7 @@ pub(super) fn pool_from_raw(raw: RawPool, at: &str, p: &mut Problems) -> PoolCon
     let min_idle = raw.min_idle.unwrap_or(0);
     let max_prepared_statements = raw
         .max_prepared_statements
-        .unwrap_or(crate::session::prepared::MAX_PREPARED_PER_BACKEND);
+        .unwrap_or(DEFAULT_MAX_PREPARED_STATEMENTS);
     if max_prepared_statements == 0 {
         p.push(
             format!("{at}.pool.max_prepared_statements"),

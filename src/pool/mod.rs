@@ -9,6 +9,7 @@
 //! nothing: checkouts wait for `RESUME`, still bounded by `acquire_timeout`.
 
 pub mod server;
+pub mod statements;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;

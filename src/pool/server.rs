@@ -62,7 +62,7 @@ pub struct ServerConn {
     /// When the connection was last handed back.
     pub last_used: Instant,
     /// Prepared statements pgcell created on this backend.
-    pub prepared: crate::session::prepared::BackendStatements,
+    pub prepared: super::statements::BackendStatements,
     /// The startup parameters it logged in with: it serves clients that
     /// sent the same.
     pub profile: std::sync::Arc<super::StartupProfile>,
