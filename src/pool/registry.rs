@@ -1,0 +1,175 @@
+//! Every pool of the process: created on first use, replaced when a reload
+//! changes what their backends depend on, paused and resumed by tenant,
+//! and read for the admin console.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use super::*;
+
+/// Every pool of the process.
+#[derive(Default)]
+pub struct Pools {
+    pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
+    /// Tenants paused by the admin console; their new pools start paused.
+    paused: Mutex<HashSet<String>>,
+}
+
+impl Pools {
+    /// The pool for `key`, created on first use, and replaced when a reload
+    /// changed what its backends depend on (the old one retires).
+    pub fn get(&self, key: PoolKey, tenant: &Arc<Tenant>, open: OpenSettings) -> Arc<Pool> {
+        let mut pools = self.pools.lock().unwrap_or_else(PoisonError::into_inner);
+        let stale = pools
+            .get(&key)
+            .filter(|pool| pool.signature != PoolSignature::of(&key, tenant))
+            .cloned();
+        if let Some(old) = stale {
+            tracing::info!(pool = ?key, "pool settings changed: replacing the pool");
+            old.retire();
+            pools.remove(&key);
+            let replacement = Arc::new(Pool::new(
+                key.clone(),
+                tenant.clone(),
+                tenant.config.pool.clone(),
+                PoolSignature::of(&key, tenant).mode,
+                PoolSignature::of(&key, tenant).size,
+                open,
+            ));
+            if let Some(login) = old
+                .login
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone()
+            {
+                replacement.offer_login(login);
+            }
+            if old.is_paused() {
+                replacement.pause();
+            }
+            pools.insert(key.clone(), replacement);
+        }
+        pools
+            .entry(key.clone())
+            .or_insert_with(|| {
+                let config = &tenant.config;
+                let user = config.user(&key.user);
+                let mode = user.and_then(|u| u.pool_mode).unwrap_or(config.pool.mode);
+                let size = user.and_then(|u| u.pool_size).unwrap_or(config.pool.size);
+                let paused = self
+                    .paused
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .contains(&key.tenant);
+                let pool = Pool::new(key, tenant.clone(), config.pool.clone(), mode, size, open);
+                if paused {
+                    pool.pause();
+                }
+                Arc::new(pool)
+            })
+            .clone()
+    }
+
+    /// The pool for `key` now, if any.
+    pub fn current(&self, key: &PoolKey) -> Option<Arc<Pool>> {
+        self.pools
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(key)
+            .cloned()
+    }
+
+    /// Retires and forgets the pools of tenants `keep` rejects (removed by
+    /// a reload).
+    pub fn retire_tenants_except(&self, keep: impl Fn(&str) -> bool) {
+        let mut pools = self.pools.lock().unwrap_or_else(PoisonError::into_inner);
+        pools.retain(|key, pool| {
+            let kept = keep(&key.tenant);
+            if !kept {
+                pool.retire();
+            }
+            kept
+        });
+    }
+
+    /// Runs [`Pool::maintain`] on every pool every `every`.
+    pub async fn maintenance_loop(&self, every: Duration) {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            for pool in self.all() {
+                pool.maintain().await;
+            }
+        }
+    }
+
+    /// Pauses `tenant`'s pools, present and future. Returns how many pools
+    /// it has now.
+    pub fn pause(&self, tenant: &str) -> usize {
+        self.paused
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(tenant.to_owned());
+        let pools = self.of_tenant(tenant);
+        for pool in &pools {
+            pool.pause();
+        }
+        pools.len()
+    }
+
+    /// Resumes `tenant`'s pools. Returns how many pools it has now.
+    pub fn resume(&self, tenant: &str) -> usize {
+        self.paused
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(tenant);
+        let pools = self.of_tenant(tenant);
+        for pool in &pools {
+            pool.resume();
+        }
+        pools.len()
+    }
+
+    /// Whether `tenant` is paused.
+    pub fn is_paused(&self, tenant: &str) -> bool {
+        self.paused
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(tenant)
+    }
+
+    /// Every pool, sorted by key.
+    pub fn all(&self) -> Vec<Arc<Pool>> {
+        let mut all: Vec<Arc<Pool>> = self
+            .pools
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect();
+        all.sort_by(|a, b| {
+            (&a.key.tenant, &a.key.database, &a.key.user).cmp(&(
+                &b.key.tenant,
+                &b.key.database,
+                &b.key.user,
+            ))
+        });
+        all
+    }
+
+    fn of_tenant(&self, tenant: &str) -> Vec<Arc<Pool>> {
+        self.all()
+            .into_iter()
+            .filter(|p| p.key.tenant == tenant)
+            .collect()
+    }
+
+    /// A snapshot: (key, mode, open, idle) per pool.
+    pub fn stats(&self) -> Vec<(PoolKey, PoolMode, usize, usize)> {
+        let pools = self.pools.lock().unwrap_or_else(PoisonError::into_inner);
+        pools
+            .values()
+            .map(|p| (p.key.clone(), p.mode, p.open_count(), p.idle_count()))
+            .collect()
+    }
+}
