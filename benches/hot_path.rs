@@ -13,7 +13,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 use pgcell::auth::scram::{ScramClient, ScramServer};
 use pgcell::auth::secret::ScramSecret;
-use pgcell::pool::statements::BackendStatements;
+use pgcell::backend::statements::BackendStatements;
 use pgcell::protocol::framing::split_message;
 use pgcell::session::prepared::ClientStatements;
 

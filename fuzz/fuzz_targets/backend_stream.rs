@@ -10,7 +10,7 @@
 
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
-use pgcell::pool::server::parameter_status;
+use pgcell::backend::server::parameter_status;
 use pgcell::protocol::framing::{split_message, FrameTracker};
 use pgcell::protocol::messages::{error_code, error_message, sasl_without_plus};
 

@@ -33,7 +33,7 @@ use libfuzzer_sys::fuzz_target;
 use pgcell::protocol::framing::{split_message, Message};
 use pgcell::session::engine::{Position, Sent};
 use pgcell::config::DEFAULT_MAX_PREPARED_STATEMENTS as MAX_PREPARED_PER_BACKEND;
-use pgcell::pool::statements::BackendStatements;
+use pgcell::backend::statements::BackendStatements;
 use pgcell::session::prepared::ClientStatements;
 
 /// One scripted backend: the statements it holds, as PostgreSQL would.

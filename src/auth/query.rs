@@ -27,9 +27,9 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Semaphore;
 
 use crate::auth::secret::{ScramSecret, SecretError};
+use crate::backend::server::{BackendLogin, OpenError, ServerConn};
 use crate::config::AuthQueryConfig;
 use crate::metrics as m;
-use crate::pool::server::{BackendLogin, OpenError, ServerConn};
 use crate::protocol::framing::{read_message, FramingError};
 use crate::protocol::{messages, SqlState};
 use crate::route::Tenant;
@@ -213,10 +213,10 @@ impl AuthQuery {
             &self.config.user,
             &login,
             // Its own connection, named so in pg_stat_activity.
-            &std::sync::Arc::new(crate::pool::StartupProfile {
+            &std::sync::Arc::new(crate::backend::server::StartupProfile {
                 params: vec![("application_name".to_owned(), "pgcell".to_owned())],
             }),
-            &crate::pool::OpenSettings {
+            &crate::backend::server::OpenSettings {
                 connect_timeout: self.settings.connect_timeout,
                 login_timeout: self.settings.login_timeout,
                 keepalive: self.settings.keepalive,

@@ -9,8 +9,6 @@
 //! nothing: checkouts wait for `RESUME`, still bounded by `acquire_timeout`.
 
 mod registry;
-pub mod server;
-pub mod statements;
 
 pub use registry::Pools;
 
@@ -24,11 +22,11 @@ use thiserror::Error;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
+use crate::backend::server::{BackendLogin, OpenError, OpenSettings, ServerConn, StartupProfile};
 use crate::clients::{ClientEntry, ClientState};
 use crate::config::{PoolConfig, PoolMode};
 use crate::protocol::framing::read_message;
 use crate::route::Tenant;
-use server::{BackendLogin, OpenError, ServerConn};
 
 /// Identifies a pool.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -41,40 +39,11 @@ pub struct PoolKey {
     pub user: String,
 }
 
-/// The startup parameters a backend logs in with, besides user and
-/// database: those of the clients it serves. A client gets only backends
-/// of its own profile, so its startup values are the backend's RESET
-/// values (`session::engine`). Clients of one application share one
-/// profile (and one copy of it).
-#[derive(Debug, PartialEq, Eq)]
-pub struct StartupProfile {
-    /// (name, value) as the client sent them, in its order.
-    pub params: Vec<(String, String)>,
-}
-
-impl StartupProfile {
-    /// Whether `a` and `b` are the same profile.
-    pub fn same(a: &Arc<StartupProfile>, b: &Arc<StartupProfile>) -> bool {
-        Arc::ptr_eq(a, b) || a == b
-    }
-}
-
 /// A startup profile and the parameters its backends reported at login.
 type ProfileParams = (Arc<StartupProfile>, Vec<(String, String)>);
 
 /// Distinct startup profiles a pool remembers the reported parameters of.
 const MAX_PROFILES: usize = 64;
-
-/// Timeouts for opening backends.
-#[derive(Debug, Clone, Copy)]
-pub struct OpenSettings {
-    /// TCP (and TLS) connect, per address.
-    pub connect_timeout: Duration,
-    /// Backend login.
-    pub login_timeout: Duration,
-    /// TCP keepalive.
-    pub keepalive: Duration,
-}
 
 /// One pool.
 pub struct Pool {

@@ -134,7 +134,7 @@ impl SessionError {
             | SessionError::AuthRelay(AuthRelayError::Random(_))
             | SessionError::Random(_)
             | SessionError::Acquire(crate::pool::AcquireError::Open(
-                crate::pool::server::OpenError::Random(_),
+                crate::backend::server::OpenError::Random(_),
             )) => ErrorKind::Internal,
             SessionError::Handshake(_)
             | SessionError::ClientIo(_)
@@ -174,7 +174,7 @@ impl SessionError {
             SessionError::AuthRelay(AuthRelayError::Random(_))
             | SessionError::Random(_)
             | SessionError::Acquire(crate::pool::AcquireError::Open(
-                crate::pool::server::OpenError::Random(_),
+                crate::backend::server::OpenError::Random(_),
             )) => "random_unavailable",
             SessionError::AuthRelay(_) => "auth_relay_failed",
             SessionError::AuthTimeout => "auth_timeout",
@@ -193,7 +193,7 @@ impl SessionError {
     /// What the client is told. Internal detail never reaches it: policy
     /// denials name no rule, backend failures name no address.
     pub fn client_error(&self, how_to_name_tenant: &str) -> Option<ClientError> {
-        use crate::pool::server::OpenError;
+        use crate::backend::server::OpenError;
         use crate::pool::AcquireError;
         let error = match self {
             // Negotiation errors are reported where they happen; the

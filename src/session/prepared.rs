@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::pool::statements::BackendStatements;
+use crate::backend::statements::BackendStatements;
 use crate::protocol::framing::Message;
 use crate::protocol::messages;
 

@@ -6,9 +6,9 @@ use bytes::BytesMut;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use super::{Session, SessionError};
+use crate::backend::server::{parameter_status, set_param};
 use crate::cancel::CancelTarget;
 use crate::config::PoolMode;
-use crate::pool::server::{parameter_status, set_param};
 use crate::pool::Lease;
 use crate::protocol::framing::read_message;
 use crate::protocol::messages;

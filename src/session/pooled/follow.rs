@@ -7,9 +7,9 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use super::{Session, SessionError, MAX_POOLED_MESSAGE_LEN, READ_ONLY};
+use crate::backend::server::{parameter_status, set_param};
 use crate::config::PoolMode;
 use crate::metrics as m;
-use crate::pool::server::{parameter_status, set_param};
 use crate::protocol::framing::{peek_message, Message, Peeked, HEADER_LEN};
 use crate::session::classify::session_state_kind;
 use crate::session::engine::{self, Sent};

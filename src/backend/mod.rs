@@ -1,6 +1,9 @@
 //! Connecting to a tenant's backend: first reachable address of its
 //! `backends`, TCP keepalive, and TLS when the tenant asks for it.
 
+pub mod server;
+pub mod statements;
+
 use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -5,7 +5,8 @@
 //! configured, with the ClientKey recovered from a client's proof.
 
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::{BufMut, BytesMut};
 use thiserror::Error;
@@ -19,6 +20,35 @@ use crate::protocol::messages::{self, auth};
 use crate::protocol::startup::{CancelKey, StartupMessage};
 use crate::protocol::SqlState;
 use crate::route::Tenant;
+
+/// The startup parameters a backend logs in with, besides user and
+/// database: those of the clients it serves. A client gets only backends
+/// of its own profile, so its startup values are the backend's RESET
+/// values (`session::engine`). Clients of one application share one
+/// profile (and one copy of it).
+#[derive(Debug, PartialEq, Eq)]
+pub struct StartupProfile {
+    /// (name, value) as the client sent them, in its order.
+    pub params: Vec<(String, String)>,
+}
+
+impl StartupProfile {
+    /// Whether `a` and `b` are the same profile.
+    pub fn same(a: &Arc<StartupProfile>, b: &Arc<StartupProfile>) -> bool {
+        Arc::ptr_eq(a, b) || a == b
+    }
+}
+
+/// Timeouts for opening backends.
+#[derive(Debug, Clone, Copy)]
+pub struct OpenSettings {
+    /// TCP (and TLS) connect, per address.
+    pub connect_timeout: Duration,
+    /// Backend login.
+    pub login_timeout: Duration,
+    /// TCP keepalive.
+    pub keepalive: Duration,
+}
 
 /// Longest backend message accepted during login.
 const MAX_LOGIN_MESSAGE_LEN: usize = 1 << 20;
@@ -65,7 +95,7 @@ pub struct ServerConn {
     pub prepared: super::statements::BackendStatements,
     /// The startup parameters it logged in with: it serves clients that
     /// sent the same.
-    pub profile: std::sync::Arc<super::StartupProfile>,
+    pub profile: Arc<StartupProfile>,
 }
 
 impl ServerConn {
@@ -133,10 +163,10 @@ impl ServerConn {
         database: &str,
         user: &str,
         login: &BackendLogin,
-        profile: &std::sync::Arc<super::StartupProfile>,
-        timeouts: &super::OpenSettings,
+        profile: &Arc<StartupProfile>,
+        timeouts: &OpenSettings,
     ) -> Result<ServerConn, OpenError> {
-        let super::OpenSettings {
+        let OpenSettings {
             connect_timeout,
             login_timeout,
             keepalive,
