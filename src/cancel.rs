@@ -65,7 +65,7 @@ use crate::auth::{fill_random_from, RandomError, RandomSource, OS_RANDOM};
 use crate::config::{CancelConfig, CancelPeer};
 use crate::protocol::startup::CancelKey;
 use crate::proxy_protocol::{self, ProxyMode};
-use crate::route::ClientInfo;
+use crate::tenant::ClientInfo;
 
 // Defined with the `[cancel]` keys that use them; here too, as part of
 // what a cancel key is.

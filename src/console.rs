@@ -28,10 +28,10 @@ use crate::lifecycle::State;
 use crate::metrics as m;
 use crate::protocol::startup::StartupMessage;
 use crate::protocol::{ClientError, SqlState};
-use crate::route::ClientInfo;
 use crate::server::Shared;
 use crate::session::client_auth::{self, ClientAuthError};
 use crate::session::SessionError;
+use crate::tenant::ClientInfo;
 
 pub use show::publish_pool_gauges;
 

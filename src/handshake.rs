@@ -20,8 +20,8 @@ use crate::protocol::messages;
 use crate::protocol::startup::{self, CancelKey, FrontendStartup, StartupError, StartupMessage};
 use crate::protocol::{ClientError, SqlState};
 use crate::proxy_protocol::{self, ProxyError, ProxyHeader, ProxyMode};
-use crate::route::ClientInfo;
 use crate::stream::{MaybeTls, Prefixed};
+use crate::tenant::ClientInfo;
 use crate::tls::{ServerTls, ALPN_POSTGRESQL};
 
 /// First byte of a TLS handshake record: a direct-TLS ClientHello.

@@ -12,9 +12,11 @@
 //! | [`tls`] | rustls server (SNI, ALPN, reload) and backend client configs |
 //! | [`channel_binding`] | `tls-server-end-point` data of pgcell's certificate, for SCRAM-SHA-256-PLUS |
 //! | [`protocol`] | the wire format: startup packets, framing, messages pgcell builds, SQLSTATEs |
+//! | [`tenant`] | the tenant model (configuration, backend TLS, secrets, counters) and [`tenant::ClientInfo`] |
 //! | [`route`] | tenant resolution (SNI, `options`, user suffix) and policy, before any password |
 //! | [`backend`] | connecting to a tenant's backend |
-//! | [`auth`] | authentication primitives: SCRAM, MD5, secrets, randomness; `auth_query` (a user's secret from the tenant's backend) |
+//! | [`auth`] | authentication primitives: SCRAM, MD5, secrets, randomness |
+//! | [`auth_query`] | a user's SCRAM secret from the tenant's backend, cached |
 //! | [`session`] | one connection end to end. Names: *client auth* (`session::client_auth`) is pgcell checking a client's password; *auth relay* (`session::auth_relay`) is the backend checking it through pgcell (passthrough); *backend login* (`pool::server`) is pgcell logging in to a backend for a pool |
 //! | [`clients`] | the clients connected now, and what each is doing |
 //! | [`pool`] | backend pools per (tenant, database, user); pause and resume |
@@ -40,6 +42,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod auth_query;
 pub mod backend;
 pub mod cancel;
 pub mod channel_binding;
@@ -62,6 +65,7 @@ pub mod route;
 pub mod server;
 pub mod session;
 pub mod stream;
+pub mod tenant;
 pub mod tls;
 
 pub use config::Config;

@@ -6,63 +6,22 @@
 //! password is exchanged.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, PoisonError};
 use std::time::Instant;
 
-use rustls::ClientConfig;
 use thiserror::Error;
 
-use crate::config::{Config, RoutingSource, TenantConfig};
+use crate::config::{Config, RoutingSource};
 use crate::protocol::startup::{parse_startup_options, StartupMessage};
-use crate::tls::{self, TlsError};
-
-/// One tenant as the data path uses it.
-pub struct Tenant {
-    /// Its configuration.
-    pub config: TenantConfig,
-    /// TLS towards its backends, when enabled.
-    pub backend_tls: Option<Arc<ClientConfig>>,
-    /// Client connections being served; survives reloads.
-    active: Arc<AtomicUsize>,
-    /// New-connection budget (`max_connection_rate`); survives reloads.
-    arrivals: Arc<Mutex<RateBucket>>,
-    /// SCRAM secrets of the users pgcell authenticates, derived once per
-    /// load (PBKDF2 is too slow to run per connection).
-    pub secrets: HashMap<String, crate::auth::secret::ScramSecret>,
-    /// Secrets of other users, from the backend (`[tenants.auth_query]`);
-    /// the cache starts empty on every load.
-    pub auth_query: Option<crate::auth::query::AuthQuery>,
-}
-
-impl Tenant {
-    /// The tenant id.
-    pub fn id(&self) -> &str {
-        &self.config.id
-    }
-}
+use crate::tenant::{ClientInfo, Tenant};
+use crate::tls::TlsError;
 
 /// The tenants and the rules for finding them; swapped whole on reload.
 pub struct RoutingTable {
     tenants: HashMap<String, Arc<Tenant>>,
     sources: Vec<RoutingSource>,
     sni_suffix: Option<String>,
-}
-
-/// What pgcell knows about a client before its `StartupMessage`.
-#[derive(Debug, Clone)]
-pub struct ClientInfo {
-    /// The real client address: from the PROXY header, else the socket peer.
-    pub addr: SocketAddr,
-    /// VPC endpoint id from the PROXY header.
-    pub vpce_id: Option<String>,
-    /// Whether the client connection is TLS.
-    pub tls: bool,
-    /// TLS server name the client sent.
-    pub sni: Option<String>,
-    /// SCRAM channel-binding data of the certificate pgcell presented.
-    pub tls_end_point: Option<std::sync::Arc<Vec<u8>>>,
 }
 
 /// A routed, admitted connection. Holds the tenant's connection slot until
@@ -163,56 +122,10 @@ impl RoutingTable {
     ) -> Result<RoutingTable, TlsError> {
         let mut tenants = HashMap::new();
         for t in &config.tenants {
-            let backend_tls = tls::backend_client_config(t.backend_tls, t.backend_ca.as_deref())?;
-            let active = previous
-                .and_then(|p| p.tenants.get(&t.id))
-                .map(|old| old.active.clone())
-                .unwrap_or_default();
-            let arrivals = previous
-                .and_then(|p| p.tenants.get(&t.id))
-                .map(|old| old.arrivals.clone())
-                .unwrap_or_default();
-            // Keep the derived secrets when the users did not change: a
-            // rebuild (reload, a discovered tenant changing) must not pay
-            // a PBKDF2 per password user each time.
-            let kept = previous
-                .and_then(|p| p.tenants.get(&t.id))
-                .filter(|old| old.config.users == t.users)
-                .map(|old| old.secrets.clone());
-            let secrets = kept.unwrap_or_else(|| {
-                t.users
-                    .iter()
-                    .map(|u| {
-                        let secret = match &u.credential {
-                            crate::config::Credential::ScramSecret(s) => s.clone(),
-                            crate::config::Credential::Password(pw) => {
-                                salt_key.password_secret(&t.id, &u.name, &pw.0)
-                            }
-                        };
-                        (u.name.clone(), secret)
-                    })
-                    .collect()
-            });
-            let auth_query = t.auth_query.clone().map(|q| {
-                crate::auth::query::AuthQuery::new(
-                    q,
-                    crate::auth::query::FetchSettings {
-                        connect_timeout: config.backend.connect_timeout,
-                        login_timeout: config.backend.auth_timeout,
-                        keepalive: config.listen.tcp_keepalive,
-                    },
-                )
-            });
+            let old = previous.and_then(|p| p.tenants.get(&t.id)).map(|t| &**t);
             tenants.insert(
                 t.id.clone(),
-                Arc::new(Tenant {
-                    config: t.clone(),
-                    backend_tls,
-                    active,
-                    arrivals,
-                    secrets,
-                    auth_query,
-                }),
+                Arc::new(Tenant::build(t, config, old, salt_key)?),
             );
         }
         Ok(RoutingTable {
@@ -375,35 +288,6 @@ pub fn admit(tenant: Arc<Tenant>, client: &ClientInfo) -> Result<Route, PolicyEr
     })
 }
 
-/// A token bucket of new connections: refills at `rate` per second, holds at
-/// most `rate` (a burst of one second's worth).
-#[derive(Debug, Default)]
-pub struct RateBucket {
-    tokens: f64,
-    last: Option<Instant>,
-}
-
-impl RateBucket {
-    /// Takes one token at `now` if there is one.
-    pub fn take(&mut self, rate: u32, now: Instant) -> bool {
-        let capacity = f64::from(rate);
-        self.tokens = match self.last {
-            // A new bucket starts full.
-            None => capacity,
-            Some(last) => (self.tokens
-                + now.saturating_duration_since(last).as_secs_f64() * capacity)
-                .min(capacity),
-        };
-        self.last = Some(now);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
 /// IPv4-mapped IPv6 addresses compare as IPv4.
 fn canonical_ip(ip: std::net::IpAddr) -> std::net::IpAddr {
     match ip {
@@ -489,6 +373,7 @@ const TENANT_KEYS: [&str; 2] = ["tenant", "endpoint"];
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tenant::RateBucket;
     use std::path::Path;
 
     fn table(sources: &str) -> RoutingTable {

@@ -9,7 +9,6 @@
 //!   cached.
 
 pub mod md5;
-pub mod query;
 pub mod scram;
 pub mod secret;
 

@@ -16,8 +16,19 @@ use tokio_rustls::TlsConnector;
 
 use crate::config::split_host_port;
 use crate::protocol::startup::SSL_REQUEST_CODE;
-use crate::route::Tenant;
 use crate::stream::MaybeTls;
+
+/// Where a tenant's backends are and how to reach them: what
+/// [`connect`] needs of a tenant (`tenant::Tenant::targets`).
+#[derive(Clone, Copy)]
+pub struct Targets<'a> {
+    /// `host:port` of each backend, tried in order.
+    pub backends: &'a [String],
+    /// TLS towards the backends, when enabled.
+    pub tls: Option<&'a std::sync::Arc<rustls::ClientConfig>>,
+    /// The name TLS verifies instead of each backend's host.
+    pub server_name: Option<&'a str>,
+}
 
 /// A connection to a backend, plaintext or TLS.
 pub type BackendStream = MaybeTls<TcpStream, tokio_rustls::client::TlsStream<TcpStream>>;
@@ -54,15 +65,15 @@ pub enum ConnectError {
     },
 }
 
-/// Connects to the first reachable backend of `tenant`.
+/// Connects to the first reachable backend of `targets`.
 pub async fn connect(
-    tenant: &Tenant,
+    targets: Targets<'_>,
     connect_timeout: Duration,
     keepalive: Duration,
 ) -> Result<Backend, ConnectError> {
     let mut tried = 0;
     let mut last = String::from("no addresses");
-    for target in &tenant.config.backends {
+    for target in targets.backends {
         let Some((host, port)) = split_host_port(target) else {
             continue;
         };
@@ -89,10 +100,10 @@ pub async fn connect(
             match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await {
                 Ok(Ok(tcp)) => {
                     set_socket_options(&tcp, keepalive);
-                    let stream = match &tenant.backend_tls {
+                    let stream = match targets.tls {
                         None => MaybeTls::Plain(tcp),
                         Some(config) => {
-                            let name = tenant.config.backend_server_name.as_deref().unwrap_or(host);
+                            let name = targets.server_name.unwrap_or(host);
                             // A backend that accepts TCP and then goes silent
                             // must not hold the client: the TLS setup counts
                             // against the connect timeout too.

@@ -19,7 +19,6 @@ use crate::protocol::framing::{read_message, FramingError};
 use crate::protocol::messages::{self, auth};
 use crate::protocol::startup::{CancelKey, StartupMessage};
 use crate::protocol::SqlState;
-use crate::route::Tenant;
 
 /// The startup parameters a backend logs in with, besides user and
 /// database: those of the clients it serves. A client gets only backends
@@ -157,9 +156,9 @@ pub enum OpenError {
 }
 
 impl ServerConn {
-    /// Connects to `tenant`'s backend and logs in as `user` to `database`.
+    /// Connects to one of `targets` and logs in as `user` to `database`.
     pub async fn open(
-        tenant: &Tenant,
+        targets: super::Targets<'_>,
         database: &str,
         user: &str,
         login: &BackendLogin,
@@ -171,7 +170,7 @@ impl ServerConn {
             login_timeout,
             keepalive,
         } = *timeouts;
-        let backend = backend::connect(tenant, connect_timeout, keepalive).await?;
+        let backend = backend::connect(targets, connect_timeout, keepalive).await?;
         let mut conn = ServerConn {
             stream: backend.stream,
             addr: backend.addr,

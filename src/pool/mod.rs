@@ -26,7 +26,7 @@ use crate::backend::server::{BackendLogin, OpenError, OpenSettings, ServerConn, 
 use crate::clients::{ClientEntry, ClientState};
 use crate::config::{PoolConfig, PoolMode};
 use crate::protocol::framing::read_message;
-use crate::route::Tenant;
+use crate::tenant::Tenant;
 
 /// Identifies a pool.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -558,7 +558,7 @@ impl Pool {
             .clone()
             .ok_or(AcquireError::NoLogin)?;
         let conn = ServerConn::open(
-            &self.tenant,
+            self.tenant.targets(),
             &self.key.database,
             &self.key.user,
             &login,

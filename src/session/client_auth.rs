@@ -3,7 +3,7 @@
 //! exchange against a fake secret and fail the same way, after the same
 //! delay, so user names cannot be probed. Users not listed in
 //! `[[tenants.users]]` get their secret from the backend when the tenant
-//! has `[tenants.auth_query]` ([`crate::auth::query`]).
+//! has `[tenants.auth_query]` ([`crate::auth_query`]).
 
 use std::time::Duration;
 
@@ -11,15 +11,15 @@ use bytes::{Buf, BufMut, BytesMut};
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
-use crate::auth::query::AuthQueryError;
 use crate::auth::scram::{ScramError, ScramErrorKind, ScramServer};
 use crate::auth::secret::{mock_secret, ScramSecret};
+use crate::auth_query::AuthQueryError;
 use crate::backend::server::BackendLogin;
 use crate::config::{AuthMode, Credential};
 use crate::protocol::framing::{read_message, FramingError};
 use crate::protocol::messages::{self, auth};
 use crate::protocol::{ClientError, SqlState};
-use crate::route::{ClientInfo, Tenant};
+use crate::tenant::{ClientInfo, Tenant};
 
 /// Pause before a failed login is reported, the same for every cause.
 pub const AUTH_FAILURE_DELAY: Duration = Duration::from_millis(500);
@@ -117,7 +117,7 @@ where
     // Configured users come first; the backend is asked about the rest.
     let queried = match (&tenant.auth_query, configured) {
         (Some(query), None) if tenant.config.auth == AuthMode::Scram => {
-            Some(query.lookup(tenant, database, user).await?)
+            Some(query.lookup(tenant.targets(), database, user).await?)
         }
         _ => None,
     };

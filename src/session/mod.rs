@@ -29,8 +29,9 @@ use crate::metrics as m;
 use crate::protocol::framing::FramingError;
 use crate::protocol::startup::StartupMessage;
 use crate::protocol::{ClientError, Severity, SqlState};
-use crate::route::{self, ClientInfo, PolicyError, RouteError};
+use crate::route::{self, PolicyError, RouteError};
 use crate::server::Shared;
+use crate::tenant::ClientInfo;
 use auth_relay::{AuthEnd, AuthRelayError};
 use relay::{RelayBytes, RelayCounters, RelayEnd};
 
@@ -569,7 +570,7 @@ where
     let tenant = &route.tenant;
     let connect_started = Instant::now();
     let connected = backend::connect(
-        tenant,
+        tenant.targets(),
         shared.settings.connect_timeout,
         shared.settings.tcp_keepalive,
     )

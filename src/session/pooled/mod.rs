@@ -36,9 +36,10 @@ use crate::protocol::framing::{split_message, Message};
 use crate::protocol::messages;
 use crate::protocol::startup::StartupMessage;
 use crate::protocol::{ClientError, Severity, SqlState};
-use crate::route::{ClientInfo, Route};
+use crate::route::Route;
 use crate::server::Shared;
 use crate::stream::ReadReady;
+use crate::tenant::ClientInfo;
 
 /// Largest backend message relayed in pooled mode (PostgreSQL's own limit
 /// is 1 GiB for most messages); client messages are bounded by

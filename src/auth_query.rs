@@ -28,11 +28,11 @@ use tokio::sync::Semaphore;
 
 use crate::auth::secret::{ScramSecret, SecretError};
 use crate::backend::server::{BackendLogin, OpenError, ServerConn};
+use crate::backend::Targets;
 use crate::config::AuthQueryConfig;
 use crate::metrics as m;
 use crate::protocol::framing::{read_message, FramingError};
 use crate::protocol::{messages, SqlState};
-use crate::route::Tenant;
 
 /// Most users whose answer one tenant's cache holds.
 pub const MAX_CACHED_SECRETS: usize = 10_000;
@@ -57,6 +57,8 @@ pub struct FetchSettings {
 /// One tenant's `auth_query`: configuration, cache and fetch limit. Lives
 /// on the [`Tenant`], so a reload starts with an empty cache.
 pub struct AuthQuery {
+    /// The tenant it serves (for metrics and logs).
+    tenant: String,
     config: AuthQueryConfig,
     settings: FetchSettings,
     cache: SecretCache,
@@ -117,8 +119,9 @@ impl AuthQueryError {
 
 impl AuthQuery {
     /// A tenant's `auth_query` with an empty cache.
-    pub fn new(config: AuthQueryConfig, settings: FetchSettings) -> AuthQuery {
+    pub fn new(tenant: &str, config: AuthQueryConfig, settings: FetchSettings) -> AuthQuery {
         AuthQuery {
+            tenant: tenant.to_owned(),
             cache: SecretCache::new(config.cache_ttl, MAX_CACHED_SECRETS),
             config,
             settings,
@@ -126,13 +129,13 @@ impl AuthQuery {
         }
     }
 
-    /// The secret of `user`, from the cache or from `tenant`'s backend
+    /// The secret of `user`, from the cache or from the tenant's backends
     /// (in `database` unless the configuration names one). A fetch error
     /// is logged and counted here. Not cancel safe only in that a dropped
     /// fetch is not cached.
     pub async fn lookup(
         &self,
-        tenant: &Tenant,
+        backends: Targets<'_>,
         database: &str,
         user: &str,
     ) -> Result<Lookup, AuthQueryError> {
@@ -140,19 +143,18 @@ impl AuthQuery {
         // and each database may answer differently (another `get_auth`
         // function): cache per database then.
         let key = self.cache_key(database, user);
-        if let Some(secret) = self.cached(tenant, &key) {
+        if let Some(secret) = self.cached(&key) {
             return Ok(secret);
         }
         // The semaphore is never closed; without a permit the fetch just
         // runs unthrottled.
         let _permit = self.fetches.acquire().await.ok();
         // Another login of the same user may have fetched meanwhile.
-        if let Some(secret) = self.cached(tenant, &key) {
+        if let Some(secret) = self.cached(&key) {
             return Ok(secret);
         }
-        metrics::counter!(m::AUTH_QUERY_CACHE_MISSES, "tenant" => tenant.id().to_owned())
-            .increment(1);
-        match self.fetch(tenant, database, user).await {
+        metrics::counter!(m::AUTH_QUERY_CACHE_MISSES, "tenant" => self.tenant.clone()).increment(1);
+        match self.fetch(backends, database, user).await {
             Ok(secret) => {
                 self.cache.insert(&key, secret.clone());
                 Ok(Lookup {
@@ -161,10 +163,10 @@ impl AuthQuery {
                 })
             }
             Err(e) => {
-                metrics::counter!(m::AUTH_QUERY_ERRORS, "tenant" => tenant.id().to_owned(), "reason" => e.reason())
+                metrics::counter!(m::AUTH_QUERY_ERRORS, "tenant" => self.tenant.clone(), "reason" => e.reason())
                     .increment(1);
                 tracing::warn!(
-                    tenant = tenant.id(),
+                    tenant = %self.tenant,
                     user,
                     auth_user = %self.config.user,
                     reason = e.reason(),
@@ -189,10 +191,9 @@ impl AuthQuery {
         }
     }
 
-    fn cached(&self, tenant: &Tenant, user: &str) -> Option<Lookup> {
+    fn cached(&self, user: &str) -> Option<Lookup> {
         let secret = self.cache.get(user)?;
-        metrics::counter!(m::AUTH_QUERY_CACHE_HITS, "tenant" => tenant.id().to_owned())
-            .increment(1);
+        metrics::counter!(m::AUTH_QUERY_CACHE_HITS, "tenant" => self.tenant.clone()).increment(1);
         Some(Lookup {
             secret,
             cached: true,
@@ -201,14 +202,14 @@ impl AuthQuery {
 
     async fn fetch(
         &self,
-        tenant: &Tenant,
+        backends: Targets<'_>,
         database: &str,
         user: &str,
     ) -> Result<Option<ScramSecret>, AuthQueryError> {
         let database = self.config.database.as_deref().unwrap_or(database);
         let login = BackendLogin::Password(self.config.password.clone());
         let mut conn = ServerConn::open(
-            tenant,
+            backends,
             database,
             &self.config.user,
             &login,
@@ -233,24 +234,24 @@ impl AuthQuery {
         // in hand whatever happens now.
         let _ = conn.stream.write_all(&TERMINATE).await;
         let _ = conn.stream.shutdown().await;
-        Ok(value.and_then(|v| parse_secret(tenant, user, &v)))
+        Ok(value.and_then(|v| parse_secret(&self.tenant, user, &v)))
     }
 }
 
 /// A SCRAM secret, or none (with the reason logged) for anything else.
-fn parse_secret(tenant: &Tenant, user: &str, value: &str) -> Option<ScramSecret> {
+fn parse_secret(tenant: &str, user: &str, value: &str) -> Option<ScramSecret> {
     match ScramSecret::parse(value) {
         Ok(secret) => Some(secret),
         Err(SecretError::NotScram) => {
             tracing::warn!(
-                tenant = tenant.id(),
+                tenant,
                 user,
                 "auth_query returned a secret that is not SCRAM-SHA-256 (md5 or plaintext?); the user cannot log in through pgcell"
             );
             None
         }
         Err(e) => {
-            tracing::warn!(tenant = tenant.id(), user, error = %e, "auth_query returned a malformed secret");
+            tracing::warn!(tenant, user, error = %e, "auth_query returned a malformed secret");
             None
         }
     }
