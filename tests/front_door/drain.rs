@@ -9,7 +9,7 @@ use tokio::net::TcpStream;
 use tokio_postgres::error::SqlState;
 
 use crate::harness::*;
-use crate::pooling::{init_pgbench, pooled_tenant, processed};
+use crate::pooling::{pooled_tenant, processed};
 
 /// Polls `f` every 20 ms until it is true, at most `limit`.
 async fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {

@@ -16,7 +16,7 @@ async fn admitted(addr: std::net::SocketAddr, tenant: &str) -> Result<bool, Stri
     let params = app_params(tenant);
     let params: Vec<(&str, &str)> = params.iter().map(|(k, v)| (*k, v.as_str())).collect();
     raw.stream
-        .write_all(&startup_packet(&params))
+        .write_all(&startup_packet(&params, 0))
         .await
         .map_err(|e| e.to_string())?;
     let m = tokio::time::timeout(Duration::from_secs(5), raw.read_msg())
@@ -321,11 +321,14 @@ async fn slowloris_is_cut_by_the_startup_timeout() {
     )
     .await;
     let rss_start = p.rss_kib();
-    let packet = startup_packet(&[
-        ("user", "app"),
-        ("database", "app"),
-        ("options", "tenant=a"),
-    ]);
+    let packet = startup_packet(
+        &[
+            ("user", "app"),
+            ("database", "app"),
+            ("options", "tenant=a"),
+        ],
+        0,
+    );
     let started = Instant::now();
     let lorises: Vec<_> = (0..200)
         .map(|_| {

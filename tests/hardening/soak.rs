@@ -52,24 +52,7 @@ async fn soak() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(20);
     let mut a = cluster("hard-soak");
-    let init = Command::new("pgbench")
-        .args([
-            "-i",
-            "-q",
-            "-s",
-            "1",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &a.port().to_string(),
-            "-U",
-            "app",
-            "app",
-        ])
-        .env("PGPASSWORD", APP_PASSWORD)
-        .output()
-        .unwrap();
-    assert!(init.status.success());
+    init_pgbench(&a);
     let p = Pgcell::start_with(
         "",
         &pooled("soak", &a, "", "mode = \"transaction\"\nsize = 4\nacquire_timeout = \"30s\"\ncheck_after_idle = \"1s\""),
