@@ -169,15 +169,12 @@ async fn tenant_policy_runs_before_authentication() {
     assert_eq!(code_of(&err), "53300");
     drop(first);
     let _ = conn.await;
-    let mut admitted = false;
-    for _ in 0..50 {
-        if connect(&proxy.pg_config("app.small")).await.is_ok() {
-            admitted = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    assert!(admitted, "slot was not released");
+    eventually(
+        std::time::Duration::from_secs(3),
+        "the slot is released",
+        || async { connect(&proxy.pg_config("app.small")).await.is_ok() },
+    )
+    .await;
 
     let m = proxy.metrics().await;
     assert!(

@@ -16,8 +16,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 pub use crate::support::{
-    cluster, code_of, eventually, http_get, init_pgbench, startup_packet, ErrorFields, TestCert,
-    APP_PASSWORD,
+    cancel_until_done, cluster, code_of, eventually, http_get, init_pgbench, metric_or_zero, poll,
+    sessions_running, startup_packet, ErrorFields, TestCert, APP_PASSWORD,
 };
 
 /// [`cluster`] with extra `postgresql.conf` lines.
@@ -180,6 +180,27 @@ propagation = "100ms"
     /// `/metrics`.
     pub async fn metrics(&self) -> String {
         http_get(self.admin, "/metrics").await.1
+    }
+
+    /// Data-port connections accepted so far.
+    pub async fn accepted(&self) -> f64 {
+        metric_or_zero(
+            &self.metrics().await,
+            "pgcell_tcp_connections_accepted_total",
+            &[],
+        )
+    }
+
+    /// Waits until the accept loop has taken `n` connections more than
+    /// `before` (from [`Pgcell::accepted`]).
+    pub async fn wait_accepted(&self, before: f64, n: usize) {
+        let want = before + n as f64;
+        eventually(
+            Duration::from_secs(10),
+            &format!("{n} more connections accepted"),
+            || async { self.accepted().await >= want },
+        )
+        .await;
     }
 
     /// tokio-postgres config for user `app`, database `app`, naming

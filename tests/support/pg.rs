@@ -92,6 +92,20 @@ where
     panic!("the query was not cancelled within 20 s");
 }
 
+/// How many sessions of `cluster` are running `query` right now
+/// (`pg_stat_activity`, state `active`); 0 when psql fails.
+pub fn sessions_running(cluster: &Cluster, query: &str) -> usize {
+    let sql = format!(
+        "select count(*) from pg_stat_activity where query = '{}' and state = 'active'",
+        query.replace('\'', "''")
+    );
+    cluster
+        .psql("postgres", &sql)
+        .ok()
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// Runs psql with `conninfo` and `sql` as [`APP_PASSWORD`]; Ok(stdout) or
 /// Err(stderr).
 pub fn psql(conninfo: &str, sql: &str) -> Result<String, String> {

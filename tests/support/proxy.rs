@@ -13,7 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_postgres::config::SslMode;
 
-use super::http::http_get;
+use super::http::{http_get, request};
 use super::pg::APP_PASSWORD;
 use super::poll::eventually;
 use super::wire::SSL_REQUEST;
@@ -72,17 +72,77 @@ impl TestCert {
     }
 }
 
-/// `[listen]` + `[tls]` + `[routing]` + `[shutdown]` for tests; `rest`
-/// adds tenants and other tables.
+/// What [`config_text_with`] writes into `[listen]` and `[shutdown]`.
+#[derive(Debug, Clone)]
+pub struct Base {
+    pub addr: String,
+    pub admin_addr: String,
+    /// No health port when `None`.
+    pub health_addr: Option<String>,
+    /// Left to pgcell's default (or to `listen_extra`) when `None`.
+    pub startup_timeout: Option<String>,
+    pub grace: String,
+    pub propagation: String,
+}
+
+impl Default for Base {
+    /// Every port chosen by the kernel, a 3 s startup timeout, a short
+    /// drain.
+    fn default() -> Base {
+        Base {
+            addr: "127.0.0.1:0".to_owned(),
+            admin_addr: "127.0.0.1:0".to_owned(),
+            health_addr: Some("127.0.0.1:0".to_owned()),
+            startup_timeout: Some("3s".to_owned()),
+            grace: "3s".to_owned(),
+            propagation: "300ms".to_owned(),
+        }
+    }
+}
+
+impl Base {
+    /// Data and admin ports fixed on 127.0.0.1 and no health port: for the
+    /// pgcell binary run as a child process, whose ports the test picks.
+    pub fn on_ports(port: u16, admin: u16) -> Base {
+        Base {
+            addr: format!("127.0.0.1:{port}"),
+            admin_addr: format!("127.0.0.1:{admin}"),
+            health_addr: None,
+            ..Base::default()
+        }
+    }
+}
+
+/// `[listen]` + `[tls]` + `[routing]` + `[shutdown]` for tests, on
+/// kernel-chosen ports; `rest` adds tenants and other tables.
 pub fn config_text(listen_extra: &str, tls_mode: &str, rest: &str) -> String {
+    config_text_with(&Base::default(), listen_extra, tls_mode, rest)
+}
+
+/// [`config_text`] with `base` in `[listen]` and `[shutdown]`.
+pub fn config_text_with(base: &Base, listen_extra: &str, tls_mode: &str, rest: &str) -> String {
+    let Base {
+        addr,
+        admin_addr,
+        health_addr,
+        startup_timeout,
+        grace,
+        propagation,
+    } = base;
+    let health_addr = health_addr
+        .as_ref()
+        .map(|a| format!("health_addr = \"{a}\"\n"))
+        .unwrap_or_default();
+    let startup_timeout = startup_timeout
+        .as_ref()
+        .map(|t| format!("startup_timeout = \"{t}\"\n"))
+        .unwrap_or_default();
     format!(
         r#"
 [listen]
-addr = "127.0.0.1:0"
-health_addr = "127.0.0.1:0"
-admin_addr = "127.0.0.1:0"
-startup_timeout = "3s"
-{listen_extra}
+addr = "{addr}"
+{health_addr}admin_addr = "{admin_addr}"
+{startup_timeout}{listen_extra}
 
 [tls]
 cert = "server.crt"
@@ -94,12 +154,23 @@ sni_suffix = "pg.test"
 sources = ["sni", "options", "user"]
 
 [shutdown]
-grace = "3s"
-propagation = "300ms"
+grace = "{grace}"
+propagation = "{propagation}"
 
 {rest}
 "#
     )
+}
+
+/// Waits until pgcell's admin port at `admin` answers `/readyz` with 200.
+pub async fn wait_ready(admin: SocketAddr, within: Duration) {
+    eventually(within, "pgcell ready (/readyz 200)", || async {
+        request(admin, "GET", "/readyz", "", "")
+            .await
+            .map(|r| r.status)
+            == Ok(200)
+    })
+    .await;
 }
 
 /// A `[[tenants]]` entry pointing at `cluster`.
