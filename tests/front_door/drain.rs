@@ -2,7 +2,7 @@
 //! transaction boundary, busy clients finishing, and pgbench through a
 //! SIGTERM without a lost or half-done transaction.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use tokio::net::TcpStream;
@@ -160,13 +160,7 @@ async fn pgbench_through_sigterm_loses_no_transaction() {
     .replace("{pw}", "pw");
     let path = dir.path().join("pgcell.toml");
     std::fs::write(&path, &text).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pgcell"))
-        .arg("--config")
-        .arg(&path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_pgcell(&path);
     let admin_addr = format!("127.0.0.1:{admin}").parse().unwrap();
     wait_ready(admin_addr, Duration::from_secs(10)).await;
 

@@ -247,10 +247,6 @@ async fn shutdown_lets_sessions_finish() {
     proxy.stop().await;
 }
 
-fn pgcell_bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_pgcell"))
-}
-
 #[test]
 fn check_reports_every_problem_with_its_key() {
     let dir = tempfile::tempdir().unwrap();
@@ -291,11 +287,7 @@ fn check_reports_every_problem_with_its_key() {
         .arg(&good)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out, "pgcell check");
 
     // The committed configs are valid.
     for file in ["config/pgcell.example.toml", "config/pgcell.toml"] {
@@ -305,11 +297,7 @@ fn check_reports_every_problem_with_its_key() {
             .arg(&path)
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{file}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_success(&out, &format!("pgcell check {file}"));
     }
 }
 
@@ -329,13 +317,7 @@ async fn binary_reloads_on_sighup_and_stops_on_sigterm() {
     let path = dir.path().join("pgcell.toml");
     std::fs::write(&path, &text).unwrap();
     // `pgcell --config F` means run.
-    let mut child = pgcell_bin()
-        .arg("--config")
-        .arg(&path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_pgcell(&path);
     let admin_addr = format!("127.0.0.1:{admin}").parse().unwrap();
     wait_ready(admin_addr, Duration::from_secs(10)).await;
     let mut cfg = tokio_postgres::Config::new();

@@ -8,7 +8,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use pgcell::local_pg::{free_port, Cluster};
@@ -16,8 +16,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 pub use crate::support::{
-    cancel_until_done, cluster, code_of, eventually, http_get, init_pgbench, metric_or_zero, poll,
-    sessions_running, startup_packet, ErrorFields, TestCert, APP_PASSWORD,
+    cancel_until_done, cluster, code_of, config_text_with, eventually, http_get, init_pgbench,
+    metric_or_zero, pgcell_bin, poll, sessions_running, startup_packet, Base, ErrorFields,
+    TestCert, APP_PASSWORD,
 };
 
 /// [`cluster`] with extra `postgresql.conf` lines.
@@ -74,47 +75,27 @@ impl Pgcell {
         TestCert::new().write_to(dir.path());
         std::fs::write(dir.path().join("pw"), APP_PASSWORD).unwrap();
         let port = free_port().unwrap();
-        let startup_timeout = if listen_extra.contains("startup_timeout") {
-            ""
-        } else {
-            "startup_timeout = \"3s\""
-        };
         let admin_port = free_port().unwrap();
-        let text = format!(
-            r#"
-[listen]
-addr = "{ip}:{port}"
-admin_addr = "127.0.0.1:{admin_port}"
-{startup_timeout}
-{listen_extra}
-
-[tls]
-cert = "server.crt"
-key = "server.key"
-mode = "allow"
-
-[routing]
-sni_suffix = "pg.test"
-sources = ["sni", "options", "user"]
-
-[backend]
-connect_timeout = "2s"
-auth_timeout = "2s"
-
-[log]
-level = "{level}"
-
-[shutdown]
-grace = "1s"
-propagation = "100ms"
-
-{rest}
-"#
+        let base = Base {
+            addr: format!("{ip}:{port}"),
+            admin_addr: format!("127.0.0.1:{admin_port}"),
+            health_addr: None,
+            startup_timeout: (!listen_extra.contains("startup_timeout")).then(|| "3s".to_owned()),
+            grace: "1s".to_owned(),
+            propagation: "100ms".to_owned(),
+        };
+        let text = config_text_with(
+            &base,
+            listen_extra,
+            "allow",
+            &format!(
+                "[backend]\nconnect_timeout = \"2s\"\nauth_timeout = \"2s\"\n\n[log]\nlevel = \"{level}\"\n\n{rest}"
+            ),
         );
         let config = dir.path().join("pgcell.toml");
         std::fs::write(&config, text).unwrap();
         let log = dir.path().join("stderr.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_pgcell"))
+        let child = pgcell_bin()
             .args(["run", "--config"])
             .arg(&config)
             .env_remove("RUST_LOG")

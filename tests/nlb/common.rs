@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use crate::support::http::{request, Response};
 use crate::support::moto::REGION;
+use crate::support::pgcell_bin;
 use crate::support::poll::poll;
 use crate::support::process::stop_child;
 pub use crate::support::{cluster, eventually, metric_or_zero, APP_PASSWORD};
@@ -82,7 +83,7 @@ endpoint_url = "{url}"
         let path = dir.path().join("pgcell.toml");
         std::fs::write(&path, config).unwrap();
         let log = std::fs::File::create(dir.path().join("pgcell.log")).unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgcell"));
+        let mut cmd = pgcell_bin();
         cmd.arg("run")
             .arg("--config")
             .arg(&path)

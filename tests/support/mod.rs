@@ -39,5 +39,6 @@ pub use http::{http_get, http_request};
 pub use metrics::{metric, metric_or_zero};
 pub use pg::*;
 pub use poll::{eventually, poll};
+pub use process::{assert_success, pgcell_bin, spawn_pgcell};
 pub use proxy::*;
 pub use wire::*;

@@ -11,6 +11,8 @@ use tokio::task::JoinHandle;
 use tokio_postgres::config::SslMode;
 use tokio_postgres::{Client, NoTls};
 
+use super::process::assert_success;
+
 /// Password of the `app` role in every test cluster. Unusual enough that
 /// finding it in a log or on `/metrics` means it leaked.
 pub const APP_PASSWORD: &str = "app-secret-Hx7q";
@@ -170,10 +172,6 @@ pub fn init_pgbench(cluster: &Cluster) {
         ])
         .env("PGPASSWORD", APP_PASSWORD)
         .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .expect("run pgbench");
+    assert_success(&out, "pgbench -i");
 }
