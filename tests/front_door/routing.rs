@@ -36,12 +36,7 @@ async fn each_source_lands_on_its_tenants_cluster() {
     // USER.TENANT, rewritten to USER for the backend.
     let (client, _conn) = connect(&proxy.pg_config("app.beta")).await.unwrap();
     assert_eq!(cluster_name(&client).await, "cluster-b");
-    let user: String = client
-        .query_one("select current_user::text", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(user, "app");
+    assert_eq!(current_user(&client).await, "app");
 
     // SNI over TLS, tokio-postgres on a pgcell TLS stream.
     let tls = proxy.tls_stream("alpha.pg.test").await;

@@ -4,32 +4,14 @@
 //! RSS and open file descriptors at the start and the end, and fails on
 //! any failed transaction or growth past the bounds.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::common::*;
+use crate::support::pgbench_with;
 
+/// pgbench as `app` of tenant `soak`.
 fn pgbench(port: u16, args: &[&str]) -> (bool, String) {
-    let out = Command::new("pgbench")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-U",
-            "app",
-            "-n",
-        ])
-        .args(args)
-        .arg("app")
-        .env("PGPASSWORD", APP_PASSWORD)
-        .env("PGCONNECT_TIMEOUT", "10")
-        .env("PGOPTIONS", "tenant=soak")
-        .output()
-        .expect("run pgbench");
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.success(), text)
+    pgbench_with(port, "app", args, &[("PGOPTIONS", "tenant=soak")])
 }
 
 fn field(text: &str, prefix: &str) -> u64 {

@@ -77,6 +77,15 @@ pub async fn cluster_name(client: &Client) -> String {
         .get(0)
 }
 
+/// `current_user` on `client`: the role the backend logged in.
+pub async fn current_user(client: &Client) -> String {
+    client
+        .query_one("select current_user::text", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
 /// Sends cancels through `send` until `running` ends (a cancel that arrives
 /// before the query started is ignored by PostgreSQL, so one is not enough
 /// on a loaded machine) and returns how it ended.
@@ -141,12 +150,18 @@ pub fn psql_with(conninfo: &str, sql: &str, password: &str) -> Result<String, St
 
 /// Runs pgbench against `port` with `args`; returns (success, output).
 pub fn pgbench(port: u16, user: &str, args: &[&str]) -> (bool, String) {
+    pgbench_with(port, user, args, &[])
+}
+
+/// [`pgbench`] with extra environment variables (`PGOPTIONS`, say).
+pub fn pgbench_with(port: u16, user: &str, args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
     let out = Command::new("pgbench")
         .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", user, "-n"])
         .args(args)
         .arg("app")
         .env("PGPASSWORD", APP_PASSWORD)
         .env("PGCONNECT_TIMEOUT", "10")
+        .envs(env.iter().copied())
         .output()
         .expect("run pgbench");
     let text =
