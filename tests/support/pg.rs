@@ -68,22 +68,19 @@ where
     Ok(client)
 }
 
+/// The one text value `sql` returns on `client`.
+pub async fn query_text(client: &Client, sql: &str) -> String {
+    client.query_one(sql, &[]).await.unwrap().get(0)
+}
+
 /// `current_setting('cluster_name')` on `client`: which cluster answered.
 pub async fn cluster_name(client: &Client) -> String {
-    client
-        .query_one("select current_setting('cluster_name')", &[])
-        .await
-        .unwrap()
-        .get(0)
+    query_text(client, "select current_setting('cluster_name')").await
 }
 
 /// `current_user` on `client`: the role the backend logged in.
 pub async fn current_user(client: &Client) -> String {
-    client
-        .query_one("select current_user::text", &[])
-        .await
-        .unwrap()
-        .get(0)
+    query_text(client, "select current_user::text").await
 }
 
 /// Sends cancels through `send` until `running` ends (a cancel that arrives
