@@ -3,22 +3,82 @@
 //! The metrics recorder is process-wide; this binary holds a single test so
 //! nothing else moves these counters while it measures.
 
-#[path = "front_door/harness.rs"]
-mod harness;
+#[path = "support/mod.rs"]
+mod support;
 
 use std::time::Duration;
 
-use harness::*;
 use pgcell::proxy_protocol::build;
+use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-async fn snapshot(proxy: &Proxy, series: &[(&str, &[(&str, &str)])]) -> Vec<f64> {
-    let text = proxy.metrics().await;
-    series
-        .iter()
-        .map(|(name, labels)| metric(&text, name, labels).unwrap_or(0.0))
-        .collect()
+/// The counters this test measures, each by its name.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+struct Counters {
+    proxy_protocol_errors: f64,
+    startup_errors: f64,
+    timeout_errors: f64,
+    tls_errors: f64,
+    v2_local_headers: f64,
+    v1_local_headers: f64,
+    v2_proxy_headers: f64,
+    unknown_cancel_keys: f64,
+    global_limit_rejections: f64,
+    accepted: f64,
+    io_errors: f64,
+}
+
+impl Counters {
+    /// The counters as `/metrics` shows them now (0 for a series not
+    /// there yet).
+    async fn read(proxy: &Proxy) -> Counters {
+        let text = proxy.metrics().await;
+        let m = |name: &str, labels: &[(&str, &str)]| metric_or_zero(&text, name, labels);
+        let handshake = |kind: &str| m("pgcell_handshake_errors_total", &[("kind", kind)]);
+        let headers = |version: &str, command: &str| {
+            m(
+                "pgcell_proxy_headers_total",
+                &[("version", version), ("command", command)],
+            )
+        };
+        Counters {
+            proxy_protocol_errors: handshake("proxy_protocol"),
+            startup_errors: handshake("startup"),
+            timeout_errors: handshake("timeout"),
+            tls_errors: handshake("tls"),
+            v2_local_headers: headers("2", "local"),
+            v1_local_headers: headers("1", "local"),
+            v2_proxy_headers: headers("2", "proxy"),
+            unknown_cancel_keys: m(
+                "pgcell_cancel_requests_total",
+                &[("outcome", "unknown_key")],
+            ),
+            global_limit_rejections: m(
+                "pgcell_client_rejections_total",
+                &[("reason", "global_connection_limit")],
+            ),
+            accepted: m("pgcell_tcp_connections_accepted_total", &[]),
+            io_errors: handshake("io"),
+        }
+    }
+
+    /// How far each counter moved from `before`.
+    fn since(self, before: Counters) -> Counters {
+        Counters {
+            proxy_protocol_errors: self.proxy_protocol_errors - before.proxy_protocol_errors,
+            startup_errors: self.startup_errors - before.startup_errors,
+            timeout_errors: self.timeout_errors - before.timeout_errors,
+            tls_errors: self.tls_errors - before.tls_errors,
+            v2_local_headers: self.v2_local_headers - before.v2_local_headers,
+            v1_local_headers: self.v1_local_headers - before.v1_local_headers,
+            v2_proxy_headers: self.v2_proxy_headers - before.v2_proxy_headers,
+            unknown_cancel_keys: self.unknown_cancel_keys - before.unknown_cancel_keys,
+            global_limit_rejections: self.global_limit_rejections - before.global_limit_rejections,
+            accepted: self.accepted - before.accepted,
+            io_errors: self.io_errors - before.io_errors,
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -30,39 +90,8 @@ async fn each_failure_moves_exactly_its_counter() {
         &tenant("acme", &a, ""),
     ))
     .await;
-    let series: &[(&str, &[(&str, &str)])] = &[
-        (
-            "pgcell_handshake_errors_total",
-            &[("kind", "proxy_protocol")],
-        ),
-        ("pgcell_handshake_errors_total", &[("kind", "startup")]),
-        ("pgcell_handshake_errors_total", &[("kind", "timeout")]),
-        ("pgcell_handshake_errors_total", &[("kind", "tls")]),
-        (
-            "pgcell_proxy_headers_total",
-            &[("version", "2"), ("command", "local")],
-        ),
-        (
-            "pgcell_proxy_headers_total",
-            &[("version", "1"), ("command", "local")],
-        ),
-        (
-            "pgcell_proxy_headers_total",
-            &[("version", "2"), ("command", "proxy")],
-        ),
-        (
-            "pgcell_cancel_requests_total",
-            &[("outcome", "unknown_key")],
-        ),
-        (
-            "pgcell_client_rejections_total",
-            &[("reason", "global_connection_limit")],
-        ),
-        ("pgcell_tcp_connections_accepted_total", &[]),
-        ("pgcell_handshake_errors_total", &[("kind", "io")]),
-    ];
-    let mut expected = vec![0.0; series.len()];
-    let before = snapshot(&proxy, series).await;
+    let mut expected = Counters::default();
+    let before = Counters::read(&proxy).await;
 
     // Truncated v2 header.
     let header = build::v2_proxy(
@@ -76,8 +105,8 @@ async fn each_failure_moves_exactly_its_counter() {
     assert!(read_until_close(&mut tcp, Duration::from_secs(5))
         .await
         .is_empty());
-    expected[0] += 1.0;
-    expected[9] += 1.0;
+    expected.proxy_protocol_errors += 1.0;
+    expected.accepted += 1.0;
 
     // Oversized startup packet: closed without a reply, as PostgreSQL
     // does, and still counted.
@@ -86,8 +115,8 @@ async fn each_failure_moves_exactly_its_counter() {
     assert!(read_until_close(&mut tcp, Duration::from_secs(5))
         .await
         .is_empty());
-    expected[1] += 1.0;
-    expected[9] += 1.0;
+    expected.startup_errors += 1.0;
+    expected.accepted += 1.0;
 
     // Silent client: startup_timeout (3 s in the test config); closed
     // without a reply, as PostgreSQL at authentication_timeout.
@@ -95,8 +124,8 @@ async fn each_failure_moves_exactly_its_counter() {
     assert!(read_until_close(&mut tcp, Duration::from_secs(6))
         .await
         .is_empty());
-    expected[2] += 1.0;
-    expected[9] += 1.0;
+    expected.timeout_errors += 1.0;
+    expected.accepted += 1.0;
 
     // TLS handshake garbage.
     let mut tcp = TcpStream::connect(proxy.addr).await.unwrap();
@@ -106,8 +135,8 @@ async fn each_failure_moves_exactly_its_counter() {
         .await
         .unwrap();
     let _ = read_until_close(&mut tcp, Duration::from_secs(5)).await;
-    expected[3] += 1.0;
-    expected[9] += 1.0;
+    expected.tls_errors += 1.0;
+    expected.accepted += 1.0;
 
     // NLB health checks: v2 LOCAL and v1 UNKNOWN.
     let mut tcp = TcpStream::connect(proxy.addr).await.unwrap();
@@ -120,9 +149,9 @@ async fn each_failure_moves_exactly_its_counter() {
     assert!(read_until_close(&mut tcp, Duration::from_secs(5))
         .await
         .is_empty());
-    expected[4] += 1.0;
-    expected[5] += 1.0;
-    expected[9] += 2.0;
+    expected.v2_local_headers += 1.0;
+    expected.v1_local_headers += 1.0;
+    expected.accepted += 2.0;
 
     // A proxied connection that cancels with a key nobody holds.
     let mut tcp = TcpStream::connect(proxy.addr).await.unwrap();
@@ -133,15 +162,21 @@ async fn each_failure_moves_exactly_its_counter() {
     assert!(read_until_close(&mut tcp, Duration::from_secs(5))
         .await
         .is_empty());
-    expected[6] += 1.0;
-    expected[7] += 1.0;
-    expected[9] += 1.0;
+    expected.v2_proxy_headers += 1.0;
+    expected.unknown_cancel_keys += 1.0;
+    expected.accepted += 1.0;
 
     // Over listen.max_client_connections (3): the fourth socket gets 53300
     // at once, before it sends anything.
     let held: Vec<TcpStream> = futures_connect(proxy.addr, 3).await;
-    // Give the accept loop time to take the three slots, even on a busy box.
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // The accept loop has taken the three slots once it counts them.
+    let accepted = expected.accepted + 3.0;
+    eventually(
+        Duration::from_secs(10),
+        "the three held connections are accepted",
+        || async { Counters::read(&proxy).await.since(before).accepted == accepted },
+    )
+    .await;
     let mut tcp = TcpStream::connect(proxy.addr).await.unwrap();
     let reply = read_until_close(&mut tcp, Duration::from_secs(5)).await;
     let (code, msg, _) = error_fields(&reply).unwrap();
@@ -149,17 +184,23 @@ async fn each_failure_moves_exactly_its_counter() {
         (code.as_str(), msg.as_str()),
         ("53300", "sorry, too many clients already")
     );
-    expected[8] += 1.0;
-    expected[9] += 4.0;
+    expected.global_limit_rejections += 1.0;
+    expected.accepted += 4.0;
     // Closing without sending a byte is a disconnect, not a PROXY error.
     drop(held);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    expected[10] += 3.0;
+    expected.io_errors += 3.0;
 
-    let after = snapshot(&proxy, series).await;
-    for (i, (name, labels)) in series.iter().enumerate() {
-        assert_eq!(after[i] - before[i], expected[i], "{name} {labels:?}");
-    }
+    // The closes are counted by the sessions' tasks: wait for them.
+    let moved = poll(Duration::from_secs(10), || async {
+        let moved = Counters::read(&proxy).await.since(before);
+        if moved == expected {
+            Ok(moved)
+        } else {
+            Err(moved)
+        }
+    })
+    .await;
+    assert_eq!(moved, Ok(expected));
     proxy.stop().await;
 }
 

@@ -14,13 +14,14 @@
 //!
 //! Needs `kubectl` (with kustomize), `terraform` and the AWS provider under
 //! `/opt/tf-plugins`, and python3 for moto (installed into the test
-//! virtualenv when missing, see `moto.rs`).
+//! virtualenv when missing, see `tests/support/moto.rs`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 mod manifests;
-mod moto;
+#[path = "../support/mod.rs"]
+mod support;
 
 mod image;
 mod kubernetes;

@@ -12,7 +12,7 @@ use std::time::Instant;
 use serde_json::Value;
 
 use crate::kubernetes::{Cell, SELF_REGISTER, TARGET_GROUP_BINDING};
-use crate::moto::{Moto, REGION};
+use crate::support::moto::{Moto, REGION};
 use crate::{repo_path, run};
 
 const MODULE: &str = "deploy/terraform";
@@ -152,7 +152,7 @@ fn resources(show: &Value) -> BTreeMap<String, Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn apply_and_destroy_against_moto() {
-    let moto = Moto::start();
+    let moto = Moto::start().await;
     let elb = moto.elb();
     let (tmp, _module) = workspace();
     let dir = tmp.path().to_owned();

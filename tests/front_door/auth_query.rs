@@ -76,12 +76,7 @@ async fn secrets_come_from_the_backend_and_refresh_on_failure() {
     // and the backend login uses the ClientKey from this client's proof.
     let (client, _c) = connect(&proxy.pg_config("app.aq")).await.unwrap();
     assert_eq!(cluster_name(&client).await, "cluster-authq");
-    let user: String = client
-        .query_one("select current_user::text", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(user, "app");
+    assert_eq!(current_user(&client).await, "app");
     // SCRAM-SHA-256-PLUS over TLS works the same way.
     let out = psql(
         &format!(

@@ -101,17 +101,18 @@ async fn scenario(a: &pgcell::local_pg::Cluster, proxy: bool) {
     // The metrics recorder is shared by both replicas (and every test in
     // this process): compare before and after. A cancel's outcome is
     // counted after its connection is closed: wait for the counts.
-    let mut after = two.metrics().await;
-    for _ in 0..50 {
-        if count(&after, "forwarded_to_peer") >= count(&before, "forwarded_to_peer") + 2.0
+    let counted = poll(Duration::from_secs(5), || async {
+        let after = two.metrics().await;
+        (count(&after, "forwarded_to_peer") >= count(&before, "forwarded_to_peer") + 2.0
             && count(&after, "forwarded") >= count(&before, "forwarded") + 2.0
-            && count(&after, "unknown_peer") >= count(&before, "unknown_peer") + 1.0
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        after = two.metrics().await;
-    }
+            && count(&after, "unknown_peer") >= count(&before, "unknown_peer") + 1.0)
+            .then_some(after)
+    })
+    .await;
+    let after = match counted {
+        Ok(after) => after,
+        Err(_) => two.metrics().await,
+    };
     assert!(
         count(&after, "forwarded_to_peer") >= count(&before, "forwarded_to_peer") + 2.0,
         "{after}"

@@ -58,15 +58,19 @@ async fn shop_pool(admin: &Client) -> String {
 /// Waits (briefly) for the `shop` row of SHOW POOLS to read `want`: a
 /// client sees its answer a moment before pgcell hands the backend back.
 async fn shop_pool_becomes(admin: &Client, want: &str) {
-    let mut last = String::new();
-    for _ in 0..50 {
-        last = shop_pool(admin).await;
-        if last == want {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(last, want);
+    eventually(
+        Duration::from_secs(2),
+        &format!("shop pool {want}"),
+        || async {
+            let row = shop_pool(admin).await;
+            if row == want {
+                Ok(())
+            } else {
+                Err(row)
+            }
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -83,29 +87,14 @@ async fn admin_console_shows_pauses_and_reloads() {
     app.simple_query("select 1").await.unwrap();
 
     // psql, as an operator would use it.
-    let out = std::process::Command::new("psql")
-        .args([
-            "-X",
-            "-A",
-            "-t",
-            "-v",
-            "ON_ERROR_STOP=1",
-            &format!("host=127.0.0.1 port={port} user=admin dbname=pgcell sslmode=require"),
-            "-c",
-            "SHOW POOLS;",
-        ])
-        .env("PGPASSWORD", ADMIN_PASSWORD)
-        .env("PGCONNECT_TIMEOUT", "10")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = psql_with(
+        &format!("host=127.0.0.1 port={port} user=admin dbname=pgcell sslmode=require"),
+        "SHOW POOLS;",
+        ADMIN_PASSWORD,
+    )
+    .unwrap_or_else(|stderr| panic!("{stderr}"));
     // One backend, idle between the client's transactions.
-    assert_eq!(stdout.trim(), "shop|app|app|transaction|2|1|1|0|0|no");
+    assert_eq!(stdout, "shop|app|app|transaction|2|1|1|0|0|no");
 
     let (admin, _ac) = connect(&admin_config(&proxy, "admin", ADMIN_PASSWORD))
         .await

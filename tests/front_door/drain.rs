@@ -2,26 +2,14 @@
 //! transaction boundary, busy clients finishing, and pgbench through a
 //! SIGTERM without a lost or half-done transaction.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use tokio::net::TcpStream;
 use tokio_postgres::error::SqlState;
 
 use crate::harness::*;
-use crate::pooling::{init_pgbench, pooled_tenant, processed};
-
-/// Polls `f` every 20 ms until it is true, at most `limit`.
-async fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = tokio::time::Instant::now() + limit;
-    while tokio::time::Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    f()
-}
+use crate::pooling::{pooled_tenant, processed};
 
 /// How a connection task ended: the SQLSTATE of the error that ended it.
 async fn ended_with(
@@ -96,11 +84,10 @@ async fn drain_scenario(tenant_text: &str) {
 
     // After the propagation window: stopping. Idle clients leave with 57P01
     // at once; the busy one finishes its transaction first.
-    assert!(
-        eventually(Duration::from_secs(5), || proxy.handle.state()
-            == State::Stopping)
-        .await
-    );
+    eventually(Duration::from_secs(5), "stopping", || async {
+        proxy.handle.state() == State::Stopping
+    })
+    .await;
     assert!(TcpStream::connect(proxy.addr).await.is_err());
     assert!(TcpStream::connect(health).await.is_err());
     assert_eq!(ended_with(idle_conn).await, Some(SqlState::ADMIN_SHUTDOWN));
@@ -111,11 +98,10 @@ async fn drain_scenario(tenant_text: &str) {
         .expect("the transaction in flight commits");
     assert_eq!(ended_with(busy_conn).await, Some(SqlState::ADMIN_SHUTDOWN));
     // Everyone left within the grace period: the server stops by itself.
-    assert!(
-        eventually(Duration::from_secs(3), || proxy.handle.state()
-            == State::Stopped)
-        .await
-    );
+    eventually(Duration::from_secs(3), "stopped", || async {
+        proxy.handle.state() == State::Stopped
+    })
+    .await;
     let m = pgcell::metrics::handle().render();
     assert!(
         metric(
@@ -137,19 +123,17 @@ async fn second_stop_request_cuts_the_propagation_window_short() {
         .replace("propagation = \"300ms\"", "propagation = \"60s\"");
     let proxy = Proxy::start(&text).await;
     proxy.handle.shutdown();
-    assert!(
-        eventually(Duration::from_secs(2), || proxy.handle.state()
-            == State::Draining)
-        .await
-    );
+    eventually(Duration::from_secs(2), "draining", || async {
+        proxy.handle.state() == State::Draining
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(proxy.handle.state(), State::Draining);
     proxy.handle.shutdown();
-    assert!(
-        eventually(Duration::from_secs(3), || proxy.handle.state()
-            == State::Stopped)
-        .await
-    );
+    eventually(Duration::from_secs(3), "stopped", || async {
+        proxy.handle.state() == State::Stopped
+    })
+    .await;
     proxy.stop().await;
 }
 
@@ -158,50 +142,27 @@ async fn pgbench_through_sigterm_loses_no_transaction() {
     let a = cluster("cluster-drain-bench");
     init_pgbench(&a);
     let dir = tempfile::tempdir().unwrap();
-    let cert = TestCert::new();
-    std::fs::write(dir.path().join("server.crt"), &cert.cert_pem).unwrap();
-    std::fs::write(dir.path().join("server.key"), &cert.key_pem).unwrap();
+    TestCert::new().write_to(dir.path());
     std::fs::write(dir.path().join("pw"), APP_PASSWORD).unwrap();
     let port = pgcell::local_pg::free_port().unwrap();
     let admin = pgcell::local_pg::free_port().unwrap();
-    let text = config_text(
+    let base = Base {
+        propagation: "1s".to_owned(),
+        grace: "10s".to_owned(),
+        ..Base::on_ports(port, admin)
+    };
+    let text = config_text_with(
+        &base,
         "",
         "allow",
         &pooled_tenant("acme", &a, "mode = \"transaction\"\nsize = 3"),
     )
-    .replace("{pw}", "pw")
-    .replace(
-        "\naddr = \"127.0.0.1:0\"",
-        &format!("\naddr = \"127.0.0.1:{port}\""),
-    )
-    .replace(
-        "admin_addr = \"127.0.0.1:0\"",
-        &format!("admin_addr = \"127.0.0.1:{admin}\""),
-    )
-    .replace("health_addr = \"127.0.0.1:0\"\n", "")
-    .replace("propagation = \"300ms\"", "propagation = \"1s\"")
-    .replace("grace = \"3s\"", "grace = \"10s\"");
+    .replace("{pw}", "pw");
     let path = dir.path().join("pgcell.toml");
     std::fs::write(&path, &text).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pgcell"))
-        .arg("--config")
-        .arg(&path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_pgcell(&path);
     let admin_addr = format!("127.0.0.1:{admin}").parse().unwrap();
-    let mut ready = false;
-    for _ in 0..100 {
-        if TcpStream::connect(admin_addr).await.is_ok()
-            && http_get(admin_addr, "/readyz").await.0 == 200
-        {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(ready, "pgcell binary did not become ready");
+    wait_ready(admin_addr, Duration::from_secs(10)).await;
 
     // TPC-B-like load, more clients than backends, through a SIGTERM.
     let bench = tokio::task::spawn_blocking(move || {

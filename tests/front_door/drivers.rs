@@ -9,10 +9,10 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use crate::harness::*;
+use crate::support::python::venv_python;
 
 /// How long one driver script may run before it is killed.
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(90);
@@ -21,109 +21,8 @@ const SCRIPT_TIMEOUT: Duration = Duration::from_secs(90);
 const PACKAGES: &[&str] = &["asyncpg", "psycopg[binary]"];
 
 /// The virtualenv's python, installing the drivers first when missing.
-/// Panics with the installer's output when that fails.
 fn driver_python() -> PathBuf {
-    static VENV: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    match VENV.get_or_init(install_drivers) {
-        Ok(python) => python.clone(),
-        Err(e) => panic!("could not install the Python drivers for this test: {e}"),
-    }
-}
-
-fn venv_dir() -> PathBuf {
-    std::env::var_os("PGCELL_TEST_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/tmp/pgcell-test-venv"))
-}
-
-/// True when `python` imports both drivers (psycopg with its libpq).
-fn has_drivers(python: &Path) -> bool {
-    python.exists()
-        && Command::new(python)
-            .args(["-c", "import asyncpg, psycopg; psycopg.pq.version()"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-}
-
-/// Creates the virtualenv and installs [`PACKAGES`] unless it already has
-/// them. It is built in a directory of its own and renamed into place, so
-/// concurrent test processes never see (or break) a half-built one: the
-/// first rename wins and the others discard their copy. One left broken
-/// (say, by an older layout) fails the import check and is replaced.
-fn install_drivers() -> Result<PathBuf, String> {
-    let dir = venv_dir();
-    let python = dir.join("bin").join("python");
-    if has_drivers(&python) {
-        return Ok(python);
-    }
-    if let Some(parent) = dir.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
-    }
-    let sibling = |what: &str| {
-        let mut name = dir.file_name().unwrap_or_default().to_os_string();
-        name.push(format!(".{what}-{}", std::process::id()));
-        dir.with_file_name(name)
-    };
-    let building = sibling("building");
-    let _ = std::fs::remove_dir_all(&building);
-    let base = std::env::var("PGCELL_TEST_PYTHON").unwrap_or_else(|_| "python3".to_owned());
-    run_installer(Command::new(&base).args(["-m", "venv"]).arg(&building))?;
-    let built = building.join("bin").join("python");
-    run_installer(
-        Command::new(&built)
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-            ])
-            .args(PACKAGES),
-    )?;
-    if !has_drivers(&built) {
-        return Err(format!(
-            "{} still cannot import asyncpg and psycopg after pip install",
-            built.display()
-        ));
-    }
-    if dir.exists() && !has_drivers(&python) {
-        let stale = sibling("stale");
-        if std::fs::rename(&dir, &stale).is_ok() {
-            let _ = std::fs::remove_dir_all(&stale);
-        }
-    }
-    if std::fs::rename(&building, &dir).is_err() {
-        // Another process put its virtualenv there first.
-        let _ = std::fs::remove_dir_all(&building);
-    }
-    if has_drivers(&python) {
-        Ok(python)
-    } else {
-        Err(format!(
-            "{} cannot import asyncpg and psycopg after installing them",
-            python.display()
-        ))
-    }
-}
-
-fn run_installer(cmd: &mut Command) -> Result<(), String> {
-    let shown = format!("{cmd:?}");
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("{shown}: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{shown} failed ({}):\n{}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
+    venv_python(PACKAGES, "import asyncpg, psycopg; psycopg.pq.version()")
 }
 
 /// Runs `tests/drivers/<script>` with `args`, killed after

@@ -3,7 +3,10 @@
 //! Every test starts its own clusters and its own pgcell on 127.0.0.1 with
 //! kernel-chosen ports and fresh certificates.
 
-mod harness;
+#[path = "../support/mod.rs"]
+mod support;
+/// The shared test support, by the name the tests here import it under.
+use support as harness;
 
 mod auth_query;
 mod bad_input;

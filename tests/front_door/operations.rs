@@ -29,15 +29,10 @@ async fn health_port_is_open_only_while_ready() {
         "health port open before ready"
     );
     proxy.set_task(tokio::spawn(server.serve()));
-    let mut open = false;
-    for _ in 0..100 {
-        if TcpStream::connect(health).await.is_ok() {
-            open = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(open, "health port never opened");
+    eventually(Duration::from_secs(2), "the health port opens", || async {
+        TcpStream::connect(health).await.is_ok()
+    })
+    .await;
 
     // HTTP, behind an NLB LOCAL header: 200.
     let mut tcp = TcpStream::connect(health).await.unwrap();
@@ -127,14 +122,16 @@ async fn metrics_follow_connections() {
 
     drop(c2);
     let _ = k2.await;
-    let mut after = String::new();
-    for _ in 0..50 {
-        after = proxy.metrics().await;
-        if metric(&after, "pgcell_client_connections_active", &labels) == Some(1.0) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // Counted down when the session's task ends, a moment after the close.
+    let gone = poll(Duration::from_secs(3), || async {
+        let after = proxy.metrics().await;
+        (metric(&after, "pgcell_client_connections_active", &labels) == Some(1.0)).then_some(after)
+    })
+    .await;
+    let after = match gone {
+        Ok(after) => after,
+        Err(_) => proxy.metrics().await,
+    };
     assert_eq!(
         metric(&after, "pgcell_client_connections_active", &labels),
         Some(1.0)
@@ -197,9 +194,22 @@ async fn reload_swaps_certificate_and_tenants_without_dropping_sessions() {
     assert_eq!(cluster_name(&client).await, "cluster-reload-b");
 
     // A broken file is refused and the running configuration stays.
+    let errors = || async {
+        metric_or_zero(
+            &proxy.metrics().await,
+            "pgcell_config_reloads_total",
+            &[("outcome", "error")],
+        )
+    };
+    let errors_before = errors().await;
     write(&proxy.config_path(), "[listen]\naddr = 42\n");
     proxy.handle.reload();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    eventually(
+        Duration::from_secs(10),
+        "the broken reload is refused",
+        || async { errors().await > errors_before },
+    )
+    .await;
     let (client, _c) = connect(&proxy.pg_config("app.newco")).await.unwrap();
     client.simple_query("select 1").await.unwrap();
     let m = proxy.metrics().await;
@@ -217,28 +227,24 @@ async fn shutdown_lets_sessions_finish() {
         drop(client);
         r
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    eventually(Duration::from_secs(10), "the query runs", || async {
+        sessions_running(&a, "select pg_sleep(1)") == 1
+    })
+    .await;
     let addr = proxy.addr;
     let admin = proxy.admin.unwrap();
     proxy.handle.shutdown();
     // Draining first (the propagation window), then stopping.
-    for _ in 0..100 {
-        if proxy.handle.state() == pgcell::lifecycle::State::Stopping {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(proxy.handle.state(), pgcell::lifecycle::State::Stopping);
+    eventually(Duration::from_secs(2), "stopping", || async {
+        proxy.handle.state() == pgcell::lifecycle::State::Stopping
+    })
+    .await;
     // No new connections; /readyz says so while the session finishes.
     assert!(TcpStream::connect(addr).await.is_err());
     let (status, body) = http_get(admin, "/readyz").await;
     assert_eq!((status, body.as_str()), (503, "stopping\n"));
     busy.await.unwrap().expect("in-flight query completes");
     proxy.stop().await;
-}
-
-fn pgcell_bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_pgcell"))
 }
 
 #[test]
@@ -281,11 +287,7 @@ fn check_reports_every_problem_with_its_key() {
         .arg(&good)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out, "pgcell check");
 
     // The committed configs are valid.
     for file in ["config/pgcell.example.toml", "config/pgcell.toml"] {
@@ -295,11 +297,7 @@ fn check_reports_every_problem_with_its_key() {
             .arg(&path)
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{file}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_success(&out, &format!("pgcell check {file}"));
     }
 }
 
@@ -307,43 +305,21 @@ fn check_reports_every_problem_with_its_key() {
 async fn binary_reloads_on_sighup_and_stops_on_sigterm() {
     let a = cluster("cluster-bin");
     let dir = tempfile::tempdir().unwrap();
-    let cert = TestCert::new();
-    std::fs::write(dir.path().join("server.crt"), &cert.cert_pem).unwrap();
-    std::fs::write(dir.path().join("server.key"), &cert.key_pem).unwrap();
+    TestCert::new().write_to(dir.path());
     let port = pgcell::local_pg::free_port().unwrap();
     let admin = pgcell::local_pg::free_port().unwrap();
-    let text = config_text("", "allow", &tenant("acme", &a, ""))
-        .replace(
-            "\naddr = \"127.0.0.1:0\"",
-            &format!("\naddr = \"127.0.0.1:{port}\""),
-        )
-        .replace(
-            "admin_addr = \"127.0.0.1:0\"",
-            &format!("admin_addr = \"127.0.0.1:{admin}\""),
-        )
-        .replace("health_addr = \"127.0.0.1:0\"\n", "");
+    let text = config_text_with(
+        &Base::on_ports(port, admin),
+        "",
+        "allow",
+        &tenant("acme", &a, ""),
+    );
     let path = dir.path().join("pgcell.toml");
     std::fs::write(&path, &text).unwrap();
     // `pgcell --config F` means run.
-    let mut child = pgcell_bin()
-        .arg("--config")
-        .arg(&path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_pgcell(&path);
     let admin_addr = format!("127.0.0.1:{admin}").parse().unwrap();
-    let mut ready = false;
-    for _ in 0..100 {
-        if TcpStream::connect(admin_addr).await.is_ok()
-            && http_get(admin_addr, "/readyz").await.0 == 200
-        {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(ready, "pgcell binary did not become ready");
+    wait_ready(admin_addr, Duration::from_secs(10)).await;
     let mut cfg = tokio_postgres::Config::new();
     cfg.host("127.0.0.1")
         .port(port)
@@ -368,17 +344,16 @@ async fn binary_reloads_on_sighup_and_stops_on_sigterm() {
         .status()
         .unwrap()
         .success());
-    let mut later = false;
-    for _ in 0..50 {
-        let mut c = cfg.clone();
-        c.user("app.later");
-        if connect(&c).await.is_ok() {
-            later = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(later, "SIGHUP did not load the new tenant");
+    eventually(
+        Duration::from_secs(5),
+        "SIGHUP loads the new tenant",
+        || async {
+            let mut c = cfg.clone();
+            c.user("app.later");
+            connect(&c).await.is_ok()
+        },
+    )
+    .await;
     client.simple_query("select 1").await.unwrap();
     drop(client);
 

@@ -28,31 +28,6 @@ pub(crate) async fn pooled_proxy(
     .await
 }
 
-pub(crate) fn init_pgbench(cluster: &pgcell::local_pg::Cluster) {
-    let out = std::process::Command::new("pgbench")
-        .args([
-            "-i",
-            "-q",
-            "-s",
-            "1",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &cluster.port().to_string(),
-            "-U",
-            "app",
-            "app",
-        ])
-        .env("PGPASSWORD", APP_PASSWORD)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 pub(crate) fn processed(output: &str) -> u64 {
     output
         .lines()

@@ -36,12 +36,7 @@ async fn each_source_lands_on_its_tenants_cluster() {
     // USER.TENANT, rewritten to USER for the backend.
     let (client, _conn) = connect(&proxy.pg_config("app.beta")).await.unwrap();
     assert_eq!(cluster_name(&client).await, "cluster-b");
-    let user: String = client
-        .query_one("select current_user::text", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(user, "app");
+    assert_eq!(current_user(&client).await, "app");
 
     // SNI over TLS, tokio-postgres on a pgcell TLS stream.
     let tls = proxy.tls_stream("alpha.pg.test").await;
@@ -169,15 +164,12 @@ async fn tenant_policy_runs_before_authentication() {
     assert_eq!(code_of(&err), "53300");
     drop(first);
     let _ = conn.await;
-    let mut admitted = false;
-    for _ in 0..50 {
-        if connect(&proxy.pg_config("app.small")).await.is_ok() {
-            admitted = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    assert!(admitted, "slot was not released");
+    eventually(
+        std::time::Duration::from_secs(3),
+        "the slot is released",
+        || async { connect(&proxy.pg_config("app.small")).await.is_ok() },
+    )
+    .await;
 
     let m = proxy.metrics().await;
     assert!(

@@ -8,32 +8,22 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Child, Stdio};
+use std::time::Duration;
 
 use pgcell::local_pg::{free_port, Cluster};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// Password of the `app` role in every test cluster.
-pub const APP_PASSWORD: &str = "app-secret-Hx7q";
-
-/// A cluster with role `app` (password [`APP_PASSWORD`]) owning database `app`.
-pub fn cluster(name: &str) -> Cluster {
-    cluster_with(name, &[])
-}
+pub use crate::support::{
+    cancel_until_done, cluster, code_of, config_text_with, eventually, http_get, init_pgbench,
+    metric_or_zero, pgcell_bin, poll, sessions_running, startup_packet, Base, ErrorFields,
+    TestCert, APP_PASSWORD,
+};
 
 /// [`cluster`] with extra `postgresql.conf` lines.
 pub fn cluster_with(name: &str, conf: &[&str]) -> Cluster {
-    let c = Cluster::start(name, conf).expect("start PostgreSQL");
-    c.psql(
-        "postgres",
-        &format!("CREATE ROLE app LOGIN PASSWORD '{APP_PASSWORD}'"),
-    )
-    .expect("create role");
-    c.psql("postgres", "CREATE DATABASE app OWNER app")
-        .expect("create db");
-    c
+    crate::support::cluster_with(name, conf, &[])
 }
 
 /// A pooled tenant (pgcell authenticates `app` with a password file
@@ -82,53 +72,30 @@ impl Pgcell {
         level: &str,
     ) -> Pgcell {
         let dir = tempfile::tempdir().unwrap();
-        let cert = rcgen::generate_simple_self_signed(vec!["localhost".into(), "*.pg.test".into()])
-            .unwrap();
-        std::fs::write(dir.path().join("server.crt"), cert.cert.pem()).unwrap();
-        std::fs::write(dir.path().join("server.key"), cert.key_pair.serialize_pem()).unwrap();
+        TestCert::new().write_to(dir.path());
         std::fs::write(dir.path().join("pw"), APP_PASSWORD).unwrap();
         let port = free_port().unwrap();
-        let startup_timeout = if listen_extra.contains("startup_timeout") {
-            ""
-        } else {
-            "startup_timeout = \"3s\""
-        };
         let admin_port = free_port().unwrap();
-        let text = format!(
-            r#"
-[listen]
-addr = "{ip}:{port}"
-admin_addr = "127.0.0.1:{admin_port}"
-{startup_timeout}
-{listen_extra}
-
-[tls]
-cert = "server.crt"
-key = "server.key"
-mode = "allow"
-
-[routing]
-sni_suffix = "pg.test"
-sources = ["sni", "options", "user"]
-
-[backend]
-connect_timeout = "2s"
-auth_timeout = "2s"
-
-[log]
-level = "{level}"
-
-[shutdown]
-grace = "1s"
-propagation = "100ms"
-
-{rest}
-"#
+        let base = Base {
+            addr: format!("{ip}:{port}"),
+            admin_addr: format!("127.0.0.1:{admin_port}"),
+            health_addr: None,
+            startup_timeout: (!listen_extra.contains("startup_timeout")).then(|| "3s".to_owned()),
+            grace: "1s".to_owned(),
+            propagation: "100ms".to_owned(),
+        };
+        let text = config_text_with(
+            &base,
+            listen_extra,
+            "allow",
+            &format!(
+                "[backend]\nconnect_timeout = \"2s\"\nauth_timeout = \"2s\"\n\n[log]\nlevel = \"{level}\"\n\n{rest}"
+            ),
         );
         let config = dir.path().join("pgcell.toml");
         std::fs::write(&config, text).unwrap();
         let log = dir.path().join("stderr.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_pgcell"))
+        let child = pgcell_bin()
             .args(["run", "--config"])
             .arg(&config)
             .env_remove("RUST_LOG")
@@ -145,18 +112,14 @@ propagation = "100ms"
             child,
             log,
         };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(p.admin).await.is_err() {
+        let admin = p.admin;
+        eventually(Duration::from_secs(20), "pgcell starts", || {
             if let Ok(Some(status)) = p.child.try_wait() {
                 panic!("pgcell exited with {status}:\n{}", p.log());
             }
-            assert!(
-                Instant::now() < deadline,
-                "pgcell did not start:\n{}",
-                p.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            async move { TcpStream::connect(admin).await.is_ok() }
+        })
+        .await;
         p
     }
 
@@ -197,13 +160,28 @@ propagation = "100ms"
 
     /// `/metrics`.
     pub async fn metrics(&self) -> String {
-        let mut s = TcpStream::connect(self.admin).await.unwrap();
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .await
-            .unwrap();
-        let mut out = Vec::new();
-        let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
-        String::from_utf8_lossy(&out).into_owned()
+        http_get(self.admin, "/metrics").await.1
+    }
+
+    /// Data-port connections accepted so far.
+    pub async fn accepted(&self) -> f64 {
+        metric_or_zero(
+            &self.metrics().await,
+            "pgcell_tcp_connections_accepted_total",
+            &[],
+        )
+    }
+
+    /// Waits until the accept loop has taken `n` connections more than
+    /// `before` (from [`Pgcell::accepted`]).
+    pub async fn wait_accepted(&self, before: f64, n: usize) {
+        let want = before + n as f64;
+        eventually(
+            Duration::from_secs(10),
+            &format!("{n} more connections accepted"),
+            || async { self.accepted().await >= want },
+        )
+        .await;
     }
 
     /// tokio-postgres config for user `app`, database `app`, naming
@@ -251,29 +229,6 @@ pub fn proc_status_field(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// SQLSTATE of a tokio-postgres error, or its text.
-pub fn code_of(e: &tokio_postgres::Error) -> String {
-    e.code()
-        .map(|c| c.code().to_owned())
-        .unwrap_or_else(|| format!("no code: {e}"))
-}
-
-/// Polls `check` every 100 ms until it is true or `within` passes.
-pub async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        if check().await {
-            return;
-        }
-        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// A PROXY v2 header from `src` carrying VPC endpoint `vpce`.
 pub fn proxy_v2(src: SocketAddr, vpce: Option<&str>) -> Vec<u8> {
     let mut h = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
@@ -298,21 +253,6 @@ pub fn proxy_v2(src: SocketAddr, vpce: Option<&str>) -> Vec<u8> {
     h
 }
 
-/// A StartupMessage (protocol 3.0).
-pub fn startup_packet(params: &[(&str, &str)]) -> Vec<u8> {
-    let mut body = (3u32 << 16).to_be_bytes().to_vec();
-    for (k, v) in params {
-        body.extend_from_slice(k.as_bytes());
-        body.push(0);
-        body.extend_from_slice(v.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut p = ((body.len() + 4) as u32).to_be_bytes().to_vec();
-    p.extend_from_slice(&body);
-    p
-}
-
 /// A tagged message.
 pub fn tagged(tag: u8, body: &[u8]) -> Vec<u8> {
     let mut m = vec![tag];
@@ -334,17 +274,8 @@ impl Msg {
         if self.tag != b'E' {
             return None;
         }
-        let (mut code, mut msg) = (String::new(), String::new());
-        for field in self.body.split(|b| *b == 0) {
-            if let Some((&k, v)) = field.split_first() {
-                match k {
-                    b'C' => code = String::from_utf8_lossy(v).into_owned(),
-                    b'M' => msg = String::from_utf8_lossy(v).into_owned(),
-                    _ => {}
-                }
-            }
-        }
-        Some((code, msg))
+        let f = ErrorFields::parse(&self.body);
+        Some((f.code, f.message))
     }
 }
 
@@ -385,7 +316,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Raw<S> {
     ) -> Result<(), (String, String)> {
         let io = |e: std::io::Error| ("io".to_owned(), e.to_string());
         self.stream
-            .write_all(&startup_packet(params))
+            .write_all(&startup_packet(params, 0))
             .await
             .map_err(io)?;
         let mut scram = None;

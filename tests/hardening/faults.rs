@@ -228,7 +228,7 @@ async fn backend_stall_mid_result_holds_only_its_client() {
     let client = p.connect("a").await.unwrap();
     let token = client.cancel_token();
     // Rows stream out, then the backend stalls at row 5000 of 10000.
-    let running = tokio::spawn(async move {
+    let mut running = tokio::spawn(async move {
         client
             .simple_query(
                 "select x, repeat('x', 100), case when x = 5000 then pg_sleep(60) end \
@@ -252,17 +252,11 @@ async fn backend_stall_mid_result_holds_only_its_client() {
     assert!(t.elapsed() < Duration::from_secs(1));
     assert!(!running.is_finished());
     // The stalled client's way out: its cancel request.
-    let mut outcome = None;
-    for _ in 0..20 {
+    let e = cancel_until_done(&mut running, || async {
         token.cancel_query(tokio_postgres::NoTls).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        if running.is_finished() {
-            outcome = Some(running.await.unwrap());
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    let e = outcome.expect("cancelled").expect_err("cancelled");
+    })
+    .await
+    .expect_err("cancelled");
     assert_eq!(code_of(&e), "57014");
     // The backend went back clean and serves the next transaction.
     other.simple_query("select 1").await.unwrap();

@@ -134,16 +134,16 @@ async fn half_open_client_is_reclaimed_by_keepalive() {
             .spawn()
             .expect("psql in the namespace"),
     );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while active_clients(&p.metrics().await) < 1.0 {
-        assert!(
-            Instant::now() < deadline,
-            "the client never connected: {}\n{}",
-            std::fs::read_to_string(p.dir.path().join("psql.err")).unwrap_or_default(),
-            p.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let connected = poll(Duration::from_secs(20), || async {
+        active_clients(&p.metrics().await) >= 1.0
+    })
+    .await;
+    assert!(
+        connected.is_ok(),
+        "the client never connected: {}\n{}",
+        std::fs::read_to_string(p.dir.path().join("psql.err")).unwrap_or_default(),
+        p.log()
+    );
 
     // Let the client acknowledge everything pgcell sent at login (its
     // delayed ACK) so the cut tests the idle case keepalive covers; the
@@ -152,15 +152,15 @@ async fn half_open_client_is_reclaimed_by_keepalive() {
     net.cut();
     let cut_at = Instant::now();
     // Keepalive: 1 s idle, then 3 unanswered probes 10 s apart.
-    let deadline = cut_at + Duration::from_secs(60);
-    while active_clients(&p.metrics().await) > 0.0 {
-        assert!(
-            Instant::now() < deadline,
-            "the vanished client still holds its slot after 60 s:\n{}",
-            p.log()
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    let reclaimed = poll(Duration::from_secs(60), || async {
+        active_clients(&p.metrics().await) <= 0.0
+    })
+    .await;
+    assert!(
+        reclaimed.is_ok(),
+        "the vanished client still holds its slot after 60 s:\n{}",
+        p.log()
+    );
     let reclaimed = cut_at.elapsed();
     eprintln!(
         "half-open client reclaimed {:.1} s after its link went down",

@@ -354,11 +354,7 @@ async fn cancel_keys_do_not_cross_tenants() {
     let mut body = b"select pg_sleep(30)".to_vec();
     body.push(0);
     victim.stream.write_all(&tagged(b'Q', &body)).await.unwrap();
-    let running = || async {
-        a.psql("postgres", "select count(*) from pg_stat_activity where query = 'select pg_sleep(30)' and state = 'active'")
-            .map(|n| n == "1")
-            .unwrap_or(false)
-    };
+    let running = || async { sessions_running(&a, "select pg_sleep(30)") == 1 };
     eventually(Duration::from_secs(10), "the query runs", running).await;
     let cancel = |pid: i32, secret: i32, vpce: &'static str| async move {
         let mut s = TcpStream::connect(p.addr).await.unwrap();

@@ -16,7 +16,7 @@ async fn admitted(addr: std::net::SocketAddr, tenant: &str) -> Result<bool, Stri
     let params = app_params(tenant);
     let params: Vec<(&str, &str)> = params.iter().map(|(k, v)| (*k, v.as_str())).collect();
     raw.stream
-        .write_all(&startup_packet(&params))
+        .write_all(&startup_packet(&params, 0))
         .await
         .map_err(|e| e.to_string())?;
     let m = tokio::time::timeout(Duration::from_secs(5), raw.read_msg())
@@ -64,11 +64,12 @@ async fn connection_flood_gets_53300_with_bounded_memory() {
     drop(b);
     // Fill the global limit with silent sockets, then flood.
     let mut silent = Vec::new();
+    let accepted = p.accepted().await;
     for _ in 0..80 {
         silent.push(TcpStream::connect(p.addr).await.unwrap());
     }
     // The accept loop counts the held sockets before refusing anyone.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    p.wait_accepted(accepted, 80).await;
     let started = Instant::now();
     let mut refused = 0;
     let mut peak = 0;
@@ -194,7 +195,11 @@ async fn exhausted_pool_does_not_starve_another_tenant() {
             tokio::spawn(async move { c.simple_query("select pg_sleep(3)").await.map(|_| ()) })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The pool is exhausted: two run, two wait.
+    eventually(Duration::from_secs(10), "two queries run", || async {
+        sessions_running(&a, "select pg_sleep(3)") == 2
+    })
+    .await;
     let mut worst = Duration::ZERO;
     for _ in 0..10 {
         let t = Instant::now();
@@ -239,10 +244,11 @@ async fn refusal_flood_keeps_descriptors_bounded() {
     )
     .await;
     let mut silent = Vec::new();
+    let accepted = p.accepted().await;
     for _ in 0..20 {
         silent.push(TcpStream::connect(p.addr).await.unwrap());
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    p.wait_accepted(accepted, 20).await;
     let baseline = p.fds();
     let stop = Arc::new(AtomicBool::new(false));
     let sampler = {
@@ -321,11 +327,15 @@ async fn slowloris_is_cut_by_the_startup_timeout() {
     )
     .await;
     let rss_start = p.rss_kib();
-    let packet = startup_packet(&[
-        ("user", "app"),
-        ("database", "app"),
-        ("options", "tenant=a"),
-    ]);
+    let packet = startup_packet(
+        &[
+            ("user", "app"),
+            ("database", "app"),
+            ("options", "tenant=a"),
+        ],
+        0,
+    );
+    let accepted = p.accepted().await;
     let started = Instant::now();
     let lorises: Vec<_> = (0..200)
         .map(|_| {
@@ -347,7 +357,7 @@ async fn slowloris_is_cut_by_the_startup_timeout() {
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    p.wait_accepted(accepted, 200).await;
     let peak = p.rss_kib();
     let c = p.connect("a").await.unwrap();
     c.simple_query("select 1").await.unwrap();

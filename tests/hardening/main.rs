@@ -7,6 +7,9 @@
 //! The soak (`soak::soak`) is ignored by default and run on demand with
 //! `scripts/soak.sh`.
 
+#[path = "../support/mod.rs"]
+mod support;
+
 mod common;
 
 mod faults;

@@ -4,32 +4,14 @@
 //! RSS and open file descriptors at the start and the end, and fails on
 //! any failed transaction or growth past the bounds.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::common::*;
+use crate::support::pgbench_with;
 
+/// pgbench as `app` of tenant `soak`.
 fn pgbench(port: u16, args: &[&str]) -> (bool, String) {
-    let out = Command::new("pgbench")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-U",
-            "app",
-            "-n",
-        ])
-        .args(args)
-        .arg("app")
-        .env("PGPASSWORD", APP_PASSWORD)
-        .env("PGCONNECT_TIMEOUT", "10")
-        .env("PGOPTIONS", "tenant=soak")
-        .output()
-        .expect("run pgbench");
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.success(), text)
+    pgbench_with(port, "app", args, &[("PGOPTIONS", "tenant=soak")])
 }
 
 fn field(text: &str, prefix: &str) -> u64 {
@@ -52,24 +34,7 @@ async fn soak() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(20);
     let mut a = cluster("hard-soak");
-    let init = Command::new("pgbench")
-        .args([
-            "-i",
-            "-q",
-            "-s",
-            "1",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &a.port().to_string(),
-            "-U",
-            "app",
-            "app",
-        ])
-        .env("PGPASSWORD", APP_PASSWORD)
-        .output()
-        .unwrap();
-    assert!(init.status.success());
+    init_pgbench(&a);
     let p = Pgcell::start_with(
         "",
         &pooled("soak", &a, "", "mode = \"transaction\"\nsize = 4\nacquire_timeout = \"30s\"\ncheck_after_idle = \"1s\""),

@@ -293,7 +293,7 @@ async fn broken_watches_recover() {
     proxy
         .wait_answer("app.acme", APP_PASSWORD, Ok("kube-w-b"))
         .await;
-    eventually("the tenant watch is reopened", || async {
+    eventually(WITHIN, "the tenant watch is reopened", || async {
         (api.watches(Kind::Tenant) > watches).then_some(())
     })
     .await;
@@ -303,7 +303,7 @@ async fn broken_watches_recover() {
     let lists = api.lists(Kind::Tenant);
     api.expire_next_watch(Kind::Tenant);
     api.break_watches();
-    eventually("a re-list after 410 Gone", || async {
+    eventually(WITHIN, "a re-list after 410 Gone", || async {
         (api.lists(Kind::Tenant) > lists).then_some(())
     })
     .await;

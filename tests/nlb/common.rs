@@ -2,28 +2,22 @@
 //! its environment, never this process's), its admin port, metrics, and a
 //! throwaway PostgreSQL for the drain test.
 
-use std::net::TcpListener;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use pgcell::local_pg::Cluster;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-
-use crate::moto::{stop_child, REGION};
-
-/// Password of the `app` role in the test cluster.
-pub const APP_PASSWORD: &str = "app-secret";
+use crate::support::http::{request, Response};
+use crate::support::moto::REGION;
+use crate::support::pgcell_bin;
+use crate::support::poll::poll;
+use crate::support::process::stop_child;
+pub use crate::support::{cluster, eventually, metric_or_zero, APP_PASSWORD};
 
 /// A port free on 127.0.0.1 right now (pgcell runs as a child process, so
 /// the test picks its ports for it).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    pgcell::local_pg::free_port().unwrap()
 }
 
 /// What the `[aws]` section of a test config points at.
@@ -89,7 +83,7 @@ endpoint_url = "{url}"
         let path = dir.path().join("pgcell.toml");
         std::fs::write(&path, config).unwrap();
         let log = std::fs::File::create(dir.path().join("pgcell.log")).unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgcell"));
+        let mut cmd = pgcell_bin();
         cmd.arg("run")
             .arg("--config")
             .arg(&path)
@@ -137,34 +131,44 @@ endpoint_url = "{url}"
 
     /// Waits until `/readyz` answers 200; returns its body.
     pub async fn wait_ready(&mut self) -> String {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
+        let within = Duration::from_secs(30);
+        let admin = self.admin_addr();
+        let ready = poll(within, || {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("pgcell exited ({status}):\n{}", self.logs());
             }
-            if let Some((200, body)) = http_get(self.admin, "/readyz").await {
-                return body;
+            async move {
+                match request(admin, "GET", "/readyz", "", "").await {
+                    Ok(Response {
+                        status: 200, body, ..
+                    }) => Some(body),
+                    _ => None,
+                }
             }
-            assert!(
-                Instant::now() < deadline,
-                "pgcell not ready within 30 s:\n{}",
-                self.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        })
+        .await;
+        ready.unwrap_or_else(|_| panic!("pgcell not ready within {within:?}:\n{}", self.logs()))
+    }
+
+    /// `127.0.0.1:admin`.
+    fn admin_addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.admin))
     }
 
     /// The `/metrics` text (empty when the admin port does not answer).
     pub async fn metrics(&self) -> String {
-        http_get(self.admin, "/metrics")
+        request(self.admin_addr(), "GET", "/metrics", "", "")
             .await
-            .map(|(_, body)| body)
+            .map(|r| r.body)
             .unwrap_or_default()
     }
 
     /// `/readyz` (status, body).
     pub async fn readyz(&self) -> Option<(u16, String)> {
-        http_get(self.admin, "/readyz").await
+        let r = request(self.admin_addr(), "GET", "/readyz", "", "")
+            .await
+            .ok()?;
+        Some((r.status, r.body))
     }
 
     /// SIGTERM by pid.
@@ -178,18 +182,12 @@ endpoint_url = "{url}"
 
     /// Waits for the process to exit, at most `within`.
     pub async fn wait_exit(&mut self, within: Duration) -> ExitStatus {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "pgcell did not exit within {within:?}:\n{}",
-                self.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let exited = poll(within, || {
+            let status = self.child.try_wait().unwrap();
+            async move { status }
+        })
+        .await;
+        exited.unwrap_or_else(|_| panic!("pgcell did not exit within {within:?}:\n{}", self.logs()))
     }
 }
 
@@ -202,61 +200,11 @@ impl Drop for Pgcell {
     }
 }
 
-/// The value of metric `name` with `labels` in Prometheus text, 0 when
-/// absent.
-pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .filter(|l| {
-            labels
-                .iter()
-                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-        })
-        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse().ok()))
-        .next()
-        .unwrap_or(0.0)
-}
-
 /// `pgcell_target_api_calls_total{operation, outcome}`.
 pub fn api_calls(text: &str, operation: &str, outcome: &str) -> f64 {
-    metric(
+    metric_or_zero(
         text,
         "pgcell_target_api_calls_total",
         &[("operation", operation), ("outcome", outcome)],
     )
-}
-
-/// A minimal HTTP/1.1 GET; (status, body), `None` when nothing answers.
-pub async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .ok()?;
-    let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut raw))
-        .await
-        .ok()?
-        .ok()?;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let status = text.split_whitespace().nth(1)?.parse().ok()?;
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Some((status, body))
-}
-
-/// A throwaway cluster with role `app` (password [`APP_PASSWORD`]) owning
-/// database `app`.
-pub fn cluster(name: &str) -> Cluster {
-    let c = Cluster::start(name, &[]).expect("start PostgreSQL");
-    c.psql(
-        "postgres",
-        &format!("CREATE ROLE app LOGIN PASSWORD '{APP_PASSWORD}'"),
-    )
-    .expect("create role");
-    c.psql("postgres", "CREATE DATABASE app OWNER app")
-        .expect("create db");
-    c
 }

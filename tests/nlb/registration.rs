@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::common::*;
 use crate::fault::{Fault, FaultProxy};
-use crate::moto::*;
+use crate::support::moto::*;
 
 const LOCALHOST: &str = "127.0.0.1";
 
@@ -27,34 +27,43 @@ async fn registers_when_ready() {
     let config = Pgcell::config(data, admin, &aws, "", "");
     let mut pgcell = Pgcell::spawn_with_env(data, admin, &config, &[("POD_IP", LOCALHOST)]);
     pgcell.wait_ready().await;
-    eventually!(
+    eventually(
         Duration::from_secs(5),
         "the target is healthy in the target group",
-        target_state(&elb, &group, LOCALHOST, data).await.as_deref() == Some("healthy")
-    );
+        || async {
+            target_state(&elb, &group, LOCALHOST, data).await.as_deref() == Some("healthy")
+        },
+    )
+    .await;
     let all = targets(&elb, &group).await;
     assert_eq!(all.len(), 1, "{all:?}");
-    eventually!(
+    eventually(
         Duration::from_secs(10),
         "/readyz shows the target healthy",
-        pgcell
-            .readyz()
-            .await
-            .is_some_and(|(status, body)| status == 200 && body.contains("target healthy"))
-    );
+        || async {
+            pgcell
+                .readyz()
+                .await
+                .is_some_and(|(status, body)| status == 200 && body.contains("target healthy"))
+        },
+    )
+    .await;
     let m = pgcell.metrics().await;
     assert_eq!(
-        metric(&m, "pgcell_target_state", &[("state", "healthy")]),
+        metric_or_zero(&m, "pgcell_target_state", &[("state", "healthy")]),
         1.0
     );
     assert_eq!(
-        metric(&m, "pgcell_target_state", &[("state", "registering")]),
+        metric_or_zero(&m, "pgcell_target_state", &[("state", "registering")]),
         0.0
     );
     assert_eq!(api_calls(&m, "RegisterTargets", "ok"), 1.0, "{m}");
     assert_eq!(api_calls(&m, "RegisterTargets", "retried"), 0.0);
     assert!(api_calls(&m, "DescribeTargetHealth", "ok") >= 1.0);
-    assert_eq!(metric(&m, "pgcell_target_reregistrations_total", &[]), 0.0);
+    assert_eq!(
+        metric_or_zero(&m, "pgcell_target_reregistrations_total", &[]),
+        0.0
+    );
 }
 
 /// Someone else deregisters the target: within a check interval or two
@@ -73,27 +82,32 @@ async fn reregisters_after_external_deregistration() {
     };
     let mut pgcell = Pgcell::spawn(data, admin, &Pgcell::config(data, admin, &aws, "", ""));
     pgcell.wait_ready().await;
-    eventually!(
-        Duration::from_secs(5),
-        "the target is healthy",
+    eventually(Duration::from_secs(5), "the target is healthy", || async {
         target_state(&elb, &group, LOCALHOST, data).await.as_deref() == Some("healthy")
-    );
+    })
+    .await;
     deregister(&elb, &group, LOCALHOST, data).await;
     assert_eq!(target_state(&elb, &group, LOCALHOST, data).await, None);
-    eventually!(
+    eventually(
         Duration::from_secs(10),
         "the target is registered again",
-        target_state(&elb, &group, LOCALHOST, data).await.as_deref() == Some("healthy")
-    );
-    eventually!(
+        || async {
+            target_state(&elb, &group, LOCALHOST, data).await.as_deref() == Some("healthy")
+        },
+    )
+    .await;
+    eventually(
         Duration::from_secs(5),
         "the re-registration is counted",
-        metric(
-            &pgcell.metrics().await,
-            "pgcell_target_reregistrations_total",
-            &[]
-        ) == 1.0
-    );
+        || async {
+            metric_or_zero(
+                &pgcell.metrics().await,
+                "pgcell_target_reregistrations_total",
+                &[],
+            ) == 1.0
+        },
+    )
+    .await;
     let m = pgcell.metrics().await;
     assert_eq!(api_calls(&m, "RegisterTargets", "ok"), 2.0, "{m}");
     assert!(pgcell.logs().contains("registering it again"));
@@ -128,29 +142,36 @@ async fn retries_throttling_and_5xx() {
         &Pgcell::config(data, admin, &aws, shutdown, ""),
     );
     pgcell.wait_ready().await;
-    eventually!(
+    eventually(
         Duration::from_secs(10),
         "the target is healthy after the retries",
-        target_state(&elb, &group, LOCALHOST, data).await.as_deref() == Some("healthy")
-    );
+        || async {
+            target_state(&elb, &group, LOCALHOST, data).await.as_deref() == Some("healthy")
+        },
+    )
+    .await;
     assert_eq!(
         proxy.seen("RegisterTargets"),
         ["Throttle", "Unavailable", "Throttle", "forwarded"]
     );
     // The throttled DescribeTargetHealth, then good ones.
-    eventually!(
+    eventually(
         Duration::from_secs(10),
         "DescribeTargetHealth works again after its throttled call",
-        api_calls(&pgcell.metrics().await, "DescribeTargetHealth", "ok") >= 2.0
-    );
+        || async { api_calls(&pgcell.metrics().await, "DescribeTargetHealth", "ok") >= 2.0 },
+    )
+    .await;
     let m = pgcell.metrics().await;
     assert_eq!(api_calls(&m, "RegisterTargets", "retried"), 3.0, "{m}");
     assert_eq!(api_calls(&m, "RegisterTargets", "ok"), 1.0);
     assert_eq!(api_calls(&m, "RegisterTargets", "error"), 0.0);
     assert_eq!(api_calls(&m, "DescribeTargetHealth", "error"), 1.0);
-    assert_eq!(metric(&m, "pgcell_target_reregistrations_total", &[]), 0.0);
     assert_eq!(
-        metric(&m, "pgcell_target_state", &[("state", "healthy")]),
+        metric_or_zero(&m, "pgcell_target_reregistrations_total", &[]),
+        0.0
+    );
+    assert_eq!(
+        metric_or_zero(&m, "pgcell_target_state", &[("state", "healthy")]),
         1.0
     );
     let logs = pgcell.logs();
@@ -162,16 +183,18 @@ async fn retries_throttling_and_5xx() {
     proxy.inject("DeregisterTargets", Fault::Unavailable);
     proxy.inject("DeregisterTargets", Fault::Throttle);
     pgcell.sigterm();
-    eventually!(
+    eventually(
         Duration::from_secs(10),
         "the target leaves the group after the retried DeregisterTargets",
-        target_state(&elb, &group, LOCALHOST, data).await.is_none()
-    );
-    eventually!(
+        || async { target_state(&elb, &group, LOCALHOST, data).await.is_none() },
+    )
+    .await;
+    eventually(
         Duration::from_secs(5),
         "the DeregisterTargets retries are counted",
-        api_calls(&pgcell.metrics().await, "DeregisterTargets", "ok") == 1.0
-    );
+        || async { api_calls(&pgcell.metrics().await, "DeregisterTargets", "ok") == 1.0 },
+    )
+    .await;
     let m = pgcell.metrics().await;
     assert_eq!(api_calls(&m, "DeregisterTargets", "retried"), 2.0, "{m}");
     assert_eq!(proxy.pending(), 0);
