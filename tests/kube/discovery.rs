@@ -391,7 +391,7 @@ async fn only_the_secrets_tenants_reference_are_read() {
         secret("beta-users", &[("app", APP_PASSWORD)]),
     );
     api.apply(Kind::Tenant, NS, tenant("beta", pooled(&a, "beta-users")));
-    eventually("the beta-users watch is refused", || async {
+    eventually(WITHIN, "the beta-users watch is refused", || async {
         (api.forbidden(Kind::Secret) > 0).then_some(())
     })
     .await;
