@@ -28,6 +28,17 @@ fn driver_python() -> PathBuf {
 /// Runs `tests/drivers/<script>` with `args`, killed after
 /// [`SCRIPT_TIMEOUT`]; panics unless it exits 0, showing its output.
 async fn run_script(python: PathBuf, script: &str, args: Vec<String>) {
+    run_script_as(python, script, args, false).await
+}
+
+/// [`run_script`] against PostgreSQL itself: the same checks must hold
+/// there (they are PostgreSQL's behaviour, not pgcell's), except that no
+/// connection can change backend.
+async fn run_baseline(python: PathBuf, script: &str, args: Vec<String>) {
+    run_script_as(python, script, args, true).await
+}
+
+async fn run_script_as(python: PathBuf, script: &str, args: Vec<String>, baseline: bool) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests")
         .join("drivers")
@@ -44,6 +55,7 @@ async fn run_script(python: PathBuf, script: &str, args: Vec<String>) {
             .stdout(stdout.try_clone().map_err(|e| e.to_string())?)
             .stderr(stderr.try_clone().map_err(|e| e.to_string())?)
             .env("PYTHONDONTWRITEBYTECODE", "1")
+            .env("PGCELL_DRIVER_BASELINE", if baseline { "1" } else { "0" })
             .spawn()
             .map_err(|e| format!("run {}: {e}", python.display()))?;
         let started = Instant::now();
@@ -89,6 +101,14 @@ fn transaction_tenant(id: &str, cluster: &pgcell::local_pg::Cluster, size: u32) 
     )
 }
 
+/// The same database, straight to PostgreSQL.
+fn direct_dsn(cluster: &pgcell::local_pg::Cluster) -> String {
+    format!(
+        "postgresql://app:{APP_PASSWORD}@127.0.0.1:{}/app?sslmode=disable",
+        cluster.port()
+    )
+}
+
 fn dsn(proxy: &Proxy, tenant: &str) -> String {
     format!(
         "postgresql://app.{tenant}:{APP_PASSWORD}@127.0.0.1:{}/app?sslmode=disable",
@@ -117,6 +137,12 @@ async fn asyncpg_prepared_statements_through_a_transaction_pool() {
         &[("pw", APP_PASSWORD)],
     )
     .await;
+    run_baseline(
+        python.clone(),
+        "asyncpg_check.py",
+        vec![direct_dsn(&a), "8".to_owned()],
+    )
+    .await;
     // 8 asyncpg connections share 2 backends.
     run_script(
         python,
@@ -139,6 +165,12 @@ async fn psycopg_prepared_statements_through_a_transaction_pool() {
             &(transaction_tenant("tx", &a, 2) + &transaction_tenant("one", &a, 1)),
         ),
         &[("pw", APP_PASSWORD)],
+    )
+    .await;
+    run_baseline(
+        python.clone(),
+        "psycopg_check.py",
+        vec![direct_dsn(&a), direct_dsn(&a), "8".to_owned()],
     )
     .await;
     // 8 psycopg connections share 2 backends; the "one" pool has a single

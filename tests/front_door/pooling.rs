@@ -821,17 +821,13 @@ async fn a_replayed_setting_that_no_longer_applies_is_the_clients_error() {
     assert_eq!(again, pid, "the backend was closed");
     let metrics = proxy.metrics().await;
     assert_eq!(
-        metric(&metrics, "pgcell_backend_lost_total", &[("tenant", "acme")]).unwrap_or(0.0),
-        0.0,
-        "{metrics}"
-    );
-    assert_eq!(
         metric(
             &metrics,
-            "pgcell_connection_errors_total",
-            &[("kind", "client")]
-        ),
-        Some(1.0),
+            "pgcell_backend_lost_total",
+            &[("tenant", "refused")]
+        )
+        .unwrap_or(0.0),
+        0.0,
         "{metrics}"
     );
     proxy.stop().await;
