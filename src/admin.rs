@@ -11,7 +11,7 @@ use axum::Router;
 use tokio::net::TcpListener;
 
 use crate::lifecycle::State;
-use crate::server::Shared;
+use crate::state::Shared;
 
 /// The admin routes.
 pub fn router(shared: Arc<Shared>) -> Router {

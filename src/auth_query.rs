@@ -55,7 +55,8 @@ pub struct FetchSettings {
 }
 
 /// One tenant's `auth_query`: configuration, cache and fetch limit. Lives
-/// on the [`Tenant`], so a reload starts with an empty cache.
+/// on the [`crate::tenant::Tenant`], so a reload starts with an empty
+/// cache.
 pub struct AuthQuery {
     /// The tenant it serves (for metrics and logs).
     tenant: String,

@@ -12,8 +12,6 @@
 
 mod show;
 
-use std::collections::HashMap;
-
 use bytes::{Buf, BytesMut};
 use pgwire::messages::response::{
     CommandComplete, EmptyQueryResponse, ReadyForQuery, TransactionStatus,
@@ -22,82 +20,22 @@ use pgwire::messages::startup::ParameterStatus;
 use pgwire::messages::{DecodeContext, Message, PgWireFrontendMessage, ProtocolVersion};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::auth::secret::{SaltKey, ScramSecret};
-use crate::config::{AuthMode, Config, Credential, PoolMode};
 use crate::lifecycle::State;
 use crate::metrics as m;
 use crate::protocol::startup::StartupMessage;
 use crate::protocol::{ClientError, SqlState};
-use crate::server::Shared;
 use crate::session::client_auth::{self, ClientAuthError};
 use crate::session::SessionError;
+use crate::state::Shared;
 use crate::tenant::ClientInfo;
 
+pub use crate::state::ConsoleConfig;
 pub use show::publish_pool_gauges;
 
 /// The database name that reaches the console.
 pub const DATABASE: &str = "pgcell";
 /// Longest message an admin may send; console commands are short.
 const MAX_CONSOLE_MESSAGE_LEN: usize = 64 * 1024;
-
-/// What the console takes from the config file; swapped whole on reload.
-#[derive(Debug, Default)]
-pub struct ConsoleConfig {
-    /// SCRAM secrets of the admin users, derived once per load.
-    secrets: HashMap<String, ScramSecret>,
-    /// The configured tenants, for `SHOW TENANTS` and `PAUSE`.
-    tenants: Vec<TenantSummary>,
-}
-
-/// A configured tenant as the console shows it.
-#[derive(Debug, Clone)]
-struct TenantSummary {
-    id: String,
-    auth: AuthMode,
-    pool_mode: PoolMode,
-    backends: Vec<String>,
-}
-
-impl ConsoleConfig {
-    /// Derives the admin users' secrets (PBKDF2 for passwords: once per
-    /// load, never per login).
-    pub fn from_config(config: &Config, salt_key: &SaltKey) -> ConsoleConfig {
-        let secrets = config
-            .admin
-            .users
-            .iter()
-            .map(|u| {
-                let secret = match &u.credential {
-                    Credential::ScramSecret(s) => s.clone(),
-                    // Scope "": no tenant id is empty.
-                    Credential::Password(pw) => salt_key.password_secret("", &u.name, &pw.0),
-                };
-                (u.name.clone(), secret)
-            })
-            .collect();
-        let tenants = config
-            .tenants
-            .iter()
-            .map(|t| TenantSummary {
-                id: t.id.clone(),
-                auth: t.auth,
-                pool_mode: t.pool.mode,
-                backends: t.backends.clone(),
-            })
-            .collect();
-        ConsoleConfig { secrets, tenants }
-    }
-
-    /// Whether any admin user is configured; without one, `pgcell` is an
-    /// ordinary database name.
-    pub fn enabled(&self) -> bool {
-        !self.secrets.is_empty()
-    }
-
-    fn has_tenant(&self, id: &str) -> bool {
-        self.tenants.iter().any(|t| t.id == id)
-    }
-}
 
 /// A console command.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -419,6 +357,8 @@ async fn flush<C: AsyncWrite + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::secret::SaltKey;
+    use crate::config::Config;
 
     #[test]
     fn commands_parse_case_insensitively() {

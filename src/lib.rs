@@ -28,7 +28,8 @@
 //! | [`lifecycle`] | Starting → Ready → Draining → Stopping → Stopped |
 //! | [`register`] | this replica's NLB target ([`register::Registration`]): RegisterTargets when ready, DeregisterTargets first in a drain (`register/aws.rs`) |
 //! | [`discovery`] | tenants (`PgcellTenant`), their backends and the peers from Kubernetes (`discovery/kube.rs`) |
-//! | [`server`] | shared state; bind, serve, reload, shut down |
+//! | [`state`] | what connections share ([`state::Shared`]): settings, routes, pools, cancel keys; reload |
+//! | [`server`] | bind, serve, shut down |
 //! | [`config`] | TOML → typed [`config::Config`], every problem reported at once |
 //! | [`local_pg`] | throwaway local PostgreSQL clusters for the demo and tests |
 //! | [`demo`] | `pgcell demo` |
@@ -64,6 +65,7 @@ pub mod register;
 pub mod route;
 pub mod server;
 pub mod session;
+pub mod state;
 pub mod stream;
 pub mod tenant;
 pub mod tls;

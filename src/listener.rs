@@ -7,7 +7,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::server::Shared;
+use crate::state::Shared;
 
 /// How long a refused connection may take to receive its error.
 const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_millis(200);

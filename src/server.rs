@@ -13,160 +13,13 @@ use tokio::sync::{mpsc, Semaphore};
 
 use crate::auth::secret::SaltKey;
 use crate::cancel::CancelMap;
-use crate::config::{Config, ConfigError, ProxyMode, TlsMode};
+use crate::config::{Config, TlsMode};
 use crate::health::HealthPort;
 use crate::lifecycle::{Lifecycle, State};
 use crate::route::RoutingTable;
+pub use crate::state::ReloadError;
+use crate::state::{Discovered, FixedSections, Settings, Shared, Sources};
 use crate::tls::{ServerTls, TlsError};
-
-/// Settings fixed for the life of the process.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    /// PROXY protocol expectation on the data port.
-    pub proxy_protocol: ProxyMode,
-    /// Client TLS policy.
-    pub tls_mode: TlsMode,
-    /// Deadline for a complete `StartupMessage`.
-    pub startup_timeout: Duration,
-    /// Backend connect timeout.
-    pub connect_timeout: Duration,
-    /// Backend authentication timeout.
-    pub auth_timeout: Duration,
-    /// TCP keepalive idle time.
-    pub tcp_keepalive: Duration,
-    /// Largest client message a pooled session buffers
-    /// (`listen.max_message_size`).
-    pub max_message_size: usize,
-    /// Time sessions get to finish on shutdown.
-    pub shutdown_grace: Duration,
-    /// How the drain before that leaves the target group.
-    pub drain: crate::config::DrainConfig,
-}
-
-/// State shared by every connection of one server.
-pub struct Shared {
-    /// Fixed settings.
-    pub settings: Settings,
-    /// Client TLS, unless disabled.
-    pub tls: Option<ServerTls>,
-    /// Tenants; swapped whole on reload.
-    pub routes: ArcSwap<RoutingTable>,
-    /// Cancel keys issued.
-    pub cancel: CancelMap,
-    /// Global client connection slots.
-    pub clients: Arc<Semaphore>,
-    /// Lifecycle state.
-    pub lifecycle: Lifecycle,
-    /// Backend pools of tenants pgcell authenticates itself.
-    pub pools: crate::pool::Pools,
-    /// Key for the fake SCRAM secrets of unknown users.
-    pub mock_key: [u8; 32],
-    /// What password users' SCRAM salts derive from (`[auth]` secret, or
-    /// random per process); fixed until restart.
-    pub salt_key: SaltKey,
-    /// Admin console users and tenant summaries; swapped whole on reload.
-    pub console: ArcSwap<crate::console::ConsoleConfig>,
-    /// Clients connected now (`SHOW CLIENTS`).
-    pub connected: crate::clients::Clients,
-    /// Bumped after every successful reload; idle sessions watch it to
-    /// notice that their tenant was removed.
-    pub reloaded: tokio::sync::watch::Sender<u64>,
-    /// Stop requests so far (SIGTERM, `POST /drain`): the first drains,
-    /// each further one cuts the current wait short.
-    pub stop_requests: tokio::sync::watch::Sender<u32>,
-    /// This replica's NLB target registration (a no-op unless
-    /// `[aws] register = true`).
-    pub registration: crate::register::Registration,
-    config_path: Option<PathBuf>,
-    /// The sections a reload cannot change, as started.
-    fixed: FixedSections,
-    /// The configuration file as last loaded, and what discovery added;
-    /// the routing table is built from both. The lock also serialises
-    /// rebuilds.
-    sources: std::sync::Mutex<Sources>,
-}
-
-/// What the routing table and the cancel peers are built from.
-struct Sources {
-    file: Config,
-    discovered: Discovered,
-}
-
-/// Tenants and peers learned at run time (from Kubernetes), merged with
-/// the file's: on an id clash the file's tenant wins and the clash is
-/// reported.
-#[derive(Debug, Clone, Default)]
-pub struct Discovered {
-    /// Tenants, each already validated.
-    pub tenants: Vec<crate::config::TenantConfig>,
-    /// Other replicas to forward cancels to.
-    pub peers: Vec<crate::config::CancelPeer>,
-}
-
-/// Configuration sections that need a restart to change.
-#[derive(Debug, Clone, PartialEq)]
-struct FixedSections {
-    listen: crate::config::ListenConfig,
-    tls: crate::config::TlsConfig,
-    backend: crate::config::BackendConfig,
-    log: crate::config::LogConfig,
-    shutdown_grace: Duration,
-    drain: crate::config::DrainConfig,
-    cancel_instance_id: u8,
-    auth: crate::config::AuthConfig,
-    aws: crate::config::AwsConfig,
-    kubernetes: crate::config::KubernetesConfig,
-}
-
-impl FixedSections {
-    fn of(config: &Config) -> FixedSections {
-        FixedSections {
-            listen: config.listen.clone(),
-            tls: config.tls.clone(),
-            backend: config.backend.clone(),
-            log: config.log.clone(),
-            shutdown_grace: config.shutdown_grace,
-            drain: config.drain,
-            cancel_instance_id: config.cancel.instance_id,
-            auth: config.auth.clone(),
-            aws: config.aws.clone(),
-            kubernetes: config.kubernetes.clone(),
-        }
-    }
-
-    /// Names of the sections that differ.
-    fn changed(&self, other: &FixedSections) -> Vec<&'static str> {
-        let mut changed = Vec::new();
-        if self.listen != other.listen {
-            changed.push("listen");
-        }
-        if self.tls != other.tls {
-            changed.push("tls");
-        }
-        if self.backend != other.backend {
-            changed.push("backend");
-        }
-        if self.log != other.log {
-            changed.push("log");
-        }
-        if self.shutdown_grace != other.shutdown_grace || self.drain != other.drain {
-            changed.push("shutdown");
-        }
-        if self.aws != other.aws {
-            changed.push("aws");
-        }
-        if self.kubernetes != other.kubernetes {
-            changed.push("kubernetes");
-        }
-        if self.cancel_instance_id != other.cancel_instance_id {
-            changed.push("cancel.instance_id");
-        }
-        if self.auth != other.auth {
-            changed.push("auth");
-        }
-        changed
-    }
-}
 
 /// Why the server could not start.
 #[derive(Debug, Error)]
@@ -190,17 +43,6 @@ pub enum StartError {
         /// The error.
         error: std::io::Error,
     },
-}
-
-/// Why a reload was refused; the running configuration stays.
-#[derive(Debug, Error)]
-pub enum ReloadError {
-    /// The file is invalid.
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    /// TLS files are unusable.
-    #[error(transparent)]
-    Tls(#[from] TlsError),
 }
 
 /// Requests to a running server.
@@ -248,7 +90,7 @@ impl Server {
         };
         let mock_key = salt_key.mock_key();
         let routes = RoutingTable::build(&config, None, &salt_key)?;
-        let console = crate::console::ConsoleConfig::from_config(&config, &salt_key);
+        let console = crate::state::ConsoleConfig::from_config(&config, &salt_key);
         let bind = |what, addr| move |error| StartError::Bind { what, addr, error };
         let listener = TcpListener::bind(config.listen.addr)
             .await
@@ -543,126 +385,5 @@ impl ServerHandle {
     /// Cancel keys issued to sessions that are still open.
     pub fn cancel_keys(&self) -> usize {
         self.shared.cancel.len()
-    }
-}
-
-impl Shared {
-    /// Counts a stop request (SIGTERM, `POST /drain`, a handle's
-    /// `shutdown`).
-    pub fn request_stop(&self) {
-        self.stop_requests.send_modify(|n| *n = n.saturating_add(1));
-    }
-
-    /// Starts the drain unless it has started already (`POST /drain`, which
-    /// load balancers and scripts may repeat). Returns whether this call
-    /// started it.
-    pub fn start_drain(&self) -> bool {
-        self.stop_requests.send_if_modified(|n| {
-            if *n == 0 {
-                *n = 1;
-                true
-            } else {
-                false
-            }
-        })
-    }
-
-    /// Re-reads the TLS certificate and key, and the config file's tenants,
-    /// routing, admin users and cancel peers. Listener addresses and timeouts need a
-    /// restart. SIGHUP and the admin console's `RELOAD` both land here.
-    pub fn reload(&self) -> Result<(), ReloadError> {
-        if let Some(tls) = &self.tls {
-            let result = tls.reload();
-            let outcome = if result.is_ok() { "ok" } else { "error" };
-            metrics::counter!(crate::metrics::TLS_RELOADS, "outcome" => outcome).increment(1);
-            result?;
-        }
-        if let Some(path) = &self.config_path {
-            let result = Config::load(path)
-                .map_err(ReloadError::from)
-                .and_then(|config| {
-                    config.tenant_problems(&self.fixed.listen, &self.fixed.tls)?;
-                    let changed = self.fixed.changed(&FixedSections::of(&config));
-                    if !changed.is_empty() {
-                        tracing::warn!(
-                            sections = changed.join(", "),
-                            "reload applies tenants and routing only; restart to apply changes to these sections"
-                        );
-                    }
-                    let mut sources = self.lock_sources();
-                    let previous = std::mem::replace(&mut sources.file, config);
-                    self.rebuild(&sources).inspect_err(|_| sources.file = previous)
-                });
-            let outcome = if result.is_ok() { "ok" } else { "error" };
-            metrics::counter!(crate::metrics::CONFIG_RELOADS, "outcome" => outcome).increment(1);
-            result?;
-        }
-        Ok(())
-    }
-
-    /// Replaces the tenants and peers discovery found and rebuilds the
-    /// routing table. A discovered tenant that the running listener
-    /// cannot serve as configured is left out and reported; a TLS
-    /// problem (an unusable backend CA) keeps the previous table.
-    pub fn set_discovered(&self, mut discovered: Discovered) -> Result<(), ReloadError> {
-        discovered.tenants.retain(|t| {
-            match crate::config::tenant_problems_of(t, &self.fixed.listen, &self.fixed.tls) {
-                Ok(()) => true,
-                Err(e) => {
-                    tracing::error!(tenant = %t.id, problems = %e, "discovered tenant left out");
-                    false
-                }
-            }
-        });
-        let mut sources = self.lock_sources();
-        let previous = std::mem::replace(&mut sources.discovered, discovered);
-        let result = self.rebuild(&sources);
-        if result.is_err() {
-            sources.discovered = previous;
-        }
-        result
-    }
-
-    /// The configuration file as last loaded (without discovered tenants).
-    pub fn file_config(&self) -> Config {
-        self.lock_sources().file.clone()
-    }
-
-    fn lock_sources(&self) -> std::sync::MutexGuard<'_, Sources> {
-        self.sources
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// Builds the routing table, console and peers from `sources` and
-    /// swaps them in; tenants no longer present get their pools retired
-    /// and their idle clients told.
-    fn rebuild(&self, sources: &Sources) -> Result<(), ReloadError> {
-        let mut merged = sources.file.clone();
-        let mut clashes = 0;
-        for t in &sources.discovered.tenants {
-            if merged.tenants.iter().any(|f| f.id == t.id) {
-                clashes += 1;
-                tracing::warn!(tenant = %t.id, "a discovered tenant has the id of a tenant in the config file; the file's is used");
-            } else {
-                merged.tenants.push(t.clone());
-            }
-        }
-        metrics::gauge!(crate::metrics::DISCOVERY_CLASHES).set(clashes as f64);
-        let previous = self.routes.load();
-        let routes = RoutingTable::build(&merged, Some(&previous), &self.salt_key)?;
-        let console = crate::console::ConsoleConfig::from_config(&merged, &self.salt_key);
-        let mut peers = merged.cancel.peers.clone();
-        for peer in &sources.discovered.peers {
-            if !peers.iter().any(|p| p.addr == peer.addr) {
-                peers.push(peer.clone());
-            }
-        }
-        self.cancel.set_peers(&peers);
-        self.pools.retire_tenants_except(|id| routes.contains(id));
-        self.routes.store(Arc::new(routes));
-        self.reloaded.send_modify(|generation| *generation += 1);
-        self.console.store(Arc::new(console));
-        Ok(())
     }
 }

@@ -1,12 +1,14 @@
-//! Client authentication by pgcell and backend login.
+//! Authentication primitives, for clients pgcell authenticates and for
+//! backend logins.
 //!
 //! - [`secret`]: SCRAM-SHA-256 secrets in PostgreSQL's stored format.
 //! - [`scram`]: the SCRAM exchange, server side (clients, with
 //!   `tls-server-end-point` channel binding) and client side (backends).
 //! - [`md5`]: the MD5 password response, for backends (and tenants) that
 //!   use md5.
-//! - [`query`]: `auth_query`, secrets fetched from a tenant's backend and
-//!   cached.
+//!
+//! Secrets fetched from a tenant's backend (`auth_query`) are in
+//! [`crate::auth_query`], above the backend connection they use.
 
 pub mod md5;
 pub mod scram;

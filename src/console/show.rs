@@ -11,7 +11,7 @@ use super::{encode, ConsoleConfig};
 use crate::config::{AuthMode, PoolMode};
 use crate::metrics as m;
 use crate::pool::PoolSnapshot;
-use crate::server::Shared;
+use crate::state::Shared;
 
 /// Column types, as PostgreSQL type OIDs (so psql aligns numbers right).
 #[derive(Debug, Clone, Copy)]

@@ -32,7 +32,7 @@ use tokio::sync::Notify;
 use super::crd::{self, PgcellTenant, ServiceRef};
 use super::endpoints;
 use crate::config::{CancelPeer, Credential, KubernetesConfig, TenantConfig};
-use crate::server::{Discovered, Shared};
+use crate::state::{Discovered, Shared};
 
 /// How long a change waits for the changes that usually come with it (a
 /// rollout touches several EndpointSlices) before routing is recomputed.

@@ -16,7 +16,7 @@ pub mod kube;
 
 use std::sync::Arc;
 
-use crate::server::Shared;
+use crate::state::Shared;
 
 /// Runs discovery for the life of the server, feeding what it finds to
 /// [`Shared::set_discovered`]; returns at once when discovery is off.

@@ -30,7 +30,7 @@ use crate::protocol::framing::FramingError;
 use crate::protocol::startup::StartupMessage;
 use crate::protocol::{ClientError, Severity, SqlState};
 use crate::route::{self, PolicyError, RouteError};
-use crate::server::Shared;
+use crate::state::Shared;
 use crate::tenant::ClientInfo;
 use auth_relay::{AuthEnd, AuthRelayError};
 use relay::{RelayBytes, RelayCounters, RelayEnd};

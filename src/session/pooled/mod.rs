@@ -37,7 +37,7 @@ use crate::protocol::messages;
 use crate::protocol::startup::StartupMessage;
 use crate::protocol::{ClientError, Severity, SqlState};
 use crate::route::Route;
-use crate::server::Shared;
+use crate::state::Shared;
 use crate::stream::ReadReady;
 use crate::tenant::ClientInfo;
 
