@@ -41,7 +41,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
 async fn metrics(
     AxumState(shared): AxumState<Arc<Shared>>,
 ) -> (StatusCode, [(&'static str, &'static str); 1], String) {
-    crate::console::publish_pool_gauges(&shared);
+    crate::session::console::publish_pool_gauges(&shared);
     (
         StatusCode::OK,
         [("content-type", "text/plain; version=0.0.4")],

@@ -55,7 +55,7 @@ pub struct FetchSettings {
 }
 
 /// One tenant's `auth_query`: configuration, cache and fetch limit. Lives
-/// on the [`crate::tenant::Tenant`], so a reload starts with an empty
+/// on the tenant (`tenant::Tenant`), so a reload starts with an empty
 /// cache.
 pub struct AuthQuery {
     /// The tenant it serves (for metrics and logs).

@@ -20,7 +20,7 @@
 //! | [`session`] | one connection end to end. Names: *client auth* (`session::client_auth`) is pgcell checking a client's password; *auth relay* (`session::auth_relay`) is the backend checking it through pgcell (passthrough); *backend login* (`pool::server`) is pgcell logging in to a backend for a pool |
 //! | [`clients`] | the clients connected now, and what each is doing |
 //! | [`pool`] | backend pools per (tenant, database, user); pause and resume |
-//! | [`console`] | the admin console: database `pgcell`, `SHOW POOLS` … |
+//! | [`session::console`] | the admin console: database `pgcell`, `SHOW POOLS` … (a session of its own) |
 //! | [`cancel`] | cancel keys pgcell issues ([`cancel::IssuedKey`]), their backend targets, forwarding to peer replicas |
 //! | [`health`] | the TCP health port the NLB checks |
 //! | [`admin`] | HTTP `/metrics`, `/livez`, `/readyz` |
@@ -49,7 +49,6 @@ pub mod cancel;
 pub mod channel_binding;
 pub mod clients;
 pub mod config;
-pub mod console;
 pub mod demo;
 pub mod discovery;
 pub mod handshake;

@@ -8,7 +8,7 @@
 //!   use md5.
 //!
 //! Secrets fetched from a tenant's backend (`auth_query`) are in
-//! [`crate::auth_query`], above the backend connection they use.
+//! the `auth_query` module, above the backend connection they use.
 
 pub mod md5;
 pub mod scram;

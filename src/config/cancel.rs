@@ -12,7 +12,7 @@ use serde::Deserialize;
 use super::{split_host_port, Problems};
 
 /// Largest `instance_id`: the id fills the byte below the sign bit of the
-/// process id pgcell issues (see [`crate::cancel`]).
+/// process id pgcell issues (see the `cancel` module).
 pub const MAX_INSTANCE_ID: i64 = 255;
 
 /// `[cancel]`.

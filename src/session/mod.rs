@@ -7,6 +7,7 @@ pub mod auth_relay;
 pub mod buffers;
 pub mod classify;
 pub mod client_auth;
+pub mod console;
 pub mod engine;
 pub mod pooled;
 pub mod prepared;
@@ -445,15 +446,8 @@ async fn serve_inner(
     log.client = Some(client.clone());
 
     // The admin console is a database of pgcell's own, not a tenant's.
-    if startup.get("database") == Some(crate::console::DATABASE) && shared.console.load().enabled()
-    {
-        let result = Box::pin(crate::console::serve(
-            shared,
-            &mut stream,
-            &startup,
-            &client,
-        ))
-        .await;
+    if startup.get("database") == Some(console::DATABASE) && shared.console.load().enabled() {
+        let result = Box::pin(console::serve(shared, &mut stream, &startup, &client)).await;
         if let Err(e) = &result {
             report(&mut stream, e, "").await;
         }

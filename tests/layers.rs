@@ -1,0 +1,91 @@
+//! The crate's modules depend on each other in one direction: no cycle
+//! between top-level modules (a module and its children count as one).
+//! Each module's dependencies are the `crate::<module>` paths in its
+//! files, comments included, so a doc link that points up counts too.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+/// Top-level module → the top-level modules it names.
+fn graph(src: &Path) -> BTreeMap<String, BTreeSet<String>> {
+    let mut modules: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
+    for entry in std::fs::read_dir(src).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+        if matches!(name.as_str(), "lib" | "main") {
+            continue;
+        }
+        modules.entry(name).or_default().push(path);
+    }
+    let mut graph = BTreeMap::new();
+    for (name, paths) in &modules {
+        let mut text = String::new();
+        for path in paths {
+            read_all(path, &mut text);
+        }
+        let deps = text
+            .match_indices("crate::")
+            .filter_map(|(at, _)| {
+                let rest = &text[at + "crate::".len()..];
+                let end = rest
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(rest.len());
+                let dep = &rest[..end];
+                (dep != name && modules.contains_key(dep)).then(|| dep.to_owned())
+            })
+            .collect();
+        graph.insert(name.clone(), deps);
+    }
+    graph
+}
+
+fn read_all(path: &Path, out: &mut String) {
+    if path.is_dir() {
+        for entry in std::fs::read_dir(path).unwrap() {
+            read_all(&entry.unwrap().path(), out);
+        }
+    } else if path.extension().is_some_and(|e| e == "rs") {
+        out.push_str(&std::fs::read_to_string(path).unwrap());
+    }
+}
+
+/// A dependency path from `from` back to `to`, if there is one.
+fn path_back(
+    graph: &BTreeMap<String, BTreeSet<String>>,
+    from: &str,
+    to: &str,
+    seen: &mut BTreeSet<String>,
+) -> Option<Vec<String>> {
+    if from == to {
+        return Some(vec![to.to_owned()]);
+    }
+    if !seen.insert(from.to_owned()) {
+        return None;
+    }
+    for next in &graph[from] {
+        if let Some(mut rest) = path_back(graph, next, to, seen) {
+            rest.insert(0, from.to_owned());
+            return Some(rest);
+        }
+    }
+    None
+}
+
+#[test]
+fn modules_depend_in_one_direction() {
+    let graph = graph(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"));
+    assert!(graph.contains_key("session") && graph["session"].contains("pool"));
+    let mut cycles = Vec::new();
+    for (module, deps) in &graph {
+        for dep in deps {
+            if let Some(back) = path_back(&graph, dep, module, &mut BTreeSet::new()) {
+                cycles.push(format!("{module} -> {}", back.join(" -> ")));
+            }
+        }
+    }
+    assert!(
+        cycles.is_empty(),
+        "dependency cycles:\n{}",
+        cycles.join("\n")
+    );
+}
