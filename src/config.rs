@@ -722,7 +722,7 @@ impl Config {
             if u.pool_mode.is_some() || u.pool_size.is_some() {
                 p.push(
                     format!("admin.users[{i}]"),
-                    "pool_mode and pool_size do not apply to admin users",
+                    "pool does not apply to admin users",
                 );
             }
         }
@@ -1187,6 +1187,29 @@ mod tests {
                 .any(|p| p.path == "tenants[0].pool.max_prepared_statements"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn user_pool_keys_are_the_tenant_pool_keys() {
+        let user = |keys: &str| {
+            format!("{MINIMAL}\n[[tenants.users]]\nname = \"app\"\nscram_secret = \"{SECRET}\"\n{keys}\n")
+        };
+        const SECRET: &str = "SCRAM-SHA-256$4096:AAECAwQFBgcICQoLDA0ODw==$CxcMEx64LOGr6GLjs472wdfA9XBGwafq9YghC4VjL3c=:/BJVHnb+bKttijGfnI96w3tXYK9Hu5e6eSB+Xuin2IA=";
+        let c = Config::parse(
+            &user("pool = { mode = \"transaction\", size = 3 }"),
+            Path::new("."),
+        )
+        .unwrap();
+        assert_eq!(c.tenants[0].users[0].pool_mode, Some(PoolMode::Transaction));
+        assert_eq!(c.tenants[0].users[0].pool_size, Some(3));
+        for (keys, path) in [
+            ("pool_mode = \"session\"", "tenants[0].users[0].pool_mode"),
+            ("pool_size = 3", "tenants[0].users[0].pool_size"),
+            ("pool = { size = 0 }", "tenants[0].users[0].pool.size"),
+        ] {
+            let err = Config::parse(&user(keys), Path::new(".")).unwrap_err();
+            assert!(err.problems.iter().any(|p| p.path == path), "{keys}: {err}");
+        }
     }
 
     #[test]

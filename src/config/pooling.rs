@@ -158,8 +158,18 @@ pub(super) struct RawUser {
     password_env: Option<String>,
     password_file: Option<String>,
     scram_secret: Option<String>,
-    pool_mode: Option<PoolMode>,
-    pool_size: Option<usize>,
+    /// Overrides of `[tenants.pool]`'s `mode` and `size` for this user.
+    pool: Option<RawUserPool>,
+    /// The keys' old names, refused with a pointer to the new ones.
+    pool_mode: Option<serde::de::IgnoredAny>,
+    pool_size: Option<serde::de::IgnoredAny>,
+}
+
+/// `[tenants.users.pool]`: the keys of `[tenants.pool]` a user may set.
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct RawUserPool {
+    mode: Option<PoolMode>,
+    size: Option<usize>,
 }
 
 pub(super) fn pool_from_raw(raw: RawPool, at: &str, p: &mut Problems) -> PoolConfig {
@@ -235,8 +245,20 @@ pub(super) fn users_from_raw(
                 format!("duplicate user {:?}", u.name),
             );
         }
-        if u.pool_size == Some(0) {
-            p.push(format!("{path}.pool_size"), "must be at least 1");
+        for (old, new) in [
+            (u.pool_mode.is_some(), "mode"),
+            (u.pool_size.is_some(), "size"),
+        ] {
+            if old {
+                p.push(
+                    format!("{path}.pool_{new}"),
+                    format!("renamed: set pool.{new} (the key [tenants.pool] uses), e.g. pool = {{ {new} = ... }}"),
+                );
+            }
+        }
+        let pool = u.pool.unwrap_or_default();
+        if pool.size == Some(0) {
+            p.push(format!("{path}.pool.size"), "must be at least 1");
         }
         let given = [
             u.password_env.is_some(),
@@ -269,8 +291,8 @@ pub(super) fn users_from_raw(
         users.push(UserConfig {
             name: u.name,
             credential,
-            pool_mode: u.pool_mode,
-            pool_size: u.pool_size,
+            pool_mode: pool.mode,
+            pool_size: pool.size,
         });
     }
     users

@@ -131,12 +131,21 @@ pub struct UserSpec {
     /// The user's password, or its SCRAM secret as PostgreSQL stores it
     /// (`SCRAM-SHA-256$…`, so that no password is kept).
     pub secret_ref: SecretKeyRef,
-    /// Pool mode for this user, overriding the tenant's.
+    /// Pool mode and size for this user, overriding the tenant's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pool_mode: Option<PoolModeSpec>,
-    /// Pool size for this user, overriding the tenant's.
+    pub pool: Option<UserPoolSpec>,
+}
+
+/// The pool keys a user may override; the same names as the tenant's.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UserPoolSpec {
+    /// Pool mode for this user.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pool_size: Option<u32>,
+    pub mode: Option<PoolModeSpec>,
+    /// Pool size for this user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u32>,
 }
 
 /// Pool settings; durations are strings such as `5s` or `10m`.
@@ -305,8 +314,7 @@ pub fn tenant_config(object: &PgcellTenant, lookup: &dyn Lookup) -> Result<Tenan
         users.push(json!({
             "name": u.name,
             "scram_secret": scram_secret,
-            "pool_mode": u.pool_mode,
-            "pool_size": u.pool_size,
+            "pool": u.pool.as_ref().map(|p| json!({"mode": p.mode, "size": p.size})),
         }));
     }
     // The validator sees placeholders for passwords, so MD5's one rule
@@ -478,7 +486,7 @@ mod tests {
                 "pool": {"mode": "transaction", "size": 5, "acquireTimeout": "2s"},
                 "users": [
                     {"name": "app", "secretRef": {"name": "acme-users", "key": "app"}},
-                    {"name": "report", "secretRef": {"name": "acme-users", "key": "report"}, "poolSize": 2},
+                    {"name": "report", "secretRef": {"name": "acme-users", "key": "report"}, "pool": {"size": 2}},
                 ],
             })),
             &fake,
