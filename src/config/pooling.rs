@@ -161,8 +161,8 @@ pub(super) struct RawUser {
     /// Overrides of `[tenants.pool]`'s `mode` and `size` for this user.
     pool: Option<RawUserPool>,
     /// The keys' old names, refused with a pointer to the new ones.
-    pool_mode: Option<serde::de::IgnoredAny>,
-    pool_size: Option<serde::de::IgnoredAny>,
+    pool_mode: Option<toml::Value>,
+    pool_size: Option<toml::Value>,
 }
 
 /// `[tenants.users.pool]`: the keys of `[tenants.pool]` a user may set.
