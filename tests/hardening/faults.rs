@@ -378,8 +378,11 @@ async fn slow_reader_keeps_memory_bounded() {
     eprintln!(
         "slow reader: pgcell RSS baseline {baseline} KiB, peak {peak} KiB, growth {growth} KiB"
     );
+    // The result is ~400 MB: buffering it would show far above this
+    // bound. Growth measured: 4.7-9.4 MiB on an idle machine, 37 MiB once
+    // under a loaded CI run (docs/reliability.md).
     assert!(
-        growth < 32 * 1024,
+        growth < 64 * 1024,
         "pgcell buffered the result: +{growth} KiB"
     );
     drop(raw);
