@@ -430,11 +430,13 @@ async fn serve_inner(
                 )
                 .await;
             log.client = Some(client);
+            // Counted before the close, which tells the client it was
+            // handled: whoever reads the metrics next sees it.
+            metrics::counter!(m::CANCEL_REQUESTS, "outcome" => outcome.label()).increment(1);
             // After the cancel, as PostgreSQL: the client learns it was
             // handled from the close. Over TLS that is a close_notify
             // (shutdown); bounded, the client may not be reading.
             let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
-            metrics::counter!(m::CANCEL_REQUESTS, "outcome" => outcome.label()).increment(1);
             return Ok("cancel_request");
         }
         Negotiated::Startup {
