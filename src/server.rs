@@ -6,19 +6,16 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use thiserror::Error;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::mpsc;
 
 use crate::auth::secret::SaltKey;
-use crate::cancel::CancelMap;
 use crate::config::{Config, TlsMode};
 use crate::health::HealthPort;
-use crate::lifecycle::{Lifecycle, State};
-use crate::route::RoutingTable;
+use crate::lifecycle::State;
 pub use crate::state::ReloadError;
-use crate::state::{Discovered, FixedSections, Settings, Shared, Sources};
+use crate::state::Shared;
 use crate::tls::{ServerTls, TlsError};
 
 /// Why the server could not start.
@@ -88,9 +85,6 @@ impl Server {
             Some(secret) => SaltKey::from_secret(&secret.0),
             None => SaltKey::random()?,
         };
-        let mock_key = salt_key.mock_key();
-        let routes = RoutingTable::build(&config, None, &salt_key)?;
-        let console = crate::state::ConsoleConfig::from_config(&config, &salt_key);
         let bind = |what, addr| move |error| StartError::Bind { what, addr, error };
         let listener = TcpListener::bind(config.listen.addr)
             .await
@@ -107,41 +101,15 @@ impl Server {
             ),
             None => None,
         };
-        let settings = Settings {
-            proxy_protocol: config.listen.proxy_protocol,
-            tls_mode: config.tls.mode,
-            startup_timeout: config.listen.startup_timeout,
-            connect_timeout: config.backend.connect_timeout,
-            auth_timeout: config.backend.auth_timeout,
-            tcp_keepalive: config.listen.tcp_keepalive,
-            max_message_size: config.listen.max_message_size,
-            shutdown_grace: config.shutdown_grace,
-            drain: config.drain,
-        };
         let data_port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
         let registration = crate::register::Registration::new(&config.aws, data_port).await?;
-        let shared = Arc::new(Shared {
-            settings,
-            tls,
-            routes: ArcSwap::from_pointee(routes),
-            cancel: CancelMap::new(&config.cancel),
-            clients: Arc::new(Semaphore::new(config.listen.max_client_connections)),
-            lifecycle: Lifecycle::default(),
-            pools: crate::pool::Pools::default(),
-            mock_key,
-            salt_key,
-            console: ArcSwap::from_pointee(console),
-            connected: crate::clients::Clients::default(),
-            reloaded: tokio::sync::watch::Sender::new(0),
-            stop_requests: tokio::sync::watch::Sender::new(0),
-            registration,
+        let shared = Arc::new(Shared::new(
+            config,
             config_path,
-            fixed: FixedSections::of(&config),
-            sources: std::sync::Mutex::new(Sources {
-                file: config,
-                discovered: Discovered::default(),
-            }),
-        });
+            tls,
+            salt_key,
+            registration,
+        )?);
         // Install the recorder before the first connection counts anything.
         crate::metrics::handle();
         let (control_tx, control_rx) = mpsc::unbounded_channel();
@@ -300,16 +268,9 @@ fn set_phase(phase: DrainPhase) {
 /// (never the DeregisterTargets call, which is bounded by itself). Returns
 /// the number of stop requests seen when the data port closed.
 async fn drain(shared: &Shared, stop_accepting: tokio::sync::watch::Sender<bool>) -> u32 {
-    let mut requests = shared.stop_requests.subscribe();
-    // The sender lives in `shared`, so waiting cannot fail.
-    let _ = requests.wait_for(|n| *n >= 1).await;
+    shared.stop_requested(1).await;
     shared.lifecycle.set(State::Draining);
-    let hurry = || {
-        let mut requests = shared.stop_requests.subscribe();
-        async move {
-            let _ = requests.wait_for(|n| *n >= 2).await;
-        }
-    };
+    let hurry = || shared.stop_requested(2);
     if shared.registration.enabled() {
         set_phase(DrainPhase::Deregistering);
         shared.registration.deregister().await;
@@ -327,8 +288,7 @@ async fn drain(shared: &Shared, stop_accepting: tokio::sync::watch::Sender<bool>
         }
     }
     let _ = stop_accepting.send(true);
-    let requests_at_stop = *shared.stop_requests.borrow();
-    requests_at_stop
+    shared.stop_requests()
 }
 
 /// Gives the sessions left `shutdown.grace` to finish (pooled ones leave
@@ -345,12 +305,11 @@ async fn finish_sessions(
         grace_s = grace.as_secs_f64(),
         "waiting for sessions to finish"
     );
-    let mut requests = shared.stop_requests.subscribe();
     let cut = requests_at_stop.max(1) + 1;
     let drained = tokio::select! {
         () = async { while sessions.join_next().await.is_some() {} } => true,
         () = tokio::time::sleep(grace) => false,
-        () = async { let _ = requests.wait_for(|n| *n >= cut).await; } => false,
+        () = shared.stop_requested(cut) => false,
     };
     if !drained {
         tracing::warn!(sessions = sessions.len(), "closing remaining sessions");
@@ -379,7 +338,7 @@ impl ServerHandle {
 
     /// Successful reloads so far.
     pub fn reloads(&self) -> u64 {
-        *self.shared.reloaded.borrow()
+        self.shared.reloads()
     }
 
     /// Cancel keys issued to sessions that are still open.

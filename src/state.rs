@@ -44,53 +44,55 @@ pub struct Settings {
     pub drain: crate::config::DrainConfig,
 }
 
-/// State shared by every connection of one server.
+/// State shared by every connection of one server. Connections read the
+/// fields; what changes after start (routes, console users, discovered
+/// tenants, stop requests) changes only through the methods below.
 pub struct Shared {
     /// Fixed settings.
-    pub settings: Settings,
+    pub(crate) settings: Settings,
     /// Client TLS, unless disabled.
-    pub tls: Option<ServerTls>,
+    pub(crate) tls: Option<ServerTls>,
     /// Tenants; swapped whole on reload.
-    pub routes: ArcSwap<RoutingTable>,
+    pub(crate) routes: ArcSwap<RoutingTable>,
     /// Cancel keys issued.
-    pub cancel: CancelMap,
+    pub(crate) cancel: CancelMap,
     /// Global client connection slots.
-    pub clients: Arc<Semaphore>,
+    pub(crate) clients: Arc<Semaphore>,
     /// Lifecycle state.
-    pub lifecycle: Lifecycle,
+    pub(crate) lifecycle: Lifecycle,
     /// Backend pools of tenants pgcell authenticates itself.
-    pub pools: crate::pool::Pools,
+    pub(crate) pools: crate::pool::Pools,
     /// Key for the fake SCRAM secrets of unknown users.
-    pub mock_key: [u8; 32],
-    /// What password users' SCRAM salts derive from (`[auth]` secret, or
-    /// random per process); fixed until restart.
-    pub salt_key: SaltKey,
+    pub(crate) mock_key: [u8; 32],
     /// Admin console users and tenant summaries; swapped whole on reload.
-    pub console: ArcSwap<ConsoleConfig>,
+    pub(crate) console: ArcSwap<ConsoleConfig>,
     /// Clients connected now (`SHOW CLIENTS`).
-    pub connected: crate::clients::Clients,
-    /// Bumped after every successful reload; idle sessions watch it to
-    /// notice that their tenant was removed.
-    pub reloaded: tokio::sync::watch::Sender<u64>,
-    /// Stop requests so far (SIGTERM, `POST /drain`): the first drains,
-    /// each further one cuts the current wait short.
-    pub stop_requests: tokio::sync::watch::Sender<u32>,
+    pub(crate) connected: crate::clients::Clients,
     /// This replica's NLB target registration (a no-op unless
     /// `[aws] register = true`).
-    pub registration: crate::register::Registration,
-    pub(crate) config_path: Option<PathBuf>,
+    pub(crate) registration: crate::register::Registration,
+    /// What password users' SCRAM salts derive from (`[auth]` secret, or
+    /// random per process); fixed until restart.
+    salt_key: SaltKey,
+    /// Bumped after every successful reload; idle sessions watch it to
+    /// notice that their tenant was removed.
+    reloaded: tokio::sync::watch::Sender<u64>,
+    /// Stop requests so far (SIGTERM, `POST /drain`): the first drains,
+    /// each further one cuts the current wait short.
+    stop_requests: tokio::sync::watch::Sender<u32>,
+    config_path: Option<PathBuf>,
     /// The sections a reload cannot change, as started.
-    pub(crate) fixed: FixedSections,
+    fixed: FixedSections,
     /// The configuration file as last loaded, and what discovery added;
     /// the routing table is built from both. The lock also serialises
     /// rebuilds.
-    pub(crate) sources: std::sync::Mutex<Sources>,
+    sources: std::sync::Mutex<Sources>,
 }
 
 /// What the routing table and the cancel peers are built from.
-pub(crate) struct Sources {
-    pub(crate) file: Config,
-    pub(crate) discovered: Discovered,
+struct Sources {
+    file: Config,
+    discovered: Discovered,
 }
 
 /// Tenants and peers learned at run time (from Kubernetes), merged with
@@ -106,7 +108,7 @@ pub struct Discovered {
 
 /// Configuration sections that need a restart to change.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct FixedSections {
+struct FixedSections {
     listen: crate::config::ListenConfig,
     tls: crate::config::TlsConfig,
     backend: crate::config::BackendConfig,
@@ -181,6 +183,75 @@ pub enum ReloadError {
 }
 
 impl Shared {
+    /// The state of a server about to start: the routing table and console
+    /// users built from `config`, no client yet. `config_path` is read
+    /// again on reload.
+    pub(crate) fn new(
+        config: Config,
+        config_path: Option<PathBuf>,
+        tls: Option<ServerTls>,
+        salt_key: SaltKey,
+        registration: crate::register::Registration,
+    ) -> Result<Shared, TlsError> {
+        let routes = RoutingTable::build(&config, None, &salt_key)?;
+        let console = ConsoleConfig::from_config(&config, &salt_key);
+        let settings = Settings {
+            proxy_protocol: config.listen.proxy_protocol,
+            tls_mode: config.tls.mode,
+            startup_timeout: config.listen.startup_timeout,
+            connect_timeout: config.backend.connect_timeout,
+            auth_timeout: config.backend.auth_timeout,
+            tcp_keepalive: config.listen.tcp_keepalive,
+            max_message_size: config.listen.max_message_size,
+            shutdown_grace: config.shutdown_grace,
+            drain: config.drain,
+        };
+        Ok(Shared {
+            settings,
+            tls,
+            routes: ArcSwap::from_pointee(routes),
+            cancel: CancelMap::new(&config.cancel),
+            clients: Arc::new(Semaphore::new(config.listen.max_client_connections)),
+            lifecycle: Lifecycle::default(),
+            pools: crate::pool::Pools::default(),
+            mock_key: salt_key.mock_key(),
+            salt_key,
+            console: ArcSwap::from_pointee(console),
+            connected: crate::clients::Clients::default(),
+            reloaded: tokio::sync::watch::Sender::new(0),
+            stop_requests: tokio::sync::watch::Sender::new(0),
+            registration,
+            config_path,
+            fixed: FixedSections::of(&config),
+            sources: std::sync::Mutex::new(Sources {
+                file: config,
+                discovered: Discovered::default(),
+            }),
+        })
+    }
+
+    /// Successful reloads (and discovery rebuilds) so far.
+    pub(crate) fn reloads(&self) -> u64 {
+        *self.reloaded.borrow()
+    }
+
+    /// Wakes when a reload or discovery rebuilds the routing table.
+    pub(crate) fn watch_reloads(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.reloaded.subscribe()
+    }
+
+    /// Stop requests so far.
+    pub(crate) fn stop_requests(&self) -> u32 {
+        *self.stop_requests.borrow()
+    }
+
+    /// Waits until at least `n` stop requests have been made.
+    pub(crate) async fn stop_requested(&self, n: u32) {
+        let mut requests = self.stop_requests.subscribe();
+        // The sender lives in `self`, so waiting cannot fail.
+        let _ = requests.wait_for(|seen| *seen >= n).await;
+    }
+
     /// Counts a stop request (SIGTERM, `POST /drain`, a handle's
     /// `shutdown`).
     pub fn request_stop(&self) {

@@ -33,11 +33,6 @@ impl<S> Prefixed<S> {
     pub fn has_read_ahead(&self) -> bool {
         !self.prefix.is_empty()
     }
-
-    /// The underlying stream.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {

@@ -10,7 +10,7 @@
 //! Secrets fetched from a tenant's backend (`auth_query`) are in
 //! the `auth_query` module, above the backend connection they use.
 
-pub mod md5;
+pub(crate) mod md5;
 pub mod scram;
 pub mod secret;
 

@@ -10,7 +10,7 @@
 #[cfg(feature = "kube")]
 pub mod crd;
 #[cfg(feature = "kube")]
-pub mod endpoints;
+pub(crate) mod endpoints;
 #[cfg(feature = "kube")]
 pub mod kube;
 

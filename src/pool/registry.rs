@@ -70,15 +70,6 @@ impl Pools {
             .clone()
     }
 
-    /// The pool for `key` now, if any.
-    pub fn current(&self, key: &PoolKey) -> Option<Arc<Pool>> {
-        self.pools
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(key)
-            .cloned()
-    }
-
     /// Retires and forgets the pools of tenants `keep` rejects (removed by
     /// a reload).
     pub fn retire_tenants_except(&self, keep: impl Fn(&str) -> bool) {
@@ -161,15 +152,6 @@ impl Pools {
         self.all()
             .into_iter()
             .filter(|p| p.key.tenant == tenant)
-            .collect()
-    }
-
-    /// A snapshot: (key, mode, open, idle) per pool.
-    pub fn stats(&self) -> Vec<(PoolKey, PoolMode, usize, usize)> {
-        let pools = self.pools.lock().unwrap_or_else(PoisonError::into_inner);
-        pools
-            .values()
-            .map(|p| (p.key.clone(), p.mode, p.open_count(), p.idle_count()))
             .collect()
     }
 }

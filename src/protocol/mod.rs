@@ -6,10 +6,10 @@
 //! reports every error to a client as a [`ClientError`].
 //! Spec: <https://www.postgresql.org/docs/current/protocol-message-formats.html>
 
-pub mod client_error;
+pub(crate) mod client_error;
 pub mod framing;
 pub mod messages;
-pub mod sqlstate;
+pub(crate) mod sqlstate;
 pub mod startup;
 
 pub use client_error::{ClientError, Severity};

@@ -33,7 +33,8 @@ impl Backoff {
     }
 
     /// Failed attempts so far.
-    pub fn attempts(&self) -> u32 {
+    #[cfg(test)]
+    fn attempts(&self) -> u32 {
         self.attempt
     }
 }

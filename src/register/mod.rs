@@ -18,9 +18,10 @@ use std::time::Duration;
 use crate::config::AwsConfig;
 
 #[cfg(feature = "aws")]
-pub mod aws;
-pub mod backoff;
-pub mod state;
+pub(crate) mod aws;
+#[cfg(any(feature = "aws", test))]
+pub(crate) mod backoff;
+pub(crate) mod state;
 
 pub use state::TargetState;
 

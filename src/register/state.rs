@@ -97,6 +97,8 @@ impl TargetState {
 }
 
 /// What one DescribeTargetHealth entry says about this replica's target.
+/// (Read by `register/aws.rs` only: unused in a build without the AWS SDK.)
+#[cfg_attr(not(feature = "aws"), allow(dead_code))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Seen {
     /// Not in the target group: not listed, or listed with reason
@@ -108,8 +110,10 @@ pub enum Seen {
 }
 
 /// The reason ELBv2 gives for a target that is not in the group.
+#[cfg_attr(not(feature = "aws"), allow(dead_code))]
 pub const NOT_REGISTERED: &str = "Target.NotRegistered";
 
+#[cfg_attr(not(feature = "aws"), allow(dead_code))]
 impl Seen {
     /// Reads a `TargetHealth` (state and reason, as ELBv2 spells them);
     /// `None` when the target was not listed at all.

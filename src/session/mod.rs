@@ -3,15 +3,15 @@
 //! becomes at most one `ErrorResponse` (through [`SessionError::client_error`]),
 //! one metric increment labelled with its kind, and one log line.
 
-pub mod auth_relay;
-pub mod buffers;
-pub mod classify;
-pub mod client_auth;
-pub mod console;
+pub(crate) mod auth_relay;
+pub(crate) mod buffers;
+pub(crate) mod classify;
+pub(crate) mod client_auth;
+pub(crate) mod console;
 pub mod engine;
-pub mod pooled;
+pub(crate) mod pooled;
 pub mod prepared;
-pub mod relay;
+pub(crate) mod relay;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -621,10 +621,11 @@ where
             Ok(())
         }
         RelayEnd::ClientError(e) => Err(SessionError::ClientIo(e)),
-        RelayEnd::BackendLost { error, .. } => {
+        RelayEnd::BackendLost { client_told, error } => {
             metrics::counter!(m::BACKEND_LOST, "tenant" => tenant.id().to_owned()).increment(1);
-            if let Some(e) = error {
-                tracing::debug!(error = %e, "backend read failed");
+            match error {
+                Some(e) => tracing::debug!(error = %e, client_told, "backend read failed"),
+                None => tracing::debug!(client_told, "backend closed"),
             }
             Err(SessionError::BackendLost)
         }

@@ -99,7 +99,7 @@ where
 
     // Taken before the (possibly slow) login, so a reload during it is
     // followed afterwards.
-    let seen_reload = *shared.reloaded.borrow();
+    let seen_reload = shared.reloads();
     // The exchange is bounded like a backend's authentication_timeout, so
     // clients that stall mid-exchange cannot hold connection slots.
     // Boxed: the exchange's state is only needed once, and inline it
@@ -200,7 +200,7 @@ where
         open,
         login,
         seen_reload,
-        reloads: shared.reloaded.subscribe(),
+        reloads: shared.watch_reloads(),
         lifecycle: shared.lifecycle.subscribe(),
         pool: pool.clone(),
         _pool_slot: pool_slot,
