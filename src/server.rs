@@ -189,7 +189,7 @@ impl Server {
             controlled.request_stop();
         });
 
-        shared.lifecycle.set(State::Ready);
+        shared.set_lifecycle(State::Ready);
         set_phase(DrainPhase::Serving);
         shared.registration.start();
         tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "pgcell ready");
@@ -201,10 +201,10 @@ impl Server {
         // The port is closed before anyone is told Stopping.
         drop(listener);
         set_phase(DrainPhase::ClosingSessions);
-        shared.lifecycle.set(State::Stopping);
+        shared.set_lifecycle(State::Stopping);
         finish_sessions(&shared, sessions, requests_at_stop).await;
         set_phase(DrainPhase::Stopped);
-        shared.lifecycle.set(State::Stopped);
+        shared.set_lifecycle(State::Stopped);
         // Let the admin server finish its graceful shutdown, briefly.
         if let Some(mut admin) = admin {
             if tokio::time::timeout(Duration::from_secs(2), &mut admin)
@@ -269,7 +269,7 @@ fn set_phase(phase: DrainPhase) {
 /// the number of stop requests seen when the data port closed.
 async fn drain(shared: &Shared, stop_accepting: tokio::sync::watch::Sender<bool>) -> u32 {
     shared.stop_requested(1).await;
-    shared.lifecycle.set(State::Draining);
+    shared.set_lifecycle(State::Draining);
     let hurry = || shared.stop_requested(2);
     if shared.registration.enabled() {
         set_phase(DrainPhase::Deregistering);

@@ -74,9 +74,10 @@ pub struct Shared {
     /// What password users' SCRAM salts derive from (`[auth]` secret, or
     /// random per process); fixed until restart.
     salt_key: SaltKey,
-    /// Bumped after every successful reload; idle sessions watch it to
-    /// notice that their tenant was removed.
-    reloaded: tokio::sync::watch::Sender<u64>,
+    /// Reloads so far and whether the server is stopping: what an idle
+    /// pooled session waits for besides its client, in one channel so
+    /// that each idle wait registers once.
+    idle_events: tokio::sync::watch::Sender<IdleEvents>,
     /// Stop requests so far (SIGTERM, `POST /drain`): the first drains,
     /// each further one cuts the current wait short.
     stop_requests: tokio::sync::watch::Sender<u32>,
@@ -87,6 +88,15 @@ pub struct Shared {
     /// the routing table is built from both. The lock also serialises
     /// rebuilds.
     sources: std::sync::Mutex<Sources>,
+}
+
+/// What an idle pooled session waits for besides its client.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct IdleEvents {
+    /// Successful reloads (and discovery rebuilds) so far.
+    pub(crate) reloads: u64,
+    /// The server is stopping: idle sessions leave.
+    pub(crate) stopping: bool,
 }
 
 /// What the routing table and the cancel peers are built from.
@@ -218,7 +228,7 @@ impl Shared {
             salt_key,
             console: ArcSwap::from_pointee(console),
             connected: crate::clients::Clients::default(),
-            reloaded: tokio::sync::watch::Sender::new(0),
+            idle_events: tokio::sync::watch::Sender::new(IdleEvents::default()),
             stop_requests: tokio::sync::watch::Sender::new(0),
             registration,
             config_path,
@@ -232,12 +242,22 @@ impl Shared {
 
     /// Successful reloads (and discovery rebuilds) so far.
     pub(crate) fn reloads(&self) -> u64 {
-        *self.reloaded.borrow()
+        self.idle_events.borrow().reloads
     }
 
-    /// Wakes when a reload or discovery rebuilds the routing table.
-    pub(crate) fn watch_reloads(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.reloaded.subscribe()
+    /// Wakes when a reload or discovery rebuilds the routing table, and
+    /// when the server starts stopping.
+    pub(crate) fn watch_idle_events(&self) -> tokio::sync::watch::Receiver<IdleEvents> {
+        self.idle_events.subscribe()
+    }
+
+    /// Moves the lifecycle to `state`; idle sessions hear of a stop.
+    pub(crate) fn set_lifecycle(&self, state: crate::lifecycle::State) {
+        self.lifecycle.set(state);
+        if state.is_stopping() {
+            self.idle_events
+                .send_if_modified(|e| !std::mem::replace(&mut e.stopping, true));
+        }
     }
 
     /// Stop requests so far.
@@ -366,7 +386,7 @@ impl Shared {
         self.cancel.set_peers(&peers);
         self.pools.retire_tenants_except(|id| routes.contains(id));
         self.routes.store(Arc::new(routes));
-        self.reloaded.send_modify(|generation| *generation += 1);
+        self.idle_events.send_modify(|e| e.reloads += 1);
         self.console.store(Arc::new(console));
         Ok(())
     }

@@ -7,16 +7,18 @@ One command (see README.md, "Benchmarks"):
     python3 benches/load/run.py --smoke    # seconds; checks the harness works (CI)
 
 What it does:
-  1. builds pgcell (release unless --binary/--profile say otherwise), installs
-     PgBouncer (Debian package) and a virtualenv with matplotlib and asyncpg
-     when missing;
+  1. builds pgcell (release unless --binary says otherwise), builds the
+     reference PgBouncer (the newest release, 1.25.2, with the project's
+     `build-pgbouncer.sh`; `--pgbouncer PATH` picks another binary) and a
+     virtualenv with matplotlib and asyncpg when missing;
   2. starts a PostgreSQL cluster tuned for the box, PgBouncer and pgcell, both
      pooling into it with the same pool size, mode and SCRAM secrets;
   3. runs the matrix with pgbench, rounds interleaved (every target of a case
      in turn, round after round) so drift hits all equally; measures TPS,
      average and p99 latency (pgbench's sampled per-transaction log), the
-     proxy's own CPU per transaction (utime+stime from /proc before and
-     after) and its RSS;
+     proxy's own CPU per transaction (user and kernel time from /proc before
+     and after) and its RSS, and pgcell's ratios to PgBouncer within each
+     round;
   4. opens thousands of idle clients (plaintext and TLS) to measure RSS per
      client;
   5. writes a Markdown report with the machine, the versions and the exact
@@ -105,12 +107,17 @@ def chown_postgres(path):
                 os.chown(os.path.join(dirpath, f), pw.pw_uid, pw.pw_gid)
 
 
-def cpu_seconds(pid):
-    """utime + stime of a process, in seconds."""
+def cpu_times(pid):
+    """(utime, stime) of a process, in seconds."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks
+    return int(fields[11]) / ticks, int(fields[12]) / ticks
+
+
+def cpu_seconds(pid):
+    """utime + stime of a process, in seconds."""
+    return sum(cpu_times(pid))
 
 
 def rss_mb(pid):
@@ -131,10 +138,50 @@ def scram_secret(password, iterations, salt=None):
     return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored)}:{b64(server)}"
 
 
+# The reference PgBouncer: built from the release tarball by the project's
+# script (idempotent; prints the binary's path). The script lives outside the
+# repository, beside it; PGCELL_PGBOUNCER_BUILD names it elsewhere.
+BUILD_PGBOUNCER = [
+    os.environ.get("PGCELL_PGBOUNCER_BUILD", ""),
+    os.path.join(ROOT, "..", "shared", "anchors", "build-pgbouncer.sh"),
+    "/work/shared/anchors/build-pgbouncer.sh",
+]
+PGBOUNCER = None  # set by ensure_tools
+
+
+def ensure_pgbouncer(explicit):
+    """Path of the PgBouncer to compare with: `explicit`, else 1.25.2 built
+    by the anchors script, else Debian's package (1.18: no prepared
+    statements in transaction mode), installed when missing."""
+    if explicit:
+        return explicit
+    for script in BUILD_PGBOUNCER:
+        if script and os.path.exists(script):
+            log(f"PgBouncer reference: {script}")
+            p = subprocess.run(["bash", script], capture_output=True, text=True)
+            if p.returncode == 0 and p.stdout.strip():
+                return p.stdout.strip().splitlines()[-1]
+            log(f"building PgBouncer failed, falling back to Debian's: {p.stderr[-500:]}")
+            break
+    if not shutil.which("pgbouncer") and not os.path.exists("/usr/sbin/pgbouncer"):
+        log("installing pgbouncer (apt)")
+        subprocess.run(["apt-get", "update", "-qq"], check=True)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "pgbouncer"], check=True,
+                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        # The package starts its own service; we run our own instance.
+        subprocess.run(["service", "pgbouncer", "stop"], check=False, capture_output=True)
+    return shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
+
+
+def pgbouncer_version(path):
+    """(major, minor) of a PgBouncer binary, (0, 0) when unreadable."""
+    out = run([path, "--version"], check=False).stdout
+    m = re.search(r"PgBouncer (\d+)\.(\d+)", out)
+    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+
+
 def ensure_tools(need_venv):
     missing = []
-    if not shutil.which("pgbouncer") and not os.path.exists("/usr/sbin/pgbouncer"):
-        missing.append("pgbouncer")
     if not shutil.which("pgbench"):
         missing.append("postgresql-client")
     if missing:
@@ -156,7 +203,7 @@ def ensure_tools(need_venv):
 
 
 def pgbouncer_path():
-    return shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
+    return PGBOUNCER or shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
 
 
 # ------------------------------------------------------------------ servers
@@ -247,6 +294,9 @@ class Servers:
             f.write(f'"app" "{self.app_secret}"\n"idle" "{self.idle_secret}"\n')
         shutil.copy(self.cert, os.path.join(d, "server.crt"))
         shutil.copy(self.key, os.path.join(d, "server.key"))
+        # Prepared statements in transaction mode: 1.21 and later, with the
+        # same per-backend cache size as pgcell's default.
+        prepared = "max_prepared_statements = 1000\n" if pgbouncer_version(pgbouncer_path()) >= (1, 21) else ""
         ini = f"""[databases]
 app = host=127.0.0.1 port={self.pg_port} dbname=app pool_mode=transaction
 app_session = host=127.0.0.1 port={self.pg_port} dbname=app pool_mode=session
@@ -266,13 +316,15 @@ max_db_connections = 0
 client_tls_sslmode = allow
 client_tls_cert_file = {d}/server.crt
 client_tls_key_file = {d}/server.key
+; Plaintext to PostgreSQL, as pgcell's `backend_tls` default (1.25 prefers TLS).
+server_tls_sslmode = disable
 log_connections = 0
 log_disconnections = 0
 log_pooler_errors = 1
 stats_period = 60
 logfile = {d}/pgbouncer.log
 pidfile = {d}/pgbouncer.pid
-"""
+{prepared}"""
         with open(os.path.join(d, "pgbouncer.ini"), "w") as f:
             f.write(ini)
         chown_postgres(d)
@@ -501,7 +553,7 @@ def run_case(servers, case, target, duration, sampling, workdir, perf_dir=None):
                                  "-p", str(pid), "-o", os.path.join(perf_dir, f"{slug}.perf.data")],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(0.5)
-    cpu0 = cpu_seconds(pid) if pid else None
+    cpu0 = cpu_times(pid) if pid else None
     t0 = time.time()
     p = subprocess.run(cmd, text=True, capture_output=True, env=env, cwd=logdir,
                        timeout=duration * 4 + 60)
@@ -509,7 +561,7 @@ def run_case(servers, case, target, duration, sampling, workdir, perf_dir=None):
         perf.send_signal(signal.SIGINT)
         perf.wait(timeout=120)
     wall = time.time() - t0
-    cpu1 = cpu_seconds(pid) if pid else None
+    cpu1 = cpu_times(pid) if pid else None
     out = p.stdout + p.stderr
     r = parse_pgbench(out)
     r.update(case=case["name"], target=target, clients=clients, exit=p.returncode, wall_s=round(wall, 2),
@@ -517,8 +569,12 @@ def run_case(servers, case, target, duration, sampling, workdir, perf_dir=None):
     r["p99_ms"] = None if case.get("storm") else p99_from_logs(logdir)
     shutil.rmtree(logdir, ignore_errors=True)
     if pid:
-        r["proxy_cpu_s"] = round(cpu1 - cpu0, 3)
-        r["proxy_cpu_us_per_tx"] = round((cpu1 - cpu0) * 1e6 / r["transactions"], 1) if r["transactions"] else None
+        user, kernel = cpu1[0] - cpu0[0], cpu1[1] - cpu0[1]
+        n = r["transactions"]
+        r["proxy_cpu_s"] = round(user + kernel, 3)
+        r["proxy_cpu_us_per_tx"] = round((user + kernel) * 1e6 / n, 2) if n else None
+        r["proxy_user_us_per_tx"] = round(user * 1e6 / n, 2) if n else None
+        r["proxy_sys_us_per_tx"] = round(kernel * 1e6 / n, 2) if n else None
         r["proxy_rss_mb"] = round(rss_mb(pid), 1)
     if p.returncode != 0:
         r["error"] = "\n".join(l for l in out.splitlines() if "error" in l.lower() or "abort" in l.lower())[:2000]
@@ -628,12 +684,28 @@ def summarize(results):
                 lat_avg_ms=median([r.get("latency_avg_ms") for r in runs]),
                 p99_ms=median([r.get("p99_ms") for r in runs]),
                 cpu_us_per_tx=median([r.get("proxy_cpu_us_per_tx") for r in runs]),
+                user_us_per_tx=median([r.get("proxy_user_us_per_tx") for r in runs]),
+                sys_us_per_tx=median([r.get("proxy_sys_us_per_tx") for r in runs]),
                 rss_mb=median([r.get("proxy_rss_mb") for r in runs]),
                 errors=sum(1 for r in runs if r.get("exit", 0) != 0 or r.get("failed") or r.get("aborted")),
                 rss_kb_per_client=median([r.get("rss_kb_per_client") for r in runs]),
                 login_cpu_us=median([r.get("login_cpu_us") for r in runs]),
             )
     return summary
+
+
+def round_ratios(results, case, a, b, key):
+    """a/b of `key` within each round of `case`: (median, min, max) or None."""
+    by_round = {}
+    for r in results:
+        if r.get("case") == case and r.get(key) is not None:
+            by_round.setdefault(r["round"], {})[r["target"]] = r[key]
+    xs = [v[a] / v[b] for v in by_round.values() if v.get(a) and v.get(b)]
+    return (statistics.median(xs), min(xs), max(xs)) if xs else None
+
+
+def spread(rr, nd=2):
+    return "–" if rr is None else f"{rr[0]:.{nd}f}× ({rr[1]:.{nd}f}–{rr[2]:.{nd}f})"
 
 
 def fmt(x, nd=0):
@@ -643,7 +715,7 @@ def fmt(x, nd=0):
 
 
 def targets_table(summary, cases_order):
-    lines = ["| case | target | TPS median (min–max) | latency avg ms | p99 ms | proxy CPU µs/tx | proxy RSS MB | runs with errors |",
+    lines = ["| case | target | TPS median (min–max) | latency avg ms | p99 ms | proxy CPU µs/tx (user + kernel) | proxy RSS MB | runs with errors |",
              "|---|---|---|---|---|---|---|---|"]
     for case in cases_order:
         if case not in summary or "idle" in case:
@@ -653,7 +725,8 @@ def targets_table(summary, cases_order):
             if not s:
                 continue
             lines.append(f"| {case} | {target} | {fmt(s['tps_median'])} ({fmt(s['tps_min'])}–{fmt(s['tps_max'])}) | "
-                         f"{fmt(s['lat_avg_ms'], 3)} | {fmt(s['p99_ms'], 3)} | {fmt(s['cpu_us_per_tx'], 1)} | "
+                         f"{fmt(s['lat_avg_ms'], 3)} | {fmt(s['p99_ms'], 3)} | {fmt(s['cpu_us_per_tx'], 2)} "
+                         f"({fmt(s.get('user_us_per_tx'), 2)} + {fmt(s.get('sys_us_per_tx'), 2)}) | "
                          f"{fmt(s['rss_mb'], 1)} | {s['errors']}/{s['runs']} |")
     return "\n".join(lines)
 
@@ -662,51 +735,97 @@ def ratio(a, b):
     return a / b if a and b else None
 
 
-def targets_check(summary, high):
-    """The issue's targets, each with the measured figures and met/missed."""
+def targets_check(summary, results, high):
+    """The performance targets, each with the measured figures (pgcell's
+    ratio to PgBouncer within each round: median and min–max) and met/missed."""
     rows = []
 
     def get(case, target, key):
         return summary.get(case, {}).get(target, {}).get(key)
 
-    for mode in ["simple", "extended"]:
+    def ok(rr, test):
+        return rr is not None and test(rr[0])
+
+    for mode in ["simple", "extended", "prepared"]:
         case = f"txn -S {mode} 32"
-        cell, bouncer, direct = (get(case, t, "tps_median") for t in ["pgcell", "pgbouncer", "direct"])
-        r1, r2 = ratio(cell, bouncer), ratio(cell, direct)
-        rows.append((f"{case}: pgcell TPS ≥ 1.2× PgBouncer", f"{fmt(r1, 2)}×", r1 is not None and r1 >= 1.2))
-        rows.append((f"{case}: pgcell TPS ≥ 0.8× direct", f"{fmt(r2, 2)}×", r2 is not None and r2 >= 0.8))
+        if case not in summary:
+            continue
+        cpu = round_ratios(results, case, "pgcell", "pgbouncer", "proxy_cpu_us_per_tx")
+        tps = round_ratios(results, case, "pgcell", "pgbouncer", "tps")
         c1, c2 = get(case, "pgcell", "cpu_us_per_tx"), get(case, "pgbouncer", "cpu_us_per_tx")
-        r3 = ratio(c1, c2)
-        rows.append((f"{case}: pgcell CPU/tx ≤ 0.6× PgBouncer", f"{fmt(c1, 1)} vs {fmt(c2, 1)} µs = {fmt(r3, 2)}×",
-                     r3 is not None and r3 <= 0.6))
-    case = "txn -S prepared 32"
-    errs = get(case, "pgcell", "errors")
-    rows.append((f"{case}: pgcell zero errors", f"{errs} runs with errors", errs == 0))
-    r = ratio(get(case, "pgcell", "tps_median"), get("txn -S simple 32", "pgcell", "tps_median"))
-    rows.append(("-M prepared TPS ≥ 1.15× pgcell's -M simple (32)", f"{fmt(r, 2)}×", r is not None and r >= 1.15))
+        rows.append((f"{case}: CPU/tx ≤ 0.85× PgBouncer's", f"{fmt(c1, 2)} vs {fmt(c2, 2)} µs; {spread(cpu)}",
+                     ok(cpu, lambda x: x <= 0.85)))
+        rows.append((f"{case}: TPS ≥ 1.05× PgBouncer's", spread(tps), ok(tps, lambda x: x >= 1.05)))
+        if mode == "simple":
+            u, k = get(case, "pgcell", "user_us_per_tx"), get(case, "pgcell", "sys_us_per_tx")
+            bu, bk = get(case, "pgbouncer", "user_us_per_tx"), get(case, "pgbouncer", "sys_us_per_tx")
+            rows.append((f"{case}: user CPU/tx ≤ 1.5 µs",
+                         f"pgcell {fmt(u, 2)} user + {fmt(k, 2)} kernel µs; PgBouncer {fmt(bu, 2)} + {fmt(bk, 2)}",
+                         u is not None and u <= 1.5))
+    if "txn TPC-B 32" in summary:
+        tps = round_ratios(results, "txn TPC-B 32", "pgcell", "pgbouncer", "tps")
+        rows.append(("txn TPC-B 32: TPS ≥ 1.0× PgBouncer's", spread(tps), ok(tps, lambda x: x >= 1.0)))
+    errs = get("txn -S prepared 32", "pgcell", "errors")
+    if errs is not None:
+        rows.append(("txn -S prepared 32: pgcell zero errors", f"{errs} runs with errors", errs == 0))
     case = "single client -S"
-    d, b, c = (get(case, t, "lat_avg_ms") for t in ["direct", "pgbouncer", "pgcell"])
-    if d and b and c:
-        rows.append(("single client: pgcell added latency ≤ PgBouncer's",
-                     f"pgcell +{(c - d) * 1000:.0f} µs, PgBouncer +{(b - d) * 1000:.0f} µs", (c - d) <= (b - d)))
-    for case in ["storm -C plaintext", "storm -C TLS"]:
-        c1, c2 = get(case, "pgcell", "cpu_us_per_tx"), get(case, "pgbouncer", "cpu_us_per_tx")
-        r = ratio(c1, c2)
-        rows.append((f"{case}: pgcell CPU/connection ≤ 0.5× PgBouncer", f"{fmt(c1, 0)} vs {fmt(c2, 0)} µs = {fmt(r, 2)}×",
-                     r is not None and r <= 0.5))
-    for kind, limit in [("TLS", 150), ("plaintext", 50)]:
+    if case in summary:
+        added = {t: [] for t in ["pgbouncer", "pgcell"]}
+        by_round = {}
+        for r in results:
+            if r.get("case") == case and r.get("latency_avg_ms") is not None:
+                by_round.setdefault(r["round"], {})[r["target"]] = r["latency_avg_ms"]
+        for v in by_round.values():
+            for t in added:
+                if "direct" in v and t in v:
+                    added[t].append((v[t] - v["direct"]) * 1000)
+        if added["pgcell"] and added["pgbouncer"]:
+            c, b = statistics.median(added["pgcell"]), statistics.median(added["pgbouncer"])
+            rows.append(("single client: added latency ≤ PgBouncer's",
+                         f"pgcell +{c:.0f} µs ({min(added['pgcell']):.0f}–{max(added['pgcell']):.0f}), "
+                         f"PgBouncer +{b:.0f} µs ({min(added['pgbouncer']):.0f}–{max(added['pgbouncer']):.0f})",
+                         c <= b))
+    for kind, limit in [("plaintext", 2.5), ("TLS", 8.0)]:
         for case in summary:
             if case.endswith(f"idle clients {kind}"):
-                rss = get(case, "pgcell", "rss_mb")
-                rows.append((f"{case}: pgcell RSS < {limit} MB", f"{fmt(rss, 1)} MB", rss is not None and rss < limit))
+                kb, bkb = get(case, "pgcell", "rss_kb_per_client"), get(case, "pgbouncer", "rss_kb_per_client")
+                rows.append((f"{case}: ≤ {limit} KiB per client", f"pgcell {fmt(kb, 2)} KiB, PgBouncer {fmt(bkb, 2)} KiB",
+                             kb is not None and kb <= limit))
+    for case, limit in [("storm -C plaintext", 1.0), ("storm -C TLS", 0.6)]:
+        if case not in summary:
+            continue
+        rr = round_ratios(results, case, "pgcell", "pgbouncer", "proxy_cpu_us_per_tx")
+        c1, c2 = get(case, "pgcell", "cpu_us_per_tx"), get(case, "pgbouncer", "cpu_us_per_tx")
+        rows.append((f"{case}: CPU/connection ≤ {limit}× PgBouncer's", f"{fmt(c1, 0)} vs {fmt(c2, 0)} µs; {spread(rr)}",
+                     ok(rr, lambda x: x <= limit)))
+    for case in summary:
+        if "pgcell-2t" in summary[case] and "storm" not in case and "single" not in case:
+            rr = round_ratios(results, case, "pgcell-2t", "pgcell", "proxy_cpu_us_per_tx")
+            rows.append((f"{case}: two workers' CPU/tx ≤ 1.10× one worker's", spread(rr), ok(rr, lambda x: x <= 1.10)))
     for mode in ["simple", "extended", "prepared"]:
         lo, hi = get(f"txn -S {mode} 32", "pgcell", "tps_median"), get(f"txn -S {mode} {high}", "pgcell", "tps_median")
         r = ratio(hi, lo)
-        rows.append((f"{high} clients -M {mode}: pgcell TPS ≥ 0.9× its 32-client figure", f"{fmt(r, 2)}×",
-                     r is not None and r >= 0.9))
-    lines = ["| target | measured | met |", "|---|---|---|"]
-    for name, measured, ok in rows:
-        lines.append(f"| {name} | {measured} | {'yes' if ok else '**no**'} |")
+        if r is not None:
+            rows.append((f"{high} clients -M {mode}: pgcell TPS ≥ 0.9× its 32-client figure", f"{fmt(r, 2)}×", r >= 0.9))
+    lines = ["| target | measured: median (min–max over rounds) | met |", "|---|---|---|"]
+    for name, measured, met in rows:
+        lines.append(f"| {name} | {measured} | {'yes' if met else '**no**'} |")
+    return "\n".join(lines)
+
+
+def capacity(summary):
+    """Transactions per second one core of proxy CPU carries, and a 4- and
+    8-core node, from the measured CPU per transaction (PgBouncer is one
+    thread: one process per core, as `so_reuseport` deployments run it)."""
+    lines = ["| case | proxy | CPU µs/tx | tx/s per core | 4-core node | 8-core node |", "|---|---|---|---|---|---|"]
+    for case in ["txn -S simple 32", "txn -S prepared 32", "txn TPC-B 32", "TLS txn -S simple 32"]:
+        for target, label in [("pgbouncer", "PgBouncer (1 process per core)"), ("pgcell", "pgcell, 1 worker"),
+                              ("pgcell-2t", "pgcell, 2 workers")]:
+            c = summary.get(case, {}).get(target, {}).get("cpu_us_per_tx")
+            if not c:
+                continue
+            per_core = 1e6 / c
+            lines.append(f"| {case} | {label} | {c:.2f} | {per_core:,.0f} | {4 * per_core:,.0f} | {8 * per_core:,.0f} |")
     return "\n".join(lines)
 
 
@@ -788,6 +907,7 @@ def main():
     ap.add_argument("--scale", type=int, default=10)
     ap.add_argument("--cases", help="comma-separated substrings selecting cases")
     ap.add_argument("--binary", help="pgcell binary (default: build release)")
+    ap.add_argument("--pgbouncer", help="PgBouncer binary (default: 1.25.2 from build-pgbouncer.sh)")
     ap.add_argument("--out", default=os.path.join(ROOT, "docs"), help="where benchmarks.md and charts go")
     ap.add_argument("--pgcell-workers", type=int, default=1,
                     help="[runtime] worker_threads of the 'pgcell' target (default 1: the CPU budget of "
@@ -802,6 +922,8 @@ def main():
     if args.smoke:
         args.rounds, args.duration, args.idle, args.scale = 1, 2, 50, 1
     ensure_tools(need_venv=True)
+    global PGBOUNCER
+    PGBOUNCER = ensure_pgbouncer(args.pgbouncer)
     # 10,000 clients need more than the default 1,024 descriptors (inherited
     # by the servers started below).
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -920,7 +1042,8 @@ raw runs in [`benchmarks/results.json`](benchmarks/results.json). Do not edit by
   session case), SCRAM with the role's stored secret (PgBouncer's `auth_file` holds the SCRAM secret,
   pgcell's `scram_secret`; neither pays a PBKDF2 per login), clients queue for a backend up to
   120 s (PgBouncer's `query_wait_timeout`; pgcell `pool.acquire_timeout = "120s"`), connection logging off (pgcell
-  `log.level = "warn"`), TLS with the same P-256 certificate.
+  `log.level = "warn"`), TLS with the same P-256 certificate, prepared statements in transaction mode
+  with 1,000 per backend (PgBouncer `max_prepared_statements`, pgcell's default).
 - Each case ran {args.rounds} rounds of {args.duration} s (the single-client case at least 5), targets
   interleaved within each round (direct, PgBouncer, pgcell, pgcell-2t, then the next case, …); figures
   are medians over rounds.
@@ -929,7 +1052,7 @@ raw runs in [`benchmarks/results.json`](benchmarks/results.json). Do not edit by
   binary with the default runtime (one worker per CPU, {os.cpu_count()} here), shown where it matters.
 - `-j` is 2 below 64 clients and 4 above. Latency p99 from pgbench's per-transaction log sampled at
   20% (`-l --sampling-rate 0.2`). Proxy CPU is utime+stime of the proxy process from
-  `/proc/PID/stat` before and after the run, divided by the transactions (for `-C` storms each
+  `/proc/PID/stat` before and after the run (shown as user + kernel), divided by the transactions (for `-C` storms each
   transaction is a new connection, so it is CPU per connection, login included).
 - Example command: `{example}`
 - Idle clients: on freshly started proxy processes (one per measurement), an asyncpg script opens
@@ -949,9 +1072,19 @@ raw runs in [`benchmarks/results.json`](benchmarks/results.json). Do not edit by
 
 {chr(10).join(idle_lines)}
 
-## Targets (issue 5)
+## Targets
 
-{targets_check(summary, args.clients_high)}
+pgcell (one worker thread) against PgBouncer, each ratio taken within a round (same minute, same
+machine state), then the median and the range over rounds.
+
+{targets_check(summary, results, args.clients_high)}
+
+## Capacity per core
+
+Proxy CPU only: what one core spent on the proxy carries, and what 4 and 8 such cores would, when
+PostgreSQL is elsewhere and is not the limit. Computed from the CPU per transaction above.
+
+{capacity(summary)}
 """
     with open(os.path.join(args.out, "benchmarks.md"), "w") as f:
         f.write(md)

@@ -48,7 +48,7 @@ impl Session<'_> {
         // Between transactions: a removed tenant's clients leave here, and
         // every client when the server is stopping.
         if self.position.idle() {
-            if self.lifecycle.borrow().is_stopping() {
+            if self.events.borrow().stopping {
                 return self.leave_for_shutdown();
             }
             self.follow_reload(client).await?;

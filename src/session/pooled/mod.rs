@@ -200,8 +200,7 @@ where
         open,
         login,
         seen_reload,
-        reloads: shared.watch_reloads(),
-        lifecycle: shared.lifecycle.subscribe(),
+        events: shared.watch_idle_events(),
         pool: pool.clone(),
         _pool_slot: pool_slot,
         cancel_key,
@@ -252,9 +251,8 @@ struct Session<'a> {
     login: BackendLogin,
     /// The reload generation this session has caught up with.
     seen_reload: u64,
-    reloads: tokio::sync::watch::Receiver<u64>,
-    /// The server's lifecycle: idle clients leave when it is stopping.
-    lifecycle: tokio::sync::watch::Receiver<crate::lifecycle::State>,
+    /// Reloads, and the server stopping (idle clients then leave).
+    events: tokio::sync::watch::Receiver<crate::state::IdleEvents>,
     pool: Arc<Pool>,
     /// This client's place among the pool's `max_client_connections`.
     _pool_slot: crate::pool::ClientSlot,
@@ -374,11 +372,19 @@ impl Session<'_> {
                     Reloaded(bool),
                     Stopping,
                 }
+                // A stop that came before this session subscribed.
+                if self.events.borrow().stopping {
+                    return self.leave_for_shutdown();
+                }
                 let next = read_idle(client, &mut from_client);
                 let woken = tokio::select! {
                     read = next => Woken::Read(read),
-                    changed = self.reloads.changed() => Woken::Reloaded(changed.is_ok()),
-                    () = async { let _ = self.lifecycle.wait_for(|s| s.is_stopping()).await; } => Woken::Stopping,
+                    changed = self.events.changed() => match changed {
+                        Ok(()) if self.events.borrow().stopping => Woken::Stopping,
+                        Ok(()) => Woken::Reloaded(true),
+                        // The server is gone with its sender.
+                        Err(_) => Woken::Reloaded(false),
+                    },
                 };
                 match woken {
                     Woken::Read(Ok(0)) => return Ok(()),
@@ -521,7 +527,7 @@ impl Session<'_> {
         &mut self,
         client: &mut C,
     ) -> Result<(), SessionError> {
-        let generation = *self.reloads.borrow_and_update();
+        let generation = self.events.borrow_and_update().reloads;
         if generation == self.seen_reload {
             return Ok(());
         }
