@@ -89,6 +89,8 @@ impl Server {
         let listener = TcpListener::bind(config.listen.addr)
             .await
             .map_err(bind("listen.addr", config.listen.addr))?;
+        // Inherited by every accepted connection.
+        crate::backend::set_socket_options(&listener, config.listen.tcp_keepalive);
         let health = match config.listen.health_addr {
             Some(addr) => Some(HealthPort::bind(addr).map_err(bind("listen.health_addr", addr))?),
             None => None,

@@ -2,6 +2,7 @@
 # Measure relay CPU per transaction, tokio/epoll vs io_uring (see README.md).
 # Run as root (PostgreSQL runs as the postgres user via runuser).
 #   RUNS=3 DURATION=8 bash benches/uring/bench.sh
+# Optional: PIN=1 (see below), RATE=N (pgbench -R N, fixed offered load), MODES="epoll uring".
 # Prints one TSV row per run and leaves raw output in $OUT.
 set -euo pipefail
 
@@ -20,6 +21,9 @@ rm -rf "$OUT"; mkdir -p "$OUT"
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 MODES=${MODES:-"epoll uring uring-defer"}
+# PIN=1: relays on CPU 1, PostgreSQL and pgbench on CPU 0, so the relay does
+# not share a core with its own load generator and 32 busy backends.
+if [ "${PIN:-0}" = 1 ]; then ON_LOAD="taskset -c 0"; ON_RELAY="taskset -c 1"; else ON_LOAD=""; ON_RELAY=""; fi
 PGPORT=$(free_port)
 
 # Throwaway cluster: trust auth, fsync off, loopback only.
@@ -33,7 +37,7 @@ cleanup() {
 }
 trap cleanup EXIT
 runuser -u postgres -- "$PGBIN/initdb" -D "$PGDATA/data" -U postgres --auth=trust >"$OUT/initdb.log"
-runuser -u postgres -- "$PGBIN/pg_ctl" -D "$PGDATA/data" -l "$PGDATA/pg.log" -w start \
+$ON_LOAD runuser -u postgres -- "$PGBIN/pg_ctl" -D "$PGDATA/data" -l "$PGDATA/pg.log" -w start \
     -o "-c listen_addresses=127.0.0.1 -p $PGPORT -c unix_socket_directories=$PGDATA -c fsync=off -c max_connections=100" >/dev/null
 pgbench -i -s 10 -q -h 127.0.0.1 -p "$PGPORT" -U postgres postgres >"$OUT/init.log" 2>&1
 
@@ -41,7 +45,7 @@ pgbench -i -s 10 -q -h 127.0.0.1 -p "$PGPORT" -U postgres postgres >"$OUT/init.l
 declare -A PORT PID
 for m in $MODES; do
     PORT[$m]=$(free_port)
-    "$RELAY" "$m" "${PORT[$m]}" "127.0.0.1:$PGPORT" >"$OUT/relay-$m.log" 2>&1 & PID[$m]=$!; PIDS+=(${PID[$m]})
+    $ON_RELAY "$RELAY" "$m" "${PORT[$m]}" "127.0.0.1:$PGPORT" >"$OUT/relay-$m.log" 2>&1 & PID[$m]=$!; PIDS+=(${PID[$m]})
 done
 sleep 0.5
 
@@ -58,7 +62,7 @@ bench() { # mode port pid run
     # open fds before the run: 3 + listener (+ ring) means no leaked connections
     ls -l "/proc/$pid/fd" >"$OUT/$mode-$run.fds"
     read -r u0 s0 < <(cpu "$pid"); n0=$(ns "$pid")
-    pgbench -n -S -M simple -c "$CLIENTS" -j 2 -T "$DURATION" -h 127.0.0.1 -p "$port" -U postgres postgres >"$log" 2>&1
+    $ON_LOAD pgbench -n -S -M simple -c "$CLIENTS" -j 2 -T "$DURATION" ${RATE:+-R "$RATE"} -h 127.0.0.1 -p "$port" -U postgres postgres >"$log" 2>&1
     read -r u1 s1 < <(cpu "$pid"); n1=$(ns "$pid")
     local tx tps load
     tx=$(awk -F': ' '/actually processed/{print $2}' "$log" | cut -d/ -f1)
@@ -83,7 +87,7 @@ if command -v strace >/dev/null; then
         port=${PORT[$mode]}; pid=${PID[$mode]}
         strace -c -f -p "$pid" -o "$OUT/strace-$mode.txt" & SPID=$!
         sleep 1
-        pgbench -n -S -M simple -c "$CLIENTS" -j 2 -T 3 -h 127.0.0.1 -p "$port" -U postgres postgres >"$OUT/strace-$mode-pgbench.log" 2>&1
+        $ON_LOAD pgbench -n -S -M simple -c "$CLIENTS" -j 2 -T 3 -h 127.0.0.1 -p "$port" -U postgres postgres >"$OUT/strace-$mode-pgbench.log" 2>&1
         kill -INT "$SPID"; wait "$SPID" || true
     done
 fi

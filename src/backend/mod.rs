@@ -147,13 +147,20 @@ const KEEPALIVE_PROBES: u32 = 3;
 /// budget as the probes closes that gap, so a vanished peer is found
 /// within `keepalive + 30 s` whatever it was doing. A live reader with a
 /// full window answers zero-window probes and is not affected.
-pub fn set_socket_options(tcp: &TcpStream, keepalive: Duration) {
-    let _ = tcp.set_nodelay(true);
+///
+/// Set on the data port's listening socket once, these reach every
+/// accepted client connection (Linux copies them to the accepted socket,
+/// keepalive timer included), so accepting costs no `setsockopt`; backend
+/// connections get them one by one.
+pub fn set_socket_options<S: std::os::fd::AsFd>(tcp: &S, keepalive: Duration) {
+    let sock = SockRef::from(tcp);
+    if let Err(e) = sock.set_nodelay(true) {
+        tracing::debug!(error = %e, "could not set TCP_NODELAY");
+    }
     let ka = TcpKeepalive::new()
         .with_time(keepalive)
         .with_interval(KEEPALIVE_INTERVAL)
         .with_retries(KEEPALIVE_PROBES);
-    let sock = SockRef::from(tcp);
     if let Err(e) = sock.set_tcp_keepalive(&ka) {
         tracing::debug!(error = %e, "could not set TCP keepalive");
     }
@@ -187,4 +194,41 @@ async fn start_tls(
         .await
         .map_err(tls_error)?;
     Ok(MaybeTls::Tls(Box::new(stream)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The data port sets the options on its listening socket only: each
+    /// accepted connection must come out with all of them.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn accepted_sockets_inherit_the_listeners_options() {
+        let keepalive = Duration::from_secs(37);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        set_socket_options(&listener, keepalive);
+        let addr = listener.local_addr().unwrap();
+        let _client = TcpStream::connect(addr).await.unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        let sock = SockRef::from(&accepted);
+        assert!(sock.nodelay().unwrap(), "TCP_NODELAY");
+        assert!(sock.keepalive().unwrap(), "SO_KEEPALIVE");
+        assert_eq!(sock.keepalive_time().unwrap(), keepalive);
+        assert_eq!(sock.keepalive_interval().unwrap(), KEEPALIVE_INTERVAL);
+        assert_eq!(sock.keepalive_retries().unwrap(), KEEPALIVE_PROBES);
+        assert_eq!(
+            sock.tcp_user_timeout().unwrap(),
+            Some(keepalive + KEEPALIVE_INTERVAL * KEEPALIVE_PROBES)
+        );
+        // A socket accepted from a listener without them has none.
+        let plain = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _client = TcpStream::connect(plain.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (accepted, _) = plain.accept().await.unwrap();
+        let sock = SockRef::from(&accepted);
+        assert!(!sock.nodelay().unwrap());
+        assert!(!sock.keepalive().unwrap());
+    }
 }

@@ -345,7 +345,8 @@ pub async fn serve(
 ) {
     let started = Instant::now();
     metrics::counter!(m::TCP_ACCEPTED).increment(1);
-    backend::set_socket_options(&tcp, shared.settings.tcp_keepalive);
+    // TCP_NODELAY, keepalive and TCP_USER_TIMEOUT come from the listening
+    // socket (`server.rs`).
     let mut log = ConnectionLog::default();
     let result = serve_inner(&shared, tcp, peer, &mut log).await;
     let duration = started.elapsed();
