@@ -190,6 +190,8 @@ pub enum AcquireError {
 pub struct Lease {
     /// The backend.
     pub conn: Box<ServerConn>,
+    /// When it was handed out (the start of the client's transaction).
+    pub leased_at: Instant,
     permit: OwnedSemaphorePermit,
     _in_use: InUse,
 }
@@ -351,7 +353,7 @@ impl Pool {
     }
 
     /// Wraps a checked-out backend, recording who holds it.
-    fn lease(&self, conn: Box<ServerConn>, permit: OwnedSemaphorePermit) -> Lease {
+    fn lease(&self, conn: Box<ServerConn>, permit: OwnedSemaphorePermit, now: Instant) -> Lease {
         let id = NEXT_LEASE_ID.fetch_add(1, Ordering::Relaxed);
         let client = crate::clients::current();
         if let Some(c) = &client {
@@ -371,6 +373,7 @@ impl Pool {
             );
         Lease {
             conn,
+            leased_at: now,
             permit,
             _in_use: InUse {
                 id,
@@ -486,7 +489,7 @@ impl Pool {
                 continue;
             }
             self.wait_seconds.record(0.0);
-            return Some(self.lease(conn, permit));
+            return Some(self.lease(conn, permit, now));
         }
     }
 
@@ -590,7 +593,7 @@ impl Pool {
             params.push((profile.clone(), conn.params.clone()));
         }
         drop(params);
-        Ok(self.lease(Box::new(conn), permit))
+        Ok(self.lease(Box::new(conn), permit, Instant::now()))
     }
 
     /// Closes an idle backend of another profile than `profile` and
@@ -631,15 +634,21 @@ impl Pool {
             {
                 continue;
             }
-            return Some(self.lease(conn, permit));
+            return Some(self.lease(conn, permit, now));
         }
     }
 
     /// Hands a backend back. `clean` says the backend is idle (status `I`,
     /// nothing outstanding) and nothing happened that forbids reuse.
     pub fn release(&self, lease: Lease, clean: bool) {
+        self.release_at(lease, clean, Instant::now());
+    }
+
+    /// [`Pool::release`] with the time already read by the caller (one
+    /// clock read per transaction end).
+    pub fn release_at(&self, lease: Lease, clean: bool, now: Instant) {
         if !clean
-            || lease.conn.created.elapsed() > self.settings.max_lifetime
+            || now.saturating_duration_since(lease.conn.created) > self.settings.max_lifetime
             || self.retired.load(Ordering::Acquire)
         {
             return;
@@ -647,7 +656,7 @@ impl Pool {
         let Lease {
             mut conn, permit, ..
         } = lease;
-        conn.last_used = Instant::now();
+        conn.last_used = now;
         self.idle
             .lock()
             .unwrap_or_else(PoisonError::into_inner)

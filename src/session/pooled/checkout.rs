@@ -80,7 +80,7 @@ impl Session<'_> {
         self.statements.new_backend();
         self.position = Position::new();
         self.backend_fatal = false;
-        self.checked_out_at = std::time::Instant::now();
+        self.checked_out_at = lease.leased_at;
         self.cancel_key.attach(CancelTarget {
             addr: lease.conn.addr,
             key: lease.conn.key,
@@ -95,9 +95,12 @@ impl Session<'_> {
             return;
         };
         let cancelled = self.cancel_key.detach();
+        let now = std::time::Instant::now();
         self.transactions.increment(1);
-        self.transaction_seconds
-            .record(self.checked_out_at.elapsed().as_secs_f64());
+        self.transaction_seconds.record(
+            now.saturating_duration_since(self.checked_out_at)
+                .as_secs_f64(),
+        );
         let changes = std::mem::take(&mut self.changes);
         // State that cannot be carried (LISTEN, temp tables, ...) must not
         // reach the next client: that backend is closed.
@@ -110,7 +113,8 @@ impl Session<'_> {
         } else {
             true
         };
-        self.pool.release(lease, !cancelled && !dirty && carried);
+        self.pool
+            .release_at(lease, !cancelled && !dirty && carried, now);
     }
 
     /// Reads back the settings the client has now and resets the backend
