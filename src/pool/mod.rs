@@ -71,7 +71,7 @@ pub struct Pool {
     /// Checkouts under way.
     waiting: AtomicUsize,
     /// Backends checked out, by lease id (for `SHOW SERVERS`).
-    in_use: Arc<Mutex<HashMap<u64, ServerInUse>>>,
+    in_use: Arc<Mutex<InUseMap>>,
     /// Replaced by a reload (or its tenant removed): backends close as they
     /// come free instead of going back to the pool.
     retired: AtomicBool,
@@ -196,11 +196,37 @@ pub struct Lease {
     _in_use: InUse,
 }
 
+/// The backends handed out, by lease id (`SHOW SERVERS`). Ids are
+/// pgcell's own sequence numbers, so they need no DoS-resistant hash: one
+/// multiplication spreads them (an insert and a removal per transaction).
+type InUseMap = HashMap<u64, ServerInUse, std::hash::BuildHasherDefault<LeaseIdHasher>>;
+
+/// Hashes a lease id by multiplying it with the golden ratio.
+#[derive(Default)]
+struct LeaseIdHasher(u64);
+
+impl std::hash::Hasher for LeaseIdHasher {
+    fn finish(&self) -> u64 {
+        self.0.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only u64 keys are hashed; fold anything else in.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, id: u64) {
+        self.0 = id;
+    }
+}
+
 /// Lists a lease in its pool's `in_use` and marks its client active, until
 /// dropped.
 struct InUse {
     id: u64,
-    map: Arc<Mutex<HashMap<u64, ServerInUse>>>,
+    map: Arc<Mutex<InUseMap>>,
     client: Option<Arc<ClientEntry>>,
 }
 
