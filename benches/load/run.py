@@ -344,6 +344,14 @@ pidfile = {d}/pgbouncer.pid
 
     # pgcell --------------------------------------------------------------
     def start_pgcell(self, name, workers):
+        """`workers`: worker threads of the multi-threaded runtime (None: one
+        per CPU), or "current_thread" for the one-thread runtime."""
+        if workers == "current_thread":
+            runtime = '[runtime]\nflavor = "current_thread"'
+        elif workers:
+            runtime = f"[runtime]\nworker_threads = {workers}"
+        else:
+            runtime = ""
         d = os.path.join(self.dir, name)
         os.makedirs(d)
         port, admin = free_port(), free_port()
@@ -369,7 +377,7 @@ grace = "2s"
 
 [kubernetes]
 mode = "off"
-{f"[runtime]{chr(10)}worker_threads = {workers}" if workers else ""}
+{runtime}
 
 [[tenants]]
 id = "bench"
@@ -435,6 +443,7 @@ scram_secret = "{self.app_secret}"
         self.start_pgbouncer()
         self.start_pgcell("pgcell", workers)
         self.start_pgcell("pgcell-2t", None)
+        self.start_pgcell("pgcell-ct", "current_thread")
 
     def stop(self):
         if getattr(self, "bouncer_pid", None):
@@ -475,9 +484,10 @@ def cases(args):
     all3 = ["direct", "pgbouncer", "pgcell"]
     all4 = all3 + ["pgcell-2t"]
     return [
-        dict(name="txn -S simple 32", bench=["-S", "-M", "simple"], clients=32, targets=all4),
+        # pgcell-ct: the one-thread (current_thread) runtime, for comparison.
+        dict(name="txn -S simple 32", bench=["-S", "-M", "simple"], clients=32, targets=all4 + ["pgcell-ct"]),
         dict(name="txn -S extended 32", bench=["-S", "-M", "extended"], clients=32, targets=all3),
-        dict(name="txn -S prepared 32", bench=["-S", "-M", "prepared"], clients=32, targets=all3),
+        dict(name="txn -S prepared 32", bench=["-S", "-M", "prepared"], clients=32, targets=all3 + ["pgcell-ct"]),
         dict(name=f"txn -S simple {c}", bench=["-S", "-M", "simple"], clients=c, targets=all4),
         dict(name=f"txn -S extended {c}", bench=["-S", "-M", "extended"], clients=c, targets=all3),
         dict(name=f"txn -S prepared {c}", bench=["-S", "-M", "prepared"], clients=c, targets=all3),
@@ -495,7 +505,7 @@ def smoke_cases():
     all3 = ["direct", "pgbouncer", "pgcell"]
     return [
         dict(name="txn -S simple 4", bench=["-S", "-M", "simple"], clients=4, targets=all3),
-        dict(name="txn -S prepared 4", bench=["-S", "-M", "prepared"], clients=4, targets=["direct", "pgcell"]),
+        dict(name="txn -S prepared 4", bench=["-S", "-M", "prepared"], clients=4, targets=all3),
         dict(name="storm -C TLS", bench=["-S", "-M", "simple", "-C"], clients=2, storm=True, tls=True, targets=all3),
     ]
 
@@ -720,7 +730,7 @@ def targets_table(summary, cases_order):
     for case in cases_order:
         if case not in summary or "idle" in case:
             continue
-        for target in ["direct", "pgbouncer", "pgcell", "pgcell-2t"]:
+        for target in ["direct", "pgbouncer", "pgcell", "pgcell-2t", "pgcell-ct"]:
             s = summary[case].get(target)
             if not s:
                 continue
@@ -799,6 +809,13 @@ def targets_check(summary, results, high):
         rows.append((f"{case}: CPU/connection ≤ {limit}× PgBouncer's", f"{fmt(c1, 0)} vs {fmt(c2, 0)} µs; {spread(rr)}",
                      ok(rr, lambda x: x <= limit)))
     for case in summary:
+        if "pgcell-ct" in summary[case]:
+            cpu = round_ratios(results, case, "pgcell-ct", "pgbouncer", "proxy_cpu_us_per_tx")
+            tps = round_ratios(results, case, "pgcell-ct", "pgbouncer", "tps")
+            rows.append((f"{case}, current_thread runtime (for comparison): CPU/tx ≤ 0.85×, TPS ≥ 1.05× PgBouncer's",
+                         f"CPU {spread(cpu)}; TPS {spread(tps)}",
+                         ok(cpu, lambda x: x <= 0.85) and ok(tps, lambda x: x >= 1.05)))
+    for case in summary:
         if "pgcell-2t" in summary[case] and "storm" not in case and "single" not in case:
             rr = round_ratios(results, case, "pgcell-2t", "pgcell", "proxy_cpu_us_per_tx")
             rows.append((f"{case}: two workers' CPU/tx ≤ 1.10× one worker's", spread(rr), ok(rr, lambda x: x <= 1.10)))
@@ -820,7 +837,7 @@ def capacity(summary):
     lines = ["| case | proxy | CPU µs/tx | tx/s per core | 4-core node | 8-core node |", "|---|---|---|---|---|---|"]
     for case in ["txn -S simple 32", "txn -S prepared 32", "txn TPC-B 32", "TLS txn -S simple 32"]:
         for target, label in [("pgbouncer", "PgBouncer (1 process per core)"), ("pgcell", "pgcell, 1 worker"),
-                              ("pgcell-2t", "pgcell, 2 workers")]:
+                              ("pgcell-2t", "pgcell, 2 workers"), ("pgcell-ct", "pgcell, current_thread")]:
             c = summary.get(case, {}).get(target, {}).get("cpu_us_per_tx")
             if not c:
                 continue
@@ -839,15 +856,15 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 d = json.loads(sys.stdin.read())
 s, order, out = d["summary"], d["order"], sys.argv[1]
-targets = ["direct", "pgbouncer", "pgcell", "pgcell-2t"]
-colors = {"direct": "#888888", "pgbouncer": "#4c72b0", "pgcell": "#dd8452", "pgcell-2t": "#f0b27a"}
+targets = ["direct", "pgbouncer", "pgcell", "pgcell-2t", "pgcell-ct"]
+colors = {"direct": "#888888", "pgbouncer": "#4c72b0", "pgcell": "#dd8452", "pgcell-2t": "#f0b27a", "pgcell-ct": "#c44e52"}
 def bars(cases, key, ylabel, title, path):
     cases = [c for c in cases if c in s]
     fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(cases)), 4.5))
-    w = 0.2
+    w = 0.16
     for i, t in enumerate(targets):
         vals = [s[c].get(t, {}).get(key) or 0 for c in cases]
-        ax.bar([x + (i - 1.5) * w for x in range(len(cases))], vals, w, label=t, color=colors[t])
+        ax.bar([x + (i - 2) * w for x in range(len(cases))], vals, w, label=t, color=colors[t])
     ax.set_xticks(range(len(cases)))
     ax.set_xticklabels(cases, rotation=25, ha="right", fontsize=8)
     ax.set_ylabel(ylabel)
@@ -952,8 +969,9 @@ def main():
         servers.start_pgbouncer()
         servers.start_pgcell("pgcell", args.pgcell_workers)
         servers.start_pgcell("pgcell-2t", None)
+        servers.start_pgcell("pgcell-ct", "current_thread")
         if args.hold:
-            info = {t: servers.target(t) for t in ["direct", "pgbouncer", "pgcell", "pgcell-2t"]}
+            info = {t: servers.target(t) for t in ["direct", "pgbouncer", "pgcell", "pgcell-2t", "pgcell-ct"]}
             print(json.dumps({"password": PASSWORD, "targets": info}), flush=True)
             log(f"holding for {args.hold} s (Ctrl-C stops)")
             try:
@@ -1049,7 +1067,9 @@ raw runs in [`benchmarks/results.json`](benchmarks/results.json). Do not edit by
   are medians over rounds.
 - `pgcell` runs with `[runtime] worker_threads = {args.pgcell_workers}`: on this box PostgreSQL and pgbench
   need the cores too, and it is the CPU budget of single-threaded PgBouncer. `pgcell-2t` is the same
-  binary with the default runtime (one worker per CPU, {os.cpu_count()} here), shown where it matters.
+  binary with the default runtime (one worker per CPU, {os.cpu_count()} here), shown where it matters;
+  `pgcell-ct` the same binary with `[runtime] flavor = "current_thread"` (one thread, no work-stealing
+  scheduler), on the 32-client simple and prepared cases.
 - `-j` is 2 below 64 clients and 4 above. Latency p99 from pgbench's per-transaction log sampled at
   20% (`-l --sampling-rate 0.2`). Proxy CPU is utime+stime of the proxy process from
   `/proc/PID/stat` before and after the run (shown as user + kernel), divided by the transactions (for `-C` storms each
