@@ -8,13 +8,14 @@
 //! `acquire_timeout`. A paused pool (`PAUSE` in the admin console) hands out
 //! nothing: checkouts wait for `RESUME`, still bounded by `acquire_timeout`.
 
+mod in_use;
 mod registry;
+use in_use::{InUse, InUseMap};
 
 pub use registry::Pools;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -126,15 +127,6 @@ impl PoolSignature {
     }
 }
 
-/// A checked-out backend as `SHOW SERVERS` lists it.
-#[derive(Debug, Clone)]
-struct ServerInUse {
-    addr: SocketAddr,
-    pid: i32,
-    created: Instant,
-    client: Option<u64>,
-}
-
 /// One backend of a pool, idle or in use.
 #[derive(Debug, Clone)]
 pub struct ServerInfo {
@@ -196,52 +188,6 @@ pub struct Lease {
     _in_use: InUse,
 }
 
-/// The backends handed out, by lease id (`SHOW SERVERS`). Ids are
-/// pgcell's own sequence numbers, so they need no DoS-resistant hash: one
-/// multiplication spreads them (an insert and a removal per transaction).
-type InUseMap = HashMap<u64, ServerInUse, std::hash::BuildHasherDefault<LeaseIdHasher>>;
-
-/// Hashes a lease id by multiplying it with the golden ratio.
-#[derive(Default)]
-struct LeaseIdHasher(u64);
-
-impl std::hash::Hasher for LeaseIdHasher {
-    fn finish(&self) -> u64 {
-        self.0.wrapping_mul(0x9E37_79B9_7F4A_7C15)
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        // Only u64 keys are hashed; fold anything else in.
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(b);
-        }
-    }
-
-    fn write_u64(&mut self, id: u64) {
-        self.0 = id;
-    }
-}
-
-/// Lists a lease in its pool's `in_use` and marks its client active, until
-/// dropped.
-struct InUse {
-    id: u64,
-    map: Arc<Mutex<InUseMap>>,
-    client: Option<Arc<ClientEntry>>,
-}
-
-impl Drop for InUse {
-    fn drop(&mut self) {
-        self.map
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&self.id);
-        if let Some(client) = &self.client {
-            client.set_state(ClientState::Idle);
-        }
-    }
-}
-
 /// Counts a checkout as waiting and marks its client so, until dropped
 /// (so that a cancelled checkout is not left counted).
 struct Waiting<'a> {
@@ -270,8 +216,6 @@ impl Drop for Waiting<'_> {
         }
     }
 }
-
-static NEXT_LEASE_ID: AtomicU64 = AtomicU64::new(1);
 
 impl Pool {
     /// A new, empty pool.
@@ -380,32 +324,12 @@ impl Pool {
 
     /// Wraps a checked-out backend, recording who holds it.
     fn lease(&self, conn: Box<ServerConn>, permit: OwnedSemaphorePermit, now: Instant) -> Lease {
-        let id = NEXT_LEASE_ID.fetch_add(1, Ordering::Relaxed);
-        let client = crate::clients::current();
-        if let Some(c) = &client {
-            c.set_state(ClientState::Active);
-        }
-        self.in_use
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(
-                id,
-                ServerInUse {
-                    addr: conn.addr,
-                    pid: conn.key.pid,
-                    created: conn.created,
-                    client: client.as_ref().map(|c| c.id),
-                },
-            );
+        let in_use = InUse::record(&self.in_use, &conn);
         Lease {
             conn,
             leased_at: now,
             permit,
-            _in_use: InUse {
-                id,
-                map: self.in_use.clone(),
-                client,
-            },
+            _in_use: in_use,
         }
     }
 
