@@ -45,7 +45,7 @@ async fn metrics(
     (
         StatusCode::OK,
         [("content-type", "text/plain; version=0.0.4")],
-        crate::metrics::handle().render(),
+        crate::metrics::render(),
     )
 }
 

@@ -16,8 +16,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::SystemTime;
 
-use metrics::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::tally::{Count, Tally};
 
 /// Every connected client of one server.
 #[derive(Default)]
@@ -44,6 +45,12 @@ pub struct ClientEntry {
     /// When the client connected.
     pub since: SystemTime,
     state: AtomicU8,
+    /// Woken on a reload and when the server starts stopping
+    /// ([`Clients::wake_idle`]): an idle pooled session waits on it
+    /// besides its client.
+    pub(crate) idle_wake: atomic_waker::AtomicWaker,
+    /// Bytes, queries and transactions of a pooled session.
+    pub(crate) tally: Tally,
 }
 
 /// What a client is doing.
@@ -129,13 +136,15 @@ impl Clients {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let entry = Arc::new(ClientEntry {
             id,
-            tenant: client.tenant,
             user: client.user,
             database: client.database,
             addr: client.addr,
             tls: client.tls,
             since: SystemTime::now(),
             state: AtomicU8::new(0),
+            idle_wake: atomic_waker::AtomicWaker::new(),
+            tally: Tally::new(&client.tenant),
+            tenant: client.tenant,
         });
         entry.set_state(client.state);
         self.map
@@ -159,6 +168,18 @@ impl Clients {
             .collect();
         all.sort_by_key(|c| c.id);
         all
+    }
+
+    /// Wakes every client's idle wait (a reload, a stop).
+    pub fn wake_idle(&self) {
+        for c in self
+            .map
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+        {
+            c.idle_wake.wake();
+        }
     }
 
     /// Connected clients per tenant.
@@ -195,22 +216,18 @@ pub fn current() -> Option<Arc<ClientEntry>> {
     CURRENT.try_with(Arc::clone).ok()
 }
 
-/// A client stream that feeds the tenant's byte counters as bytes pass,
-/// for sessions whose relay does not count them itself (pooled sessions).
+/// A client stream that counts the bytes passing in the session's
+/// [`Tally`], for sessions whose relay does not count them itself (pooled
+/// sessions).
 pub struct Counted<'a, S> {
     inner: &'a mut S,
-    from_client: Counter,
-    to_client: Counter,
+    tally: &'a Tally,
 }
 
 impl<'a, S> Counted<'a, S> {
     /// Wraps `inner`.
-    pub fn new(inner: &'a mut S, from_client: Counter, to_client: Counter) -> Self {
-        Counted {
-            inner,
-            from_client,
-            to_client,
-        }
+    pub fn new(inner: &'a mut S, tally: &'a Tally) -> Self {
+        Counted { inner, tally }
     }
 }
 
@@ -223,8 +240,8 @@ impl<S: AsyncRead + Unpin> AsyncRead for Counted<'_, S> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut *self.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = polled {
-            self.from_client
-                .increment((buf.filled().len() - before) as u64);
+            self.tally
+                .add(Count::BytesFromClient, (buf.filled().len() - before) as u64);
         }
         polled
     }
@@ -238,7 +255,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<'_, S> {
     ) -> Poll<std::io::Result<usize>> {
         let polled = Pin::new(&mut *self.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = polled {
-            self.to_client.increment(n as u64);
+            self.tally.add(Count::BytesToClient, n as u64);
         }
         polled
     }
@@ -258,7 +275,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<'_, S> {
     ) -> Poll<std::io::Result<usize>> {
         let polled = Pin::new(&mut *self.inner).poll_write_vectored(cx, bufs);
         if let Poll::Ready(Ok(n)) = polled {
-            self.to_client.increment(n as u64);
+            self.tally.add(Count::BytesToClient, n as u64);
         }
         polled
     }

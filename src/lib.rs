@@ -66,6 +66,7 @@ pub mod server;
 pub mod session;
 pub(crate) mod state;
 pub(crate) mod stream;
+pub(crate) mod tally;
 pub(crate) mod tenant;
 pub mod tls;
 

@@ -167,6 +167,14 @@ pub fn handle() -> &'static PrometheusHandle {
     })
 }
 
+/// The metrics in Prometheus text format, with every live session's
+/// tally folded in first ([`crate::tally`]).
+pub fn render() -> String {
+    let handle = handle();
+    crate::tally::fold_all();
+    handle.render()
+}
+
 /// Values of the series `name` in Prometheus text `rendered`, summed per
 /// `tenant` label. Tenant ids are DNS labels, so a label value never holds
 /// an escaped quote.

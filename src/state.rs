@@ -74,10 +74,11 @@ pub struct Shared {
     /// What password users' SCRAM salts derive from (`[auth]` secret, or
     /// random per process); fixed until restart.
     salt_key: SaltKey,
-    /// Reloads so far and whether the server is stopping: what an idle
-    /// pooled session waits for besides its client, in one channel so
-    /// that each idle wait registers once.
-    idle_events: tokio::sync::watch::Sender<IdleEvents>,
+    /// Reloads so far (and discovery rebuilds): an idle pooled session
+    /// wakes for them ([`Shared::idle_events`]) besides its client.
+    reloads: std::sync::atomic::AtomicU64,
+    /// The server is stopping: idle pooled sessions leave.
+    stopping: std::sync::atomic::AtomicBool,
     /// Stop requests so far (SIGTERM, `POST /drain`): the first drains,
     /// each further one cuts the current wait short.
     stop_requests: tokio::sync::watch::Sender<u32>,
@@ -91,7 +92,7 @@ pub struct Shared {
 }
 
 /// What an idle pooled session waits for besides its client.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct IdleEvents {
     /// Successful reloads (and discovery rebuilds) so far.
     pub(crate) reloads: u64,
@@ -228,7 +229,8 @@ impl Shared {
             salt_key,
             console: ArcSwap::from_pointee(console),
             connected: crate::clients::Clients::default(),
-            idle_events: tokio::sync::watch::Sender::new(IdleEvents::default()),
+            reloads: std::sync::atomic::AtomicU64::new(0),
+            stopping: std::sync::atomic::AtomicBool::new(false),
             stop_requests: tokio::sync::watch::Sender::new(0),
             registration,
             config_path,
@@ -242,21 +244,30 @@ impl Shared {
 
     /// Successful reloads (and discovery rebuilds) so far.
     pub(crate) fn reloads(&self) -> u64 {
-        self.idle_events.borrow().reloads
+        self.reloads.load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    /// Wakes when a reload or discovery rebuilds the routing table, and
-    /// when the server starts stopping.
-    pub(crate) fn watch_idle_events(&self) -> tokio::sync::watch::Receiver<IdleEvents> {
-        self.idle_events.subscribe()
+    /// What an idle pooled session wakes for besides its client: reloads
+    /// so far and whether the server is stopping. A change wakes every
+    /// connected client's [`crate::clients::ClientEntry::idle_wake`]; a
+    /// session registers its waker there before it reads this, so it
+    /// cannot miss one.
+    pub(crate) fn idle_events(&self) -> IdleEvents {
+        IdleEvents {
+            reloads: self.reloads(),
+            stopping: self.stopping.load(std::sync::atomic::Ordering::SeqCst),
+        }
     }
 
     /// Moves the lifecycle to `state`; idle sessions hear of a stop.
     pub(crate) fn set_lifecycle(&self, state: crate::lifecycle::State) {
         self.lifecycle.set(state);
-        if state.is_stopping() {
-            self.idle_events
-                .send_if_modified(|e| !std::mem::replace(&mut e.stopping, true));
+        if state.is_stopping()
+            && !self
+                .stopping
+                .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            self.connected.wake_idle();
         }
     }
 
@@ -386,7 +397,9 @@ impl Shared {
         self.cancel.set_peers(&peers);
         self.pools.retire_tenants_except(|id| routes.contains(id));
         self.routes.store(Arc::new(routes));
-        self.idle_events.send_modify(|e| e.reloads += 1);
+        self.reloads
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.connected.wake_idle();
         self.console.store(Arc::new(console));
         Ok(())
     }

@@ -499,12 +499,10 @@ async fn serve_inner(
         // client's task too.
         Box::pin(passthrough(shared, &mut stream, &startup, &route, log)).await
     } else {
-        // The pooled relay does not feed the byte counters itself.
-        let mut counted = crate::clients::Counted::new(
-            &mut stream,
-            metrics::counter!(m::CLIENT_BYTES_RECEIVED, "tenant" => tenant_id.clone()),
-            metrics::counter!(m::CLIENT_BYTES_SENT, "tenant" => tenant_id.clone()),
-        );
+        // The pooled relay counts bytes, queries and transactions in the
+        // client's tally, not message by message in the exported
+        // counters.
+        let mut counted = crate::clients::Counted::new(&mut stream, &listed.entry.tally);
         crate::clients::scope(
             listed.entry.clone(),
             pooled::serve(
@@ -514,6 +512,7 @@ async fn serve_inner(
                 &route,
                 &client,
                 &mut log.bytes,
+                &listed.entry,
             ),
         )
         .await

@@ -137,7 +137,7 @@ fn version_and_build_info_carry_the_git_revision() {
             "a 12-digit commit id from git, not {revision:?}"
         );
     }
-    let rendered = pgcell::metrics::handle().render();
+    let rendered = pgcell::metrics::render();
     let line = rendered
         .lines()
         .find(|l| l.starts_with(pgcell::metrics::BUILD_INFO))

@@ -102,7 +102,7 @@ async fn drain_scenario(tenant_text: &str) {
         proxy.handle.state() == State::Stopped
     })
     .await;
-    let m = pgcell::metrics::handle().render();
+    let m = pgcell::metrics::render();
     assert!(
         metric(
             &m,

@@ -185,7 +185,7 @@ pub(super) fn servers(shared: &Shared) -> Table {
 /// `SHOW STATS`: per tenant, read back from the metrics registry, so the
 /// console and `/metrics` cannot disagree.
 pub(super) fn stats(console: &ConsoleConfig) -> Table {
-    let rendered = m::handle().render();
+    let rendered = m::render();
     let transactions = m::per_tenant(&rendered, m::TRANSACTIONS);
     let queries = m::per_tenant(&rendered, m::QUERIES);
     let bytes_in = m::per_tenant(&rendered, m::CLIENT_BYTES_RECEIVED);

@@ -14,6 +14,7 @@ use crate::protocol::framing::read_message;
 use crate::protocol::messages;
 use crate::protocol::{ClientError, SqlState};
 use crate::session::engine::{self, ClientSession, Position, SessionChanges};
+use crate::tally::Count;
 
 /// Longest reply read while pgcell talks to a backend on its own.
 const MAX_OWN_REPLY: usize = 1 << 20;
@@ -96,7 +97,7 @@ impl Session<'_> {
         };
         let cancelled = self.cancel_key.detach();
         let now = std::time::Instant::now();
-        self.transactions.increment(1);
+        self.listed.tally.add(Count::Transactions, 1);
         self.transaction_seconds.record(
             now.saturating_duration_since(self.checked_out_at)
                 .as_secs_f64(),

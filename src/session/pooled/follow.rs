@@ -13,6 +13,7 @@ use crate::metrics as m;
 use crate::protocol::framing::{peek_message, Message, Peeked, HEADER_LEN};
 use crate::session::classify::session_state_kind;
 use crate::session::engine::{self, Sent};
+use crate::tally::Count;
 
 impl Session<'_> {
     /// Relays the complete backend messages in `from_server` to the client
@@ -48,7 +49,7 @@ impl Session<'_> {
         // Between transactions: a removed tenant's clients leave here, and
         // every client when the server is stopping.
         if self.position.idle() {
-            if self.events.borrow().stopping {
+            if self.shared.idle_events().stopping {
                 return self.leave_for_shutdown();
             }
             self.follow_reload(client).await?;
@@ -77,7 +78,7 @@ impl Session<'_> {
             return;
         }
         if msg.tag != b'P' {
-            self.queries.increment(1);
+            self.listed.tally.add(Count::Queries, 1);
         }
         if msg.tag == b'E' {
             return;

@@ -29,6 +29,7 @@ use super::SessionError;
 use crate::backend::server::BackendLogin;
 use crate::backend::server::{OpenSettings, StartupProfile};
 use crate::cancel::IssuedKey;
+use crate::clients::ClientEntry;
 use crate::config::PoolMode;
 use crate::metrics as m;
 use crate::pool::{AcquireError, Lease, Pool, PoolKey};
@@ -69,13 +70,14 @@ pub async fn serve<C>(
     route: &Route,
     info: &ClientInfo,
     bytes: &mut RelayBytes,
+    listed: &ClientEntry,
 ) -> Result<(), SessionError>
 where
     C: AsyncRead + AsyncWrite + ReadReady + Unpin,
 {
     // Boxed: logging in and setting up is done once, and its state would
     // otherwise stay in every idle client's task.
-    let mut session = Box::pin(open(shared, client, startup, route, info, bytes)).await?;
+    let mut session = Box::pin(open(shared, client, startup, route, info, bytes, listed)).await?;
     let result = session.run(client).await;
     session.finish().await;
     result
@@ -89,6 +91,7 @@ async fn open<'a, C>(
     route: &Route,
     info: &ClientInfo,
     bytes: &'a mut RelayBytes,
+    listed: &'a ClientEntry,
 ) -> Result<Session<'a>, SessionError>
 where
     C: AsyncRead + AsyncWrite + ReadReady + Unpin,
@@ -200,7 +203,6 @@ where
         open,
         login,
         seen_reload,
-        events: shared.watch_idle_events(),
         pool: pool.clone(),
         _pool_slot: pool_slot,
         cancel_key,
@@ -219,8 +221,7 @@ where
         backend_fatal: false,
         checked_out_at: std::time::Instant::now(),
         transaction_seconds: metrics::histogram!(m::TRANSACTION_SECONDS, "tenant" => tenant.id().to_owned()),
-        queries: metrics::counter!(m::QUERIES, "tenant" => tenant.id().to_owned()),
-        transactions: metrics::counter!(m::TRANSACTIONS, "tenant" => tenant.id().to_owned()),
+        listed,
     };
     if let Some(lease) = first_lease {
         if pool.mode == PoolMode::Session {
@@ -251,8 +252,6 @@ struct Session<'a> {
     login: BackendLogin,
     /// The reload generation this session has caught up with.
     seen_reload: u64,
-    /// Reloads, and the server stopping (idle clients then leave).
-    events: tokio::sync::watch::Receiver<crate::state::IdleEvents>,
     pool: Arc<Pool>,
     /// This client's place among the pool's `max_client_connections`.
     _pool_slot: crate::pool::ClientSlot,
@@ -288,10 +287,9 @@ struct Session<'a> {
     checked_out_at: std::time::Instant,
     /// `pgcell_transaction_duration_seconds` for this tenant.
     transaction_seconds: metrics::Histogram,
-    /// `pgcell_queries_total` for this tenant.
-    queries: metrics::Counter,
-    /// `pgcell_transactions_total` for this tenant.
-    transactions: metrics::Counter,
+    /// The client as listed: its tally (queries and transactions here,
+    /// bytes through the client stream) and its idle wake.
+    listed: &'a ClientEntry,
 }
 
 impl Session<'_> {
@@ -369,49 +367,55 @@ impl Session<'_> {
                 }
                 enum Woken {
                     Read(std::io::Result<usize>),
-                    Reloaded(bool),
+                    Reloaded,
                     Stopping,
                 }
-                // A stop that came before this session subscribed.
-                if self.events.borrow().stopping {
+                // A stop that came before this wait.
+                if self.shared.idle_events().stopping {
                     return self.leave_for_shutdown();
                 }
                 let next = read_idle(client, &mut from_client);
+                // Biased: no random pick per wait; a client that sends is
+                // served, and a reload is followed before its next
+                // transaction anyway.
                 let woken = tokio::select! {
+                    biased;
                     read = next => Woken::Read(read),
-                    changed = self.events.changed() => match changed {
-                        Ok(()) if self.events.borrow().stopping => Woken::Stopping,
-                        Ok(()) => Woken::Reloaded(true),
-                        // The server is gone with its sender.
-                        Err(_) => Woken::Reloaded(false),
+                    events = self.idle_event() => if events.stopping {
+                        Woken::Stopping
+                    } else {
+                        Woken::Reloaded
                     },
                 };
                 match woken {
                     Woken::Read(Ok(0)) => return Ok(()),
                     Woken::Read(Ok(_)) => continue,
                     Woken::Read(Err(e)) => return Err(SessionError::ClientIo(e)),
-                    Woken::Reloaded(true) => {
+                    Woken::Reloaded => {
                         self.follow_reload(client).await?;
                         continue;
                     }
-                    Woken::Reloaded(false) => continue,
                     Woken::Stopping => return self.leave_for_shutdown(),
                 }
             };
             reserve_read(&mut from_client, IDLE_READ_CHUNK);
             reserve_read(&mut from_server, SERVER_READ_CHUNK);
+            // Biased, the backend first: no random pick per message, and a
+            // client that pipelines waits in its socket while the backend
+            // answers.
             tokio::select! {
-                read = client.read_buf(&mut from_client) => match read {
-                    Ok(0) => return Ok(()),
-                    Ok(_) => {}
-                    Err(e) => return Err(SessionError::ClientIo(e)),
-                },
+                biased;
                 read = lease.conn.stream.read_buf(&mut from_server) => match read {
                     Ok(0) | Err(_) => return self.backend_lost(client).await,
                     Ok(_) => {
                         self.deliver(client, &mut from_server, &mut to_client, from_client.is_empty())
                             .await?;
                     }
+                },
+                read = client.read_buf(&mut from_client) => match read {
+                    Ok(0) => return Ok(()),
+                    Ok(_) => {}
+                    Err(e) => return Err(SessionError::ClientIo(e)),
                 },
             }
         }
@@ -486,6 +490,21 @@ impl Session<'_> {
         Ok(())
     }
 
+    /// Waits for a reload this session has not followed, or for the
+    /// server to start stopping.
+    fn idle_event(&self) -> impl std::future::Future<Output = crate::state::IdleEvents> + '_ {
+        std::future::poll_fn(|cx| {
+            // Registered before reading: a change after the read wakes it.
+            self.listed.idle_wake.register(cx.waker());
+            let events = self.shared.idle_events();
+            if events.stopping || events.reloads != self.seen_reload {
+                std::task::Poll::Ready(events)
+            } else {
+                std::task::Poll::Pending
+            }
+        })
+    }
+
     /// Tells the client its statement failed for want of a backend.
     async fn refuse_statement<C: AsyncWrite + Unpin>(
         &mut self,
@@ -527,7 +546,7 @@ impl Session<'_> {
         &mut self,
         client: &mut C,
     ) -> Result<(), SessionError> {
-        let generation = self.events.borrow_and_update().reloads;
+        let generation = self.shared.reloads();
         if generation == self.seen_reload {
             return Ok(());
         }
