@@ -18,7 +18,7 @@ use std::time::SystemTime;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::tally::{Count, Tally};
+use crate::metrics::tally::{Count, Tally};
 
 /// Every connected client of one server.
 #[derive(Default)]

@@ -66,7 +66,6 @@ pub mod server;
 pub mod session;
 pub(crate) mod state;
 pub(crate) mod stream;
-pub(crate) mod tally;
 pub(crate) mod tenant;
 pub mod tls;
 

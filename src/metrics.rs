@@ -7,6 +7,8 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
+pub(crate) mod tally;
+
 use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
@@ -40,6 +42,9 @@ pub const CANCEL_REQUESTS: &str = "pgcell_cancel_requests_total";
 pub const CONNECTION_ERRORS: &str = "pgcell_connection_errors_total";
 /// Time clients waited for a pooled backend (label: tenant).
 pub const POOL_WAIT_SECONDS: &str = "pgcell_pool_wait_seconds";
+/// Help text of [`POOL_WAIT_SECONDS`].
+pub(crate) const POOL_WAIT_SECONDS_HELP: &str =
+    "Time clients waited for a pooled backend connection.";
 /// Client logins pgcell refused (labels: tenant, reason).
 pub const AUTH_FAILURES: &str = "pgcell_auth_failures_total";
 /// auth_query fetches that failed: backend down, auth user refused, query
@@ -54,6 +59,9 @@ pub const TRANSACTION_SECONDS: &str = "pgcell_transaction_duration_seconds";
 /// Queries (simple `Query` and extended `Execute`) sent by pooled clients
 /// (label: tenant).
 pub const QUERIES: &str = "pgcell_queries_total";
+/// Help text of [`TRANSACTION_SECONDS`].
+pub(crate) const TRANSACTION_SECONDS_HELP: &str =
+    "Time a transaction-mode client held its backend, per transaction.";
 /// Transactions completed through transaction pools (label: tenant).
 pub const TRANSACTIONS: &str = "pgcell_transactions_total";
 /// Clients waiting for a pooled backend (label: tenant).
@@ -117,7 +125,7 @@ pub const GIT_REVISION: &str = env!("PGCELL_GIT_REVISION");
 /// Label value for connections whose tenant is unknown or not configured.
 pub const NO_TENANT: &str = "";
 
-const LATENCY_BUCKETS: &[f64] = &[
+pub(crate) const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 const SESSION_BUCKETS: &[f64] = &[
@@ -139,12 +147,6 @@ pub fn handle() -> &'static PrometheusHandle {
             )
             .and_then(|b| {
                 b.set_buckets_for_metric(Matcher::Full(SESSION_SECONDS.into()), SESSION_BUCKETS)
-            })
-            .and_then(|b| {
-                b.set_buckets_for_metric(Matcher::Full(POOL_WAIT_SECONDS.into()), LATENCY_BUCKETS)
-            })
-            .and_then(|b| {
-                b.set_buckets_for_metric(Matcher::Full(TRANSACTION_SECONDS.into()), LATENCY_BUCKETS)
             });
         let recorder = match builder {
             Ok(b) => b.build_recorder(),
@@ -168,11 +170,13 @@ pub fn handle() -> &'static PrometheusHandle {
 }
 
 /// The metrics in Prometheus text format, with every live session's
-/// tally folded in first ([`crate::tally`]).
+/// tally folded in first ([`tally`]).
 pub fn render() -> String {
     let handle = handle();
-    crate::tally::fold_all();
-    handle.render()
+    tally::fold_all();
+    let mut out = handle.render();
+    tally::render_histograms(&mut out);
+    out
 }
 
 /// Values of the series `name` in Prometheus text `rendered`, summed per
@@ -295,16 +299,11 @@ fn describe() {
         SESSION_STATE,
         "Statements in transaction mode whose session state would not survive a backend switch, by kind."
     );
-    describe_histogram!(
-        TRANSACTION_SECONDS,
-        Unit::Seconds,
-        "Time a transaction-mode client held its backend, per transaction."
-    );
-    describe_histogram!(
-        POOL_WAIT_SECONDS,
-        Unit::Seconds,
-        "Time clients waited for a pooled backend connection."
-    );
+    // This and POOL_WAIT_SECONDS are counted per session and rendered by
+    // `tally::render_histograms` (with LATENCY_BUCKETS), not recorded
+    // through the exporter.
+    describe_histogram!(TRANSACTION_SECONDS, Unit::Seconds, TRANSACTION_SECONDS_HELP);
+    describe_histogram!(POOL_WAIT_SECONDS, Unit::Seconds, POOL_WAIT_SECONDS_HELP);
     describe_counter!(AUTH_FAILURES, "Client logins refused by pgcell, by reason.");
     describe_counter!(
         AUTH_QUERY_ERRORS,

@@ -26,6 +26,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use crate::backend::server::{BackendLogin, OpenError, OpenSettings, ServerConn, StartupProfile};
 use crate::clients::{ClientEntry, ClientState};
 use crate::config::{PoolConfig, PoolMode};
+use crate::metrics::tally::{Histogram, Tally};
 use crate::protocol::framing::read_message;
 use crate::tenant::Tenant;
 
@@ -81,10 +82,9 @@ pub struct Pool {
     signature: PoolSignature,
     /// Clients served by this pool now.
     clients: AtomicUsize,
-    /// `pgcell_pool_wait_seconds` and `pgcell_pool_waiting_clients` for
-    /// this tenant, looked up once (a labelled lookup per checkout costs
-    /// a hash and an allocation).
-    wait_seconds: metrics::Histogram,
+    /// `pgcell_pool_waiting_clients` for this tenant, looked up once (a
+    /// labelled lookup per checkout costs a hash and an allocation).
+    /// `pgcell_pool_wait_seconds` goes into the waiting client's tally.
     waiting_clients: metrics::Gauge,
 }
 
@@ -228,12 +228,9 @@ impl Pool {
         open: OpenSettings,
     ) -> Pool {
         let signature = PoolSignature::of(&key, &tenant);
-        let wait_seconds =
-            metrics::histogram!(crate::metrics::POOL_WAIT_SECONDS, "tenant" => key.tenant.clone());
         let waiting_clients =
             metrics::gauge!(crate::metrics::POOL_WAITING, "tenant" => key.tenant.clone());
         Pool {
-            wait_seconds,
             waiting_clients,
             clients: AtomicUsize::new(0),
             retired: AtomicBool::new(false),
@@ -396,7 +393,12 @@ impl Pool {
 
     /// Checks out a backend, waiting up to `acquire_timeout`. Cancel safe:
     /// dropping the future loses nothing.
-    pub async fn acquire(&self, profile: &Arc<StartupProfile>) -> Result<Lease, AcquireError> {
+    /// The wait goes into `tally` (`pgcell_pool_wait_seconds`).
+    pub async fn acquire(
+        &self,
+        profile: &Arc<StartupProfile>,
+        tally: &Tally,
+    ) -> Result<Lease, AcquireError> {
         // Decremented on drop: a checkout abandoned mid-wait (the client
         // left) must not leave the gauge up.
         struct Counted<'a>(&'a metrics::Gauge);
@@ -407,14 +409,18 @@ impl Pool {
         }
         self.waiting_clients.increment(1.0);
         let _counted = Counted(&self.waiting_clients);
-        self.checkout(profile).await
+        let started = Instant::now();
+        let result = self.checkout(profile).await;
+        tally.observe(Histogram::PoolWaitSeconds, started.elapsed());
+        result
     }
 
     /// An idle backend that needs no liveness check, at once, or `None`
     /// (none idle, a check due, or the pool paused): then [`Pool::acquire`]
     /// waits. Backends past their lifetime or that spoke while idle are
     /// dropped on the way.
-    pub fn try_acquire_idle(&self, profile: &Arc<StartupProfile>) -> Option<Lease> {
+    /// A lease taken counts as a wait of zero in `tally`.
+    pub fn try_acquire_idle(&self, profile: &Arc<StartupProfile>, tally: &Tally) -> Option<Lease> {
         if self.is_paused() {
             return None;
         }
@@ -438,13 +444,12 @@ impl Pool {
             {
                 continue;
             }
-            self.wait_seconds.record(0.0);
+            tally.observe(Histogram::PoolWaitSeconds, Duration::ZERO);
             return Some(self.lease(conn, permit, now));
         }
     }
 
     async fn checkout(&self, profile: &Arc<StartupProfile>) -> Result<Lease, AcquireError> {
-        let started = Instant::now();
         let deadline = tokio::time::Instant::now() + self.settings.acquire_timeout;
         let _waiting = Waiting::start(&self.waiting);
         let result = loop {
@@ -495,7 +500,6 @@ impl Pool {
             }
             break self.open(permit, profile).await;
         };
-        self.wait_seconds.record(started.elapsed().as_secs_f64());
         result
     }
 

@@ -41,14 +41,7 @@ pub fn session_state_kind(sql: &[u8]) -> Option<&'static str> {
 /// starts with a keyword that can leave session state nor mentions an
 /// advisory lock. Statements starting with a comment take the close look.
 fn may_leave_session_state(sql: &[u8]) -> bool {
-    const NEEDLE: &[u8] = b"advisory_lock";
-    let mentions_advisory = sql.iter().enumerate().any(|(i, b)| {
-        (*b | 0x20) == b'a'
-            && sql
-                .get(i..i + NEEDLE.len())
-                .is_some_and(|w| w.eq_ignore_ascii_case(NEEDLE))
-    });
-    if mentions_advisory {
+    if crate::session::engine::mentions(sql, b"advisory_lock") {
         return true;
     }
     let start = sql

@@ -111,6 +111,17 @@ impl Position {
         }
     }
 
+    /// Back to [`Position::new`] for a newly checked-out backend, keeping
+    /// the memory of what it follows (no allocation per transaction).
+    pub fn reset(&mut self) {
+        let mut units = std::mem::take(&mut self.units);
+        units.clear();
+        *self = Position {
+            units,
+            ..Position::new()
+        };
+    }
+
     /// Notes one message sent to the backend (client's or pgcell's own).
     pub fn sent(&mut self, tag: u8) -> Sent {
         match tag {
@@ -284,11 +295,7 @@ impl Position {
 /// or the text mentions `set_config`. Run on every statement: no
 /// allocation, one pass in the common case.
 pub fn may_change_settings(sql: &[u8]) -> bool {
-    const NEEDLE: &[u8] = b"set_config";
-    if sql
-        .windows(NEEDLE.len())
-        .any(|w| w.eq_ignore_ascii_case(NEEDLE))
-    {
+    if mentions(sql, b"set_config") {
         return true;
     }
     sql.split(|&b| b == b';').any(statement_may_change_settings)
@@ -308,6 +315,35 @@ fn statement_may_change_settings(sql: &[u8]) -> bool {
             .any(|k| w.eq_ignore_ascii_case(k.as_bytes())),
         None => false,
     }
+}
+
+/// Whether `sql` contains `needle` in any case. `needle` is lower case
+/// and has an `_`: the scan looks for underscores, which few statements
+/// have, and compares around each one (a statement runs through this on
+/// every message, so it must not cost a comparison per byte).
+pub(crate) fn mentions(sql: &[u8], needle: &[u8]) -> bool {
+    let Some(at) = needle.iter().position(|&b| b == b'_') else {
+        return sql
+            .windows(needle.len())
+            .any(|w| w.eq_ignore_ascii_case(needle));
+    };
+    let mut from = at;
+    while let Some(found) = sql
+        .get(from..)
+        .and_then(|s| s.iter().position(|&b| b == b'_'))
+    {
+        let underscore = from + found;
+        // `underscore >= at`: the search starts at `at`.
+        let start = underscore - at;
+        if sql
+            .get(start..start + needle.len())
+            .is_some_and(|w| w.eq_ignore_ascii_case(needle))
+        {
+            return true;
+        }
+        from = underscore + 1;
+    }
+    false
 }
 
 /// The first words of a statement, past comments.
@@ -636,6 +672,42 @@ mod tests {
         for &t in sent {
             p.sent(t);
         }
+    }
+
+    #[test]
+    fn mentions_finds_a_needle_in_any_case_and_position() {
+        for (sql, found) in [
+            ("select set_config('a', 'b', false)", true),
+            ("SELECT SET_CONFIG('a', 'b', false)", true),
+            ("set_config", true),
+            ("xset_config", true),
+            ("select set_confi", false),
+            ("select _set_config", true),
+            ("select set__config", false),
+            ("select pgbench_accounts", false),
+            ("_", false),
+            ("", false),
+            ("__________", false),
+        ] {
+            assert_eq!(mentions(sql.as_bytes(), b"set_config"), found, "{sql}");
+        }
+        assert!(mentions(b"a_b_advisory_lock", b"advisory_lock"));
+        assert!(!mentions(b"advisory lock", b"advisory_lock"));
+        // Without an underscore, a plain scan.
+        assert!(mentions(b"xxABCxx", b"abc"));
+        assert!(!mentions(b"xxABxCx", b"abc"));
+    }
+
+    #[test]
+    fn reset_position_is_a_new_one() {
+        let mut p = Position::new();
+        feed(&mut p, b"PBES");
+        p.received(b'E', b"");
+        p.reset();
+        assert!(p.idle() && p.quiet() && !p.busy());
+        assert_eq!(p.status(), b'I');
+        feed(&mut p, b"Q");
+        assert!(p.busy());
     }
 
     #[test]

@@ -13,8 +13,7 @@ use crate::pool::Lease;
 use crate::protocol::framing::read_message;
 use crate::protocol::messages;
 use crate::protocol::{ClientError, SqlState};
-use crate::session::engine::{self, ClientSession, Position, SessionChanges};
-use crate::tally::Count;
+use crate::session::engine::{self, ClientSession, SessionChanges};
 
 /// Longest reply read while pgcell talks to a backend on its own.
 const MAX_OWN_REPLY: usize = 1 << 20;
@@ -79,7 +78,7 @@ impl Session<'_> {
     /// position) at `lease`.
     pub(super) fn attach(&mut self, lease: Lease) {
         self.statements.new_backend();
-        self.position = Position::new();
+        self.position.reset();
         self.backend_fatal = false;
         self.checked_out_at = lease.leased_at;
         self.cancel_key.attach(CancelTarget {
@@ -97,11 +96,9 @@ impl Session<'_> {
         };
         let cancelled = self.cancel_key.detach();
         let now = std::time::Instant::now();
-        self.listed.tally.add(Count::Transactions, 1);
-        self.transaction_seconds.record(
-            now.saturating_duration_since(self.checked_out_at)
-                .as_secs_f64(),
-        );
+        self.listed
+            .tally
+            .transaction(now.saturating_duration_since(self.checked_out_at));
         let changes = std::mem::take(&mut self.changes);
         // State that cannot be carried (LISTEN, temp tables, ...) must not
         // reach the next client: that backend is closed.

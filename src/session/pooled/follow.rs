@@ -10,10 +10,10 @@ use super::{Session, SessionError, MAX_POOLED_MESSAGE_LEN, READ_ONLY};
 use crate::backend::server::{parameter_status, set_param};
 use crate::config::PoolMode;
 use crate::metrics as m;
+use crate::metrics::tally::Count;
 use crate::protocol::framing::{peek_message, Message, Peeked, HEADER_LEN};
 use crate::session::classify::session_state_kind;
 use crate::session::engine::{self, Sent};
-use crate::tally::Count;
 
 impl Session<'_> {
     /// Relays the complete backend messages in `from_server` to the client

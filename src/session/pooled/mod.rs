@@ -170,7 +170,7 @@ where
     let server_params = match pool.params(&profile) {
         Some(p) if pool.mode == PoolMode::Transaction => p,
         known => {
-            let lease = acquire(&pool, &profile).await?;
+            let lease = acquire(&pool, &profile, listed).await?;
             let params = known.unwrap_or_else(|| lease.conn.params.clone());
             first_lease = Some(lease);
             params
@@ -220,7 +220,6 @@ where
         state_dirty: false,
         backend_fatal: false,
         checked_out_at: std::time::Instant::now(),
-        transaction_seconds: metrics::histogram!(m::TRANSACTION_SECONDS, "tenant" => tenant.id().to_owned()),
         listed,
     };
     if let Some(lease) = first_lease {
@@ -233,14 +232,18 @@ where
     Ok(session)
 }
 
-async fn acquire(pool: &Arc<Pool>, profile: &Arc<StartupProfile>) -> Result<Lease, SessionError> {
+async fn acquire(
+    pool: &Arc<Pool>,
+    profile: &Arc<StartupProfile>,
+    listed: &ClientEntry,
+) -> Result<Lease, SessionError> {
     // An idle backend ready to go needs no waiting (the common case);
     // the waiting path is boxed so its large state is not part of every
     // idle client's task.
-    if let Some(lease) = pool.try_acquire_idle(profile) {
+    if let Some(lease) = pool.try_acquire_idle(profile, &listed.tally) {
         return Ok(lease);
     }
-    Box::pin(pool.acquire(profile))
+    Box::pin(pool.acquire(profile, &listed.tally))
         .await
         .map_err(SessionError::Acquire)
 }
@@ -285,8 +288,6 @@ struct Session<'a> {
     backend_fatal: bool,
     /// When the current backend was checked out.
     checked_out_at: std::time::Instant,
-    /// `pgcell_transaction_duration_seconds` for this tenant.
-    transaction_seconds: metrics::Histogram,
     /// The client as listed: its tally (queries and transactions here,
     /// bytes through the client stream) and its idle wake.
     listed: &'a ClientEntry,
@@ -298,7 +299,7 @@ impl Session<'_> {
         C: AsyncRead + AsyncWrite + ReadReady + Unpin,
     {
         if self.pool.mode == PoolMode::Session && self.lease.is_none() {
-            let lease = acquire(&self.pool, &self.profile).await?;
+            let lease = acquire(&self.pool, &self.profile, self.listed).await?;
             self.checkout(lease, client).await?;
         }
         // Allocated as needed and given back between transactions.
@@ -460,7 +461,7 @@ impl Session<'_> {
         }
         if self.lease.is_none() {
             self.follow_reload(client).await?;
-            let lease = match acquire(&self.pool, &self.profile).await {
+            let lease = match acquire(&self.pool, &self.profile, self.listed).await {
                 Ok(lease) => lease,
                 Err(SessionError::Acquire(AcquireError::Timeout(wait))) => {
                     // The statement fails, the session goes on: like
