@@ -47,9 +47,31 @@ impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
             self.prefix.advance(n);
             return Poll::Ready(Ok(()));
         }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        if buf.remaining() >= SMALL_READ {
+            return Pin::new(&mut self.inner).poll_read(cx, buf);
+        }
+        // A small read (a message header during the login): read what
+        // has arrived, up to a login message's usual size, and keep the
+        // rest for the next read, so that a login round trip costs one
+        // `recv` and not one per header and body.
+        let mut ahead = [0u8; READ_AHEAD];
+        let mut ahead = ReadBuf::new(&mut ahead);
+        std::task::ready!(Pin::new(&mut self.inner).poll_read(cx, &mut ahead))?;
+        let got = ahead.filled();
+        let n = got.len().min(buf.remaining());
+        buf.put_slice(&got[..n]);
+        if got.len() > n {
+            self.prefix = Bytes::copy_from_slice(&got[n..]);
+        }
+        Poll::Ready(Ok(()))
     }
 }
+
+/// Reads asking for fewer bytes than this read ahead ([`READ_AHEAD`]).
+const SMALL_READ: usize = 64;
+/// How much a small read takes from the socket at most: a startup
+/// packet or a SASL message fits.
+const READ_AHEAD: usize = 512;
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
     fn poll_write(
@@ -196,7 +218,7 @@ impl<P: ReadReady, T> ReadReady for MaybeTls<P, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::AsyncReadExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[tokio::test]
     async fn prefix_then_inner() {
@@ -205,6 +227,29 @@ mod tests {
         let mut out = String::new();
         s.read_to_string(&mut out).await.unwrap();
         assert_eq!(out, "hello world");
+    }
+
+    #[tokio::test]
+    async fn small_reads_read_ahead_and_serve_the_rest_later() {
+        let (mut client, server) = tokio::io::duplex(4096);
+        let mut s = Prefixed::new(Bytes::new(), server);
+        let sent: Vec<u8> = (0..100u8).collect();
+        client.write_all(&sent).await.unwrap();
+        let mut header = [0u8; 5];
+        s.read_exact(&mut header).await.unwrap();
+        assert_eq!(header, sent[..5]);
+        // The rest came with the header and waits in the stream.
+        assert!(s.has_read_ahead());
+        let mut body = vec![0u8; 95];
+        s.read_exact(&mut body).await.unwrap();
+        assert_eq!(body, sent[5..]);
+        assert!(!s.has_read_ahead());
+        // A large read goes to the socket as it is.
+        client.write_all(b"more").await.unwrap();
+        drop(client);
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(rest, b"more");
     }
 
     #[tokio::test]

@@ -1,18 +1,19 @@
 //! Counters a pooled session bumps on every message, and its transaction
-//! durations, kept with the session and folded into what pgcell exports
-//! when metrics are read ([`crate::metrics::render`]) and when the
-//! session ends.
+//! durations and pool waits, counted in cells per tenant and folded into
+//! what pgcell exports when metrics are read ([`crate::metrics::render`]).
 //!
 //! A `metrics` counter costs two atomic read-modify-writes per increment
-//! (its value and its generation), and a transaction bumped four of them
-//! (bytes each way, queries, transactions) and recorded a histogram value
-//! (a clock read and a push into a shared buffer). A tally's cell is
-//! written by its session alone, so an increment is a plain load and
-//! store; the reader folds the difference since its last fold. Counts are
-//! exact at every scrape: nothing waits in the tally for a flush.
+//! (its value and its generation) behind two indirect calls, and a
+//! transaction bumped four of them (bytes each way, queries,
+//! transactions) and recorded two histogram values (each a clock read and
+//! a push into a shared buffer). A tally's cell is one atomic add; the
+//! reader takes what the cells hold and adds it to the exported series.
+//! Counts are exact at every scrape, and a session holds only a pointer
+//! to its tenant's cells (idle clients stay small).
 //!
-//! `pgcell_transaction_duration_seconds` is counted into its buckets here
-//! and rendered by [`render_histograms`], not by the exporter.
+//! `pgcell_transaction_duration_seconds` and `pgcell_pool_wait_seconds`
+//! are counted into their buckets here and rendered by
+//! [`render_histograms`], not by the exporter.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,14 +41,8 @@ const COUNTS: [(Count, &str); 4] = [
     (Count::Transactions, m::TRANSACTIONS),
 ];
 
-#[derive(Default)]
-struct Cell {
-    /// Counted so far; written only by the session that owns the tally.
-    value: AtomicU64,
-    /// How much of `value` the exported counter has; touched only with
-    /// the registry locked.
-    folded: AtomicU64,
-}
+/// Counted since the last fold.
+type Cell = AtomicU64;
 
 /// Upper bounds of the transaction duration buckets, in nanoseconds
 /// (the exporter's latency buckets, `metrics::LATENCY_BUCKETS`).
@@ -118,18 +113,14 @@ struct Durations {
 /// Folded observations by histogram and tenant.
 type FoldedDurations = HashMap<(usize, String), Durations>;
 
-/// What a fold reads from a cell: the difference since the last fold.
+/// What a fold takes from a cell: everything counted since the last one.
 fn take_delta(cell: &Cell) -> u64 {
-    let value = cell.value.load(Ordering::Relaxed);
-    let folded = cell.folded.load(Ordering::Relaxed);
-    cell.folded.store(value, Ordering::Relaxed);
-    value.saturating_sub(folded)
+    cell.swap(0, Ordering::Relaxed)
 }
 
 impl Cells {
     /// Adds what was counted since the last fold to the exported
-    /// counters and to `durations`. Called with the registry locked, so
-    /// folds never overlap.
+    /// counters and to `durations` (called with the registry locked).
     fn fold(&self, durations: &mut FoldedDurations) {
         for (count, name) in COUNTS {
             let delta = take_delta(&self.cells[count as usize]);
@@ -156,11 +147,10 @@ impl Cells {
     }
 }
 
-/// Every live tally, by address, and the transaction durations folded
-/// so far.
+/// Every tenant's cells, and the durations folded so far.
 #[derive(Default)]
 struct Registry {
-    live: HashMap<usize, Arc<Cells>>,
+    tenants: HashMap<String, Arc<Cells>>,
     durations: FoldedDurations,
 }
 
@@ -179,22 +169,26 @@ impl std::fmt::Debug for Tally {
     }
 }
 
-/// One session's counters for `tenant`. Every increment must come from
-/// the task that owns the session (increments from two tasks at once
-/// could lose counts: a cell is not a read-modify-write).
+/// Where a session counts: its tenant's cells.
 pub(crate) struct Tally {
     cells: Arc<Cells>,
 }
 
 impl Tally {
-    /// A tally for a session of `tenant`, read from now on by every fold.
+    /// The cells of `tenant` (made on its first session).
     pub(crate) fn new(tenant: &str) -> Tally {
-        let cells = Arc::new(Cells {
-            tenant: tenant.to_owned(),
-            cells: Default::default(),
-            durations: Default::default(),
+        let cells = with_registry(|r| {
+            r.tenants
+                .entry(tenant.to_owned())
+                .or_insert_with(|| {
+                    Arc::new(Cells {
+                        tenant: tenant.to_owned(),
+                        cells: Default::default(),
+                        durations: Default::default(),
+                    })
+                })
+                .clone()
         });
-        with_registry(|r| r.live.insert(Arc::as_ptr(&cells) as usize, cells.clone()));
         Tally { cells }
     }
 
@@ -223,29 +217,16 @@ impl Tally {
     }
 }
 
-/// Adds `n` to a cell only its session writes.
+/// Adds `n` to a cell.
 #[inline]
 fn bump(cell: &Cell, n: u64) {
-    let value = &cell.value;
-    value.store(
-        value.load(Ordering::Relaxed).wrapping_add(n),
-        Ordering::Relaxed,
-    );
+    cell.fetch_add(n, Ordering::Relaxed);
 }
 
-impl Drop for Tally {
-    fn drop(&mut self) {
-        with_registry(|r| {
-            r.live.remove(&(Arc::as_ptr(&self.cells) as usize));
-            self.cells.fold(&mut r.durations);
-        });
-    }
-}
-
-/// Folds every live tally into what pgcell exports.
+/// Folds every tenant's cells into what pgcell exports.
 pub(crate) fn fold_all() {
     with_registry(|r| {
-        for cells in r.live.values() {
+        for cells in r.tenants.values() {
             cells.fold(&mut r.durations);
         }
     });
@@ -304,7 +285,7 @@ mod tests {
     }
 
     #[test]
-    fn counts_reach_the_exported_counters_at_each_read_and_at_drop() {
+    fn counts_reach_the_exported_counters_at_each_read() {
         let tenant = "tally-test-tenant";
         let tally = Tally::new(tenant);
         tally.add(Count::Queries, 3);
@@ -313,16 +294,16 @@ mod tests {
         assert_eq!(exported(m::CLIENT_BYTES_SENT, tenant), 100.0);
         // A second read adds nothing twice.
         assert_eq!(exported(m::QUERIES, tenant), 3.0);
-        tally.add(Count::Queries, 2);
+        // Another session of the tenant counts in the same cells, and
+        // what was counted after the last read is there at the next,
+        // whether or not its session still runs.
+        let other = Tally::new(tenant);
+        other.add(Count::Queries, 2);
         tally.add(Count::Transactions, 1);
         drop(tally);
-        // What was counted after the last read is folded at drop.
+        drop(other);
         assert_eq!(exported(m::QUERIES, tenant), 5.0);
         assert_eq!(exported(m::TRANSACTIONS, tenant), 1.0);
-        assert!(!with_registry(|r| r
-            .live
-            .values()
-            .any(|c| c.tenant == tenant)));
     }
 
     #[test]
