@@ -397,6 +397,35 @@ pub async fn serve(
     }
 }
 
+/// Answers a `CancelRequest`: forwards it to the backend (or the peer
+/// replica) that holds its key, then closes.
+async fn answer_cancel<S: AsyncRead + AsyncWrite + Unpin>(
+    shared: &Shared,
+    key: crate::protocol::startup::CancelKey,
+    client: ClientInfo,
+    mut stream: S,
+    log: &mut ConnectionLog,
+) -> Result<&'static str, SessionError> {
+    let outcome = shared
+        .cancel
+        .cancel(
+            key,
+            &client,
+            shared.settings.connect_timeout,
+            shared.settings.proxy_protocol,
+        )
+        .await;
+    log.client = Some(client);
+    // Counted before the close, which tells the client it was
+    // handled: whoever reads the metrics next sees it.
+    metrics::counter!(m::CANCEL_REQUESTS, "outcome" => outcome.label()).increment(1);
+    // After the cancel, as PostgreSQL: the client learns it was
+    // handled from the close. Over TLS that is a close_notify
+    // (shutdown); bounded, the client may not be reading.
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
+    Ok("cancel_request")
+}
+
 async fn serve_inner(
     shared: &Shared,
     tcp: TcpStream,
@@ -420,25 +449,9 @@ async fn serve_inner(
             metrics::counter!(m::HANDSHAKE_ERRORS, "kind" => e.kind()).increment(1);
         })? {
         Negotiated::LoadBalancerCheck => return Ok("load_balancer_check"),
-        Negotiated::Cancel(key, client, mut stream) => {
-            let outcome = shared
-                .cancel
-                .cancel(
-                    key,
-                    &client,
-                    shared.settings.connect_timeout,
-                    shared.settings.proxy_protocol,
-                )
-                .await;
-            log.client = Some(client);
-            // Counted before the close, which tells the client it was
-            // handled: whoever reads the metrics next sees it.
-            metrics::counter!(m::CANCEL_REQUESTS, "outcome" => outcome.label()).increment(1);
-            // After the cancel, as PostgreSQL: the client learns it was
-            // handled from the close. Over TLS that is a close_notify
-            // (shutdown); bounded, the client may not be reading.
-            let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
-            return Ok("cancel_request");
+        // Boxed: its state would otherwise size every client's task.
+        Negotiated::Cancel(key, client, stream) => {
+            return Box::pin(answer_cancel(shared, key, client, stream, log)).await;
         }
         Negotiated::Startup {
             stream,

@@ -103,11 +103,13 @@ impl Session<'_> {
         // State that cannot be carried (LISTEN, temp tables, ...) must not
         // reach the next client: that backend is closed.
         let dirty = std::mem::take(&mut self.state_dirty);
+        // Boxed (both rare: a client that changed settings): their state
+        // would otherwise be part of every client's task.
         let carried = if changes.settings || self.pool.reset_every_transaction() {
-            self.carry_settings(&mut lease).await
+            Box::pin(self.carry_settings(&mut lease)).await
         } else if !self.session.is_empty() {
             // The client's replayed settings are on the backend: off they go.
-            run_own(&mut lease, engine::RESET).await.is_ok()
+            Box::pin(run_own(&mut lease, engine::RESET)).await.is_ok()
         } else {
             true
         };
