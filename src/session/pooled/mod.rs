@@ -103,13 +103,24 @@ where
     // Taken before the (possibly slow) login, so a reload during it is
     // followed afterwards.
     let seen_reload = shared.reloads();
+    // The end of the authentication exchange and the startup answer, in
+    // one write when no backend must be waited for.
+    let mut answer = BytesMut::new();
     // The exchange is bounded like a backend's authentication_timeout, so
     // clients that stall mid-exchange cannot hold connection slots.
     // Boxed: the exchange's state is only needed once, and inline it
     // would stay in every idle client's task.
     let login = match Box::pin(tokio::time::timeout(
         shared.settings.auth_timeout,
-        client_auth::authenticate(client, tenant, &user, &database, info, &shared.mock_key),
+        client_auth::authenticate(
+            client,
+            tenant,
+            &user,
+            &database,
+            info,
+            &shared.mock_key,
+            &mut answer,
+        ),
     ))
     .await
     .unwrap_or(Err(ClientAuthError::Timeout))
@@ -137,11 +148,15 @@ where
     };
     // The tenant as configured now (a reload may have run during login):
     // an older copy must never replace a newer pool.
+    // A refusal from here on comes after the login, as it did when the
+    // login's end was sent at once.
     let Some(current) = shared.routes.load().tenant(tenant.id()) else {
+        let _ = client.write_all(&answer).await;
         return Err(SessionError::TenantRemoved);
     };
     let pool = shared.pools.get(key, &current, open);
     let Some(pool_slot) = pool.admit_client() else {
+        let _ = client.write_all(&answer).await;
         return Err(SessionError::PoolFull);
     };
     // The latest verified login wins: an auth_query user's secret, and so
@@ -170,6 +185,12 @@ where
     let server_params = match pool.params(&profile) {
         Some(p) if pool.mode == PoolMode::Transaction => p,
         known => {
+            // The client learns that it is logged in before it waits.
+            client
+                .write_all(&answer)
+                .await
+                .map_err(SessionError::ClientIo)?;
+            answer.clear();
             let lease = acquire(&pool, &profile, listed).await?;
             let params = known.unwrap_or_else(|| lease.conn.params.clone());
             first_lease = Some(lease);
@@ -177,11 +198,14 @@ where
         }
     };
 
-    let cancel_key = shared
-        .cancel
-        .try_issue_idle(info.vpce_id.as_deref())
-        .map_err(SessionError::Random)?;
-    let mut out = BytesMut::new();
+    let cancel_key = match shared.cancel.try_issue_idle(info.vpce_id.as_deref()) {
+        Ok(key) => key,
+        Err(e) => {
+            let _ = client.write_all(&answer).await;
+            return Err(SessionError::Random(e));
+        }
+    };
+    let mut out = answer;
     for (name, value) in &server_params {
         let mut body = Vec::with_capacity(name.len() + value.len() + 2);
         body.extend_from_slice(name.as_bytes());
