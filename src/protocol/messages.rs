@@ -87,6 +87,18 @@ pub fn tagged(buf: &mut BytesMut, tag: u8, body: &[u8]) {
     buf.put_slice(body);
 }
 
+/// A message whose body is `parts` one after another (no body built
+/// first).
+pub fn tagged_parts(buf: &mut BytesMut, tag: u8, parts: &[&[u8]]) {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    buf.reserve(1 + 4 + len);
+    buf.put_u8(tag);
+    buf.put_u32((len + 4) as u32);
+    for part in parts {
+        buf.put_slice(part);
+    }
+}
+
 fn begin(buf: &mut BytesMut, tag: u8) -> usize {
     buf.put_u8(tag);
     let start = buf.len();

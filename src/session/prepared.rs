@@ -13,6 +13,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -44,7 +45,8 @@ fn foreign(name: &[u8]) -> Option<&'static [u8]> {
 /// it under that name.
 #[derive(Debug, Clone)]
 struct Statement {
-    global: String,
+    /// Shared, so that each `Bind` takes it without an allocation.
+    global: Arc<str>,
     parse: Bytes,
 }
 
@@ -130,22 +132,18 @@ impl ClientStatements {
                     split_cstr(&msg.body).ok_or(PreparedError::Malformed("Bind"))?;
                 let (name, tail) = split_cstr(rest).ok_or(PreparedError::Malformed("Bind"))?;
                 match self.ensure(name, backend, out) {
-                    Some(global) => {
-                        let mut body = BytesMut::with_capacity(msg.body.len() + 16);
-                        put_cstr(&mut body, portal);
-                        put_cstr(&mut body, global.as_bytes());
-                        body.put_slice(tail);
-                        messages::tagged(out, b'B', &body);
-                    }
+                    Some(global) => messages::tagged_parts(
+                        out,
+                        b'B',
+                        &[portal, b"\0", global.as_bytes(), b"\0", tail],
+                    ),
                     None => match foreign(name) {
                         // Never another client's statement on this backend.
-                        Some(missing) => {
-                            let mut body = BytesMut::with_capacity(msg.body.len() + 16);
-                            put_cstr(&mut body, portal);
-                            put_cstr(&mut body, missing);
-                            body.put_slice(tail);
-                            messages::tagged(out, b'B', &body);
-                        }
+                        Some(missing) => messages::tagged_parts(
+                            out,
+                            b'B',
+                            &[portal, b"\0", missing, b"\0", tail],
+                        ),
                         None => messages::tagged(out, b'B', &msg.body),
                     },
                 }
@@ -181,10 +179,7 @@ impl ClientStatements {
                 }
                 match self.ensure(name, backend, out) {
                     Some(global) => {
-                        let mut body = BytesMut::new();
-                        body.put_u8(b'S');
-                        put_cstr(&mut body, global.as_bytes());
-                        messages::tagged(out, msg.tag, &body);
+                        messages::tagged_parts(out, msg.tag, &[b"S", global.as_bytes(), b"\0"]);
                     }
                     None => {
                         let mut body = BytesMut::new();
@@ -248,7 +243,13 @@ impl ClientStatements {
         self.make_room(backend, global.clone(), out);
         messages::tagged(out, b'P', &parse);
         self.expect(b'1', false, Some(global.clone()), None);
-        self.statements.insert(name, Statement { global, parse });
+        self.statements.insert(
+            name,
+            Statement {
+                global: global.into(),
+                parse,
+            },
+        );
         Ok(())
     }
 
@@ -261,7 +262,7 @@ impl ClientStatements {
         name: &[u8],
         backend: &mut BackendStatements,
         out: &mut BytesMut,
-    ) -> Option<String> {
+    ) -> Option<Arc<str>> {
         if name.is_empty() {
             // Another client's unnamed statement may sit on this backend:
             // re-create the client's own first.
@@ -281,9 +282,9 @@ impl ClientStatements {
         if backend.contains(&statement.global) {
             backend.touch(&statement.global);
         } else {
-            self.make_room(backend, statement.global.clone(), out);
+            self.make_room(backend, statement.global.to_string(), out);
             messages::tagged(out, b'P', &statement.parse);
-            self.expect(b'1', true, Some(statement.global.clone()), None);
+            self.expect(b'1', true, Some(statement.global.to_string()), None);
         }
         Some(statement.global)
     }
