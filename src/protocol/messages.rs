@@ -186,6 +186,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn tagged_parts_is_tagged_of_the_parts_joined() {
+        let mut joined = BytesMut::new();
+        tagged(&mut joined, b'B', b"portal\0pgcell_7\0tail");
+        let mut parts = BytesMut::new();
+        tagged_parts(
+            &mut parts,
+            b'B',
+            &[b"portal", b"\0", b"pgcell_7", b"\0", b"tail"],
+        );
+        assert_eq!(parts, joined);
+        let mut empty = BytesMut::new();
+        tagged_parts(&mut empty, b'Z', &[]);
+        assert_eq!(&empty[..], b"Z\0\0\0\x04");
+    }
+
+    #[test]
     fn error_fields() {
         let body = b"SFATAL\0VFATAL\0C28P01\0Mpassword authentication failed\0\0";
         assert_eq!(error_code(body), SqlState::INVALID_PASSWORD);

@@ -207,12 +207,11 @@ where
     };
     let mut out = answer;
     for (name, value) in &server_params {
-        let mut body = Vec::with_capacity(name.len() + value.len() + 2);
-        body.extend_from_slice(name.as_bytes());
-        body.push(0);
-        body.extend_from_slice(value.as_bytes());
-        body.push(0);
-        messages::tagged(&mut out, b'S', &body);
+        messages::tagged_parts(
+            &mut out,
+            b'S',
+            &[name.as_bytes(), b"\0", value.as_bytes(), b"\0"],
+        );
     }
     messages::backend_key_data(&mut out, cancel_key.key());
     messages::tagged(&mut out, b'Z', b"I");
