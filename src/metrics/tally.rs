@@ -178,16 +178,17 @@ impl Tally {
     /// The cells of `tenant` (made on its first session).
     pub(crate) fn new(tenant: &str) -> Tally {
         let cells = with_registry(|r| {
-            r.tenants
-                .entry(tenant.to_owned())
-                .or_insert_with(|| {
-                    Arc::new(Cells {
-                        tenant: tenant.to_owned(),
-                        cells: Default::default(),
-                        durations: Default::default(),
-                    })
-                })
-                .clone()
+            // Looked up first: a login of a known tenant allocates nothing.
+            if let Some(cells) = r.tenants.get(tenant) {
+                return cells.clone();
+            }
+            let cells = Arc::new(Cells {
+                tenant: tenant.to_owned(),
+                cells: Default::default(),
+                durations: Default::default(),
+            });
+            r.tenants.insert(tenant.to_owned(), cells.clone());
+            cells
         });
         Tally { cells }
     }

@@ -151,13 +151,11 @@ where
     // A refusal from here on comes after the login, as it did when the
     // login's end was sent at once.
     let Some(current) = shared.routes.load().tenant(tenant.id()) else {
-        let _ = client.write_all(&answer).await;
-        return Err(SessionError::TenantRemoved);
+        return Err(refuse_after_login(client, &answer, SessionError::TenantRemoved).await);
     };
     let pool = shared.pools.get(key, &current, open);
     let Some(pool_slot) = pool.admit_client() else {
-        let _ = client.write_all(&answer).await;
-        return Err(SessionError::PoolFull);
+        return Err(refuse_after_login(client, &answer, SessionError::PoolFull).await);
     };
     // The latest verified login wins: an auth_query user's secret, and so
     // the ClientKey, changes with its password.
@@ -200,10 +198,7 @@ where
 
     let cancel_key = match shared.cancel.try_issue_idle(info.vpce_id.as_deref()) {
         Ok(key) => key,
-        Err(e) => {
-            let _ = client.write_all(&answer).await;
-            return Err(SessionError::Random(e));
-        }
+        Err(e) => return Err(refuse_after_login(client, &answer, SessionError::Random(e)).await),
     };
     let mut out = answer;
     for (name, value) in &server_params {
@@ -253,6 +248,17 @@ where
         }
     }
     Ok(session)
+}
+
+/// Sends the login's end still held in `answer` (the client is logged in)
+/// and returns `error`, which the caller reports after it.
+async fn refuse_after_login<C: AsyncWrite + Unpin>(
+    client: &mut C,
+    answer: &[u8],
+    error: SessionError,
+) -> SessionError {
+    let _ = client.write_all(answer).await;
+    error
 }
 
 async fn acquire(
