@@ -17,6 +17,7 @@
 //! | [`backend`] | connecting to a tenant's backend |
 //! | [`auth`] | authentication primitives: SCRAM, MD5, secrets, randomness |
 //! | `auth_query` | a user's SCRAM secret from the tenant's backend, cached |
+//! | [`sql`] | SQL text read once: the lexer, statement splitting, what a statement may do to a session |
 //! | [`session`] | one connection end to end. Names: *client auth* (`session::client_auth`) is pgcell checking a client's password; *auth relay* (`session::auth_relay`) is the backend checking it through pgcell (passthrough); *backend login* (`backend::server`) is pgcell logging in to a backend for a pool |
 //! | `clients` | the clients connected now, and what each is doing |
 //! | `pool` | backend pools per (tenant, database, user); pause and resume |
@@ -64,6 +65,7 @@ pub mod register;
 pub(crate) mod route;
 pub mod server;
 pub mod session;
+pub mod sql;
 pub(crate) mod state;
 pub(crate) mod stream;
 pub(crate) mod tenant;

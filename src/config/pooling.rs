@@ -61,6 +61,12 @@ pub struct PoolConfig {
     /// transaction, not only after those that may have changed settings
     /// (for functions that change settings out of pgcell's sight).
     pub reset_every_transaction: bool,
+    /// Transaction mode: check at every checkin, in the settings read-back's
+    /// round trip, whether the backend holds state no message showed
+    /// (temporary objects, WITH HOLD cursors, SQL prepared statements,
+    /// LISTEN, session advisory locks: made by a function called from a
+    /// plain SELECT), and close it if so.
+    pub check_session_state: bool,
     /// Transaction mode: protocol-level prepared statements each backend
     /// keeps (least recently used closed first).
     pub max_prepared_statements: usize,
@@ -149,6 +155,7 @@ pub(super) struct RawPool {
     reset_query: Option<String>,
     pin_session_state: Option<bool>,
     reset_every_transaction: Option<bool>,
+    check_session_state: Option<bool>,
     max_prepared_statements: Option<usize>,
 }
 
@@ -223,6 +230,7 @@ pub(super) fn pool_from_raw(raw: RawPool, at: &str, p: &mut Problems) -> PoolCon
         reset_query,
         pin_session_state: raw.pin_session_state.unwrap_or(false),
         reset_every_transaction: raw.reset_every_transaction.unwrap_or(false),
+        check_session_state: raw.check_session_state.unwrap_or(false),
         max_prepared_statements,
     }
 }

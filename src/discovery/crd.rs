@@ -188,6 +188,10 @@ pub struct PoolSpec {
     /// functions that change settings pgcell cannot see.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reset_every_transaction: Option<bool>,
+    /// Transaction mode: check every backend for session state no message
+    /// showed before returning it (closed if it holds any).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check_session_state: Option<bool>,
     /// Transaction mode: protocol-level prepared statements each backend
     /// keeps (default 1000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -360,6 +364,7 @@ pub fn tenant_config(object: &PgcellTenant, lookup: &dyn Lookup) -> Result<Tenan
             "reset_query": pool.reset_query,
             "pin_session_state": pool.pin_session_state,
             "reset_every_transaction": pool.reset_every_transaction,
+            "check_session_state": pool.check_session_state,
             "max_prepared_statements": pool.max_prepared_statements,
         },
         "users": users,

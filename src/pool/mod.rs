@@ -704,6 +704,12 @@ impl Pool {
         self.settings.reset_every_transaction
     }
 
+    /// Whether every transaction-mode checkin checks the backend for
+    /// session state no message showed.
+    pub fn check_session_state(&self) -> bool {
+        self.settings.check_session_state
+    }
+
     /// The query run when a session-mode client leaves.
     pub fn reset_query(&self) -> Option<&str> {
         self.settings.reset_query.as_deref()

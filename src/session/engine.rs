@@ -287,115 +287,6 @@ impl Position {
     }
 }
 
-/// Whether a statement may change the session's settings: one of its
-/// statements (the text is split at every `;`, an over-approximation) is
-/// `SET` (but not `SET LOCAL`, `SET TRANSACTION`, `SET CONSTRAINTS`),
-/// `RESET`, `DISCARD`, a `DO` block or `CALL` (their bodies may `SET`), or
-/// `LOAD` (a module that reserves a prefix removes custom settings in it);
-/// or the text mentions `set_config`. Run on every statement: no
-/// allocation, one pass in the common case.
-pub fn may_change_settings(sql: &[u8]) -> bool {
-    if mentions(sql, b"set_config") {
-        return true;
-    }
-    sql.split(|&b| b == b';').any(statement_may_change_settings)
-}
-
-fn statement_may_change_settings(sql: &[u8]) -> bool {
-    let mut words = Words::new(sql);
-    match words.next() {
-        Some(w) if w.eq_ignore_ascii_case(b"set") => !matches!(
-            words.next(),
-            Some(w) if w.eq_ignore_ascii_case(b"local")
-                || w.eq_ignore_ascii_case(b"transaction")
-                || w.eq_ignore_ascii_case(b"constraints")
-        ),
-        Some(w) => ["reset", "discard", "do", "call", "load"]
-            .iter()
-            .any(|k| w.eq_ignore_ascii_case(k.as_bytes())),
-        None => false,
-    }
-}
-
-/// Whether `sql` contains `needle` in any case. `needle` is lower case
-/// and has an `_`: the scan looks for underscores, which few statements
-/// have, and compares around each one (a statement runs through this on
-/// every message, so it must not cost a comparison per byte).
-pub(crate) fn mentions(sql: &[u8], needle: &[u8]) -> bool {
-    let Some(at) = needle.iter().position(|&b| b == b'_') else {
-        return sql
-            .windows(needle.len())
-            .any(|w| w.eq_ignore_ascii_case(needle));
-    };
-    let mut from = at;
-    while let Some(found) = sql
-        .get(from..)
-        .and_then(|s| s.iter().position(|&b| b == b'_'))
-    {
-        let underscore = from + found;
-        // `underscore >= at`: the search starts at `at`.
-        let start = underscore - at;
-        if sql
-            .get(start..start + needle.len())
-            .is_some_and(|w| w.eq_ignore_ascii_case(needle))
-        {
-            return true;
-        }
-        from = underscore + 1;
-    }
-    false
-}
-
-/// The first words of a statement, past comments.
-struct Words<'a> {
-    rest: &'a [u8],
-}
-
-impl<'a> Words<'a> {
-    fn new(sql: &'a [u8]) -> Words<'a> {
-        Words { rest: sql }
-    }
-}
-
-impl<'a> Iterator for Words<'a> {
-    type Item = &'a [u8];
-
-    fn next(&mut self) -> Option<&'a [u8]> {
-        loop {
-            let start = self
-                .rest
-                .iter()
-                .position(|b| !b.is_ascii_whitespace() && *b != b'(' && *b != b';')?;
-            self.rest = &self.rest[start..];
-            if let Some(after) = self.rest.strip_prefix(b"--") {
-                let end = after
-                    .iter()
-                    .position(|&b| b == b'\n')
-                    .unwrap_or(after.len());
-                self.rest = &after[end..];
-            } else if let Some(after) = self.rest.strip_prefix(b"/*") {
-                let end = after
-                    .windows(2)
-                    .position(|w| w == b"*/")
-                    .map_or(after.len(), |p| p + 2);
-                self.rest = &after[end..];
-            } else {
-                let end = self
-                    .rest
-                    .iter()
-                    .position(|b| !(b.is_ascii_alphanumeric() || *b == b'_'))
-                    .unwrap_or(self.rest.len());
-                if end == 0 {
-                    return None;
-                }
-                let (word, rest) = self.rest.split_at(end);
-                self.rest = rest;
-                return Some(word);
-            }
-        }
-    }
-}
-
 /// What a transaction did to the session, followed while a backend is
 /// checked out.
 #[derive(Debug, Default, Clone, Copy)]
@@ -403,7 +294,34 @@ pub struct SessionChanges {
     /// A statement or a `ParameterStatus` says settings may have changed:
     /// read them back and reset the backend before returning it.
     pub settings: bool,
+    /// A statement pgcell could not judge ran: check the backend for
+    /// state that cannot be carried ([`STATE_CHECK`]) before returning it.
+    pub check_state: bool,
 }
+
+impl SessionChanges {
+    /// Notes what a statement executed on the backend may have done.
+    pub fn executed(&mut self, verdict: crate::sql::Verdict) {
+        self.settings |= verdict.settings || verdict.unknown;
+        self.check_state |= verdict.unknown;
+    }
+}
+
+/// Lists the session state a backend holds that a reset does not remove
+/// and no client may inherit: one row (`pgcell:state`, kind) per kind.
+/// Run, when asked for, in the same round trip as the settings read-back.
+pub const STATE_CHECK: &str = "SELECT 'pgcell:state', s.k FROM (VALUES \
+('temp_table', EXISTS (SELECT FROM pg_catalog.pg_class WHERE relnamespace = pg_catalog.pg_my_temp_schema()) \
+OR EXISTS (SELECT FROM pg_catalog.pg_proc WHERE pronamespace = pg_catalog.pg_my_temp_schema()) \
+OR EXISTS (SELECT FROM pg_catalog.pg_type WHERE typnamespace = pg_catalog.pg_my_temp_schema())), \
+('cursor_with_hold', EXISTS (SELECT FROM pg_catalog.pg_cursors)), \
+('prepare', EXISTS (SELECT FROM pg_catalog.pg_prepared_statements WHERE from_sql)), \
+('listen', EXISTS (SELECT FROM pg_catalog.pg_listening_channels())), \
+('advisory_lock', EXISTS (SELECT FROM pg_catalog.pg_locks WHERE locktype = 'advisory' \
+AND pid = pg_catalog.pg_backend_pid()))) AS s(k, held) WHERE s.held";
+
+/// The row name [`STATE_CHECK`] reports held state under.
+const STATE_ROW: &str = "pgcell:state";
 
 /// Read back what a client changed, then reset the backend to its login
 /// state, in one round trip. Rows: (`name`, `value`): the session
@@ -440,24 +358,9 @@ pub struct CustomSettings {
 
 impl CustomSettings {
     /// Notes the dotted setting names a statement sets (run only on
-    /// statements [`may_change_settings`] flags).
-    pub fn note(&mut self, sql: &[u8]) {
-        for statement in sql.split(|&b| b == b';') {
-            if let Some(name) = set_statement_name(statement) {
-                self.add(name);
-            }
-        }
-        const NEEDLE: &[u8] = b"set_config";
-        let mut rest = sql;
-        while let Some(at) = rest
-            .windows(NEEDLE.len())
-            .position(|w| w.eq_ignore_ascii_case(NEEDLE))
-        {
-            rest = &rest[at + NEEDLE.len()..];
-            if let Some(name) = set_config_name(rest) {
-                self.add(name);
-            }
-        }
+    /// statements judged to change settings).
+    pub fn note(&mut self, sql: &[u8], dialect: crate::sql::Dialect) {
+        crate::sql::verdict::custom_setting_names(sql, dialect, |name| self.add(name));
     }
 
     fn add(&mut self, name: String) {
@@ -498,101 +401,36 @@ WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_settings s WHERE lower(s.name) = low
     }
 }
 
-/// The setting a `SET [SESSION] name …` statement sets, as PostgreSQL
-/// names it (unquoted parts folded to lower case).
-fn set_statement_name(statement: &[u8]) -> Option<String> {
-    let mut words = Words::new(statement);
-    let first = words.next()?;
-    if !first.eq_ignore_ascii_case(b"set") {
-        return None;
-    }
-    let mut rest = words.rest;
-    let mut name = identifier_path(rest)?;
-    if name.eq_ignore_ascii_case("session") {
-        // `SET SESSION name`: the name follows.
-        words.next();
-        rest = words.rest;
-        name = identifier_path(rest)?;
-    }
-    Some(name)
-}
-
-/// A (possibly dotted, possibly quoted) identifier at the start of `sql`,
-/// after white space.
-fn identifier_path(sql: &[u8]) -> Option<String> {
-    let mut rest = sql.trim_ascii_start();
-    let mut name = String::new();
-    loop {
-        if let Some(quoted) = rest.strip_prefix(b"\"") {
-            let mut i = 0;
-            loop {
-                match quoted.get(i)? {
-                    b'"' if quoted.get(i + 1) == Some(&b'"') => {
-                        name.push('"');
-                        i += 2;
-                    }
-                    b'"' => break,
-                    &b => {
-                        name.push(char::from(b));
-                        i += 1;
-                    }
-                }
-            }
-            rest = &quoted[i + 1..];
-        } else {
-            let end = rest
-                .iter()
-                .position(|b| !(b.is_ascii_alphanumeric() || *b == b'_' || *b == b'$'))
-                .unwrap_or(rest.len());
-            if end == 0 {
-                return None;
-            }
-            name.push_str(&String::from_utf8_lossy(&rest[..end]).to_ascii_lowercase());
-            rest = &rest[end..];
-        }
-        match rest.strip_prefix(b".") {
-            Some(after) => {
-                name.push('.');
-                rest = after;
-            }
-            None => return Some(name),
-        }
-    }
-}
-
-/// The name in `set_config('name', …` when it is a plain literal (text
-/// just after the word `set_config`).
-fn set_config_name(after: &[u8]) -> Option<String> {
-    let rest = after.trim_ascii_start().strip_prefix(b"(")?;
-    let rest = rest.trim_ascii_start();
-    let rest = rest
-        .strip_prefix(b"E'")
-        .or_else(|| rest.strip_prefix(b"e'"))
-        .or_else(|| rest.strip_prefix(b"'"))?;
-    let end = rest.iter().position(|&b| b == b'\'' || b == b'\\')?;
-    if rest[end] != b'\'' || rest.get(end + 1) == Some(&b'\'') {
-        // Escapes: not a name pgcell follows.
-        return None;
-    }
-    std::str::from_utf8(&rest[..end]).ok().map(str::to_owned)
-}
-
 /// Resets a backend to its login state (after a client whose session was
 /// replayed on it changed nothing more).
 pub const RESET: &str = "SET SESSION AUTHORIZATION DEFAULT; RESET ROLE; RESET ALL";
 
-/// Turns the rows of [`CAPTURE_AND_RESET`] into a client session; `user`
-/// is the user the backend logged in as.
-pub fn captured(rows: Vec<(String, String)>, user: &str) -> ClientSession {
+/// Turns the rows of [`CAPTURE_AND_RESET`] (and of [`STATE_CHECK`], when
+/// it ran with it) into a client session and the kinds of session state
+/// the backend holds; `user` is the user the backend logged in as.
+pub fn captured(rows: Vec<(String, String)>, user: &str) -> (ClientSession, Vec<String>) {
+    let mut held = Vec::new();
     let settings = rows
         .into_iter()
         .filter(|(name, value)| match name.as_str() {
+            STATE_ROW => {
+                held.push(value.clone());
+                false
+            }
             "session_authorization" => value != user,
             "role" => value != "none",
             _ => true,
         })
         .collect();
-    ClientSession { settings }
+    (ClientSession { settings }, held)
+}
+
+/// The kinds of session state in rows of [`STATE_CHECK`].
+pub fn held_state(rows: &[(String, String)]) -> Vec<String> {
+    rows.iter()
+        .filter(|(name, _)| name == STATE_ROW)
+        .map(|(_, kind)| kind.clone())
+        .collect()
 }
 
 /// The session a client must see on every backend it gets, beyond its
@@ -612,13 +450,31 @@ impl ClientSession {
     }
 
     /// The statement that gives a freshly reset backend this session, or
-    /// `None` when there is nothing to apply.
+    /// `None` when there is nothing to apply. Settings come first, while
+    /// the backend still has its login user's privileges (a superuser's
+    /// `session_replication_role`, say), then the session authorization
+    /// and the role, which may drop them; [`Self::restore_query_role_first`]
+    /// is the other order, for settings that need the role's privileges.
     pub fn restore_query(&self) -> Option<String> {
+        self.restore(false)
+    }
+
+    /// [`Self::restore_query`] with the session authorization and the role
+    /// first: tried when that one fails.
+    pub fn restore_query_role_first(&self) -> Option<String> {
+        self.restore(true)
+    }
+
+    fn restore(&self, identity_first: bool) -> Option<String> {
         if self.settings.is_empty() {
             return None;
         }
-        let calls: Vec<String> = self
-            .settings
+        let identity = |name: &str| name == "session_authorization" || name == "role";
+        let mut ordered: Vec<&(String, String)> = self.settings.iter().collect();
+        // Stable: within each group the read-back order stays (the session
+        // authorization before the role).
+        ordered.sort_by_key(|(name, _)| identity(name) != identity_first);
+        let calls: Vec<String> = ordered
             .iter()
             .map(|(name, value)| {
                 format!(
@@ -672,30 +528,6 @@ mod tests {
         for &t in sent {
             p.sent(t);
         }
-    }
-
-    #[test]
-    fn mentions_finds_a_needle_in_any_case_and_position() {
-        for (sql, found) in [
-            ("select set_config('a', 'b', false)", true),
-            ("SELECT SET_CONFIG('a', 'b', false)", true),
-            ("set_config", true),
-            ("xset_config", true),
-            ("select set_confi", false),
-            ("select _set_config", true),
-            ("select set__config", false),
-            ("select pgbench_accounts", false),
-            ("_", false),
-            ("", false),
-            ("__________", false),
-        ] {
-            assert_eq!(mentions(sql.as_bytes(), b"set_config"), found, "{sql}");
-        }
-        assert!(mentions(b"a_b_advisory_lock", b"advisory_lock"));
-        assert!(!mentions(b"advisory lock", b"advisory_lock"));
-        // Without an underscore, a plain scan.
-        assert!(mentions(b"xxABCxx", b"abc"));
-        assert!(!mentions(b"xxABxCx", b"abc"));
     }
 
     #[test]
@@ -813,41 +645,31 @@ mod tests {
     }
 
     #[test]
-    fn settings_statements() {
-        for (sql, changes) in [
-            ("SET search_path = a", true),
-            ("  /* x */ -- y\n set role r", true),
-            ("SET LOCAL work_mem = '1MB'", false),
-            ("set transaction isolation level serializable", false),
-            ("SET CONSTRAINTS ALL DEFERRED", false),
-            ("RESET ALL", true),
-            ("discard all", true),
-            ("select pg_catalog.set_config('a.b', 'c', false)", true),
-            ("SELECT 1", false),
-            ("UPDATE t SET a = 1", false),
-            ("BEGIN; SET ROLE r; COMMIT", true),
-            ("begin;set local work_mem = 1", false),
-            ("DO $$ BEGIN PERFORM 1; END $$", true),
-            ("call p()", true),
-            ("LOAD 'plpgsql'", true),
-            ("SELECT 'a;b'", false),
-            ("(SELECT 1)", false),
-            ("", false),
-        ] {
-            assert_eq!(may_change_settings(sql.as_bytes()), changes, "{sql}");
-        }
-    }
-
-    #[test]
     fn custom_setting_names_from_statements() {
         let mut c = CustomSettings::default();
-        c.note(b"SET myapp.tenant = 'a'; set Session App.\"User Id\" TO 1");
-        c.note(b"SELECT pg_catalog.set_config( 'x.y', $1, false), set_config('plain', 'v', false)");
-        c.note(b"SET search_path = a; SET LOCAL l.m = 1; SET MYAPP.TENANT = 'b'");
-        c.note(b"select set_config(E'e.f', '1', false), set_config('g''h.i', '1', false)");
-        assert_eq!(c.names(), ["myapp.tenant", "app.User Id", "x.y", "e.f"]);
+        let d = crate::sql::Dialect::default();
+        c.note(
+            b"SET myapp.tenant = 'a'; set Session App.\"User Id\" TO 1",
+            d,
+        );
+        c.note(
+            b"SELECT pg_catalog.set_config( 'x.y', $1, false), set_config('plain', 'v', false)",
+            d,
+        );
+        c.note(
+            b"SET search_path = a; SET LOCAL l.m = 1; SET MYAPP.TENANT = 'b'",
+            d,
+        );
+        c.note(
+            b"select set_config(E'e.f', '1', false), set_config('g''h.i', '1', false)",
+            d,
+        );
+        assert_eq!(
+            c.names(),
+            ["myapp.tenant", "app.User Id", "x.y", "e.f", "g'h.i"]
+        );
         for i in 0..2 * MAX_CUSTOM_SETTINGS {
-            c.note(format!("SET n{i}.x = 1").as_bytes());
+            c.note(format!("SET n{i}.x = 1").as_bytes(), d);
         }
         assert_eq!(c.names().len(), MAX_CUSTOM_SETTINGS);
     }
@@ -857,7 +679,7 @@ mod tests {
         assert!(CAPTURE_AND_RESET[CAPTURE_END..].starts_with("; SET SESSION"));
         let mut c = CustomSettings::default();
         assert_eq!(c.capture_and_reset(), CAPTURE_AND_RESET);
-        c.note(b"SET a.b = 1");
+        c.note(b"SET a.b = 1", crate::sql::Dialect::default());
         let q = c.capture_and_reset();
         assert!(q.contains("(VALUES (E'a.b'))"), "{q}");
         assert!(q.ends_with(RESET), "{q}");
@@ -881,5 +703,42 @@ mod tests {
             Some("SELECT pg_catalog.set_config(E'search_path', E'a, ''b''', false)")
         );
         assert_eq!(ClientSession::default().restore_query(), None);
+    }
+
+    #[test]
+    fn replay_sets_settings_before_the_identity_that_may_drop_privileges() {
+        let (s, held) = captured(
+            vec![
+                ("session_authorization".into(), "other".into()),
+                ("role".into(), "r1".into()),
+                ("session_replication_role".into(), "replica".into()),
+                ("work_mem".into(), "5MB".into()),
+                ("pgcell:state".into(), "listen".into()),
+            ],
+            "app",
+        );
+        assert_eq!(held, ["listen"]);
+        let q = s.restore_query().unwrap();
+        let at = |needle: &str| q.find(needle).unwrap();
+        assert!(
+            at("session_replication_role") < at("'session_authorization'"),
+            "{q}"
+        );
+        assert!(at("work_mem") < at("'role'"), "{q}");
+        assert!(at("'session_authorization'") < at("'role'"), "{q}");
+        let q = s.restore_query_role_first().unwrap();
+        assert!(
+            q.find("'role'").unwrap() < q.find("work_mem").unwrap(),
+            "{q}"
+        );
+        // The login user and no role are not replayed.
+        let (s, _) = captured(
+            vec![
+                ("session_authorization".into(), "app".into()),
+                ("role".into(), "none".into()),
+            ],
+            "app",
+        );
+        assert!(s.is_empty());
     }
 }

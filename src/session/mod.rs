@@ -5,7 +5,6 @@
 
 pub(crate) mod auth_relay;
 pub(crate) mod buffers;
-pub(crate) mod classify;
 pub(crate) mod client_auth;
 pub(crate) mod console;
 pub mod engine;

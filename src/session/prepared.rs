@@ -20,6 +20,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 use crate::backend::statements::BackendStatements;
 use crate::protocol::framing::Message;
 use crate::protocol::messages;
+use crate::sql::lexer::{identifier, Dialect, Item, Splitter, Token};
+use crate::sql::Verdict;
 
 /// Statements one client may hold.
 pub const MAX_PREPARED_PER_CLIENT: usize = 10_000;
@@ -48,6 +50,11 @@ struct Statement {
     /// Shared, so that each `Bind` takes it without an allocation.
     global: Arc<str>,
     parse: Bytes,
+    /// What executing it may do to the session, judged once from its
+    /// text when it was parsed.
+    verdict: Verdict,
+    /// When it was parsed (this client's [`ClientStatements::clock`]).
+    created: u64,
 }
 
 /// A response pgcell expects for a message it sent.
@@ -91,9 +98,14 @@ pub struct ClientStatements {
     /// The client's last unnamed `Parse`: drivers (asyncpg without a
     /// statement cache) parse in one transaction-mode round trip and bind
     /// in the next, which may run on another backend.
-    last_unnamed: Option<Bytes>,
+    last_unnamed: Option<(Bytes, Verdict)>,
     /// Whether `last_unnamed` was sent to the current backend.
     unnamed_here: bool,
+    /// Counts this client's named `Parse`s.
+    clock: u64,
+    /// The clock when each `DEALLOCATE ALL` / `DISCARD ALL` not yet
+    /// answered was sent.
+    drops_sent: VecDeque<u64>,
 }
 
 impl From<PreparedError> for super::SessionError {
@@ -118,19 +130,30 @@ pub enum PreparedError {
 
 impl ClientStatements {
     /// Appends `msg` to `out` for `backend`, rewriting statement names and
-    /// injecting what the backend lacks.
+    /// injecting what the backend lacks. `judged` is the verdict of the
+    /// message's own SQL text (a `Query`'s or a `Parse`'s); the return is
+    /// what the message executes: a `Query`'s text, or for a `Bind` the
+    /// verdict stored with the statement it binds (judged when that was
+    /// parsed, in whatever earlier transaction).
     pub fn forward(
         &mut self,
         msg: &Message,
+        judged: Verdict,
         backend: &mut BackendStatements,
         out: &mut BytesMut,
-    ) -> Result<(), PreparedError> {
+    ) -> Result<Verdict, PreparedError> {
+        let mut executes = Verdict::default();
         match msg.tag {
-            b'P' => self.parse(msg, backend, out)?,
+            b'P' => self.parse(msg, judged, backend, out)?,
             b'B' => {
                 let (portal, rest) =
                     split_cstr(&msg.body).ok_or(PreparedError::Malformed("Bind"))?;
                 let (name, tail) = split_cstr(rest).ok_or(PreparedError::Malformed("Bind"))?;
+                executes = self.verdict_of(name);
+                if executes.drops_statements {
+                    backend.drop_sent();
+                    self.drops_sent.push_back(self.clock);
+                }
                 match self.ensure(name, backend, out) {
                     Some(global) => messages::tagged_parts(
                         out,
@@ -167,7 +190,7 @@ impl ClientStatements {
                         // have its entry, or a later reply would be matched
                         // to the wrong one (found by the fuzz target).
                         self.expect(b'3', false, None, None);
-                        return Ok(());
+                        return Ok(executes);
                     };
                     backend.remove(&statement.global);
                     let mut body = BytesMut::new();
@@ -175,7 +198,7 @@ impl ClientStatements {
                     put_cstr(&mut body, statement.global.as_bytes());
                     messages::tagged(out, b'C', &body);
                     self.expect(b'3', false, None, None);
-                    return Ok(());
+                    return Ok(executes);
                 }
                 match self.ensure(name, backend, out) {
                     Some(global) => {
@@ -198,24 +221,41 @@ impl ClientStatements {
             }
             b'S' | b'Q' | b'F' => {
                 if msg.tag == b'Q' {
-                    if may_drop_all(&msg.body) {
+                    if judged.drops_statements {
                         backend.drop_sent();
+                        self.drops_sent.push_back(self.clock);
                     }
                     // A simple Query replaces the unnamed statement: a
                     // later Bind of it fails, as on a direct connection.
                     self.last_unnamed = None;
+                    executes = judged;
                 }
                 messages::tagged(out, msg.tag, &msg.body);
                 self.segments_sent += 1;
             }
             _ => messages::tagged(out, msg.tag, &msg.body),
         }
-        Ok(())
+        Ok(executes)
+    }
+
+    /// The verdict stored with client statement `name` (empty: the
+    /// unnamed one); nothing for a name the client never prepared (the
+    /// backend refuses the `Bind`).
+    fn verdict_of(&self, name: &[u8]) -> Verdict {
+        if name.is_empty() {
+            return self.last_unnamed.as_ref().map(|u| u.1).unwrap_or_default();
+        }
+        std::str::from_utf8(name)
+            .ok()
+            .and_then(|n| self.statements.get(n))
+            .map(|s| s.verdict)
+            .unwrap_or_default()
     }
 
     fn parse(
         &mut self,
         msg: &Message,
+        judged: Verdict,
         backend: &mut BackendStatements,
         out: &mut BytesMut,
     ) -> Result<(), PreparedError> {
@@ -223,7 +263,7 @@ impl ClientStatements {
         if name.is_empty() {
             messages::tagged(out, b'P', &msg.body);
             self.expect(b'1', false, None, None);
-            self.last_unnamed = Some(msg.body.clone());
+            self.last_unnamed = Some((msg.body.clone(), judged));
             self.unnamed_here = true;
             return Ok(());
         }
@@ -240,6 +280,7 @@ impl ClientStatements {
         put_cstr(&mut body, global.as_bytes());
         body.put_slice(rest);
         let parse = body.freeze();
+        self.clock += 1;
         self.make_room(backend, global.clone(), out);
         messages::tagged(out, b'P', &parse);
         self.expect(b'1', false, Some(global.clone()), None);
@@ -248,6 +289,8 @@ impl ClientStatements {
             Statement {
                 global: global.into(),
                 parse,
+                verdict: judged,
+                created: self.clock,
             },
         );
         Ok(())
@@ -267,7 +310,7 @@ impl ClientStatements {
             // Another client's unnamed statement may sit on this backend:
             // re-create the client's own first.
             if !self.unnamed_here {
-                if let Some(parse) = self.last_unnamed.clone() {
+                if let Some((parse, _)) = self.last_unnamed.clone() {
                     messages::tagged(out, b'P', &parse);
                     self.expect(b'1', true, None, None);
                     self.unnamed_here = true;
@@ -363,59 +406,90 @@ impl ClientStatements {
     /// clients' statements off a shared backend: `DEALLOCATE ALL` and
     /// `DISCARD ALL` forget this client's statements, `DEALLOCATE name`
     /// forgets one of them. Returns the command tag to reply with, or
-    /// `None` when the query is something else (forward it).
-    /// `DISCARD ALL` inside a transaction block is left to the backend,
-    /// which refuses it.
-    pub fn answer_locally(&mut self, query: &[u8], in_transaction: bool) -> Option<&'static str> {
+    /// `None` when the query is something else (forward it). `status` is
+    /// the transaction status: in a failed transaction (`E`) nothing is
+    /// answered here (the backend refuses the statement, `25P02`, and
+    /// nothing is forgotten); `DISCARD ALL` inside a transaction block is
+    /// left to the backend, which refuses it.
+    pub fn answer_locally(
+        &mut self,
+        query: &[u8],
+        status: u8,
+        dialect: Dialect,
+    ) -> Option<&'static str> {
         // Every simple query passes here: decide on the first word, in
-        // place, before copying or allocating anything.
+        // place, before reading further.
         let start = query.iter().position(|b| !b.is_ascii_whitespace())?;
         let first = &query[start..];
         if !(starts_with_ignore_case(first, b"deallocate")
             || starts_with_ignore_case(first, b"discard"))
+            || status == b'E'
+            || dialect.unsafe_encoding
         {
             return None;
         }
-        let text = String::from_utf8_lossy(query.strip_suffix(&[0]).unwrap_or(query)).into_owned();
-        let text = text.trim().trim_end_matches(';').trim();
-        if text.contains(';') {
-            return None;
+        let in_transaction = status != b'I';
+        let mut tokens = Vec::new();
+        for item in Splitter::new(query, dialect) {
+            match item {
+                Item::End(_) => tokens.push(None),
+                Item::Token(t) => tokens.push(Some(t)),
+            }
+            if tokens.len() > 5 {
+                return None;
+            }
         }
-        let words: Vec<&str> = text.split_ascii_whitespace().collect();
-        let lower: Vec<String> = words.iter().map(|w| w.to_ascii_lowercase()).collect();
-        let lower: Vec<&str> = lower.iter().map(String::as_str).collect();
-        match lower.as_slice() {
+        // One statement, ended by the end of the text or a `;`.
+        let tokens: Vec<Token<'_>> = match tokens.split_last() {
+            Some((None, rest)) if rest.iter().all(Option::is_some) => {
+                rest.iter().flatten().copied().collect()
+            }
+            _ => return None,
+        };
+        let word = |i: usize, k: &str| matches!(tokens.get(i), Some(Token::Word(w)) if w.eq_ignore_ascii_case(k.as_bytes()));
+        if word(0, "discard") && word(1, "all") && tokens.len() == 2 {
             // Runs on the backend (its ParameterStatus messages and its
             // reset are what the client must see); the client's statements
             // go with it. Inside a transaction block the backend refuses
             // it and nothing is forgotten.
-            ["discard", "all"] => {
-                if !in_transaction {
-                    self.statements.clear();
-                }
-                None
+            if !in_transaction {
+                self.dropped_all();
             }
+            return None;
+        }
+        if !word(0, "deallocate") {
+            return None;
+        }
+        let at = if word(1, "prepare") { 2 } else { 1 };
+        if tokens.len() != at + 1 {
+            return None;
+        }
+        if word(at, "all") {
+            self.dropped_all();
             // Inside a transaction block the backend may hold SQL-level
             // statements of this client: it runs there too (the statements
             // pgcell made there are dropped with them and made again when
             // needed).
-            ["deallocate", "all"] | ["deallocate", "prepare", "all"] if in_transaction => {
-                self.statements.clear();
-                None
-            }
-            ["deallocate", "all"] | ["deallocate", "prepare", "all"] => {
-                self.statements.clear();
-                Some("DEALLOCATE ALL")
-            }
-            ["deallocate", _] | ["deallocate", "prepare", _] => {
-                let raw = words.last()?;
-                let name = match raw.strip_prefix('"').and_then(|n| n.strip_suffix('"')) {
-                    Some(quoted) => quoted.replace("\"\"", "\""),
-                    None => raw.to_ascii_lowercase(),
-                };
-                self.statements.remove(&name).map(|_| "DEALLOCATE")
-            }
-            _ => None,
+            return (!in_transaction).then_some("DEALLOCATE ALL");
+        }
+        let name = identifier(tokens[at])?;
+        self.statements.remove(&name).map(|_| "DEALLOCATE")
+    }
+
+    /// A `DEALLOCATE ALL` or `DISCARD ALL` of this client's ran: its
+    /// statements are gone, as on a direct connection.
+    pub fn dropped_all(&mut self) {
+        self.statements.clear();
+    }
+
+    /// The backend answered a `DEALLOCATE ALL` or `DISCARD ALL` the client
+    /// sent (in a Query of several statements, or as a prepared
+    /// statement): the client's statements parsed before it went out are
+    /// gone; those a pipeline parsed after it stay.
+    pub fn drop_answered(&mut self) {
+        match self.drops_sent.pop_front() {
+            Some(sent) => self.statements.retain(|_, s| s.created > sent),
+            None => self.statements.clear(),
         }
     }
 
@@ -451,14 +525,6 @@ impl ClientStatements {
     pub fn awaiting(&self) -> bool {
         !self.expected.is_empty()
     }
-}
-
-/// Whether a simple query may be (or contain) `DEALLOCATE ALL` or
-/// `DISCARD ALL`: a cheap over-approximation, since an answer without a
-/// matching send forgets everything anyway.
-fn may_drop_all(sql: &[u8]) -> bool {
-    sql.windows(7)
-        .any(|w| w.eq_ignore_ascii_case(b"dealloc") || w.eq_ignore_ascii_case(b"discard"))
 }
 
 fn starts_with_ignore_case(s: &[u8], prefix: &[u8]) -> bool {
@@ -504,7 +570,12 @@ mod tests {
         let mut backend = BackendStatements::default();
         let mut out = BytesMut::new();
         other
-            .forward(&msg(b'P', b"s1\0select 1\0\0\0"), &mut backend, &mut out)
+            .forward(
+                &msg(b'P', b"s1\0select 1\0\0\0"),
+                Verdict::default(),
+                &mut backend,
+                &mut out,
+            )
             .unwrap();
         let theirs = messages_of(out)[0].1.clone();
         let theirs = &theirs[..theirs.iter().position(|&b| b == 0).unwrap()];
@@ -519,7 +590,9 @@ mod tests {
         named.extend_from_slice(theirs);
         named.push(0);
         for m in [msg(b'B', &bind), msg(b'D', &named), msg(b'C', &named)] {
-            client.forward(&m, &mut backend, &mut out).unwrap();
+            client
+                .forward(&m, Verdict::default(), &mut backend, &mut out)
+                .unwrap();
         }
         let sent = messages_of(out);
         assert_eq!(sent.len(), 3);
@@ -533,7 +606,12 @@ mod tests {
         // the backend, as without pgcell).
         let mut out = BytesMut::new();
         client
-            .forward(&msg(b'B', b"\0mine\0\0\0\0\0\0\0"), &mut backend, &mut out)
+            .forward(
+                &msg(b'B', b"\0mine\0\0\0\0\0\0\0"),
+                Verdict::default(),
+                &mut backend,
+                &mut out,
+            )
             .unwrap();
         assert_eq!(messages_of(out)[0].1, b"\0mine\0\0\0\0\0\0\0".to_vec());
     }
@@ -544,13 +622,28 @@ mod tests {
         let mut backend_a = BackendStatements::default();
         let mut out = BytesMut::new();
         client
-            .forward(&msg(b'P', b"s1\0select 1\0\0\0"), &mut backend_a, &mut out)
+            .forward(
+                &msg(b'P', b"s1\0select 1\0\0\0"),
+                Verdict::default(),
+                &mut backend_a,
+                &mut out,
+            )
             .unwrap();
         client
-            .forward(&msg(b'B', b"\0s1\0\0\0\0\0\0\0"), &mut backend_a, &mut out)
+            .forward(
+                &msg(b'B', b"\0s1\0\0\0\0\0\0\0"),
+                Verdict::default(),
+                &mut backend_a,
+                &mut out,
+            )
             .unwrap();
         client
-            .forward(&msg(b'S', b""), &mut backend_a, &mut out)
+            .forward(
+                &msg(b'S', b""),
+                Verdict::default(),
+                &mut backend_a,
+                &mut out,
+            )
             .unwrap();
         let sent = messages_of(out);
         assert_eq!(sent.len(), 3);
@@ -571,10 +664,20 @@ mod tests {
         let mut backend_b = BackendStatements::default();
         let mut out = BytesMut::new();
         client
-            .forward(&msg(b'B', b"\0s1\0\0\0\0\0\0\0"), &mut backend_b, &mut out)
+            .forward(
+                &msg(b'B', b"\0s1\0\0\0\0\0\0\0"),
+                Verdict::default(),
+                &mut backend_b,
+                &mut out,
+            )
             .unwrap();
         client
-            .forward(&msg(b'S', b""), &mut backend_b, &mut out)
+            .forward(
+                &msg(b'S', b""),
+                Verdict::default(),
+                &mut backend_b,
+                &mut out,
+            )
             .unwrap();
         let sent = messages_of(out);
         assert_eq!(
@@ -591,7 +694,12 @@ mod tests {
         // Already there: no injection the third time.
         let mut out = BytesMut::new();
         client
-            .forward(&msg(b'B', b"\0s1\0\0\0\0\0\0\0"), &mut backend_b, &mut out)
+            .forward(
+                &msg(b'B', b"\0s1\0\0\0\0\0\0\0"),
+                Verdict::default(),
+                &mut backend_b,
+                &mut out,
+            )
             .unwrap();
         assert_eq!(messages_of(out).len(), 1);
     }
@@ -602,10 +710,15 @@ mod tests {
         let mut backend = BackendStatements::default();
         let mut out = BytesMut::new();
         client
-            .forward(&msg(b'P', b"bad\0selec\0\0\0"), &mut backend, &mut out)
+            .forward(
+                &msg(b'P', b"bad\0selec\0\0\0"),
+                Verdict::default(),
+                &mut backend,
+                &mut out,
+            )
             .unwrap();
         client
-            .forward(&msg(b'S', b""), &mut backend, &mut out)
+            .forward(&msg(b'S', b""), Verdict::default(), &mut backend, &mut out)
             .unwrap();
         assert_eq!(backend.len(), 1);
         assert!(client.on_backend_message(b'E', &mut backend));
@@ -635,7 +748,9 @@ mod tests {
             msg(b'C', b"Ss1\0"),
             msg(b'S', b""),
         ] {
-            client.forward(&m, &mut backend, &mut out).unwrap();
+            client
+                .forward(&m, Verdict::default(), &mut backend, &mut out)
+                .unwrap();
         }
         // What PostgreSQL answers: two ParseCompletes, the first Query,
         // 26000 for the Bind, nothing for the second Query or the Close,
@@ -650,7 +765,12 @@ mod tests {
         // s0 is re-created (injected) before the next Bind.
         let mut out = BytesMut::new();
         client
-            .forward(&msg(b'B', b"\0s0\0\0\0\0\0\0\0"), &mut backend, &mut out)
+            .forward(
+                &msg(b'B', b"\0s0\0\0\0\0\0\0\0"),
+                Verdict::default(),
+                &mut backend,
+                &mut out,
+            )
             .unwrap();
         let sent = messages_of(out);
         assert_eq!(
@@ -675,7 +795,12 @@ mod tests {
         let mut first = BackendStatements::default();
         let mut out = BytesMut::new();
         client
-            .forward(&msg(b'P', b"s1\0select 1\0\0\0"), &mut first, &mut out)
+            .forward(
+                &msg(b'P', b"s1\0select 1\0\0\0"),
+                Verdict::default(),
+                &mut first,
+                &mut out,
+            )
             .unwrap();
         assert!(client.on_backend_message(b'1', &mut first));
         client.new_backend();
@@ -687,7 +812,9 @@ mod tests {
             msg(b'C', b"Ss1\0"),
             msg(b'S', b""),
         ] {
-            client.forward(&m, &mut backend, &mut out).unwrap();
+            client
+                .forward(&m, Verdict::default(), &mut backend, &mut out)
+                .unwrap();
         }
         assert_eq!(
             messages_of(out).iter().map(|m| m.0).collect::<Vec<_>>(),
@@ -713,7 +840,12 @@ mod tests {
             let mut out = BytesMut::new();
             let body = format!("s{i}\0select {i}\0\0\0");
             client
-                .forward(&msg(b'P', body.as_bytes()), &mut backend, &mut out)
+                .forward(
+                    &msg(b'P', body.as_bytes()),
+                    Verdict::default(),
+                    &mut backend,
+                    &mut out,
+                )
                 .unwrap();
             let sent = messages_of(out);
             globals.push(
@@ -726,13 +858,23 @@ mod tests {
         // error, so s1 is still there.
         let mut out = BytesMut::new();
         client
-            .forward(&msg(b'P', b"bad\0selec\0\0\0"), &mut backend, &mut out)
+            .forward(
+                &msg(b'P', b"bad\0selec\0\0\0"),
+                Verdict::default(),
+                &mut backend,
+                &mut out,
+            )
             .unwrap();
         client
-            .forward(&msg(b'P', b"new\0select 0\0\0\0"), &mut backend, &mut out)
+            .forward(
+                &msg(b'P', b"new\0select 0\0\0\0"),
+                Verdict::default(),
+                &mut backend,
+                &mut out,
+            )
             .unwrap();
         client
-            .forward(&msg(b'S', b""), &mut backend, &mut out)
+            .forward(&msg(b'S', b""), Verdict::default(), &mut backend, &mut out)
             .unwrap();
         let sent = messages_of(out);
         assert_eq!(
@@ -753,7 +895,12 @@ mod tests {
         // Binding s1 needs no Parse (which would fail with 42P05).
         let mut out = BytesMut::new();
         client
-            .forward(&msg(b'B', b"\0s1\0\0\0\0\0\0\0"), &mut backend, &mut out)
+            .forward(
+                &msg(b'B', b"\0s1\0\0\0\0\0\0\0"),
+                Verdict::default(),
+                &mut backend,
+                &mut out,
+            )
             .unwrap();
         assert_eq!(messages_of(out).len(), 1);
         assert!(backend.len() <= MAX_PREPARED_PER_BACKEND);
@@ -765,15 +912,30 @@ mod tests {
         let mut backend = BackendStatements::default();
         let mut out = BytesMut::new();
         client
-            .forward(&msg(b'P', b"\0select 1\0\0\0"), &mut backend, &mut out)
+            .forward(
+                &msg(b'P', b"\0select 1\0\0\0"),
+                Verdict::default(),
+                &mut backend,
+                &mut out,
+            )
             .unwrap();
         assert_eq!(&messages_of(out)[0].1[..], b"\0select 1\0\0\0");
         let mut out = BytesMut::new();
         client
-            .forward(&msg(b'P', b"s\0select 1\0\0\0"), &mut backend, &mut out)
+            .forward(
+                &msg(b'P', b"s\0select 1\0\0\0"),
+                Verdict::default(),
+                &mut backend,
+                &mut out,
+            )
             .unwrap();
         client
-            .forward(&msg(b'C', b"Ss\0"), &mut backend, &mut out)
+            .forward(
+                &msg(b'C', b"Ss\0"),
+                Verdict::default(),
+                &mut backend,
+                &mut out,
+            )
             .unwrap();
         let sent = messages_of(out);
         assert_eq!(sent[1].0, b'C');
@@ -787,7 +949,12 @@ mod tests {
             let mut out = BytesMut::new();
             let body = format!("s{i}\0select {i}\0\0\0");
             client
-                .forward(&msg(b'P', body.as_bytes()), &mut backend, &mut out)
+                .forward(
+                    &msg(b'P', body.as_bytes()),
+                    Verdict::default(),
+                    &mut backend,
+                    &mut out,
+                )
                 .unwrap();
             if i == MAX_PREPARED_PER_BACKEND {
                 let sent = messages_of(out);
@@ -803,17 +970,27 @@ mod tests {
         let mut backend = BackendStatements::default();
         let mut out = BytesMut::new();
         client
-            .forward(&msg(b'P', b"\0select $1\0\0\0"), &mut backend, &mut out)
+            .forward(
+                &msg(b'P', b"\0select $1\0\0\0"),
+                Verdict::default(),
+                &mut backend,
+                &mut out,
+            )
             .unwrap();
         client
-            .forward(&msg(b'S', b""), &mut backend, &mut out)
+            .forward(&msg(b'S', b""), Verdict::default(), &mut backend, &mut out)
             .unwrap();
         assert!(client.on_backend_message(b'1', &mut backend));
         assert!(client.on_backend_message(b'Z', &mut backend));
         // Same checkout: the Bind goes straight through.
         let mut out = BytesMut::new();
         client
-            .forward(&msg(b'B', b"\0\0\0\0\0\0\0\0"), &mut backend, &mut out)
+            .forward(
+                &msg(b'B', b"\0\0\0\0\0\0\0\0"),
+                Verdict::default(),
+                &mut backend,
+                &mut out,
+            )
             .unwrap();
         assert_eq!(messages_of(out).len(), 1);
         // Next transaction, another backend: the client's own unnamed
@@ -821,10 +998,15 @@ mod tests {
         client.new_backend();
         let mut out = BytesMut::new();
         client
-            .forward(&msg(b'B', b"\0\0\0\0\0\0\0\0"), &mut backend, &mut out)
+            .forward(
+                &msg(b'B', b"\0\0\0\0\0\0\0\0"),
+                Verdict::default(),
+                &mut backend,
+                &mut out,
+            )
             .unwrap();
         client
-            .forward(&msg(b'S', b""), &mut backend, &mut out)
+            .forward(&msg(b'S', b""), Verdict::default(), &mut backend, &mut out)
             .unwrap();
         let sent = messages_of(out);
         assert_eq!(
@@ -843,48 +1025,84 @@ mod tests {
         client
             .forward(
                 &msg(b'P', b"_pg3_0\0select 1\0\0\0"),
+                Verdict::default(),
                 &mut backend,
                 &mut out,
             )
             .unwrap();
         client
-            .forward(&msg(b'P', b"Mixed\0select 2\0\0\0"), &mut backend, &mut out)
+            .forward(
+                &msg(b'P', b"Mixed\0select 2\0\0\0"),
+                Verdict::default(),
+                &mut backend,
+                &mut out,
+            )
             .unwrap();
-        assert_eq!(client.answer_locally(b"select 1\0", false), None);
         assert_eq!(
-            client.answer_locally(b"DEALLOCATE ALL; SELECT 1\0", false),
+            client.answer_locally(b"select 1\0", b'I', Dialect::default()),
             None
         );
-        assert_eq!(client.answer_locally(b"deallocate nosuch\0", false), None);
         assert_eq!(
-            client.answer_locally(b"DEALLOCATE \"Mixed\"\0", false),
+            client.answer_locally(b"DEALLOCATE ALL; SELECT 1\0", b'I', Dialect::default()),
+            None
+        );
+        assert_eq!(
+            client.answer_locally(b"deallocate nosuch\0", b'I', Dialect::default()),
+            None
+        );
+        assert_eq!(
+            client.answer_locally(b"DEALLOCATE \"Mixed\"\0", b'I', Dialect::default()),
             Some("DEALLOCATE")
         );
         assert_eq!(
-            client.answer_locally(b"deallocate prepare _PG3_0;\0", false),
+            client.answer_locally(b"deallocate prepare _PG3_0;\0", b'I', Dialect::default()),
             Some("DEALLOCATE")
         );
         client
-            .forward(&msg(b'P', b"a\0select 1\0\0\0"), &mut backend, &mut out)
+            .forward(
+                &msg(b'P', b"a\0select 1\0\0\0"),
+                Verdict::default(),
+                &mut backend,
+                &mut out,
+            )
             .unwrap();
         assert_eq!(
-            client.answer_locally(b"  DEALLOCATE ALL \0", false),
+            client.answer_locally(b"  DEALLOCATE ALL \0", b'I', Dialect::default()),
             Some("DEALLOCATE ALL")
         );
         assert!(client.statements.is_empty());
-        assert_eq!(client.answer_locally(b"discard all\0", true), None);
+        assert_eq!(
+            client.answer_locally(b"discard all\0", b'T', Dialect::default()),
+            None
+        );
         // DISCARD ALL runs on the backend; the client's statements go.
         client
-            .forward(&msg(b'P', b"b\0select 1\0\0\0"), &mut backend, &mut out)
+            .forward(
+                &msg(b'P', b"b\0select 1\0\0\0"),
+                Verdict::default(),
+                &mut backend,
+                &mut out,
+            )
             .unwrap();
-        assert_eq!(client.answer_locally(b"discard all\0", false), None);
+        assert_eq!(
+            client.answer_locally(b"discard all\0", b'I', Dialect::default()),
+            None
+        );
         assert!(client.statements.is_empty());
         // Inside a transaction block DEALLOCATE ALL runs on the backend
         // (SQL-level statements live there) and forgets the client's.
         client
-            .forward(&msg(b'P', b"c\0select 1\0\0\0"), &mut backend, &mut out)
+            .forward(
+                &msg(b'P', b"c\0select 1\0\0\0"),
+                Verdict::default(),
+                &mut backend,
+                &mut out,
+            )
             .unwrap();
-        assert_eq!(client.answer_locally(b"DEALLOCATE ALL\0", true), None);
+        assert_eq!(
+            client.answer_locally(b"DEALLOCATE ALL\0", b'T', Dialect::default()),
+            None
+        );
         assert!(client.statements.is_empty());
     }
 
@@ -894,13 +1112,23 @@ mod tests {
         let mut backend = BackendStatements::default();
         let mut out = BytesMut::new();
         assert!(client
-            .forward(&msg(b'P', b"no-terminator"), &mut backend, &mut out)
+            .forward(
+                &msg(b'P', b"no-terminator"),
+                Verdict::default(),
+                &mut backend,
+                &mut out
+            )
             .is_err());
         assert!(client
-            .forward(&msg(b'B', b"\0"), &mut backend, &mut out)
+            .forward(
+                &msg(b'B', b"\0"),
+                Verdict::default(),
+                &mut backend,
+                &mut out
+            )
             .is_err());
         assert!(client
-            .forward(&msg(b'D', b"S"), &mut backend, &mut out)
+            .forward(&msg(b'D', b"S"), Verdict::default(), &mut backend, &mut out)
             .is_err());
     }
 
@@ -913,21 +1141,43 @@ mod tests {
         let mut backend = BackendStatements::default();
         let mut out = BytesMut::new();
         client
-            .forward(&msg(b'P', b"old\0select 1\0\0\0"), &mut backend, &mut out)
+            .forward(
+                &msg(b'P', b"old\0select 1\0\0\0"),
+                Verdict::default(),
+                &mut backend,
+                &mut out,
+            )
+            .unwrap();
+        let drop = crate::sql::judge(b"DEALLOCATE ALL", Dialect::default());
+        client
+            .forward(
+                &msg(b'Q', b"DEALLOCATE ALL\0"),
+                drop,
+                &mut backend,
+                &mut out,
+            )
             .unwrap();
         client
-            .forward(&msg(b'Q', b"DEALLOCATE ALL\0"), &mut backend, &mut out)
-            .unwrap();
-        client
-            .forward(&msg(b'P', b"new\0select 2\0\0\0"), &mut backend, &mut out)
+            .forward(
+                &msg(b'P', b"new\0select 2\0\0\0"),
+                Verdict::default(),
+                &mut backend,
+                &mut out,
+            )
             .unwrap();
         assert_eq!(backend.len(), 2);
         // The answer to DEALLOCATE ALL arrives after the second Parse went out.
         backend.dropped_all();
+        client.drop_answered();
         assert_eq!(backend.len(), 1);
         let mut out = BytesMut::new();
         client
-            .forward(&msg(b'B', b"\0new\0\0\0\0\0\0\0"), &mut backend, &mut out)
+            .forward(
+                &msg(b'B', b"\0new\0\0\0\0\0\0\0"),
+                Verdict::default(),
+                &mut backend,
+                &mut out,
+            )
             .unwrap();
         assert_eq!(
             messages_of(out).iter().map(|m| m.0).collect::<Vec<_>>(),
@@ -936,12 +1186,17 @@ mod tests {
         );
         let mut out = BytesMut::new();
         client
-            .forward(&msg(b'B', b"\0old\0\0\0\0\0\0\0"), &mut backend, &mut out)
+            .forward(
+                &msg(b'B', b"\0old\0\0\0\0\0\0\0"),
+                Verdict::default(),
+                &mut backend,
+                &mut out,
+            )
             .unwrap();
         assert_eq!(
-            messages_of(out).iter().map(|m| m.0).collect::<Vec<_>>(),
-            vec![b'P', b'B'],
-            "the dropped statement is prepared again"
+            messages_of(out),
+            vec![(b'B', b"\0old\0\0\0\0\0\0\0".to_vec())],
+            "the dropped statement is gone for the client too: the backend answers 26000"
         );
         // An answer nobody saw going out forgets everything.
         backend.dropped_all();

@@ -1,10 +1,12 @@
 //! Drivers from other ecosystems through a transaction pool smaller than
 //! their client count: asyncpg (statement cache, `prepare`, `executemany`,
 //! cursors, errors inside transactions) and psycopg 3 (`prepare_threshold=0`,
-//! pipeline mode, `executemany`, rollback). The Python scripts live in
-//! `tests/drivers/`; the drivers are installed by the test itself into a
-//! virtualenv outside the clone (`PGCELL_TEST_VENV`, default
-//! `/var/tmp/pgcell-test-venv`), once per machine.
+//! pipeline mode, `executemany`, rollback); and what their clients see of
+//! session state (their own and other clients'), compared with direct
+//! connections. The Python scripts live in `tests/drivers/`; the drivers
+//! are installed by the test itself into a virtualenv outside the clone
+//! (`PGCELL_TEST_VENV`, default `/var/tmp/pgcell-test-venv`), once per
+//! machine.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -182,6 +184,36 @@ async fn psycopg_prepared_statements_through_a_transaction_pool() {
     )
     .await;
     assert!(pgcell_backends(&a) <= 3);
+    proxy.stop().await;
+}
+
+/// Session state must not cross clients of a transaction pool, nor be lost
+/// by its own client, however the driver sends it: psycopg's named
+/// prepared statements (`prepare_threshold=0`, and past its default
+/// threshold of 5), asyncpg's statement cache re-running a cached `SET`
+/// without its text on the wire, and `DISCARD ALL`/`DEALLOCATE ALL` after
+/// `prepare()`. The script runs each scenario on a direct connection and
+/// through a pool of one backend (so consecutive clients share it) and
+/// compares what the clients see; the direct answers are checked against
+/// PostgreSQL's documented behaviour, pgcell's are only compared.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drivers_see_no_other_clients_state_through_a_transaction_pool() {
+    let python = tokio::task::spawn_blocking(driver_python).await.unwrap();
+    let a = cluster("cluster-driver-isolation");
+    a.psql("postgres", "CREATE ROLE r1 NOLOGIN; GRANT r1 TO app")
+        .expect("create role r1");
+    let proxy = Proxy::start_with_files(
+        &config_text("", "allow", &transaction_tenant("one", &a, 1)),
+        &[("pw", APP_PASSWORD)],
+    )
+    .await;
+    run_script(
+        python,
+        "isolation_drivers.py",
+        vec![direct_dsn(&a), dsn(&proxy, "one")],
+    )
+    .await;
+    assert!(pgcell_backends(&a) <= 1);
     proxy.stop().await;
 }
 

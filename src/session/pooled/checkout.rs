@@ -9,6 +9,7 @@ use super::{Session, SessionError};
 use crate::backend::server::{parameter_status, set_param};
 use crate::cancel::CancelTarget;
 use crate::config::PoolMode;
+use crate::metrics as m;
 use crate::pool::Lease;
 use crate::protocol::framing::read_message;
 use crate::protocol::messages;
@@ -20,8 +21,8 @@ const MAX_OWN_REPLY: usize = 1 << 20;
 
 /// Why pgcell's own statement on a backend failed.
 pub(super) enum OwnQueryError {
-    /// The backend refused it (its message).
-    Refused(String),
+    /// The backend refused it (its SQLSTATE and message).
+    Refused(SqlState, String),
     /// The backend closed or answered out of turn.
     Lost,
 }
@@ -29,49 +30,64 @@ pub(super) enum OwnQueryError {
 impl Session<'_> {
     /// Takes `lease` for this client: replays its session (nothing to do
     /// in the common case, a client that changed no setting), points its
-    /// cancel key at the backend.
+    /// cancel key at the backend. False when the replay failed: the
+    /// client has its error (the statement that needed the backend
+    /// fails, the session goes on, as after any error) and the backend
+    /// went back to the pool.
     pub(super) async fn checkout<C: AsyncWrite + Unpin>(
         &mut self,
         lease: Lease,
         client: &mut C,
-    ) -> Result<(), SessionError> {
-        match self.session.restore_query() {
-            None => {
-                self.attach(lease);
-                Ok(())
-            }
-            // Boxed: rare, and its state would otherwise be part of every
-            // client's task.
-            Some(query) => Box::pin(self.checkout_restoring(lease, query, client)).await,
+    ) -> Result<bool, SessionError> {
+        if self.session.is_empty() {
+            self.attach(lease);
+            return Ok(true);
         }
+        // Boxed: rare, and its state would otherwise be part of every
+        // client's task.
+        Box::pin(self.checkout_restoring(lease, client)).await
     }
 
     async fn checkout_restoring<C: AsyncWrite + Unpin>(
         &mut self,
         mut lease: Lease,
-        query: String,
         client: &mut C,
-    ) -> Result<(), SessionError> {
-        match run_own(&mut lease, &query).await {
-            Ok(_) => {}
-            // A setting the client made earlier no longer applies (a role
-            // dropped since, say): as PostgreSQL would say it to a new
-            // session. The failed statement changed nothing, so the
-            // backend goes back clean.
-            Err(OwnQueryError::Refused(message)) => {
-                self.pool.release(lease, true);
-                let _ = ClientError::fatal(SqlState::INVALID_PARAMETER_VALUE, message.clone())
-                    .send(client)
-                    .await;
-                return Err(SessionError::SessionRestore(message));
-            }
-            Err(OwnQueryError::Lost) => {
-                let _ = crate::session::server_lost().send(client).await;
-                return Err(SessionError::BackendLost);
+    ) -> Result<bool, SessionError> {
+        // Settings first, with the login user's privileges; if PostgreSQL
+        // refuses that order (a setting only the role may make), the role
+        // first. A refused replay changed nothing (one statement).
+        let mut refused = None;
+        for query in [
+            self.session.restore_query(),
+            self.session.restore_query_role_first(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            match run_own(&mut lease, &query).await {
+                Ok(_) => {
+                    self.attach(lease);
+                    return Ok(true);
+                }
+                Err(OwnQueryError::Refused(code, message)) => refused = Some((code, message)),
+                Err(OwnQueryError::Lost) => {
+                    let _ = crate::session::server_lost().send(client).await;
+                    return Err(SessionError::BackendLost);
+                }
             }
         }
-        self.attach(lease);
-        Ok(())
+        // A setting the client made earlier no longer applies (a role
+        // dropped since, say): the statement fails with PostgreSQL's
+        // error, as it would have failed on a direct connection where the
+        // role went away; the client keeps its session and may RESET.
+        self.pool.release(lease, true);
+        let (code, message) = refused.unwrap_or((SqlState::INVALID_PARAMETER_VALUE, String::new()));
+        tracing::info!(tenant = %self.tenant, %message, "session settings could not be replayed");
+        ClientError::statement(code, message)
+            .send(client)
+            .await
+            .map_err(SessionError::ClientIo)?;
+        Ok(false)
     }
 
     /// Points the session (its cancel key, its statements, its protocol
@@ -89,7 +105,9 @@ impl Session<'_> {
     }
 
     /// Hands the backend back between transactions (transaction mode):
-    /// reads back and resets what the transaction may have changed first.
+    /// reads back and resets what the transaction may have changed first,
+    /// and checks for session state when a statement was not understood
+    /// or the pool asks for it (`check_session_state`).
     pub(super) async fn checkin(&mut self) {
         let Some(mut lease) = self.lease.take() else {
             return;
@@ -103,10 +121,13 @@ impl Session<'_> {
         // State that cannot be carried (LISTEN, temp tables, ...) must not
         // reach the next client: that backend is closed.
         let dirty = std::mem::take(&mut self.state_dirty);
-        // Boxed (both rare: a client that changed settings): their state
-        // would otherwise be part of every client's task.
-        let carried = if changes.settings || self.pool.reset_every_transaction() {
-            Box::pin(self.carry_settings(&mut lease)).await
+        let check = changes.check_state || self.pool.check_session_state();
+        // Boxed (all rare but the last): their state would otherwise be
+        // part of every client's task.
+        let clean = if changes.settings || self.pool.reset_every_transaction() {
+            Box::pin(self.carry_settings(&mut lease, check)).await
+        } else if check {
+            Box::pin(self.check_state(&mut lease)).await
         } else if !self.session.is_empty() {
             // The client's replayed settings are on the backend: off they go.
             Box::pin(run_own(&mut lease, engine::RESET)).await.is_ok()
@@ -114,26 +135,60 @@ impl Session<'_> {
             true
         };
         self.pool
-            .release_at(lease, !cancelled && !dirty && carried, now);
+            .release_at(lease, !cancelled && !dirty && clean, now);
     }
 
     /// Reads back the settings the client has now and resets the backend
-    /// to its login state. False when that failed (the backend must then
-    /// be closed; the client keeps the session it had).
-    async fn carry_settings(&mut self, lease: &mut Lease) -> bool {
-        let query = self.custom.capture_and_reset();
+    /// to its login state (with `check`, first lists the session state it
+    /// holds). False when that failed or state is held (the backend must
+    /// then be closed; the client keeps the session it had).
+    async fn carry_settings(&mut self, lease: &mut Lease, check: bool) -> bool {
+        let capture = self.custom.capture_and_reset();
+        let query = if check {
+            format!("{}; {capture}", engine::STATE_CHECK).into()
+        } else {
+            capture
+        };
         match run_own(lease, &query).await {
             Ok(rows) => {
-                self.session = engine::captured(rows, &self.pool.key.user);
-                true
+                let (session, held) = engine::captured(rows, &self.pool.key.user);
+                self.session = session;
+                self.state_held(&held)
             }
             Err(e) => {
-                if let OwnQueryError::Refused(message) = e {
+                if let OwnQueryError::Refused(_, message) = e {
                     tracing::warn!(tenant = %self.tenant, %message, "session settings could not be read back; backend closed");
                 }
                 false
             }
         }
+    }
+
+    /// Lists the session state the backend holds (resetting the client's
+    /// replayed settings in the same round trip). False when it holds any
+    /// or the check failed.
+    async fn check_state(&mut self, lease: &mut Lease) -> bool {
+        let query = if self.session.is_empty() {
+            engine::STATE_CHECK.to_owned()
+        } else {
+            format!("{}; {}", engine::STATE_CHECK, engine::RESET)
+        };
+        match run_own(lease, &query).await {
+            Ok(rows) => self.state_held(&engine::held_state(&rows)),
+            Err(_) => false,
+        }
+    }
+
+    /// Counts the kinds of state a check found; true when there is none.
+    fn state_held(&self, held: &[String]) -> bool {
+        for kind in held {
+            metrics::counter!(m::SESSION_STATE, "tenant" => self.tenant.clone(), "kind" => format!("found_{kind}"))
+                .increment(1);
+        }
+        if !held.is_empty() {
+            tracing::debug!(tenant = %self.tenant, ?held, "backend holds session state; closed");
+        }
+        held.is_empty()
     }
 
     /// The client is gone: a session-mode backend is reset and returned, a
@@ -169,7 +224,12 @@ impl Session<'_> {
                 reset
             }
             // Nothing may have changed: as it logged in.
-            _ if !changes.settings && self.session.is_empty() => true,
+            _ if !changes.settings
+                && self.session.is_empty()
+                && self.pool.mode == PoolMode::Transaction =>
+            {
+                true
+            }
             // Reset (what is read back is of no use now).
             _ => run_own(&mut lease, engine::CAPTURE_AND_RESET).await.is_ok(),
         };
@@ -208,7 +268,10 @@ pub(super) async fn run_own(
                 if engine::is_fatal(&msg.body) {
                     return Err(OwnQueryError::Lost);
                 }
-                error = Some(messages::error_message(&msg.body));
+                let code = messages::error_field(&msg.body, b'C')
+                    .and_then(SqlState::parse)
+                    .unwrap_or(SqlState::INTERNAL_ERROR);
+                error = Some((code, messages::error_message(&msg.body)));
             }
             b'S' => {
                 if let Some((name, value)) = parameter_status(&msg.body) {
@@ -226,7 +289,7 @@ pub(super) async fn run_own(
             b'Z' => {
                 return match (error, msg.body.first()) {
                     (None, Some(b'I')) => Ok(rows),
-                    (Some(e), _) => Err(OwnQueryError::Refused(e)),
+                    (Some((code, e)), _) => Err(OwnQueryError::Refused(code, e)),
                     (None, _) => Err(OwnQueryError::Lost),
                 };
             }

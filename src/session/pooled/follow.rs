@@ -12,8 +12,8 @@ use crate::config::PoolMode;
 use crate::metrics as m;
 use crate::metrics::tally::Count;
 use crate::protocol::framing::{peek_message, Message, Peeked, HEADER_LEN};
-use crate::session::classify::session_state_kind;
 use crate::session::engine::{self, Sent};
+use crate::sql::{Dialect, StateKind, Verdict};
 
 impl Session<'_> {
     /// Relays the complete backend messages in `from_server` to the client
@@ -74,38 +74,47 @@ impl Session<'_> {
     }
 
     pub(super) fn count_client_message(&mut self, msg: &Message) {
-        if !matches!(msg.tag, b'Q' | b'P' | b'E') {
-            return;
-        }
-        if msg.tag != b'P' {
+        if matches!(msg.tag, b'Q' | b'E') {
             self.listed.tally.add(Count::Queries, 1);
         }
-        if msg.tag == b'E' {
-            return;
-        }
+    }
+
+    /// Judges the SQL text a `Query` or `Parse` carries (one lexer reads
+    /// every statement of it), noting the custom settings it names.
+    pub(super) fn judge(&mut self, msg: &Message) -> Verdict {
         let sql = match msg.tag {
             b'Q' => &msg.body[..],
             // Parse: statement name, then the query text.
-            _ => match msg.body.iter().position(|&b| b == 0) {
+            b'P' => match msg.body.iter().position(|&b| b == 0) {
                 Some(end) => &msg.body[end + 1..],
-                None => return,
+                None => return Verdict::default(),
             },
+            _ => return Verdict::default(),
         };
-        if engine::may_change_settings(sql) {
-            self.changes.settings = true;
-            self.custom.note(sql);
+        let verdict = crate::sql::judge(sql, self.dialect);
+        if verdict.settings {
+            self.custom.note(sql, self.dialect);
         }
-        if self.pool.mode == PoolMode::Transaction {
-            self.note_session_state(sql);
+        verdict
+    }
+
+    /// Notes what a message executes on the backend (a `Query`'s
+    /// statements, or those of the statement a `Bind` binds, judged when
+    /// it was parsed).
+    pub(super) fn executed(&mut self, verdict: Verdict) {
+        if verdict.is_quiet() {
+            return;
+        }
+        self.changes.executed(verdict);
+        if let (Some(kind), PoolMode::Transaction) = (verdict.state, self.pool.mode) {
+            self.note_session_state(kind);
         }
     }
 
     /// Counts (and with `pin_session_state`, pins for) statements whose
     /// effect outlives the transaction on this backend only.
-    fn note_session_state(&mut self, sql: &[u8]) {
-        let Some(kind) = session_state_kind(sql) else {
-            return;
-        };
+    fn note_session_state(&mut self, kind: StateKind) {
+        let kind = kind.label();
         metrics::counter!(m::SESSION_STATE, "tenant" => self.tenant.clone(), "kind" => kind)
             .increment(1);
         self.state_dirty = true;
@@ -204,6 +213,9 @@ impl Session<'_> {
                 if let Some(lease) = self.lease.as_mut() {
                     lease.conn.prepared.dropped_all();
                 }
+                // The client's own statements went too, as on a direct
+                // connection (it ran the command, in whatever form).
+                self.statements.drop_answered();
             }
             b'S' => {
                 if let Some((name, value)) = parameter_status(body) {
@@ -211,6 +223,16 @@ impl Session<'_> {
                     // function): the session must be read back.
                     if !READ_ONLY.contains(&name.as_str()) {
                         self.changes.settings = true;
+                    }
+                    match name.as_str() {
+                        "standard_conforming_strings" => {
+                            self.dialect.backslash_escapes = value.eq_ignore_ascii_case("off");
+                        }
+                        "client_encoding" => {
+                            self.dialect.unsafe_encoding =
+                                Dialect::from_settings("on", &value).unsafe_encoding;
+                        }
+                        _ => {}
                     }
                     if let Some(lease) = self.lease.as_mut() {
                         set_param(&mut lease.conn.params, name, value);

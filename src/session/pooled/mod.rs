@@ -38,6 +38,7 @@ use crate::protocol::messages;
 use crate::protocol::startup::StartupMessage;
 use crate::protocol::{ClientError, Severity, SqlState};
 use crate::route::Route;
+use crate::sql::Dialect;
 use crate::state::Shared;
 use crate::stream::ReadReady;
 use crate::tenant::ClientInfo;
@@ -216,8 +217,19 @@ where
         .map_err(SessionError::ClientIo)?;
     client.flush().await.map_err(SessionError::ClientIo)?;
 
+    let setting = |name: &str| {
+        server_params
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or("", |(_, v)| v.as_str())
+    };
+    let dialect = Dialect::from_settings(
+        setting("standard_conforming_strings"),
+        setting("client_encoding"),
+    );
     let mut session = Session {
         shared,
+        dialect,
         open,
         login,
         seen_reload,
@@ -279,6 +291,10 @@ async fn acquire(
 
 struct Session<'a> {
     shared: &'a Shared,
+    /// How the backend reads this client's SQL text
+    /// (`standard_conforming_strings`, `client_encoding`, as last
+    /// reported).
+    dialect: Dialect,
     open: OpenSettings,
     /// How this client's backends log in (kept for replacement pools).
     login: BackendLogin,
@@ -329,6 +345,7 @@ impl Session<'_> {
     {
         if self.pool.mode == PoolMode::Session && self.lease.is_none() {
             let lease = acquire(&self.pool, &self.profile, self.listed).await?;
+            // A new session: nothing to replay, so it cannot fail.
             self.checkout(lease, client).await?;
         }
         // Allocated as needed and given back between transactions.
@@ -475,7 +492,10 @@ impl Session<'_> {
         // backend is answered here, when nothing is in flight.
         if self.pool.mode == PoolMode::Transaction && msg.tag == b'Q' && self.position.quiet() {
             let status = self.position.status();
-            if let Some(tag) = self.statements.answer_locally(&msg.body, status != b'I') {
+            if let Some(tag) = self
+                .statements
+                .answer_locally(&msg.body, status, self.dialect)
+            {
                 let mut out = BytesMut::new();
                 let mut body = tag.as_bytes().to_vec();
                 body.push(0);
@@ -505,17 +525,33 @@ impl Session<'_> {
                 }
                 Err(e) => return Err(e),
             };
-            self.checkout(lease, client).await?;
+            if !self.checkout(lease, client).await? {
+                // The client's session could not be replayed: this
+                // statement fails (the client has the error), like one
+                // that found no backend.
+                match msg.tag {
+                    b'Q' | b'F' | b'S' => self.answer_ready(client).await?,
+                    _ => self.skipping_to_sync = true,
+                }
+                return Ok(());
+            }
         }
         self.count_client_message(&msg);
+        let judged = self.judge(&msg);
         let from = to_server.len();
-        match (self.pool.mode, self.lease.as_mut()) {
+        let executes = match (self.pool.mode, self.lease.as_mut()) {
             (PoolMode::Transaction, Some(lease)) => self
                 .statements
-                .forward(&msg, &mut lease.conn.prepared, to_server)
+                .forward(&msg, judged, &mut lease.conn.prepared, to_server)
                 .map_err(SessionError::from)?,
-            _ => messages::tagged(to_server, msg.tag, &msg.body),
-        }
+            _ => {
+                messages::tagged(to_server, msg.tag, &msg.body);
+                // A session's backend is its own: what it parses counts
+                // as run (read back when it leaves).
+                judged
+            }
+        };
+        self.executed(executes);
         self.note_sent(&to_server[from..]);
         Ok(())
     }

@@ -1,0 +1,9 @@
+//! SQL text, read in one place: the tokens and statements of a `Query`
+//! or a `Parse` ([`lexer`]) and what each statement may do to the session
+//! of the backend it runs on ([`verdict`]). Sans-I/O.
+
+pub mod lexer;
+pub mod verdict;
+
+pub use lexer::Dialect;
+pub use verdict::{judge, StateKind, Verdict};

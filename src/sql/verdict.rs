@@ -1,0 +1,523 @@
+//! What a statement may do to the session of the backend it runs on,
+//! judged from its tokens ([`super::lexer`]), every statement of a text.
+//!
+//! The judgement errs on the safe side: a statement whose leading words
+//! are not known here is [`Verdict::unknown`], and the pooled session then
+//! reads its settings back and checks the backend for state before it
+//! returns it to the pool.
+
+use super::lexer::{identifier, plain_string, Dialect, Item, Splitter, Token};
+
+/// What a text's statements may do to a session.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Verdict {
+    /// May change settings (`SET`, `RESET`, `set_config`, `SET ROLE`,
+    /// `UPDATE pg_settings`, ...): read them back when the transaction
+    /// ends.
+    pub settings: bool,
+    /// Leaves state on the backend that cannot be carried to another one
+    /// (the first kind found).
+    pub state: Option<StateKind>,
+    /// A statement this judgement does not understand (or one that runs
+    /// arbitrary code: `DO`, `CALL`, `EXECUTE`, `EXPLAIN ANALYZE`): read
+    /// settings back and check the backend for state.
+    pub unknown: bool,
+    /// `DISCARD ALL` or `DEALLOCATE`: prepared statements on the backend
+    /// may be gone.
+    pub drops_statements: bool,
+}
+
+impl Verdict {
+    /// Both verdicts at once (a transaction that ran both statements).
+    pub fn merge(self, other: Verdict) -> Verdict {
+        Verdict {
+            settings: self.settings || other.settings,
+            state: self.state.or(other.state),
+            unknown: self.unknown || other.unknown,
+            drops_statements: self.drops_statements || other.drops_statements,
+        }
+    }
+
+    /// Changes nothing of the session (the common case).
+    pub fn is_quiet(&self) -> bool {
+        *self == Verdict::default()
+    }
+
+    /// What is judged of text that cannot be read reliably.
+    fn anything() -> Verdict {
+        Verdict {
+            settings: true,
+            state: None,
+            unknown: true,
+            drops_statements: true,
+        }
+    }
+}
+
+/// Session state that cannot be carried from one backend to another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateKind {
+    /// `LISTEN`.
+    Listen,
+    /// SQL `PREPARE`.
+    Prepare,
+    /// `DECLARE ... WITH HOLD`.
+    CursorWithHold,
+    /// A temporary table, view, sequence or function (`CREATE TEMP`,
+    /// `SELECT ... INTO TEMP`, anything naming `pg_temp`).
+    TempObject,
+    /// A session-level advisory lock.
+    AdvisoryLock,
+    /// `LOAD`: a library loaded into the backend.
+    Load,
+}
+
+impl StateKind {
+    /// The metric label (`pgcell_session_state_total{kind}`).
+    pub fn label(self) -> &'static str {
+        match self {
+            StateKind::Listen => "listen",
+            StateKind::Prepare => "prepare",
+            StateKind::CursorWithHold => "cursor_with_hold",
+            StateKind::TempObject => "temp_table",
+            StateKind::AdvisoryLock => "advisory_lock",
+            StateKind::Load => "load",
+        }
+    }
+}
+
+/// Statements that leave nothing on the session beyond their transaction.
+const HARMLESS: &[&str] = &[
+    "select",
+    "with",
+    "values",
+    "table",
+    "insert",
+    "update",
+    "delete",
+    "merge",
+    "begin",
+    "start",
+    "commit",
+    "end",
+    "rollback",
+    "abort",
+    "savepoint",
+    "release",
+    "copy",
+    "fetch",
+    "move",
+    "close",
+    "show",
+    "alter",
+    "drop",
+    "grant",
+    "revoke",
+    "truncate",
+    "comment",
+    "analyze",
+    "analyse",
+    "vacuum",
+    "lock",
+    "notify",
+    "unlisten",
+    "checkpoint",
+    "reindex",
+    "cluster",
+    "refresh",
+    "security",
+    "import",
+    "reassign",
+];
+
+/// Functions that take a session-level advisory lock.
+const ADVISORY: &[&str] = &[
+    "pg_advisory_lock",
+    "pg_advisory_lock_shared",
+    "pg_try_advisory_lock",
+    "pg_try_advisory_lock_shared",
+];
+
+fn is(token: Option<Token<'_>>, word: &str) -> bool {
+    matches!(token, Some(Token::Word(w)) if w.eq_ignore_ascii_case(word.as_bytes()))
+}
+
+/// An identifier (unquoted in any case, or quoted exactly) equal to a
+/// lower-case name: `"set_config"(...)` calls the function too.
+fn names(token: Token<'_>, name: &str) -> bool {
+    match token {
+        Token::Word(w) => w.eq_ignore_ascii_case(name.as_bytes()),
+        Token::Quoted(q) => q == name.as_bytes(),
+        _ => false,
+    }
+}
+
+/// One statement as it is read.
+#[derive(Default)]
+struct Statement<'a> {
+    /// Its first tokens, after any opening parentheses.
+    head: [Option<Token<'a>>; 4],
+    len: usize,
+    previous: Option<Token<'a>>,
+    /// Mentions `set_config` or `pg_settings`.
+    settings: bool,
+    state: Option<StateKind>,
+    /// `INTO TEMP` (or `INTO LOCAL/GLOBAL TEMP`).
+    into_temp: bool,
+    /// `WITH HOLD`.
+    with_hold: bool,
+    /// The word `ANALYZE` anywhere (EXPLAIN runs the statement then).
+    analyze: bool,
+}
+
+impl<'a> Statement<'a> {
+    fn token(&mut self, token: Token<'a>) {
+        if self.len == 0 && token == Token::Punct(b'(') {
+            return;
+        }
+        if let Some(slot) = self.head.get_mut(self.len) {
+            *slot = Some(token);
+        }
+        self.len += 1;
+        if matches!(token, Token::Word(_) | Token::Quoted(_)) {
+            self.identifier(token);
+        }
+        self.previous = Some(token);
+    }
+
+    fn identifier(&mut self, token: Token<'a>) {
+        let (Token::Word(w) | Token::Quoted(w)) = token else {
+            return;
+        };
+        // Most identifiers are none of these: a length check each.
+        match w.len() {
+            10 | 11 if names(token, "set_config") || names(token, "pg_settings") => {
+                self.settings = true;
+            }
+            7 if names(token, "pg_temp") => {
+                self.state.get_or_insert(StateKind::TempObject);
+            }
+            16 | 20 | 23 | 27 if ADVISORY.iter().any(|n| names(token, n)) => {
+                self.state.get_or_insert(StateKind::AdvisoryLock);
+            }
+            4..=9 => {
+                if is(self.previous, "into")
+                    && ["temp", "temporary", "local", "global"]
+                        .iter()
+                        .any(|k| is(Some(token), k))
+                {
+                    self.into_temp = true;
+                } else if is(self.previous, "with") && is(Some(token), "hold") {
+                    self.with_hold = true;
+                } else if is(Some(token), "analyze") || is(Some(token), "analyse") {
+                    self.analyze = true;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn verdict(&self) -> Verdict {
+        let mut v = Verdict {
+            settings: self.settings,
+            state: self.state,
+            ..Verdict::default()
+        };
+        let [h0, h1, h2, h3] = self.head;
+        let Some(Token::Word(first)) = h0 else {
+            v.unknown = true;
+            return v;
+        };
+        let first = |k: &str| first.eq_ignore_ascii_case(k.as_bytes());
+        if first("select") || first("with") {
+            if self.into_temp {
+                v.state.get_or_insert(StateKind::TempObject);
+            }
+        } else if first("create") {
+            // CREATE [OR REPLACE] [LOCAL | GLOBAL] TEMP | TEMPORARY ...
+            let (a, b) = if is(h1, "or") && is(h2, "replace") {
+                (h3, None)
+            } else {
+                (h1, h2)
+            };
+            let temp = |t| is(t, "temp") || is(t, "temporary");
+            if temp(a) || ((is(a, "local") || is(a, "global")) && temp(b)) {
+                v.state.get_or_insert(StateKind::TempObject);
+            }
+        } else if first("set") {
+            if !(is(h1, "local") || is(h1, "transaction") || is(h1, "constraints")) {
+                v.settings = true;
+            }
+        } else if first("reset") {
+            v.settings = true;
+        } else if first("discard") {
+            v.settings = true;
+            v.drops_statements = is(h1, "all");
+        } else if first("deallocate") {
+            v.drops_statements = true;
+        } else if first("listen") {
+            v.state.get_or_insert(StateKind::Listen);
+        } else if first("prepare") {
+            // PREPARE TRANSACTION 'gid' is two-phase commit.
+            if !(is(h1, "transaction") && matches!(h2, Some(Token::Str { .. }))) {
+                v.state.get_or_insert(StateKind::Prepare);
+            }
+        } else if first("declare") {
+            if self.with_hold {
+                v.state.get_or_insert(StateKind::CursorWithHold);
+            }
+        } else if first("load") {
+            v.settings = true;
+            v.state.get_or_insert(StateKind::Load);
+        } else if first("explain") {
+            v.unknown |= self.analyze;
+        } else if first("do") || first("call") || first("execute") {
+            v.unknown = true;
+        } else if !HARMLESS.iter().any(|k| first(k)) {
+            v.unknown = true;
+        }
+        v
+    }
+}
+
+/// Judges every statement of `sql` (a `Query` body or a `Parse`'s query
+/// text), as the backend will read it with `dialect`.
+pub fn judge(sql: &[u8], dialect: Dialect) -> Verdict {
+    if dialect.unsafe_encoding {
+        return Verdict::anything();
+    }
+    let mut verdict = Verdict::default();
+    let mut statement = Statement::default();
+    for item in Splitter::new(sql, dialect) {
+        match item {
+            Item::Token(token) => statement.token(token),
+            Item::End(_) => {
+                verdict = verdict.merge(statement.verdict());
+                statement = Statement::default();
+            }
+        }
+    }
+    verdict
+}
+
+/// The custom (dotted) setting names `sql` sets by name: `SET [SESSION]
+/// a.b` and `set_config('a.b', ...)` with a plain literal.
+pub fn custom_setting_names(sql: &[u8], dialect: Dialect, mut found: impl FnMut(String)) {
+    let mut index = 0usize;
+    let mut set_name: Option<String> = None;
+    let mut in_set = false;
+    let mut previous: [Option<Token<'_>>; 2] = [None, None];
+    for item in Splitter::new(sql, dialect) {
+        let token = match item {
+            Item::End(_) => {
+                if let Some(name) = set_name.take() {
+                    found(name);
+                }
+                index = 0;
+                in_set = false;
+                previous = [None, None];
+                continue;
+            }
+            Item::Token(token) => token,
+        };
+        match index {
+            0 => in_set = is(Some(token), "set"),
+            1 if in_set && is(Some(token), "session") => {}
+            _ if in_set => {
+                let wants_part = set_name.as_deref().is_some_and(|n| n.ends_with('.'));
+                match (set_name.is_some(), wants_part, token) {
+                    (false, _, t) => match identifier(t) {
+                        Some(name) if !is(Some(t), "local") => set_name = Some(name),
+                        _ => in_set = false,
+                    },
+                    (true, false, Token::Punct(b'.')) => {
+                        if let Some(name) = set_name.as_mut() {
+                            name.push('.');
+                        }
+                    }
+                    (true, true, t) => match (identifier(t), set_name.as_mut()) {
+                        (Some(part), Some(name)) => name.push_str(&part),
+                        _ => {
+                            set_name = None;
+                            in_set = false;
+                        }
+                    },
+                    (true, false, _) => {
+                        // The name is complete.
+                        if let Some(name) = set_name.take() {
+                            found(name);
+                        }
+                        in_set = false;
+                    }
+                }
+            }
+            _ => {}
+        }
+        // set_config ( 'name'
+        if let [Some(call), Some(Token::Punct(b'('))] = previous {
+            if names(call, "set_config") {
+                if let Some(name) = plain_string(token) {
+                    found(name);
+                }
+            }
+        }
+        previous = [previous[1], Some(token)];
+        index += 1;
+    }
+    if let Some(name) = set_name {
+        found(name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(sql: &str) -> Verdict {
+        judge(sql.as_bytes(), Dialect::default())
+    }
+
+    fn state(sql: &str) -> Option<&'static str> {
+        v(sql).state.map(StateKind::label)
+    }
+
+    #[test]
+    fn settings_statements() {
+        for (sql, changes) in [
+            ("SET search_path = a", true),
+            ("  /* x */ -- y\n set role r", true),
+            ("SET LOCAL work_mem = '1MB'", false),
+            ("set transaction isolation level serializable", false),
+            ("SET CONSTRAINTS ALL DEFERRED", false),
+            ("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY", true),
+            ("RESET ALL", true),
+            ("discard all", true),
+            ("select pg_catalog.set_config('a.b', 'c', false)", true),
+            ("select \"set_config\"('a.b', 'c', false)", true),
+            (
+                "UPDATE pg_settings SET setting = '1MB' WHERE name = 'work_mem'",
+                true,
+            ),
+            ("SELECT 1", false),
+            ("UPDATE t SET a = 1", false),
+            ("BEGIN; SET ROLE r; COMMIT", true),
+            ("begin;set local work_mem = 1", false),
+            ("select 1; set role r", true),
+            ("select 'x;'; /* ; */ set role r", true),
+            ("SELECT 'a;b'", false),
+            ("SELECT 'set role r'", false),
+            ("SELECT $$; set role r; $$", false),
+            ("(SELECT 1)", false),
+            ("", false),
+            ("LOAD 'plpgsql'", true),
+        ] {
+            assert_eq!(v(sql).settings, changes, "{sql}");
+        }
+    }
+
+    #[test]
+    fn state_statements() {
+        for (sql, kind) in [
+            ("LISTEN chan", Some("listen")),
+            ("select 1; listen chan", Some("listen")),
+            ("  -- c\n/* x */ prepare p as select 1", Some("prepare")),
+            ("PREPARE TRANSACTION 'gid'", None),
+            ("prepare transaction as select 1", Some("prepare")),
+            (
+                "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
+                Some("cursor_with_hold"),
+            ),
+            ("declare c cursor without hold for select 1", None),
+            ("declare c cursor for select 1", None),
+            ("CREATE TEMP TABLE t (a int)", Some("temp_table")),
+            (
+                "create global temporary table t (a int)",
+                Some("temp_table"),
+            ),
+            (
+                "create or replace temp view v as select 1",
+                Some("temp_table"),
+            ),
+            ("create table pg_temp.t (a int)", Some("temp_table")),
+            ("select 1 into temp t", Some("temp_table")),
+            ("select 1 into local temporary t", Some("temp_table")),
+            ("select 1 into t", None),
+            (
+                "begin; create temp table s2 as select 1; commit",
+                Some("temp_table"),
+            ),
+            ("create table t (a int)", None),
+            ("select pg_advisory_lock(1)", Some("advisory_lock")),
+            ("select \"pg_try_advisory_lock\"(1)", Some("advisory_lock")),
+            ("select pg_advisory_xact_lock(1)", None),
+            ("select 'pg_advisory_lock(1)'", None),
+            ("select 1 -- listen x", None),
+            ("select 1", None),
+        ] {
+            assert_eq!(state(sql), kind, "{sql}");
+        }
+    }
+
+    #[test]
+    fn unknown_statements_are_on_the_safe_side() {
+        for (sql, unknown) in [
+            ("DO $$ BEGIN PERFORM 1; END $$", true),
+            ("call p()", true),
+            ("execute p", true),
+            ("explain select 1", false),
+            ("explain analyze select 1", true),
+            (
+                "explain (analyze, costs off) create table t as select 1",
+                true,
+            ),
+            ("frobnicate", true),
+            ("select 1; frobnicate", true),
+            ("$1", true),
+            ("select 1", false),
+            ("vacuum t", false),
+        ] {
+            assert_eq!(v(sql).unknown, unknown, "{sql}");
+        }
+        let odd = Dialect {
+            unsafe_encoding: true,
+            ..Dialect::default()
+        };
+        assert!(judge(b"select 1", odd).unknown);
+    }
+
+    #[test]
+    fn dropping_statements() {
+        assert!(v("DISCARD ALL").drops_statements);
+        assert!(v("select 1; deallocate all").drops_statements);
+        assert!(v("DEALLOCATE p").drops_statements);
+        assert!(!v("discard temp").drops_statements);
+        assert!(!v("select 'deallocate all'").drops_statements);
+    }
+
+    #[test]
+    fn custom_setting_names_from_statements() {
+        let mut names = Vec::new();
+        for sql in [
+            "SET myapp.tenant = 'a'; set Session App.\"User Id\" TO 1",
+            "SELECT pg_catalog.set_config( 'x.y', $1, false), set_config('plain', 'v', false)",
+            "SET search_path = a; SET LOCAL l.m = 1; SET MYAPP.TENANT = 'b'",
+            "select set_config(E'e.f', '1', false), set_config('g''h.i', '1', false)",
+            "select 'set a.b = 1'",
+        ] {
+            custom_setting_names(sql.as_bytes(), Dialect::default(), |n| names.push(n));
+        }
+        assert_eq!(
+            names,
+            [
+                "myapp.tenant",
+                "app.User Id",
+                "x.y",
+                "plain",
+                "search_path",
+                "myapp.tenant",
+                "e.f",
+                "g'h.i"
+            ]
+        );
+    }
+}
