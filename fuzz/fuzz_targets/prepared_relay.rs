@@ -30,11 +30,12 @@ use std::collections::{HashSet, VecDeque};
 
 use bytes::{Bytes, BytesMut};
 use libfuzzer_sys::fuzz_target;
+use pgcell::backend::statements::BackendStatements;
+use pgcell::config::DEFAULT_MAX_PREPARED_STATEMENTS as MAX_PREPARED_PER_BACKEND;
 use pgcell::protocol::framing::{split_message, Message};
 use pgcell::session::engine::{Position, Sent};
-use pgcell::config::DEFAULT_MAX_PREPARED_STATEMENTS as MAX_PREPARED_PER_BACKEND;
-use pgcell::backend::statements::BackendStatements;
 use pgcell::session::prepared::ClientStatements;
+use pgcell::sql::{self, Dialect, Verdict};
 
 /// One scripted backend: the statements it holds, as PostgreSQL would.
 #[derive(Default)]
@@ -95,15 +96,23 @@ impl Backend {
                 if name.is_empty() {
                     self.unnamed = true;
                 } else {
-                    assert!(name.starts_with(b"pgcell_"), "client name reached the backend");
+                    assert!(
+                        name.starts_with(b"pgcell_"),
+                        "client name reached the backend"
+                    );
                     let new = self.named.insert(name.to_vec());
-                    assert!(new || self.protocol_broken, "statement prepared twice (42P05)");
+                    assert!(
+                        new || self.protocol_broken,
+                        "statement prepared twice (42P05)"
+                    );
                 }
                 reply(replies, b'1', b"");
             }
             b'B' | b'D' => {
                 let name = if msg.tag == b'B' {
-                    cstr(&msg.body).and_then(|(_, rest)| cstr(rest)).map(|(n, _)| n)
+                    cstr(&msg.body)
+                        .and_then(|(_, rest)| cstr(rest))
+                        .map(|(n, _)| n)
                 } else if msg.body.first() == Some(&b'S') {
                     cstr(&msg.body[1..]).map(|(n, _)| n)
                 } else {
@@ -202,8 +211,12 @@ impl Harness {
             body: Bytes::copy_from_slice(body),
         };
         if tag == b'Q' && self.position.quiet() {
-            let in_transaction = self.position.status() != b'I';
-            if self.client.answer_locally(&msg.body, in_transaction).is_some() {
+            let status = self.position.status();
+            if self
+                .client
+                .answer_locally(&msg.body, status, Dialect::default())
+                .is_some()
+            {
                 return true;
             }
         }
@@ -221,7 +234,20 @@ impl Harness {
         }
         let backend = &mut self.backends[self.current];
         let mut out = BytesMut::new();
-        if self.client.forward(&msg, &mut backend.tracked, &mut out).is_err() {
+        // The verdict of the message's own SQL text, as the session judges
+        // it (a Query's text, or a Parse's after the statement name).
+        let judged = match tag {
+            b'Q' => sql::judge(&msg.body, Dialect::default()),
+            b'P' => cstr(&msg.body)
+                .map(|(_, text)| sql::judge(text, Dialect::default()))
+                .unwrap_or_default(),
+            _ => Verdict::default(),
+        };
+        if self
+            .client
+            .forward(&msg, judged, &mut backend.tracked, &mut out)
+            .is_err()
+        {
             return false;
         }
         assert!(backend.tracked.len() <= MAX_PREPARED_PER_BACKEND);
@@ -244,7 +270,10 @@ impl Harness {
             if m.tag == b'C'
                 && (m.body.starts_with(b"DEALLOCATE ALL\0") || m.body.starts_with(b"DISCARD ALL\0"))
             {
+                // As the session does: the backend's statements before it
+                // went out are gone, and so are the client's.
                 backend.tracked.dropped_all();
+                self.client.drop_answered();
             }
             let received = self.position.received(m.tag, &m.body);
             for n in received.discarded {
@@ -261,8 +290,14 @@ impl Harness {
                 b'3' => self.close_completes_seen += 1,
                 _ => {}
             }
-            assert!(self.parse_completes_seen <= self.parses_sent, "injected ParseComplete leaked");
-            assert!(self.close_completes_seen <= self.closes_sent, "injected CloseComplete leaked");
+            assert!(
+                self.parse_completes_seen <= self.parses_sent,
+                "injected ParseComplete leaked"
+            );
+            assert!(
+                self.close_completes_seen <= self.closes_sent,
+                "injected CloseComplete leaked"
+            );
         }
     }
 
@@ -349,9 +384,15 @@ fuzz_target!(|input: &[u8]| {
     // Finish the pipeline: once its Sync is answered nothing is awaited.
     if h.send(b'S', b"") {
         h.deliver();
-        assert!(h.position.idle(), "the engine would keep the backend after the last Sync");
+        assert!(
+            h.position.idle(),
+            "the engine would keep the backend after the last Sync"
+        );
         if !h.query_dropped {
-            assert!(!h.client.awaiting(), "backend would be kept for replies that never come");
+            assert!(
+                !h.client.awaiting(),
+                "backend would be kept for replies that never come"
+            );
         }
     }
 });

@@ -315,6 +315,36 @@ fn parse(sql: &str) -> Vec<u8> {
     frame(b'P', &body)
 }
 
+/// Parse of a named statement, no parameter types.
+fn parse_named(name: &str, sql: &str) -> Vec<u8> {
+    let body = [name.as_bytes(), b"\0", sql.as_bytes(), b"\0\0\0"].concat();
+    frame(b'P', &body)
+}
+
+/// Bind of the unnamed portal to a named statement.
+fn bind_named(name: &str) -> Vec<u8> {
+    let body = [b"\0", name.as_bytes(), b"\0\0\0\0\0\0\0"].concat();
+    frame(b'B', &body)
+}
+
+fn describe_named(name: &str) -> Vec<u8> {
+    frame(b'D', &[b"S", name.as_bytes(), b"\0"].concat())
+}
+
+/// A named statement run on its own: Bind, Execute, Sync.
+fn run_named(client: usize, name: &str) -> Step {
+    raw(
+        client,
+        cat(&[bind_named(name), execute(), sync()]),
+        Until::Ready(1),
+    )
+}
+
+/// Terminate, and wait for the close.
+fn leave(client: usize) -> Step {
+    raw(client, frame(b'X', &[]), Until::Closed)
+}
+
 /// Bind of the unnamed portal to the unnamed statement, no parameters,
 /// text results.
 fn bind() -> Vec<u8> {
@@ -387,7 +417,7 @@ fn scripts() -> Vec<Script> {
     vec![
         Script {
             name: "settings made inside a committed transaction stay with their client",
-            shows: &[],
+            shows: &["D 300ms", "D other, public", "D 77MB"],
             clients: vec![none.clone(), none.clone()],
             steps: vec![
                 q(0, "BEGIN"),
@@ -413,7 +443,7 @@ fn scripts() -> Vec<Script> {
         },
         Script {
             name: "SET ROLE does not cross clients",
-            shows: &[],
+            shows: &["D differential_role"],
             clients: vec![none.clone(), none.clone()],
             steps: vec![
                 q(0, "BEGIN; SET ROLE differential_role; COMMIT"),
@@ -428,7 +458,7 @@ fn scripts() -> Vec<Script> {
         },
         Script {
             name: "startup options belong to their client and are its RESET values",
-            shows: &[],
+            shows: &["D alpha,public", "D client", "D Asia/Tokyo", "D 1234ms"],
             clients: vec![
                 vec![
                     (
@@ -466,7 +496,7 @@ fn scripts() -> Vec<Script> {
         },
         Script {
             name: "application_name is the client's own, or empty",
-            shows: &[],
+            shows: &["D billing", "D other"],
             clients: vec![none.clone(), vec![("application_name", "billing")]],
             steps: vec![
                 q(0, "SHOW application_name"),
@@ -482,7 +512,7 @@ fn scripts() -> Vec<Script> {
         },
         Script {
             name: "a terminated backend gives one FATAL and a close",
-            shows: &[],
+            shows: &["FATAL 57P01", "D 1"],
             clients: vec![none.clone(), none.clone()],
             steps: vec![
                 Step {
@@ -495,7 +525,7 @@ fn scripts() -> Vec<Script> {
         },
         Script {
             name: "a query after Parse/Describe/Flush frees the backend at its ReadyForQuery",
-            shows: &[],
+            shows: &["D 2", "D 3", "26000", "D 4"],
             clients: vec![none.clone(), none.clone()],
             steps: vec![
                 raw(
@@ -511,7 +541,7 @@ fn scripts() -> Vec<Script> {
         },
         Script {
             name: "DEALLOCATE ALL inside a transaction reaches SQL-level statements",
-            shows: &[],
+            shows: &["D 2"],
             clients: vec![none.clone()],
             steps: vec![
                 q(0, "BEGIN"),
@@ -524,7 +554,7 @@ fn scripts() -> Vec<Script> {
         },
         Script {
             name: "a query sent into a failed pipeline gets no reply and costs nothing after",
-            shows: &[],
+            shows: &["22012", "D after", "D 5", "D still served"],
             clients: vec![none.clone(), none.clone()],
             steps: vec![
                 raw(
@@ -550,7 +580,7 @@ fn scripts() -> Vec<Script> {
         },
         Script {
             name: "errors, copy and notices keep their order and codes",
-            shows: &[],
+            shows: &["22012", "C COPY 3", "hello", "shown"],
             clients: vec![none.clone(), none.clone()],
             steps: vec![
                 q(0, "SELECT 1/0"),
@@ -663,6 +693,171 @@ fn scripts() -> Vec<Script> {
                 q(1, "SELECT 'still served'"),
             ],
         },
+        Script {
+            name: "state made by any statement of a Query stays with its client",
+            shows: &["42P01", "34000", "26000", "D 0"],
+            clients: vec![none.clone(), none.clone()],
+            steps: vec![
+                q(
+                    0,
+                    "select 1; create temp table secret as select 'A-secret'::text v",
+                ),
+                q(0, "select 1; declare c cursor with hold for select 'A-cursor'"),
+                q(0, "select 1; prepare p as select 'A-prepared'"),
+                q(0, "begin; create temp table s2 as select 'A2'::text v; commit"),
+                q(0, "select 1; listen chan"),
+                q(0, "select 1; select pg_advisory_lock(42)"),
+                q(0, "SELECT 1 /* ; */; SELECT 1 INTO TEMP t3"),
+                leave(0),
+                q(1, "select v from pg_temp.secret"),
+                q(1, "fetch c"),
+                q(1, "execute p"),
+                q(1, "select v from pg_temp.s2"),
+                q(1, "select count(*) from pg_listening_channels()"),
+                q(
+                    1,
+                    "select count(*) from pg_locks where locktype = 'advisory' and pid = pg_backend_pid()",
+                ),
+                q(1, "select * from t3"),
+            ],
+        },
+        Script {
+            name: "comments, quotes and dollar quotes hide no statement",
+            shows: &["D 71MB", "D alpha, public", "D 7s", "D 72MB"],
+            clients: vec![none.clone(), none.clone()],
+            steps: vec![
+                q(0, "select ';' /* ; /* ; */ */ as a; -- x;\n set work_mem = '71MB'"),
+                q(1, "SHOW work_mem"),
+                q(0, "SHOW work_mem"),
+                q(0, "select $t$ $$ ; $t$; SET search_path = alpha, public"),
+                q(0, "SELECT E'\\''; SET statement_timeout = '7s'"),
+                q(1, "SHOW search_path"),
+                q(1, "SHOW statement_timeout"),
+                q(0, "SHOW search_path"),
+                q(0, "SHOW statement_timeout"),
+                q(0, "SELECT 'a'\n'b' ; sEt\twork_mem\n=\n'72MB'"),
+                q(1, "SHOW work_mem"),
+                q(0, "SHOW work_mem"),
+            ],
+        },
+        Script {
+            name: "a prepared SET runs again in later transactions and stays with its client",
+            shows: &["D 66MB", "D differential_role"],
+            clients: vec![none.clone(), none.clone()],
+            steps: vec![
+                raw(
+                    0,
+                    cat(&[
+                        parse_named("set_mem", "SET work_mem = '66MB'"),
+                        parse_named("set_role", "SET ROLE differential_role"),
+                        parse_named("reset", "RESET ALL"),
+                        sync(),
+                    ]),
+                    Until::Ready(1),
+                ),
+                run_named(0, "set_mem"),
+                q(1, "SHOW work_mem"),
+                q(0, "SHOW work_mem"),
+                run_named(0, "reset"),
+                q(0, "SHOW work_mem"),
+                run_named(0, "set_mem"),
+                run_named(0, "set_role"),
+                q(1, "SELECT current_user, current_setting('work_mem')"),
+                q(0, "SELECT current_user, current_setting('work_mem')"),
+                raw(
+                    0,
+                    cat(&[
+                        parse_named("cfg", "SELECT set_config('myapp.tenant', $1, false)"),
+                        sync(),
+                    ]),
+                    Until::Ready(1),
+                ),
+                run_named(0, "reset"),
+                q(0, "SELECT current_user"),
+                q(
+                    1,
+                    "SELECT current_user, coalesce(current_setting('myapp.tenant', true), '')",
+                ),
+            ],
+        },
+        Script {
+            name: "UPDATE pg_settings stays with its client",
+            shows: &["D 55MB"],
+            clients: vec![none.clone(), none.clone()],
+            steps: vec![
+                q(
+                    0,
+                    "UPDATE pg_settings SET setting = '55MB' WHERE name = 'work_mem'",
+                ),
+                q(1, "SHOW work_mem"),
+                q(0, "SHOW work_mem"),
+            ],
+        },
+        Script {
+            name: "DEALLOCATE in a failed transaction is refused and forgets nothing",
+            shows: &["25P02", "D 1"],
+            clients: vec![none.clone()],
+            steps: vec![
+                raw(
+                    0,
+                    cat(&[parse_named("s1", "SELECT 1"), sync()]),
+                    Until::Ready(1),
+                ),
+                q(0, "BEGIN"),
+                q(0, "SELECT 1/0"),
+                q(0, "DEALLOCATE s1"),
+                q(0, "DEALLOCATE ALL"),
+                q(0, "ROLLBACK"),
+                run_named(0, "s1"),
+            ],
+        },
+        Script {
+            name: "DISCARD ALL and DEALLOCATE ALL drop a statement however they are sent",
+            shows: &["26000"],
+            clients: vec![none.clone()],
+            steps: vec![
+                // Prepared with Flush, no Sync (asyncpg's prepare()).
+                raw(
+                    0,
+                    cat(&[
+                        parse_named("s1", "SELECT 1"),
+                        describe_named("s1"),
+                        flush(),
+                    ]),
+                    Until::Tag(b'T'),
+                ),
+                q(0, "DISCARD ALL"),
+                raw(0, cat(&[sync()]), Until::Ready(1)),
+                run_named(0, "s1"),
+                raw(
+                    0,
+                    cat(&[parse_named("s2", "SELECT 2"), sync()]),
+                    Until::Ready(1),
+                ),
+                q(0, "SELECT 1; DEALLOCATE ALL"),
+                run_named(0, "s2"),
+                raw(
+                    0,
+                    cat(&[
+                        parse_named("s3", "SELECT 3"),
+                        parse_named("drop", "DEALLOCATE ALL"),
+                        sync(),
+                    ]),
+                    Until::Ready(1),
+                ),
+                run_named(0, "drop"),
+                run_named(0, "s3"),
+                q(0, "BEGIN"),
+                raw(
+                    0,
+                    cat(&[parse_named("s4", "SELECT 4"), sync()]),
+                    Until::Ready(1),
+                ),
+                q(0, "DEALLOCATE ALL"),
+                q(0, "COMMIT"),
+                run_named(0, "s4"),
+            ],
+        },
     ]
 }
 
@@ -681,19 +876,27 @@ fn prepare(a: &Cluster) {
     .unwrap();
 }
 
+/// The script does what it says on PostgreSQL: its direct transcript
+/// has every text of `shows` (a script that failed the same way on both
+/// sides would otherwise pass).
+fn assert_shows(script: &Script, direct: &[Vec<String>]) {
+    assert!(!script.shows.is_empty(), "{}: no `shows`", script.name);
+    for needle in script.shows {
+        assert!(
+            direct.iter().flatten().any(|line| line.contains(needle)),
+            "{}: direct PostgreSQL never showed {needle:?}: {direct:#?}",
+            script.name
+        );
+    }
+}
+
 /// Runs `scripts` against direct PostgreSQL and through `proxy`, and
 /// returns every difference.
 async fn differences(scripts: &[Script], a: &Cluster, proxy: &Proxy, label: &str) -> Vec<String> {
     let mut failures = Vec::new();
     for script in scripts {
         let direct = run(script, a.addr(), "app").await;
-        for needle in script.shows {
-            assert!(
-                direct.iter().flatten().any(|line| line.contains(needle)),
-                "{}: direct PostgreSQL never showed {needle:?}: {direct:#?}",
-                script.name
-            );
-        }
+        assert_shows(script, &direct);
         let through = run(script, proxy.addr, "app.acme").await;
         for (i, (d, p)) in direct.iter().zip(&through).enumerate() {
             if d != p {
@@ -737,33 +940,56 @@ async fn session_authorization_through_pools_matches_direct_postgres() {
     prepare(&a);
     a.psql("postgres", "ALTER ROLE app SUPERUSER").unwrap();
     let none: Vec<(&str, &str)> = vec![];
-    let scripts = [Script {
-        name: "SET SESSION AUTHORIZATION stays with its client",
-        shows: &["D differential_role|differential_role", "|3MB"],
-        clients: vec![none.clone(), none.clone()],
-        steps: vec![
-            q(
-                0,
-                "BEGIN; SET SESSION AUTHORIZATION differential_role; COMMIT",
-            ),
-            q(1, "SELECT current_user, session_user"),
-            q(0, "SELECT current_user, session_user"),
-            q(0, "SET work_mem = '3MB'"),
-            q(1, "SHOW work_mem"),
-            q(
-                0,
-                "SELECT current_user, session_user, current_setting('work_mem')",
-            ),
-            q(0, "RESET SESSION AUTHORIZATION"),
-            q(0, "SELECT current_user, session_user"),
-            q(0, "SET SESSION AUTHORIZATION differential_role"),
-            q(0, "SET ROLE app"),
-            q(1, "SELECT current_user, session_user"),
-            q(0, "SELECT current_user, session_user"),
-            q(0, "DISCARD ALL"),
-            q(0, "SELECT current_user, session_user"),
-        ],
-    }];
+    let scripts = [
+        Script {
+            name: "SET SESSION AUTHORIZATION stays with its client",
+            shows: &["D differential_role|differential_role", "|3MB"],
+            clients: vec![none.clone(), none.clone()],
+            steps: vec![
+                q(
+                    0,
+                    "BEGIN; SET SESSION AUTHORIZATION differential_role; COMMIT",
+                ),
+                q(1, "SELECT current_user, session_user"),
+                q(0, "SELECT current_user, session_user"),
+                q(0, "SET work_mem = '3MB'"),
+                q(1, "SHOW work_mem"),
+                q(
+                    0,
+                    "SELECT current_user, session_user, current_setting('work_mem')",
+                ),
+                q(0, "RESET SESSION AUTHORIZATION"),
+                q(0, "SELECT current_user, session_user"),
+                q(0, "SET SESSION AUTHORIZATION differential_role"),
+                q(0, "SET ROLE app"),
+                q(1, "SELECT current_user, session_user"),
+                q(0, "SELECT current_user, session_user"),
+                q(0, "DISCARD ALL"),
+                q(0, "SELECT current_user, session_user"),
+            ],
+        },
+        Script {
+            name: "a superuser's settings are replayed before the role that drops the privilege",
+            shows: &["D differential_role|replica|on", "D replica"],
+            clients: vec![none.clone(), none.clone()],
+            steps: vec![
+                q(0, "SET session_replication_role = replica"),
+                q(0, "SET lo_compat_privileges = on"),
+                q(0, "SET ROLE differential_role"),
+                q(0, "SELECT 1"),
+                q(1, "SHOW session_replication_role"),
+                q(
+                    0,
+                    "SELECT current_user, current_setting('session_replication_role'), \
+                 current_setting('lo_compat_privileges')",
+                ),
+                q(0, "SHOW session_replication_role"),
+                q(0, "SET lo_compat_privileges = off"),
+                q(0, "RESET ROLE"),
+                q(0, "SELECT current_user"),
+            ],
+        },
+    ];
     let mut failures = Vec::new();
     for pool in [
         "mode = \"transaction\"\nsize = 1\nacquire_timeout = \"2s\"",
@@ -782,7 +1008,7 @@ async fn session_authorization_through_pools_matches_direct_postgres() {
 fn hidden_setting_script() -> Script {
     Script {
         name: "a function that sets an unreported setting, with reset_every_transaction",
-        shows: &[],
+        shows: &["D 99MB"],
         clients: vec![vec![], vec![]],
         steps: vec![
             q(0, "SELECT differential_set_work_mem()"),
@@ -805,6 +1031,7 @@ async fn reset_every_transaction_covers_settings_changed_out_of_sight() {
     .unwrap();
     let script = hidden_setting_script();
     let direct = run(&script, a.addr(), "app").await;
+    assert_shows(&script, &direct);
     let proxy = pooled_proxy(
         "acme",
         &a,
@@ -971,7 +1198,8 @@ fn random_script(seed: u64) -> Script {
     }
     Script {
         name: "random",
-        shows: &[],
+        // Every random script ends with SHOWs.
+        shows: &["C SHOW"],
         clients,
         steps,
     }
@@ -992,6 +1220,7 @@ async fn random_sessions_through_a_small_transaction_pool_match_direct_postgres(
     for seed in 1..=16u64 {
         let script = random_script(seed);
         let direct = run(&script, a.addr(), "app").await;
+        assert_shows(&script, &direct);
         let pooled = run(&script, proxy.addr, "app.acme").await;
         for (i, (d, p)) in direct.iter().zip(&pooled).enumerate() {
             if d != p {
