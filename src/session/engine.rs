@@ -443,6 +443,14 @@ pub struct ClientSession {
 }
 
 impl ClientSession {
+    /// Whether its `search_path` names `pg_temp`: then a plain `CREATE
+    /// TABLE` may create a temporary table, which no statement shows.
+    pub fn searches_pg_temp(&self) -> bool {
+        self.settings.iter().any(|(name, value)| {
+            name == "search_path" && value.to_ascii_lowercase().contains("pg_temp")
+        })
+    }
+
     /// Whether the client changed nothing (the common case: nothing to do
     /// on checkout).
     pub fn is_empty(&self) -> bool {

@@ -43,6 +43,26 @@ fn foreign(name: &[u8]) -> Option<&'static [u8]> {
         .then_some(NEVER_CREATED)
 }
 
+/// What replaces a `Query` or `Parse` whose SQL names a statement in
+/// pgcell's namespace (`EXECUTE pgcell_3`): SQL the backend refuses with
+/// `26000`, in the same place of the protocol (inside a transaction block
+/// it fails the transaction, as the original would).
+pub fn refuse_foreign(msg: &Message) -> Message {
+    const REFUSED: &[u8] = b"DEALLOCATE pgcell_unknown\0";
+    let body = match msg.tag {
+        b'P' => {
+            // Keep the statement name and say no parameter types.
+            let name_end = msg.body.iter().position(|&b| b == 0).unwrap_or(0);
+            [&msg.body[..name_end], b"\0", REFUSED, b"\0\0"].concat()
+        }
+        _ => REFUSED.to_vec(),
+    };
+    Message {
+        tag: msg.tag,
+        body: Bytes::from(body),
+    }
+}
+
 /// A client statement: its pgcell name and the `Parse` body that creates
 /// it under that name.
 #[derive(Debug, Clone)]
@@ -228,6 +248,8 @@ impl ClientStatements {
                     // A simple Query replaces the unnamed statement: a
                     // later Bind of it fails, as on a direct connection.
                     self.last_unnamed = None;
+                }
+                if msg.tag != b'S' {
                     executes = judged;
                 }
                 messages::tagged(out, msg.tag, &msg.body);
@@ -425,6 +447,8 @@ impl ClientStatements {
             || starts_with_ignore_case(first, b"discard"))
             || status == b'E'
             || dialect.unsafe_encoding
+            // Read one way here, maybe another by the backend.
+            || query.contains(&b'\\')
         {
             return None;
         }
@@ -432,7 +456,7 @@ impl ClientStatements {
         let mut tokens = Vec::new();
         for item in Splitter::new(query, dialect) {
             match item {
-                Item::End(_) => tokens.push(None),
+                Item::End(_) | Item::Inner => tokens.push(None),
                 Item::Token(t) => tokens.push(Some(t)),
             }
             if tokens.len() > 5 {

@@ -25,6 +25,10 @@ pub struct Verdict {
     /// `DISCARD ALL` or `DEALLOCATE`: prepared statements on the backend
     /// may be gone.
     pub drops_statements: bool,
+    /// `EXECUTE`, `DEALLOCATE` or `PREPARE` of a name in pgcell's own
+    /// namespace (`pgcell_...`): another client's statement on a shared
+    /// backend, which this client must not reach.
+    pub foreign_statement: bool,
 }
 
 impl Verdict {
@@ -35,6 +39,7 @@ impl Verdict {
             state: self.state.or(other.state),
             unknown: self.unknown || other.unknown,
             drops_statements: self.drops_statements || other.drops_statements,
+            foreign_statement: self.foreign_statement || other.foreign_statement,
         }
     }
 
@@ -50,6 +55,7 @@ impl Verdict {
             state: None,
             unknown: true,
             drops_statements: true,
+            foreign_statement: false,
         }
     }
 }
@@ -156,7 +162,7 @@ fn names(token: Token<'_>, name: &str) -> bool {
 #[derive(Default)]
 struct Statement<'a> {
     /// Its first tokens, after any opening parentheses.
-    head: [Option<Token<'a>>; 4],
+    head: [Option<Token<'a>>; 6],
     len: usize,
     previous: Option<Token<'a>>,
     /// Mentions `set_config` or `pg_settings`.
@@ -168,6 +174,8 @@ struct Statement<'a> {
     with_hold: bool,
     /// The word `ANALYZE` anywhere (EXPLAIN runs the statement then).
     analyze: bool,
+    /// Names a statement in pgcell's namespace.
+    foreign: bool,
 }
 
 impl<'a> Statement<'a> {
@@ -179,8 +187,16 @@ impl<'a> Statement<'a> {
             *slot = Some(token);
         }
         self.len += 1;
-        if matches!(token, Token::Word(_) | Token::Quoted(_)) {
-            self.identifier(token);
+        match token {
+            Token::Word(_) | Token::Quoted(_) => self.identifier(token),
+            // `SET search_path = 'pg_temp'` makes CREATE TABLE temporary.
+            Token::Str { body, .. }
+                if body.len() >= 7
+                    && body.windows(7).any(|w| w.eq_ignore_ascii_case(b"pg_temp")) =>
+            {
+                self.state.get_or_insert(StateKind::TempObject);
+            }
+            _ => {}
         }
         self.previous = Some(token);
     }
@@ -189,6 +205,14 @@ impl<'a> Statement<'a> {
         let (Token::Word(w) | Token::Quoted(w)) = token else {
             return;
         };
+        if w.len() > 7
+            && w[..7].eq_ignore_ascii_case(b"pgcell_")
+            && ["execute", "deallocate", "prepare"]
+                .iter()
+                .any(|k| is(self.previous, k))
+        {
+            self.foreign = true;
+        }
         // Most identifiers are none of these: a length check each.
         match w.len() {
             10 | 11 if names(token, "set_config") || names(token, "pg_settings") => {
@@ -221,9 +245,10 @@ impl<'a> Statement<'a> {
         let mut v = Verdict {
             settings: self.settings,
             state: self.state,
+            foreign_statement: self.foreign,
             ..Verdict::default()
         };
-        let [h0, h1, h2, h3] = self.head;
+        let [h0, h1, h2, h3, h4, _] = self.head;
         let Some(Token::Word(first)) = h0 else {
             v.unknown = true;
             return v;
@@ -236,7 +261,7 @@ impl<'a> Statement<'a> {
         } else if first("create") {
             // CREATE [OR REPLACE] [LOCAL | GLOBAL] TEMP | TEMPORARY ...
             let (a, b) = if is(h1, "or") && is(h2, "replace") {
-                (h3, None)
+                (h3, h4)
             } else {
                 (h1, h2)
             };
@@ -281,17 +306,37 @@ impl<'a> Statement<'a> {
 }
 
 /// Judges every statement of `sql` (a `Query` body or a `Parse`'s query
-/// text), as the backend will read it with `dialect`.
+/// text), as the backend will read it with `dialect` or with the other
+/// `standard_conforming_strings`: a message pipelined behind a `SET` of
+/// it is read by the backend with a value pgcell has not seen yet, so a
+/// text with a backslash is judged both ways. A backslash in a text with
+/// bytes above 0x7F may be the second byte of a multi-byte character
+/// (SJIS, BIG5, GBK, JOHAB: what the backend reads after converting the
+/// client's encoding): such a text is judged as anything.
 pub fn judge(sql: &[u8], dialect: Dialect) -> Verdict {
     if dialect.unsafe_encoding {
         return Verdict::anything();
     }
+    if !sql.contains(&b'\\') {
+        return judge_read_as(sql, dialect);
+    }
+    if sql.iter().any(|&b| b >= 0x80) {
+        return Verdict::anything();
+    }
+    let other = Dialect {
+        backslash_escapes: !dialect.backslash_escapes,
+        ..dialect
+    };
+    judge_read_as(sql, dialect).merge(judge_read_as(sql, other))
+}
+
+fn judge_read_as(sql: &[u8], dialect: Dialect) -> Verdict {
     let mut verdict = Verdict::default();
     let mut statement = Statement::default();
     for item in Splitter::new(sql, dialect) {
         match item {
             Item::Token(token) => statement.token(token),
-            Item::End(_) => {
+            Item::End(_) | Item::Inner => {
                 verdict = verdict.merge(statement.verdict());
                 statement = Statement::default();
             }
@@ -300,16 +345,39 @@ pub fn judge(sql: &[u8], dialect: Dialect) -> Verdict {
     verdict
 }
 
+/// What a `FunctionCall` message may do: anything (it names a function by
+/// its OID, `set_config` or `pg_advisory_lock` among them).
+pub fn function_call() -> Verdict {
+    Verdict {
+        settings: true,
+        state: None,
+        unknown: true,
+        drops_statements: false,
+        foreign_statement: false,
+    }
+}
+
 /// The custom (dotted) setting names `sql` sets by name: `SET [SESSION]
 /// a.b` and `set_config('a.b', ...)` with a plain literal.
 pub fn custom_setting_names(sql: &[u8], dialect: Dialect, mut found: impl FnMut(String)) {
+    names_read_as(sql, dialect, &mut found);
+    if sql.contains(&b'\\') {
+        let other = Dialect {
+            backslash_escapes: !dialect.backslash_escapes,
+            ..dialect
+        };
+        names_read_as(sql, other, &mut found);
+    }
+}
+
+fn names_read_as(sql: &[u8], dialect: Dialect, found: &mut impl FnMut(String)) {
     let mut index = 0usize;
     let mut set_name: Option<String> = None;
     let mut in_set = false;
     let mut previous: [Option<Token<'_>>; 2] = [None, None];
     for item in Splitter::new(sql, dialect) {
         let token = match item {
-            Item::End(_) => {
+            Item::End(_) | Item::Inner => {
                 if let Some(name) = set_name.take() {
                     found(name);
                 }
@@ -439,6 +507,11 @@ mod tests {
                 Some("temp_table"),
             ),
             ("create table pg_temp.t (a int)", Some("temp_table")),
+            (
+                "create or replace local temp view v as select 1",
+                Some("temp_table"),
+            ),
+            ("set search_path = 'pg_temp', public", Some("temp_table")),
             ("select 1 into temp t", Some("temp_table")),
             ("select 1 into local temporary t", Some("temp_table")),
             ("select 1 into t", None),
@@ -483,6 +556,56 @@ mod tests {
             ..Dialect::default()
         };
         assert!(judge(b"select 1", odd).unknown);
+        // A backslash after a byte above 0x7F may belong to a character.
+        assert!(judge(b"select E'\x83\\'; listen x; --'", Dialect::default()).unknown);
+        // An atomic body taken for one hides nothing: the judge splits at
+        // every `;`.
+        assert!(
+            v("create function f(begin atomic) returns int language sql as 'select 1'; set role r")
+                .settings
+        );
+        assert!(
+            v("create function f() returns int language sql begin atomic select 1; end; set role r")
+                .settings
+        );
+        assert!(
+            v("create function f() begin atomic select 1; listen x; end")
+                .state
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn a_backslash_is_read_both_ways() {
+        // With standard_conforming_strings on, the string ends at the
+        // second quote; off (a SET pipelined before it), it runs on.
+        for sql in [
+            "select 'a\\'; listen x; --'",
+            "select 'a\\' , pg_advisory_lock(1) --'",
+        ] {
+            assert!(v(sql).state.is_some(), "{sql}");
+            let off = Dialect {
+                backslash_escapes: true,
+                ..Dialect::default()
+            };
+            assert!(judge(sql.as_bytes(), off).state.is_some(), "{sql}");
+        }
+    }
+
+    #[test]
+    fn statements_in_pgcells_namespace() {
+        for (sql, foreign) in [
+            ("EXECUTE pgcell_3(1)", true),
+            ("deallocate PGCELL_3", true),
+            ("deallocate prepare pgcell_3", true),
+            ("create table t as execute pgcell_3", true),
+            ("explain analyze execute \"pgcell_3\"", true),
+            ("execute mine", false),
+            ("select pgcell_3", false),
+            ("select 'execute pgcell_3'", false),
+        ] {
+            assert_eq!(v(sql).foreign_statement, foreign, "{sql}");
+        }
     }
 
     #[test]

@@ -24,7 +24,7 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(4);
 
 /// What a step sends.
 #[derive(Clone)]
-enum Send {
+pub(crate) enum Send {
     /// A simple Query.
     Query(&'static str),
     /// Raw frontend messages, already framed.
@@ -36,7 +36,7 @@ enum Send {
 
 /// What a step reads before the next one runs.
 #[derive(Clone, Copy)]
-enum Until {
+pub(crate) enum Until {
     /// This many ReadyForQuery.
     Ready(usize),
     /// A message with this tag.
@@ -81,18 +81,18 @@ struct Script {
 
 /// A raw protocol client that logs in with SCRAM and records, in order,
 /// everything the server sends.
-struct Wire {
+pub(crate) struct Wire {
     addr: SocketAddr,
     /// BackendKeyData's process id and secret (left out of the transcript).
     key: Option<[u8; 8]>,
     stream: TcpStream,
     buf: BytesMut,
-    closed: bool,
-    transcript: Vec<String>,
+    pub(crate) closed: bool,
+    pub(crate) transcript: Vec<String>,
 }
 
 impl Wire {
-    async fn connect(addr: SocketAddr, user: &str, params: &[(&str, &str)]) -> Wire {
+    pub(crate) async fn connect(addr: SocketAddr, user: &str, params: &[(&str, &str)]) -> Wire {
         let stream = TcpStream::connect(addr).await.unwrap();
         let mut wire = Wire {
             addr,
@@ -173,7 +173,7 @@ impl Wire {
     }
 
     /// Runs one step and records what came back.
-    async fn step(&mut self, send: &Send, until: Until) {
+    pub(crate) async fn step(&mut self, send: &Send, until: Until) {
         if self.closed {
             self.transcript.push("<step after close>".into());
             return;
@@ -300,7 +300,7 @@ fn describe(tag: u8, body: &[u8]) -> String {
     }
 }
 
-fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
+pub(crate) fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
     let mut out = vec![tag];
     out.extend_from_slice(&(body.len() as i32 + 4).to_be_bytes());
     out.extend_from_slice(body);
@@ -308,7 +308,7 @@ fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
 }
 
 /// Parse of the unnamed statement, no parameter types.
-fn parse(sql: &str) -> Vec<u8> {
+pub(crate) fn parse(sql: &str) -> Vec<u8> {
     let mut body = vec![0];
     body.extend_from_slice(sql.as_bytes());
     body.extend_from_slice(&[0, 0, 0]);
@@ -316,13 +316,13 @@ fn parse(sql: &str) -> Vec<u8> {
 }
 
 /// Parse of a named statement, no parameter types.
-fn parse_named(name: &str, sql: &str) -> Vec<u8> {
+pub(crate) fn parse_named(name: &str, sql: &str) -> Vec<u8> {
     let body = [name.as_bytes(), b"\0", sql.as_bytes(), b"\0\0\0"].concat();
     frame(b'P', &body)
 }
 
 /// Bind of the unnamed portal to a named statement.
-fn bind_named(name: &str) -> Vec<u8> {
+pub(crate) fn bind_named(name: &str) -> Vec<u8> {
     let body = [b"\0", name.as_bytes(), b"\0\0\0\0\0\0\0"].concat();
     frame(b'B', &body)
 }
@@ -347,7 +347,7 @@ fn leave(client: usize) -> Step {
 
 /// Bind of the unnamed portal to the unnamed statement, no parameters,
 /// text results.
-fn bind() -> Vec<u8> {
+pub(crate) fn bind() -> Vec<u8> {
     frame(b'B', &[0, 0, 0, 0, 0, 0, 0, 0])
 }
 
@@ -355,11 +355,11 @@ fn describe_statement() -> Vec<u8> {
     frame(b'D', b"S\0")
 }
 
-fn execute() -> Vec<u8> {
+pub(crate) fn execute() -> Vec<u8> {
     frame(b'E', &[0, 0, 0, 0, 0])
 }
 
-fn sync() -> Vec<u8> {
+pub(crate) fn sync() -> Vec<u8> {
     frame(b'S', &[])
 }
 
@@ -381,13 +381,13 @@ fn copy_fail(why: &str) -> Vec<u8> {
     frame(b'f', &body)
 }
 
-fn query(sql: &str) -> Vec<u8> {
+pub(crate) fn query(sql: &str) -> Vec<u8> {
     let mut body = sql.as_bytes().to_vec();
     body.push(0);
     frame(b'Q', &body)
 }
 
-fn cat(parts: &[Vec<u8>]) -> Vec<u8> {
+pub(crate) fn cat(parts: &[Vec<u8>]) -> Vec<u8> {
     parts.concat()
 }
 
@@ -863,7 +863,7 @@ fn scripts() -> Vec<Script> {
 
 /// What every comparison's cluster has: a role to switch to, a schema,
 /// a table for COPY.
-fn prepare(a: &Cluster) {
+pub(crate) fn prepare(a: &Cluster) {
     a.psql(
         "postgres",
         "CREATE ROLE differential_role; GRANT differential_role TO app; CREATE SCHEMA alpha AUTHORIZATION app",
@@ -1078,21 +1078,21 @@ async fn session_pool_matches_direct_postgres() {
 
 /// A small deterministic generator (xorshift64*): the same seed, the same
 /// scripts, on every machine.
-struct Rng(u64);
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
 
-    fn below(&mut self, n: usize) -> usize {
+    pub(crate) fn below(&mut self, n: usize) -> usize {
         (self.next() % n as u64) as usize
     }
 
-    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
+    pub(crate) fn pick<T: Copy>(&mut self, items: &[T]) -> T {
         items[self.below(items.len())]
     }
 }

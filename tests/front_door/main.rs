@@ -15,6 +15,7 @@ mod console;
 mod differential;
 mod drain;
 mod drivers;
+mod isolation;
 mod negotiation;
 mod operations;
 mod pooling;

@@ -121,7 +121,9 @@ impl Session<'_> {
         // State that cannot be carried (LISTEN, temp tables, ...) must not
         // reach the next client: that backend is closed.
         let dirty = std::mem::take(&mut self.state_dirty);
-        let check = changes.check_state || self.pool.check_session_state();
+        let check = changes.check_state
+            || self.pool.check_session_state()
+            || self.session.searches_pg_temp();
         // Boxed (all rare but the last): their state would otherwise be
         // part of every client's task.
         let clean = if changes.settings || self.pool.reset_every_transaction() {

@@ -89,11 +89,12 @@ impl Session<'_> {
                 Some(end) => &msg.body[end + 1..],
                 None => return Verdict::default(),
             },
+            b'F' => return crate::sql::verdict::function_call(),
             _ => return Verdict::default(),
         };
-        let verdict = crate::sql::judge(sql, self.dialect);
+        let verdict = crate::sql::judge(sql, Dialect::default());
         if verdict.settings {
-            self.custom.note(sql, self.dialect);
+            self.custom.note(sql, Dialect::default());
         }
         verdict
     }
@@ -223,16 +224,6 @@ impl Session<'_> {
                     // function): the session must be read back.
                     if !READ_ONLY.contains(&name.as_str()) {
                         self.changes.settings = true;
-                    }
-                    match name.as_str() {
-                        "standard_conforming_strings" => {
-                            self.dialect.backslash_escapes = value.eq_ignore_ascii_case("off");
-                        }
-                        "client_encoding" => {
-                            self.dialect.unsafe_encoding =
-                                Dialect::from_settings("on", &value).unsafe_encoding;
-                        }
-                        _ => {}
                     }
                     if let Some(lease) = self.lease.as_mut() {
                         set_param(&mut lease.conn.params, name, value);

@@ -217,19 +217,8 @@ where
         .map_err(SessionError::ClientIo)?;
     client.flush().await.map_err(SessionError::ClientIo)?;
 
-    let setting = |name: &str| {
-        server_params
-            .iter()
-            .find(|(n, _)| n == name)
-            .map_or("", |(_, v)| v.as_str())
-    };
-    let dialect = Dialect::from_settings(
-        setting("standard_conforming_strings"),
-        setting("client_encoding"),
-    );
     let mut session = Session {
         shared,
-        dialect,
         open,
         login,
         seen_reload,
@@ -291,10 +280,6 @@ async fn acquire(
 
 struct Session<'a> {
     shared: &'a Shared,
-    /// How the backend reads this client's SQL text
-    /// (`standard_conforming_strings`, `client_encoding`, as last
-    /// reported).
-    dialect: Dialect,
     open: OpenSettings,
     /// How this client's backends log in (kept for replacement pools).
     login: BackendLogin,
@@ -494,7 +479,7 @@ impl Session<'_> {
             let status = self.position.status();
             if let Some(tag) = self
                 .statements
-                .answer_locally(&msg.body, status, self.dialect)
+                .answer_locally(&msg.body, status, Dialect::default())
             {
                 let mut out = BytesMut::new();
                 let mut body = tag.as_bytes().to_vec();
@@ -537,12 +522,22 @@ impl Session<'_> {
             }
         }
         self.count_client_message(&msg);
-        let judged = self.judge(&msg);
+        let mut judged = self.judge(&msg);
+        let refused;
+        let msg = if judged.foreign_statement && self.pool.mode == PoolMode::Transaction {
+            // Another client's statement: the backend refuses what
+            // replaces it, as it would a name that does not exist.
+            refused = super::prepared::refuse_foreign(&msg);
+            judged = crate::sql::Verdict::default();
+            &refused
+        } else {
+            &msg
+        };
         let from = to_server.len();
         let executes = match (self.pool.mode, self.lease.as_mut()) {
             (PoolMode::Transaction, Some(lease)) => self
                 .statements
-                .forward(&msg, judged, &mut lease.conn.prepared, to_server)
+                .forward(msg, judged, &mut lease.conn.prepared, to_server)
                 .map_err(SessionError::from)?,
             _ => {
                 messages::tagged(to_server, msg.tag, &msg.body);
