@@ -2,7 +2,9 @@
 //! prepared-statement rewrite of a `pgbench -M prepared` transaction (the
 //! statement already on the backend: the steady state), and the server side
 //! of a SCRAM exchange (client-first and client-final verification against a
-//! stored secret; no PBKDF2, as in every login pgcell serves).
+//! stored secret; no PBKDF2, as in every login pgcell serves), and the
+//! judgement of SQL text (`pgcell::sql::judge`) run on every `Query` and
+//! `Parse`.
 //!
 //! `cargo bench --bench hot_path`
 
@@ -15,7 +17,62 @@ use pgcell::auth::scram::{ScramClient, ScramServer};
 use pgcell::auth::secret::ScramSecret;
 use pgcell::backend::statements::BackendStatements;
 use pgcell::protocol::framing::split_message;
+use pgcell::protocol::framing::Message;
 use pgcell::session::prepared::ClientStatements;
+use pgcell::sql::{Dialect, Verdict};
+
+/// The SQL text of a `Parse` (after its name) or a `Query`.
+fn sql_of(msg: &Message) -> &[u8] {
+    match msg.tag {
+        b'P' => {
+            let end = msg.body.iter().position(|&b| b == 0).unwrap_or(0);
+            &msg.body[end + 1..]
+        }
+        _ => &msg.body,
+    }
+}
+
+/// The judgement of a statement's SQL text, run on every simple `Query`
+/// and every `Parse` (a prepared statement's is kept with it).
+fn bench_judge(c: &mut Criterion) {
+    let mut group = c.benchmark_group("judge");
+    group.throughput(Throughput::Elements(1));
+    for (name, sql) in [
+        (
+            "pgbench_select",
+            &b"SELECT abalance FROM pgbench_accounts WHERE aid = 48213;\0"[..],
+        ),
+        (
+            "pgbench_update",
+            b"UPDATE pgbench_accounts SET abalance = abalance + -4321 WHERE aid = 48213;\0",
+        ),
+        (
+            "multi_statement_with_comments",
+            b"/* app=checkout */ BEGIN; SELECT 'a;b' AS x; SET LOCAL work_mem = '8MB'; \
+              UPDATE t SET v = $$x;y$$ WHERE id = 7; COMMIT;\0",
+        ),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter(|| black_box(pgcell::sql::judge(black_box(sql), Dialect::default())))
+        });
+    }
+    let long = format!(
+        "SELECT {} FROM t WHERE id = 1\0",
+        (0..200)
+            .map(|i| format!("c{i}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    group.bench_function("select_200_columns", |b| {
+        b.iter(|| {
+            black_box(pgcell::sql::judge(
+                black_box(long.as_bytes()),
+                Dialect::default(),
+            ))
+        })
+    });
+    group.finish();
+}
 
 fn tagged(buf: &mut BytesMut, tag: u8, body: &[u8]) {
     buf.put_u8(tag);
@@ -53,7 +110,10 @@ fn bench_prepared(c: &mut Criterion) {
     // Prepare once (Parse injected, ParseComplete swallowed later).
     let mut first = prepared_transaction(true);
     while let Some(msg) = split_message(&mut first, 1 << 20).unwrap() {
-        client.forward(&msg, &mut backend, &mut out).unwrap();
+        let judged = pgcell::sql::judge(sql_of(&msg), Dialect::default());
+        client
+            .forward(&msg, judged, &mut backend, &mut out)
+            .unwrap();
     }
     for tag in [b'1', b'2', b'C', b'Z'] {
         client.on_backend_message(tag, &mut backend);
@@ -67,9 +127,10 @@ fn bench_prepared(c: &mut Criterion) {
             out.clear();
             let mut input = steady.clone();
             while let Some(msg) = split_message(&mut input, 1 << 20).unwrap() {
-                client
-                    .forward(black_box(&msg), &mut backend, &mut out)
+                let executes = client
+                    .forward(black_box(&msg), Verdict::default(), &mut backend, &mut out)
                     .unwrap();
+                black_box(executes);
             }
             // The backend's answers: BindComplete, CommandComplete, RFQ.
             for tag in [b'2', b'C', b'Z'] {
@@ -108,5 +169,5 @@ fn bench_scram(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_prepared, bench_scram);
+criterion_group!(benches, bench_prepared, bench_judge, bench_scram);
 criterion_main!(benches);

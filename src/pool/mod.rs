@@ -14,6 +14,15 @@ use in_use::{InUse, InUseMap};
 
 pub use registry::Pools;
 
+/// What becomes of a backend handed back to its pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Release {
+    /// Reuse it (unless it is past `max_lifetime` or the pool retired).
+    Reuse,
+    /// Close it, for this reason (a label for logs).
+    Close(&'static str),
+}
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -592,17 +601,21 @@ impl Pool {
         }
     }
 
-    /// Hands a backend back. `clean` says the backend is idle (status `I`,
-    /// nothing outstanding) and nothing happened that forbids reuse.
-    pub fn release(&self, lease: Lease, clean: bool) {
-        self.release_at(lease, clean, Instant::now());
+    /// Hands a backend back: reused when `release` says so (the backend
+    /// is idle, status `I`, nothing outstanding, nothing forbids reuse),
+    /// closed otherwise.
+    pub fn release(&self, lease: Lease, release: Release) {
+        self.release_at(lease, release, Instant::now());
     }
 
     /// [`Pool::release`] with the time already read by the caller (one
     /// clock read per transaction end).
-    pub fn release_at(&self, lease: Lease, clean: bool, now: Instant) {
-        if !clean
-            || now.saturating_duration_since(lease.conn.created) > self.settings.max_lifetime
+    pub fn release_at(&self, lease: Lease, release: Release, now: Instant) {
+        if let Release::Close(reason) = release {
+            tracing::debug!(tenant = %self.key.tenant, addr = %lease.conn.addr, reason, "backend closed at checkin");
+            return;
+        }
+        if now.saturating_duration_since(lease.conn.created) > self.settings.max_lifetime
             || self.retired.load(Ordering::Acquire)
         {
             return;
@@ -672,7 +685,7 @@ impl Pool {
                 return;
             };
             match self.open(permit, &profile).await {
-                Ok(lease) => self.release(lease, true),
+                Ok(lease) => self.release(lease, Release::Reuse),
                 Err(e) => {
                     tracing::debug!(pool = ?self.key, error = %e, "min_idle backend not opened");
                     return;

@@ -118,16 +118,17 @@ pub enum SessionError {
     /// guessable.
     #[error(transparent)]
     Random(crate::auth::RandomError),
-    /// A setting the client made earlier was refused when pgcell gave it
-    /// to its next backend (the client got `22023` and the backend's text).
-    #[error("session settings no longer apply: {0}")]
-    SessionRestore(String),
+    /// The client was already told (its error went out where it
+    /// happened): nothing more is sent.
+    #[error(transparent)]
+    Reported(Box<SessionError>),
 }
 
 impl SessionError {
     /// Who is to blame.
     pub fn kind(&self) -> ErrorKind {
         match self {
+            SessionError::Reported(e) => e.kind(),
             SessionError::ClientAuth(client_auth::ClientAuthError::AuthQuery(_)) => {
                 ErrorKind::Backend
             }
@@ -141,8 +142,7 @@ impl SessionError {
             | SessionError::ClientIo(_)
             | SessionError::ClientAuth(_)
             | SessionError::ClientProtocol(_)
-            | SessionError::StatementLimit
-            | SessionError::SessionRestore(_) => ErrorKind::Client,
+            | SessionError::StatementLimit => ErrorKind::Client,
             SessionError::Acquire(crate::pool::AcquireError::Timeout(_)) => ErrorKind::Internal,
             SessionError::Acquire(_) => ErrorKind::Backend,
             SessionError::Route(_) | SessionError::Policy(_) => ErrorKind::Policy,
@@ -164,6 +164,7 @@ impl SessionError {
     /// Short outcome label for logs.
     pub fn outcome(&self) -> &'static str {
         match self {
+            SessionError::Reported(e) => e.outcome(),
             SessionError::Handshake(e) => e.kind(),
             SessionError::Route(e) => e.reason(),
             SessionError::Policy(e) => e.reason(),
@@ -187,7 +188,6 @@ impl SessionError {
             SessionError::Acquire(_) => "backend_unreachable",
             SessionError::ClientProtocol(_) => "client_protocol",
             SessionError::StatementLimit => "statement_limit",
-            SessionError::SessionRestore(_) => "settings_refused",
         }
     }
 
@@ -197,15 +197,20 @@ impl SessionError {
         use crate::backend::server::OpenError;
         use crate::pool::AcquireError;
         let error = match self {
-            // Negotiation errors are reported where they happen; the
-            // relay tells the client itself when it can.
+            SessionError::Reported(_) => return None,
+            // Negotiation errors are reported where they happen (a
+            // `HandshakeError` is always already told); a client whose
+            // connection failed cannot be told anything.
             SessionError::Handshake(_)
             | SessionError::ClientIo(_)
-            | SessionError::BackendRejected(_)
-            | SessionError::AuthRelay(AuthRelayError::Client(FramingError::Io(_)))
-            | SessionError::BackendLost
-            | SessionError::TenantRemoved
-            | SessionError::SessionRestore(_) => return None,
+            | SessionError::AuthRelay(AuthRelayError::Client(FramingError::Io(_))) => return None,
+            // The backend's own ErrorResponse went to the client.
+            SessionError::BackendRejected(_) => return None,
+            SessionError::BackendLost => server_lost(),
+            SessionError::TenantRemoved => ClientError::fatal(
+                SqlState::ADMIN_SHUTDOWN,
+                "terminating connection: the tenant was removed from this server",
+            ),
             SessionError::Route(RouteError::Missing) => {
                 ClientError::fatal(SqlState::CONNECTION_REJECTED, "no tenant specified")
                     .hint(how_to_name_tenant.to_owned())
@@ -639,7 +644,9 @@ where
                 Some(e) => tracing::debug!(error = %e, client_told, "backend read failed"),
                 None => tracing::debug!(client_told, "backend closed"),
             }
-            Err(SessionError::BackendLost)
+            // Passthrough: the client saw what the backend did (its
+            // error, or the close), as on a direct connection.
+            Err(SessionError::Reported(Box::new(SessionError::BackendLost)))
         }
     }
 }

@@ -424,9 +424,9 @@ impl<'a> Splitter<'a> {
         };
         self.words = self.words.saturating_add(1);
         if self.head == Head::Routine {
-            if self.after_begin && self.parens == 0 && is("atomic") {
-                self.depth += 1;
-            } else if self.depth > 0 && is("case") {
+            let opens = (self.after_begin && self.parens == 0 && is("atomic"))
+                || (self.depth > 0 && is("case"));
+            if opens {
                 self.depth += 1;
             } else if self.depth > 0 && is("end") {
                 self.depth -= 1;

@@ -296,9 +296,12 @@ impl<'a> Statement<'a> {
             v.state.get_or_insert(StateKind::Load);
         } else if first("explain") {
             v.unknown |= self.analyze;
-        } else if first("do") || first("call") || first("execute") {
-            v.unknown = true;
-        } else if !HARMLESS.iter().any(|k| first(k)) {
+        } else if first("do")
+            || first("call")
+            || first("execute")
+            || !HARMLESS.iter().any(|k| first(k))
+        {
+            // Runs code pgcell cannot see, or is not known here.
             v.unknown = true;
         }
         v

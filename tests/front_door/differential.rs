@@ -93,6 +93,17 @@ pub(crate) struct Wire {
 
 impl Wire {
     pub(crate) async fn connect(addr: SocketAddr, user: &str, params: &[(&str, &str)]) -> Wire {
+        Wire::connect_pausing(addr, user, params, None).await
+    }
+
+    /// [`Wire::connect`], running `pause` before the last SCRAM message
+    /// (the client is in the middle of its login then).
+    pub(crate) async fn connect_pausing(
+        addr: SocketAddr,
+        user: &str,
+        params: &[(&str, &str)],
+        mut pause: Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + '_>>>,
+    ) -> Wire {
         let stream = TcpStream::connect(addr).await.unwrap();
         let mut wire = Wire {
             addr,
@@ -126,6 +137,9 @@ impl Wire {
                             wire.send_msg(b'p', &b).await;
                         }
                         11 => {
+                            if let Some(pause) = pause.take() {
+                                pause.await;
+                            }
                             let fin = scram.server_first(&body[4..]).unwrap();
                             wire.send_msg(b'p', &fin).await;
                         }
@@ -1244,4 +1258,42 @@ async fn random_sessions_through_a_small_transaction_pool_match_direct_postgres(
     }
     proxy.stop().await;
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// A tenant removed by a reload while a client is logging in: the client
+/// completes its login and is then told why it must go (`57P01`), not
+/// closed without a word.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_removed_during_login_is_told() {
+    let a = cluster("cluster-removed-login");
+    prepare(&a);
+    let proxy = pooled_proxy(
+        "acme",
+        &a,
+        "mode = \"transaction\"\nsize = 1\nacquire_timeout = \"2s\"",
+    )
+    .await;
+    let path = proxy.config_path();
+    let text = std::fs::read_to_string(&path).unwrap();
+    let without = text.replace("id = \"acme\"", "id = \"other\"");
+    assert_ne!(text, without);
+    let proxy_ref = &proxy;
+    let wire = Wire::connect_pausing(
+        proxy.addr,
+        "app.acme",
+        &[],
+        Some(Box::pin(async move {
+            std::fs::write(&path, &without).unwrap();
+            proxy_ref.reload_and_wait().await;
+        })),
+    )
+    .await;
+    assert!(
+        wire.transcript
+            .iter()
+            .any(|l| l.contains("FATAL 57P01") && l.contains("tenant was removed")),
+        "{:?}",
+        wire.transcript
+    );
+    proxy.stop().await;
 }

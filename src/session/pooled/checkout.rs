@@ -11,10 +11,11 @@ use crate::cancel::CancelTarget;
 use crate::config::PoolMode;
 use crate::metrics as m;
 use crate::pool::Lease;
+use crate::pool::Release;
 use crate::protocol::framing::read_message;
 use crate::protocol::messages;
 use crate::protocol::{ClientError, SqlState};
-use crate::session::engine::{self, ClientSession, SessionChanges};
+use crate::session::engine::{self, Checkin, CheckinPolicy, ClientSession, CloseReason};
 
 /// Longest reply read while pgcell talks to a backend on its own.
 const MAX_OWN_REPLY: usize = 1 << 20;
@@ -70,17 +71,38 @@ impl Session<'_> {
                     return Ok(true);
                 }
                 Err(OwnQueryError::Refused(code, message)) => refused = Some((code, message)),
-                Err(OwnQueryError::Lost) => {
-                    let _ = crate::session::server_lost().send(client).await;
-                    return Err(SessionError::BackendLost);
-                }
+                Err(OwnQueryError::Lost) => return Err(SessionError::BackendLost),
             }
         }
         // A setting the client made earlier no longer applies (a role
-        // dropped since, say): the statement fails with PostgreSQL's
-        // error, as it would have failed on a direct connection where the
-        // role went away; the client keeps its session and may RESET.
-        self.pool.release(lease, true);
+        // dropped since, say): each is tried alone, the ones PostgreSQL
+        // refuses are dropped from the client's session, and the
+        // statement that needed the backend fails with PostgreSQL's error;
+        // the session goes on without them (it would otherwise fail every
+        // statement from now on, RESET included).
+        let mut kept = Vec::new();
+        for (name, value) in std::mem::take(&mut self.session.settings) {
+            let one = ClientSession {
+                settings: vec![(name.clone(), value.clone())],
+            };
+            let Some(query) = one.restore_query() else {
+                continue;
+            };
+            match run_own(&mut lease, &query).await {
+                Ok(_) => kept.push((name, value)),
+                Err(OwnQueryError::Refused(code, message)) => {
+                    refused.get_or_insert((code, message));
+                }
+                Err(OwnQueryError::Lost) => return Err(SessionError::BackendLost),
+            }
+        }
+        self.session.settings = kept;
+        // What was applied goes: the backend returns as it logged in.
+        let release = match run_own(&mut lease, engine::RESET).await {
+            Ok(_) => Release::Reuse,
+            Err(_) => Release::Close(CloseReason::OwnQueryFailed.label()),
+        };
+        self.pool.release(lease, release);
         let (code, message) = refused.unwrap_or((SqlState::INVALID_PARAMETER_VALUE, String::new()));
         tracing::info!(tenant = %self.tenant, %message, "session settings could not be replayed");
         ClientError::statement(code, message)
@@ -94,8 +116,7 @@ impl Session<'_> {
     /// position) at `lease`.
     pub(super) fn attach(&mut self, lease: Lease) {
         self.statements.new_backend();
-        self.position.reset();
-        self.backend_fatal = false;
+        self.checkout.attach();
         self.checked_out_at = lease.leased_at;
         self.cancel_key.attach(CancelTarget {
             addr: lease.conn.addr,
@@ -104,93 +125,79 @@ impl Session<'_> {
         self.lease = Some(lease);
     }
 
-    /// Hands the backend back between transactions (transaction mode):
-    /// reads back and resets what the transaction may have changed first,
-    /// and checks for session state when a statement was not understood
-    /// or the pool asks for it (`check_session_state`).
+    /// Hands the backend back between transactions (transaction mode),
+    /// as the engine decides ([`engine::Checkout::checkin`]): reads back
+    /// and resets what the transaction may have changed, checks for
+    /// session state when a statement was not understood or the pool asks
+    /// for it, closes it when it must.
     pub(super) async fn checkin(&mut self) {
         let Some(mut lease) = self.lease.take() else {
             return;
         };
-        let cancelled = self.cancel_key.detach();
         let now = std::time::Instant::now();
         self.listed
             .tally
             .transaction(now.saturating_duration_since(self.checked_out_at));
-        let changes = std::mem::take(&mut self.changes);
-        // State that cannot be carried (LISTEN, temp tables, ...) must not
-        // reach the next client: that backend is closed.
-        let dirty = std::mem::take(&mut self.state_dirty);
-        let check = changes.check_state
-            || self.pool.check_session_state()
-            || self.session.searches_pg_temp();
-        // Boxed (all rare but the last): their state would otherwise be
-        // part of every client's task.
-        let clean = if changes.settings || self.pool.reset_every_transaction() {
-            Box::pin(self.carry_settings(&mut lease, check)).await
-        } else if check {
-            Box::pin(self.check_state(&mut lease)).await
-        } else if !self.session.is_empty() {
-            // The client's replayed settings are on the backend: off they go.
-            Box::pin(run_own(&mut lease, engine::RESET)).await.is_ok()
+        let policy = self.checkin_policy();
+        let outcome = self.checkout.checkin(policy);
+        let release = if outcome.is_free() {
+            Release::Reuse
         } else {
-            true
+            // Boxed (rare: a client that changed settings): its state
+            // would otherwise be part of every client's task.
+            Box::pin(self.act_on(&mut lease, outcome)).await
         };
-        self.pool
-            .release_at(lease, !cancelled && !dirty && clean, now);
+        self.pool.release_at(lease, release, now);
     }
 
-    /// Reads back the settings the client has now and resets the backend
-    /// to its login state (with `check`, first lists the session state it
-    /// holds). False when that failed or state is held (the backend must
-    /// then be closed; the client keeps the session it had).
-    async fn carry_settings(&mut self, lease: &mut Lease, check: bool) -> bool {
-        let capture = self.custom.capture_and_reset();
-        let query = if check {
-            format!("{}; {capture}", engine::STATE_CHECK).into()
-        } else {
-            capture
+    /// What the pool and this client's session say about a checkin (the
+    /// cancel key is detached from the backend here).
+    fn checkin_policy(&mut self) -> CheckinPolicy {
+        CheckinPolicy {
+            cancelled: self.cancel_key.detach(),
+            reset_every_transaction: self.pool.reset_every_transaction(),
+            check_session_state: self.pool.check_session_state(),
+            replayed: !self.session.is_empty(),
+            searches_pg_temp: self.session.searches_pg_temp(),
+        }
+    }
+
+    /// Runs what `outcome` asks on the backend and says whether it may be
+    /// reused. A read-back replaces the client's session (also when the
+    /// backend is closed after it: the client goes on elsewhere).
+    async fn act_on(&mut self, lease: &mut Lease, outcome: Checkin) -> Release {
+        let close = |reason: CloseReason| Release::Close(reason.label());
+        let Some(query) = outcome.query(&self.custom) else {
+            return outcome.close.map_or(Release::Reuse, close);
         };
-        match run_own(lease, &query).await {
-            Ok(rows) => {
-                let (session, held) = engine::captured(rows, &self.pool.key.user);
-                self.session = session;
-                self.state_held(&held)
-            }
+        let rows = match run_own(lease, &query).await {
+            Ok(rows) => rows,
             Err(e) => {
                 if let OwnQueryError::Refused(_, message) = e {
-                    tracing::warn!(tenant = %self.tenant, %message, "session settings could not be read back; backend closed");
+                    tracing::warn!(tenant = %self.tenant, %message, "session read-back or reset failed; backend closed");
                 }
-                false
+                return close(CloseReason::OwnQueryFailed);
             }
-        }
-    }
-
-    /// Lists the session state the backend holds (resetting the client's
-    /// replayed settings in the same round trip). False when it holds any
-    /// or the check failed.
-    async fn check_state(&mut self, lease: &mut Lease) -> bool {
-        let query = if self.session.is_empty() {
-            engine::STATE_CHECK.to_owned()
-        } else {
-            format!("{}; {}", engine::STATE_CHECK, engine::RESET)
         };
-        match run_own(lease, &query).await {
-            Ok(rows) => self.state_held(&engine::held_state(&rows)),
-            Err(_) => false,
-        }
-    }
-
-    /// Counts the kinds of state a check found; true when there is none.
-    fn state_held(&self, held: &[String]) -> bool {
-        for kind in held {
+        let held = if outcome.capture {
+            let (session, held) = engine::captured(rows, &self.pool.key.user);
+            self.session = session;
+            held
+        } else {
+            engine::held_state(&rows)
+        };
+        for kind in &held {
             metrics::counter!(m::SESSION_STATE, "tenant" => self.tenant.clone(), "kind" => format!("found_{kind}"))
                 .increment(1);
         }
-        if !held.is_empty() {
-            tracing::debug!(tenant = %self.tenant, ?held, "backend holds session state; closed");
+        match (outcome.close, held.is_empty()) {
+            (Some(reason), _) => close(reason),
+            (None, false) => {
+                tracing::debug!(tenant = %self.tenant, ?held, "backend holds session state; closed");
+                close(CloseReason::StateFound)
+            }
+            (None, true) => Release::Reuse,
         }
-        held.is_empty()
     }
 
     /// The client is gone: a session-mode backend is reset and returned, a
@@ -199,45 +206,43 @@ impl Session<'_> {
         let Some(mut lease) = self.lease.take() else {
             return;
         };
-        let cancelled = self.cancel_key.detach();
-        if !self.position.idle() {
+        let policy = self.checkin_policy();
+        let session_mode = self.pool.mode == PoolMode::Session;
+        let outcome = self.checkout.finish(policy, session_mode);
+        if outcome.close == Some(CloseReason::ClientLeftMidTransaction)
+            && self.checkout.position().busy()
+        {
             // The client left mid-query: stop the query, so the backend
             // closing does not leave it running and holding locks.
-            if self.position.busy() {
-                let target = CancelTarget {
-                    addr: lease.conn.addr,
-                    key: lease.conn.key,
-                };
-                let timeout = self.shared.settings.connect_timeout;
-                tokio::spawn(async move {
-                    let _ = crate::cancel::send_cancel(target, timeout).await;
-                });
-            }
-            return;
+            let target = CancelTarget {
+                addr: lease.conn.addr,
+                key: lease.conn.key,
+            };
+            let timeout = self.shared.settings.connect_timeout;
+            tokio::spawn(async move {
+                let _ = crate::cancel::send_cancel(target, timeout).await;
+            });
         }
-        if cancelled || self.pinned || self.state_dirty {
-            return;
-        }
-        let changes = std::mem::take(&mut self.changes);
-        let clean = match self.pool.reset_query() {
-            Some(query) if self.pool.mode == PoolMode::Session => {
+        let release = match (outcome.close, outcome.reset, self.pool.reset_query()) {
+            (Some(reason), _, _) => Release::Close(reason.label()),
+            (None, false, _) => Release::Reuse,
+            // The pool's own reset for a session-mode backend.
+            (None, true, Some(query)) if session_mode => {
                 let reset = run_own(&mut lease, query).await.is_ok();
                 lease.conn.prepared.clear();
-                reset
+                if reset {
+                    Release::Reuse
+                } else {
+                    Release::Close(CloseReason::OwnQueryFailed.label())
+                }
             }
-            // Nothing may have changed: as it logged in.
-            _ if !changes.settings
-                && self.session.is_empty()
-                && self.pool.mode == PoolMode::Transaction =>
-            {
-                true
-            }
-            // Reset (what is read back is of no use now).
-            _ => run_own(&mut lease, engine::CAPTURE_AND_RESET).await.is_ok(),
+            (None, true, _) => match run_own(&mut lease, engine::RESET).await {
+                Ok(_) => Release::Reuse,
+                Err(_) => Release::Close(CloseReason::OwnQueryFailed.label()),
+            },
         };
         self.session = ClientSession::default();
-        self.changes = SessionChanges::default();
-        self.pool.release(lease, clean);
+        self.pool.release(lease, release);
     }
 }
 

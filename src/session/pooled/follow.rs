@@ -12,8 +12,8 @@ use crate::config::PoolMode;
 use crate::metrics as m;
 use crate::metrics::tally::Count;
 use crate::protocol::framing::{peek_message, Message, Peeked, HEADER_LEN};
-use crate::session::engine::{self, Sent};
-use crate::sql::{Dialect, StateKind, Verdict};
+use crate::session::engine::Sent;
+use crate::sql::{Dialect, Verdict};
 
 impl Session<'_> {
     /// Relays the complete backend messages in `from_server` to the client
@@ -48,11 +48,11 @@ impl Session<'_> {
         }
         // Between transactions: a removed tenant's clients leave here, and
         // every client when the server is stopping.
-        if self.position.idle() {
+        if self.checkout.position().idle() {
             if self.shared.idle_events().stopping {
                 return self.leave_for_shutdown();
             }
-            self.follow_reload(client).await?;
+            self.follow_reload()?;
         }
         Ok(())
     }
@@ -64,7 +64,7 @@ impl Session<'_> {
         while let Some(header) = sent.get(pos..pos + HEADER_LEN) {
             let tag = header[0];
             let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
-            match self.position.sent(tag) {
+            match self.checkout.sent(tag) {
                 Sent::Counted => {}
                 Sent::Ignored => self.statements.syncs_ignored(1),
                 Sent::Discarded(n) => self.statements.rfq_discarded(n),
@@ -106,22 +106,31 @@ impl Session<'_> {
         if verdict.is_quiet() {
             return;
         }
-        self.changes.executed(verdict);
-        if let (Some(kind), PoolMode::Transaction) = (verdict.state, self.pool.mode) {
-            self.note_session_state(kind);
+        // Session mode: the backend is the client's own; state made there
+        // is the client's to keep.
+        if self.pool.mode == PoolMode::Session {
+            self.checkout.executed(
+                Verdict {
+                    state: None,
+                    ..verdict
+                },
+                false,
+            );
+            return;
         }
-    }
-
-    /// Counts (and with `pin_session_state`, pins for) statements whose
-    /// effect outlives the transaction on this backend only.
-    fn note_session_state(&mut self, kind: StateKind) {
-        let kind = kind.label();
-        metrics::counter!(m::SESSION_STATE, "tenant" => self.tenant.clone(), "kind" => kind)
-            .increment(1);
-        self.state_dirty = true;
-        if self.pool.pin_session_state() && !self.pinned {
-            self.pinned = true;
-            tracing::debug!(tenant = %self.tenant, kind, "client pinned to its backend");
+        let was_pinned = self.checkout.pinned();
+        if let Some(kind) = self
+            .checkout
+            .executed(verdict, self.pool.pin_session_state())
+        {
+            // Statements whose effect outlives the transaction on this
+            // backend only: counted; the backend is closed (or kept).
+            let kind = kind.label();
+            metrics::counter!(m::SESSION_STATE, "tenant" => self.tenant.clone(), "kind" => kind)
+                .increment(1);
+            if self.checkout.pinned() && !was_pinned {
+                tracing::debug!(tenant = %self.tenant, kind, "client pinned to its backend");
+            }
         }
     }
 
@@ -170,9 +179,8 @@ impl Session<'_> {
         }
         let release = ready_seen
             && self.pool.mode == PoolMode::Transaction
-            && self.position.idle()
+            && self.checkout.may_release()
             && !self.statements.awaiting()
-            && !self.pinned
             && pos == from_server.len();
         Ok((pos, copied, release))
     }
@@ -185,7 +193,7 @@ impl Session<'_> {
         if tag == b'D' {
             return true;
         }
-        let received = self.position.received(tag, body);
+        let received = self.checkout.received(tag, body);
         for n in received.discarded {
             self.statements.rfq_discarded(n);
         }
@@ -195,9 +203,6 @@ impl Session<'_> {
         match tag {
             // Replies to Parse and Close: pgcell's own are swallowed.
             b'1' | b'3' | b'E' | b'Z' if self.pool.mode == PoolMode::Transaction => {
-                if tag == b'E' && engine::is_fatal(body) {
-                    self.backend_fatal = true;
-                }
                 if let Some(lease) = self.lease.as_mut() {
                     if !self
                         .statements
@@ -207,7 +212,6 @@ impl Session<'_> {
                     }
                 }
             }
-            b'E' if engine::is_fatal(body) => self.backend_fatal = true,
             // A DEALLOCATE ALL / DISCARD ALL that reached the backend
             // dropped every statement pgcell prepared there.
             b'C' if body.starts_with(b"DEALLOCATE ALL\0") || body.starts_with(b"DISCARD ALL\0") => {
@@ -223,7 +227,7 @@ impl Session<'_> {
                     // A reported setting changed (by a SET, a RESET, or a
                     // function): the session must be read back.
                     if !READ_ONLY.contains(&name.as_str()) {
-                        self.changes.settings = true;
+                        self.checkout.setting_reported();
                     }
                     if let Some(lease) = self.lease.as_mut() {
                         set_param(&mut lease.conn.params, name, value);

@@ -22,7 +22,7 @@ use super::buffers::{
     SERVER_READ_CHUNK,
 };
 use super::client_auth::{self, ClientAuthError};
-use super::engine::{ClientSession, CustomSettings, Position, SessionChanges};
+use super::engine::{Checkout, ClientSession, CustomSettings};
 use super::prepared::ClientStatements;
 use super::relay::RelayBytes;
 use super::SessionError;
@@ -32,11 +32,11 @@ use crate::cancel::IssuedKey;
 use crate::clients::ClientEntry;
 use crate::config::PoolMode;
 use crate::metrics as m;
-use crate::pool::{AcquireError, Lease, Pool, PoolKey};
+use crate::pool::{AcquireError, Lease, Pool, PoolKey, Release};
 use crate::protocol::framing::{split_message, Message};
 use crate::protocol::messages;
 use crate::protocol::startup::StartupMessage;
-use crate::protocol::{ClientError, Severity, SqlState};
+use crate::protocol::Severity;
 use crate::route::Route;
 use crate::sql::Dialect;
 use crate::state::Shared;
@@ -228,16 +228,11 @@ where
         profile,
         session: ClientSession::default(),
         custom: CustomSettings::default(),
-        changes: SessionChanges::default(),
+        checkout: Checkout::default(),
         lease: None,
-        position: Position::new(),
         bytes,
         tenant: tenant.id().to_owned(),
         statements: ClientStatements::default(),
-        pinned: false,
-        skipping_to_sync: false,
-        state_dirty: false,
-        backend_fatal: false,
         checked_out_at: std::time::Instant::now(),
         listed,
     };
@@ -245,7 +240,7 @@ where
         if pool.mode == PoolMode::Session {
             session.attach(lease);
         } else {
-            pool.release(lease, true);
+            pool.release(lease, Release::Reuse);
         }
     }
     Ok(session)
@@ -297,25 +292,14 @@ struct Session<'a> {
     session: ClientSession,
     /// The custom (dotted) settings it may have set, read back by name.
     custom: CustomSettings,
-    /// What the current checkout may have changed.
-    changes: SessionChanges,
+    /// The current backend's protocol position, what the transaction did
+    /// to the session, pinning (`session::engine`).
+    checkout: Checkout,
     lease: Option<Lease>,
-    /// Where the current backend stands in the protocol.
-    position: Position,
     bytes: &'a mut RelayBytes,
     tenant: String,
     /// Named prepared statements (transaction mode).
     statements: ClientStatements,
-    /// Kept on its backend for good (`pin_session_state`).
-    pinned: bool,
-    /// A pipeline failed for want of a backend: drop messages to its Sync.
-    skipping_to_sync: bool,
-    /// This checkout left state on the backend that cannot be carried to
-    /// another one (LISTEN, temporary tables, ...): it is closed.
-    state_dirty: bool,
-    /// The backend sent a FATAL error: it closes next, and the client has
-    /// its error already.
-    backend_fatal: bool,
     /// When the current backend was checked out.
     checked_out_at: std::time::Instant,
     /// The client as listed: its tally (queries and transactions here,
@@ -366,7 +350,7 @@ impl Session<'_> {
                     .await
                     .is_err()
                 {
-                    return self.backend_lost(client).await;
+                    return self.backend_lost();
                 }
                 to_server.clear();
                 if !from_server.is_empty() {
@@ -424,7 +408,7 @@ impl Session<'_> {
                     Woken::Read(Ok(_)) => continue,
                     Woken::Read(Err(e)) => return Err(SessionError::ClientIo(e)),
                     Woken::Reloaded => {
-                        self.follow_reload(client).await?;
+                        self.follow_reload()?;
                         continue;
                     }
                     Woken::Stopping => return self.leave_for_shutdown(),
@@ -438,7 +422,7 @@ impl Session<'_> {
             tokio::select! {
                 biased;
                 read = lease.conn.stream.read_buf(&mut from_server) => match read {
-                    Ok(0) | Err(_) => return self.backend_lost(client).await,
+                    Ok(0) | Err(_) => return self.backend_lost(),
                     Ok(_) => {
                         self.deliver(client, &mut from_server, &mut to_client, from_client.is_empty())
                             .await?;
@@ -465,18 +449,21 @@ impl Session<'_> {
     where
         C: AsyncRead + AsyncWrite + ReadReady + Unpin,
     {
-        if self.skipping_to_sync {
+        if self.checkout.skipping_to_sync() {
             // The rest of a pipeline whose backend never came.
             if msg.tag == b'S' {
-                self.skipping_to_sync = false;
+                self.checkout.skip_to_sync(false);
                 self.answer_ready(client).await?;
             }
             return Ok(());
         }
         // SQL that would drop other clients' statements off a shared
         // backend is answered here, when nothing is in flight.
-        if self.pool.mode == PoolMode::Transaction && msg.tag == b'Q' && self.position.quiet() {
-            let status = self.position.status();
+        if self.pool.mode == PoolMode::Transaction
+            && msg.tag == b'Q'
+            && self.checkout.position().quiet()
+        {
+            let status = self.checkout.position().status();
             if let Some(tag) = self
                 .statements
                 .answer_locally(&msg.body, status, Dialect::default())
@@ -494,7 +481,7 @@ impl Session<'_> {
             }
         }
         if self.lease.is_none() {
-            self.follow_reload(client).await?;
+            self.follow_reload()?;
             let lease = match acquire(&self.pool, &self.profile, self.listed).await {
                 Ok(lease) => lease,
                 Err(SessionError::Acquire(AcquireError::Timeout(wait))) => {
@@ -504,7 +491,7 @@ impl Session<'_> {
                     match msg.tag {
                         b'Q' | b'F' => self.answer_ready(client).await?,
                         b'S' => self.answer_ready(client).await?,
-                        _ => self.skipping_to_sync = true,
+                        _ => self.checkout.skip_to_sync(true),
                     }
                     return Ok(());
                 }
@@ -516,7 +503,7 @@ impl Session<'_> {
                 // that found no backend.
                 match msg.tag {
                     b'Q' | b'F' | b'S' => self.answer_ready(client).await?,
-                    _ => self.skipping_to_sync = true,
+                    _ => self.checkout.skip_to_sync(true),
                 }
                 return Ok(());
             }
@@ -603,10 +590,7 @@ impl Session<'_> {
     /// After a reload: moves to the tenant's current pool (its settings may
     /// have changed) or, when the tenant is gone, ends the session with
     /// `57P01`. Only called between transactions.
-    async fn follow_reload<C: AsyncWrite + Unpin>(
-        &mut self,
-        client: &mut C,
-    ) -> Result<(), SessionError> {
+    fn follow_reload(&mut self) -> Result<(), SessionError> {
         let generation = self.shared.reloads();
         if generation == self.seen_reload {
             return Ok(());
@@ -616,14 +600,9 @@ impl Session<'_> {
         let Some(tenant) = tenant else {
             if let Some(lease) = self.lease.take() {
                 self.cancel_key.detach();
-                self.pool.release(lease, false);
+                self.pool.release(lease, Release::Close("tenant_removed"));
             }
-            let _ = ClientError::fatal(
-                SqlState::ADMIN_SHUTDOWN,
-                "terminating connection: the tenant was removed from this server",
-            )
-            .send(client)
-            .await;
+            // Told by the caller's report (57P01).
             return Err(SessionError::TenantRemoved);
         };
         if self.lease.is_none() {
@@ -640,18 +619,16 @@ impl Session<'_> {
         Ok(())
     }
 
-    /// The backend closed or failed: the client gets one error (none when
-    /// the backend's own FATAL already reached it, as on a direct
-    /// connection) and the session ends.
-    async fn backend_lost<C: AsyncWrite + Unpin>(
-        &mut self,
-        client: &mut C,
-    ) -> Result<(), SessionError> {
+    /// The backend closed or failed: the session ends, and the client
+    /// gets one error (none when the backend's own FATAL already reached
+    /// it, as on a direct connection).
+    fn backend_lost(&mut self) -> Result<(), SessionError> {
         self.lease = None;
         self.cancel_key.detach();
         metrics::counter!(m::BACKEND_LOST, "tenant" => self.tenant.clone()).increment(1);
-        if !self.backend_fatal {
-            let _ = super::server_lost().send(client).await;
+        if self.checkout.fatal() {
+            // Its own FATAL reached the client already.
+            return Err(SessionError::Reported(Box::new(SessionError::BackendLost)));
         }
         Err(SessionError::BackendLost)
     }
