@@ -5,8 +5,9 @@
 //!
 //! The input is a program of client operations. The harness drives the
 //! same engine as `session/pooled`: `ClientStatements` for statements and
-//! `session::engine::Position` for where the backend stands (every message
-//! sent, pgcell's injected ones included, and every reply); it clears a
+//! `session::engine::Checkout` for where the backend stands (every message
+//! sent, pgcell's injected ones included, and every reply), what the
+//! executed statements did, and the checkin's decision; it clears a
 //! backend's statement set on `DEALLOCATE ALL`, answers `DEALLOCATE`
 //! locally when the backend is quiet, and changes backend only when the
 //! engine says the backend is idle. It checks:
@@ -22,7 +23,10 @@
 //!   engine finds the backend idle, so it goes back to the pool — also
 //!   when the client sent a simple `Query` into a failed pipeline
 //!   (PostgreSQL drops it unanswered);
-//! - a backend's statement set stays within its bound.
+//! - a backend's statement set stays within its bound;
+//! - a transaction that executed a statement judged to change settings
+//!   (`SET ROLE`, parsed in one transaction and bound in a later one
+//!   included) ends with a checkin that reads the session back.
 
 #![no_main]
 
@@ -33,7 +37,7 @@ use libfuzzer_sys::fuzz_target;
 use pgcell::backend::statements::BackendStatements;
 use pgcell::config::DEFAULT_MAX_PREPARED_STATEMENTS as MAX_PREPARED_PER_BACKEND;
 use pgcell::protocol::framing::{split_message, Message};
-use pgcell::session::engine::{Position, Sent};
+use pgcell::session::engine::{CheckinPolicy, Checkout, Sent};
 use pgcell::session::prepared::ClientStatements;
 use pgcell::sql::{self, Dialect, Verdict};
 
@@ -189,8 +193,12 @@ struct Harness {
     current: usize,
     /// Replies produced but not yet seen by pgcell.
     in_flight: VecDeque<Message>,
-    /// Where the current backend stands (the engine's view).
-    position: Position,
+    /// Where the current backend stands and what the transaction did (the
+    /// engine's view).
+    checkout: Checkout,
+    /// A statement judged to change settings executed since the last
+    /// checkin.
+    changed_settings: bool,
     parses_sent: usize,
     closes_sent: usize,
     parse_completes_seen: usize,
@@ -210,8 +218,8 @@ impl Harness {
             tag,
             body: Bytes::copy_from_slice(body),
         };
-        if tag == b'Q' && self.position.quiet() {
-            let status = self.position.status();
+        if tag == b'Q' && self.checkout.position().quiet() {
+            let status = self.checkout.position().status();
             if self
                 .client
                 .answer_locally(&msg.body, status, Dialect::default())
@@ -243,16 +251,17 @@ impl Harness {
                 .unwrap_or_default(),
             _ => Verdict::default(),
         };
-        if self
+        let Ok(executes) = self
             .client
             .forward(&msg, judged, &mut backend.tracked, &mut out)
-            .is_err()
-        {
+        else {
             return false;
-        }
+        };
+        self.changed_settings |= executes.settings;
+        self.checkout.executed(executes, false);
         assert!(backend.tracked.len() <= MAX_PREPARED_PER_BACKEND);
         while let Ok(Some(m)) = split_message(&mut out, usize::MAX) {
-            match self.position.sent(m.tag) {
+            match self.checkout.sent(m.tag) {
                 Sent::Counted => {}
                 Sent::Ignored => self.client.syncs_ignored(1),
                 Sent::Discarded(n) => self.client.rfq_discarded(n),
@@ -275,7 +284,7 @@ impl Harness {
                 backend.tracked.dropped_all();
                 self.client.drop_answered();
             }
-            let received = self.position.received(m.tag, &m.body);
+            let received = self.checkout.received(m.tag, &m.body);
             for n in received.discarded {
                 self.client.rfq_discarded(n);
             }
@@ -284,6 +293,11 @@ impl Harness {
             }
             if !self.client.on_backend_message(m.tag, &mut backend.tracked) {
                 continue;
+            }
+            if m.tag == b'Z' && self.checkout.position().quiet() {
+                // As the session does: drops not answered by now failed.
+                self.client.settle_drops();
+                backend.tracked.settle_drops();
             }
             match m.tag {
                 b'1' => self.parse_completes_seen += 1,
@@ -302,7 +316,18 @@ impl Harness {
     }
 
     fn idle(&self) -> bool {
-        self.position.idle() && !self.client.awaiting() && self.in_flight.is_empty()
+        self.checkout.may_release() && !self.client.awaiting() && self.in_flight.is_empty()
+    }
+
+    /// The transaction is over: the engine's checkin reads the session
+    /// back whenever a statement that changes settings ran.
+    fn checkin(&mut self) {
+        let outcome = self.checkout.checkin(CheckinPolicy::default());
+        if self.changed_settings {
+            assert!(outcome.capture, "settings changed but not read back");
+        }
+        self.changed_settings = false;
+        self.checkout.attach();
     }
 }
 
@@ -312,7 +337,8 @@ fuzz_target!(|input: &[u8]| {
         backends: (0..3).map(|_| Backend::default()).collect(),
         current: 0,
         in_flight: VecDeque::new(),
-        position: Position::new(),
+        checkout: Checkout::default(),
+        changed_settings: false,
         parses_sent: 0,
         closes_sent: 0,
         parse_completes_seen: 0,
@@ -332,6 +358,9 @@ fuzz_target!(|input: &[u8]| {
         };
         let ok = match op & 0x0F {
             0 => h.send(b'P', &named(b"", &name, b"select $1\0\0\0")),
+            // A statement that changes the session, executed whenever a
+            // later Bind names it.
+            14 if arg % 2 == 0 => h.send(b'P', &named(b"", &name, b"SET ROLE r1\0\0\0")),
             1 => h.send(b'P', b"\0select 2\0\0\0"),
             2 => h.send(b'B', &named(b"\0", &name, b"\0\0\0\0\0\0")),
             3 => h.send(b'B', b"\0\0\0\0\0\0\0\0"),
@@ -367,6 +396,7 @@ fuzz_target!(|input: &[u8]| {
                 // hands them out.
                 h.deliver();
                 if h.idle() {
+                    h.checkin();
                     h.current = arg % h.backends.len();
                     h.client.new_backend();
                 }
@@ -385,7 +415,7 @@ fuzz_target!(|input: &[u8]| {
     if h.send(b'S', b"") {
         h.deliver();
         assert!(
-            h.position.idle(),
+            h.checkout.position().idle(),
             "the engine would keep the backend after the last Sync"
         );
         if !h.query_dropped {

@@ -98,6 +98,13 @@ impl BackendStatements {
         }
     }
 
+    /// Nothing is outstanding on the backend: every drop sent has been
+    /// answered (or failed), so none still pending is to be paired with a
+    /// later answer.
+    pub fn settle_drops(&mut self) {
+        self.drops_sent.clear();
+    }
+
     /// A query that may drop every statement is going to the backend.
     pub(crate) fn drop_sent(&mut self) {
         self.drops_sent.push_back(self.clock);

@@ -554,11 +554,15 @@ impl SessionChanges {
 
 /// Lists the session state a backend holds that a reset does not remove
 /// and no client may inherit: one row (`pgcell:state`, kind) per kind.
+/// Temporary objects of every kind (tables, functions, types, operators,
+/// collations, text search objects, ...) depend on the temporary schema
+/// in `pg_depend`, which is how PostgreSQL drops them at the session's
+/// end.
 /// Run, when asked for, in the same round trip as the settings read-back.
 pub const STATE_CHECK: &str = "SELECT 'pgcell:state', s.k FROM (VALUES \
 ('temp_table', EXISTS (SELECT FROM pg_catalog.pg_class WHERE relnamespace = pg_catalog.pg_my_temp_schema()) \
-OR EXISTS (SELECT FROM pg_catalog.pg_proc WHERE pronamespace = pg_catalog.pg_my_temp_schema()) \
-OR EXISTS (SELECT FROM pg_catalog.pg_type WHERE typnamespace = pg_catalog.pg_my_temp_schema())), \
+OR EXISTS (SELECT FROM pg_catalog.pg_depend WHERE refclassid = 'pg_catalog.pg_namespace'::pg_catalog.regclass \
+AND refobjid = pg_catalog.pg_my_temp_schema())), \
 ('cursor_with_hold', EXISTS (SELECT FROM pg_catalog.pg_cursors)), \
 ('prepare', EXISTS (SELECT FROM pg_catalog.pg_prepared_statements WHERE from_sql)), \
 ('listen', EXISTS (SELECT FROM pg_catalog.pg_listening_channels())), \
@@ -573,13 +577,19 @@ const STATE_ROW: &str = "pgcell:state";
 /// authorization and the role first (they are replayed first: settings
 /// may need the role's rights; the caller drops them when they are the
 /// login user's and `none`), then every setting whose source is the
-/// session. For a client that set custom (dotted) settings, see
+/// session. Values come as hex of their bytes in the database's encoding
+/// ([`hex_value`]): the client's `client_encoding` (BIG5, SJIS) cannot
+/// change them on the way, and replaying them is pure ASCII. For a client
+/// that set custom (dotted) settings, see
 /// [`CustomSettings::capture_and_reset`].
 pub const CAPTURE_AND_RESET: &str = concat!(
     "SELECT 'session_authorization', \
-pg_catalog.current_setting('session_authorization') \
-UNION ALL SELECT 'role', pg_catalog.current_setting('role') \
-UNION ALL SELECT name, pg_catalog.current_setting(name) FROM pg_catalog.pg_settings \
+pg_catalog.encode(pg_catalog.convert_to(pg_catalog.current_setting('session_authorization'), \
+pg_catalog.getdatabaseencoding()), 'hex') \
+UNION ALL SELECT 'role', pg_catalog.encode(pg_catalog.convert_to(pg_catalog.current_setting('role'), \
+pg_catalog.getdatabaseencoding()), 'hex') \
+UNION ALL SELECT name, pg_catalog.encode(pg_catalog.convert_to(pg_catalog.current_setting(name), \
+pg_catalog.getdatabaseencoding()), 'hex') FROM pg_catalog.pg_settings \
 WHERE source = 'session' AND name NOT IN ('role', 'session_authorization')",
     "; SET SESSION AUTHORIZATION DEFAULT; RESET ROLE; RESET ALL"
 );
@@ -609,7 +619,20 @@ impl CustomSettings {
     }
 
     fn add(&mut self, name: String) {
+        // Only names PostgreSQL accepts for a custom setting (identifier
+        // parts of ASCII letters, digits, `_` and `$`, joined by dots): a
+        // name is written into pgcell's own queries, and the client must
+        // not be able to write into them.
+        let part = |p: &str| {
+            p.bytes()
+                .next()
+                .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+                && p.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'$')
+        };
         if !name.contains('.')
+            || name.len() > 200
+            || !name.split('.').all(part)
             || self.names.len() >= MAX_CUSTOM_SETTINGS
             || self.names.iter().any(|n| n.eq_ignore_ascii_case(&name))
         {
@@ -636,7 +659,8 @@ impl CustomSettings {
             .map(|n| format!("({})", quote(n)))
             .collect();
         format!(
-            "{} UNION ALL SELECT c.n, pg_catalog.current_setting(c.n, true) FROM (VALUES {}) AS c(n) \
+            "{} UNION ALL SELECT c.n, pg_catalog.encode(pg_catalog.convert_to(\
+pg_catalog.current_setting(c.n, true), pg_catalog.getdatabaseencoding()), 'hex') FROM (VALUES {}) AS c(n) \
 WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_settings s WHERE lower(s.name) = lower(c.n)){}",
             &CAPTURE_AND_RESET[..CAPTURE_END],
             values.join(", "),
@@ -652,22 +676,42 @@ pub const RESET: &str = "SET SESSION AUTHORIZATION DEFAULT; RESET ROLE; RESET AL
 
 /// Turns the rows of [`CAPTURE_AND_RESET`] (and of [`STATE_CHECK`], when
 /// it ran with it) into a client session and the kinds of session state
-/// the backend holds; `user` is the user the backend logged in as.
+/// the backend holds; `user` is the user the backend logged in as. A
+/// value that is not hex (never, from PostgreSQL) is left out.
 pub fn captured(rows: Vec<(String, String)>, user: &str) -> (ClientSession, Vec<String>) {
     let mut held = Vec::new();
-    let settings = rows
-        .into_iter()
-        .filter(|(name, value)| match name.as_str() {
-            STATE_ROW => {
-                held.push(value.clone());
-                false
-            }
-            "session_authorization" => value != user,
-            "role" => value != "none",
+    let mut settings = Vec::new();
+    for (name, value) in rows {
+        if name == STATE_ROW {
+            held.push(value);
+            continue;
+        }
+        let Some(value) = hex_value(&value) else {
+            continue;
+        };
+        let keep = match name.as_str() {
+            "session_authorization" => value != user.as_bytes(),
+            "role" => value != b"none",
             _ => true,
-        })
-        .collect();
+        };
+        if keep {
+            settings.push((name, value));
+        }
+    }
     (ClientSession { settings }, held)
+}
+
+/// The bytes of a value read back as hex.
+fn hex_value(hex: &str) -> Option<Vec<u8>> {
+    let digit = |b: u8| (b as char).to_digit(16);
+    let bytes = hex.as_bytes();
+    if bytes.len() % 2 != 0 {
+        return None;
+    }
+    bytes
+        .chunks(2)
+        .map(|pair| Some((digit(pair[0])? * 16 + digit(pair[1])?) as u8))
+        .collect()
 }
 
 /// The kinds of session state in rows of [`STATE_CHECK`].
@@ -683,8 +727,9 @@ pub fn held_state(rows: &[(String, String)]) -> Vec<String> {
 /// changed, as read back by [`CAPTURE_AND_RESET`].
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ClientSession {
-    /// (name, value) in replay order.
-    pub settings: Vec<(String, String)>,
+    /// (name, value) in replay order; the value is its bytes in the
+    /// database's encoding.
+    pub settings: Vec<(String, Vec<u8>)>,
 }
 
 impl ClientSession {
@@ -692,7 +737,7 @@ impl ClientSession {
     /// TABLE` may create a temporary table, which no statement shows.
     pub fn searches_pg_temp(&self) -> bool {
         self.settings.iter().any(|(name, value)| {
-            name == "search_path" && value.to_ascii_lowercase().contains("pg_temp")
+            name == "search_path" && value.windows(7).any(|w| w.eq_ignore_ascii_case(b"pg_temp"))
         })
     }
 
@@ -723,17 +768,18 @@ impl ClientSession {
             return None;
         }
         let identity = |name: &str| name == "session_authorization" || name == "role";
-        let mut ordered: Vec<&(String, String)> = self.settings.iter().collect();
+        let mut ordered: Vec<&(String, Vec<u8>)> = self.settings.iter().collect();
         // Stable: within each group the read-back order stays (the session
         // authorization before the role).
         ordered.sort_by_key(|(name, _)| identity(name) != identity_first);
         let calls: Vec<String> = ordered
             .iter()
             .map(|(name, value)| {
+                let hex: String = value.iter().map(|b| format!("{b:02x}")).collect();
                 format!(
-                    "pg_catalog.set_config({}, {}, false)",
+                    "pg_catalog.set_config({}, pg_catalog.convert_from(pg_catalog.decode('{hex}', 'hex'), \
+pg_catalog.getdatabaseencoding()), false)",
                     quote(name),
-                    quote(value)
                 )
             })
             .collect();
@@ -741,10 +787,28 @@ impl ClientSession {
     }
 }
 
-/// An escape-string literal, valid whatever `standard_conforming_strings`
-/// the backend has.
+/// A string literal of `s` for pgcell's own queries: dollar-quoted, with a
+/// tag `s` does not contain. No escape is read inside it whatever
+/// `standard_conforming_strings` is, and `$` is never the second byte of
+/// a character in any client encoding PostgreSQL has, so a value in the
+/// client's encoding (BIG5, SJIS: where a backslash may be half of a
+/// character) cannot end it early.
 pub fn quote(s: &str) -> String {
-    format!("E'{}'", s.replace('\\', "\\\\").replace('\'', "''"))
+    let mut n = 0u32;
+    loop {
+        let tag = if n == 0 {
+            "$pgcell$".to_owned()
+        } else {
+            format!("$pgcell{n}$")
+        };
+        // The first occurrence of the tag after the opening one must be
+        // the closing one.
+        let body = format!("{s}{tag}");
+        if body.find(&tag) == Some(s.len()) {
+            return format!("{tag}{body}");
+        }
+        n += 1;
+    }
 }
 
 /// Whether an ErrorResponse body has severity FATAL or PANIC: the backend
@@ -785,6 +849,41 @@ mod tests {
 
     fn verdict(sql: &str) -> crate::sql::Verdict {
         crate::sql::judge(sql.as_bytes(), crate::sql::Dialect::default())
+    }
+
+    #[test]
+    fn quoted_values_end_where_they_end() {
+        for value in [
+            "",
+            "a",
+            "x$",
+            "a$pgcell",
+            "$pgcell$",
+            "a$pgcell$b$pgcell1$",
+            "\\'",
+            "严\\'",
+        ] {
+            let q = quote(value);
+            // What PostgreSQL's lexer reads: the tag, then up to its next
+            // occurrence.
+            let tag_end = q[1..].find('$').unwrap() + 2;
+            let tag = &q[..tag_end];
+            let rest = &q[tag_end..];
+            let close = rest.find(tag).unwrap();
+            assert_eq!(&rest[..close], value, "{q}");
+            assert_eq!(close + tag.len(), rest.len(), "{q}");
+        }
+    }
+
+    #[test]
+    fn custom_names_are_only_what_postgresql_accepts() {
+        let mut c = CustomSettings::default();
+        let d = crate::sql::Dialect::default();
+        c.note("SET \"严\\')) AS c(n) WHERE false --\".b = 1".as_bytes(), d);
+        c.note(b"SET a.\"b c\" = 1; SET \"1x\".y = 1; SET a..b = 1", d);
+        assert!(c.names().is_empty(), "{:?}", c.names());
+        c.note(b"SET my_app.x$1 = 1", d);
+        assert_eq!(c.names(), ["my_app.x$1"]);
     }
 
     #[test]
@@ -999,10 +1098,7 @@ mod tests {
             b"select set_config(E'e.f', '1', false), set_config('g''h.i', '1', false)",
             d,
         );
-        assert_eq!(
-            c.names(),
-            ["myapp.tenant", "app.User Id", "x.y", "e.f", "g'h.i"]
-        );
+        assert_eq!(c.names(), ["myapp.tenant", "x.y", "e.f"]);
         for i in 0..2 * MAX_CUSTOM_SETTINGS {
             c.note(format!("SET n{i}.x = 1").as_bytes(), d);
         }
@@ -1016,7 +1112,11 @@ mod tests {
         assert_eq!(c.capture_and_reset(), CAPTURE_AND_RESET);
         c.note(b"SET a.b = 1", crate::sql::Dialect::default());
         let q = c.capture_and_reset();
-        assert!(q.contains("(VALUES (E'a.b'))"), "{q}");
+        assert!(q.contains("(VALUES ($pgcell$a.b$pgcell$))"), "{q}");
+        assert!(
+            q.contains("current_setting(c.n, true), pg_catalog.getdatabaseencoding()), 'hex')"),
+            "{q}"
+        );
         assert!(q.ends_with(RESET), "{q}");
     }
 
@@ -1035,42 +1135,49 @@ mod tests {
         };
         assert_eq!(
             s.restore_query().as_deref(),
-            Some("SELECT pg_catalog.set_config(E'search_path', E'a, ''b''', false)")
+            Some(
+                "SELECT pg_catalog.set_config($pgcell$search_path$pgcell$, pg_catalog.convert_from(\
+pg_catalog.decode('612c20276227', 'hex'), pg_catalog.getdatabaseencoding()), false)"
+            )
         );
         assert_eq!(ClientSession::default().restore_query(), None);
     }
 
     #[test]
     fn replay_sets_settings_before_the_identity_that_may_drop_privileges() {
+        let hx = |v: &str| v.bytes().map(|b| format!("{b:02x}")).collect::<String>();
         let (s, held) = captured(
             vec![
-                ("session_authorization".into(), "other".into()),
-                ("role".into(), "r1".into()),
-                ("session_replication_role".into(), "replica".into()),
-                ("work_mem".into(), "5MB".into()),
+                ("session_authorization".into(), hx("other")),
+                ("role".into(), hx("r1")),
+                ("session_replication_role".into(), hx("replica")),
+                ("work_mem".into(), hx("5MB")),
                 ("pgcell:state".into(), "listen".into()),
+                ("broken".into(), "zz".into()),
             ],
             "app",
         );
+        assert_eq!(s.settings.len(), 4, "{s:?}");
+        assert_eq!(s.settings[3], ("work_mem".into(), b"5MB".to_vec()));
         assert_eq!(held, ["listen"]);
         let q = s.restore_query().unwrap();
         let at = |needle: &str| q.find(needle).unwrap();
         assert!(
-            at("session_replication_role") < at("'session_authorization'"),
+            at("session_replication_role") < at("$session_authorization$"),
             "{q}"
         );
-        assert!(at("work_mem") < at("'role'"), "{q}");
-        assert!(at("'session_authorization'") < at("'role'"), "{q}");
+        assert!(at("work_mem") < at("$role$"), "{q}");
+        assert!(at("$session_authorization$") < at("$role$"), "{q}");
         let q = s.restore_query_role_first().unwrap();
         assert!(
-            q.find("'role'").unwrap() < q.find("work_mem").unwrap(),
+            q.find("$role$").unwrap() < q.find("work_mem").unwrap(),
             "{q}"
         );
         // The login user and no role are not replayed.
         let (s, _) = captured(
             vec![
-                ("session_authorization".into(), "app".into()),
-                ("role".into(), "none".into()),
+                ("session_authorization".into(), hx("app")),
+                ("role".into(), hx("none")),
             ],
             "app",
         );

@@ -517,8 +517,15 @@ impl ClientStatements {
         }
     }
 
+    /// Nothing is outstanding on the backend: a drop sent and not answered
+    /// failed, and must not be paired with a later answer.
+    pub fn settle_drops(&mut self) {
+        self.drops_sent.clear();
+    }
+
     /// The client got another backend (a new transaction-mode checkout).
     pub fn new_backend(&mut self) {
+        self.drops_sent.clear();
         self.unnamed_here = false;
     }
 
@@ -1225,5 +1232,179 @@ mod tests {
         // An answer nobody saw going out forgets everything.
         backend.dropped_all();
         assert!(backend.is_empty());
+    }
+
+    /// Found by review: a drop that is never answered as one (`DEALLOCATE
+    /// name`, a `DISCARD ALL` refused in a transaction block) must not be
+    /// paired with a later `DISCARD ALL`'s answer, or another client's
+    /// statement is believed still on the backend.
+    #[test]
+    fn drops_never_answered_are_not_paired_with_later_ones() {
+        let mut a = ClientStatements::default();
+        let mut b = ClientStatements::default();
+        let mut backend = BackendStatements::default();
+        let mut out = BytesMut::new();
+        let judge = |sql: &[u8]| crate::sql::judge(sql, Dialect::default());
+        for sql in [&b"deallocate foo\0"[..], b"DISCARD ALL\0"] {
+            a.forward(&msg(b'Q', sql), judge(sql), &mut backend, &mut out)
+                .unwrap();
+        }
+        // Neither ran as a drop (26000, 25001); nothing is outstanding.
+        a.settle_drops();
+        backend.settle_drops();
+        b.forward(
+            &msg(b'P', b"s0\0select 1\0\0\0"),
+            Verdict::default(),
+            &mut backend,
+            &mut out,
+        )
+        .unwrap();
+        assert!(b.on_backend_message(b'1', &mut backend));
+        a.forward(
+            &msg(b'Q', b"DISCARD ALL\0"),
+            judge(b"DISCARD ALL"),
+            &mut backend,
+            &mut out,
+        )
+        .unwrap();
+        backend.dropped_all();
+        a.drop_answered();
+        let mut out = BytesMut::new();
+        b.forward(
+            &msg(b'B', b"\0s0\0\0\0\0\0\0\0"),
+            Verdict::default(),
+            &mut backend,
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(
+            messages_of(out).iter().map(|m| m.0).collect::<Vec<_>>(),
+            vec![b'P', b'B'],
+            "the statement the DISCARD ALL dropped is prepared again"
+        );
+    }
+
+    #[test]
+    fn deallocate_in_a_failed_transaction_is_the_backends_to_refuse() {
+        let mut client = ClientStatements::default();
+        let mut backend = BackendStatements::default();
+        let mut out = BytesMut::new();
+        client
+            .forward(
+                &msg(b'P', b"d\0select 1\0\0\0"),
+                Verdict::default(),
+                &mut backend,
+                &mut out,
+            )
+            .unwrap();
+        for q in [
+            &b"DEALLOCATE d\0"[..],
+            b"DEALLOCATE ALL\0",
+            b"discard all\0",
+        ] {
+            assert_eq!(client.answer_locally(q, b'E', Dialect::default()), None);
+        }
+        assert_eq!(client.statements.len(), 1, "nothing forgotten");
+        // Hidden in a comment, a name is still one; a second statement
+        // hidden behind a comment makes it the backend's.
+        assert_eq!(
+            client.answer_locally(b"DEALLOCATE /* x */ d\0", b'I', Dialect::default()),
+            Some("DEALLOCATE")
+        );
+        assert_eq!(
+            client.answer_locally(
+                b"DEALLOCATE ALL -- x\n; select 1\0",
+                b'I',
+                Dialect::default()
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn a_bind_executes_what_its_statement_was_judged_to_do() {
+        let mut client = ClientStatements::default();
+        let mut backend = BackendStatements::default();
+        let mut out = BytesMut::new();
+        let set_role = crate::sql::judge(b"SET ROLE r1", Dialect::default());
+        assert!(set_role.settings);
+        let parsed = client
+            .forward(
+                &msg(b'P', b"s1\0SET ROLE r1\0\0\0"),
+                set_role,
+                &mut backend,
+                &mut out,
+            )
+            .unwrap();
+        assert!(parsed.is_quiet(), "a Parse executes nothing");
+        client.new_backend();
+        let mut other = BackendStatements::default();
+        for _ in 0..2 {
+            let bound = client
+                .forward(
+                    &msg(b'B', b"\0s1\0\0\0\0\0\0\0"),
+                    Verdict::default(),
+                    &mut other,
+                    &mut out,
+                )
+                .unwrap();
+            assert_eq!(bound, set_role);
+        }
+        // The unnamed statement too, until a simple Query replaces it.
+        client
+            .forward(
+                &msg(b'P', b"\0SET ROLE r1\0\0\0"),
+                set_role,
+                &mut backend,
+                &mut out,
+            )
+            .unwrap();
+        let bound = client
+            .forward(
+                &msg(b'B', b"\0\0\0\0\0\0\0\0"),
+                Verdict::default(),
+                &mut backend,
+                &mut out,
+            )
+            .unwrap();
+        assert_eq!(bound, set_role);
+        client
+            .forward(
+                &msg(b'Q', b"select 1\0"),
+                Verdict::default(),
+                &mut backend,
+                &mut out,
+            )
+            .unwrap();
+        let bound = client
+            .forward(
+                &msg(b'B', b"\0\0\0\0\0\0\0\0"),
+                Verdict::default(),
+                &mut backend,
+                &mut out,
+            )
+            .unwrap();
+        assert!(bound.is_quiet());
+        // A name never prepared executes nothing of the client's.
+        let bound = client
+            .forward(
+                &msg(b'B', b"\0nosuch\0\0\0\0\0\0\0"),
+                Verdict::default(),
+                &mut backend,
+                &mut out,
+            )
+            .unwrap();
+        assert!(bound.is_quiet());
+        // After DISCARD ALL the statement is gone.
+        client.dropped_all();
+        let bound = client
+            .forward(
+                &msg(b'B', b"\0s1\0\0\0\0\0\0\0"),
+                Verdict::default(),
+                &mut backend,
+                &mut out,
+            )
+            .unwrap();
+        assert!(bound.is_quiet());
     }
 }

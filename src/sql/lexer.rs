@@ -22,6 +22,10 @@ pub enum Token<'a> {
     /// A quoted identifier's contents between the quotes (`""` not yet
     /// undoubled).
     Quoted(&'a [u8]),
+    /// A `U&""` identifier or a `U&''` string: its text has escapes
+    /// (`\005f`, `UESCAPE`) that pgcell does not decode, so it may name
+    /// anything.
+    Unicode(&'a [u8]),
     /// A string constant of any kind; `body` is its first segment's
     /// contents between the quotes, `escapes` whether backslashes escape
     /// in it.
@@ -148,7 +152,8 @@ impl<'a> Lexer<'a> {
                     None => {
                         return first.unwrap_or(&self.sql[start..]);
                     }
-                    Some(b'\\') if escapes => self.pos += 2,
+                    // A backslash escapes the next byte (none at the end).
+                    Some(b'\\') if escapes => self.pos = (self.pos + 2).min(self.sql.len()),
                     Some(b'\'') if self.at(self.pos + 1) == Some(b'\'') => self.pos += 2,
                     Some(b'\'') => break,
                     Some(_) => self.pos += 1,
@@ -295,14 +300,11 @@ impl<'a> Iterator for Lexer<'a> {
             }
             b'u' | b'U' if next == Some(b'&') && self.at(start + 2) == Some(b'\'') => {
                 self.pos += 2;
-                Token::Str {
-                    body: self.string(false),
-                    escapes: false,
-                }
+                Token::Unicode(self.string(false))
             }
             b'u' | b'U' if next == Some(b'&') && self.at(start + 2) == Some(b'"') => {
                 self.pos += 2;
-                Token::Quoted(self.quoted())
+                Token::Unicode(self.quoted())
             }
             b'"' => Token::Quoted(self.quoted()),
             b'$' if next.is_some_and(|d| d.is_ascii_digit()) => {

@@ -22,8 +22,8 @@ pub struct Verdict {
     /// arbitrary code: `DO`, `CALL`, `EXECUTE`, `EXPLAIN ANALYZE`): read
     /// settings back and check the backend for state.
     pub unknown: bool,
-    /// `DISCARD ALL` or `DEALLOCATE`: prepared statements on the backend
-    /// may be gone.
+    /// `DISCARD ALL` or `DEALLOCATE ALL`: every prepared statement on the
+    /// backend goes (its `CommandComplete` says when).
     pub drops_statements: bool,
     /// `EXECUTE`, `DEALLOCATE` or `PREPARE` of a name in pgcell's own
     /// namespace (`pgcell_...`): another client's statement on a shared
@@ -158,6 +158,16 @@ fn names(token: Token<'_>, name: &str) -> bool {
     }
 }
 
+/// `pg_temp`, `pg_temp_<n>` or `pg_toast_temp_<n>`, in any case.
+fn temporary_schema(name: &[u8]) -> bool {
+    let numbered = |prefix: &[u8]| {
+        name.len() > prefix.len()
+            && name[..prefix.len()].eq_ignore_ascii_case(prefix)
+            && name[prefix.len()..].iter().all(u8::is_ascii_digit)
+    };
+    name.eq_ignore_ascii_case(b"pg_temp") || numbered(b"pg_temp_") || numbered(b"pg_toast_temp_")
+}
+
 /// One statement as it is read.
 #[derive(Default)]
 struct Statement<'a> {
@@ -176,6 +186,8 @@ struct Statement<'a> {
     analyze: bool,
     /// Names a statement in pgcell's namespace.
     foreign: bool,
+    /// Has a `U&` identifier or string.
+    unicode: bool,
 }
 
 impl<'a> Statement<'a> {
@@ -189,6 +201,17 @@ impl<'a> Statement<'a> {
         self.len += 1;
         match token {
             Token::Word(_) | Token::Quoted(_) => self.identifier(token),
+            // `U&"set\005fconfig"` calls set_config: a name pgcell cannot
+            // read may be any name.
+            Token::Unicode(_) => {
+                self.unicode = true;
+                if ["execute", "deallocate", "prepare"]
+                    .iter()
+                    .any(|k| is(self.previous, k))
+                {
+                    self.foreign = true;
+                }
+            }
             // `SET search_path = 'pg_temp'` makes CREATE TABLE temporary.
             Token::Str { body, .. }
                 if body.len() >= 7
@@ -218,7 +241,9 @@ impl<'a> Statement<'a> {
             10 | 11 if names(token, "set_config") || names(token, "pg_settings") => {
                 self.settings = true;
             }
-            7 if names(token, "pg_temp") => {
+            // `pg_temp`, and the temporary schemas by their own names
+            // (`pg_temp_3`, `pg_toast_temp_3`).
+            n if n >= 7 && temporary_schema(w) => {
                 self.state.get_or_insert(StateKind::TempObject);
             }
             16 | 20 | 23 | 27 if ADVISORY.iter().any(|n| names(token, n)) => {
@@ -246,6 +271,7 @@ impl<'a> Statement<'a> {
             settings: self.settings,
             state: self.state,
             foreign_statement: self.foreign,
+            unknown: self.unicode,
             ..Verdict::default()
         };
         let [h0, h1, h2, h3, h4, _] = self.head;
@@ -279,7 +305,7 @@ impl<'a> Statement<'a> {
             v.settings = true;
             v.drops_statements = is(h1, "all");
         } else if first("deallocate") {
-            v.drops_statements = true;
+            v.drops_statements = is(h1, "all") || (is(h1, "prepare") && is(h2, "all"));
         } else if first("listen") {
             v.state.get_or_insert(StateKind::Listen);
         } else if first("prepare") {
@@ -596,6 +622,29 @@ mod tests {
     }
 
     #[test]
+    fn unicode_escapes_and_temporary_schemas_by_name() {
+        // Found by review: U& escapes hide any name.
+        for sql in [
+            "SELECT U&\"set\\005fconfig\"('role', 'r1', false)",
+            "UPDATE U&\"pg\\005fsettings\" SET setting = 'x' WHERE name = 'search_path'",
+            "SELECT U&\"pg\\005fadvisory\\005flock\"(42)",
+            "SET search_path = U&'pg\\005ftemp'",
+        ] {
+            assert!(v(sql).unknown, "{sql}");
+        }
+        assert!(v("EXECUTE U&\"pgcell\\005f1\"('y')").foreign_statement);
+        assert!(v("deallocate U&\"pgcell\\005f1\"").foreign_statement);
+        for sql in [
+            "CREATE TABLE pg_temp_3.leak (a int)",
+            "create table PG_TOAST_TEMP_3.x (a int)",
+            "insert into \"pg_temp_12\".t values (1)",
+        ] {
+            assert_eq!(state(sql), Some("temp_table"), "{sql}");
+        }
+        assert_eq!(state("select pg_temporary_thing()"), None);
+    }
+
+    #[test]
     fn statements_in_pgcells_namespace() {
         for (sql, foreign) in [
             ("EXECUTE pgcell_3(1)", true),
@@ -615,7 +664,8 @@ mod tests {
     fn dropping_statements() {
         assert!(v("DISCARD ALL").drops_statements);
         assert!(v("select 1; deallocate all").drops_statements);
-        assert!(v("DEALLOCATE p").drops_statements);
+        assert!(v("DEALLOCATE PREPARE ALL").drops_statements);
+        assert!(!v("DEALLOCATE p").drops_statements);
         assert!(!v("discard temp").drops_statements);
         assert!(!v("select 'deallocate all'").drops_statements);
     }

@@ -21,7 +21,7 @@ use crate::pooling::pooled_proxy;
 /// objects, cursors, SQL prepared statements, channels, advisory locks and
 /// session settings its backend holds, and the custom settings clients set.
 const PROBE: &str = "SELECT current_user, session_user, \
-    (SELECT count(*) FROM pg_catalog.pg_class WHERE relnamespace = pg_catalog.pg_my_temp_schema()), \
+    (SELECT count(*) FROM pg_catalog.pg_depend WHERE refclassid = 'pg_catalog.pg_namespace'::pg_catalog.regclass AND refobjid = pg_catalog.pg_my_temp_schema()), \
     (SELECT count(*) FROM pg_catalog.pg_cursors), \
     (SELECT count(*) FROM pg_catalog.pg_prepared_statements WHERE from_sql), \
     (SELECT count(*) FROM pg_catalog.pg_listening_channels()), \
@@ -65,6 +65,11 @@ const STATEMENTS: &[&str] = &[
     "SET search_path = 'pg_temp', public; CREATE TABLE tt{n} (i int)",
     "SELECT 'a\\' , pg_advisory_lock({n}) --'",
     "EXECUTE pgcell_1",
+    // Found by the second review: U& escapes hide any name.
+    "SELECT U&\"set\\005fconfig\"('role', 'differential_role', false)",
+    "UPDATE U&\"pg\\005fsettings\" SET setting = '{n}' WHERE name = 'lock_timeout'",
+    "SELECT U&\"pg\\005fadvisory\\005flock\"({n})",
+    "DEALLOCATE U&\"pgcell\\005f1\"",
 ];
 
 /// Ways to hide a `;` or a key word around a statement.
@@ -314,6 +319,9 @@ async fn check_session_state_closes_backends_with_hidden_state() {
          CREATE FUNCTION hide_lock() RETURNS int LANGUAGE sql AS 'SELECT 1 FROM pg_advisory_lock(7)'; \
          CREATE FUNCTION hide_listen() RETURNS int LANGUAGE plpgsql AS \
          $$ BEGIN LISTEN hidden; RETURN 1; END $$; \
+         CREATE FUNCTION hide_objects() RETURNS int LANGUAGE plpgsql AS \
+         $$ BEGIN CREATE OPERATOR pg_temp.=== (function = int4eq, leftarg = int4, rightarg = int4); \
+         CREATE COLLATION pg_temp.cc (locale = 'C'); RETURN 1; END $$; \
          CREATE VIEW hide_view AS SELECT (SELECT 1 FROM pg_advisory_lock(8)) AS x; \
          ALTER VIEW hide_view OWNER TO app",
     )
@@ -322,6 +330,7 @@ async fn check_session_state_closes_backends_with_hidden_state() {
         "SELECT hide_temp()",
         "SELECT hide_lock()",
         "SELECT hide_listen()",
+        "SELECT hide_objects()",
         "SELECT * FROM hide_view",
         "SELECT query_to_xml('select pg_advisory_lock(9)', false, false, '')",
     ];
@@ -362,4 +371,68 @@ async fn check_session_state_closes_backends_with_hidden_state() {
         }
         proxy.stop().await;
     }
+}
+
+/// Found by the second review: a custom setting's name, or a value, in a
+/// client encoding whose characters may end in the byte of `\` (BIG5),
+/// must not write into pgcell's own read-back and replay queries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_and_values_cannot_write_into_pgcells_queries() {
+    let a = crate::harness::cluster("cluster-injection");
+    prepare(&a);
+    let proxy = pooled_proxy(
+        "acme",
+        &a,
+        "mode = \"transaction\"\nsize = 1\nacquire_timeout = \"5s\"",
+    )
+    .await;
+    let clean = probe(proxy.addr).await;
+    let mut wire = Wire::connect(proxy.addr, "app.acme", &[]).await;
+    for sql in [
+        "SET ROLE differential_role",
+        "SET search_path = alpha",
+        "SET x.y = 'secretA'",
+        "SET backslash_quote = on",
+        "SET client_encoding = 'BIG5'",
+    ] {
+        wire.step(&Send::Query(sql), Until::Ready(1)).await;
+    }
+    // "严" in UTF-8 read as BIG5 ends in 0x5C: the backslash after it is
+    // half of a character to the backend.
+    let yan = "严".as_bytes();
+    let name: Vec<u8> = [
+        b"SET \"".as_slice(),
+        yan,
+        b"\\')) AS c(n) WHERE false --\".b = 1\0",
+    ]
+    .concat();
+    let value: Vec<u8> = [
+        b"SELECT set_config('x.z', E'".as_slice(),
+        yan,
+        b"\\\\'', false)\0",
+    ]
+    .concat();
+    for body in [name, value] {
+        let mut msg = vec![b'Q'];
+        msg.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+        msg.extend_from_slice(&body);
+        wire.step(&Send::Raw(msg), Until::Ready(1)).await;
+    }
+    // A's settings are still its own, on whatever backend it gets.
+    wire.transcript.clear();
+    wire.step(
+        &Send::Query("SELECT current_user, current_setting('x.y')"),
+        Until::Ready(1),
+    )
+    .await;
+    assert!(
+        wire.transcript
+            .iter()
+            .any(|l| l == "D differential_role|secretA"),
+        "{:?}",
+        wire.transcript
+    );
+    // And nothing of it reaches a fresh client while A stays connected.
+    assert_eq!(probe(proxy.addr).await, clean);
+    proxy.stop().await;
 }

@@ -114,9 +114,10 @@ impl Session<'_> {
 
     /// Points the session (its cancel key, its statements, its protocol
     /// position) at `lease`.
-    pub(super) fn attach(&mut self, lease: Lease) {
+    pub(super) fn attach(&mut self, mut lease: Lease) {
         self.statements.new_backend();
         self.checkout.attach();
+        lease.conn.prepared.settle_drops();
         self.checked_out_at = lease.leased_at;
         self.cancel_key.attach(CancelTarget {
             addr: lease.conn.addr,

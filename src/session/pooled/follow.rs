@@ -210,6 +210,12 @@ impl Session<'_> {
                     {
                         return false;
                     }
+                    // Every drop sent has had its answer once nothing is
+                    // outstanding: records of failed ones go.
+                    if tag == b'Z' && self.checkout.position().quiet() {
+                        self.statements.settle_drops();
+                        lease.conn.prepared.settle_drops();
+                    }
                 }
             }
             // A DEALLOCATE ALL / DISCARD ALL that reached the backend
