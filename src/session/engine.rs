@@ -705,7 +705,7 @@ pub fn captured(rows: Vec<(String, String)>, user: &str) -> (ClientSession, Vec<
 fn hex_value(hex: &str) -> Option<Vec<u8>> {
     let digit = |b: u8| (b as char).to_digit(16);
     let bytes = hex.as_bytes();
-    if bytes.len() % 2 != 0 {
+    if !bytes.len().is_multiple_of(2) {
         return None;
     }
     bytes
