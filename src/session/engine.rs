@@ -560,9 +560,8 @@ impl SessionChanges {
 /// end.
 /// Run, when asked for, in the same round trip as the settings read-back.
 pub const STATE_CHECK: &str = "SELECT 'pgcell:state', s.k FROM (VALUES \
-('temp_table', EXISTS (SELECT FROM pg_catalog.pg_class WHERE relnamespace = pg_catalog.pg_my_temp_schema()) \
-OR EXISTS (SELECT FROM pg_catalog.pg_depend WHERE refclassid = 'pg_catalog.pg_namespace'::pg_catalog.regclass \
-AND refobjid = pg_catalog.pg_my_temp_schema())), \
+('temp_table', pg_catalog.pg_my_temp_schema() <> 0 AND EXISTS (SELECT FROM pg_catalog.pg_depend \
+WHERE refclassid = 'pg_catalog.pg_namespace'::pg_catalog.regclass AND refobjid = pg_catalog.pg_my_temp_schema())), \
 ('cursor_with_hold', EXISTS (SELECT FROM pg_catalog.pg_cursors)), \
 ('prepare', EXISTS (SELECT FROM pg_catalog.pg_prepared_statements WHERE from_sql)), \
 ('listen', EXISTS (SELECT FROM pg_catalog.pg_listening_channels())), \

@@ -436,3 +436,44 @@ async fn names_and_values_cannot_write_into_pgcells_queries() {
     assert_eq!(probe(proxy.addr).await, clean);
     proxy.stop().await;
 }
+
+/// The documented limit (docs/pooling.md, "Limits"): a custom setting's
+/// name stays defined on a backend after its client left, in session mode
+/// as in transaction mode (its value does not). If this no longer holds,
+/// the docs are wrong.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_custom_settings_name_outlives_its_client_in_both_modes() {
+    let a = crate::harness::cluster("cluster-placeholder");
+    prepare(&a);
+    for mode in ["session", "transaction"] {
+        let proxy = pooled_proxy(
+            "acme",
+            &a,
+            &format!("mode = \"{mode}\"\nsize = 1\nacquire_timeout = \"5s\""),
+        )
+        .await;
+        let mut first = Wire::connect(proxy.addr, "app.acme", &[]).await;
+        first
+            .step(
+                &Send::Query("SET myapp.placeholder = 'secret'"),
+                Until::Ready(1),
+            )
+            .await;
+        first
+            .step(&Send::Raw(vec![b'X', 0, 0, 0, 4]), Until::Closed)
+            .await;
+        let mut next = Wire::connect(proxy.addr, "app.acme", &[]).await;
+        next.transcript.clear();
+        next.step(
+            &Send::Query("SELECT current_setting('myapp.placeholder', true) IS NULL, coalesce(current_setting('myapp.placeholder', true), 'null')"),
+            Until::Ready(1),
+        )
+        .await;
+        assert!(
+            next.transcript.iter().any(|l| l == "D f|"),
+            "{mode}: {:?}",
+            next.transcript
+        );
+        proxy.stop().await;
+    }
+}
