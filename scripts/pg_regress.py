@@ -44,6 +44,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -178,18 +179,44 @@ def pg_regress_binary(major):
     return path
 
 
+def source_versions(major, version):
+    """The installed version first, then every other version of the same
+    major that apt knows (a security update's sources are not in Debian's
+    main pool: an older minor's suite is the next best)."""
+    versions = [version]
+    r = run(["apt-cache", "policy", f"postgresql-{major}"], check=False,
+            capture_output=True, text=True)
+    for m in re.finditer(r"^\s+(?:\*\*\* )?(\d+\.\d+)-\S+ \d+", r.stdout or "", re.M):
+        if m.group(1) not in versions:
+            versions.append(m.group(1))
+    return versions
+
+
 def fetch_sources(major, version):
     """Tarball (cached), then src/test/regress and contrib/spi from it."""
     os.makedirs(CACHE, exist_ok=True)
-    name = f"postgresql-{major}_{version}.orig.tar.bz2"
-    tarball = os.path.join(CACHE, name)
-    if not os.path.isfile(tarball):
+    for candidate in source_versions(major, version):
+        name = f"postgresql-{major}_{candidate}.orig.tar.bz2"
+        tarball = os.path.join(CACHE, name)
+        if os.path.isfile(tarball):
+            break
         url = f"http://deb.debian.org/debian/pool/main/p/postgresql-{major}/{name}"
         log(f"fetching {url}")
         tmp = tarball + ".part"
-        with urllib.request.urlopen(url, timeout=120) as r, open(tmp, "wb") as f:
-            shutil.copyfileobj(r, f)
+        try:
+            with urllib.request.urlopen(url, timeout=120) as r, open(tmp, "wb") as f:
+                shutil.copyfileobj(r, f)
+        except urllib.error.HTTPError as e:
+            log(f"  {e.code}: not there")
+            continue
         os.rename(tmp, tarball)
+        break
+    else:
+        die(f"no sources of PostgreSQL {major} found for {version}")
+    if candidate != version:
+        log(f"warning: PostgreSQL {version} runs the regression suite of {candidate} "
+            "(its sources are not in Debian's pool); both sides of every comparison use it")
+    version = candidate
     src = os.path.join(CACHE, f"postgresql-{version}")
     regress = os.path.join(src, "src/test/regress")
     if not os.path.isfile(os.path.join(regress, "parallel_schedule")):
