@@ -1,7 +1,8 @@
 """Randomised, seeded client-state programs through a pgcell transaction
 pool of ONE backend, compared with PostgreSQL itself, with real drivers.
 
-Usage: isolation_random.py DIRECT_DSN PGCELL_DSN [SEEDS] [--shrink] [--do-custom]
+Usage: isolation_random.py DIRECT_DSN PGCELL_DSN [SEEDS] [--shrink]
+                           [--no-pipeline] [--do-custom]
 
 SEEDS is `N` (seeds 0 to N-1, the default is 12), `A-B` (A to B
 inclusive) or `A,B,C`. PGCELL_DSN must name a transaction pool of one
@@ -16,7 +17,8 @@ the same statements run prepared, again from psycopg's cache), and about
 25 steps. A step is one client's action: a `SET` of a setting, `SET ROLE`,
 `RESET ROLE`, `RESET ALL`, `SET SESSION AUTHORIZATION`, `set_config` with
 parameters, `DISCARD ALL`, `DEALLOCATE ALL`, asyncpg's `reset()`, a `DO`
-block, a transaction block (committed or rolled back, maybe with an error
+block, a psycopg pipeline (one Sync for several statements, maybe one
+failing), a transaction block (committed or rolled back, maybe with an error
 part-way, savepoints), a multi-statement simple query with comments,
 strings and dollar quotes hiding `;` and key words, or an earlier
 parameterised statement of the client again (from the driver's cache).
@@ -25,21 +27,24 @@ session (the OBSERVE row, and the parameters its driver was told of), and
 a new client (the acting client's driver, so the acting client's startup
 profile and backend) does the same and leaves.
 
-The program runs on DIRECT_DSN, then on PGCELL_DSN, each seed with an
-`application_name` of its own: pgcell gives a client only backends of its
-startup profile, so a seed starts on a fresh backend and leftovers of one
-seed cannot show up in the next. (asyncpg and libpq send their startup
-parameters in different orders, so an asyncpg client and a psycopg client
-are two profiles and take turns with the one backend; the two psycopg
-kinds, and clients of one kind, share it.) Every observation and every
-step's result (rows, tags, SQLSTATEs) must be equal on both sides; the
-direct run must also show PostgreSQL's documented answer that a new
-connection sees the defaults. On a difference the script prints the seed,
-the program and both lists, and exits non-zero; with --shrink it also
-looks for a shorter program (fewer steps) that still differs.
+The program runs on DIRECT_DSN, then on PGCELL_DSN. pgcell gives a client
+only backends of its exact startup parameters: every client of a seed, of
+either driver, sends the same ones (`Client.connect`), so all share the one
+backend, and each seed has a startup `timezone` of its own, so it starts
+on a fresh backend and leftovers of one seed cannot show up in the next.
+Every observation and every step's result (rows, tags, SQLSTATEs) must be
+equal on both sides; the direct run must also show PostgreSQL's documented
+answer that a new connection sees the defaults. On a difference the script
+prints the seed, the program and both lists, and exits non-zero; with
+--shrink it also looks for a shorter program (fewer steps) that still
+differs.
+
+--no-pipeline leaves psycopg pipelines out of the programs; --do-custom
+puts in a custom setting set inside a `DO` body (see DO_CUSTOM_SQL).
 """
 
 import asyncio
+import os
 import random
 import sys
 
@@ -63,10 +68,17 @@ OBSERVE = (
     " current_setting('statement_timeout'),"
     " nullif(current_setting('myapp.tenant', true), ''),"
     " current_setting('TimeZone'), current_setting('application_name'),"
-    " current_schema()::text"
+    " current_setting('DateStyle'), current_schema()::text"
 )
 # Parameters the backend reports (ParameterStatus): what the driver was told.
-REPORTED = ("TimeZone", "application_name", "session_authorization", "is_superuser")
+REPORTED = (
+    "TimeZone",
+    "application_name",
+    "DateStyle",
+    "session_authorization",
+    "is_superuser",
+    "client_encoding",
+)
 
 # Settings: (how `SET` spells each value, the value as set_config takes it).
 SETTINGS = {
@@ -82,6 +94,7 @@ SETTINGS = {
     "statement_timeout": [("'30s'", "30s"), ("'1min'", "1min"), ("45000", "45000"), ("0", "0")],
     "TimeZone": [("'UTC'", "UTC"), ("'Europe/Paris'", "Europe/Paris"), ("'America/New_York'", "America/New_York")],
     "application_name": [("'app-x'", "app-x"), ("'app;y'", "app;y")],
+    "DateStyle": [("'ISO, DMY'", "ISO, DMY"), ("'SQL, MDY'", "SQL, MDY"), ("German", "German")],
     "myapp.tenant": [("'t1'", "t1"), ("'t2'", "t2"), ("'a;b'", "a;b"), ("'it''s'", "it's")],
 }
 # set_config with the setting's name as a parameter: not for custom
@@ -253,27 +266,31 @@ def tx_calls(rng):
 
 def pipeline_call(rng):
     """Statements in one psycopg pipeline: one Sync at its end, so they
-    are one implicit transaction, and an error part-way undoes them all."""
+    are one implicit transaction, and an error undoes them all. The error
+    (`SELECT 1/0`) is only ever the last statement: psycopg raises an error
+    as soon as it has read it, maybe before it sent the statements after
+    it, so what it sent and what each cursor holds would depend on timing.
+    """
     stmts = []
-    for _ in range(rng.randint(2, 4)):
-        r = rng.randrange(7)
+    for _ in range(rng.randint(1, 4)):
+        r = rng.randrange(6)
         if r < 2:
             stmts.append((set_sql(rng), ()))
         elif r == 2:
             _, sql, params, _ = set_config_call(rng)
             stmts.append((sql, params))
         elif r == 3:
-            stmts.append(("SELECT 1/0", ()))
-        elif r == 4:
             stmts.append((OBSERVE, ()))
-        elif r == 5:
+        elif r == 4:
             stmts.append((rng.choice(["RESET ALL", reset_one_sql(rng)]), ()))
         else:
             stmts.append((rng.choice(ROLE_SQL), ()))
+    if rng.random() < 0.3:
+        stmts.append(("SELECT 1/0", ()))
     return call("pipeline", tuple(stmts))
 
 
-def make_program(seed, steps=STEPS, do_custom=False):
+def make_program(seed, steps=STEPS, do_custom=False, pipelines=True):
     """(kinds of the three clients, [(client, [calls], fresh_first)]), from
     the seed only."""
     rng = random.Random(seed)
@@ -303,7 +320,7 @@ def make_program(seed, steps=STEPS, do_custom=False):
             calls = [call(any_how(rng), rng.choice(DO_SQL + ([DO_CUSTOM_SQL] if do_custom else [])))]
         elif r < 58 and kind == "asyncpg":
             calls = [call("reset", "<asyncpg Connection.reset()>")]
-        elif r < 62 and kind != "asyncpg":
+        elif r < 62 and kind != "asyncpg" and pipelines:
             calls = [pipeline_call(rng)]
         elif r < 72:
             calls = tx_calls(rng)
@@ -351,16 +368,25 @@ class Client:
         self.kind = kind
         self.conn = None
 
-    async def connect(self, dsn, app):
+    async def connect(self, dsn, tz):
+        """Connects with the startup parameters `client_encoding='utf-8'`
+        (quotes included) and `timezone=tz`, in that order, whatever the
+        driver: pgcell gives a client only backends of its exact startup
+        parameters, so asyncpg and psycopg clients share the one backend.
+        asyncpg always sends its `client_encoding` first, then
+        `server_settings`; libpq sends `application_name` (so none here)
+        before `client_encoding`, then `timezone` from PGTZ (set by
+        `run_program`)."""
         if self.kind == "asyncpg":
             self.conn = await asyncpg.connect(
-                dsn, timeout=CALL_TIMEOUT, server_settings={"application_name": app}
+                dsn, timeout=CALL_TIMEOUT, server_settings={"timezone": tz}
             )
         else:
+            assert os.environ.get("PGTZ") == tz
             self.conn = await psycopg.AsyncConnection.connect(
                 dsn,
                 connect_timeout=int(CALL_TIMEOUT),
-                application_name=app,
+                client_encoding="'utf-8'",
                 autocommit=True,
                 prepare_threshold=0 if self.kind == "psycopg pt=0" else 5,
             )
@@ -499,10 +525,10 @@ async def observe_all(run, clients, label):
             run.initial.append((f"start c{k}", value[0]))
 
 
-async def observe_fresh(run, dsn, app, kind, label):
+async def observe_fresh(run, dsn, tz, kind, label):
     cl = Client(kind)
     try:
-        if isinstance(await run.do(f"{label} new {kind} connects", cl.connect(dsn, app)), Exception):
+        if isinstance(await run.do(f"{label} new {kind} connects", cl.connect(dsn, tz)), Exception):
             return
         value = await run.do(f"{label} new {kind} sees", cl.observe())
         if isinstance(value, tuple):
@@ -511,12 +537,30 @@ async def observe_fresh(run, dsn, app, kind, label):
         await cl.close()
 
 
-async def run_program(dsn, app, kinds, program):
+def startup_tz(tag):
+    """A POSIX time zone (UTC, named after `tag`) as the startup `timezone`
+    of one run: each seed (and each shrinking try) has a startup profile of
+    its own, so it starts on a fresh backend and leftovers of one seed
+    cannot show up in the next; both sides of a seed use the same."""
+    return f"PG{tag.upper()}+0"
+
+
+def letters(n):
+    out = ""
+    while True:
+        n, r = divmod(n, 26)
+        out = chr(ord("a") + r) + out
+        if n == 0:
+            return out
+
+
+async def run_program(dsn, tz, kinds, program):
     run = Run()
     clients = [Client(k) for k in kinds]
+    os.environ["PGTZ"] = tz
     try:
         for k, cl in enumerate(clients):
-            if isinstance(await run.do(f"c{k} connects", cl.connect(dsn, app)), Exception):
+            if isinstance(await run.do(f"c{k} connects", cl.connect(dsn, tz)), Exception):
                 return run
         await observe_all(run, clients, "start")
         for i, (c, calls, fresh_first) in enumerate(program):
@@ -529,10 +573,10 @@ async def run_program(dsn, app, kinds, program):
                 # others would wait for the one backend.
                 await run.do(f"step {i} c{c} left in a transaction: ROLLBACK", cl.run("simple", "ROLLBACK", ()))
             if fresh_first:
-                await observe_fresh(run, dsn, app, kinds[c], f"step {i}")
+                await observe_fresh(run, dsn, tz, kinds[c], f"step {i}")
             await observe_all(run, clients, f"step {i}")
             if not fresh_first:
-                await observe_fresh(run, dsn, app, kinds[c], f"step {i}")
+                await observe_fresh(run, dsn, tz, kinds[c], f"step {i}")
     except Abort:
         run.add("the run", "stopped after a timeout")
     except Exception as e:  # noqa: BLE001 -- recorded, then compared
@@ -569,9 +613,10 @@ def side_by_side(direct, pgcell):
     return "\n".join(rows)
 
 
-async def compare(direct_dsn, pgcell_dsn, app, kinds, program):
-    direct = await run_program(direct_dsn, app, kinds, program)
-    through = await run_program(pgcell_dsn, app, kinds, program)
+async def compare(direct_dsn, pgcell_dsn, tag, kinds, program):
+    tz = startup_tz(tag)
+    direct = await run_program(direct_dsn, tz, kinds, program)
+    through = await run_program(pgcell_dsn, tz, kinds, program)
     return direct, through
 
 
@@ -594,7 +639,7 @@ async def shrink(direct_dsn, pgcell_dsn, seed, kinds, program, differs_at):
     async def differs(prog):
         nonlocal tries
         tries += 1
-        d, t = await compare(direct_dsn, pgcell_dsn, f"rand-{seed}-shrink-{tries}", kinds, prog)
+        d, t = await compare(direct_dsn, pgcell_dsn, f"t{letters(seed)}x{letters(tries)}", kinds, prog)
         return d.lines() != t.lines()
 
     if differs_at is not None:
@@ -622,6 +667,7 @@ def parse_seeds(spec):
 async def main(argv):
     shrink_on = "--shrink" in argv
     do_custom = "--do-custom" in argv
+    pipelines = "--no-pipeline" not in argv
     args = [a for a in argv if not a.startswith("--")]
     direct_dsn, pgcell_dsn = args[0], args[1]
     seeds = parse_seeds(args[2] if len(args) > 2 else "12")
@@ -632,8 +678,8 @@ async def main(argv):
     )
     failed = []
     for seed in seeds:
-        kinds, program = make_program(seed, do_custom=do_custom)
-        direct, through = await compare(direct_dsn, pgcell_dsn, f"rand-{seed}", kinds, program)
+        kinds, program = make_program(seed, do_custom=do_custom, pipelines=pipelines)
+        direct, through = await compare(direct_dsn, pgcell_dsn, f"s{letters(seed)}", kinds, program)
         problems = direct_problems(direct)
         same = direct.lines() == through.lines()
         if same and not problems:
@@ -652,12 +698,13 @@ async def main(argv):
                     direct_dsn, pgcell_dsn, seed, kinds, program,
                     first_difference_step(direct, through),
                 )
-                d, t = await compare(direct_dsn, pgcell_dsn, f"rand-{seed}-shrunk", kinds, small)
+                d, t = await compare(direct_dsn, pgcell_dsn, f"u{letters(seed)}", kinds, small)
                 print(f"  a shorter program that differs ({len(small)} steps):")
                 print(show_program(kinds, small))
                 print(side_by_side(d.lines(), t.lines()))
             else:
-                print(f"  (run this script with SEEDS={seed} --shrink for a shorter program)")
+                flags = " ".join(a for a in argv if a.startswith("--"))
+                print(f"  (run this script with SEEDS {seed}-{seed} {flags} --shrink for a shorter program)")
         else:
             print("\n".join("    " + s for s in direct.lines()))
     if failed:

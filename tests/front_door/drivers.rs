@@ -196,23 +196,71 @@ async fn psycopg_prepared_statements_through_a_transaction_pool() {
 /// through a pool of one backend (so consecutive clients share it) and
 /// compares what the clients see; the direct answers are checked against
 /// PostgreSQL's documented behaviour, pgcell's are only compared.
+///
+/// Then the randomised part (`isolation_random.py`): per seed, a program
+/// of three clients (asyncpg with its statement cache, psycopg with
+/// `prepare_threshold` 0 and 5) and about 25 steps (settings, roles,
+/// `set_config` with parameters, `DISCARD ALL`, `DEALLOCATE ALL`,
+/// transactions with errors part-way, multi-statement queries hiding `;`,
+/// psycopg pipelines, cached statements again), run directly and through
+/// the pool; after every step each client, and a new one, reads its
+/// session, and every answer must be the same. `PGCELL_DRIVER_SEEDS`
+/// picks the seeds: a count (`500`: seeds 0 to 499) or a range
+/// (`1000-1499`); 12 by default.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drivers_see_no_other_clients_state_through_a_transaction_pool() {
     let python = tokio::task::spawn_blocking(driver_python).await.unwrap();
     let a = cluster("cluster-driver-isolation");
     a.psql("postgres", "CREATE ROLE r1 NOLOGIN; GRANT r1 TO app")
         .expect("create role r1");
+    // A schema the random programs' search_path names (r1 has no USAGE on
+    // it, so current_schema() differs by role).
+    a.psql("app", "CREATE SCHEMA s1 AUTHORIZATION app")
+        .expect("create schema s1");
     let proxy = Proxy::start_with_files(
         &config_text("", "allow", &transaction_tenant("one", &a, 1)),
         &[("pw", APP_PASSWORD)],
     )
     .await;
     run_script(
-        python,
+        python.clone(),
         "isolation_drivers.py",
         vec![direct_dsn(&a), dsn(&proxy, "one")],
     )
     .await;
+    let spec = std::env::var("PGCELL_DRIVER_SEEDS").unwrap_or_else(|_| "12".to_owned());
+    let seeds = match spec.trim().split_once('-') {
+        Some((from, to)) => from
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .zip(to.trim().parse::<u64>().ok())
+            .filter(|(from, to)| from <= to),
+        None => spec
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|n| *n > 0)
+            .map(|n| (0, n - 1)),
+    };
+    let (first, last) = seeds.unwrap_or_else(|| {
+        panic!("PGCELL_DRIVER_SEEDS is a count (500) or a range (1000-1499), not {spec:?}")
+    });
+    // Eight seeds per run of the script (about 1 s each, some 7 s for one
+    // that hangs: a call's timeout is 5 s), so each run stays well within
+    // SCRIPT_TIMEOUT; a run goes through all its seeds, the test stops at
+    // the first run that fails.
+    let mut from = first;
+    while from <= last {
+        let to = last.min(from + 7);
+        run_script(
+            python.clone(),
+            "isolation_random.py",
+            vec![direct_dsn(&a), dsn(&proxy, "one"), format!("{from}-{to}")],
+        )
+        .await;
+        from = to + 1;
+    }
     assert!(pgcell_backends(&a) <= 1);
     proxy.stop().await;
 }
