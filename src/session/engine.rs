@@ -153,10 +153,10 @@ impl Position {
                     _ => self.units.push_back(Unit::Extended { due: 1 }),
                 }
             }
-            // Flush opens a sequence without drawing a reply of its own.
-            b'H' if !matches!(self.units.back(), Some(Unit::Extended { .. })) => {
-                self.units.push_back(Unit::Extended { due: 0 });
-            }
+            // A Flush draws no reply and opens nothing: a sequence is
+            // opened by the extended-protocol messages before it (psycopg's
+            // pipeline mode ends with a Flush after its Sync, which must
+            // not keep the backend).
             // CopyDone / CopyFail end copy-in mode.
             b'c' | b'f' => self.in_copy = false,
             _ => {}
@@ -984,6 +984,20 @@ mod tests {
         p.received(b'C', b"");
         assert!(!p.idle());
         p.received(b'Z', b"I");
+        assert!(p.idle());
+    }
+
+    #[test]
+    fn a_flush_after_a_sync_keeps_nothing_open() {
+        let mut p = Position::new();
+        feed(&mut p, b"PBES");
+        feed(&mut p, b"H");
+        for tag in [b'1', b'2', b'C'] {
+            p.received(tag, b"");
+        }
+        p.received(b'Z', b"I");
+        assert!(p.idle(), "a bare Flush held the backend");
+        feed(&mut p, b"H");
         assert!(p.idle());
     }
 
