@@ -477,3 +477,45 @@ async fn a_custom_settings_name_outlives_its_client_in_both_modes() {
         proxy.stop().await;
     }
 }
+
+/// Found by the randomised driver test: a lone Flush from a client that
+/// holds no backend (psycopg's pipeline writes its Flush after its Sync)
+/// must not take one and keep it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flush_between_transactions_holds_no_backend() {
+    let a = crate::harness::cluster("cluster-lone-flush");
+    prepare(&a);
+    let proxy = pooled_proxy(
+        "acme",
+        &a,
+        "mode = \"transaction\"\nsize = 1\nacquire_timeout = \"2s\"",
+    )
+    .await;
+    let mut first = Wire::connect(proxy.addr, "app.acme", &[]).await;
+    first.step(&Send::Query("SELECT 1"), Until::Ready(1)).await;
+    // No reply comes to a Flush: wait for the (absent) tag briefly.
+    first
+        .step(&Send::Raw(frame(b'H', &[])), Until::Tag(b'!'))
+        .await;
+    let mut second = Wire::connect(proxy.addr, "app.acme", &[]).await;
+    second.transcript.clear();
+    second
+        .step(&Send::Query("SELECT 'served'"), Until::Ready(1))
+        .await;
+    assert!(
+        second.transcript.iter().any(|l| l == "D served"),
+        "{:?}",
+        second.transcript
+    );
+    // The first client goes on as before.
+    first.transcript.clear();
+    first
+        .step(&Send::Query("SELECT 'again'"), Until::Ready(1))
+        .await;
+    assert!(
+        first.transcript.iter().any(|l| l == "D again"),
+        "{:?}",
+        first.transcript
+    );
+    proxy.stop().await;
+}

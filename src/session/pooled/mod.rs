@@ -480,6 +480,14 @@ impl Session<'_> {
                 return Ok(());
             }
         }
+        if self.lease.is_none() && msg.tag == b'H' {
+            // A Flush with no backend has nothing to flush and draws no
+            // reply: taking a backend for it would keep that backend
+            // until the client sends again (psycopg writes its pipeline's
+            // Sync and Flush apart, so the Flush may come after the
+            // checkin).
+            return Ok(());
+        }
         if self.lease.is_none() {
             self.follow_reload()?;
             let lease = match acquire(&self.pool, &self.profile, self.listed).await {
