@@ -237,8 +237,11 @@ async fn refusal_flood_keeps_descriptors_bounded() {
     use std::sync::Arc;
     let a = cluster("hard-fd-flood");
     let mut p = Pgcell::start_with(
-        // The held sockets must outlive the flood.
-        "max_client_connections = 20\nstartup_timeout = \"60s\"",
+        // The held sockets must outlive the flood: when they time out, the
+        // flood's connections take their slots and wait for a startup
+        // packet instead of being refused (on a loaded machine the flood
+        // took longer than a 60 s timeout).
+        "max_client_connections = 20\nstartup_timeout = \"600s\"",
         &pooled("a", &a, "", "mode = \"transaction\""),
         "info",
     )
@@ -267,8 +270,12 @@ async fn refusal_flood_keeps_descriptors_bounded() {
     let started = Instant::now();
     let mut refused = 0;
     let mut failed = Vec::new();
+    // Waves of 150: well past MAX_REFUSALS_IN_FLIGHT (64), so refusals
+    // are both spawned and closed at once; waves of 300 overflowed this
+    // 2-core machine's accept queue while the sampler spun on the other
+    // core, with fad8e76's binary as with this one.
     for _ in 0..10 {
-        let wave: Vec<_> = (0..300)
+        let wave: Vec<_> = (0..150)
             .map(|_| {
                 let addr = p.addr;
                 tokio::spawn(async move {
@@ -308,7 +315,7 @@ async fn refusal_flood_keeps_descriptors_bounded() {
     );
     // Connections the kernel's accept queue dropped on a loaded machine
     // are not pgcell's to answer; the bulk must be refused with 53300.
-    assert!(refused >= 2850, "{refused} refused; {failed:?}");
+    assert!(refused >= 1425, "{refused} refused; {failed:?}");
     let bound = baseline + pgcell::listener::MAX_REFUSALS_IN_FLIGHT + 16;
     assert!(peak <= bound, "peak {peak} fds > {bound}");
     drop(silent);
