@@ -18,6 +18,7 @@ use pgcell::auth::secret::ScramSecret;
 use pgcell::backend::statements::BackendStatements;
 use pgcell::protocol::framing::split_message;
 use pgcell::protocol::framing::Message;
+use pgcell::session::engine::Checkout;
 use pgcell::session::prepared::ClientStatements;
 use pgcell::sql::{Dialect, Verdict};
 
@@ -106,17 +107,18 @@ fn prepared_transaction(first: bool) -> BytesMut {
 fn bench_prepared(c: &mut Criterion) {
     let mut client = ClientStatements::default();
     let mut backend = BackendStatements::default();
+    let mut checkout = Checkout::default();
     let mut out = BytesMut::with_capacity(4096);
     // Prepare once (Parse injected, ParseComplete swallowed later).
     let mut first = prepared_transaction(true);
     while let Some(msg) = split_message(&mut first, 1 << 20).unwrap() {
         let judged = pgcell::sql::judge(sql_of(&msg), Dialect::default());
         client
-            .forward(&msg, judged, &mut backend, &mut out)
+            .forward(&msg, judged, &mut backend, &mut checkout, &mut out)
             .unwrap();
     }
     for tag in [b'1', b'2', b'C', b'Z'] {
-        client.on_backend_message(tag, &mut backend);
+        client.replied(checkout.received(tag, b"I"), &mut backend);
     }
     assert!(!out.is_empty());
     let steady = prepared_transaction(false);
@@ -128,13 +130,19 @@ fn bench_prepared(c: &mut Criterion) {
             let mut input = steady.clone();
             while let Some(msg) = split_message(&mut input, 1 << 20).unwrap() {
                 let executes = client
-                    .forward(black_box(&msg), Verdict::default(), &mut backend, &mut out)
+                    .forward(
+                        black_box(&msg),
+                        Verdict::default(),
+                        &mut backend,
+                        &mut checkout,
+                        &mut out,
+                    )
                     .unwrap();
                 black_box(executes);
             }
             // The backend's answers: BindComplete, CommandComplete, RFQ.
             for tag in [b'2', b'C', b'Z'] {
-                client.on_backend_message(tag, &mut backend);
+                client.replied(checkout.received(tag, b"I"), &mut backend);
             }
             black_box(out.len())
         })

@@ -19,10 +19,12 @@
 //!   `DEALLOCATE ALL`;
 //! - replies to what pgcell injected never reach the client: it sees no
 //!   more `ParseComplete`/`CloseComplete` than it asked for;
-//! - after a final `Sync` has been answered nothing is awaited and the
+//! - after a final `Sync` has been answered nothing is owed and the
 //!   engine finds the backend idle, so it goes back to the pool — also
 //!   when the client sent a simple `Query` into a failed pipeline
-//!   (PostgreSQL drops it unanswered);
+//!   (PostgreSQL drops it unanswered), and then the statement checks
+//!   above still hold: the protocol position and the statements are one
+//!   queue of replies owed, so nothing can fall out of step;
 //! - a backend's statement set stays within its bound;
 //! - a transaction that executed a statement judged to change settings
 //!   (`SET ROLE`, parsed in one transaction and bound in a later one
@@ -37,7 +39,7 @@ use libfuzzer_sys::fuzz_target;
 use pgcell::backend::statements::BackendStatements;
 use pgcell::config::DEFAULT_MAX_PREPARED_STATEMENTS as MAX_PREPARED_PER_BACKEND;
 use pgcell::protocol::framing::{split_message, Message};
-use pgcell::session::engine::{CheckinPolicy, Checkout, Sent};
+use pgcell::session::engine::{CheckinPolicy, Checkout};
 use pgcell::session::prepared::ClientStatements;
 use pgcell::sql::{self, Dialect, Verdict};
 
@@ -54,12 +56,6 @@ struct Backend {
     /// `DEALLOCATE ALL` that reached the backend: a `Bind` pipelined behind
     /// either fails with 26000 against PostgreSQL directly too.
     skipped: HashSet<Vec<u8>>,
-    /// The client sent a simple `Query` while this backend skipped to
-    /// `Sync` (PostgreSQL drops it unanswered): the client broke the
-    /// protocol and its `ReadyForQuery` count is off from then on, so
-    /// pgcell's statement bookkeeping for it is off too. Only the statement
-    /// checks are relaxed: no panic, no leak of injected replies still hold.
-    protocol_broken: bool,
 }
 
 fn cstr(b: &[u8]) -> Option<(&[u8], &[u8])> {
@@ -105,10 +101,7 @@ impl Backend {
                         "client name reached the backend"
                     );
                     let new = self.named.insert(name.to_vec());
-                    assert!(
-                        new || self.protocol_broken,
-                        "statement prepared twice (42P05)"
-                    );
+                    assert!(new, "statement prepared twice (42P05)");
                 }
                 reply(replies, b'1', b"");
             }
@@ -138,8 +131,7 @@ impl Backend {
                             // What a client's own name in pgcell's
                             // namespace becomes (never created).
                             || name == b"pgcell_unknown"
-                            || self.skipped.contains(name)
-                            || self.protocol_broken,
+                            || self.skipped.contains(name),
                         "pgcell statement missing on its backend (26000)"
                     );
                     return error(self, replies, "26000");
@@ -203,11 +195,6 @@ struct Harness {
     closes_sent: usize,
     parse_completes_seen: usize,
     close_completes_seen: usize,
-    /// A simple `Query` reached a backend skipping to `Sync` after an
-    /// error: PostgreSQL drops it unanswered, so the client (and pgcell's
-    /// count) waits for a `ReadyForQuery` that never comes. The client's
-    /// own protocol error; it keeps only its own backend.
-    query_dropped: bool,
 }
 
 impl Harness {
@@ -234,13 +221,6 @@ impl Harness {
             _ => {}
         }
         let backend = &mut self.backends[self.current];
-        if tag == b'Q' && backend.skipping {
-            self.query_dropped = true;
-            for b in &mut self.backends {
-                b.protocol_broken = true;
-            }
-        }
-        let backend = &mut self.backends[self.current];
         let mut out = BytesMut::new();
         // The verdict of the message's own SQL text, as the session judges
         // it (a Query's text, or a Parse's after the statement name).
@@ -251,9 +231,9 @@ impl Harness {
                 .unwrap_or_default(),
             _ => Verdict::default(),
         };
-        let Ok(executes) = self
-            .client
-            .forward(&msg, judged, &mut backend.tracked, &mut out)
+        let Ok(executes) =
+            self.client
+                .forward(&msg, judged, &mut backend.tracked, &mut self.checkout, &mut out)
         else {
             return false;
         };
@@ -261,11 +241,6 @@ impl Harness {
         self.checkout.executed(executes, false);
         assert!(backend.tracked.len() <= MAX_PREPARED_PER_BACKEND);
         while let Ok(Some(m)) = split_message(&mut out, usize::MAX) {
-            match self.checkout.sent(m.tag) {
-                Sent::Counted => {}
-                Sent::Ignored => self.client.syncs_ignored(1),
-                Sent::Discarded(n) => self.client.rfq_discarded(n),
-            }
             backend.run(&m, &mut self.in_flight);
         }
         assert!(out.is_empty(), "forward produced a partial message");
@@ -285,13 +260,7 @@ impl Harness {
                 self.client.drop_answered();
             }
             let received = self.checkout.received(m.tag, &m.body);
-            for n in received.discarded {
-                self.client.rfq_discarded(n);
-            }
-            if received.syncs_ignored > 0 {
-                self.client.syncs_ignored(received.syncs_ignored);
-            }
-            if !self.client.on_backend_message(m.tag, &mut backend.tracked) {
+            if !self.client.replied(received, &mut backend.tracked) {
                 continue;
             }
             if m.tag == b'Z' && self.checkout.position().quiet() {
@@ -316,7 +285,7 @@ impl Harness {
     }
 
     fn idle(&self) -> bool {
-        self.checkout.may_release() && !self.client.awaiting() && self.in_flight.is_empty()
+        self.checkout.may_release() && self.in_flight.is_empty()
     }
 
     /// The transaction is over: the engine's checkin reads the session
@@ -343,7 +312,6 @@ fuzz_target!(|input: &[u8]| {
         closes_sent: 0,
         parse_completes_seen: 0,
         close_completes_seen: 0,
-        query_dropped: false,
     };
     let mut ops = input.iter().copied();
     while let Some(op) = ops.next() {
@@ -418,11 +386,9 @@ fuzz_target!(|input: &[u8]| {
             h.checkout.position().idle(),
             "the engine would keep the backend after the last Sync"
         );
-        if !h.query_dropped {
-            assert!(
-                !h.client.awaiting(),
-                "backend would be kept for replies that never come"
-            );
-        }
+        assert!(
+            !h.checkout.position().busy(),
+            "backend would be kept for replies that never come"
+        );
     }
 });

@@ -41,19 +41,32 @@ mod checkout;
 
 pub use checkout::{Checkin, CheckinPolicy, Checkout, CloseReason};
 
-/// Where a backend stands in the protocol: which of the client's messages
-/// still owe a reply, and whether an extended-protocol sequence is open.
+/// Where a backend stands in the protocol: the one queue of replies it
+/// owes for what was sent to it, and whether an extended-protocol
+/// sequence is open.
 ///
-/// Fed every message as it goes to the backend ([`Position::sent`]) and
-/// every message that comes back ([`Position::received`]). It follows
-/// PostgreSQL's rules (postgres.c): after an error in an extended-protocol
-/// message the backend discards everything up to the next `Sync`, a
-/// simple `Query` included (no reply); after an error in a simple `Query`
-/// it discards nothing; a simple `Query` in the middle of an unfinished
-/// sequence runs and ends the sequence's implicit transaction.
+/// Fed every message as it goes to the backend ([`Position::sent`], or
+/// [`Position::sent_owing`] for a message that creates or drops one of
+/// pgcell's statements) and every message that comes back
+/// ([`Position::received`]), which says which message a reply finished
+/// and which messages the backend skipped. It follows PostgreSQL's rules
+/// (postgres.c): after an error in an extended-protocol message the
+/// backend discards everything up to the next `Sync`, a simple `Query`
+/// included (no reply); after an error in a simple `Query` it discards
+/// nothing; a simple `Query` in the middle of an unfinished sequence runs
+/// and ends the sequence's implicit transaction.
+///
+/// The client's statements ride in the same queue ([`Owed`]): what a
+/// `Parse` creates and what a `Close` pgcell sent to make room drops are
+/// settled by the reply, or undone when the backend skips the message.
+/// There is no second count to keep in step.
 #[derive(Debug, Default)]
 pub struct Position {
-    units: VecDeque<Unit>,
+    replies: VecDeque<Unit>,
+    /// An extended-protocol message was sent after the last `Sync` or
+    /// `Query`: the sequence is open until a `Sync` (the backend is in
+    /// its implicit transaction).
+    open: bool,
     /// The backend has failed an extended-protocol message and discards
     /// until the next `Sync` it receives (no `Sync` sent after it yet).
     skipping: bool,
@@ -64,46 +77,49 @@ pub struct Position {
     in_copy: bool,
     /// Transaction status of the last `ReadyForQuery`.
     status: u8,
-    /// Count of `ReadyForQuery`-drawing messages sent (`Query`,
-    /// `FunctionCall`, `Sync`), for [`Dropped`].
-    sent_rfq: u64,
 }
 
-/// Something sent to the backend that is not finished yet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// One message sent to the backend whose reply has not come.
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Unit {
-    /// Extended-protocol messages since the last `Sync`/`Query`, with the
-    /// number of them whose final reply is still due.
-    Extended { due: u32 },
-    /// A `Query` or `FunctionCall`: one `ReadyForQuery`. Carries its
-    /// index among `ReadyForQuery`-drawing messages.
-    Simple(u64),
+    /// An extended-protocol message (`Parse`, `Bind`, `Describe`,
+    /// `Execute`, `Close`): one final reply.
+    Extended(Owed),
+    /// A `Query` or `FunctionCall`: its replies end with `ReadyForQuery`.
+    Simple,
     /// A `Sync`: one `ReadyForQuery`.
-    Sync(u64),
+    Sync,
 }
 
-/// What a message sent to the backend means for the replies to come.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Sent {
-    /// As usual.
-    Counted,
-    /// A `Sync` the backend ignores (copy-in mode): no `ReadyForQuery`.
-    Ignored,
-    /// A `Query`/`FunctionCall` sent into a failed pipeline: the backend
-    /// discards it. Carries its index among `ReadyForQuery`-drawing
-    /// messages (the prepared-statement tracker numbers them the same).
-    Discarded(u64),
+/// What an extended-protocol message sent to the backend means for the
+/// statements pgcell keeps there (nothing, for most messages).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Owed {
+    /// Sent by pgcell on its own (a statement re-created on this backend,
+    /// or closed to make room): the client never sees the reply.
+    pub injected: bool,
+    /// The pgcell statement a `Parse` creates.
+    pub creates: Option<String>,
+    /// A `Parse` of the client's unnamed statement that pgcell re-created.
+    pub unnamed: bool,
+    /// The pgcell statement a `Close` drops to make room.
+    pub evicts: Option<String>,
 }
 
-/// What a backend message shows about messages sent earlier.
+impl Owed {
+    fn is_plain(&self) -> bool {
+        !self.injected && self.creates.is_none() && !self.unnamed && self.evicts.is_none()
+    }
+}
+
+/// What a backend message settled among the replies owed.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Received {
-    /// `Query`/`FunctionCall` messages the backend discarded (sent into a
-    /// pipeline that has now failed), by index.
-    pub discarded: Vec<u64>,
-    /// `Sync`s the backend ignores (a COPY entered copy-in mode after
-    /// they were sent).
-    pub syncs_ignored: usize,
+    /// The extended-protocol message this was the final reply to.
+    pub answered: Option<Owed>,
+    /// Messages about statements the backend skipped (an error earlier in
+    /// their pipeline): what they would have done did not happen.
+    pub skipped: Vec<Owed>,
 }
 
 impl Position {
@@ -118,42 +134,46 @@ impl Position {
     /// Back to [`Position::new`] for a newly checked-out backend, keeping
     /// the memory of what it follows (no allocation per transaction).
     pub fn reset(&mut self) {
-        let mut units = std::mem::take(&mut self.units);
-        units.clear();
+        let mut replies = std::mem::take(&mut self.replies);
+        replies.clear();
         *self = Position {
-            units,
+            replies,
             ..Position::new()
         };
     }
 
     /// Notes one message sent to the backend (client's or pgcell's own).
-    pub fn sent(&mut self, tag: u8) -> Sent {
+    pub fn sent(&mut self, tag: u8) {
+        self.sent_owing(tag, Owed::default());
+    }
+
+    /// Notes one message sent to the backend, with what it does to
+    /// pgcell's statements there (for `Parse` and `Close`).
+    pub fn sent_owing(&mut self, tag: u8, owed: Owed) {
         match tag {
             b'Q' | b'F' => {
-                self.sent_rfq += 1;
                 self.syncs_since_execute = 0;
-                if self.skipping {
-                    self.sent_rfq -= 1;
-                    return Sent::Discarded(self.sent_rfq);
+                self.open = false;
+                // Sent into a failed pipeline: the backend discards it
+                // unanswered.
+                if !self.skipping {
+                    self.replies.push_back(Unit::Simple);
                 }
-                self.units.push_back(Unit::Simple(self.sent_rfq - 1));
             }
             // In copy-in mode the backend ignores Sync: no reply.
-            b'S' if self.in_copy => return Sent::Ignored,
+            b'S' if self.in_copy => {}
             b'S' => {
-                self.sent_rfq += 1;
                 self.syncs_since_execute += 1;
                 self.skipping = false;
-                self.units.push_back(Unit::Sync(self.sent_rfq - 1));
+                self.open = false;
+                self.replies.push_back(Unit::Sync);
             }
             b'P' | b'B' | b'D' | b'E' | b'C' => {
                 if tag == b'E' {
                     self.syncs_since_execute = 0;
                 }
-                match self.units.back_mut() {
-                    Some(Unit::Extended { due }) => *due += 1,
-                    _ => self.units.push_back(Unit::Extended { due: 1 }),
-                }
+                self.open = true;
+                self.replies.push_back(Unit::Extended(owed));
             }
             // A Flush draws no reply and opens nothing: a sequence is
             // opened by the extended-protocol messages before it (psycopg's
@@ -163,108 +183,83 @@ impl Position {
             b'c' | b'f' => self.in_copy = false,
             _ => {}
         }
-        Sent::Counted
     }
 
-    /// Notes one backend message. Returns the `ReadyForQuery`-drawing
-    /// messages this message shows the backend discarded.
+    /// Notes one backend message: which message it finished, and which
+    /// the backend skipped.
     pub fn received(&mut self, tag: u8, body: &[u8]) -> Received {
+        let mut received = Received::default();
         match tag {
             b'Z' => {
                 self.status = body.first().copied().unwrap_or(b'I');
-                while let Some(unit) = self.units.pop_front() {
-                    if matches!(unit, Unit::Simple(_) | Unit::Sync(_)) {
-                        break;
+                // Extended messages still owed here were skipped.
+                while let Some(unit) = self.replies.pop_front() {
+                    match unit {
+                        Unit::Extended(owed) => skipped(&mut received, owed),
+                        Unit::Simple | Unit::Sync => break,
                     }
                 }
             }
-            b'E' => {
-                return Received {
-                    discarded: self.error(),
-                    syncs_ignored: 0,
-                }
-            }
+            b'E' => self.error(&mut received),
             // Final replies of extended-protocol messages: ParseComplete,
             // BindComplete, CloseComplete, RowDescription / NoData (a
             // Describe; Execute sends no RowDescription), CommandComplete,
-            // EmptyQueryResponse, PortalSuspended (an Execute).
+            // EmptyQueryResponse, PortalSuspended (an Execute). For a
+            // simple Query they are its own and settle nothing.
             b'1' | b'2' | b'3' | b'T' | b'n' | b'C' | b'I' | b's' => {
-                if let Some(Unit::Extended { due }) = self.working_mut() {
-                    *due = due.saturating_sub(1);
+                if matches!(self.replies.front(), Some(Unit::Extended(_))) {
+                    if let Some(Unit::Extended(owed)) = self.replies.pop_front() {
+                        received.answered = Some(owed);
+                    }
                 }
             }
             // CopyInResponse: Syncs sent after the COPY's Execute are
-            // ignored by the backend until CopyDone/CopyFail.
+            // ignored by the backend until CopyDone/CopyFail; the
+            // sequence stays open for the Sync after the copy.
             b'G' => {
                 self.in_copy = true;
                 let mut ignored = std::mem::take(&mut self.syncs_since_execute);
-                let mut removed = 0;
-                let mut i = self.units.len();
+                let mut i = self.replies.len();
                 while ignored > 0 && i > 0 {
                     i -= 1;
-                    if matches!(self.units[i], Unit::Sync(_)) {
-                        self.units.remove(i);
+                    if self.replies[i] == Unit::Sync {
+                        self.replies.remove(i);
                         ignored -= 1;
-                        removed += 1;
+                        self.open = true;
                     }
                 }
-                // They were the last ones sent: numbering stays dense.
-                self.sent_rfq -= removed as u64;
-                return Received {
-                    discarded: Vec::new(),
-                    syncs_ignored: removed,
-                };
             }
             _ => {}
         }
-        Received::default()
+        received
     }
 
     /// An ErrorResponse: whose is it, and what does the backend skip?
-    fn error(&mut self) -> Vec<u64> {
-        let mut dropped = Vec::new();
-        let Some(at) = self.working_index() else {
+    fn error(&mut self, received: &mut Received) {
+        // The message that failed: the first still owed.
+        match self.replies.pop_front() {
             // Nothing outstanding: an error while idle (a FATAL before the
             // backend closes).
-            return dropped;
-        };
-        if !matches!(self.units[at], Unit::Extended { .. }) {
+            None => return,
+            Some(Unit::Extended(owed)) => skipped(received, owed),
             // A simple Query's (or a Sync's commit): nothing is skipped.
-            return dropped;
+            Some(unit) => {
+                self.replies.push_front(unit);
+                return;
+            }
         }
         // The backend discards up to the next Sync: the rest of this
         // sequence and any Query sent into it get no reply.
-        self.units[at] = Unit::Extended { due: 0 };
-        let i = at + 1;
-        while i < self.units.len() {
-            match self.units[i] {
-                Unit::Sync(_) => return dropped,
-                Unit::Simple(n) => {
-                    dropped.push(n);
-                    self.units.remove(i);
-                }
-                Unit::Extended { .. } => {
-                    self.units.remove(i);
-                }
+        while let Some(unit) = self.replies.front() {
+            if *unit == Unit::Sync {
+                return;
+            }
+            if let Some(Unit::Extended(owed)) = self.replies.pop_front() {
+                skipped(received, owed);
             }
         }
         // No Sync sent yet: what the client sends until then is skipped.
         self.skipping = true;
-        dropped
-    }
-
-    /// The unit the backend is working on: the first that still owes a
-    /// reply (an extended sequence whose replies have all come is done,
-    /// unless nothing follows it).
-    fn working_index(&self) -> Option<usize> {
-        self.units
-            .iter()
-            .position(|u| !matches!(u, Unit::Extended { due: 0 }))
-    }
-
-    fn working_mut(&mut self) -> Option<&mut Unit> {
-        let at = self.working_index()?;
-        self.units.get_mut(at)
     }
 
     /// Transaction status of the last `ReadyForQuery`.
@@ -276,7 +271,7 @@ impl Position {
     /// new command (it may still be inside a transaction block: see
     /// [`Position::status`]).
     pub fn quiet(&self) -> bool {
-        self.units.is_empty() && !self.skipping
+        self.replies.is_empty() && !self.open && !self.skipping
     }
 
     /// Quiet and outside a transaction block: the point where a
@@ -287,7 +282,14 @@ impl Position {
 
     /// Whether a query is running (a reply is still due).
     pub fn busy(&self) -> bool {
-        self.working_index().is_some()
+        !self.replies.is_empty()
+    }
+}
+
+/// A message the backend skipped: kept only when it concerned a statement.
+fn skipped(received: &mut Received, owed: Owed) {
+    if !owed.is_plain() {
+        received.skipped.push(owed);
     }
 }
 
@@ -785,8 +787,10 @@ mod tests {
         feed(&mut p, b"S");
         p.received(b'1', b"");
         p.received(b'2', b"");
-        assert_eq!(p.received(b'E', b"").discarded, vec![0]);
-        // Only the Sync's ReadyForQuery comes.
+        p.received(b'E', b"");
+        assert!(!p.idle());
+        // Only the Sync's ReadyForQuery comes: the Query was discarded.
+        assert!(p.busy());
         p.received(b'Z', b"I");
         assert!(p.idle());
     }
@@ -796,8 +800,12 @@ mod tests {
         let mut p = Position::new();
         feed(&mut p, b"PBE");
         p.received(b'E', b"");
-        assert_eq!(p.sent(b'Q'), Sent::Discarded(0));
-        assert_eq!(p.sent(b'S'), Sent::Counted);
+        p.sent(b'Q');
+        assert!(
+            !p.busy(),
+            "a Query sent into a failed pipeline owes nothing"
+        );
+        p.sent(b'S');
         p.received(b'Z', b"I");
         assert!(p.idle());
     }
@@ -810,10 +818,45 @@ mod tests {
         feed(&mut p, b"S");
         p.received(b'1', b"");
         p.received(b'n', b"");
-        assert!(p.received(b'E', b"").discarded.is_empty());
+        assert!(p.received(b'E', b"").skipped.is_empty());
         p.received(b'Z', b"I");
         assert!(!p.idle(), "the Sync's ReadyForQuery is still due");
         p.received(b'Z', b"I");
+        assert!(p.idle());
+    }
+
+    #[test]
+    fn replies_settle_the_statements_their_messages_carry() {
+        let parse = |name: &str, injected: bool| Owed {
+            injected,
+            creates: Some(name.into()),
+            ..Owed::default()
+        };
+        let mut p = Position::new();
+        // An injected Parse, the client's Bind, Execute; a second Parse
+        // and Sync.
+        p.sent_owing(b'P', parse("pgcell_1", true));
+        feed(&mut p, b"BE");
+        p.sent_owing(b'P', parse("pgcell_2", false));
+        feed(&mut p, b"S");
+        let first = p.received(b'1', b"");
+        assert_eq!(first.answered, Some(parse("pgcell_1", true)));
+        assert_eq!(p.received(b'2', b"").answered, Some(Owed::default()));
+        // The Execute fails: the second Parse is skipped, Bind/Execute
+        // plain messages are not reported.
+        let error = p.received(b'E', b"");
+        assert_eq!(error.skipped, vec![parse("pgcell_2", false)]);
+        assert!(p.received(b'Z', b"I").skipped.is_empty());
+        assert!(p.idle());
+        // Skipped because the Sync came first (the backend was skipping).
+        feed(&mut p, b"BE");
+        p.received(b'E', b"");
+        p.sent_owing(b'P', parse("pgcell_3", true));
+        feed(&mut p, b"S");
+        assert_eq!(
+            p.received(b'Z', b"I").skipped,
+            vec![parse("pgcell_3", true)]
+        );
         assert!(p.idle());
     }
 
@@ -840,11 +883,15 @@ mod tests {
         feed(&mut p, b"PBES");
         p.received(b'1', b"");
         p.received(b'2', b"");
-        assert_eq!(p.received(b'G', b"").syncs_ignored, 1);
+        p.received(b'G', b"");
+        // Only the Execute is owed: the Sync before the copy draws no reply.
+        assert_eq!(p.replies, [Unit::Extended(Owed::default())]);
         feed(&mut p, b"dd");
-        assert_eq!(p.sent(b'S'), Sent::Ignored);
+        p.sent(b'S');
+        assert_eq!(p.replies.len(), 1, "a Sync in copy mode draws no reply");
         p.sent(b'c');
         p.received(b'C', b"");
+        assert!(!p.quiet(), "the sequence waits for its Sync");
         feed(&mut p, b"S");
         p.received(b'Z', b"I");
         assert!(p.idle());

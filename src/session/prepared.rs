@@ -23,6 +23,8 @@ use crate::protocol::messages;
 use crate::sql::lexer::{identifier, Dialect, Item, Splitter, Token};
 use crate::sql::Verdict;
 
+use super::engine::{Checkout, Owed, Received};
+
 /// Statements one client may hold.
 pub const MAX_PREPARED_PER_CLIENT: usize = 10_000;
 
@@ -77,44 +79,10 @@ struct Statement {
     created: u64,
 }
 
-/// A response pgcell expects for a message it sent.
-#[derive(Debug, Clone)]
-struct Expected {
-    /// `ReadyForQuery` count at which it is answered at the latest.
-    segment: u64,
-    /// `b'1'` (ParseComplete) or `b'3'` (CloseComplete).
-    tag: u8,
-    /// Injected by pgcell: swallow the response.
-    injected: bool,
-    /// The statement it creates (for `Parse`).
-    creates: Option<String>,
-    /// The statement it evicts (for an injected `Close`).
-    evicts: Option<String>,
-}
-
-impl Expected {
-    /// The backend skipped the message (an error earlier in its pipeline):
-    /// what it would have created does not exist, what it would have
-    /// closed still does.
-    fn unanswered(self, backend: &mut BackendStatements) {
-        if let Some(name) = self.creates {
-            backend.remove(&name);
-        }
-        if let Some(name) = self.evicts {
-            backend.restore(name);
-        }
-    }
-}
-
-/// One client's statements and the responses in flight.
+/// One client's statements.
 #[derive(Debug, Default)]
 pub struct ClientStatements {
     statements: HashMap<String, Statement>,
-    expected: VecDeque<Expected>,
-    /// `ReadyForQuery` messages requested so far.
-    segments_sent: u64,
-    /// `ReadyForQuery` messages received so far.
-    segments_done: u64,
     /// The client's last unnamed `Parse`: drivers (asyncpg without a
     /// statement cache) parse in one transaction-mode round trip and bind
     /// in the next, which may run on another backend.
@@ -148,23 +116,34 @@ pub enum PreparedError {
     TooMany,
 }
 
+/// Writes one message for the backend and notes it in the lease's one
+/// queue of replies owed ([`Checkout::sent_owing`]).
+fn send(out: &mut BytesMut, checkout: &mut Checkout, tag: u8, parts: &[&[u8]], owed: Owed) {
+    messages::tagged_parts(out, tag, parts);
+    checkout.sent_owing(tag, owed);
+}
+
 impl ClientStatements {
     /// Appends `msg` to `out` for `backend`, rewriting statement names and
-    /// injecting what the backend lacks. `judged` is the verdict of the
-    /// message's own SQL text (a `Query`'s or a `Parse`'s); the return is
-    /// what the message executes: a `Query`'s text, or for a `Bind` the
-    /// verdict stored with the statement it binds (judged when that was
-    /// parsed, in whatever earlier transaction).
+    /// injecting what the backend lacks, and notes every message written
+    /// in `checkout`'s reply queue (with what it does to pgcell's
+    /// statements). `judged` is the verdict of the message's own SQL text
+    /// (a `Query`'s or a `Parse`'s); the return is what the message
+    /// executes: a `Query`'s text, or for a `Bind` the verdict stored with
+    /// the statement it binds (judged when that was parsed, in whatever
+    /// earlier transaction).
     pub fn forward(
         &mut self,
         msg: &Message,
         judged: Verdict,
         backend: &mut BackendStatements,
+        checkout: &mut Checkout,
         out: &mut BytesMut,
     ) -> Result<Verdict, PreparedError> {
         let mut executes = Verdict::default();
+        let plain = Owed::default;
         match msg.tag {
-            b'P' => self.parse(msg, judged, backend, out)?,
+            b'P' => self.parse(msg, judged, backend, checkout, out)?,
             b'B' => {
                 let (portal, rest) =
                     split_cstr(&msg.body).ok_or(PreparedError::Malformed("Bind"))?;
@@ -174,22 +153,19 @@ impl ClientStatements {
                     backend.drop_sent();
                     self.drops_sent.push_back(self.clock);
                 }
-                match self.ensure(name, backend, out) {
-                    Some(global) => messages::tagged_parts(
-                        out,
-                        b'B',
-                        &[portal, b"\0", global.as_bytes(), b"\0", tail],
-                    ),
-                    None => match foreign(name) {
-                        // Never another client's statement on this backend.
-                        Some(missing) => messages::tagged_parts(
-                            out,
-                            b'B',
-                            &[portal, b"\0", missing, b"\0", tail],
-                        ),
-                        None => messages::tagged(out, b'B', &msg.body),
-                    },
-                }
+                let global = self.ensure(name, backend, checkout, out);
+                let sent_name = match &global {
+                    Some(global) => global.as_bytes(),
+                    // Never another client's statement on this backend.
+                    None => foreign(name).unwrap_or(name),
+                };
+                send(
+                    out,
+                    checkout,
+                    b'B',
+                    &[portal, b"\0", sent_name, b"\0", tail],
+                    plain(),
+                );
             }
             b'D' | b'C' if msg.body.first() == Some(&b'S') => {
                 let (name, _) =
@@ -198,64 +174,42 @@ impl ClientStatements {
                     // pgcell names are never shared, so the statement is
                     // closed on this backend and forgotten (a backend
                     // without it answers CloseComplete all the same).
-                    let Some(statement) = self
+                    let closed = self
                         .statements
-                        .remove(&String::from_utf8_lossy(name).into_owned())
-                    else {
-                        let mut body = BytesMut::new();
-                        body.put_u8(b'S');
-                        put_cstr(&mut body, foreign(name).unwrap_or(name));
-                        messages::tagged(out, msg.tag, &body);
-                        // Answered all the same: every CloseComplete must
-                        // have its entry, or a later reply would be matched
-                        // to the wrong one (found by the fuzz target).
-                        self.expect(b'3', false, None, None);
-                        return Ok(executes);
+                        .remove(&String::from_utf8_lossy(name).into_owned());
+                    let sent_name = match &closed {
+                        Some(statement) => {
+                            backend.remove(&statement.global);
+                            statement.global.as_bytes()
+                        }
+                        None => foreign(name).unwrap_or(name),
                     };
-                    backend.remove(&statement.global);
-                    let mut body = BytesMut::new();
-                    body.put_u8(b'S');
-                    put_cstr(&mut body, statement.global.as_bytes());
-                    messages::tagged(out, b'C', &body);
-                    self.expect(b'3', false, None, None);
+                    send(out, checkout, b'C', &[b"S", sent_name, b"\0"], plain());
                     return Ok(executes);
                 }
-                match self.ensure(name, backend, out) {
-                    Some(global) => {
-                        messages::tagged_parts(out, msg.tag, &[b"S", global.as_bytes(), b"\0"]);
-                    }
-                    None => {
-                        let mut body = BytesMut::new();
-                        body.put_u8(b'S');
-                        put_cstr(&mut body, foreign(name).unwrap_or(name));
-                        messages::tagged(out, msg.tag, &body);
-                    }
-                }
-                if msg.tag == b'C' {
-                    self.expect(b'3', false, None, None);
-                }
+                let global = self.ensure(name, backend, checkout, out);
+                let sent_name = match &global {
+                    Some(global) => global.as_bytes(),
+                    None => foreign(name).unwrap_or(name),
+                };
+                send(out, checkout, msg.tag, &[b"S", sent_name, b"\0"], plain());
             }
-            b'C' => {
-                messages::tagged(out, msg.tag, &msg.body);
-                self.expect(b'3', false, None, None);
-            }
-            b'S' | b'Q' | b'F' => {
-                if msg.tag == b'Q' {
-                    if judged.drops_statements {
-                        backend.drop_sent();
-                        self.drops_sent.push_back(self.clock);
-                    }
-                    // A simple Query replaces the unnamed statement: a
-                    // later Bind of it fails, as on a direct connection.
-                    self.last_unnamed = None;
+            b'Q' => {
+                if judged.drops_statements {
+                    backend.drop_sent();
+                    self.drops_sent.push_back(self.clock);
                 }
-                if msg.tag != b'S' {
-                    executes = judged;
-                }
-                messages::tagged(out, msg.tag, &msg.body);
-                self.segments_sent += 1;
+                // A simple Query replaces the unnamed statement: a later
+                // Bind of it fails, as on a direct connection.
+                self.last_unnamed = None;
+                executes = judged;
+                send(out, checkout, b'Q', &[&msg.body], plain());
             }
-            _ => messages::tagged(out, msg.tag, &msg.body),
+            b'F' => {
+                executes = judged;
+                send(out, checkout, b'F', &[&msg.body], plain());
+            }
+            tag => send(out, checkout, tag, &[&msg.body], plain()),
         }
         Ok(executes)
     }
@@ -279,12 +233,12 @@ impl ClientStatements {
         msg: &Message,
         judged: Verdict,
         backend: &mut BackendStatements,
+        checkout: &mut Checkout,
         out: &mut BytesMut,
     ) -> Result<(), PreparedError> {
         let (name, rest) = split_cstr(&msg.body).ok_or(PreparedError::Malformed("Parse"))?;
         if name.is_empty() {
-            messages::tagged(out, b'P', &msg.body);
-            self.expect(b'1', false, None, None);
+            send(out, checkout, b'P', &[&msg.body], Owed::default());
             self.last_unnamed = Some((msg.body.clone(), judged));
             self.unnamed_here = true;
             return Ok(());
@@ -303,9 +257,17 @@ impl ClientStatements {
         body.put_slice(rest);
         let parse = body.freeze();
         self.clock += 1;
-        self.make_room(backend, global.clone(), out);
-        messages::tagged(out, b'P', &parse);
-        self.expect(b'1', false, Some(global.clone()), None);
+        self.make_room(backend, global.clone(), checkout, out);
+        send(
+            out,
+            checkout,
+            b'P',
+            &[&parse],
+            Owed {
+                creates: Some(global.clone()),
+                ..Owed::default()
+            },
+        );
         self.statements.insert(
             name,
             Statement {
@@ -326,15 +288,20 @@ impl ClientStatements {
         &mut self,
         name: &[u8],
         backend: &mut BackendStatements,
+        checkout: &mut Checkout,
         out: &mut BytesMut,
     ) -> Option<Arc<str>> {
         if name.is_empty() {
             // Another client's unnamed statement may sit on this backend:
             // re-create the client's own first.
             if !self.unnamed_here {
-                if let Some((parse, _)) = self.last_unnamed.clone() {
-                    messages::tagged(out, b'P', &parse);
-                    self.expect(b'1', true, None, None);
+                if let Some((parse, _)) = &self.last_unnamed {
+                    let owed = Owed {
+                        injected: true,
+                        unnamed: true,
+                        ..Owed::default()
+                    };
+                    send(out, checkout, b'P', &[parse], owed);
                     self.unnamed_here = true;
                 }
             }
@@ -347,81 +314,54 @@ impl ClientStatements {
         if backend.contains(&statement.global) {
             backend.touch(&statement.global);
         } else {
-            self.make_room(backend, statement.global.to_string(), out);
-            messages::tagged(out, b'P', &statement.parse);
-            self.expect(b'1', true, Some(statement.global.to_string()), None);
+            self.make_room(backend, statement.global.to_string(), checkout, out);
+            let owed = Owed {
+                injected: true,
+                creates: Some(statement.global.to_string()),
+                ..Owed::default()
+            };
+            send(out, checkout, b'P', &[&statement.parse], owed);
         }
         Some(statement.global)
     }
 
-    fn make_room(&mut self, backend: &mut BackendStatements, global: String, out: &mut BytesMut) {
+    fn make_room(
+        &mut self,
+        backend: &mut BackendStatements,
+        global: String,
+        checkout: &mut Checkout,
+        out: &mut BytesMut,
+    ) {
         for evicted in backend.insert(global) {
-            let mut body = BytesMut::new();
-            body.put_u8(b'S');
-            put_cstr(&mut body, evicted.as_bytes());
-            messages::tagged(out, b'C', &body);
-            self.expect(b'3', true, None, Some(evicted));
+            let body = [b"S", evicted.as_bytes(), b"\0"].concat();
+            let owed = Owed {
+                injected: true,
+                evicts: Some(evicted),
+                ..Owed::default()
+            };
+            send(out, checkout, b'C', &[&body], owed);
         }
     }
 
-    fn expect(&mut self, tag: u8, injected: bool, creates: Option<String>, evicts: Option<String>) {
-        self.expected.push_back(Expected {
-            segment: self.segments_sent,
-            tag,
-            injected,
-            creates,
-            evicts,
-        });
-    }
-
-    /// Looks at one backend message; false means swallow it.
-    pub fn on_backend_message(&mut self, tag: u8, backend: &mut BackendStatements) -> bool {
-        match tag {
-            b'1' | b'3' => {
-                // The backend answers in order and every message that
-                // draws a ParseComplete or CloseComplete is in `expected`,
-                // so this answers the first entry with its tag; entries
-                // ahead of it were skipped. (Normally there are none: the
-                // error that skips them ends the segment below. They
-                // remain when the client sent a simple Query into a
-                // pipeline that had failed, which PostgreSQL drops
-                // unanswered, so the segment count lags; found by the
-                // `prepared_relay` fuzz target.)
-                let Some(at) = self.expected.iter().position(|e| e.tag == tag) else {
-                    return true;
-                };
-                for skipped in self.expected.drain(..at) {
-                    skipped.unanswered(backend);
-                }
-                self.expected.pop_front().is_none_or(|e| !e.injected)
+    /// Settles what a backend message showed about the statements
+    /// ([`Checkout::received`]): messages the backend skipped did not
+    /// happen (a `Parse` created nothing, an eviction closed nothing).
+    /// False when the client must not see the message (the reply to one
+    /// pgcell sent on its own).
+    pub fn replied(&mut self, received: Received, backend: &mut BackendStatements) -> bool {
+        for owed in received.skipped {
+            if let Some(name) = owed.creates {
+                backend.remove(&name);
             }
-            b'E' => {
-                // The backend skips to the next Sync: nothing still expected
-                // in this segment will come, and statements it would have
-                // created do not exist.
-                let segment = self.segments_done;
-                while let Some(e) = self.expected.front() {
-                    if e.segment != segment {
-                        break;
-                    }
-                    if let Some(e) = self.expected.pop_front() {
-                        e.unanswered(backend);
-                    }
-                }
-                true
+            if let Some(name) = owed.evicts {
+                backend.restore(name);
             }
-            b'Z' => {
-                self.segments_done += 1;
-                let done = self.segments_done;
-                while self.expected.front().is_some_and(|e| e.segment < done) {
-                    if let Some(e) = self.expected.pop_front() {
-                        e.unanswered(backend);
-                    }
-                }
-                true
+            if owed.unnamed {
+                // Re-created again before the next Bind of it.
+                self.unnamed_here = false;
             }
-            _ => true,
         }
+        !received.answered.is_some_and(|o| o.injected)
     }
 
     /// Answers, without a backend, the SQL that would otherwise wipe other
@@ -528,34 +468,6 @@ impl ClientStatements {
         self.drops_sent.clear();
         self.unnamed_here = false;
     }
-
-    /// `n` Syncs reached the backend in copy mode and will get no
-    /// `ReadyForQuery`.
-    pub fn syncs_ignored(&mut self, n: usize) {
-        self.segments_sent = self.segments_sent.saturating_sub(n as u64);
-        let sent = self.segments_sent;
-        for e in self.expected.iter_mut() {
-            e.segment = e.segment.min(sent);
-        }
-    }
-
-    /// The backend discarded the `ReadyForQuery`-drawing message with
-    /// index `n` (a `Query` sent into a failed pipeline): replies to what
-    /// was sent after it come one segment earlier.
-    pub fn rfq_discarded(&mut self, n: u64) {
-        self.segments_sent = self.segments_sent.saturating_sub(1);
-        for e in self.expected.iter_mut() {
-            if e.segment > n {
-                e.segment -= 1;
-            }
-        }
-    }
-
-    /// True while injected responses are still to come (the backend must
-    /// not be handed back before they are swallowed).
-    pub fn awaiting(&self) -> bool {
-        !self.expected.is_empty()
-    }
 }
 
 fn starts_with_ignore_case(s: &[u8], prefix: &[u8]) -> bool {
@@ -596,6 +508,7 @@ mod tests {
 
     #[test]
     fn a_client_cannot_reach_statements_pgcell_made_for_others() {
+        let mut checkout = Checkout::default();
         // Another client's statement sits on the shared backend.
         let mut other = ClientStatements::default();
         let mut backend = BackendStatements::default();
@@ -605,6 +518,7 @@ mod tests {
                 &msg(b'P', b"s1\0select 1\0\0\0"),
                 Verdict::default(),
                 &mut backend,
+                &mut checkout,
                 &mut out,
             )
             .unwrap();
@@ -622,7 +536,13 @@ mod tests {
         named.push(0);
         for m in [msg(b'B', &bind), msg(b'D', &named), msg(b'C', &named)] {
             client
-                .forward(&m, Verdict::default(), &mut backend, &mut out)
+                .forward(
+                    &m,
+                    Verdict::default(),
+                    &mut backend,
+                    &mut checkout,
+                    &mut out,
+                )
                 .unwrap();
         }
         let sent = messages_of(out);
@@ -641,6 +561,7 @@ mod tests {
                 &msg(b'B', b"\0mine\0\0\0\0\0\0\0"),
                 Verdict::default(),
                 &mut backend,
+                &mut checkout,
                 &mut out,
             )
             .unwrap();
@@ -649,6 +570,7 @@ mod tests {
 
     #[test]
     fn parse_is_renamed_and_injected_on_another_backend() {
+        let mut checkout = Checkout::default();
         let mut client = ClientStatements::default();
         let mut backend_a = BackendStatements::default();
         let mut out = BytesMut::new();
@@ -657,6 +579,7 @@ mod tests {
                 &msg(b'P', b"s1\0select 1\0\0\0"),
                 Verdict::default(),
                 &mut backend_a,
+                &mut checkout,
                 &mut out,
             )
             .unwrap();
@@ -665,6 +588,7 @@ mod tests {
                 &msg(b'B', b"\0s1\0\0\0\0\0\0\0"),
                 Verdict::default(),
                 &mut backend_a,
+                &mut checkout,
                 &mut out,
             )
             .unwrap();
@@ -673,6 +597,7 @@ mod tests {
                 &msg(b'S', b""),
                 Verdict::default(),
                 &mut backend_a,
+                &mut checkout,
                 &mut out,
             )
             .unwrap();
@@ -686,10 +611,10 @@ mod tests {
             .windows(global.len())
             .any(|w| w == global.as_bytes()));
         // Backend A answers: ParseComplete forwarded (the client's own).
-        assert!(client.on_backend_message(b'1', &mut backend_a));
-        assert!(client.on_backend_message(b'2', &mut backend_a));
-        assert!(client.on_backend_message(b'Z', &mut backend_a));
-        assert!(!client.awaiting());
+        assert!(client.replied(checkout.received(b'1', b""), &mut backend_a));
+        assert!(client.replied(checkout.received(b'2', b""), &mut backend_a));
+        assert!(client.replied(checkout.received(b'Z', b""), &mut backend_a));
+        assert!(!checkout.position().busy());
 
         // Next transaction on backend B: Parse injected, its answer swallowed.
         let mut backend_b = BackendStatements::default();
@@ -699,6 +624,7 @@ mod tests {
                 &msg(b'B', b"\0s1\0\0\0\0\0\0\0"),
                 Verdict::default(),
                 &mut backend_b,
+                &mut checkout,
                 &mut out,
             )
             .unwrap();
@@ -707,6 +633,7 @@ mod tests {
                 &msg(b'S', b""),
                 Verdict::default(),
                 &mut backend_b,
+                &mut checkout,
                 &mut out,
             )
             .unwrap();
@@ -715,13 +642,13 @@ mod tests {
             sent.iter().map(|m| m.0).collect::<Vec<_>>(),
             vec![b'P', b'B', b'S']
         );
-        assert!(client.awaiting());
+        assert!(checkout.position().busy());
         assert!(
-            !client.on_backend_message(b'1', &mut backend_b),
+            !client.replied(checkout.received(b'1', b""), &mut backend_b),
             "injected ParseComplete swallowed"
         );
-        assert!(client.on_backend_message(b'2', &mut backend_b));
-        assert!(client.on_backend_message(b'Z', &mut backend_b));
+        assert!(client.replied(checkout.received(b'2', b""), &mut backend_b));
+        assert!(client.replied(checkout.received(b'Z', b""), &mut backend_b));
         // Already there: no injection the third time.
         let mut out = BytesMut::new();
         client
@@ -729,6 +656,7 @@ mod tests {
                 &msg(b'B', b"\0s1\0\0\0\0\0\0\0"),
                 Verdict::default(),
                 &mut backend_b,
+                &mut checkout,
                 &mut out,
             )
             .unwrap();
@@ -737,6 +665,7 @@ mod tests {
 
     #[test]
     fn error_skips_to_sync_and_forgets_failed_statements() {
+        let mut checkout = Checkout::default();
         let mut client = ClientStatements::default();
         let mut backend = BackendStatements::default();
         let mut out = BytesMut::new();
@@ -745,24 +674,32 @@ mod tests {
                 &msg(b'P', b"bad\0selec\0\0\0"),
                 Verdict::default(),
                 &mut backend,
+                &mut checkout,
                 &mut out,
             )
             .unwrap();
         client
-            .forward(&msg(b'S', b""), Verdict::default(), &mut backend, &mut out)
+            .forward(
+                &msg(b'S', b""),
+                Verdict::default(),
+                &mut backend,
+                &mut checkout,
+                &mut out,
+            )
             .unwrap();
         assert_eq!(backend.len(), 1);
-        assert!(client.on_backend_message(b'E', &mut backend));
+        assert!(client.replied(checkout.received(b'E', b""), &mut backend));
         assert!(
             backend.is_empty(),
             "a failed Parse leaves nothing on the backend"
         );
-        assert!(client.on_backend_message(b'Z', &mut backend));
-        assert!(!client.awaiting());
+        assert!(client.replied(checkout.received(b'Z', b""), &mut backend));
+        assert!(!checkout.position().busy());
     }
 
     #[test]
     fn a_query_dropped_in_a_failed_pipeline_leaks_no_injected_reply() {
+        let mut checkout = Checkout::default();
         // The `prepared_relay` fuzz input b0 00 09 02 09 b5 07 0d 02 0d:
         // Parse s1, Parse s0, Query, Bind s0 (fails: the Query dropped
         // it), Query (dropped unanswered while skipping to Sync), Close s1
@@ -780,19 +717,25 @@ mod tests {
             msg(b'S', b""),
         ] {
             client
-                .forward(&m, Verdict::default(), &mut backend, &mut out)
+                .forward(
+                    &m,
+                    Verdict::default(),
+                    &mut backend,
+                    &mut checkout,
+                    &mut out,
+                )
                 .unwrap();
         }
         // What PostgreSQL answers: two ParseCompletes, the first Query,
         // 26000 for the Bind, nothing for the second Query or the Close,
         // ReadyForQuery for the Sync.
-        assert!(client.on_backend_message(b'1', &mut backend));
-        assert!(client.on_backend_message(b'1', &mut backend));
-        assert!(client.on_backend_message(b'C', &mut backend));
+        assert!(client.replied(checkout.received(b'1', b""), &mut backend));
+        assert!(client.replied(checkout.received(b'1', b""), &mut backend));
+        assert!(client.replied(checkout.received(b'C', b""), &mut backend));
         backend.dropped_all();
-        assert!(client.on_backend_message(b'Z', &mut backend));
-        assert!(client.on_backend_message(b'E', &mut backend));
-        assert!(client.on_backend_message(b'Z', &mut backend));
+        assert!(client.replied(checkout.received(b'Z', b""), &mut backend));
+        assert!(client.replied(checkout.received(b'E', b""), &mut backend));
+        assert!(client.replied(checkout.received(b'Z', b""), &mut backend));
         // s0 is re-created (injected) before the next Bind.
         let mut out = BytesMut::new();
         client
@@ -800,6 +743,7 @@ mod tests {
                 &msg(b'B', b"\0s0\0\0\0\0\0\0\0"),
                 Verdict::default(),
                 &mut backend,
+                &mut checkout,
                 &mut out,
             )
             .unwrap();
@@ -809,14 +753,15 @@ mod tests {
             vec![b'P', b'B']
         );
         assert!(
-            !client.on_backend_message(b'1', &mut backend),
+            !client.replied(checkout.received(b'1', b""), &mut backend),
             "the injected Parse's ParseComplete reached the client"
         );
-        assert!(client.on_backend_message(b'2', &mut backend));
+        assert!(client.replied(checkout.received(b'2', b""), &mut backend));
     }
 
     #[test]
     fn a_close_of_an_unknown_statement_keeps_replies_in_step() {
+        let mut checkout = Checkout::default();
         // s1 was prepared on an earlier backend: on this one its Parse is
         // injected before the Bind. A Close of a name the client never
         // prepared is answered too, and must not take the place of the
@@ -830,11 +775,13 @@ mod tests {
                 &msg(b'P', b"s1\0select 1\0\0\0"),
                 Verdict::default(),
                 &mut first,
+                &mut checkout,
                 &mut out,
             )
             .unwrap();
-        assert!(client.on_backend_message(b'1', &mut first));
+        assert!(client.replied(checkout.received(b'1', b""), &mut first));
         client.new_backend();
+        checkout.attach();
         let mut backend = BackendStatements::default();
         let mut out = BytesMut::new();
         for m in [
@@ -844,26 +791,33 @@ mod tests {
             msg(b'S', b""),
         ] {
             client
-                .forward(&m, Verdict::default(), &mut backend, &mut out)
+                .forward(
+                    &m,
+                    Verdict::default(),
+                    &mut backend,
+                    &mut checkout,
+                    &mut out,
+                )
                 .unwrap();
         }
         assert_eq!(
             messages_of(out).iter().map(|m| m.0).collect::<Vec<_>>(),
             vec![b'C', b'P', b'B', b'C', b'S']
         );
-        assert!(client.on_backend_message(b'3', &mut backend));
+        assert!(client.replied(checkout.received(b'3', b""), &mut backend));
         assert!(
-            !client.on_backend_message(b'1', &mut backend),
+            !client.replied(checkout.received(b'1', b""), &mut backend),
             "the injected ParseComplete is swallowed"
         );
-        assert!(client.on_backend_message(b'2', &mut backend));
-        assert!(client.on_backend_message(b'3', &mut backend));
-        assert!(client.on_backend_message(b'Z', &mut backend));
-        assert!(!client.awaiting());
+        assert!(client.replied(checkout.received(b'2', b""), &mut backend));
+        assert!(client.replied(checkout.received(b'3', b""), &mut backend));
+        assert!(client.replied(checkout.received(b'Z', b""), &mut backend));
+        assert!(!checkout.position().busy());
     }
 
     #[test]
     fn an_eviction_skipped_after_an_error_keeps_the_statement_known() {
+        let mut checkout = Checkout::default();
         let mut client = ClientStatements::default();
         let mut backend = BackendStatements::default();
         let mut globals = Vec::new();
@@ -875,6 +829,7 @@ mod tests {
                     &msg(b'P', body.as_bytes()),
                     Verdict::default(),
                     &mut backend,
+                    &mut checkout,
                     &mut out,
                 )
                 .unwrap();
@@ -882,7 +837,7 @@ mod tests {
             globals.push(
                 String::from_utf8(sent[0].1.split(|b| *b == 0).next().unwrap().to_vec()).unwrap(),
             );
-            assert!(client.on_backend_message(b'1', &mut backend));
+            assert!(client.replied(checkout.received(b'1', b""), &mut backend));
         }
         // The backend is full. A failing Parse (evicting s0, which runs),
         // then a Parse evicting s1: the backend skips that Close after the
@@ -893,6 +848,7 @@ mod tests {
                 &msg(b'P', b"bad\0selec\0\0\0"),
                 Verdict::default(),
                 &mut backend,
+                &mut checkout,
                 &mut out,
             )
             .unwrap();
@@ -901,11 +857,18 @@ mod tests {
                 &msg(b'P', b"new\0select 0\0\0\0"),
                 Verdict::default(),
                 &mut backend,
+                &mut checkout,
                 &mut out,
             )
             .unwrap();
         client
-            .forward(&msg(b'S', b""), Verdict::default(), &mut backend, &mut out)
+            .forward(
+                &msg(b'S', b""),
+                Verdict::default(),
+                &mut backend,
+                &mut checkout,
+                &mut out,
+            )
             .unwrap();
         let sent = messages_of(out);
         assert_eq!(
@@ -915,12 +878,12 @@ mod tests {
         let s1 = &globals[1];
         assert!(sent[2].1.windows(s1.len()).any(|w| w == s1.as_bytes()));
         assert!(
-            !client.on_backend_message(b'3', &mut backend),
+            !client.replied(checkout.received(b'3', b""), &mut backend),
             "the eviction's CloseComplete is swallowed"
         );
-        assert!(client.on_backend_message(b'E', &mut backend));
-        assert!(client.on_backend_message(b'Z', &mut backend));
-        assert!(!client.awaiting());
+        assert!(client.replied(checkout.received(b'E', b""), &mut backend));
+        assert!(client.replied(checkout.received(b'Z', b""), &mut backend));
+        assert!(!checkout.position().busy());
         assert!(!backend.contains(&globals[0]), "s0 was closed");
         assert!(backend.contains(s1), "s1 was never closed");
         // Binding s1 needs no Parse (which would fail with 42P05).
@@ -930,6 +893,7 @@ mod tests {
                 &msg(b'B', b"\0s1\0\0\0\0\0\0\0"),
                 Verdict::default(),
                 &mut backend,
+                &mut checkout,
                 &mut out,
             )
             .unwrap();
@@ -939,6 +903,7 @@ mod tests {
 
     #[test]
     fn close_and_unnamed_and_eviction() {
+        let mut checkout = Checkout::default();
         let mut client = ClientStatements::default();
         let mut backend = BackendStatements::default();
         let mut out = BytesMut::new();
@@ -947,6 +912,7 @@ mod tests {
                 &msg(b'P', b"\0select 1\0\0\0"),
                 Verdict::default(),
                 &mut backend,
+                &mut checkout,
                 &mut out,
             )
             .unwrap();
@@ -957,6 +923,7 @@ mod tests {
                 &msg(b'P', b"s\0select 1\0\0\0"),
                 Verdict::default(),
                 &mut backend,
+                &mut checkout,
                 &mut out,
             )
             .unwrap();
@@ -965,6 +932,7 @@ mod tests {
                 &msg(b'C', b"Ss\0"),
                 Verdict::default(),
                 &mut backend,
+                &mut checkout,
                 &mut out,
             )
             .unwrap();
@@ -984,6 +952,7 @@ mod tests {
                     &msg(b'P', body.as_bytes()),
                     Verdict::default(),
                     &mut backend,
+                    &mut checkout,
                     &mut out,
                 )
                 .unwrap();
@@ -997,6 +966,7 @@ mod tests {
 
     #[test]
     fn unnamed_statement_follows_the_client_to_a_new_backend() {
+        let mut checkout = Checkout::default();
         let mut client = ClientStatements::default();
         let mut backend = BackendStatements::default();
         let mut out = BytesMut::new();
@@ -1005,14 +975,21 @@ mod tests {
                 &msg(b'P', b"\0select $1\0\0\0"),
                 Verdict::default(),
                 &mut backend,
+                &mut checkout,
                 &mut out,
             )
             .unwrap();
         client
-            .forward(&msg(b'S', b""), Verdict::default(), &mut backend, &mut out)
+            .forward(
+                &msg(b'S', b""),
+                Verdict::default(),
+                &mut backend,
+                &mut checkout,
+                &mut out,
+            )
             .unwrap();
-        assert!(client.on_backend_message(b'1', &mut backend));
-        assert!(client.on_backend_message(b'Z', &mut backend));
+        assert!(client.replied(checkout.received(b'1', b""), &mut backend));
+        assert!(client.replied(checkout.received(b'Z', b""), &mut backend));
         // Same checkout: the Bind goes straight through.
         let mut out = BytesMut::new();
         client
@@ -1020,6 +997,7 @@ mod tests {
                 &msg(b'B', b"\0\0\0\0\0\0\0\0"),
                 Verdict::default(),
                 &mut backend,
+                &mut checkout,
                 &mut out,
             )
             .unwrap();
@@ -1027,17 +1005,25 @@ mod tests {
         // Next transaction, another backend: the client's own unnamed
         // statement is re-created first and its ParseComplete swallowed.
         client.new_backend();
+        checkout.attach();
         let mut out = BytesMut::new();
         client
             .forward(
                 &msg(b'B', b"\0\0\0\0\0\0\0\0"),
                 Verdict::default(),
                 &mut backend,
+                &mut checkout,
                 &mut out,
             )
             .unwrap();
         client
-            .forward(&msg(b'S', b""), Verdict::default(), &mut backend, &mut out)
+            .forward(
+                &msg(b'S', b""),
+                Verdict::default(),
+                &mut backend,
+                &mut checkout,
+                &mut out,
+            )
             .unwrap();
         let sent = messages_of(out);
         assert_eq!(
@@ -1045,11 +1031,12 @@ mod tests {
             vec![b'P', b'B', b'S']
         );
         assert_eq!(&sent[0].1[..], b"\0select $1\0\0\0");
-        assert!(!client.on_backend_message(b'1', &mut backend));
+        assert!(!client.replied(checkout.received(b'1', b""), &mut backend));
     }
 
     #[test]
     fn deallocate_is_answered_locally_outside_a_transaction() {
+        let mut checkout = Checkout::default();
         let mut client = ClientStatements::default();
         let mut backend = BackendStatements::default();
         let mut out = BytesMut::new();
@@ -1058,6 +1045,7 @@ mod tests {
                 &msg(b'P', b"_pg3_0\0select 1\0\0\0"),
                 Verdict::default(),
                 &mut backend,
+                &mut checkout,
                 &mut out,
             )
             .unwrap();
@@ -1066,6 +1054,7 @@ mod tests {
                 &msg(b'P', b"Mixed\0select 2\0\0\0"),
                 Verdict::default(),
                 &mut backend,
+                &mut checkout,
                 &mut out,
             )
             .unwrap();
@@ -1094,6 +1083,7 @@ mod tests {
                 &msg(b'P', b"a\0select 1\0\0\0"),
                 Verdict::default(),
                 &mut backend,
+                &mut checkout,
                 &mut out,
             )
             .unwrap();
@@ -1112,6 +1102,7 @@ mod tests {
                 &msg(b'P', b"b\0select 1\0\0\0"),
                 Verdict::default(),
                 &mut backend,
+                &mut checkout,
                 &mut out,
             )
             .unwrap();
@@ -1127,6 +1118,7 @@ mod tests {
                 &msg(b'P', b"c\0select 1\0\0\0"),
                 Verdict::default(),
                 &mut backend,
+                &mut checkout,
                 &mut out,
             )
             .unwrap();
@@ -1139,6 +1131,7 @@ mod tests {
 
     #[test]
     fn malformed_is_an_error_not_a_panic() {
+        let mut checkout = Checkout::default();
         let mut client = ClientStatements::default();
         let mut backend = BackendStatements::default();
         let mut out = BytesMut::new();
@@ -1147,7 +1140,8 @@ mod tests {
                 &msg(b'P', b"no-terminator"),
                 Verdict::default(),
                 &mut backend,
-                &mut out
+                &mut checkout,
+                &mut out,
             )
             .is_err());
         assert!(client
@@ -1155,11 +1149,18 @@ mod tests {
                 &msg(b'B', b"\0"),
                 Verdict::default(),
                 &mut backend,
-                &mut out
+                &mut checkout,
+                &mut out,
             )
             .is_err());
         assert!(client
-            .forward(&msg(b'D', b"S"), Verdict::default(), &mut backend, &mut out)
+            .forward(
+                &msg(b'D', b"S"),
+                Verdict::default(),
+                &mut backend,
+                &mut checkout,
+                &mut out,
+            )
             .is_err());
     }
 
@@ -1168,6 +1169,7 @@ mod tests {
     /// answer; re-creating it would fail with `42P05`.
     #[test]
     fn deallocate_all_answer_keeps_statements_parsed_after_it() {
+        let mut checkout = Checkout::default();
         let mut client = ClientStatements::default();
         let mut backend = BackendStatements::default();
         let mut out = BytesMut::new();
@@ -1176,6 +1178,7 @@ mod tests {
                 &msg(b'P', b"old\0select 1\0\0\0"),
                 Verdict::default(),
                 &mut backend,
+                &mut checkout,
                 &mut out,
             )
             .unwrap();
@@ -1185,6 +1188,7 @@ mod tests {
                 &msg(b'Q', b"DEALLOCATE ALL\0"),
                 drop,
                 &mut backend,
+                &mut checkout,
                 &mut out,
             )
             .unwrap();
@@ -1193,6 +1197,7 @@ mod tests {
                 &msg(b'P', b"new\0select 2\0\0\0"),
                 Verdict::default(),
                 &mut backend,
+                &mut checkout,
                 &mut out,
             )
             .unwrap();
@@ -1207,6 +1212,7 @@ mod tests {
                 &msg(b'B', b"\0new\0\0\0\0\0\0\0"),
                 Verdict::default(),
                 &mut backend,
+                &mut checkout,
                 &mut out,
             )
             .unwrap();
@@ -1221,6 +1227,7 @@ mod tests {
                 &msg(b'B', b"\0old\0\0\0\0\0\0\0"),
                 Verdict::default(),
                 &mut backend,
+                &mut checkout,
                 &mut out,
             )
             .unwrap();
@@ -1240,14 +1247,21 @@ mod tests {
     /// statement is believed still on the backend.
     #[test]
     fn drops_never_answered_are_not_paired_with_later_ones() {
+        let mut checkout = Checkout::default();
         let mut a = ClientStatements::default();
         let mut b = ClientStatements::default();
         let mut backend = BackendStatements::default();
         let mut out = BytesMut::new();
         let judge = |sql: &[u8]| crate::sql::judge(sql, Dialect::default());
         for sql in [&b"deallocate foo\0"[..], b"DISCARD ALL\0"] {
-            a.forward(&msg(b'Q', sql), judge(sql), &mut backend, &mut out)
-                .unwrap();
+            a.forward(
+                &msg(b'Q', sql),
+                judge(sql),
+                &mut backend,
+                &mut checkout,
+                &mut out,
+            )
+            .unwrap();
         }
         // Neither ran as a drop (26000, 25001); nothing is outstanding.
         a.settle_drops();
@@ -1256,14 +1270,16 @@ mod tests {
             &msg(b'P', b"s0\0select 1\0\0\0"),
             Verdict::default(),
             &mut backend,
+            &mut checkout,
             &mut out,
         )
         .unwrap();
-        assert!(b.on_backend_message(b'1', &mut backend));
+        assert!(b.replied(checkout.received(b'1', b""), &mut backend));
         a.forward(
             &msg(b'Q', b"DISCARD ALL\0"),
             judge(b"DISCARD ALL"),
             &mut backend,
+            &mut checkout,
             &mut out,
         )
         .unwrap();
@@ -1274,6 +1290,7 @@ mod tests {
             &msg(b'B', b"\0s0\0\0\0\0\0\0\0"),
             Verdict::default(),
             &mut backend,
+            &mut checkout,
             &mut out,
         )
         .unwrap();
@@ -1286,6 +1303,7 @@ mod tests {
 
     #[test]
     fn deallocate_in_a_failed_transaction_is_the_backends_to_refuse() {
+        let mut checkout = Checkout::default();
         let mut client = ClientStatements::default();
         let mut backend = BackendStatements::default();
         let mut out = BytesMut::new();
@@ -1294,6 +1312,7 @@ mod tests {
                 &msg(b'P', b"d\0select 1\0\0\0"),
                 Verdict::default(),
                 &mut backend,
+                &mut checkout,
                 &mut out,
             )
             .unwrap();
@@ -1323,6 +1342,7 @@ mod tests {
 
     #[test]
     fn a_bind_executes_what_its_statement_was_judged_to_do() {
+        let mut checkout = Checkout::default();
         let mut client = ClientStatements::default();
         let mut backend = BackendStatements::default();
         let mut out = BytesMut::new();
@@ -1333,11 +1353,13 @@ mod tests {
                 &msg(b'P', b"s1\0SET ROLE r1\0\0\0"),
                 set_role,
                 &mut backend,
+                &mut checkout,
                 &mut out,
             )
             .unwrap();
         assert!(parsed.is_quiet(), "a Parse executes nothing");
         client.new_backend();
+        checkout.attach();
         let mut other = BackendStatements::default();
         for _ in 0..2 {
             let bound = client
@@ -1345,6 +1367,7 @@ mod tests {
                     &msg(b'B', b"\0s1\0\0\0\0\0\0\0"),
                     Verdict::default(),
                     &mut other,
+                    &mut checkout,
                     &mut out,
                 )
                 .unwrap();
@@ -1356,6 +1379,7 @@ mod tests {
                 &msg(b'P', b"\0SET ROLE r1\0\0\0"),
                 set_role,
                 &mut backend,
+                &mut checkout,
                 &mut out,
             )
             .unwrap();
@@ -1364,6 +1388,7 @@ mod tests {
                 &msg(b'B', b"\0\0\0\0\0\0\0\0"),
                 Verdict::default(),
                 &mut backend,
+                &mut checkout,
                 &mut out,
             )
             .unwrap();
@@ -1373,6 +1398,7 @@ mod tests {
                 &msg(b'Q', b"select 1\0"),
                 Verdict::default(),
                 &mut backend,
+                &mut checkout,
                 &mut out,
             )
             .unwrap();
@@ -1381,6 +1407,7 @@ mod tests {
                 &msg(b'B', b"\0\0\0\0\0\0\0\0"),
                 Verdict::default(),
                 &mut backend,
+                &mut checkout,
                 &mut out,
             )
             .unwrap();
@@ -1391,6 +1418,7 @@ mod tests {
                 &msg(b'B', b"\0nosuch\0\0\0\0\0\0\0"),
                 Verdict::default(),
                 &mut backend,
+                &mut checkout,
                 &mut out,
             )
             .unwrap();
@@ -1402,6 +1430,7 @@ mod tests {
                 &msg(b'B', b"\0s1\0\0\0\0\0\0\0"),
                 Verdict::default(),
                 &mut backend,
+                &mut checkout,
                 &mut out,
             )
             .unwrap();

@@ -3,7 +3,7 @@
 //! relay loop in `session::pooled`.
 
 use super::{
-    is_fatal, CustomSettings, Position, Received, Sent, SessionChanges, RESET, STATE_CHECK,
+    is_fatal, CustomSettings, Owed, Position, Received, SessionChanges, RESET, STATE_CHECK,
 };
 use crate::sql::StateKind;
 
@@ -146,11 +146,18 @@ impl Checkout {
     }
 
     /// Notes one message sent to the backend.
-    pub fn sent(&mut self, tag: u8) -> Sent {
+    pub fn sent(&mut self, tag: u8) {
         self.position.sent(tag)
     }
 
-    /// Notes one backend message.
+    /// Notes one message sent to the backend that creates or drops one of
+    /// pgcell's statements there, or that pgcell sent on its own.
+    pub fn sent_owing(&mut self, tag: u8, owed: Owed) {
+        self.position.sent_owing(tag, owed)
+    }
+
+    /// Notes one backend message: what it answered, what the backend
+    /// skipped.
     pub fn received(&mut self, tag: u8, body: &[u8]) -> Received {
         if tag == b'E' && is_fatal(body) {
             self.fatal = true;

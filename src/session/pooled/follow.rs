@@ -12,7 +12,6 @@ use crate::config::PoolMode;
 use crate::metrics as m;
 use crate::metrics::tally::Count;
 use crate::protocol::framing::{peek_message, Message, Peeked, HEADER_LEN};
-use crate::session::engine::Sent;
 use crate::sql::{Dialect, Verdict};
 
 impl Session<'_> {
@@ -55,22 +54,6 @@ impl Session<'_> {
             self.follow_reload()?;
         }
         Ok(())
-    }
-
-    /// Follows the messages just written for the backend (the client's,
-    /// and any pgcell added: re-created statements, evictions).
-    pub(super) fn note_sent(&mut self, sent: &[u8]) {
-        let mut pos = 0;
-        while let Some(header) = sent.get(pos..pos + HEADER_LEN) {
-            let tag = header[0];
-            let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
-            match self.checkout.sent(tag) {
-                Sent::Counted => {}
-                Sent::Ignored => self.statements.syncs_ignored(1),
-                Sent::Discarded(n) => self.statements.rfq_discarded(n),
-            }
-            pos += 1 + len.max(4);
-        }
     }
 
     pub(super) fn count_client_message(&mut self, msg: &Message) {
@@ -180,7 +163,6 @@ impl Session<'_> {
         let release = ready_seen
             && self.pool.mode == PoolMode::Transaction
             && self.checkout.may_release()
-            && !self.statements.awaiting()
             && pos == from_server.len();
         Ok((pos, copied, release))
     }
@@ -194,20 +176,12 @@ impl Session<'_> {
             return true;
         }
         let received = self.checkout.received(tag, body);
-        for n in received.discarded {
-            self.statements.rfq_discarded(n);
-        }
-        if received.syncs_ignored > 0 {
-            self.statements.syncs_ignored(received.syncs_ignored);
-        }
         match tag {
-            // Replies to Parse and Close: pgcell's own are swallowed.
+            // Replies to Parse and Close: pgcell's own are swallowed; what
+            // the backend skipped did not happen.
             b'1' | b'3' | b'E' | b'Z' if self.pool.mode == PoolMode::Transaction => {
                 if let Some(lease) = self.lease.as_mut() {
-                    if !self
-                        .statements
-                        .on_backend_message(tag, &mut lease.conn.prepared)
-                    {
+                    if !self.statements.replied(received, &mut lease.conn.prepared) {
                         return false;
                     }
                     // Every drop sent has had its answer once nothing is

@@ -528,21 +528,26 @@ impl Session<'_> {
         } else {
             &msg
         };
-        let from = to_server.len();
         let executes = match (self.pool.mode, self.lease.as_mut()) {
             (PoolMode::Transaction, Some(lease)) => self
                 .statements
-                .forward(msg, judged, &mut lease.conn.prepared, to_server)
+                .forward(
+                    msg,
+                    judged,
+                    &mut lease.conn.prepared,
+                    &mut self.checkout,
+                    to_server,
+                )
                 .map_err(SessionError::from)?,
             _ => {
                 messages::tagged(to_server, msg.tag, &msg.body);
+                self.checkout.sent(msg.tag);
                 // A session's backend is its own: what it parses counts
                 // as run (read back when it leaves).
                 judged
             }
         };
         self.executed(executes);
-        self.note_sent(&to_server[from..]);
         Ok(())
     }
 
