@@ -27,8 +27,10 @@ mod aws;
 pub mod cancel;
 mod kubernetes;
 mod pooling;
+mod replication;
 mod tenants;
 
+pub use replication::{ReplicationConfig, WhenNoReplica, DEFAULT_MAX_REPLICA_LAG_BYTES};
 use tenants::{check_reachable, tenant_from_raw, RawTenant};
 pub use tenants::{
     is_dns_label, split_host_port, tenant_from_entry, tenant_problems_of, TenantConfig,

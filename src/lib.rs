@@ -62,6 +62,7 @@ pub(crate) mod pool;
 pub mod protocol;
 pub mod proxy_protocol;
 pub mod register;
+pub(crate) mod replication;
 pub(crate) mod route;
 pub mod server;
 pub mod session;

@@ -108,6 +108,16 @@ pub const DRAIN_PHASE: &str = "pgcell_drain_phase";
 /// Sessions closed by shutdown (label: how: `at_transaction_boundary`,
 /// `grace_expired`).
 pub const SHUTDOWN_CLOSED: &str = "pgcell_shutdown_closed_sessions_total";
+/// A server's role as the probe last saw it: 1 primary, 0 replica, -1 unknown.
+pub const SERVER_ROLE: &str = "pgcell_server_role";
+/// 1 while a server gets no new clients (unreachable, lagging).
+pub const SERVER_EXCLUDED: &str = "pgcell_server_excluded";
+/// Bytes of WAL a replica has not replayed.
+pub const REPLICA_LAG_BYTES: &str = "pgcell_replica_lag_bytes";
+/// Seconds since a lagging replica replayed a transaction (0 caught up).
+pub const REPLICA_LAG_SECONDS: &str = "pgcell_replica_lag_seconds";
+/// 1 while two servers of a tenant report they are primary.
+pub const SPLIT_BRAIN: &str = "pgcell_split_brain";
 /// Discovered tenants whose id is taken by a tenant in the config file.
 pub const DISCOVERY_CLASHES: &str = "pgcell_discovery_tenant_clashes";
 /// Tenants discovered from Kubernetes and in use.

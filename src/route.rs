@@ -12,7 +12,8 @@ use std::time::Instant;
 
 use thiserror::Error;
 
-use crate::config::{Config, RoutingSource};
+use crate::backend::Target;
+use crate::config::{Config, RoutingSource, WhenNoReplica};
 use crate::protocol::startup::{parse_startup_options, StartupMessage};
 use crate::tenant::{ClientInfo, Tenant};
 use crate::tls::TlsError;
@@ -29,6 +30,8 @@ pub struct RoutingTable {
 pub struct Route {
     /// The tenant.
     pub tenant: Arc<Tenant>,
+    /// The server the client asked for: the primary, or a replica.
+    pub target: Target,
     _slot: Slot,
 }
 
@@ -49,6 +52,9 @@ pub enum RouteError {
     /// A source named a tenant that is not configured.
     #[error("unknown tenant {0:?}")]
     Unknown(String),
+    /// `target_session_attrs` names a value pgcell does not serve, or two.
+    #[error("{0}")]
+    BadTarget(String),
     /// Two sources named different tenants.
     #[error("tenant {first:?} from {first_source} conflicts with {second:?} from {second_source}")]
     Conflict {
@@ -93,6 +99,7 @@ impl RouteError {
             RouteError::Missing => "missing_tenant",
             RouteError::Unknown(_) => "unknown_tenant",
             RouteError::Conflict { .. } => "tenant_conflict",
+            RouteError::BadTarget(_) => "bad_target_session_attrs",
         }
     }
 }
@@ -140,6 +147,11 @@ impl RoutingTable {
         self.tenants.get(id).cloned()
     }
 
+    /// Every tenant.
+    pub fn tenants(&self) -> impl Iterator<Item = &Arc<Tenant>> {
+        self.tenants.values()
+    }
+
     /// Whether `id` is a configured tenant (for metric labels).
     pub fn contains(&self, id: &str) -> bool {
         self.tenants.contains_key(id)
@@ -161,7 +173,7 @@ impl RoutingTable {
                 RoutingSource::Sni => sni.and_then(|name| self.tenant_from_sni(name)),
                 RoutingSource::Options => tenant_from_options(startup)?,
                 RoutingSource::User => match startup.get("user").and_then(split_user) {
-                    Some((user, tenant)) if self.tenants.contains_key(tenant) => {
+                    Some((user, tenant)) if self.lookup(tenant).is_some() => {
                         user_rewrite = Some(user.to_owned());
                         Some(tenant.to_owned())
                     }
@@ -194,11 +206,15 @@ impl RoutingTable {
             (None, Some(id)) => return Err(RouteError::Unknown(id)),
             (None, None) => return Err(RouteError::Missing),
         };
-        let tenant = self
-            .tenants
-            .get(&id)
-            .cloned()
-            .ok_or(RouteError::Unknown(id))?;
+        let (tenant, read_only_alias) = self.lookup(&id).ok_or(RouteError::Unknown(id))?;
+        if read_only_alias {
+            // The alias means what target_session_attrs=read-only means.
+            let options = match startup.get("options") {
+                Some(o) if !o.trim().is_empty() => format!("{o} -c {TARGET_KEY}=read-only"),
+                _ => format!("-c {TARGET_KEY}=read-only"),
+            };
+            startup.set("options", options);
+        }
         if let Some(user) = user_rewrite {
             startup.set("user", user);
         }
@@ -206,6 +222,17 @@ impl RoutingTable {
             startup.set("database", db.clone());
         }
         Ok(tenant)
+    }
+
+    /// The tenant named `id`: a tenant's id, or its read-only alias (the
+    /// id followed by [`READ_ONLY_SUFFIX`], when no tenant has that id
+    /// itself); true for the alias.
+    fn lookup(&self, id: &str) -> Option<(Arc<Tenant>, bool)> {
+        if let Some(t) = self.tenants.get(id) {
+            return Some((t.clone(), false));
+        }
+        let base = id.strip_suffix(READ_ONLY_SUFFIX)?;
+        self.tenants.get(base).map(|t| (t.clone(), true))
     }
 
     fn tenant_from_sni(&self, name: &str) -> Option<String> {
@@ -234,8 +261,13 @@ impl RoutingTable {
     }
 }
 
-/// Checks `tenant`'s policy for `client` and takes a connection slot.
-pub fn admit(tenant: Arc<Tenant>, client: &ClientInfo) -> Result<Route, PolicyError> {
+/// Checks `tenant`'s policy for `client` and takes a connection slot;
+/// the client's backends will be `target`.
+pub fn admit(
+    tenant: Arc<Tenant>,
+    target: Target,
+    client: &ClientInfo,
+) -> Result<Route, PolicyError> {
     let policy = &tenant.config;
     if !policy.allowed_vpce_ids.is_empty() {
         match &client.vpce_id {
@@ -284,6 +316,7 @@ pub fn admit(tenant: Arc<Tenant>, client: &ClientInfo) -> Result<Route, PolicyEr
     let slot = Slot(tenant.active.clone());
     Ok(Route {
         tenant,
+        target,
         _slot: slot,
     })
 }
@@ -365,6 +398,63 @@ fn tenant_from_options(startup: &mut StartupMessage) -> Result<Option<String>, R
         }
     }
     Ok(found)
+}
+
+/// What a tenant id with this suffix names: the tenant's replicas
+/// (`acme-ro` is `acme`, read-only), unless a tenant has that id itself.
+pub const READ_ONLY_SUFFIX: &str = "-ro";
+
+/// The libpq connection option a client sets in `options` to ask for a
+/// kind of server.
+const TARGET_KEY: &str = "target_session_attrs";
+
+/// Takes `target_session_attrs` out of the `options` parameter (PostgreSQL
+/// does not know it as a setting) and says which server the client wants.
+/// Values as libpq's: `any`, `read-write`, `primary` go to the primary (as
+/// without the option); `standby` to a replica only; `read-only` to a
+/// replica, or the primary when none is fit and the tenant allows it
+/// (`when_no_replica`); `prefer-standby` to a replica, else the primary.
+pub fn take_target(startup: &mut StartupMessage, tenant: &Tenant) -> Result<Target, RouteError> {
+    let Some(options) = startup.get("options") else {
+        return Ok(Target::Primary);
+    };
+    let parsed = parse_startup_options(options);
+    let mut wanted: Option<String> = None;
+    let mut drop_settings = Vec::new();
+    for (i, setting) in parsed.settings.iter().enumerate() {
+        if setting.name != TARGET_KEY {
+            continue;
+        }
+        match &wanted {
+            Some(prev) if *prev != setting.value => {
+                return Err(RouteError::BadTarget(format!(
+                    "target_session_attrs is both \"{prev}\" and \"{}\"",
+                    setting.value
+                )))
+            }
+            _ => wanted = Some(setting.value.clone()),
+        }
+        drop_settings.push(i);
+    }
+    let Some(wanted) = wanted else {
+        return Ok(Target::Primary);
+    };
+    let kept = parsed.without(&drop_settings, &[]);
+    if kept.is_empty() {
+        startup.remove("options");
+    } else {
+        startup.set("options", kept);
+    }
+    let fallback = tenant.config.replication.when_no_replica == WhenNoReplica::Primary;
+    match wanted.as_str() {
+        "any" | "read-write" | "primary" => Ok(Target::Primary),
+        "read-only" => Ok(Target::Replica { fallback }),
+        "standby" => Ok(Target::Replica { fallback: false }),
+        "prefer-standby" => Ok(Target::Replica { fallback: true }),
+        other => Err(RouteError::BadTarget(format!(
+            "invalid target_session_attrs value \"{other}\": use any, read-write, primary, read-only, standby or prefer-standby"
+        ))),
+    }
 }
 
 /// Names under which `options` carries the tenant.
@@ -548,34 +638,34 @@ mod tests {
             tls_end_point: None,
         };
         assert_eq!(
-            admit(globex.clone(), &client).err(),
+            admit(globex.clone(), Target::Primary, &client).err(),
             Some(PolicyError::VpceMissing)
         );
         client.vpce_id = Some("vpce-ffffffffffffffff0".into());
         assert!(matches!(
-            admit(globex.clone(), &client),
+            admit(globex.clone(), Target::Primary, &client),
             Err(PolicyError::VpceNotAllowed(_))
         ));
         client.vpce_id = Some("vpce-0123456789abcdef0".into());
         client.addr = "192.168.1.1:5".parse().unwrap();
         assert!(matches!(
-            admit(globex.clone(), &client),
+            admit(globex.clone(), Target::Primary, &client),
             Err(PolicyError::CidrNotAllowed(_))
         ));
         client.addr = "[::ffff:10.2.2.2]:5".parse().unwrap();
         client.tls = false;
         assert_eq!(
-            admit(globex.clone(), &client).err(),
+            admit(globex.clone(), Target::Primary, &client).err(),
             Some(PolicyError::TlsRequired)
         );
         client.tls = true;
-        let first = admit(globex.clone(), &client).unwrap();
+        let first = admit(globex.clone(), Target::Primary, &client).unwrap();
         assert_eq!(
-            admit(globex.clone(), &client).err(),
+            admit(globex.clone(), Target::Primary, &client).err(),
             Some(PolicyError::TooManyConnections(1))
         );
         drop(first);
-        assert!(admit(globex, &client).is_ok());
+        assert!(admit(globex, Target::Primary, &client).is_ok());
     }
 
     #[test]

@@ -176,6 +176,7 @@ impl Server {
         }
         let admin = admin.map(|admin| tokio::spawn(crate::admin::serve(admin, shared.clone())));
         background.spawn(crate::discovery::run(shared.clone()));
+        background.spawn(crate::replication::run(shared.clone()));
         let controlled = shared.clone();
         background.spawn(async move {
             while let Some(command) = control_rx.recv().await {

@@ -3,6 +3,7 @@
 //! `auth_query` cache, its connection counters), and what pgcell knows of
 //! a client before it is routed to one.
 
+use crate::backend::topology::{Target, Topology};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicUsize;
@@ -30,6 +31,8 @@ pub struct Tenant {
     /// Secrets of other users, from the backend (`[tenants.auth_query]`);
     /// the cache starts empty on every load.
     pub auth_query: Option<crate::auth_query::AuthQuery>,
+    /// Its servers' roles and health; survives reloads that keep them.
+    pub topology: Arc<Topology>,
 }
 
 impl Tenant {
@@ -38,10 +41,12 @@ impl Tenant {
         &self.config.id
     }
 
-    /// Its backends, as [`crate::backend::connect`] reaches them.
-    pub fn targets(&self) -> crate::backend::Targets<'_> {
+    /// Its backends for a client that wants `target`, as
+    /// [`crate::backend::connect`] reaches them.
+    pub fn targets(&self, target: Target) -> crate::backend::Targets<'_> {
         crate::backend::Targets {
-            backends: &self.config.backends,
+            topology: &self.topology,
+            target,
             tls: self.backend_tls.as_ref(),
             server_name: self.config.backend_server_name.as_deref(),
         }
@@ -60,6 +65,11 @@ impl Tenant {
         let backend_tls = tls::backend_client_config(t.backend_tls, t.backend_ca.as_deref())?;
         let active = previous.map(|old| old.active.clone()).unwrap_or_default();
         let arrivals = previous.map(|old| old.arrivals.clone()).unwrap_or_default();
+        let named_primary = t.replication.primary.as_deref();
+        let topology = previous
+            .map(|old| old.topology.clone())
+            .filter(|old| old.follows(&t.backends, named_primary))
+            .unwrap_or_else(|| Arc::new(Topology::new(&t.backends, named_primary)));
         // Keep the derived secrets when the users did not change: a
         // rebuild (reload, a discovered tenant changing) must not pay
         // a PBKDF2 per password user each time.
@@ -98,6 +108,7 @@ impl Tenant {
             arrivals,
             secrets,
             auth_query,
+            topology,
         })
     }
 }

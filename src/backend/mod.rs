@@ -1,8 +1,11 @@
-//! Connecting to a tenant's backend: first reachable address of its
-//! `backends`, TCP keepalive, and TLS when the tenant asks for it.
+//! Connecting to a tenant's backend: the servers its [`Topology`] puts
+//! first for what the client wants (the primary, or a replica), TCP
+//! keepalive, and TLS when the tenant asks for it.
 
+pub mod probe;
 pub mod server;
 pub mod statements;
+pub mod topology;
 
 use std::io;
 use std::net::SocketAddr;
@@ -17,13 +20,16 @@ use tokio_rustls::TlsConnector;
 use crate::config::split_host_port;
 use crate::protocol::startup::SSL_REQUEST_CODE;
 use crate::stream::MaybeTls;
+pub use topology::{NoServer, Target, Topology};
 
 /// Where a tenant's backends are and how to reach them: what
 /// [`connect`] needs of a tenant (`tenant::Tenant::targets`).
 #[derive(Clone, Copy)]
 pub struct Targets<'a> {
-    /// `host:port` of each backend, tried in order.
-    pub backends: &'a [String],
+    /// The tenant's servers and what is known of them.
+    pub topology: &'a Topology,
+    /// What the client wants.
+    pub target: Target,
     /// TLS towards the backends, when enabled.
     pub tls: Option<&'a std::sync::Arc<rustls::ClientConfig>>,
     /// The name TLS verifies instead of each backend's host.
@@ -39,6 +45,10 @@ pub struct Backend {
     pub stream: BackendStream,
     /// The address it is connected to (for cancel requests).
     pub addr: SocketAddr,
+    /// Which of the topology's servers.
+    pub server: usize,
+    /// Connected as the fallback (the primary for a replica client).
+    pub fallback: bool,
 }
 
 /// No backend could be reached.
@@ -55,6 +65,9 @@ pub enum ConnectError {
     /// The backend declined TLS that the tenant requires.
     #[error("backend {0} does not accept TLS")]
     TlsDeclined(SocketAddr),
+    /// No server may serve this client now.
+    #[error(transparent)]
+    NoServer(#[from] NoServer),
     /// The TLS handshake with the backend failed.
     #[error("TLS to backend {addr} failed: {error}")]
     Tls {
@@ -65,7 +78,10 @@ pub enum ConnectError {
     },
 }
 
-/// Connects to the first reachable backend of `targets`.
+/// Connects to the first reachable server of `targets`, in the order its
+/// topology gives for the client's target. Roles are not confirmed here
+/// (a passthrough client's own login shows them); pooled backends confirm
+/// theirs at login (`server::ServerConn::open`).
 pub async fn connect(
     targets: Targets<'_>,
     connect_timeout: Duration,
@@ -73,62 +89,77 @@ pub async fn connect(
 ) -> Result<Backend, ConnectError> {
     let mut tried = 0;
     let mut last = String::from("no addresses");
-    for target in targets.backends {
-        let Some((host, port)) = split_host_port(target) else {
-            continue;
-        };
-        let addrs = match tokio::time::timeout(
-            connect_timeout,
-            tokio::net::lookup_host((host, port)),
-        )
-        .await
-        {
-            Ok(Ok(addrs)) => addrs.collect::<Vec<_>>(),
-            Ok(Err(e)) => {
-                tried += 1;
-                last = format!("{target}: {e}");
-                continue;
+    for (server, fallback) in targets.topology.candidates(targets.target)? {
+        match connect_server(targets, server, connect_timeout, keepalive).await {
+            Ok((stream, addr)) => {
+                return Ok(Backend {
+                    stream,
+                    addr,
+                    server,
+                    fallback,
+                })
             }
-            Err(_) => {
-                tried += 1;
-                last = format!("{target}: name lookup timed out");
-                continue;
+            Err(ConnectError::Unreachable { tried: n, last: l }) => {
+                tried += n;
+                last = l;
             }
-        };
-        for addr in addrs {
-            tried += 1;
-            match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await {
-                Ok(Ok(tcp)) => {
-                    set_socket_options(&tcp, keepalive);
-                    let stream = match targets.tls {
-                        None => MaybeTls::Plain(tcp),
-                        Some(config) => {
-                            let name = targets.server_name.unwrap_or(host);
-                            // A backend that accepts TCP and then goes silent
-                            // must not hold the client: the TLS setup counts
-                            // against the connect timeout too.
-                            tokio::time::timeout(
-                                connect_timeout,
-                                start_tls(tcp, addr, name, config.clone()),
-                            )
-                            .await
-                            .map_err(|_| ConnectError::Tls {
-                                addr,
-                                error: io::Error::new(
-                                    io::ErrorKind::TimedOut,
-                                    "TLS setup timed out",
-                                ),
-                            })??
-                        }
-                    };
-                    return Ok(Backend { stream, addr });
-                }
-                Ok(Err(e)) => last = format!("{addr}: {e}"),
-                Err(_) => last = format!("{addr}: connect timed out"),
-            }
+            Err(e) => return Err(e),
         }
     }
     Err(ConnectError::Unreachable { tried, last })
+}
+
+/// Connects to server `server` of `targets` (each address its name
+/// resolves to, in turn).
+pub async fn connect_server(
+    targets: Targets<'_>,
+    server: usize,
+    connect_timeout: Duration,
+    keepalive: Duration,
+) -> Result<(BackendStream, SocketAddr), ConnectError> {
+    let target = &targets.topology.servers()[server].addr;
+    let unreachable = |tried, last| ConnectError::Unreachable { tried, last };
+    let Some((host, port)) = split_host_port(target) else {
+        return Err(unreachable(0, format!("{target}: not host:port")));
+    };
+    let addrs =
+        match tokio::time::timeout(connect_timeout, tokio::net::lookup_host((host, port))).await {
+            Ok(Ok(addrs)) => addrs.collect::<Vec<_>>(),
+            Ok(Err(e)) => return Err(unreachable(1, format!("{target}: {e}"))),
+            Err(_) => return Err(unreachable(1, format!("{target}: name lookup timed out"))),
+        };
+    let mut tried = 0;
+    let mut last = format!("{target}: no addresses");
+    for addr in addrs {
+        tried += 1;
+        match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(tcp)) => {
+                set_socket_options(&tcp, keepalive);
+                let stream = match targets.tls {
+                    None => MaybeTls::Plain(tcp),
+                    Some(config) => {
+                        let name = targets.server_name.unwrap_or(host);
+                        // A backend that accepts TCP and then goes silent
+                        // must not hold the client: the TLS setup counts
+                        // against the connect timeout too.
+                        tokio::time::timeout(
+                            connect_timeout,
+                            start_tls(tcp, addr, name, config.clone()),
+                        )
+                        .await
+                        .map_err(|_| ConnectError::Tls {
+                            addr,
+                            error: io::Error::new(io::ErrorKind::TimedOut, "TLS setup timed out"),
+                        })??
+                    }
+                };
+                return Ok((stream, addr));
+            }
+            Ok(Err(e)) => last = format!("{addr}: {e}"),
+            Err(_) => last = format!("{addr}: connect timed out"),
+        }
+    }
+    Err(unreachable(tried, last))
 }
 
 /// Seconds between unanswered keepalive probes.

@@ -13,6 +13,7 @@ use thiserror::Error;
 use tokio::io::AsyncWriteExt;
 
 use crate::auth::scram::{ScramClient, ScramError, SCRAM_SHA_256};
+use crate::backend::topology::{NoServer, OpenGuard, Role, Target};
 use crate::backend::{self, BackendStream, ConnectError};
 use crate::config::Password;
 use crate::protocol::framing::{read_message, FramingError};
@@ -95,6 +96,10 @@ pub struct ServerConn {
     /// The startup parameters it logged in with: it serves clients that
     /// sent the same.
     pub profile: Arc<StartupProfile>,
+    /// Which of its tenant's servers it is connected to.
+    pub server: usize,
+    /// Counts it against that server while it lives.
+    _open: OpenGuard,
 }
 
 impl ServerConn {
@@ -119,6 +124,76 @@ impl ServerConn {
                 let mut byte = [0u8; 1];
                 let mut buf = tokio::io::ReadBuf::new(&mut byte);
                 !matches!(tcp.poll_peek(&mut cx, &mut buf), Poll::Pending)
+            }
+        }
+    }
+}
+
+/// Longest reply read while pgcell talks to a backend on its own.
+const MAX_OWN_REPLY: usize = 1 << 20;
+
+/// Why pgcell's own statement on a backend failed.
+#[derive(Debug)]
+pub enum OwnQueryError {
+    /// The backend refused it (its SQLSTATE and message).
+    Refused(SqlState, String),
+    /// The backend closed or answered out of turn.
+    Lost,
+}
+
+impl ServerConn {
+    /// Runs one simple query of pgcell's own on a backend that waits for a
+    /// command, to `ReadyForQuery`; returns its rows as (first, second)
+    /// column text. `ParameterStatus` updates the backend's parameters;
+    /// notices are dropped.
+    pub async fn run_own(&mut self, query: &str) -> Result<Vec<(String, String)>, OwnQueryError> {
+        let mut body = query.as_bytes().to_vec();
+        body.push(0);
+        let mut out = BytesMut::new();
+        messages::tagged(&mut out, b'Q', &body);
+        self.stream
+            .write_all(&out)
+            .await
+            .map_err(|_| OwnQueryError::Lost)?;
+        let mut error = None;
+        let mut rows = Vec::new();
+        loop {
+            let msg = read_message(&mut self.stream, MAX_OWN_REPLY)
+                .await
+                .map_err(|_| OwnQueryError::Lost)?;
+            match msg.tag {
+                b'E' => {
+                    if messages::is_fatal(&msg.body) {
+                        return Err(OwnQueryError::Lost);
+                    }
+                    let code = messages::error_field(&msg.body, b'C')
+                        .and_then(SqlState::parse)
+                        .unwrap_or(SqlState::INTERNAL_ERROR);
+                    error = Some((code, messages::error_message(&msg.body)));
+                }
+                b'S' => {
+                    if let Some((name, value)) = parameter_status(&msg.body) {
+                        set_param(&mut self.params, name, value);
+                    }
+                }
+                b'D' => {
+                    if let Some([Some(name), Some(value)]) =
+                        messages::data_row(&msg.body).as_deref()
+                    {
+                        rows.push((
+                            String::from_utf8_lossy(name).into_owned(),
+                            String::from_utf8_lossy(value).into_owned(),
+                        ));
+                    }
+                }
+                b'Z' => {
+                    return match (error, msg.body.first()) {
+                        (None, Some(b'I')) => Ok(rows),
+                        (Some((code, e)), _) => Err(OwnQueryError::Refused(code, e)),
+                        (None, _) => Err(OwnQueryError::Lost),
+                    };
+                }
+                _ => {}
             }
         }
     }
@@ -156,7 +231,12 @@ pub enum OpenError {
 }
 
 impl ServerConn {
-    /// Connects to one of `targets` and logs in as `user` to `database`.
+    /// Connects to a server of `targets` fit for the client's target and
+    /// logs in as `user` to `database`. Each login reports whether the
+    /// server is in recovery (`in_hot_standby`, PostgreSQL 14+): a server
+    /// that is not what the client wants is closed and the next one
+    /// tried, and the topology learns its role. A server that reports
+    /// nothing (older PostgreSQL) is taken as it is.
     pub async fn open(
         targets: super::Targets<'_>,
         database: &str,
@@ -165,26 +245,104 @@ impl ServerConn {
         profile: &Arc<StartupProfile>,
         timeouts: &OpenSettings,
     ) -> Result<ServerConn, OpenError> {
-        let OpenSettings {
-            connect_timeout,
-            login_timeout,
-            keepalive,
-        } = *timeouts;
-        let backend = backend::connect(targets, connect_timeout, keepalive).await?;
+        let topology = targets.topology;
+        let mut tried = 0;
+        let mut last = String::from("no server");
+        for (server, fallback) in topology
+            .candidates(targets.target)
+            .map_err(ConnectError::from)?
+        {
+            let conn = match ServerConn::open_server(
+                targets, server, database, user, login, profile, timeouts,
+            )
+            .await
+            {
+                Ok(conn) => conn,
+                Err(OpenError::Connect(ConnectError::Unreachable { tried: n, last: l })) => {
+                    tried += n;
+                    last = l;
+                    continue;
+                }
+                // A server starting up or shutting down: the next may serve.
+                Err(OpenError::Refused { code, message })
+                    if code == SqlState::CANNOT_CONNECT_NOW =>
+                {
+                    tried += 1;
+                    last = format!("{}: {message}", topology.servers()[server].addr);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            tried += 1;
+            let role = conn.role();
+            if role != Role::Unknown {
+                topology.saw_role(server, role);
+            }
+            let fits = match targets.target {
+                Target::Primary => role != Role::Replica,
+                Target::Replica { .. } => role != Role::Primary || fallback,
+            };
+            if fits {
+                return Ok(conn);
+            }
+            last = format!("{}: {}", conn.addr, role.label());
+        }
+        Err(match targets.target {
+            Target::Primary if tried > 0 => {
+                ConnectError::NoServer(NoServer::NoPrimary(last)).into()
+            }
+            _ => ConnectError::Unreachable { tried, last }.into(),
+        })
+    }
+
+    /// Connects to server `server` of `targets` and logs in, whatever its
+    /// role.
+    pub async fn open_server(
+        targets: super::Targets<'_>,
+        server: usize,
+        database: &str,
+        user: &str,
+        login: &BackendLogin,
+        profile: &Arc<StartupProfile>,
+        timeouts: &OpenSettings,
+    ) -> Result<ServerConn, OpenError> {
+        let (stream, addr) = backend::connect_server(
+            targets,
+            server,
+            timeouts.connect_timeout,
+            timeouts.keepalive,
+        )
+        .await?;
         let mut conn = ServerConn {
-            stream: backend.stream,
-            addr: backend.addr,
+            stream,
+            addr,
             key: CancelKey { pid: 0, secret: 0 },
             params: Vec::new(),
             created: Instant::now(),
             last_used: Instant::now(),
             prepared: Default::default(),
             profile: profile.clone(),
+            server,
+            _open: targets.topology.count_open(server),
         };
-        tokio::time::timeout(login_timeout, conn.login(database, user, login))
+        tokio::time::timeout(timeouts.login_timeout, conn.login(database, user, login))
             .await
             .map_err(|_| OpenError::Timeout)??;
         Ok(conn)
+    }
+
+    /// The role the server reported at login (`in_hot_standby`).
+    pub fn role(&self) -> Role {
+        match self
+            .params
+            .iter()
+            .find(|(name, _)| name == "in_hot_standby")
+            .map(|(_, value)| value.as_str())
+        {
+            Some("on") => Role::Replica,
+            Some("off") => Role::Primary,
+            _ => Role::Unknown,
+        }
     }
 
     async fn login(

@@ -39,6 +39,8 @@ pub struct TenantConfig {
     pub users: Vec<UserConfig>,
     /// Where secrets of users not in `users` come from, if anywhere.
     pub auth_query: Option<AuthQueryConfig>,
+    /// How its primary and replicas are followed (`[tenants.replication]`).
+    pub replication: ReplicationConfig,
 }
 
 impl TenantConfig {
@@ -72,6 +74,8 @@ pub(super) struct RawTenant {
     #[serde(default)]
     users: Vec<pooling::RawUser>,
     auth_query: Option<pooling::RawAuthQuery>,
+    #[serde(default)]
+    replication: replication::RawReplication,
 }
 
 fn default_tenant_max_clients() -> usize {
@@ -164,6 +168,7 @@ pub(super) fn tenant_from_raw(
         }
     }
     let users = pooling::users_from_raw(t.users, at, base, p);
+    let replication = replication::replication_from_raw(t.replication, at, &t.backends, &users, p);
     let pool = pooling::pool_from_raw(t.pool, at, p);
     let auth_query = t
         .auth_query
@@ -212,6 +217,7 @@ pub(super) fn tenant_from_raw(
         pool,
         users,
         auth_query,
+        replication,
     }
 }
 

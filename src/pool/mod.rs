@@ -33,6 +33,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::backend::server::{BackendLogin, OpenError, OpenSettings, ServerConn, StartupProfile};
+use crate::backend::topology::{NoServer, Role, Target};
+use crate::backend::ConnectError;
 use crate::clients::{ClientEntry, ClientState};
 use crate::config::{PoolConfig, PoolMode};
 use crate::metrics::tally::{Histogram, Tally};
@@ -48,10 +50,16 @@ pub struct PoolKey {
     pub database: String,
     /// Backend user.
     pub user: String,
+    /// The primary, or a replica.
+    pub target: crate::backend::Target,
 }
 
 /// A startup profile and the parameters its backends reported at login.
 type ProfileParams = (Arc<StartupProfile>, Vec<(String, String)>);
+
+/// Pause between attempts to open a backend while a failover may be under
+/// way.
+const FAILOVER_RETRY: Duration = Duration::from_millis(100);
 
 /// Distinct startup profiles a pool remembers the reported parameters of.
 const MAX_PROFILES: usize = 64;
@@ -450,11 +458,45 @@ impl Pool {
             if now.duration_since(conn.created) > self.settings.max_lifetime
                 || now.duration_since(conn.last_used) > self.settings.idle_timeout
                 || conn.spoke_while_idle()
+                || !self.still_fits(&conn)
             {
                 continue;
             }
             tally.observe(Histogram::PoolWaitSeconds, Duration::ZERO);
             return Some(self.lease(conn, permit, now));
+        }
+    }
+
+    /// Whether an idle backend's server is still what this pool's clients
+    /// want: a pool of the primary drops backends of a server now known to
+    /// be a replica (a failover), a pool of replicas those of a server
+    /// promoted or excluded (lagging), unless the primary is its fallback.
+    fn still_fits(&self, conn: &ServerConn) -> bool {
+        let topology = &self.tenant.topology;
+        if conn.server >= topology.servers().len() {
+            return false;
+        }
+        let state = topology.state(conn.server);
+        match self.key.target {
+            Target::Primary => state.role != Role::Replica && !topology.split_brain(),
+            Target::Replica { fallback } => match state.role {
+                Role::Primary => fallback,
+                _ => state.excluded.is_none(),
+            },
+        }
+    }
+
+    /// Whether opening failed in a way a failover explains (no server is
+    /// the primary yet, or the servers tried are down while others may
+    /// take over): worth trying again until `acquire_timeout`.
+    fn may_be_failing_over(&self, error: &AcquireError) -> bool {
+        let several = self.tenant.topology.servers().len() > 1;
+        match error {
+            AcquireError::Open(OpenError::Connect(ConnectError::NoServer(
+                NoServer::NoPrimary(_),
+            ))) => true,
+            AcquireError::Open(OpenError::Connect(ConnectError::Unreachable { .. })) => several,
+            _ => false,
         }
     }
 
@@ -507,7 +549,18 @@ impl Pool {
             if self.is_paused() {
                 continue;
             }
-            break self.open(permit, profile).await;
+            match self.open(permit, profile).await {
+                Err(e)
+                    if self.may_be_failing_over(&e)
+                        && tokio::time::Instant::now() + FAILOVER_RETRY < deadline =>
+                {
+                    // Held, not failed: the new primary is found by the
+                    // next attempt once it has been promoted.
+                    tracing::debug!(tenant = %self.key.tenant, error = %e, "no server fits yet; trying again");
+                    tokio::time::sleep(FAILOVER_RETRY).await;
+                }
+                result => break result,
+            }
         };
         result
     }
@@ -524,7 +577,7 @@ impl Pool {
             .clone()
             .ok_or(AcquireError::NoLogin)?;
         let conn = ServerConn::open(
-            self.tenant.targets(),
+            self.tenant.targets(self.key.target),
             &self.key.database,
             &self.key.user,
             &login,
@@ -590,6 +643,10 @@ impl Pool {
             // (57P01) or closed: drop it here, not in a client's face.
             if conn.spoke_while_idle() {
                 tracing::debug!(tenant = %self.key.tenant, addr = %conn.addr, "idle backend spoke or closed; dropped");
+                continue;
+            }
+            if !self.still_fits(&conn) {
+                tracing::debug!(tenant = %self.key.tenant, addr = %conn.addr, "idle backend's server changed role; dropped");
                 continue;
             }
             if now.duration_since(conn.last_used) > self.settings.check_after_idle

@@ -164,6 +164,32 @@ pub fn data_row(body: &[u8]) -> Option<Vec<Option<&[u8]>>> {
     Some(columns)
 }
 
+/// Whether an ErrorResponse body has severity FATAL or PANIC: the backend
+/// closes after it.
+pub fn is_fatal(body: &[u8]) -> bool {
+    let mut rest = body;
+    while let Some((&field, tail)) = rest.split_first() {
+        if field == 0 {
+            break;
+        }
+        let Some(end) = tail.iter().position(|&b| b == 0) else {
+            break;
+        };
+        let value = &tail[..end];
+        // 'V' (never localised) is authoritative; 'S' may be translated.
+        if field == b'V' || field == b'S' {
+            if value == b"FATAL" || value == b"PANIC" {
+                return true;
+            }
+            if field == b'V' {
+                return false;
+            }
+        }
+        rest = tail.get(end + 1..).unwrap_or(&[]);
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

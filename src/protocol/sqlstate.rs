@@ -23,6 +23,8 @@ impl SqlState {
     pub const TOO_MANY_CONNECTIONS: SqlState = SqlState::of("53300");
     /// `57P01` admin_shutdown.
     pub const ADMIN_SHUTDOWN: SqlState = SqlState::of("57P01");
+    /// `57P03` cannot_connect_now.
+    pub const CANNOT_CONNECT_NOW: SqlState = SqlState::of("57P03");
     /// `0A000` feature_not_supported.
     pub const FEATURE_NOT_SUPPORTED: SqlState = SqlState::of("0A000");
     /// `22023` invalid_parameter_value.

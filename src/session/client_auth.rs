@@ -120,9 +120,15 @@ where
     let configured = tenant.config.user(user);
     // Configured users come first; the backend is asked about the rest.
     let queried = match (&tenant.auth_query, configured) {
-        (Some(query), None) if tenant.config.auth == AuthMode::Scram => {
-            Some(query.lookup(tenant.targets(), database, user).await?)
-        }
+        (Some(query), None) if tenant.config.auth == AuthMode::Scram => Some(
+            query
+                .lookup(
+                    tenant.targets(crate::backend::Target::Primary),
+                    database,
+                    user,
+                )
+                .await?,
+        ),
         _ => None,
     };
     let queried_secret = queried.as_ref().and_then(|q| q.secret.as_ref());

@@ -104,11 +104,19 @@ pub struct Owed {
     pub unnamed: bool,
     /// The pgcell statement a `Close` drops to make room.
     pub evicts: Option<String>,
+    /// The client's own `Parse` or `Close`: what it changed in the
+    /// client's statements, undone if the backend skips or fails it
+    /// (`ClientStatements` keeps the change under this number).
+    pub ticket: Option<u64>,
 }
 
 impl Owed {
     fn is_plain(&self) -> bool {
-        !self.injected && self.creates.is_none() && !self.unnamed && self.evicts.is_none()
+        !self.injected
+            && self.creates.is_none()
+            && !self.unnamed
+            && self.evicts.is_none()
+            && self.ticket.is_none()
     }
 }
 
@@ -117,8 +125,9 @@ impl Owed {
 pub struct Received {
     /// The extended-protocol message this was the final reply to.
     pub answered: Option<Owed>,
-    /// Messages about statements the backend skipped (an error earlier in
-    /// their pipeline): what they would have done did not happen.
+    /// Messages about statements the backend skipped or failed (an error
+    /// in them or earlier in their pipeline): what they would have done
+    /// did not happen.
     pub skipped: Vec<Owed>,
 }
 
@@ -482,6 +491,20 @@ pub fn held_state(rows: &[(String, String)]) -> Vec<String> {
         .collect()
 }
 
+/// Whether startup parameters set a `search_path` that names `pg_temp`
+/// (as a parameter or in `options`): then a plain `CREATE TABLE` may make
+/// a temporary table, and every checkin checks for one.
+pub fn startup_searches_pg_temp(params: &[(String, String)]) -> bool {
+    let names_pg_temp = |v: &str| v.to_ascii_lowercase().contains("pg_temp");
+    params.iter().any(|(name, value)| match name.as_str() {
+        "search_path" => names_pg_temp(value),
+        "options" => crate::protocol::startup::option_settings(value)
+            .iter()
+            .any(|(n, v)| n == "search_path" && names_pg_temp(v)),
+        _ => false,
+    })
+}
+
 /// The session a client must see on every backend it gets, beyond its
 /// startup values (which its backends log in with): the settings it
 /// changed, as read back by [`CAPTURE_AND_RESET`].
@@ -571,31 +594,7 @@ pub fn quote(s: &str) -> String {
     }
 }
 
-/// Whether an ErrorResponse body has severity FATAL or PANIC: the backend
-/// closes after it.
-pub fn is_fatal(body: &[u8]) -> bool {
-    let mut rest = body;
-    while let Some((&field, tail)) = rest.split_first() {
-        if field == 0 {
-            break;
-        }
-        let Some(end) = tail.iter().position(|&b| b == 0) else {
-            break;
-        };
-        let value = &tail[..end];
-        // 'V' (never localised) is authoritative; 'S' may be translated.
-        if field == b'V' || field == b'S' {
-            if value == b"FATAL" || value == b"PANIC" {
-                return true;
-            }
-            if field == b'V' {
-                return false;
-            }
-        }
-        rest = tail.get(end + 1..).unwrap_or(&[]);
-    }
-    false
-}
+pub use crate::protocol::messages::is_fatal;
 
 #[cfg(test)]
 mod tests {

@@ -220,6 +220,9 @@ impl SessionError {
                 format!("unknown tenant \"{id}\""),
             )
             .hint(how_to_name_tenant.to_owned()),
+            SessionError::Route(RouteError::BadTarget(why)) => {
+                ClientError::fatal(SqlState::INVALID_PARAMETER_VALUE, why.clone())
+            }
             SessionError::Route(RouteError::Conflict { .. }) => ClientError::fatal(
                 SqlState::CONNECTION_REJECTED,
                 "the connection names more than one tenant",
@@ -248,6 +251,9 @@ impl SessionError {
             SessionError::ShuttingDown => {
                 ClientError::fatal(SqlState::ADMIN_SHUTDOWN, "the server is shutting down")
                     .hint("Reconnect; another server will take the connection.")
+            }
+            SessionError::BackendConnect(ConnectError::NoServer(e)) => {
+                ClientError::fatal(SqlState::CANNOT_CONNECT_NOW, e.to_string())
             }
             SessionError::BackendConnect(_) => ClientError::fatal(
                 SqlState::CONNECTION_FAILURE,
@@ -288,6 +294,11 @@ impl SessionError {
             SessionError::Acquire(AcquireError::Timeout(wait)) => {
                 pool_timeout(*wait, Severity::Fatal)
             }
+            // No server fits (a split brain, no replica fit, no primary
+            // within acquire_timeout): said as it is.
+            SessionError::Acquire(AcquireError::Open(OpenError::Connect(
+                ConnectError::NoServer(e),
+            ))) => ClientError::fatal(SqlState::CANNOT_CONNECT_NOW, e.to_string()),
             SessionError::Acquire(_) => ClientError::fatal(
                 SqlState::CONNECTION_FAILURE,
                 "could not connect to the database server",
@@ -567,7 +578,8 @@ fn admit(
         .resolve(startup, client.sni.as_deref())
         .map_err(|e| no_tenant(e.into()))?;
     let id = tenant.id().to_owned();
-    route::admit(tenant, client).map_err(|e| (e.into(), id))
+    let target = route::take_target(startup, &tenant).map_err(|e| (e.into(), id.clone()))?;
+    route::admit(tenant, target, client).map_err(|e| (e.into(), id))
 }
 
 async fn passthrough<S>(
@@ -583,7 +595,7 @@ where
     let tenant = &route.tenant;
     let connect_started = Instant::now();
     let connected = backend::connect(
-        tenant.targets(),
+        tenant.targets(route.target),
         shared.settings.connect_timeout,
         shared.settings.tcp_keepalive,
     )

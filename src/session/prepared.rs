@@ -94,6 +94,24 @@ pub struct ClientStatements {
     /// The clock when each `DEALLOCATE ALL` / `DISCARD ALL` not yet
     /// answered was sent.
     drops_sent: VecDeque<u64>,
+    /// Changes to the client's statements made by a `Parse` or `Close`
+    /// still in flight, by ticket ([`Owed::ticket`]): undone if the
+    /// backend skips or fails the message, as PostgreSQL would not have
+    /// made them.
+    pending: HashMap<u64, Undo>,
+    /// Numbers the tickets.
+    tickets: u64,
+}
+
+/// How to take back a change to the client's statements.
+#[derive(Debug)]
+enum Undo {
+    /// A named `Parse` added `name` (as pgcell statement `global`).
+    Parsed { name: String, global: Arc<str> },
+    /// A `Close` removed `name`.
+    Closed { name: String, statement: Statement },
+    /// An unnamed `Parse` replaced the client's unnamed statement.
+    ParsedUnnamed { previous: Option<(Bytes, Verdict)> },
 }
 
 impl From<PreparedError> for super::SessionError {
@@ -174,17 +192,35 @@ impl ClientStatements {
                     // pgcell names are never shared, so the statement is
                     // closed on this backend and forgotten (a backend
                     // without it answers CloseComplete all the same).
-                    let closed = self
-                        .statements
-                        .remove(&String::from_utf8_lossy(name).into_owned());
-                    let sent_name = match &closed {
-                        Some(statement) => {
-                            backend.remove(&statement.global);
-                            statement.global.as_bytes()
-                        }
-                        None => foreign(name).unwrap_or(name),
+                    let client_name = String::from_utf8_lossy(name).into_owned();
+                    let Some(statement) = self.statements.remove(&client_name) else {
+                        let sent_name = foreign(name).unwrap_or(name);
+                        send(out, checkout, b'C', &[b"S", sent_name, b"\0"], plain());
+                        return Ok(executes);
                     };
-                    send(out, checkout, b'C', &[b"S", sent_name, b"\0"], plain());
+                    backend.remove(&statement.global);
+                    let global = statement.global.clone();
+                    let ticket = self.ticket(Undo::Closed {
+                        name: client_name,
+                        statement,
+                    });
+                    let owed = Owed {
+                        ticket: Some(ticket),
+                        ..Owed::default()
+                    };
+                    send(out, checkout, b'C', &[b"S", global.as_bytes(), b"\0"], owed);
+                    return Ok(executes);
+                }
+                if msg.tag == b'C' {
+                    // The unnamed statement: closed wherever it is.
+                    let previous = self.last_unnamed.take();
+                    self.unnamed_here = true;
+                    let ticket = self.ticket(Undo::ParsedUnnamed { previous });
+                    let owed = Owed {
+                        ticket: Some(ticket),
+                        ..Owed::default()
+                    };
+                    send(out, checkout, b'C', &[b"S\0"], owed);
                     return Ok(executes);
                 }
                 let global = self.ensure(name, backend, checkout, out);
@@ -238,9 +274,27 @@ impl ClientStatements {
     ) -> Result<(), PreparedError> {
         let (name, rest) = split_cstr(&msg.body).ok_or(PreparedError::Malformed("Parse"))?;
         if name.is_empty() {
-            send(out, checkout, b'P', &[&msg.body], Owed::default());
-            self.last_unnamed = Some((msg.body.clone(), judged));
+            let previous = self.last_unnamed.replace((msg.body.clone(), judged));
             self.unnamed_here = true;
+            let ticket = self.ticket(Undo::ParsedUnnamed { previous });
+            let owed = Owed {
+                ticket: Some(ticket),
+                ..Owed::default()
+            };
+            send(out, checkout, b'P', &[&msg.body], owed);
+            return Ok(());
+        }
+        if let Some(global) = self.ensure(name, backend, checkout, out) {
+            // The name is taken: PostgreSQL refuses the Parse (42P05) and
+            // keeps the statement. The backend holds it under its pgcell
+            // name, so the same Parse draws the same refusal.
+            send(
+                out,
+                checkout,
+                b'P',
+                &[global.as_bytes(), b"\0", rest],
+                Owed::default(),
+            );
             return Ok(());
         }
         let name = String::from_utf8_lossy(name).into_owned();
@@ -258,20 +312,26 @@ impl ClientStatements {
         let parse = body.freeze();
         self.clock += 1;
         self.make_room(backend, global.clone(), checkout, out);
+        let shared: Arc<str> = global.as_str().into();
+        let ticket = self.ticket(Undo::Parsed {
+            name: name.clone(),
+            global: shared.clone(),
+        });
         send(
             out,
             checkout,
             b'P',
             &[&parse],
             Owed {
-                creates: Some(global.clone()),
+                creates: Some(global),
+                ticket: Some(ticket),
                 ..Owed::default()
             },
         );
         self.statements.insert(
             name,
             Statement {
-                global: global.into(),
+                global: shared,
                 parse,
                 verdict: judged,
                 created: self.clock,
@@ -294,16 +354,20 @@ impl ClientStatements {
         if name.is_empty() {
             // Another client's unnamed statement may sit on this backend:
             // re-create the client's own first.
+            // A client without one must not reach another client's: the
+            // backend's is closed first, so it answers 26000 as PostgreSQL
+            // would (found by an adversarial review).
             if !self.unnamed_here {
-                if let Some((parse, _)) = &self.last_unnamed {
-                    let owed = Owed {
-                        injected: true,
-                        unnamed: true,
-                        ..Owed::default()
-                    };
-                    send(out, checkout, b'P', &[parse], owed);
-                    self.unnamed_here = true;
+                let owed = Owed {
+                    injected: true,
+                    unnamed: true,
+                    ..Owed::default()
+                };
+                match &self.last_unnamed {
+                    Some((parse, _)) => send(out, checkout, b'P', &[parse], owed),
+                    None => send(out, checkout, b'C', &[b"S\0"], owed),
                 }
+                self.unnamed_here = true;
             }
             return None;
         }
@@ -349,6 +413,17 @@ impl ClientStatements {
     /// False when the client must not see the message (the reply to one
     /// pgcell sent on its own).
     pub fn replied(&mut self, received: Received, backend: &mut BackendStatements) -> bool {
+        if let Some(ticket) = received.answered.as_ref().and_then(|o| o.ticket) {
+            // Done as sent.
+            self.pending.remove(&ticket);
+        }
+        // Latest change first: a skipped Close then Parse of one name
+        // leaves the statement as it was before both.
+        for owed in received.skipped.iter().rev() {
+            if let Some(undo) = owed.ticket.and_then(|t| self.pending.remove(&t)) {
+                self.undo(undo, backend);
+            }
+        }
         for owed in received.skipped {
             if let Some(name) = owed.creates {
                 backend.remove(&name);
@@ -362,6 +437,77 @@ impl ClientStatements {
             }
         }
         !received.answered.is_some_and(|o| o.injected)
+    }
+
+    /// An ErrorResponse that names one of this client's statements by its
+    /// pgcell name (`prepared statement "pgcell_7" already exists`),
+    /// rewritten to name it as the client does; `None` when it names none.
+    pub fn client_error(&self, body: &[u8]) -> Option<Vec<u8>> {
+        let prefix = PGCELL_PREFIX.as_bytes();
+        if !body.windows(prefix.len()).any(|w| w == prefix) {
+            return None;
+        }
+        let client_name = |global: &[u8]| {
+            self.statements
+                .iter()
+                .find(|(_, s)| s.global.as_bytes() == global)
+                .map(|(name, _)| name.as_str())
+        };
+        let mut out = Vec::with_capacity(body.len());
+        let mut changed = false;
+        let mut at = 0;
+        while at < body.len() {
+            let rest = &body[at..];
+            if rest.starts_with(prefix) {
+                let digits = rest[prefix.len()..]
+                    .iter()
+                    .take_while(|b| b.is_ascii_digit())
+                    .count();
+                let global = &rest[..prefix.len() + digits];
+                if let Some(name) = (digits > 0).then(|| client_name(global)).flatten() {
+                    out.extend_from_slice(name.as_bytes());
+                    at += global.len();
+                    changed = true;
+                    continue;
+                }
+            }
+            out.push(body[at]);
+            at += 1;
+        }
+        changed.then_some(out)
+    }
+
+    /// Keeps `undo` until the message it belongs to is answered.
+    fn ticket(&mut self, undo: Undo) -> u64 {
+        self.tickets += 1;
+        self.pending.insert(self.tickets, undo);
+        self.tickets
+    }
+
+    /// The backend skipped or failed a client's `Parse` or `Close`: the
+    /// client's statements are as before it.
+    fn undo(&mut self, undo: Undo, backend: &mut BackendStatements) {
+        match undo {
+            Undo::Parsed { name, global } => {
+                if self
+                    .statements
+                    .get(&name)
+                    .is_some_and(|s| s.global == global)
+                {
+                    self.statements.remove(&name);
+                }
+            }
+            Undo::Closed { name, statement } => {
+                // Still on the backend too.
+                backend.restore(statement.global.to_string());
+                self.statements.entry(name).or_insert(statement);
+            }
+            Undo::ParsedUnnamed { previous } => {
+                self.last_unnamed = previous;
+                // Whatever the backend holds now, re-create it before use.
+                self.unnamed_here = false;
+            }
+        }
     }
 
     /// Answers, without a backend, the SQL that would otherwise wipe other
@@ -467,6 +613,8 @@ impl ClientStatements {
     pub fn new_backend(&mut self) {
         self.drops_sent.clear();
         self.unnamed_here = false;
+        // Nothing is in flight between checkouts.
+        self.pending.clear();
     }
 }
 
@@ -1435,5 +1583,35 @@ mod tests {
             )
             .unwrap();
         assert!(bound.is_quiet());
+    }
+    #[test]
+    fn errors_name_the_clients_statements_as_the_client_does() {
+        let mut checkout = Checkout::default();
+        let mut client = ClientStatements::default();
+        let mut backend = BackendStatements::default();
+        let mut out = BytesMut::new();
+        client
+            .forward(
+                &msg(b'P', b"mine\0select 1\0\0\0"),
+                Verdict::default(),
+                &mut backend,
+                &mut checkout,
+                &mut out,
+            )
+            .unwrap();
+        let global = client.statements["mine"].global.to_string();
+        let body = format!("SERROR\0C42P05\0Mprepared statement \"{global}\" already exists\0\0");
+        let renamed = client.client_error(body.as_bytes()).unwrap();
+        assert_eq!(
+            renamed,
+            b"SERROR\0C42P05\0Mprepared statement \"mine\" already exists\0\0".to_vec()
+        );
+        // Another client's, or pgcell's refusal name: left as they are.
+        assert!(client
+            .client_error(b"SERROR\0Mprepared statement \"pgcell_unknown\" does not exist\0\0")
+            .is_none());
+        assert!(client
+            .client_error(b"SERROR\0Mno statement named\0\0")
+            .is_none());
     }
 }

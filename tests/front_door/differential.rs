@@ -341,6 +341,10 @@ pub(crate) fn bind_named(name: &str) -> Vec<u8> {
     frame(b'B', &body)
 }
 
+fn close_named(name: &str) -> Vec<u8> {
+    frame(b'C', &[b"S", name.as_bytes(), b"\0"].concat())
+}
+
 fn describe_named(name: &str) -> Vec<u8> {
     frame(b'D', &[b"S", name.as_bytes(), b"\0"].concat())
 }
@@ -870,6 +874,97 @@ fn scripts() -> Vec<Script> {
                 q(0, "DEALLOCATE ALL"),
                 q(0, "COMMIT"),
                 run_named(0, "s4"),
+            ],
+        },
+        // Found by the third adversarial review (issue 20).
+        Script {
+            name: "a client without an unnamed statement cannot bind another client's",
+            shows: &["D A-secret", "26000"],
+            clients: vec![none.clone(), none.clone()],
+            steps: vec![
+                raw(
+                    0,
+                    cat(&[parse("SELECT 'A-secret'"), bind(), execute(), sync()]),
+                    Until::Ready(1),
+                ),
+                raw(1, cat(&[bind(), execute(), sync()]), Until::Ready(1)),
+                raw(1, cat(&[describe_statement(), sync()]), Until::Ready(1)),
+            ],
+        },
+        Script {
+            name: "a Parse of a name in use is refused and the statement kept",
+            shows: &["42P05", "D old1"],
+            clients: vec![none.clone()],
+            steps: vec![
+                raw(0, cat(&[parse_named("s1", "SELECT 'old1'"), sync()]), Until::Ready(1)),
+                raw(0, cat(&[parse_named("s1", "SELECT 'new1'"), sync()]), Until::Ready(1)),
+                run_named(0, "s1"),
+            ],
+        },
+        Script {
+            name: "a Parse that fails leaves no statement",
+            shows: &["42P01", "26000"],
+            clients: vec![none.clone()],
+            steps: vec![
+                raw(
+                    0,
+                    cat(&[parse_named("s9", "SELECT * FROM differential_missing"), sync()]),
+                    Until::Ready(1),
+                ),
+                run_named(0, "s9"),
+            ],
+        },
+        Script {
+            name: "Parse and Close skipped after an error change no statement",
+            shows: &["42601", "D old", "D old1"],
+            clients: vec![none.clone()],
+            steps: vec![
+                raw(
+                    0,
+                    cat(&[parse("SELECT 'old'"), parse_named("s1", "SELECT 'old1'"), sync()]),
+                    Until::Ready(1),
+                ),
+                raw(
+                    0,
+                    cat(&[
+                        parse_named("x", "bogus syntax"),
+                        parse("SELECT 'new'"),
+                        close_named("s1"),
+                        parse_named("s1", "SELECT 'new1'"),
+                        sync(),
+                    ]),
+                    Until::Ready(1),
+                ),
+                raw(0, cat(&[bind(), execute(), sync()]), Until::Ready(1)),
+                run_named(0, "s1"),
+            ],
+        },
+        Script {
+            name: "a DO block of another client that drops every statement leaves a client's",
+            shows: &["D A-stmt", "C DO"],
+            clients: vec![none.clone(), none.clone()],
+            steps: vec![
+                raw(0, cat(&[parse_named("s1", "SELECT 'A-stmt'"), sync()]), Until::Ready(1)),
+                q(1, "DO $$ BEGIN EXECUTE 'DEALLOCATE ALL'; END $$"),
+                run_named(0, "s1"),
+                q(1, "SELECT 1"),
+                run_named(0, "s1"),
+            ],
+        },
+        Script {
+            name: "a startup search_path with pg_temp: a plain CREATE TABLE stays with its client",
+            shows: &["D 0", "42P01"],
+            clients: vec![
+                vec![("options", "-c search_path=pg_temp,public")],
+                vec![("options", "-c search_path=pg_temp,public")],
+            ],
+            steps: vec![
+                q(0, "CREATE TABLE differential_leak (a int)"),
+                q(
+                    1,
+                    "SELECT count(*) FROM pg_catalog.pg_class WHERE relnamespace = pg_catalog.pg_my_temp_schema()",
+                ),
+                q(1, "SELECT * FROM differential_leak"),
             ],
         },
     ]

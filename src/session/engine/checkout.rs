@@ -40,6 +40,10 @@ pub struct Checkin {
     pub reset: bool,
     /// List the session state it holds ([`STATE_CHECK`]); any closes it.
     pub check_state: bool,
+    /// Drop every prepared statement on it (`DEALLOCATE ALL`): a statement
+    /// pgcell could not judge may have dropped some of those pgcell made
+    /// there (`DO`, `CALL`), so pgcell's list of them is no longer sure.
+    pub forget_statements: bool,
     /// Close it whatever the round trip shows.
     pub close: Option<CloseReason>,
 }
@@ -103,16 +107,27 @@ impl Checkin {
         } else {
             None
         };
-        match (self.check_state, tail) {
+        let query = match (self.check_state, tail) {
             (true, Some(tail)) => Some(format!("{STATE_CHECK}; {tail}").into()),
             (true, None) => Some(STATE_CHECK.into()),
             (false, tail) => tail,
+        };
+        if !self.forget_statements {
+            return query;
         }
+        Some(match query {
+            Some(q) => format!("{q}; DEALLOCATE ALL").into(),
+            None => "DEALLOCATE ALL".into(),
+        })
     }
 
     /// Whether nothing runs and the backend is reused (the common case).
     pub fn is_free(&self) -> bool {
-        !self.capture && !self.reset && !self.check_state && self.close.is_none()
+        !self.capture
+            && !self.reset
+            && !self.check_state
+            && !self.forget_statements
+            && self.close.is_none()
     }
 }
 
@@ -226,6 +241,7 @@ impl Checkout {
             reset: !capture && policy.replayed,
             check_state: close.is_none()
                 && (changes.check_state || policy.check_session_state || policy.searches_pg_temp),
+            forget_statements: close.is_none() && changes.check_state,
             close,
         }
     }
@@ -248,10 +264,15 @@ impl Checkout {
         // A session's backend is reset when it leaves whatever it did; a
         // transaction's only when something may have changed.
         let reset = close.is_none() && (session_mode || changes.settings || policy.replayed);
+        // A transaction-mode backend goes to other clients: checked as at
+        // any checkin (a session-mode one gets the pool's reset query).
+        let transaction = close.is_none() && !session_mode;
         Checkin {
             capture: false,
             reset,
-            check_state: false,
+            check_state: transaction
+                && (changes.check_state || policy.check_session_state || policy.searches_pg_temp),
+            forget_statements: transaction && changes.check_state,
             close,
         }
     }

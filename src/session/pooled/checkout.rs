@@ -2,31 +2,17 @@
 //! is replayed on checkout, read back and reset on checkin when the
 //! transaction may have changed it (`session::engine` says why).
 
-use bytes::BytesMut;
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWrite;
 
 use super::{Session, SessionError};
-use crate::backend::server::{parameter_status, set_param};
+use crate::backend::server::OwnQueryError;
 use crate::cancel::CancelTarget;
 use crate::config::PoolMode;
 use crate::metrics as m;
 use crate::pool::Lease;
 use crate::pool::Release;
-use crate::protocol::framing::read_message;
-use crate::protocol::messages;
 use crate::protocol::{ClientError, SqlState};
 use crate::session::engine::{self, Checkin, CheckinPolicy, ClientSession, CloseReason};
-
-/// Longest reply read while pgcell talks to a backend on its own.
-const MAX_OWN_REPLY: usize = 1 << 20;
-
-/// Why pgcell's own statement on a backend failed.
-pub(super) enum OwnQueryError {
-    /// The backend refused it (its SQLSTATE and message).
-    Refused(SqlState, String),
-    /// The backend closed or answered out of turn.
-    Lost,
-}
 
 impl Session<'_> {
     /// Takes `lease` for this client: replays its session (nothing to do
@@ -159,7 +145,7 @@ impl Session<'_> {
             reset_every_transaction: self.pool.reset_every_transaction(),
             check_session_state: self.pool.check_session_state(),
             replayed: !self.session.is_empty(),
-            searches_pg_temp: self.session.searches_pg_temp(),
+            searches_pg_temp: self.startup_pg_temp || self.session.searches_pg_temp(),
         }
     }
 
@@ -190,6 +176,10 @@ impl Session<'_> {
         for kind in &held {
             metrics::counter!(m::SESSION_STATE, "tenant" => self.tenant.clone(), "kind" => format!("found_{kind}"))
                 .increment(1);
+        }
+        if outcome.forget_statements {
+            // Every statement pgcell made there is gone.
+            lease.conn.prepared.clear();
         }
         match (outcome.close, held.is_empty()) {
             (Some(reason), _) => close(reason),
@@ -224,6 +214,14 @@ impl Session<'_> {
                 let _ = crate::cancel::send_cancel(target, timeout).await;
             });
         }
+        if outcome.check_state || outcome.forget_statements {
+            // Transaction mode, after a statement pgcell could not judge
+            // (or on request): checked as at any checkin.
+            let release = Box::pin(self.act_on(&mut lease, outcome)).await;
+            self.session = ClientSession::default();
+            self.pool.release(lease, release);
+            return;
+        }
         let release = match (outcome.close, outcome.reset, self.pool.reset_query()) {
             (Some(reason), _, _) => Release::Close(reason.label()),
             (None, false, _) => Release::Reuse,
@@ -247,61 +245,11 @@ impl Session<'_> {
     }
 }
 
-/// Runs one simple query of pgcell's own on a backend that waits for a
-/// command, to `ReadyForQuery`; returns its rows as (first, second)
-/// column text. `ParameterStatus` updates the backend's parameters;
-/// notices are dropped.
+/// Runs one simple query of pgcell's own on the leased backend
+/// ([`ServerConn::run_own`]).
 pub(super) async fn run_own(
     lease: &mut Lease,
     query: &str,
 ) -> Result<Vec<(String, String)>, OwnQueryError> {
-    let mut body = query.as_bytes().to_vec();
-    body.push(0);
-    let mut out = BytesMut::new();
-    messages::tagged(&mut out, b'Q', &body);
-    lease
-        .conn
-        .stream
-        .write_all(&out)
-        .await
-        .map_err(|_| OwnQueryError::Lost)?;
-    let mut error = None;
-    let mut rows = Vec::new();
-    loop {
-        let msg = read_message(&mut lease.conn.stream, MAX_OWN_REPLY)
-            .await
-            .map_err(|_| OwnQueryError::Lost)?;
-        match msg.tag {
-            b'E' => {
-                if engine::is_fatal(&msg.body) {
-                    return Err(OwnQueryError::Lost);
-                }
-                let code = messages::error_field(&msg.body, b'C')
-                    .and_then(SqlState::parse)
-                    .unwrap_or(SqlState::INTERNAL_ERROR);
-                error = Some((code, messages::error_message(&msg.body)));
-            }
-            b'S' => {
-                if let Some((name, value)) = parameter_status(&msg.body) {
-                    set_param(&mut lease.conn.params, name, value);
-                }
-            }
-            b'D' => {
-                if let Some([Some(name), Some(value)]) = messages::data_row(&msg.body).as_deref() {
-                    rows.push((
-                        String::from_utf8_lossy(name).into_owned(),
-                        String::from_utf8_lossy(value).into_owned(),
-                    ));
-                }
-            }
-            b'Z' => {
-                return match (error, msg.body.first()) {
-                    (None, Some(b'I')) => Ok(rows),
-                    (Some((code, e)), _) => Err(OwnQueryError::Refused(code, e)),
-                    (None, _) => Err(OwnQueryError::Lost),
-                };
-            }
-            _ => {}
-        }
-    }
+    lease.conn.run_own(query).await
 }

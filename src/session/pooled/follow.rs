@@ -12,6 +12,7 @@ use crate::config::PoolMode;
 use crate::metrics as m;
 use crate::metrics::tally::Count;
 use crate::protocol::framing::{peek_message, Message, Peeked, HEADER_LEN};
+use crate::protocol::messages;
 use crate::sql::{Dialect, Verdict};
 
 impl Session<'_> {
@@ -149,10 +150,21 @@ impl Session<'_> {
                 }
             };
             let body = &from_server[pos + HEADER_LEN..pos + len];
-            if !self.on_server_message(tag, body) {
+            // An error that names one of the client's statements by
+            // pgcell's name: the client reads its own name (rare: errors
+            // only).
+            let renamed = match (tag, self.pool.mode) {
+                (b'E', PoolMode::Transaction) => self.statements.client_error(body),
+                _ => None,
+            };
+            let keep = self.on_server_message(tag, body);
+            if !keep || renamed.is_some() {
                 to_client.extend_from_slice(&from_server[kept..pos]);
                 kept = pos + len;
                 copied = true;
+            }
+            if let (true, Some(body)) = (keep, renamed) {
+                messages::tagged(to_client, tag, &body);
             }
             ready_seen |= tag == b'Z';
             pos += len;

@@ -27,7 +27,8 @@ use super::prepared::ClientStatements;
 use super::relay::RelayBytes;
 use super::SessionError;
 use crate::backend::server::BackendLogin;
-use crate::backend::server::{OpenSettings, StartupProfile};
+use crate::backend::server::{OpenError, OpenSettings, StartupProfile};
+use crate::backend::ConnectError;
 use crate::cancel::IssuedKey;
 use crate::clients::ClientEntry;
 use crate::config::PoolMode;
@@ -36,7 +37,7 @@ use crate::pool::{AcquireError, Lease, Pool, PoolKey, Release};
 use crate::protocol::framing::{split_message, Message};
 use crate::protocol::messages;
 use crate::protocol::startup::StartupMessage;
-use crate::protocol::Severity;
+use crate::protocol::{ClientError, Severity, SqlState};
 use crate::route::Route;
 use crate::sql::Dialect;
 use crate::state::Shared;
@@ -146,6 +147,7 @@ where
         tenant: tenant.id().to_owned(),
         database,
         user: user.clone(),
+        target: route.target,
     };
     // The tenant as configured now (a reload may have run during login):
     // an older copy must never replace a newer pool.
@@ -225,6 +227,7 @@ where
         pool: pool.clone(),
         _pool_slot: pool_slot,
         cancel_key,
+        startup_pg_temp: super::engine::startup_searches_pg_temp(&profile.params),
         profile,
         session: ClientSession::default(),
         custom: CustomSettings::default(),
@@ -287,6 +290,9 @@ struct Session<'a> {
     /// The client's startup parameters: it gets backends that logged in
     /// with them.
     profile: Arc<StartupProfile>,
+    /// Its startup `search_path` names `pg_temp`: a plain `CREATE TABLE`
+    /// may make a temporary table.
+    startup_pg_temp: bool,
     /// What the client changed beyond its startup values, replayed on
     /// every backend it gets.
     session: ClientSession,
@@ -492,10 +498,15 @@ impl Session<'_> {
             self.follow_reload()?;
             let lease = match acquire(&self.pool, &self.profile, self.listed).await {
                 Ok(lease) => lease,
-                Err(SessionError::Acquire(AcquireError::Timeout(wait))) => {
+                Err(SessionError::Acquire(
+                    e @ (AcquireError::Timeout(_)
+                    | AcquireError::Open(OpenError::Connect(ConnectError::NoServer(_)))),
+                )) => {
                     // The statement fails, the session goes on: like
-                    // PostgreSQL after an error, skip to the Sync.
-                    self.refuse_statement(client, wait).await?;
+                    // PostgreSQL after an error, skip to the Sync. (No
+                    // server fits now: a split brain, no replica fit, a
+                    // failover longer than acquire_timeout.)
+                    self.refuse_statement(client, &e).await?;
                     match msg.tag {
                         b'Q' | b'F' => self.answer_ready(client).await?,
                         b'S' => self.answer_ready(client).await?,
@@ -570,12 +581,13 @@ impl Session<'_> {
     async fn refuse_statement<C: AsyncWrite + Unpin>(
         &mut self,
         client: &mut C,
-        wait: std::time::Duration,
+        error: &AcquireError,
     ) -> Result<(), SessionError> {
-        super::pool_timeout(wait, Severity::Error)
-            .send(client)
-            .await
-            .map_err(SessionError::ClientIo)
+        let refusal = match error {
+            AcquireError::Timeout(wait) => super::pool_timeout(*wait, Severity::Error),
+            other => ClientError::statement(SqlState::CANNOT_CONNECT_NOW, other.to_string()),
+        };
+        refusal.send(client).await.map_err(SessionError::ClientIo)
     }
 
     /// `ReadyForQuery` for a statement pgcell answered itself (no backend).

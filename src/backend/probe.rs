@@ -1,0 +1,316 @@
+//! The replication probe: what each of a tenant's servers says about
+//! itself (in recovery or not, its WAL position, how long ago it replayed
+//! a transaction), turned into roles, lag and exclusions for the tenant's
+//! [`Topology`] (docs/replicas.md).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::server::{BackendLogin, OpenSettings, ServerConn, StartupProfile};
+use super::topology::{Role, ServerState, Target, Topology};
+use super::Targets;
+use crate::config::ReplicationConfig;
+
+/// One query, one round trip: (name, value) rows. The WAL position is the
+/// primary's current one, or the replica's replayed one, in bytes.
+pub const PROBE_QUERY: &str = "SELECT 'recovery', pg_catalog.pg_is_in_recovery()::text \
+UNION ALL SELECT 'lsn', (CASE WHEN pg_catalog.pg_is_in_recovery() \
+THEN pg_catalog.pg_last_wal_replay_lsn() ELSE pg_catalog.pg_current_wal_lsn() END \
+- '0/0'::pg_catalog.pg_lsn)::text \
+UNION ALL SELECT 'replay_age', coalesce(pg_catalog.extract(epoch FROM pg_catalog.now() \
+- pg_catalog.pg_last_xact_replay_timestamp())::text, '')";
+
+/// What one server answered.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answer {
+    /// It answered the probe.
+    Up {
+        /// In recovery.
+        recovery: bool,
+        /// WAL position in bytes.
+        lsn: Option<u64>,
+        /// Seconds since it replayed a transaction.
+        replay_age: Option<f64>,
+    },
+    /// It could not be reached, refused the login, or failed the query.
+    Down(String),
+}
+
+/// Reads the probe's rows.
+pub fn answer_of(rows: &[(String, String)]) -> Answer {
+    let get = |name: &str| {
+        rows.iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    };
+    match get("recovery") {
+        Some(r) => Answer::Up {
+            recovery: r == "true",
+            lsn: get("lsn")
+                .and_then(|v| v.parse::<f64>().ok())
+                .map(|v| v as u64),
+            replay_age: get("replay_age").and_then(|v| v.parse().ok()),
+        },
+        None => Answer::Down("the probe query returned no rows".into()),
+    }
+}
+
+/// Turns one round's answers into server states: roles, lag against the
+/// primary that answered, exclusions (a replica excluded for lag comes
+/// back only once under half the limit, so it does not flap).
+pub fn judge(
+    answers: &[Answer],
+    previous: &[ServerState],
+    config: &ReplicationConfig,
+    now: Instant,
+) -> Vec<ServerState> {
+    let primary_lsn = answers
+        .iter()
+        .filter_map(|a| match a {
+            Answer::Up {
+                recovery: false,
+                lsn,
+                ..
+            } => *lsn,
+            _ => None,
+        })
+        .max();
+    answers
+        .iter()
+        .enumerate()
+        .map(|(i, answer)| {
+            let was = previous.get(i).cloned().unwrap_or_default();
+            let mut state = ServerState {
+                probed_at: Some(now),
+                ..ServerState::default()
+            };
+            match answer {
+                Answer::Down(why) => state.excluded = Some(format!("unreachable: {why}")),
+                Answer::Up {
+                    recovery: false, ..
+                } => state.role = Role::Primary,
+                Answer::Up {
+                    recovery: true,
+                    lsn,
+                    replay_age,
+                } => {
+                    state.role = Role::Replica;
+                    state.lag_bytes = match (primary_lsn, lsn) {
+                        (Some(p), Some(r)) => Some(p.saturating_sub(*r)),
+                        _ => None,
+                    };
+                    // Caught up: no lag, however long the primary idled.
+                    state.lag_seconds = match state.lag_bytes {
+                        Some(0) => Some(0.0),
+                        _ => *replay_age,
+                    };
+                    let was_lagging = was
+                        .excluded
+                        .as_deref()
+                        .is_some_and(|e| e.starts_with("lag"));
+                    // Hysteresis: back only under half the limit.
+                    let scale = if was_lagging { 0.5 } else { 1.0 };
+                    let max_bytes = config.max_replica_lag_bytes as f64 * scale;
+                    if let Some(bytes) = state.lag_bytes.filter(|b| *b as f64 > max_bytes) {
+                        state.excluded = Some(format!("lag of {bytes} bytes"));
+                    } else if let (Some(max), Some(secs)) =
+                        (config.max_replica_lag, state.lag_seconds)
+                    {
+                        if secs > max.as_secs_f64() * scale {
+                            state.excluded = Some(format!("lag of {secs:.1} s"));
+                        }
+                    }
+                }
+            }
+            state
+        })
+        .collect()
+}
+
+/// Probes one server on `conn` (opened first when there is none); the
+/// connection comes back when it is still good.
+pub async fn probe_server(
+    targets: Targets<'_>,
+    server: usize,
+    conn: Option<ServerConn>,
+    login: &(String, BackendLogin),
+    config: &ReplicationConfig,
+    open: &OpenSettings,
+) -> (Option<ServerConn>, Answer) {
+    let attempt = async {
+        let mut conn = match conn {
+            Some(conn) => conn,
+            None => {
+                let profile = Arc::new(StartupProfile {
+                    params: vec![("application_name".into(), "pgcell-probe".into())],
+                });
+                ServerConn::open_server(
+                    targets,
+                    server,
+                    &config.probe_database,
+                    &login.0,
+                    &login.1,
+                    &profile,
+                    open,
+                )
+                .await
+                .map_err(|e| e.to_string())?
+            }
+        };
+        let rows = conn
+            .run_own(PROBE_QUERY)
+            .await
+            .map_err(|e| format!("probe query failed: {e:?}"))?;
+        Ok::<_, String>((conn, answer_of(&rows)))
+    };
+    match tokio::time::timeout(config.probe_timeout, attempt).await {
+        Ok(Ok((conn, answer))) => (Some(conn), answer),
+        Ok(Err(why)) => (None, Answer::Down(why)),
+        Err(_) => (
+            None,
+            Answer::Down(format!("no answer within {:?}", config.probe_timeout)),
+        ),
+    }
+}
+
+/// One probe round over every server of a tenant, at once; `conns` holds
+/// the probe's connections between rounds (one slot per server).
+pub async fn probe_round(
+    topology: &Topology,
+    targets: Targets<'_>,
+    conns: &mut Vec<Option<ServerConn>>,
+    login: &(String, BackendLogin),
+    config: &ReplicationConfig,
+    open: &OpenSettings,
+) {
+    let n = topology.servers().len();
+    conns.resize_with(n, || None);
+    let targets = Targets {
+        target: Target::Primary,
+        ..targets
+    };
+    let rounds = (0..n).map(|i| {
+        let conn = conns[i].take();
+        probe_server(targets, i, conn, login, config, open)
+    });
+    let results = join_all(rounds).await;
+    let mut answers = Vec::with_capacity(n);
+    for (i, (conn, answer)) in results.into_iter().enumerate() {
+        conns[i] = conn;
+        answers.push(answer);
+    }
+    let previous: Vec<ServerState> = (0..n).map(|i| topology.state(i)).collect();
+    topology.probed(judge(&answers, &previous, config, Instant::now()));
+}
+
+/// Runs `futures` at once on this task and returns their outputs in order.
+async fn join_all<F: std::future::Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output> {
+    let mut pending: Vec<std::pin::Pin<Box<F>>> = futures.map(Box::pin).collect();
+    let mut done: Vec<Option<F::Output>> = pending.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut all = true;
+        for (i, f) in pending.iter_mut().enumerate() {
+            if done[i].is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(out) => done[i] = Some(out),
+                    std::task::Poll::Pending => all = false,
+                }
+            }
+        }
+        if all {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    done.into_iter().flatten().collect()
+}
+
+/// The pause between rounds.
+pub fn interval(config: &ReplicationConfig) -> Duration {
+    config.probe_interval
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn up(recovery: bool, lsn: u64) -> Answer {
+        Answer::Up {
+            recovery,
+            lsn: Some(lsn),
+            replay_age: Some(100.0),
+        }
+    }
+
+    #[test]
+    fn lag_is_measured_against_the_primary_and_excludes_with_hysteresis() {
+        let config = ReplicationConfig {
+            max_replica_lag_bytes: 1000,
+            ..ReplicationConfig::default()
+        };
+        let now = Instant::now();
+        let states = judge(
+            &[
+                up(false, 10_000),
+                up(true, 10_000),
+                up(true, 8_000),
+                Answer::Down("refused".into()),
+            ],
+            &[],
+            &config,
+            now,
+        );
+        assert_eq!(states[0].role, Role::Primary);
+        assert_eq!(
+            (states[1].lag_bytes, states[1].lag_seconds),
+            (Some(0), Some(0.0))
+        );
+        assert!(states[1].excluded.is_none());
+        assert_eq!(states[2].excluded.as_deref(), Some("lag of 2000 bytes"));
+        assert!(states[3].excluded.as_deref().unwrap().contains("refused"));
+        assert_eq!(states[3].role, Role::Unknown);
+        // 700 bytes behind: under the limit, but not under half of it.
+        let again = judge(
+            &[up(false, 10_700), up(true, 10_700), up(true, 10_000)],
+            &states,
+            &config,
+            now,
+        );
+        assert!(again[2].excluded.is_some(), "flapped back at 700 of 1000");
+        let back = judge(
+            &[up(false, 10_700), up(true, 10_700), up(true, 10_300)],
+            &again,
+            &config,
+            now,
+        );
+        assert!(back[2].excluded.is_none());
+    }
+
+    #[test]
+    fn rows_are_read_whatever_they_hold() {
+        let rows = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+            v.iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect()
+        };
+        assert_eq!(
+            answer_of(&rows(&[
+                ("recovery", "true"),
+                ("lsn", "123"),
+                ("replay_age", "")
+            ])),
+            Answer::Up {
+                recovery: true,
+                lsn: Some(123),
+                replay_age: None
+            }
+        );
+        assert!(matches!(answer_of(&rows(&[])), Answer::Down(_)));
+        assert!(matches!(
+            answer_of(&rows(&[("recovery", "false"), ("lsn", "x")])),
+            Answer::Up { lsn: None, .. }
+        ));
+    }
+}

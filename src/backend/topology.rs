@@ -1,0 +1,414 @@
+//! What pgcell knows of a tenant's servers: which is the primary, which
+//! are replicas, how far each replica lags, which are excluded and why
+//! (docs/replicas.md). Learnt from the servers themselves: the
+//! `in_hot_standby` every login reports (PostgreSQL 14+), and the probe
+//! (`backend::probe`). [`Topology::candidates`] turns it into the order in
+//! which a new backend connection tries the servers.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
+
+/// What a client's backend must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Target {
+    /// The primary (the default: writes go there).
+    #[default]
+    Primary,
+    /// A replica; with `fallback`, the primary when no replica is fit.
+    Replica {
+        /// The primary serves when no replica is fit.
+        fallback: bool,
+    },
+}
+
+impl Target {
+    /// A label for metrics and the console.
+    pub fn label(self) -> &'static str {
+        match self {
+            Target::Primary => "primary",
+            Target::Replica { .. } => "replica",
+        }
+    }
+}
+
+/// A server's role, as last seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Role {
+    /// Not seen yet (or it never answered).
+    #[default]
+    Unknown,
+    /// Not in recovery.
+    Primary,
+    /// In recovery (a hot standby).
+    Replica,
+}
+
+impl Role {
+    /// A label for metrics and the console.
+    pub fn label(self) -> &'static str {
+        match self {
+            Role::Unknown => "unknown",
+            Role::Primary => "primary",
+            Role::Replica => "replica",
+        }
+    }
+}
+
+/// What the last probe of a server found.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ServerState {
+    /// Its role.
+    pub role: Role,
+    /// Bytes of WAL the primary has that it has not replayed.
+    pub lag_bytes: Option<u64>,
+    /// Seconds since the last transaction it replayed (0 when it has
+    /// replayed all the primary has).
+    pub lag_seconds: Option<f64>,
+    /// Why it gets no new clients, when it does not.
+    pub excluded: Option<String>,
+    /// When it was last probed.
+    pub probed_at: Option<Instant>,
+}
+
+/// One server of a tenant.
+#[derive(Debug)]
+pub struct Server {
+    /// `host:port` as configured.
+    pub addr: String,
+    state: Mutex<ServerState>,
+    /// Backend connections open to it.
+    open: Arc<AtomicUsize>,
+}
+
+/// One backend connection counted against its server while it lives.
+#[derive(Debug)]
+pub struct OpenGuard(Arc<AtomicUsize>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Why no server can be tried.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NoServer {
+    /// Two servers say they are primary and the operator named none.
+    #[error("two servers report they are the primary ({0}); writes are refused until one is named or demoted")]
+    SplitBrain(String),
+    /// Every server that answered is in recovery: no primary now (a
+    /// failover under way).
+    #[error("no server is the primary now (last tried: {0})")]
+    NoPrimary(String),
+    /// No replica is fit and the tenant refuses the primary instead.
+    #[error("no replica is fit to serve ({0})")]
+    NoReplica(String),
+}
+
+/// The servers of one tenant.
+#[derive(Debug)]
+pub struct Topology {
+    servers: Vec<Server>,
+    /// The primary the operator named (`[tenants.replication] primary`).
+    named_primary: Option<usize>,
+    /// The last probe round found two primaries.
+    split_brain: AtomicBool,
+    /// Mixes the power-of-two choices.
+    picks: AtomicUsize,
+}
+
+impl Topology {
+    /// A topology of `servers` (`host:port`), nothing known yet.
+    pub fn new(servers: &[String], named_primary: Option<&str>) -> Topology {
+        Topology {
+            servers: servers
+                .iter()
+                .map(|addr| Server {
+                    addr: addr.clone(),
+                    state: Mutex::new(ServerState::default()),
+                    open: Arc::new(AtomicUsize::new(0)),
+                })
+                .collect(),
+            named_primary: named_primary.and_then(|n| servers.iter().position(|s| s == n)),
+            split_brain: AtomicBool::new(false),
+            picks: AtomicUsize::new(0),
+        }
+    }
+
+    /// Whether this topology follows exactly `servers` with `named_primary`
+    /// (a reload that keeps them keeps what is known).
+    pub fn follows(&self, servers: &[String], named_primary: Option<&str>) -> bool {
+        self.servers.len() == servers.len()
+            && self.servers.iter().zip(servers).all(|(s, a)| &s.addr == a)
+            && self.named_primary.map(|i| self.servers[i].addr.as_str()) == named_primary
+    }
+
+    /// The servers.
+    pub fn servers(&self) -> &[Server] {
+        &self.servers
+    }
+
+    /// What is known of server `i`.
+    pub fn state(&self, i: usize) -> ServerState {
+        self.lock(i).clone()
+    }
+
+    /// Backend connections open to server `i`.
+    pub fn open_count(&self, i: usize) -> usize {
+        self.servers[i].open.load(Ordering::Acquire)
+    }
+
+    /// Counts a backend connection to server `i` until the guard drops.
+    pub fn count_open(&self, i: usize) -> OpenGuard {
+        self.servers[i].open.fetch_add(1, Ordering::AcqRel);
+        OpenGuard(self.servers[i].open.clone())
+    }
+
+    fn lock(&self, i: usize) -> std::sync::MutexGuard<'_, ServerState> {
+        self.servers[i]
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A login to server `i` reported its role (`in_hot_standby`).
+    pub fn saw_role(&self, i: usize, role: Role) {
+        let mut state = self.lock(i);
+        if state.role != role {
+            tracing::info!(server = %self.servers[i].addr, role = role.label(), "server role changed");
+        }
+        state.role = role;
+    }
+
+    /// Records a probe round's findings (one entry per server) and
+    /// whether it found two primaries.
+    pub fn probed(&self, states: Vec<ServerState>) {
+        let primaries: Vec<&str> = states
+            .iter()
+            .zip(&self.servers)
+            .filter(|(s, _)| s.role == Role::Primary)
+            .map(|(_, server)| server.addr.as_str())
+            .collect();
+        let split = primaries.len() > 1 && self.named_primary.is_none();
+        if split && !self.split_brain.load(Ordering::Acquire) {
+            tracing::error!(servers = ?primaries, "split brain: two servers report they are the primary; writes refused");
+        }
+        self.split_brain.store(split, Ordering::Release);
+        for (i, state) in states.into_iter().enumerate().take(self.servers.len()) {
+            let mut held = self.lock(i);
+            if held.role != state.role && state.role != Role::Unknown {
+                tracing::info!(server = %self.servers[i].addr, role = state.role.label(), "server role changed");
+            }
+            *held = state;
+        }
+    }
+
+    /// Whether the last probe round found two primaries (and the operator
+    /// named none).
+    pub fn split_brain(&self) -> bool {
+        self.split_brain.load(Ordering::Acquire)
+    }
+
+    /// The servers to try for `target`, in order, each with whether it
+    /// serves only as the fallback (the primary for a replica client).
+    /// Every login confirms the role (`in_hot_standby`), so a server whose
+    /// role is stale is tried last, never trusted.
+    pub fn candidates(&self, target: Target) -> Result<Vec<(usize, bool)>, NoServer> {
+        let states: Vec<ServerState> = (0..self.servers.len()).map(|i| self.state(i)).collect();
+        let fit = |i: &usize| states[*i].excluded.is_none();
+        let with_role = |role: Role| -> Vec<usize> {
+            (0..states.len())
+                .filter(|i| states[*i].role == role)
+                .collect()
+        };
+        let primaries = || -> Result<Vec<usize>, NoServer> {
+            if let Some(named) = self.named_primary {
+                return Ok(vec![named]);
+            }
+            if self.split_brain() {
+                let names: Vec<&str> = with_role(Role::Primary)
+                    .into_iter()
+                    .map(|i| self.servers[i].addr.as_str())
+                    .collect();
+                return Err(NoServer::SplitBrain(names.join(", ")));
+            }
+            // Known primary first, then servers not seen yet, then the
+            // rest (roles change: a login tells).
+            let mut order = with_role(Role::Primary);
+            order.extend(with_role(Role::Unknown));
+            order.extend(with_role(Role::Replica));
+            // Unreachable ones last, in the same order.
+            order.sort_by_key(|i| !fit(i));
+            Ok(order)
+        };
+        match target {
+            Target::Primary => Ok(primaries()?.into_iter().map(|i| (i, false)).collect()),
+            Target::Replica { fallback } => {
+                let mut replicas: Vec<usize> =
+                    with_role(Role::Replica).into_iter().filter(fit).collect();
+                self.order_by_load(&mut replicas);
+                let mut order: Vec<(usize, bool)> = replicas.iter().map(|&i| (i, false)).collect();
+                // Not seen yet: a login tells whether it is a replica.
+                order.extend(
+                    with_role(Role::Unknown)
+                        .into_iter()
+                        .filter(fit)
+                        .map(|i| (i, false)),
+                );
+                if fallback {
+                    if let Ok(primaries) = primaries() {
+                        for i in primaries {
+                            if states[i].role == Role::Primary
+                                && !order.iter().any(|(j, _)| *j == i)
+                            {
+                                order.push((i, true));
+                            }
+                        }
+                    }
+                }
+                if order.is_empty() {
+                    let why: Vec<String> = (0..states.len())
+                        .map(|i| {
+                            let s = &states[i];
+                            format!(
+                                "{}: {}{}",
+                                self.servers[i].addr,
+                                s.role.label(),
+                                s.excluded
+                                    .as_deref()
+                                    .map(|e| format!(", excluded: {e}"))
+                                    .unwrap_or_default()
+                            )
+                        })
+                        .collect();
+                    return Err(NoServer::NoReplica(why.join("; ")));
+                }
+                Ok(order)
+            }
+        }
+    }
+
+    /// Orders fit replicas for a new connection: the first by the power of
+    /// two choices (of two picked in turn, the one with fewer open
+    /// connections), the rest by open connections.
+    fn order_by_load(&self, replicas: &mut [usize]) {
+        replicas.sort_by_key(|&i| self.open_count(i));
+        if replicas.len() >= 2 {
+            let n = self.picks.fetch_add(1, Ordering::Relaxed);
+            let a = n % replicas.len();
+            let b = (a + 1 + (n / replicas.len()) % (replicas.len() - 1)) % replicas.len();
+            let pick = if self.open_count(replicas[a]) <= self.open_count(replicas[b]) {
+                a
+            } else {
+                b
+            };
+            replicas[..=pick].rotate_right(1);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn topology(n: usize) -> Topology {
+        let servers: Vec<String> = (0..n).map(|i| format!("s{i}:5432")).collect();
+        Topology::new(&servers, None)
+    }
+
+    fn state(role: Role, excluded: Option<&str>) -> ServerState {
+        ServerState {
+            role,
+            excluded: excluded.map(str::to_owned),
+            ..ServerState::default()
+        }
+    }
+
+    #[test]
+    fn the_primary_is_tried_first_wherever_it_is_listed() {
+        let t = topology(3);
+        assert_eq!(
+            t.candidates(Target::Primary).unwrap(),
+            vec![(0, false), (1, false), (2, false)]
+        );
+        t.saw_role(0, Role::Replica);
+        t.saw_role(2, Role::Primary);
+        let order: Vec<usize> = t
+            .candidates(Target::Primary)
+            .unwrap()
+            .into_iter()
+            .map(|c| c.0)
+            .collect();
+        assert_eq!(order, vec![2, 1, 0]);
+    }
+
+    #[test]
+    fn two_primaries_refuse_writes_unless_one_is_named() {
+        let t = topology(2);
+        t.probed(vec![state(Role::Primary, None), state(Role::Primary, None)]);
+        assert!(matches!(
+            t.candidates(Target::Primary),
+            Err(NoServer::SplitBrain(_))
+        ));
+        // Reads still go to replicas (none here, and the fallback is not
+        // a primary that cannot be told apart).
+        assert!(t.candidates(Target::Replica { fallback: true }).is_err());
+        let servers = ["s0:5432".to_owned(), "s1:5432".to_owned()];
+        let named = Topology::new(&servers, Some("s1:5432"));
+        named.probed(vec![state(Role::Primary, None), state(Role::Primary, None)]);
+        assert_eq!(named.candidates(Target::Primary).unwrap(), vec![(1, false)]);
+        // One primary again: writes go on.
+        t.probed(vec![state(Role::Replica, None), state(Role::Primary, None)]);
+        assert_eq!(t.candidates(Target::Primary).unwrap()[0], (1, false));
+    }
+
+    #[test]
+    fn replicas_exclude_the_unfit_and_fall_back_only_when_allowed() {
+        let t = topology(3);
+        t.probed(vec![
+            state(Role::Primary, None),
+            state(Role::Replica, Some("lag")),
+            state(Role::Replica, None),
+        ]);
+        assert_eq!(
+            t.candidates(Target::Replica { fallback: true }).unwrap(),
+            vec![(2, false), (0, true)]
+        );
+        assert_eq!(
+            t.candidates(Target::Replica { fallback: false }).unwrap(),
+            vec![(2, false)]
+        );
+        t.probed(vec![
+            state(Role::Primary, None),
+            state(Role::Replica, Some("lag")),
+            state(Role::Replica, Some("unreachable")),
+        ]);
+        let err = t
+            .candidates(Target::Replica { fallback: false })
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("s2:5432: replica, excluded: unreachable"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn new_connections_spread_over_replicas_by_load() {
+        let t = topology(3);
+        t.probed(vec![
+            state(Role::Primary, None),
+            state(Role::Replica, None),
+            state(Role::Replica, None),
+        ]);
+        let mut guards = Vec::new();
+        for _ in 0..20 {
+            let (first, _) = t.candidates(Target::Replica { fallback: false }).unwrap()[0];
+            guards.push(t.count_open(first));
+        }
+        assert_eq!((t.open_count(1), t.open_count(2)), (10, 10));
+        guards.clear();
+        assert_eq!(t.open_count(1) + t.open_count(2), 0);
+    }
+}
