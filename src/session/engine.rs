@@ -667,12 +667,20 @@ mod tests {
             out.query(&CustomSettings::default()).as_deref(),
             Some(RESET)
         );
-        // Something not understood: read back and check for state.
+        // Something not understood: read back, check for state, and drop
+        // the prepared statements (it may have dropped some of them).
         c.executed(verdict("frobnicate"), false);
         let out = c.checkin(policy);
-        assert!(out.capture && out.check_state);
+        assert!(out.capture && out.check_state && out.forget_statements);
         let q = out.query(&CustomSettings::default()).unwrap();
-        assert!(q.starts_with(STATE_CHECK) && q.ends_with(RESET), "{q}");
+        assert!(
+            q.starts_with(STATE_CHECK) && q.ends_with(&format!("{RESET}; DEALLOCATE ALL")),
+            "{q}"
+        );
+        // The client leaves after it: checked too (transaction mode).
+        c.executed(verdict("DO $$ BEGIN NULL; END $$"), false);
+        let out = c.finish(policy, false);
+        assert!(out.check_state && out.forget_statements && out.reset);
         // State that cannot be carried: settings still read back, closed.
         assert_eq!(
             c.executed(verdict("SET ROLE r; LISTEN x"), false),
