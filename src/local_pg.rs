@@ -31,12 +31,18 @@ pub struct Cluster {
 }
 
 /// Finds the directory holding `initdb`, `pg_ctl` and `postgres`: `PATH`
-/// first, then the newest `/usr/lib/postgresql/*/bin`.
+/// first, then the newest `/usr/lib/postgresql/*/bin`. A `pg_ctl` found
+/// on `PATH` as a link leads to the installation's own directory, which
+/// also holds `pg_basebackup` and the rest.
 pub fn find_bin_dir() -> Option<PathBuf> {
     if let Some(path) = std::env::var_os("PATH") {
         for dir in std::env::split_paths(&path) {
             if dir.join("initdb").is_file() && dir.join("pg_ctl").is_file() {
-                return Some(dir);
+                let real = std::fs::canonicalize(dir.join("pg_ctl"))
+                    .ok()
+                    .and_then(|p| p.parent().map(Path::to_path_buf))
+                    .filter(|d| d.join("initdb").is_file());
+                return Some(real.unwrap_or(dir));
             }
         }
     }
@@ -145,16 +151,95 @@ impl Cluster {
 
     fn start_on_free_port(&mut self) -> io::Result<()> {
         let mut last = None;
+        // Keep what else the file holds (a replica's primary_conninfo).
+        let auto = self.data.join("postgresql.auto.conf");
+        let kept: String = std::fs::read_to_string(&auto)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("port"))
+            .map(|l| format!("{l}\n"))
+            .collect();
         for _ in 0..5 {
             self.port = free_port()?;
-            let port_line = format!("port = {}\n", self.port);
-            std::fs::write(self.data.join("postgresql.auto.conf"), port_line)?;
+            let port_line = format!("{kept}port = {}\n", self.port);
+            std::fs::write(&auto, port_line)?;
             match self.restart() {
                 Ok(()) => return Ok(()),
                 Err(e) => last = Some(e),
             }
         }
         Err(last.unwrap_or_else(|| io::Error::other("postgres did not start")))
+    }
+
+    /// A streaming replica of `primary` (`pg_basebackup -R` over its Unix
+    /// socket), started on a free port, named `name`.
+    pub fn replica_of(primary: &Cluster, name: &str) -> io::Result<Cluster> {
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let base = std::env::temp_dir().join(format!("pgcell-{name}-{}-{id}", std::process::id()));
+        if base.exists() {
+            std::fs::remove_dir_all(&base)?;
+        }
+        std::fs::create_dir_all(&base)?;
+        let data = base.join("data");
+        let socket_dir = base.join("sock");
+        std::fs::create_dir_all(&socket_dir)?;
+        if let Some(user) = &primary.run_as {
+            chown_to(&base, user)?;
+            chown_to(&socket_dir, user)?;
+        }
+        let mut replica = Cluster {
+            name: name.to_owned(),
+            base,
+            data,
+            socket_dir,
+            bin: primary.bin.clone(),
+            port: 0,
+            run_as: primary.run_as.clone(),
+            stopped: true,
+        };
+        let socket = path_str(&primary.socket_dir)?.to_owned();
+        let port = primary.port.to_string();
+        let data = path_str(&replica.data)?.to_owned();
+        replica.run_checked(
+            "pg_basebackup",
+            &[
+                "-h", &socket, "-p", &port, "-U", "postgres", "-D", &data, "-R", "-X", "stream",
+                "-c", "fast",
+            ],
+        )?;
+        let conf = format!(
+            "\n# replica\nunix_socket_directories = '{}'\ncluster_name = '{}'\nhot_standby = on\n",
+            replica.socket_dir.display(),
+            name
+        );
+        append(&replica.data.join("postgresql.conf"), &conf)?;
+        replica.start_on_free_port()?;
+        Ok(replica)
+    }
+
+    /// Promotes a replica (`pg_ctl promote`, waiting until it is done).
+    pub fn promote(&self) -> io::Result<()> {
+        self.run_checked("pg_ctl", &["-D", path_str(&self.data)?, "-w", "promote"])
+            .map(|_| ())
+    }
+
+    /// Makes a stopped server a standby of `primary` and starts it (an
+    /// old primary coming back after a failover).
+    pub fn restart_as_standby_of(&mut self, primary: &Cluster) -> io::Result<()> {
+        let auto = self.data.join("postgresql.auto.conf");
+        let conninfo = format!(
+            "primary_conninfo = 'host={} port={} user=postgres'\nport = {}\n",
+            primary.socket_dir.display(),
+            primary.port,
+            self.port
+        );
+        std::fs::write(&auto, conninfo)?;
+        std::fs::write(self.data.join("standby.signal"), "")?;
+        if let Some(user) = &self.run_as {
+            chown_to(&auto, user)?;
+            chown_to(&self.data.join("standby.signal"), user)?;
+        }
+        self.restart()
     }
 
     /// The cluster's `cluster_name`.

@@ -22,4 +22,5 @@ mod pooling;
 mod pre_startup;
 mod proxy_header;
 mod replicas;
+mod replication;
 mod routing;

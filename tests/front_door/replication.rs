@@ -1,0 +1,377 @@
+//! A tenant's primary and streaming replicas behind one front door, with
+//! real replication: replicas made with `pg_basebackup -R`, replay paused
+//! with `pg_wal_replay_pause()`, a failover with `pg_ctl promote`
+//! (docs/replicas.md).
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use pgcell::local_pg::Cluster;
+
+use crate::harness::*;
+
+/// A pooled tenant `id` over `servers` (in that order) with `replication`
+/// keys, its user `app` also the probe's.
+fn replicated_tenant(id: &str, servers: &[&Cluster], pool: &str, replication: &str) -> String {
+    let backends: Vec<String> = servers
+        .iter()
+        .map(|c| format!("\"{}\"", c.addr()))
+        .collect();
+    format!(
+        "[[tenants]]\nid = \"{id}\"\nbackends = [{}]\n[tenants.pool]\n{pool}\n\
+         [tenants.replication]\nprobe_user = \"app\"\nprobe_interval = \"200ms\"\nprobe_timeout = \"1s\"\n{replication}\n\
+         [[tenants.users]]\nname = \"app\"\npassword_file = \"{{pw}}\"\n",
+        backends.join(", ")
+    )
+}
+
+async fn proxy(tenants: &str) -> Proxy {
+    Proxy::start_with_files(&config_text("", "allow", tenants), &[("pw", APP_PASSWORD)]).await
+}
+
+/// The port of the server a new connection's transaction runs on, and
+/// whether it is in recovery.
+async fn served_by(config: &tokio_postgres::Config) -> Result<(u16, bool), String> {
+    let (client, _conn) = connect(config).await.map_err(|e| code_of(&e))?;
+    let row = client
+        .query_one("SELECT inet_server_port(), pg_is_in_recovery()", &[])
+        .await
+        .map_err(|e| code_of(&e))?;
+    Ok((row.get::<_, i32>(0) as u16, row.get(1)))
+}
+
+/// Waits until the probe has seen every server's role.
+async fn roles_known(proxy: &Proxy, servers: &[(&Cluster, f64)]) {
+    eventually(
+        Duration::from_secs(10),
+        "the probe sees every role",
+        || async {
+            let text = proxy.metrics().await;
+            let known = servers.iter().all(|(c, role)| {
+                metric(
+                    &text,
+                    "pgcell_server_role",
+                    &[("server", &c.addr().to_string())],
+                ) == Some(*role)
+            });
+            if known {
+                Ok(())
+            } else {
+                Err(text
+                    .lines()
+                    .filter(|l| l.starts_with("pgcell_server") || l.starts_with("pgcell_split"))
+                    .collect::<Vec<_>>()
+                    .join("\n"))
+            }
+        },
+    )
+    .await;
+}
+
+fn replica(primary: &Cluster, name: &str) -> Cluster {
+    Cluster::replica_of(primary, name).expect("pg_basebackup replica")
+}
+
+/// Waits until `replica` has replayed everything `primary` wrote so far.
+async fn caught_up(primary: &Cluster, replica: &Cluster) {
+    let lsn = primary
+        .psql("postgres", "SELECT pg_current_wal_lsn()")
+        .unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "the replica catches up",
+        || async {
+            replica
+                .psql(
+                    "postgres",
+                    &format!("SELECT pg_last_wal_replay_lsn() >= '{lsn}'"),
+                )
+                .map(|v| v == "t")
+                .unwrap_or(false)
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_find_the_primary_and_reads_spread_over_fresh_replicas() {
+    let p = cluster("repl-primary");
+    p.psql("app", "CREATE TABLE t (v int); ALTER TABLE t OWNER TO app")
+        .unwrap();
+    let r1 = replica(&p, "repl-r1");
+    let r2 = replica(&p, "repl-r2");
+    // A standby listed first: writes must still find the primary.
+    let proxy = proxy(&replicated_tenant(
+        "acme",
+        &[&r1, &p, &r2],
+        "mode = \"transaction\"\nsize = 4\nacquire_timeout = \"5s\"",
+        "max_replica_lag_bytes = 200000",
+    ))
+    .await;
+    roles_known(&proxy, &[(&p, 1.0), (&r1, 0.0), (&r2, 0.0)]).await;
+
+    // Writes: always the primary, never a server in recovery.
+    let writer = proxy.pg_config("app.acme");
+    let (client, _c) = connect(&writer).await.unwrap();
+    for i in 0..20 {
+        client
+            .execute("INSERT INTO t VALUES ($1)", &[&i])
+            .await
+            .unwrap();
+        let row = client
+            .query_one("SELECT inet_server_port(), pg_is_in_recovery()", &[])
+            .await
+            .unwrap();
+        assert_eq!(
+            (row.get::<_, i32>(0) as u16, row.get::<_, bool>(1)),
+            (p.port(), false)
+        );
+    }
+
+    // Reads, in every form a client can ask: spread over both replicas,
+    // none to the primary. Four clients hold a transaction open each, so
+    // the pool opens four backends.
+    let mut alias = proxy.pg_config("app.acme-ro");
+    alias.options("");
+    let mut read_only = proxy.pg_config("app.acme");
+    read_only.options("-c target_session_attrs=read-only");
+    let mut standby = proxy.pg_config("app.acme");
+    standby.options("-c target_session_attrs=standby");
+    for config in [&alias, &read_only, &standby] {
+        let mut held = Vec::new();
+        let mut ports = BTreeSet::new();
+        for _ in 0..4 {
+            let (client, conn) = connect(config).await.unwrap();
+            client.batch_execute("BEGIN").await.unwrap();
+            let row = client
+                .query_one("SELECT inet_server_port(), pg_is_in_recovery()", &[])
+                .await
+                .unwrap();
+            assert!(
+                row.get::<_, bool>(1),
+                "a read-only client reached the primary"
+            );
+            ports.insert(row.get::<_, i32>(0) as u16);
+            held.push((client, conn));
+        }
+        assert_eq!(
+            ports,
+            BTreeSet::from([r1.port(), r2.port()]),
+            "reads not spread over both replicas"
+        );
+        for (client, _) in &held {
+            client.batch_execute("COMMIT").await.unwrap();
+        }
+    }
+    // The tenant's own name with target_session_attrs=read-write, and a
+    // bad value, as libpq names them.
+    let mut rw = proxy.pg_config("app.acme");
+    rw.options("-c target_session_attrs=read-write");
+    assert_eq!(served_by(&rw).await.unwrap(), (p.port(), false));
+    let mut bad = proxy.pg_config("app.acme");
+    bad.options("-c target_session_attrs=sometimes");
+    assert_eq!(served_by(&bad).await.unwrap_err(), "22023");
+
+    // A replica whose replay is paused falls behind past
+    // max_replica_lag_bytes: it gets no new reads, and comes back once it
+    // has caught up.
+    r1.psql("postgres", "SELECT pg_wal_replay_pause()").unwrap();
+    p.psql("app", "INSERT INTO t SELECT generate_series(1, 20000)")
+        .unwrap();
+    let r1_label = r1.addr().to_string();
+    eventually(
+        Duration::from_secs(10),
+        "the lagging replica is excluded",
+        || async {
+            metric(
+                &proxy.metrics().await,
+                "pgcell_server_excluded",
+                &[("server", &r1_label)],
+            ) == Some(1.0)
+        },
+    )
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let (client, conn) = connect(&read_only).await.unwrap();
+        client.batch_execute("BEGIN").await.unwrap();
+        let port: i32 = client
+            .query_one("SELECT inet_server_port()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(port as u16, r2.port(), "a lagging replica got a read");
+        held.push((client, conn));
+    }
+    for (client, _) in &held {
+        client.batch_execute("COMMIT").await.unwrap();
+    }
+    drop(held);
+    r1.psql("postgres", "SELECT pg_wal_replay_resume()")
+        .unwrap();
+    caught_up(&p, &r1).await;
+    eventually(Duration::from_secs(10), "the replica is back", || async {
+        metric(
+            &proxy.metrics().await,
+            "pgcell_server_excluded",
+            &[("server", &r1_label)],
+        ) == Some(0.0)
+    })
+    .await;
+
+    // A stopped replica: excluded within the probe interval and timeout;
+    // reads go on on the other one.
+    let mut r2 = r2;
+    let stopped_at = Instant::now();
+    r2.stop("immediate").unwrap();
+    let r2_label = r2.addr().to_string();
+    eventually(
+        Duration::from_secs(5),
+        "the stopped replica is excluded",
+        || async {
+            metric(
+                &proxy.metrics().await,
+                "pgcell_server_excluded",
+                &[("server", &r2_label)],
+            ) == Some(1.0)
+        },
+    )
+    .await;
+    let excluded_after = stopped_at.elapsed();
+    assert!(
+        excluded_after < Duration::from_millis(200 + 1000 + 500),
+        "excluded after {excluded_after:?}"
+    );
+    for _ in 0..4 {
+        assert_eq!(served_by(&read_only).await.unwrap(), (r1.port(), true));
+    }
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_keeps_idle_clients_and_writes_follow_the_new_primary() {
+    let mut p = cluster("failover-primary");
+    p.psql("app", "CREATE TABLE t (v int); ALTER TABLE t OWNER TO app")
+        .unwrap();
+    let r = replica(&p, "failover-replica");
+    let proxy = proxy(&replicated_tenant(
+        "acme",
+        &[&p, &r],
+        "mode = \"transaction\"\nsize = 2\nacquire_timeout = \"10s\"",
+        "",
+    ))
+    .await;
+    roles_known(&proxy, &[(&p, 1.0), (&r, 0.0)]).await;
+    // Idle transaction-mode clients, connected before the failover.
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        let (client, conn) = connect(&proxy.pg_config("app.acme")).await.unwrap();
+        client
+            .execute("INSERT INTO t VALUES (1)", &[])
+            .await
+            .unwrap();
+        idle.push((client, conn));
+    }
+    caught_up(&p, &r).await;
+
+    // The primary goes; the replica is promoted a moment later.
+    p.stop("fast").unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    r.promote().unwrap();
+    let promoted = Instant::now();
+    // Every idle client's next transaction runs on the new primary, on
+    // the connection it had.
+    for (client, conn) in &idle {
+        assert!(!conn.is_finished(), "an idle client lost its connection");
+        client
+            .execute("INSERT INTO t VALUES (2)", &[])
+            .await
+            .unwrap();
+        let row = client
+            .query_one("SELECT inet_server_port(), pg_is_in_recovery()", &[])
+            .await
+            .unwrap();
+        assert_eq!(
+            (row.get::<_, i32>(0) as u16, row.get::<_, bool>(1)),
+            (r.port(), false)
+        );
+    }
+    let writes_back = promoted.elapsed();
+    assert!(
+        writes_back < Duration::from_secs(2),
+        "writes succeeded {writes_back:?} after the promotion"
+    );
+
+    // The old primary comes back as a standby: it gets no writes.
+    p.restart_as_standby_of(&r).unwrap();
+    assert_eq!(
+        p.psql("postgres", "SELECT pg_is_in_recovery()").unwrap(),
+        "t"
+    );
+    roles_known(&proxy, &[(&p, 0.0), (&r, 1.0)]).await;
+    for _ in 0..10 {
+        assert_eq!(
+            served_by(&proxy.pg_config("app.acme")).await.unwrap(),
+            (r.port(), false)
+        );
+    }
+    for (client, _) in &idle {
+        client
+            .execute("INSERT INTO t VALUES (3)", &[])
+            .await
+            .unwrap();
+    }
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_primaries_refuse_writes_unless_the_operator_names_one() {
+    let p = cluster("split-primary");
+    let r = replica(&p, "split-replica");
+    let tenants = replicated_tenant(
+        "acme",
+        &[&p, &r],
+        "mode = \"transaction\"\nsize = 2\nacquire_timeout = \"2s\"",
+        "",
+    ) + &replicated_tenant(
+        "named",
+        &[&p, &r],
+        "mode = \"transaction\"\nsize = 2\nacquire_timeout = \"2s\"",
+        &format!("primary = \"{}\"", p.addr()),
+    );
+    let proxy = proxy(&tenants).await;
+    roles_known(&proxy, &[(&p, 1.0), (&r, 0.0)]).await;
+    // A client connected before: it keeps its connection, its statements
+    // fail with a clear error while the split lasts.
+    let (before, conn) = connect(&proxy.pg_config("app.acme")).await.unwrap();
+    before.batch_execute("SELECT 1").await.unwrap();
+    // Promoted while the primary still runs: two primaries.
+    r.promote().unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "the split brain is seen",
+        || async {
+            metric(
+                &proxy.metrics().await,
+                "pgcell_split_brain",
+                &[("tenant", "acme")],
+            ) == Some(1.0)
+        },
+    )
+    .await;
+    let error = before.batch_execute("SELECT 1").await.unwrap_err();
+    assert_eq!(code_of(&error), "57P03", "{error}");
+    let message = error.as_db_error().map(|e| e.message()).unwrap_or_default();
+    assert!(message.contains("two servers report"), "{message}");
+    assert!(!conn.is_finished(), "the client lost its connection");
+    assert_eq!(
+        served_by(&proxy.pg_config("app.acme")).await.unwrap_err(),
+        "57P03"
+    );
+    // The tenant whose operator named the primary writes there.
+    assert_eq!(
+        served_by(&proxy.pg_config("app.named")).await.unwrap(),
+        (p.port(), false)
+    );
+    proxy.stop().await;
+}
