@@ -188,6 +188,9 @@ pub struct BackendConfig {
     pub connect_timeout: Duration,
     /// Time allowed for the backend's authentication exchange.
     pub auth_timeout: Duration,
+    /// The zone this pgcell runs in: replicas in the same zone
+    /// (`[tenants.replication] zones`) are preferred.
+    pub zone: Option<String>,
 }
 
 /// Log format.
@@ -433,6 +436,7 @@ struct RawBackend {
     connect_timeout: String,
     #[serde(default = "default_auth_timeout")]
     auth_timeout: String,
+    zone: Option<String>,
 }
 
 impl Default for RawBackend {
@@ -440,6 +444,7 @@ impl Default for RawBackend {
         RawBackend {
             connect_timeout: default_connect_timeout(),
             auth_timeout: default_auth_timeout(),
+            zone: None,
         }
     }
 }
@@ -617,6 +622,7 @@ impl Config {
         let backend = BackendConfig {
             connect_timeout: p.duration("backend.connect_timeout", &raw.backend.connect_timeout),
             auth_timeout: p.duration("backend.auth_timeout", &raw.backend.auth_timeout),
+            zone: raw.backend.zone.clone(),
         };
         let log = LogConfig {
             format: raw.log.format,

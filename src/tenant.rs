@@ -66,10 +66,21 @@ impl Tenant {
         let active = previous.map(|old| old.active.clone()).unwrap_or_default();
         let arrivals = previous.map(|old| old.arrivals.clone()).unwrap_or_default();
         let named_primary = t.replication.primary.as_deref();
+        // Servers in pgcell's own zone, when both are known.
+        let local: Vec<String> = match &config.backend.zone {
+            Some(zone) => t
+                .replication
+                .zones
+                .iter()
+                .filter(|(_, z)| *z == zone)
+                .map(|(server, _)| server.clone())
+                .collect(),
+            None => Vec::new(),
+        };
         let topology = previous
             .map(|old| old.topology.clone())
-            .filter(|old| old.follows(&t.backends, named_primary))
-            .unwrap_or_else(|| Arc::new(Topology::new(&t.backends, named_primary)));
+            .filter(|old| old.follows(&t.backends, named_primary, &local))
+            .unwrap_or_else(|| Arc::new(Topology::with_zones(&t.backends, named_primary, &local)));
         // Keep the derived secrets when the users did not change: a
         // rebuild (reload, a discovered tenant changing) must not pay
         // a PBKDF2 per password user each time.

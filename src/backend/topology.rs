@@ -76,6 +76,8 @@ pub struct ServerState {
 pub struct Server {
     /// `host:port` as configured.
     pub addr: String,
+    /// Whether it is in pgcell's own zone (no zones configured: all are).
+    pub local: bool,
     state: Mutex<ServerState>,
     /// Backend connections open to it.
     open: Arc<AtomicUsize>,
@@ -121,10 +123,21 @@ pub struct Topology {
 impl Topology {
     /// A topology of `servers` (`host:port`), nothing known yet.
     pub fn new(servers: &[String], named_primary: Option<&str>) -> Topology {
+        Topology::with_zones(servers, named_primary, &[])
+    }
+
+    /// [`Topology::new`], with the servers of `local` (in pgcell's own
+    /// zone) preferred for replica clients; empty: no preference.
+    pub fn with_zones(
+        servers: &[String],
+        named_primary: Option<&str>,
+        local: &[String],
+    ) -> Topology {
         Topology {
             servers: servers
                 .iter()
                 .map(|addr| Server {
+                    local: local.is_empty() || local.contains(addr),
                     addr: addr.clone(),
                     state: Mutex::new(ServerState::default()),
                     open: Arc::new(AtomicUsize::new(0)),
@@ -137,10 +150,19 @@ impl Topology {
     }
 
     /// Whether this topology follows exactly `servers` with `named_primary`
-    /// (a reload that keeps them keeps what is known).
-    pub fn follows(&self, servers: &[String], named_primary: Option<&str>) -> bool {
+    /// and `local` (a reload that keeps them keeps what is known).
+    pub fn follows(
+        &self,
+        servers: &[String],
+        named_primary: Option<&str>,
+        local: &[String],
+    ) -> bool {
         self.servers.len() == servers.len()
-            && self.servers.iter().zip(servers).all(|(s, a)| &s.addr == a)
+            && self
+                .servers
+                .iter()
+                .zip(servers)
+                .all(|(s, a)| &s.addr == a && s.local == (local.is_empty() || local.contains(a)))
             && self.named_primary.map(|i| self.servers[i].addr.as_str()) == named_primary
     }
 
@@ -245,10 +267,16 @@ impl Topology {
         match target {
             Target::Primary => Ok(primaries()?.into_iter().map(|i| (i, false)).collect()),
             Target::Replica { fallback } => {
-                let mut replicas: Vec<usize> =
-                    with_role(Role::Replica).into_iter().filter(fit).collect();
-                self.order_by_load(&mut replicas);
-                let mut order: Vec<(usize, bool)> = replicas.iter().map(|&i| (i, false)).collect();
+                // Replicas in pgcell's zone first; the others only when
+                // those cannot serve.
+                let (mut near, mut far): (Vec<usize>, Vec<usize>) = with_role(Role::Replica)
+                    .into_iter()
+                    .filter(fit)
+                    .partition(|&i| self.servers[i].local);
+                self.order_by_load(&mut near);
+                self.order_by_load(&mut far);
+                let mut order: Vec<(usize, bool)> =
+                    near.iter().chain(&far).map(|&i| (i, false)).collect();
                 // Not seen yet: a login tells whether it is a replica.
                 order.extend(
                     with_role(Role::Unknown)
@@ -391,6 +419,32 @@ mod tests {
             err.to_string()
                 .contains("s2:5432: replica, excluded: unreachable"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn replicas_in_pgcells_zone_come_first() {
+        let servers: Vec<String> = (0..3).map(|i| format!("s{i}:5432")).collect();
+        let t = Topology::with_zones(&servers, None, &["s2:5432".to_owned()]);
+        t.probed(vec![
+            state(Role::Primary, None),
+            state(Role::Replica, None),
+            state(Role::Replica, None),
+        ]);
+        for _ in 0..4 {
+            let order = t.candidates(Target::Replica { fallback: true }).unwrap();
+            assert_eq!(order, vec![(2, false), (1, false), (0, true)]);
+            let _open = t.count_open(2);
+        }
+        // The near one excluded: the far one serves.
+        t.probed(vec![
+            state(Role::Primary, None),
+            state(Role::Replica, None),
+            state(Role::Replica, Some("lag")),
+        ]);
+        assert_eq!(
+            t.candidates(Target::Replica { fallback: false }).unwrap(),
+            vec![(1, false)]
         );
     }
 

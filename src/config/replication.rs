@@ -33,6 +33,9 @@ pub struct ReplicationConfig {
     pub when_no_replica: WhenNoReplica,
     /// The server the operator names primary (resolves a split brain).
     pub primary: Option<String>,
+    /// The zone of each server (`host:port` → zone), for preferring
+    /// replicas in pgcell's own zone (`[backend] zone`).
+    pub zones: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for ReplicationConfig {
@@ -46,6 +49,7 @@ impl Default for ReplicationConfig {
             max_replica_lag: None,
             when_no_replica: WhenNoReplica::Primary,
             primary: None,
+            zones: Default::default(),
         }
     }
 }
@@ -63,6 +67,8 @@ pub(super) struct RawReplication {
     max_replica_lag: Option<String>,
     when_no_replica: Option<WhenNoReplica>,
     primary: Option<String>,
+    #[serde(default)]
+    zones: std::collections::BTreeMap<String, String>,
 }
 
 pub(super) fn replication_from_raw(
@@ -106,7 +112,16 @@ pub(super) fn replication_from_raw(
             );
         }
     }
+    for server in raw.zones.keys() {
+        if !backends.contains(server) {
+            p.push(
+                format!("{at}.zones"),
+                format!("{server:?} is not one of this tenant's backends"),
+            );
+        }
+    }
     ReplicationConfig {
+        zones: raw.zones,
         probe_user: raw.probe_user,
         probe_database: raw.probe_database.unwrap_or(defaults.probe_database),
         probe_interval,

@@ -55,6 +55,7 @@ enum ShowWhat {
     Servers,
     Stats,
     Tenants,
+    Replication,
 }
 
 impl Command {
@@ -74,6 +75,7 @@ impl Command {
                 "SERVERS" => ShowWhat::Servers,
                 "STATS" => ShowWhat::Stats,
                 "TENANTS" => ShowWhat::Tenants,
+                "REPLICATION" => ShowWhat::Replication,
                 _ => return None,
             }),
             ["RELOAD"] => Command::Reload,
@@ -93,6 +95,7 @@ impl Command {
             Command::Show(ShowWhat::Servers) => "show_servers",
             Command::Show(ShowWhat::Stats) => "show_stats",
             Command::Show(ShowWhat::Tenants) => "show_tenants",
+            Command::Show(ShowWhat::Replication) => "show_replication",
             Command::Reload => "reload",
             Command::Pause(_) => "pause",
             Command::Resume(_) => "resume",
@@ -101,7 +104,7 @@ impl Command {
     }
 }
 
-const COMMANDS_HINT: &str = "Commands: SHOW POOLS, SHOW CLIENTS, SHOW SERVERS, SHOW STATS, SHOW TENANTS, RELOAD, PAUSE [tenant], RESUME [tenant].";
+const COMMANDS_HINT: &str = "Commands: SHOW POOLS, SHOW CLIENTS, SHOW SERVERS, SHOW STATS, SHOW TENANTS, SHOW REPLICATION, RELOAD, PAUSE [tenant], RESUME [tenant].";
 
 /// Serves an admin console session to the end: login, then commands until
 /// the client leaves or pgcell stops. Errors that end the session are
@@ -277,6 +280,7 @@ fn execute(shared: &Shared, command: &Command, out: &mut BytesMut) -> Result<(),
                 ShowWhat::Servers => show::servers(shared),
                 ShowWhat::Stats => show::stats(&console),
                 ShowWhat::Tenants => show::tenants(shared, &console),
+                ShowWhat::Replication => show::replication(shared),
             };
             table.encode(out);
             "SHOW"

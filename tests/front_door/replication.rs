@@ -26,7 +26,38 @@ fn replicated_tenant(id: &str, servers: &[&Cluster], pool: &str, replication: &s
 }
 
 async fn proxy(tenants: &str) -> Proxy {
-    Proxy::start_with_files(&config_text("", "allow", tenants), &[("pw", APP_PASSWORD)]).await
+    let admin = "[[admin.users]]\nname = \"admin\"\npassword_file = \"{pw}\"\n";
+    Proxy::start_with_files(
+        &config_text(
+            "",
+            "allow",
+            &format!("[backend]\nzone = \"zone-a\"\n{tenants}{admin}"),
+        ),
+        &[("pw", APP_PASSWORD)],
+    )
+    .await
+}
+
+/// `SHOW REPLICATION` on the admin console: (tenant, server, role,
+/// excluded, split_brain) per row.
+async fn show_replication(proxy: &Proxy) -> Vec<(String, String, String, String, String)> {
+    let mut config = proxy.pg_config("admin");
+    config.dbname("pgcell");
+    let (client, _c) = connect(&config).await.unwrap();
+    let mut out = Vec::new();
+    for m in client.simple_query("SHOW REPLICATION").await.unwrap() {
+        if let tokio_postgres::SimpleQueryMessage::Row(row) = m {
+            let get = |name: &str| row.get(name).unwrap_or("").to_owned();
+            out.push((
+                get("tenant"),
+                get("server"),
+                get("role"),
+                get("excluded"),
+                get("split_brain"),
+            ));
+        }
+    }
+    out
 }
 
 /// The port of the server a new connection's transaction runs on, and
@@ -41,7 +72,7 @@ async fn served_by(config: &tokio_postgres::Config) -> Result<(u16, bool), Strin
 }
 
 /// Waits until the probe has seen every server's role.
-async fn roles_known(proxy: &Proxy, servers: &[(&Cluster, f64)]) {
+async fn roles_known(proxy: &Proxy, tenant: &str, servers: &[(&Cluster, f64)]) {
     eventually(
         Duration::from_secs(10),
         "the probe sees every role",
@@ -101,14 +132,25 @@ async fn writes_find_the_primary_and_reads_spread_over_fresh_replicas() {
     let r1 = replica(&p, "repl-r1");
     let r2 = replica(&p, "repl-r2");
     // A standby listed first: writes must still find the primary.
-    let proxy = proxy(&replicated_tenant(
-        "acme",
-        &[&r1, &p, &r2],
-        "mode = \"transaction\"\nsize = 4\nacquire_timeout = \"5s\"",
-        "max_replica_lag_bytes = 200000",
-    ))
+    let pool = "mode = \"transaction\"\nsize = 4\nacquire_timeout = \"5s\"";
+    // `zoned`: the same servers, r2 in pgcell's zone (zone-a).
+    let zones = format!(
+        "[tenants.replication.zones]\n\"{}\" = \"zone-b\"\n\"{}\" = \"zone-a\"\n",
+        r1.addr(),
+        r2.addr()
+    );
+    let proxy = proxy(
+        &(replicated_tenant(
+            "acme",
+            &[&r1, &p, &r2],
+            pool,
+            "max_replica_lag_bytes = 200000",
+        ) + &replicated_tenant("zoned", &[&r1, &p, &r2], pool, &zones)),
+    )
     .await;
-    roles_known(&proxy, &[(&p, 1.0), (&r1, 0.0), (&r2, 0.0)]).await;
+    for tenant in ["acme", "zoned"] {
+        roles_known(&proxy, tenant, &[(&p, 1.0), (&r1, 0.0), (&r2, 0.0)]).await;
+    }
 
     // Writes: always the primary, never a server in recovery.
     let writer = proxy.pg_config("app.acme");
@@ -163,6 +205,20 @@ async fn writes_find_the_primary_and_reads_spread_over_fresh_replicas() {
             client.batch_execute("COMMIT").await.unwrap();
         }
     }
+    // Replicas in pgcell's own zone first: all four reads on r2.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let (client, conn) = connect(&proxy.pg_config("app.zoned-ro")).await.unwrap();
+        client.batch_execute("BEGIN").await.unwrap();
+        let port: i32 = client
+            .query_one("SELECT inet_server_port()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(port as u16, r2.port(), "a read left pgcell's zone");
+        held.push((client, conn));
+    }
+    drop(held);
     // The tenant's own name with target_session_attrs=read-write, and a
     // bad value, as libpq names them.
     let mut rw = proxy.pg_config("app.acme");
@@ -186,7 +242,7 @@ async fn writes_find_the_primary_and_reads_spread_over_fresh_replicas() {
             metric(
                 &proxy.metrics().await,
                 "pgcell_server_excluded",
-                &[("server", &r1_label)],
+                &[("tenant", "acme"), ("server", &r1_label)],
             ) == Some(1.0)
         },
     )
@@ -214,7 +270,7 @@ async fn writes_find_the_primary_and_reads_spread_over_fresh_replicas() {
         metric(
             &proxy.metrics().await,
             "pgcell_server_excluded",
-            &[("server", &r1_label)],
+            &[("tenant", "acme"), ("server", &r1_label)],
         ) == Some(0.0)
     })
     .await;
@@ -232,7 +288,7 @@ async fn writes_find_the_primary_and_reads_spread_over_fresh_replicas() {
             metric(
                 &proxy.metrics().await,
                 "pgcell_server_excluded",
-                &[("server", &r2_label)],
+                &[("tenant", "acme"), ("server", &r2_label)],
             ) == Some(1.0)
         },
     )
@@ -261,7 +317,7 @@ async fn a_failover_keeps_idle_clients_and_writes_follow_the_new_primary() {
         "",
     ))
     .await;
-    roles_known(&proxy, &[(&p, 1.0), (&r, 0.0)]).await;
+    roles_known(&proxy, "acme", &[(&p, 1.0), (&r, 0.0)]).await;
     // Idle transaction-mode clients, connected before the failover.
     let mut idle = Vec::new();
     for _ in 0..3 {
@@ -308,7 +364,7 @@ async fn a_failover_keeps_idle_clients_and_writes_follow_the_new_primary() {
         p.psql("postgres", "SELECT pg_is_in_recovery()").unwrap(),
         "t"
     );
-    roles_known(&proxy, &[(&p, 0.0), (&r, 1.0)]).await;
+    roles_known(&proxy, "acme", &[(&p, 0.0), (&r, 1.0)]).await;
     for _ in 0..10 {
         assert_eq!(
             served_by(&proxy.pg_config("app.acme")).await.unwrap(),
@@ -340,7 +396,9 @@ async fn two_primaries_refuse_writes_unless_the_operator_names_one() {
         &format!("primary = \"{}\"", p.addr()),
     );
     let proxy = proxy(&tenants).await;
-    roles_known(&proxy, &[(&p, 1.0), (&r, 0.0)]).await;
+    for tenant in ["acme", "named"] {
+        roles_known(&proxy, tenant, &[(&p, 1.0), (&r, 0.0)]).await;
+    }
     // A client connected before: it keeps its connection, its statements
     // fail with a clear error while the split lasts.
     let (before, conn) = connect(&proxy.pg_config("app.acme")).await.unwrap();
@@ -359,6 +417,22 @@ async fn two_primaries_refuse_writes_unless_the_operator_names_one() {
         },
     )
     .await;
+    let shown = show_replication(&proxy).await;
+    for server in [p.addr().to_string(), r.addr().to_string()] {
+        assert!(
+            shown.contains(&(
+                "acme".into(),
+                server.clone(),
+                "primary".into(),
+                String::new(),
+                "yes".into()
+            )),
+            "{shown:?}"
+        );
+        assert!(shown
+            .iter()
+            .any(|row| row.0 == "named" && row.1 == server && row.4 == "no"));
+    }
     let error = before.batch_execute("SELECT 1").await.unwrap_err();
     assert_eq!(code_of(&error), "57P03", "{error}");
     let message = error.as_db_error().map(|e| e.message()).unwrap_or_default();

@@ -182,6 +182,51 @@ pub(super) fn servers(shared: &Shared) -> Table {
     t
 }
 
+/// `SHOW REPLICATION`: one row per server of every tenant, as pgcell
+/// knows it (docs/replicas.md).
+pub(super) fn replication(shared: &Shared) -> Table {
+    let mut t = Table::new(&[
+        ("tenant", Type::Text),
+        ("server", Type::Text),
+        ("role", Type::Text),
+        // Empty when unknown (not probed, or no primary answered).
+        ("lag_bytes", Type::Text),
+        ("lag_seconds", Type::Text),
+        ("excluded", Type::Text),
+        ("backends_open", Type::Int),
+        ("probed_ms_ago", Type::Text),
+        ("split_brain", Type::Text),
+    ]);
+    let table = shared.routes.load();
+    let mut tenants: Vec<_> = table.tenants().collect();
+    tenants.sort_by(|a, b| a.id().cmp(b.id()));
+    let now = Instant::now();
+    for tenant in tenants {
+        let topology = &tenant.topology;
+        for (i, server) in topology.servers().iter().enumerate() {
+            let state = topology.state(i);
+            t.push(vec![
+                tenant.id().to_owned(),
+                server.addr.clone(),
+                state.role.label().to_owned(),
+                state.lag_bytes.map(|b| b.to_string()).unwrap_or_default(),
+                state
+                    .lag_seconds
+                    .map(|s| format!("{s:.3}"))
+                    .unwrap_or_default(),
+                state.excluded.unwrap_or_default(),
+                topology.open_count(i).to_string(),
+                state
+                    .probed_at
+                    .map(|at| now.duration_since(at).as_millis().to_string())
+                    .unwrap_or_default(),
+                yes_no(topology.split_brain()),
+            ]);
+        }
+    }
+    t
+}
+
 /// `SHOW STATS`: per tenant, read back from the metrics registry, so the
 /// console and `/metrics` cannot disagree.
 pub(super) fn stats(console: &ConsoleConfig) -> Table {
