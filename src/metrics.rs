@@ -245,6 +245,28 @@ fn describe() {
     describe_gauge!(DRAIN_PHASE, "Shutdown drain phase (1 = current).");
     describe_counter!(SHUTDOWN_CLOSED, "Sessions closed by shutdown, by how.");
     describe_gauge!(
+        SERVER_ROLE,
+        "A tenant server's role as last probed: 1 primary, 0 replica, -1 unknown."
+    );
+    describe_gauge!(
+        SERVER_EXCLUDED,
+        "1 while a tenant server gets no new clients (unreachable, lagging)."
+    );
+    describe_gauge!(
+        REPLICA_LAG_BYTES,
+        Unit::Bytes,
+        "WAL a replica has not replayed, against the primary."
+    );
+    describe_gauge!(
+        REPLICA_LAG_SECONDS,
+        Unit::Seconds,
+        "Seconds since a lagging replica replayed a transaction (0 when caught up)."
+    );
+    describe_gauge!(
+        SPLIT_BRAIN,
+        "1 while two servers of a tenant report they are primary (writes refused)."
+    );
+    describe_gauge!(
         DISCOVERY_CLASHES,
         "Discovered tenants ignored because the config file has their id."
     );

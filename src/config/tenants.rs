@@ -8,7 +8,8 @@ use super::*;
 pub struct TenantConfig {
     /// Tenant id: a DNS label, since it may arrive as an SNI label.
     pub id: String,
-    /// Backend addresses (`host:port`), tried in order.
+    /// Backend addresses (`host:port`): the primary and its replicas, in any
+    /// order (the topology finds which is which).
     pub backends: Vec<String>,
     /// Database every connection of this tenant uses, whatever the client
     /// names; the client's choice when unset.

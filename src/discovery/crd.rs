@@ -82,6 +82,46 @@ pub struct PgcellTenantSpec {
     /// Users pgcell authenticates itself, with credentials from Secrets.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub users: Vec<UserSpec>,
+    /// How the primary and replicas among the backends are followed
+    /// (docs/replicas.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication: Option<ReplicationSpec>,
+}
+
+/// `[tenants.replication]`; durations are strings such as `1s`.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicationSpec {
+    /// The user (one of `users`, whose Secret holds a password) the probe
+    /// logs in as; no probe when unset (roles are still learnt at login).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe_user: Option<String>,
+    /// Database the probe connects to (default `postgres`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe_database: Option<String>,
+    /// Time between probes (default `1s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe_interval: Option<String>,
+    /// Longest a probe may take (default `1s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe_timeout: Option<String>,
+    /// Replay lag in bytes past which a replica gets no new clients
+    /// (default 16 MiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_replica_lag_bytes: Option<u64>,
+    /// Replay lag in time past which a replica gets no new clients.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_replica_lag: Option<String>,
+    /// `primary` (default) or `refuse`: where a read-only client goes
+    /// when no replica is fit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when_no_replica: Option<String>,
+    /// The backend (`host:port`) the operator names primary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary: Option<String>,
+    /// Zone of each backend (`host:port` → zone).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub zones: BTreeMap<String, String>,
 }
 
 /// Exactly one of `service` and `hosts`.
@@ -91,7 +131,8 @@ pub struct BackendsSpec {
     /// A Service whose ready endpoints are the backends.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<ServiceRef>,
-    /// Fixed backend addresses, `host:port`, tried in order.
+    /// Fixed backend addresses, `host:port`: the primary and its replicas,
+    /// in any order (pgcell finds which is the primary).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hosts: Option<Vec<String>>,
 }
@@ -368,6 +409,18 @@ pub fn tenant_config(object: &PgcellTenant, lookup: &dyn Lookup) -> Result<Tenan
             "max_prepared_statements": pool.max_prepared_statements,
         },
         "users": users,
+        // The probe user is checked below: the validator sees
+        // placeholders for passwords.
+        "replication": spec.replication.as_ref().map(|r| json!({
+            "probe_database": r.probe_database,
+            "probe_interval": r.probe_interval,
+            "probe_timeout": r.probe_timeout,
+            "max_replica_lag_bytes": r.max_replica_lag_bytes,
+            "max_replica_lag": r.max_replica_lag,
+            "when_no_replica": r.when_no_replica,
+            "primary": r.primary,
+            "zones": r.zones,
+        })),
     });
     let entry = strip_nulls(entry);
     let mut tenant =
@@ -380,6 +433,21 @@ pub fn tenant_config(object: &PgcellTenant, lookup: &dyn Lookup) -> Result<Tenan
         })?;
     if md5 {
         tenant.auth = AuthMode::Md5;
+    }
+    if let Some(user) = spec.replication.as_ref().and_then(|r| r.probe_user.clone()) {
+        match spec.users.iter().position(|u| u.name == user) {
+            Some(i) if passwords.contains_key(&i) => tenant.replication.probe_user = Some(user),
+            Some(i) => {
+                return Err(format!(
+                    "spec.replication.probeUser: users[{i}]'s Secret holds a SCRAM secret; the probe needs a password"
+                ))
+            }
+            None => {
+                return Err(format!(
+                    "spec.replication.probeUser: {user:?} is not one of spec.users"
+                ))
+            }
+        }
     }
     for (i, password) in passwords {
         if let Some(user) = tenant.users.get_mut(i) {
@@ -512,6 +580,46 @@ mod tests {
         );
         assert!(matches!(t.users[1].credential, Credential::ScramSecret(_)));
         assert_eq!(t.users[1].pool_size, Some(2));
+    }
+
+    #[test]
+    fn replication_converts_and_its_probe_user_needs_a_password() {
+        let mut fake = Fake::default();
+        fake.secrets
+            .insert(("cell".into(), "u".into(), "app".into()), "pencil".into());
+        fake.secrets.insert(
+            ("cell".into(), "u".into(), "report".into()),
+            PLACEHOLDER_SECRET.into(),
+        );
+        let spec = |probe: &str| {
+            object(json!({
+                "backends": {"hosts": ["db-0:5432", "db-1:5432"]},
+                "users": [
+                    {"name": "app", "secretRef": {"name": "u", "key": "app"}},
+                    {"name": "report", "secretRef": {"name": "u", "key": "report"}},
+                ],
+                "replication": {
+                    "probeUser": probe,
+                    "probeInterval": "250ms",
+                    "maxReplicaLagBytes": 1024,
+                    "whenNoReplica": "refuse",
+                    "primary": "db-0:5432",
+                    "zones": {"db-1:5432": "eu-west-1b"},
+                },
+            }))
+        };
+        let t = tenant_config(&spec("app"), &fake).unwrap();
+        let r = &t.replication;
+        assert_eq!(r.probe_user.as_deref(), Some("app"));
+        assert_eq!(r.probe_interval, std::time::Duration::from_millis(250));
+        assert_eq!(r.max_replica_lag_bytes, 1024);
+        assert_eq!(r.when_no_replica, crate::config::WhenNoReplica::Refuse);
+        assert_eq!(r.primary.as_deref(), Some("db-0:5432"));
+        assert_eq!(r.zones["db-1:5432"], "eu-west-1b");
+        let e = tenant_config(&spec("report"), &fake).unwrap_err();
+        assert!(e.contains("probe needs a password"), "{e}");
+        let e = tenant_config(&spec("nobody"), &fake).unwrap_err();
+        assert!(e.contains("not one of spec.users"), "{e}");
     }
 
     #[test]

@@ -310,14 +310,26 @@ async fn a_failover_keeps_idle_clients_and_writes_follow_the_new_primary() {
     p.psql("app", "CREATE TABLE t (v int); ALTER TABLE t OWNER TO app")
         .unwrap();
     let r = replica(&p, "failover-replica");
-    let proxy = proxy(&replicated_tenant(
-        "acme",
-        &[&p, &r],
-        "mode = \"transaction\"\nsize = 2\nacquire_timeout = \"10s\"",
-        "",
-    ))
+    let proxy = proxy(
+        &(replicated_tenant(
+            "acme",
+            &[&p, &r],
+            "mode = \"transaction\"\nsize = 2\nacquire_timeout = \"10s\"",
+            "",
+        ) + &replicated_tenant(
+            "sess",
+            &[&p, &r],
+            "mode = \"session\"\nsize = 2\nacquire_timeout = \"10s\"",
+            "",
+        )),
+    )
     .await;
-    roles_known(&proxy, "acme", &[(&p, 1.0), (&r, 0.0)]).await;
+    for tenant in ["acme", "sess"] {
+        roles_known(&proxy, tenant, &[(&p, 1.0), (&r, 0.0)]).await;
+    }
+    // A session-mode client owns its backend on the primary.
+    let (session, session_conn) = connect(&proxy.pg_config("app.sess")).await.unwrap();
+    session.batch_execute("SELECT 1").await.unwrap();
     // Idle transaction-mode clients, connected before the failover.
     let mut idle = Vec::new();
     for _ in 0..3 {
@@ -356,6 +368,23 @@ async fn a_failover_keeps_idle_clients_and_writes_follow_the_new_primary() {
     assert!(
         writes_back < Duration::from_secs(2),
         "writes succeeded {writes_back:?} after the promotion"
+    );
+    // The session-mode client lost its backend: one error, then its
+    // connection is closed; a new connection reaches the new primary.
+    let error = session.batch_execute("SELECT 1").await.unwrap_err();
+    assert!(
+        ["57P01", "08006"].contains(&code_of(&error).as_str()) || error.is_closed(),
+        "{error:?}"
+    );
+    eventually(
+        Duration::from_secs(5),
+        "the session-mode client is closed",
+        || async { session_conn.is_finished() },
+    )
+    .await;
+    assert_eq!(
+        served_by(&proxy.pg_config("app.sess")).await.unwrap(),
+        (r.port(), false)
     );
 
     // The old primary comes back as a standby: it gets no writes.
