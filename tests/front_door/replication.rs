@@ -82,7 +82,7 @@ async fn roles_known(proxy: &Proxy, tenant: &str, servers: &[(&Cluster, f64)]) {
                 metric(
                     &text,
                     "pgcell_server_role",
-                    &[("server", &c.addr().to_string())],
+                    &[("tenant", tenant), ("server", &c.addr().to_string())],
                 ) == Some(*role)
             });
             if known {
