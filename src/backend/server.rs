@@ -98,6 +98,11 @@ pub struct ServerConn {
     pub profile: Arc<StartupProfile>,
     /// Which of its tenant's servers it is connected to.
     pub server: usize,
+    /// Its `search_path` at login names `pg_temp` (a role's or database's
+    /// default, or the client's startup options): a plain `CREATE TABLE`
+    /// on it may make a temporary table. Read by the pool when it opens a
+    /// transaction-mode backend.
+    pub searches_pg_temp: bool,
     /// Counts it against that server while it lives.
     _open: OpenGuard,
 }
@@ -139,6 +144,18 @@ pub enum OwnQueryError {
     Refused(SqlState, String),
     /// The backend closed or answered out of turn.
     Lost,
+}
+
+impl From<OwnQueryError> for OpenError {
+    fn from(e: OwnQueryError) -> OpenError {
+        match e {
+            OwnQueryError::Refused(code, message) => OpenError::Refused { code, message },
+            OwnQueryError::Lost => OpenError::Io(FramingError::Io(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the backend closed during pgcell's own query",
+            ))),
+        }
+    }
 }
 
 impl ServerConn {
@@ -323,6 +340,7 @@ impl ServerConn {
             prepared: Default::default(),
             profile: profile.clone(),
             server,
+            searches_pg_temp: false,
             _open: targets.topology.count_open(server),
         };
         tokio::time::timeout(timeouts.login_timeout, conn.login(database, user, login))

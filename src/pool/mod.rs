@@ -57,6 +57,9 @@ pub struct PoolKey {
 /// A startup profile and the parameters its backends reported at login.
 type ProfileParams = (Arc<StartupProfile>, Vec<(String, String)>);
 
+/// Read on every new transaction-mode backend.
+const SEARCH_PATH: &str = "SELECT 'search_path', pg_catalog.current_setting('search_path')";
+
 /// Pause between attempts to open a backend while a failover may be under
 /// way.
 const FAILOVER_RETRY: Duration = Duration::from_millis(100);
@@ -589,6 +592,23 @@ impl Pool {
             Ok(mut conn) => {
                 conn.prepared
                     .set_limit(self.settings.max_prepared_statements);
+                if self.mode == PoolMode::Transaction {
+                    // What the role's or database's defaults make of
+                    // search_path is seen only by asking (PostgreSQL 15
+                    // does not report it).
+                    match conn.run_own(SEARCH_PATH).await {
+                        Ok(rows) => {
+                            conn.searches_pg_temp = rows
+                                .iter()
+                                .any(|(_, path)| path.to_ascii_lowercase().contains("pg_temp"))
+                        }
+                        Err(e) => {
+                            drop(permit);
+                            self.returned.notify_waiters();
+                            return Err(AcquireError::Open(e.into()));
+                        }
+                    }
+                }
                 conn
             }
             Err(e) => {

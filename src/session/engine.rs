@@ -86,7 +86,9 @@ enum Unit {
     /// `Execute`, `Close`): one final reply.
     Extended(Owed),
     /// A `Query` or `FunctionCall`: its replies end with `ReadyForQuery`.
-    Simple,
+    /// A `Query` pgcell rewrote may carry what it does to the client's
+    /// statements (undone if it fails).
+    Simple(Owed),
     /// A `Sync`: one `ReadyForQuery`.
     Sync,
 }
@@ -125,6 +127,10 @@ impl Owed {
 pub struct Received {
     /// The extended-protocol message this was the final reply to.
     pub answered: Option<Owed>,
+    /// The message that failed (this reply is its ErrorResponse), when it
+    /// concerned a statement: PostgreSQL dropped the unnamed statement
+    /// before a failed `Parse` of it, so a failure is not a skip.
+    pub failed: Option<Owed>,
     /// Messages about statements the backend skipped or failed (an error
     /// in them or earlier in their pipeline): what they would have done
     /// did not happen.
@@ -157,17 +163,21 @@ impl Position {
     }
 
     /// Notes one message sent to the backend, with what it does to
-    /// pgcell's statements there (for `Parse` and `Close`).
-    pub fn sent_owing(&mut self, tag: u8, owed: Owed) {
+    /// pgcell's statements there (for `Parse`, `Close` and a `Query`
+    /// pgcell rewrote). False when the backend discards it unanswered (a
+    /// `Query` sent into a failed pipeline): whatever it would have done
+    /// does not happen.
+    pub fn sent_owing(&mut self, tag: u8, owed: Owed) -> bool {
         match tag {
             b'Q' | b'F' => {
                 self.syncs_since_execute = 0;
                 self.open = false;
                 // Sent into a failed pipeline: the backend discards it
                 // unanswered.
-                if !self.skipping {
-                    self.replies.push_back(Unit::Simple);
+                if self.skipping {
+                    return false;
                 }
+                self.replies.push_back(Unit::Simple(owed));
             }
             // In copy-in mode the backend ignores Sync: no reply.
             b'S' if self.in_copy => {}
@@ -192,6 +202,7 @@ impl Position {
             b'c' | b'f' => self.in_copy = false,
             _ => {}
         }
+        true
     }
 
     /// Notes one backend message: which message it finished, and which
@@ -205,7 +216,7 @@ impl Position {
                 while let Some(unit) = self.replies.pop_front() {
                     match unit {
                         Unit::Extended(owed) => skipped(&mut received, owed),
-                        Unit::Simple | Unit::Sync => break,
+                        Unit::Simple(_) | Unit::Sync => break,
                     }
                 }
             }
@@ -246,16 +257,23 @@ impl Position {
     /// An ErrorResponse: whose is it, and what does the backend skip?
     fn error(&mut self, received: &mut Received) {
         // The message that failed: the first still owed.
-        match self.replies.pop_front() {
+        match self.replies.front_mut() {
             // Nothing outstanding: an error while idle (a FATAL before the
             // backend closes).
             None => return,
-            Some(Unit::Extended(owed)) => skipped(received, owed),
-            // A simple Query's (or a Sync's commit): nothing is skipped.
-            Some(unit) => {
-                self.replies.push_front(unit);
+            Some(Unit::Extended(_)) => {
+                if let Some(Unit::Extended(owed)) = self.replies.pop_front() {
+                    received.failed = (!owed.is_plain()).then_some(owed);
+                }
+            }
+            // A simple Query's (or a Sync's commit): nothing is skipped;
+            // a Query pgcell rewrote failed.
+            Some(Unit::Simple(owed)) => {
+                let owed = std::mem::take(owed);
+                received.failed = (!owed.is_plain()).then_some(owed);
                 return;
             }
+            Some(Unit::Sync) => return,
         }
         // The backend discards up to the next Sync: the rest of this
         // sequence and any Query sent into it get no reply.

@@ -101,7 +101,13 @@ pub struct ClientStatements {
     pending: HashMap<u64, Undo>,
     /// Numbers the tickets.
     tickets: u64,
+    /// Statements forgotten lately (pgcell name, client name): an error
+    /// about one may still be on its way.
+    forgotten: VecDeque<(Arc<str>, String)>,
 }
+
+/// Forgotten statements remembered for error messages.
+const FORGOTTEN: usize = 64;
 
 /// How to take back a change to the client's statements.
 #[derive(Debug)]
@@ -136,9 +142,9 @@ pub enum PreparedError {
 
 /// Writes one message for the backend and notes it in the lease's one
 /// queue of replies owed ([`Checkout::sent_owing`]).
-fn send(out: &mut BytesMut, checkout: &mut Checkout, tag: u8, parts: &[&[u8]], owed: Owed) {
+fn send(out: &mut BytesMut, checkout: &mut Checkout, tag: u8, parts: &[&[u8]], owed: Owed) -> bool {
     messages::tagged_parts(out, tag, parts);
-    checkout.sent_owing(tag, owed);
+    checkout.sent_owing(tag, owed)
 }
 
 impl ClientStatements {
@@ -239,15 +245,62 @@ impl ClientStatements {
                 // Bind of it fails, as on a direct connection.
                 self.last_unnamed = None;
                 executes = judged;
-                send(out, checkout, b'Q', &[&msg.body], plain());
+                if !self.deallocate_on_backend(msg, backend, checkout, out) {
+                    send(out, checkout, b'Q', &[&msg.body], plain());
+                }
             }
             b'F' => {
                 executes = judged;
                 send(out, checkout, b'F', &[&msg.body], plain());
             }
-            tag => send(out, checkout, tag, &[&msg.body], plain()),
+            tag => {
+                send(out, checkout, tag, &[&msg.body], plain());
+            }
         }
         Ok(executes)
+    }
+
+    /// A lone `DEALLOCATE name` of one of the client's statements that
+    /// reaches the backend (pipelined behind other messages, or inside a
+    /// transaction: [`ClientStatements::answer_locally`] answers it
+    /// otherwise) is sent as `DEALLOCATE` of its pgcell name, the
+    /// statement prepared there first if the backend lacks it: the client
+    /// gets PostgreSQL's own answer in its place in the pipeline, and the
+    /// statement is forgotten unless that answer is an error. False when
+    /// `msg` is something else.
+    fn deallocate_on_backend(
+        &mut self,
+        msg: &Message,
+        backend: &mut BackendStatements,
+        checkout: &mut Checkout,
+        out: &mut BytesMut,
+    ) -> bool {
+        let Some(Drop::Deallocate(name)) = drop_of(&msg.body, Dialect::default()) else {
+            return false;
+        };
+        if !self.statements.contains_key(&name) {
+            return false;
+        }
+        let Some(global) = self.ensure(name.as_bytes(), backend, checkout, out) else {
+            return false;
+        };
+        let Some(statement) = self.statements.remove(&name) else {
+            return false;
+        };
+        backend.remove(&global);
+        let ticket = self.ticket(Undo::Closed { name, statement });
+        let owed = Owed {
+            ticket: Some(ticket),
+            ..Owed::default()
+        };
+        let sql = format!("DEALLOCATE {global}\0");
+        if !send(out, checkout, b'Q', &[sql.as_bytes()], owed) {
+            // Discarded unanswered (a failed pipeline): nothing happened.
+            if let Some(undo) = self.pending.remove(&ticket) {
+                self.undo(undo, backend);
+            }
+        }
+        true
     }
 
     /// The verdict stored with client statement `name` (empty: the
@@ -366,7 +419,7 @@ impl ClientStatements {
                 match &self.last_unnamed {
                     Some((parse, _)) => send(out, checkout, b'P', &[parse], owed),
                     None => send(out, checkout, b'C', &[b"S\0"], owed),
-                }
+                };
                 self.unnamed_here = true;
             }
             return None;
@@ -417,6 +470,20 @@ impl ClientStatements {
             // Done as sent.
             self.pending.remove(&ticket);
         }
+        if let Some(owed) = received.failed {
+            if let Some(undo) = owed.ticket.and_then(|t| self.pending.remove(&t)) {
+                self.undo_failed(undo, backend);
+            }
+            if let Some(name) = owed.creates {
+                backend.remove(&name);
+            }
+            if let Some(name) = owed.evicts {
+                backend.restore(name);
+            }
+            if owed.unnamed {
+                self.unnamed_here = false;
+            }
+        }
         // Latest change first: a skipped Close then Parse of one name
         // leaves the statement as it was before both.
         for owed in received.skipped.iter().rev() {
@@ -452,6 +519,12 @@ impl ClientStatements {
                 .iter()
                 .find(|(_, s)| s.global.as_bytes() == global)
                 .map(|(name, _)| name.as_str())
+                .or_else(|| {
+                    self.forgotten
+                        .iter()
+                        .find(|(g, _)| g.as_bytes() == global)
+                        .map(|(_, name)| name.as_str())
+                })
         };
         let mut out = Vec::with_capacity(body.len());
         let mut changed = false;
@@ -496,6 +569,10 @@ impl ClientStatements {
                 {
                     self.statements.remove(&name);
                 }
+                if self.forgotten.len() >= FORGOTTEN {
+                    self.forgotten.pop_front();
+                }
+                self.forgotten.push_back((global, name));
             }
             Undo::Closed { name, statement } => {
                 // Still on the backend too.
@@ -507,6 +584,21 @@ impl ClientStatements {
                 // Whatever the backend holds now, re-create it before use.
                 self.unnamed_here = false;
             }
+        }
+    }
+
+    /// The backend failed a client's `Parse`, `Close` or rewritten
+    /// `DEALLOCATE`: as [`ClientStatements::undo`], except that a failed
+    /// `Parse` of the unnamed statement leaves none (PostgreSQL drops the
+    /// old one first).
+    fn undo_failed(&mut self, undo: Undo, backend: &mut BackendStatements) {
+        match undo {
+            Undo::ParsedUnnamed { .. } => {
+                self.last_unnamed = None;
+                // The backend holds none either.
+                self.unnamed_here = true;
+            }
+            other => self.undo(other, backend),
         }
     }
 
@@ -525,65 +617,31 @@ impl ClientStatements {
         status: u8,
         dialect: Dialect,
     ) -> Option<&'static str> {
-        // Every simple query passes here: decide on the first word, in
-        // place, before reading further.
-        let start = query.iter().position(|b| !b.is_ascii_whitespace())?;
-        let first = &query[start..];
-        if !(starts_with_ignore_case(first, b"deallocate")
-            || starts_with_ignore_case(first, b"discard"))
-            || status == b'E'
-            || dialect.unsafe_encoding
-            // Read one way here, maybe another by the backend.
-            || query.contains(&b'\\')
-        {
+        if status == b'E' {
             return None;
         }
         let in_transaction = status != b'I';
-        let mut tokens = Vec::new();
-        for item in Splitter::new(query, dialect) {
-            match item {
-                Item::End(_) | Item::Inner => tokens.push(None),
-                Item::Token(t) => tokens.push(Some(t)),
+        match drop_of(query, dialect)? {
+            Drop::DiscardAll => {
+                // Runs on the backend (its ParameterStatus messages and
+                // its reset are what the client must see); the client's
+                // statements go with it. Inside a transaction block the
+                // backend refuses it and nothing is forgotten.
+                if !in_transaction {
+                    self.dropped_all();
+                }
+                None
             }
-            if tokens.len() > 5 {
-                return None;
-            }
-        }
-        // One statement, ended by the end of the text or a `;`.
-        let tokens: Vec<Token<'_>> = match tokens.split_last() {
-            Some((None, rest)) if rest.iter().all(Option::is_some) => {
-                rest.iter().flatten().copied().collect()
-            }
-            _ => return None,
-        };
-        let word = |i: usize, k: &str| matches!(tokens.get(i), Some(Token::Word(w)) if w.eq_ignore_ascii_case(k.as_bytes()));
-        if word(0, "discard") && word(1, "all") && tokens.len() == 2 {
-            // Runs on the backend (its ParameterStatus messages and its
-            // reset are what the client must see); the client's statements
-            // go with it. Inside a transaction block the backend refuses
-            // it and nothing is forgotten.
-            if !in_transaction {
+            Drop::DeallocateAll => {
                 self.dropped_all();
+                // Inside a transaction block the backend may hold SQL-level
+                // statements of this client: it runs there too (the
+                // statements pgcell made there are dropped with them and
+                // made again when needed).
+                (!in_transaction).then_some("DEALLOCATE ALL")
             }
-            return None;
+            Drop::Deallocate(name) => self.statements.remove(&name).map(|_| "DEALLOCATE"),
         }
-        if !word(0, "deallocate") {
-            return None;
-        }
-        let at = if word(1, "prepare") { 2 } else { 1 };
-        if tokens.len() != at + 1 {
-            return None;
-        }
-        if word(at, "all") {
-            self.dropped_all();
-            // Inside a transaction block the backend may hold SQL-level
-            // statements of this client: it runs there too (the statements
-            // pgcell made there are dropped with them and made again when
-            // needed).
-            return (!in_transaction).then_some("DEALLOCATE ALL");
-        }
-        let name = identifier(tokens[at])?;
-        self.statements.remove(&name).map(|_| "DEALLOCATE")
     }
 
     /// A `DEALLOCATE ALL` or `DISCARD ALL` of this client's ran: its
@@ -615,6 +673,87 @@ impl ClientStatements {
         self.unnamed_here = false;
         // Nothing is in flight between checkouts.
         self.pending.clear();
+    }
+}
+
+/// A simple `Query` that drops prepared statements, read as PostgreSQL
+/// reads it: one statement, nothing else.
+#[derive(Debug, PartialEq, Eq)]
+enum Drop {
+    DiscardAll,
+    DeallocateAll,
+    Deallocate(String),
+}
+
+/// What `query` drops, if it is a lone `DISCARD ALL`, `DEALLOCATE
+/// [PREPARE] ALL` or `DEALLOCATE [PREPARE] name`.
+fn drop_of(query: &[u8], dialect: Dialect) -> Option<Drop> {
+    // Every simple query passes here: decide on the first word, in place,
+    // before reading further.
+    let start = query.iter().position(|b| !b.is_ascii_whitespace())?;
+    let first = &query[start..];
+    if !(starts_with_ignore_case(first, b"deallocate") || starts_with_ignore_case(first, b"discard"))
+        || dialect.unsafe_encoding
+        // Read one way here, maybe another by the backend.
+        || query.contains(&b'\\')
+    {
+        return None;
+    }
+    let mut tokens = Vec::new();
+    for item in Splitter::new(query, dialect) {
+        match item {
+            Item::End(_) | Item::Inner => tokens.push(None),
+            Item::Token(t) => tokens.push(Some(t)),
+        }
+        if tokens.len() > 5 {
+            return None;
+        }
+    }
+    // One statement, ended by the end of the text or a `;`.
+    let tokens: Vec<Token<'_>> = match tokens.split_last() {
+        Some((None, rest)) if rest.iter().all(Option::is_some) => {
+            rest.iter().flatten().copied().collect()
+        }
+        _ => return None,
+    };
+    let word = |i: usize, k: &str| matches!(tokens.get(i), Some(Token::Word(w)) if w.eq_ignore_ascii_case(k.as_bytes()));
+    if word(0, "discard") && word(1, "all") && tokens.len() == 2 {
+        return Some(Drop::DiscardAll);
+    }
+    if !word(0, "deallocate") {
+        return None;
+    }
+    let at = if word(1, "prepare") { 2 } else { 1 };
+    if tokens.len() != at + 1 {
+        return None;
+    }
+    if word(at, "all") {
+        return Some(Drop::DeallocateAll);
+    }
+    identifier(tokens[at]).map(Drop::Deallocate)
+}
+
+/// An ErrorResponse `26000` that names a statement in pgcell's namespace:
+/// the backend does not hold it (a function dropped it behind pgcell's
+/// back, with `DEALLOCATE` in dynamic SQL). pgcell forgets it there, so the
+/// next use prepares it again: one statement fails, not every later one.
+pub fn note_missing(body: &[u8], backend: &mut BackendStatements) {
+    if crate::protocol::messages::error_field(body, b'C') != Some(b"26000") {
+        return;
+    }
+    let Some(message) = crate::protocol::messages::error_field(body, b'M') else {
+        return;
+    };
+    let prefix = PGCELL_PREFIX.as_bytes();
+    if let Some(at) = message.windows(prefix.len()).position(|w| w == prefix) {
+        let digits = message[at + prefix.len()..]
+            .iter()
+            .take_while(|b| b.is_ascii_digit())
+            .count();
+        if digits > 0 {
+            let name = String::from_utf8_lossy(&message[at..at + prefix.len() + digits]);
+            backend.remove(&name);
+        }
     }
 }
 

@@ -967,6 +967,62 @@ fn scripts() -> Vec<Script> {
                 q(1, "SELECT * FROM differential_leak"),
             ],
         },
+        // Found by the fourth adversarial review (issue 20).
+        Script {
+            name: "DEALLOCATE of a protocol-level statement pipelined inside a transaction",
+            shows: &["C DEALLOCATE", "C COMMIT", "26000"],
+            clients: vec![none.clone()],
+            steps: vec![
+                raw(0, cat(&[parse_named("s10", "SELECT 10"), sync()]), Until::Ready(1)),
+                raw(
+                    0,
+                    cat(&[query("BEGIN"), query("DEALLOCATE s10")]),
+                    Until::Ready(2),
+                ),
+                q(0, "COMMIT"),
+                run_named(0, "s10"),
+                raw(0, cat(&[parse_named("s11", "SELECT 11"), sync()]), Until::Ready(1)),
+                raw(
+                    0,
+                    cat(&[query("SELECT 1"), query("DEALLOCATE PREPARE s11")]),
+                    Until::Ready(2),
+                ),
+                run_named(0, "s11"),
+            ],
+        },
+        Script {
+            name: "a failed Parse of the unnamed statement drops the old one",
+            shows: &["42P01", "26000"],
+            clients: vec![none.clone()],
+            steps: vec![
+                raw(0, cat(&[parse("SELECT 'x'"), sync()]), Until::Ready(1)),
+                raw(
+                    0,
+                    cat(&[parse("SELECT * FROM differential_missing"), sync()]),
+                    Until::Ready(1),
+                ),
+                raw(0, cat(&[bind(), execute(), sync()]), Until::Ready(1)),
+            ],
+        },
+        Script {
+            name: "an error about a statement skipped after an error names it as the client does",
+            shows: &["22012", "26000 prepared statement \"s2\" does not exist"],
+            clients: vec![none.clone()],
+            steps: vec![raw(
+                0,
+                cat(&[
+                    parse("SELECT 1/0"),
+                    bind(),
+                    execute(),
+                    parse_named("s2", "SELECT 3"),
+                    sync(),
+                    bind_named("s2"),
+                    execute(),
+                    sync(),
+                ]),
+                Until::Ready(2),
+            )],
+        },
     ]
 }
 
@@ -1164,6 +1220,46 @@ async fn reset_every_transaction_covers_settings_changed_out_of_sight() {
         pooled[1].iter().any(|l| l == "D 99MB"),
         "the limit in docs/pooling.md no longer holds; update the docs: {pooled:?}"
     );
+}
+
+/// A role whose default `search_path` starts with `pg_temp`: a plain
+/// `CREATE TABLE` makes a temporary table, which no statement shows.
+fn role_search_path_script() -> Script {
+    Script {
+        name: "a role's default search_path with pg_temp: a plain CREATE TABLE stays with its client",
+        shows: &["D 0", "42P01"],
+        clients: vec![vec![], vec![]],
+        steps: vec![
+            q(0, "CREATE TABLE differential_role_leak (a int)"),
+            q(
+                1,
+                "SELECT count(*) FROM pg_catalog.pg_class WHERE relnamespace = pg_catalog.pg_my_temp_schema()",
+            ),
+            q(1, "SELECT * FROM differential_role_leak"),
+        ],
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_roles_default_search_path_is_read_from_the_backend() {
+    let a = cluster("cluster-diff-role-path");
+    a.psql(
+        "postgres",
+        "ALTER ROLE app SET search_path = pg_temp, public",
+    )
+    .unwrap();
+    let script = role_search_path_script();
+    let direct = run(&script, a.addr(), "app").await;
+    assert_shows(&script, &direct);
+    let proxy = pooled_proxy(
+        "acme",
+        &a,
+        "mode = \"transaction\"\nsize = 1\nacquire_timeout = \"2s\"",
+    )
+    .await;
+    let pooled = run(&script, proxy.addr, "app.acme").await;
+    proxy.stop().await;
+    assert_eq!(direct, pooled);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -519,3 +519,90 @@ async fn a_flush_between_transactions_holds_no_backend() {
     );
     proxy.stop().await;
 }
+
+/// Found by the fourth review: a function run from a plain SELECT can
+/// `DEALLOCATE` the statements pgcell prepared on a shared backend for
+/// other clients, or put its own in their place (docs/pooling.md lists it
+/// as a limit). What pgcell promises: a dropped statement costs its client
+/// one failed statement, not every later one, and `check_session_state`
+/// closes a backend on which a function prepared SQL statements, so no
+/// client runs another's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_function_that_drops_or_replaces_statements_is_contained() {
+    let a = crate::harness::cluster("cluster-statement-thief");
+    prepare(&a);
+    a.psql(
+        "app",
+        "CREATE FUNCTION drop_all() RETURNS int LANGUAGE plpgsql AS \
+         $$ BEGIN EXECUTE 'DEALLOCATE ALL'; RETURN 1; END $$; \
+         CREATE FUNCTION swap() RETURNS int LANGUAGE plpgsql AS $$ DECLARE r record; BEGIN \
+         FOR r IN SELECT name FROM pg_prepared_statements WHERE name LIKE 'pgcell%' LOOP \
+         EXECUTE format('DEALLOCATE %I', r.name); \
+         EXECUTE format('PREPARE %I AS SELECT %L::text', r.name, 'EVIL from B'); END LOOP; \
+         RETURN 1; END $$",
+    )
+    .unwrap();
+    let run_s1 = Send::Raw(cat(&[bind_named("s1"), execute(), sync()]));
+    // Dropped behind pgcell's back: one failure, then prepared again.
+    let proxy = pooled_proxy(
+        "acme",
+        &a,
+        "mode = \"transaction\"\nsize = 1\nacquire_timeout = \"5s\"",
+    )
+    .await;
+    let mut owner = Wire::connect(proxy.addr, "app.acme", &[]).await;
+    owner
+        .step(
+            &Send::Raw(cat(&[parse_named("s1", "SELECT 'A-stmt'"), sync()])),
+            Until::Ready(1),
+        )
+        .await;
+    let mut thief = Wire::connect(proxy.addr, "app.acme", &[]).await;
+    thief
+        .step(&Send::Query("SELECT drop_all()"), Until::Ready(1))
+        .await;
+    owner.transcript.clear();
+    owner.step(&run_s1, Until::Ready(1)).await;
+    owner.step(&run_s1, Until::Ready(1)).await;
+    let t = &owner.transcript;
+    let first_error = t.iter().position(|l| l.contains("26000"));
+    let served = t.iter().rposition(|l| l == "D A-stmt");
+    assert!(
+        matches!((first_error, served), (_, Some(s)) if first_error.is_none_or(|e| e < s)),
+        "the statement did not come back: {t:?}"
+    );
+    assert!(
+        t.iter().filter(|l| l.contains("26000")).count() <= 1,
+        "more than one failure: {t:?}"
+    );
+    proxy.stop().await;
+
+    // Replaced behind pgcell's back: with check_session_state the backend
+    // holding the function's statements is closed.
+    let proxy = pooled_proxy(
+        "acme",
+        &a,
+        "mode = \"transaction\"\nsize = 1\nacquire_timeout = \"5s\"\ncheck_session_state = true",
+    )
+    .await;
+    let mut owner = Wire::connect(proxy.addr, "app.acme", &[]).await;
+    owner
+        .step(
+            &Send::Raw(cat(&[parse_named("s1", "SELECT 'A-stmt'"), sync()])),
+            Until::Ready(1),
+        )
+        .await;
+    let mut thief = Wire::connect(proxy.addr, "app.acme", &[]).await;
+    thief
+        .step(&Send::Query("SELECT swap()"), Until::Ready(1))
+        .await;
+    owner.transcript.clear();
+    owner.step(&run_s1, Until::Ready(1)).await;
+    assert!(
+        owner.transcript.iter().any(|l| l == "D A-stmt")
+            && !owner.transcript.iter().any(|l| l.contains("EVIL")),
+        "{:?}",
+        owner.transcript
+    );
+    proxy.stop().await;
+}

@@ -166,8 +166,9 @@ impl Checkout {
     }
 
     /// Notes one message sent to the backend that creates or drops one of
-    /// pgcell's statements there, or that pgcell sent on its own.
-    pub fn sent_owing(&mut self, tag: u8, owed: Owed) {
+    /// pgcell's statements there, or that pgcell sent on its own; false
+    /// when the backend discards it ([`Position::sent_owing`]).
+    pub fn sent_owing(&mut self, tag: u8, owed: Owed) -> bool {
         self.position.sent_owing(tag, owed)
     }
 

@@ -125,7 +125,7 @@ impl Session<'_> {
         self.listed
             .tally
             .transaction(now.saturating_duration_since(self.checked_out_at));
-        let policy = self.checkin_policy();
+        let policy = self.checkin_policy(&lease);
         let outcome = self.checkout.checkin(policy);
         let release = if outcome.is_free() {
             Release::Reuse
@@ -139,13 +139,15 @@ impl Session<'_> {
 
     /// What the pool and this client's session say about a checkin (the
     /// cancel key is detached from the backend here).
-    fn checkin_policy(&mut self) -> CheckinPolicy {
+    fn checkin_policy(&mut self, lease: &Lease) -> CheckinPolicy {
         CheckinPolicy {
             cancelled: self.cancel_key.detach(),
             reset_every_transaction: self.pool.reset_every_transaction(),
             check_session_state: self.pool.check_session_state(),
             replayed: !self.session.is_empty(),
-            searches_pg_temp: self.startup_pg_temp || self.session.searches_pg_temp(),
+            searches_pg_temp: self.startup_pg_temp
+                || lease.conn.searches_pg_temp
+                || self.session.searches_pg_temp(),
         }
     }
 
@@ -197,7 +199,7 @@ impl Session<'_> {
         let Some(mut lease) = self.lease.take() else {
             return;
         };
-        let policy = self.checkin_policy();
+        let policy = self.checkin_policy(&lease);
         let session_mode = self.pool.mode == PoolMode::Session;
         let outcome = self.checkout.finish(policy, session_mode);
         if outcome.close == Some(CloseReason::ClientLeftMidTransaction)

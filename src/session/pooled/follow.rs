@@ -193,6 +193,12 @@ impl Session<'_> {
             // the backend skipped did not happen.
             b'1' | b'3' | b'E' | b'Z' if self.pool.mode == PoolMode::Transaction => {
                 if let Some(lease) = self.lease.as_mut() {
+                    if tag == b'E' {
+                        // A pgcell statement the backend lacks (dropped
+                        // behind pgcell's back): prepared again at its
+                        // next use.
+                        super::super::prepared::note_missing(body, &mut lease.conn.prepared);
+                    }
                     if !self.statements.replied(received, &mut lease.conn.prepared) {
                         return false;
                     }
