@@ -264,6 +264,8 @@ impl ServerConn {
     ) -> Result<ServerConn, OpenError> {
         let topology = targets.topology;
         let mut tried = 0;
+        // A server answered but was not what the client wants.
+        let mut wrong_role = false;
         let mut last = String::from("no server");
         for (server, fallback) in topology
             .candidates(targets.target)
@@ -302,10 +304,11 @@ impl ServerConn {
             if fits {
                 return Ok(conn);
             }
+            wrong_role = true;
             last = format!("{}: {}", conn.addr, role.label());
         }
         Err(match targets.target {
-            Target::Primary if tried > 0 => {
+            Target::Primary if wrong_role => {
                 ConnectError::NoServer(NoServer::NoPrimary(last)).into()
             }
             _ => ConnectError::Unreachable { tried, last }.into(),
