@@ -47,6 +47,7 @@ impl Tenant {
         crate::backend::Targets {
             topology: &self.topology,
             target,
+            fresh_after: None,
             tls: self.backend_tls.as_ref(),
             server_name: self.config.backend_server_name.as_deref(),
         }

@@ -30,6 +30,9 @@ pub struct Targets<'a> {
     pub topology: &'a Topology,
     /// What the client wants.
     pub target: Target,
+    /// Only replicas that have replayed what was committed before this
+    /// (read-your-writes); none: any fit replica.
+    pub fresh_after: Option<std::time::Instant>,
     /// TLS towards the backends, when enabled.
     pub tls: Option<&'a std::sync::Arc<rustls::ClientConfig>>,
     /// The name TLS verifies instead of each backend's host.
@@ -89,7 +92,10 @@ pub async fn connect(
 ) -> Result<Backend, ConnectError> {
     let mut tried = 0;
     let mut last = String::from("no addresses");
-    for (server, fallback) in targets.topology.candidates(targets.target)? {
+    for (server, fallback) in targets
+        .topology
+        .candidates_fresh(targets.target, targets.fresh_after)?
+    {
         match connect_server(targets, server, connect_timeout, keepalive).await {
             Ok((stream, addr)) => {
                 return Ok(Backend {

@@ -95,6 +95,7 @@ pub fn judge(
                     replay_age,
                 } => {
                     state.role = Role::Replica;
+                    state.replay_lsn = *lsn;
                     state.lag_bytes = match (primary_lsn, lsn) {
                         (Some(p), Some(r)) => Some(p.saturating_sub(*r)),
                         _ => None,
@@ -185,6 +186,9 @@ pub async fn probe_round(
 ) {
     let n = topology.servers().len();
     conns.resize_with(n, || None);
+    // Before any question goes out: a primary position read in this round
+    // is at or past every commit made before it.
+    let started = Instant::now();
     let targets = Targets {
         target: Target::Primary,
         ..targets
@@ -200,7 +204,24 @@ pub async fn probe_round(
         answers.push(answer);
     }
     let previous: Vec<ServerState> = (0..n).map(|i| topology.state(i)).collect();
-    topology.probed(judge(&answers, &previous, config, Instant::now()));
+    let states = judge(&answers, &previous, config, Instant::now());
+    let primaries: Vec<u64> = answers
+        .iter()
+        .filter_map(|a| match a {
+            Answer::Up {
+                recovery: false,
+                lsn,
+                ..
+            } => *lsn,
+            _ => None,
+        })
+        .collect();
+    // Replicas' positions first, so that a round is never recorded
+    // against replica positions older than it.
+    topology.probed(states);
+    if let [lsn] = primaries[..] {
+        topology.record_round(started, lsn);
+    }
 }
 
 /// Runs `futures` at once on this task and returns their outputs in order.

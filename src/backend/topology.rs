@@ -65,6 +65,8 @@ pub struct ServerState {
     /// Seconds since the last transaction it replayed (0 when it has
     /// replayed all the primary has).
     pub lag_seconds: Option<f64>,
+    /// WAL position it has replayed (a replica), in bytes.
+    pub replay_lsn: Option<u64>,
     /// Why it gets no new clients, when it does not.
     pub excluded: Option<String>,
     /// When it was last probed.
@@ -118,7 +120,13 @@ pub struct Topology {
     split_brain: AtomicBool,
     /// Mixes the power-of-two choices.
     picks: AtomicUsize,
+    /// Recent probe rounds: when each began and the primary's WAL position
+    /// it read (for read-your-writes: [`Topology::fresh_since`]).
+    rounds: Mutex<std::collections::VecDeque<(Instant, u64)>>,
 }
+
+/// Probe rounds remembered for read-your-writes.
+const ROUNDS: usize = 64;
 
 impl Topology {
     /// A topology of `servers` (`host:port`), nothing known yet.
@@ -146,6 +154,7 @@ impl Topology {
             named_primary: named_primary.and_then(|n| servers.iter().position(|s| s == n)),
             split_brain: AtomicBool::new(false),
             picks: AtomicUsize::new(0),
+            rounds: Mutex::new(std::collections::VecDeque::new()),
         }
     }
 
@@ -226,6 +235,42 @@ impl Topology {
         }
     }
 
+    /// A probe round that began at `start` read the primary's WAL position
+    /// `lsn`.
+    pub fn record_round(&self, start: Instant, lsn: u64) {
+        let mut rounds = self.rounds.lock().unwrap_or_else(PoisonError::into_inner);
+        if rounds.len() >= ROUNDS {
+            rounds.pop_front();
+        }
+        rounds.push_back((start, lsn));
+    }
+
+    /// Whether server `i` has what a client committed on the primary before
+    /// `since`: it is the primary, or a replica that has replayed past the
+    /// primary's position read by the first probe round that began after
+    /// `since` (that position is at or past the client's commit). False
+    /// until such a round has run.
+    pub fn fresh_since(&self, i: usize, since: Instant) -> bool {
+        let state = self.state(i);
+        match state.role {
+            Role::Primary => true,
+            Role::Unknown => false,
+            Role::Replica => {
+                let rounds = self.rounds.lock().unwrap_or_else(PoisonError::into_inner);
+                let after = rounds.iter().find(|(start, _)| *start > since).map(|r| r.1);
+                matches!((after, state.replay_lsn), (Some(p), Some(r)) if r >= p)
+            }
+        }
+    }
+
+    /// Whether some replica fit to serve is [`Topology::fresh_since`].
+    pub fn any_fresh_replica(&self, since: Instant) -> bool {
+        (0..self.servers.len()).any(|i| {
+            let state = self.state(i);
+            state.role == Role::Replica && state.excluded.is_none() && self.fresh_since(i, since)
+        })
+    }
+
     /// Whether the last probe round found two primaries (and the operator
     /// named none).
     pub fn split_brain(&self) -> bool {
@@ -237,8 +282,19 @@ impl Topology {
     /// Every login confirms the role (`in_hot_standby`), so a server whose
     /// role is stale is tried last, never trusted.
     pub fn candidates(&self, target: Target) -> Result<Vec<(usize, bool)>, NoServer> {
+        self.candidates_fresh(target, None)
+    }
+
+    /// [`Topology::candidates`]; with `fresh_after`, only replicas that
+    /// are [`Topology::fresh_since`] it (read-your-writes).
+    pub fn candidates_fresh(
+        &self,
+        target: Target,
+        fresh_after: Option<Instant>,
+    ) -> Result<Vec<(usize, bool)>, NoServer> {
         let states: Vec<ServerState> = (0..self.servers.len()).map(|i| self.state(i)).collect();
-        let fit = |i: &usize| states[*i].excluded.is_none();
+        let fresh = |i: usize| fresh_after.is_none_or(|t| self.fresh_since(i, t));
+        let fit = |i: &usize| states[*i].excluded.is_none() && fresh(*i);
         let with_role = |role: Role| -> Vec<usize> {
             (0..states.len())
                 .filter(|i| states[*i].role == role)

@@ -33,6 +33,9 @@ pub struct ReplicationConfig {
     pub when_no_replica: WhenNoReplica,
     /// The server the operator names primary (resolves a split brain).
     pub primary: Option<String>,
+    /// Transaction mode: read-only transactions of clients of the primary
+    /// go to replicas that have their writes.
+    pub read_only_transactions: bool,
     /// The zone of each server (`host:port` → zone), for preferring
     /// replicas in pgcell's own zone (`[backend] zone`).
     pub zones: std::collections::BTreeMap<String, String>,
@@ -49,6 +52,7 @@ impl Default for ReplicationConfig {
             max_replica_lag: None,
             when_no_replica: WhenNoReplica::Primary,
             primary: None,
+            read_only_transactions: false,
             zones: Default::default(),
         }
     }
@@ -67,6 +71,8 @@ pub(super) struct RawReplication {
     max_replica_lag: Option<String>,
     when_no_replica: Option<WhenNoReplica>,
     primary: Option<String>,
+    #[serde(default)]
+    read_only_transactions: bool,
     #[serde(default)]
     zones: std::collections::BTreeMap<String, String>,
 }
@@ -122,6 +128,7 @@ pub(super) fn replication_from_raw(
     }
     ReplicationConfig {
         zones: raw.zones,
+        read_only_transactions: raw.read_only_transactions,
         probe_user: raw.probe_user,
         probe_database: raw.probe_database.unwrap_or(defaults.probe_database),
         probe_interval,

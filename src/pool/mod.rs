@@ -414,10 +414,13 @@ impl Pool {
     /// Checks out a backend, waiting up to `acquire_timeout`. Cancel safe:
     /// dropping the future loses nothing.
     /// The wait goes into `tally` (`pgcell_pool_wait_seconds`).
+    /// With `fresh_after`, only backends on servers that have replayed
+    /// what was committed before it ([`Topology::fresh_since`]).
     pub async fn acquire(
         &self,
         profile: &Arc<StartupProfile>,
         tally: &Tally,
+        fresh_after: Option<Instant>,
     ) -> Result<Lease, AcquireError> {
         // Decremented on drop: a checkout abandoned mid-wait (the client
         // left) must not leave the gauge up.
@@ -430,7 +433,7 @@ impl Pool {
         self.waiting_clients.increment(1.0);
         let _counted = Counted(&self.waiting_clients);
         let started = Instant::now();
-        let result = self.checkout(profile).await;
+        let result = self.checkout(profile, fresh_after).await;
         tally.observe(Histogram::PoolWaitSeconds, started.elapsed());
         result
     }
@@ -440,7 +443,12 @@ impl Pool {
     /// waits. Backends past their lifetime or that spoke while idle are
     /// dropped on the way.
     /// A lease taken counts as a wait of zero in `tally`.
-    pub fn try_acquire_idle(&self, profile: &Arc<StartupProfile>, tally: &Tally) -> Option<Lease> {
+    pub fn try_acquire_idle(
+        &self,
+        profile: &Arc<StartupProfile>,
+        tally: &Tally,
+        fresh_after: Option<Instant>,
+    ) -> Option<Lease> {
         if self.is_paused() {
             return None;
         }
@@ -448,9 +456,9 @@ impl Pool {
         loop {
             let (conn, permit) = {
                 let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-                let at = idle
-                    .iter()
-                    .rposition(|(c, _)| StartupProfile::same(&c.profile, profile))?;
+                let at = idle.iter().rposition(|(c, _)| {
+                    StartupProfile::same(&c.profile, profile) && self.fresh(c, fresh_after)
+                })?;
                 let (conn, _) = &idle[at];
                 if now.duration_since(conn.last_used) > self.settings.check_after_idle {
                     // Due for a ping: the waiting path does it.
@@ -489,6 +497,17 @@ impl Pool {
         }
     }
 
+    /// Whether an idle backend may serve a client that wants what was
+    /// committed before `fresh_after` (read-your-writes).
+    fn fresh(&self, conn: &ServerConn, fresh_after: Option<Instant>) -> bool {
+        fresh_after.is_none_or(|t| self.tenant.topology.fresh_since(conn.server, t))
+    }
+
+    /// The tenant's servers as pgcell knows them.
+    pub fn topology(&self) -> &crate::backend::Topology {
+        &self.tenant.topology
+    }
+
     /// Whether opening failed in a way a failover explains (no server is
     /// the primary yet, or the servers tried are down while others may
     /// take over): worth trying again until `acquire_timeout`.
@@ -503,7 +522,11 @@ impl Pool {
         }
     }
 
-    async fn checkout(&self, profile: &Arc<StartupProfile>) -> Result<Lease, AcquireError> {
+    async fn checkout(
+        &self,
+        profile: &Arc<StartupProfile>,
+        fresh_after: Option<Instant>,
+    ) -> Result<Lease, AcquireError> {
         let deadline = tokio::time::Instant::now() + self.settings.acquire_timeout;
         let _waiting = Waiting::start(&self.waiting);
         let result = loop {
@@ -523,7 +546,7 @@ impl Pool {
                 }
                 continue;
             }
-            if let Some(lease) = self.take_idle(profile).await {
+            if let Some(lease) = self.take_idle(profile, fresh_after).await {
                 break Ok(lease);
             }
             let permit = match self.slots.clone().try_acquire_owned() {
@@ -552,7 +575,7 @@ impl Pool {
             if self.is_paused() {
                 continue;
             }
-            match self.open(permit, profile).await {
+            match self.open(permit, profile, fresh_after).await {
                 Err(e)
                     if self.may_be_failing_over(&e)
                         && tokio::time::Instant::now() + FAILOVER_RETRY < deadline =>
@@ -572,6 +595,7 @@ impl Pool {
         &self,
         permit: OwnedSemaphorePermit,
         profile: &Arc<StartupProfile>,
+        fresh_after: Option<Instant>,
     ) -> Result<Lease, AcquireError> {
         let login = self
             .login
@@ -580,7 +604,10 @@ impl Pool {
             .clone()
             .ok_or(AcquireError::NoLogin)?;
         let conn = ServerConn::open(
-            self.tenant.targets(self.key.target),
+            crate::backend::Targets {
+                fresh_after,
+                ..self.tenant.targets(self.key.target)
+            },
             &self.key.database,
             &self.key.user,
             &login,
@@ -644,13 +671,17 @@ impl Pool {
         Some(permit)
     }
 
-    async fn take_idle(&self, profile: &Arc<StartupProfile>) -> Option<Lease> {
+    async fn take_idle(
+        &self,
+        profile: &Arc<StartupProfile>,
+        fresh_after: Option<Instant>,
+    ) -> Option<Lease> {
         loop {
             let (mut conn, permit) = {
                 let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-                let at = idle
-                    .iter()
-                    .rposition(|(c, _)| StartupProfile::same(&c.profile, profile))?;
+                let at = idle.iter().rposition(|(c, _)| {
+                    StartupProfile::same(&c.profile, profile) && self.fresh(c, fresh_after)
+                })?;
                 idle.remove(at)
             };
             let now = Instant::now();
@@ -761,7 +792,7 @@ impl Pool {
             let Ok(permit) = self.slots.clone().try_acquire_owned() else {
                 return;
             };
-            match self.open(permit, &profile).await {
+            match self.open(permit, &profile, None).await {
                 Ok(lease) => self.release(lease, Release::Reuse),
                 Err(e) => {
                     tracing::debug!(pool = ?self.key, error = %e, "min_idle backend not opened");

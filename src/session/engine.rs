@@ -542,6 +542,14 @@ impl ClientSession {
         })
     }
 
+    /// The value the client set for `name`, as read back.
+    pub fn setting(&self, name: &str) -> Option<&[u8]> {
+        self.settings
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_slice())
+    }
+
     /// Whether the client changed nothing (the common case: nothing to do
     /// on checkout).
     pub fn is_empty(&self) -> bool {

@@ -374,6 +374,49 @@ fn judge_read_as(sql: &[u8], dialect: Dialect) -> Verdict {
     verdict
 }
 
+/// The access mode the first statement of `sql` opens a transaction
+/// block with: `Some(true)` for `BEGIN`/`START TRANSACTION` with `READ
+/// ONLY` among its modes, `Some(false)` with `READ WRITE`, `None` for
+/// anything else (another statement, or no access mode given). A text
+/// with a backslash or bytes pgcell cannot be sure of reads as `None`.
+pub fn begins_transaction_read_only(sql: &[u8], dialect: Dialect) -> Option<bool> {
+    if dialect.unsafe_encoding || sql.contains(&b'\\') {
+        return None;
+    }
+    let mut words: Vec<&[u8]> = Vec::new();
+    for item in Splitter::new(sql, dialect) {
+        match item {
+            Item::Token(Token::Word(w)) => words.push(w),
+            // `,` between modes; anything else ends what is read here.
+            Item::Token(Token::Punct(b',')) => {}
+            Item::Token(_) | Item::Inner => return None,
+            Item::End(_) => break,
+        }
+        if words.len() > 16 {
+            return None;
+        }
+    }
+    let is = |i: usize, k: &str| {
+        words
+            .get(i)
+            .is_some_and(|w| w.eq_ignore_ascii_case(k.as_bytes()))
+    };
+    let opens = is(0, "begin") || (is(0, "start") && is(1, "transaction"));
+    if !opens {
+        return None;
+    }
+    let mut mode = None;
+    for i in 0..words.len() {
+        if is(i, "read") && is(i + 1, "only") {
+            mode = Some(true);
+        }
+        if is(i, "read") && is(i + 1, "write") {
+            mode = Some(false);
+        }
+    }
+    mode
+}
+
 /// What a `FunctionCall` message may do: anything (it names a function by
 /// its OID, `set_config` or `pg_advisory_lock` among them).
 pub fn function_call() -> Verdict {
@@ -476,6 +519,26 @@ mod tests {
 
     fn state(sql: &str) -> Option<&'static str> {
         v(sql).state.map(StateKind::label)
+    }
+
+    #[test]
+    fn transaction_access_modes_are_read_from_begin() {
+        let d = Dialect::default();
+        let ro = |sql: &str| begins_transaction_read_only(sql.as_bytes(), d);
+        assert_eq!(ro("BEGIN READ ONLY"), Some(true));
+        assert_eq!(
+            ro("begin transaction isolation level repeatable read, read only; select 1"),
+            Some(true)
+        );
+        assert_eq!(ro("START TRANSACTION READ ONLY DEFERRABLE"), Some(true));
+        assert_eq!(ro("begin /* read write */ read only"), Some(true));
+        assert_eq!(ro("BEGIN READ WRITE"), Some(false));
+        assert_eq!(ro("BEGIN"), None);
+        assert_eq!(ro("SELECT 1; BEGIN READ ONLY"), None);
+        assert_eq!(ro("BEGIN; SET TRANSACTION READ ONLY"), None);
+        assert_eq!(ro("begin isolation level serializable"), None);
+        assert_eq!(ro("select 'begin read only'"), None);
+        assert_eq!(ro("BEGIN READ ONLY\\"), None);
     }
 
     #[test]

@@ -478,3 +478,123 @@ async fn two_primaries_refuse_writes_unless_the_operator_names_one() {
     );
     proxy.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_transactions_go_to_replicas_that_have_the_clients_writes() {
+    let p = cluster("rotx-primary");
+    p.psql("app", "CREATE TABLE t (v int); ALTER TABLE t OWNER TO app")
+        .unwrap();
+    let r = replica(&p, "rotx-replica");
+    // The replica applies WAL 300 ms late: close behind, never caught up
+    // at once.
+    r.psql(
+        "postgres",
+        "ALTER SYSTEM SET recovery_min_apply_delay = '300ms'",
+    )
+    .unwrap();
+    r.psql("postgres", "SELECT pg_reload_conf()").unwrap();
+    let proxy = proxy(&replicated_tenant(
+        "acme",
+        &[&p, &r],
+        "mode = \"transaction\"\nsize = 2\nacquire_timeout = \"5s\"",
+        "read_only_transactions = true",
+    ))
+    .await;
+    roles_known(&proxy, "acme", &[(&p, 1.0), (&r, 0.0)]).await;
+    let (client, _c) = connect(&proxy.pg_config("app.acme")).await.unwrap();
+    let where_am_i = "SELECT inet_server_port(), pg_is_in_recovery()";
+    let server = |rows: Vec<tokio_postgres::SimpleQueryMessage>| -> (u16, bool) {
+        rows.into_iter()
+            .find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(row) => Some((
+                    row.get(0).unwrap().parse().unwrap(),
+                    row.get(1) == Some("t"),
+                )),
+                _ => None,
+            })
+            .unwrap()
+    };
+    // Nothing written yet: BEGIN READ ONLY goes to the replica, a plain
+    // transaction to the primary.
+    let ro = client
+        .simple_query(&format!("BEGIN READ ONLY; {where_am_i}; COMMIT"))
+        .await
+        .unwrap();
+    assert_eq!(server(ro), (r.port(), true));
+    assert_eq!(
+        server(client.simple_query(where_am_i).await.unwrap()),
+        (p.port(), false)
+    );
+
+    // Read-your-writes: every read-only transaction right after a write
+    // sees it; while the replica has not replayed the write the read runs
+    // on the primary, afterwards on the replica.
+    let mut on_replica = 0;
+    for i in 0..1000 {
+        client
+            .execute("INSERT INTO t VALUES ($1)", &[&i])
+            .await
+            .unwrap();
+        if i % 200 == 199 {
+            // Long enough for the replica to replay it and a probe to see.
+            tokio::time::sleep(Duration::from_millis(1200)).await;
+        }
+        let rows = client
+            .simple_query(&format!(
+                "BEGIN READ ONLY; SELECT max(v), inet_server_port() FROM t; COMMIT"
+            ))
+            .await
+            .unwrap();
+        let (max, port) = rows
+            .into_iter()
+            .find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(row) => Some((
+                    row.get(0).unwrap().parse::<i32>().unwrap(),
+                    row.get(1).unwrap().parse::<u16>().unwrap(),
+                )),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(max, i, "a read-only transaction missed the client's write");
+        if port == r.port() {
+            on_replica += 1;
+        }
+    }
+    assert!(
+        on_replica >= 5,
+        "reads never reached the replica ({on_replica})"
+    );
+
+    // A session whose transactions default to read only: every
+    // transaction goes to the replica (once it has the writes), until the
+    // client says otherwise.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    client
+        .batch_execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(
+        server(client.simple_query(where_am_i).await.unwrap()),
+        (r.port(), true)
+    );
+    client
+        .batch_execute("SET default_transaction_read_only = off")
+        .await
+        .unwrap();
+    assert_eq!(
+        server(client.simple_query(where_am_i).await.unwrap()),
+        (p.port(), false)
+    );
+    // BEGIN READ WRITE in a read-only session: the primary.
+    client
+        .batch_execute("SET default_transaction_read_only = on")
+        .await
+        .unwrap();
+    let rw = client
+        .simple_query(&format!("BEGIN READ WRITE; {where_am_i}; COMMIT"))
+        .await
+        .unwrap();
+    assert_eq!(server(rw), (p.port(), false));
+    proxy.stop().await;
+}

@@ -135,6 +135,13 @@ impl Session<'_> {
             Box::pin(self.act_on(&mut lease, outcome)).await
         };
         self.pool.release_at(lease, release, now);
+        if std::sync::Arc::ptr_eq(&self.pool, &self.home) {
+            // A transaction on the primary: later read-only ones wait for
+            // a replica that has replayed past it.
+            self.last_write = Some(now);
+        } else {
+            self.pool = self.home.clone();
+        }
     }
 
     /// What the pool and this client's session say about a checkin (the

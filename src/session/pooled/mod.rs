@@ -225,6 +225,11 @@ where
         login,
         seen_reload,
         pool: pool.clone(),
+        home: pool.clone(),
+        route_read_only: pool.mode == PoolMode::Transaction
+            && route.target == crate::backend::Target::Primary
+            && tenant.config.replication.read_only_transactions,
+        last_write: None,
         _pool_slot: pool_slot,
         cancel_key,
         startup_pg_temp: super::engine::startup_searches_pg_temp(&profile.params),
@@ -268,10 +273,21 @@ async fn acquire(
     // An idle backend ready to go needs no waiting (the common case);
     // the waiting path is boxed so its large state is not part of every
     // idle client's task.
-    if let Some(lease) = pool.try_acquire_idle(profile, &listed.tally) {
+    acquire_fresh(pool, profile, listed, None).await
+}
+
+/// [`acquire`], from servers that have replayed what was committed before
+/// `fresh_after` (read-your-writes).
+async fn acquire_fresh(
+    pool: &Arc<Pool>,
+    profile: &Arc<StartupProfile>,
+    listed: &ClientEntry,
+    fresh_after: Option<std::time::Instant>,
+) -> Result<Lease, SessionError> {
+    if let Some(lease) = pool.try_acquire_idle(profile, &listed.tally, fresh_after) {
         return Ok(lease);
     }
-    Box::pin(pool.acquire(profile, &listed.tally))
+    Box::pin(pool.acquire(profile, &listed.tally, fresh_after))
         .await
         .map_err(SessionError::Acquire)
 }
@@ -283,7 +299,19 @@ struct Session<'a> {
     login: BackendLogin,
     /// The reload generation this session has caught up with.
     seen_reload: u64,
+    /// The pool of the backend the client holds, or will take next: its
+    /// own pool ([`Session::home`]), or for a read-only transaction the
+    /// tenant's replica pool.
     pool: Arc<Pool>,
+    /// The pool of the client's target (the primary unless it asked for a
+    /// replica).
+    home: Arc<Pool>,
+    /// Read-only transactions go to replicas (`[tenants.replication]
+    /// read_only_transactions`, transaction mode, a client of the primary).
+    route_read_only: bool,
+    /// When the client's last transaction on the primary ended: its later
+    /// read-only transactions go to replicas that have replayed past it.
+    last_write: Option<std::time::Instant>,
     /// This client's place among the pool's `max_client_connections`.
     _pool_slot: crate::pool::ClientSlot,
     cancel_key: IssuedKey,
@@ -496,26 +524,28 @@ impl Session<'_> {
         }
         if self.lease.is_none() {
             self.follow_reload()?;
-            let lease = match acquire(&self.pool, &self.profile, self.listed).await {
-                Ok(lease) => lease,
-                Err(SessionError::Acquire(
-                    e @ (AcquireError::Timeout(_)
-                    | AcquireError::Open(OpenError::Connect(ConnectError::NoServer(_)))),
-                )) => {
-                    // The statement fails, the session goes on: like
-                    // PostgreSQL after an error, skip to the Sync. (No
-                    // server fits now: a split brain, no replica fit, a
-                    // failover longer than acquire_timeout.)
-                    self.refuse_statement(client, &e).await?;
-                    match msg.tag {
-                        b'Q' | b'F' => self.answer_ready(client).await?,
-                        b'S' => self.answer_ready(client).await?,
-                        _ => self.checkout.skip_to_sync(true),
+            let fresh_after = self.choose_pool(&msg);
+            let lease =
+                match acquire_fresh(&self.pool, &self.profile, self.listed, fresh_after).await {
+                    Ok(lease) => lease,
+                    Err(SessionError::Acquire(
+                        e @ (AcquireError::Timeout(_)
+                        | AcquireError::Open(OpenError::Connect(ConnectError::NoServer(_)))),
+                    )) => {
+                        // The statement fails, the session goes on: like
+                        // PostgreSQL after an error, skip to the Sync. (No
+                        // server fits now: a split brain, no replica fit, a
+                        // failover longer than acquire_timeout.)
+                        self.refuse_statement(client, &e).await?;
+                        match msg.tag {
+                            b'Q' | b'F' => self.answer_ready(client).await?,
+                            b'S' => self.answer_ready(client).await?,
+                            _ => self.checkout.skip_to_sync(true),
+                        }
+                        return Ok(());
                     }
-                    return Ok(());
-                }
-                Err(e) => return Err(e),
-            };
+                    Err(e) => return Err(e),
+                };
             if !self.checkout(lease, client).await? {
                 // The client's session could not be replayed: this
                 // statement fails (the client has the error), like one
@@ -560,6 +590,75 @@ impl Session<'_> {
         };
         self.executed(executes);
         Ok(())
+    }
+
+    /// Picks the pool for the transaction `msg` begins: the client's own,
+    /// or (read-only transaction routing) the tenant's replica pool for a
+    /// transaction that is read only — `BEGIN READ ONLY` / `START
+    /// TRANSACTION READ ONLY`, or any transaction of a session whose
+    /// `default_transaction_read_only` is on — once a replica has replayed
+    /// past the client's last transaction on the primary. Returns the
+    /// moment replicas must have replayed past.
+    fn choose_pool(&mut self, msg: &Message) -> Option<std::time::Instant> {
+        if !self.route_read_only {
+            return None;
+        }
+        self.pool = self.home.clone();
+        let text = match msg.tag {
+            b'Q' => &msg.body[..],
+            b'P' => match msg.body.iter().position(|&b| b == 0) {
+                Some(end) => &msg.body[end + 1..],
+                None => return None,
+            },
+            _ => &[],
+        };
+        let read_only = crate::sql::begins_transaction_read_only(text, Dialect::default())
+            .unwrap_or_else(|| self.default_read_only());
+        if !read_only {
+            return None;
+        }
+        let topology = self.home.topology();
+        if let Some(since) = self.last_write {
+            if !topology.any_fresh_replica(since) {
+                return None;
+            }
+        }
+        let key = crate::pool::PoolKey {
+            target: crate::backend::Target::Replica { fallback: true },
+            ..self.home.key.clone()
+        };
+        let tenant = self.shared.routes.load().tenant(&key.tenant)?;
+        let replicas = self.shared.pools.get(key, &tenant, self.open);
+        replicas.replace_login(self.login.clone());
+        self.pool = replicas;
+        self.last_write
+    }
+
+    /// The client's sessions default to read-only transactions: its own
+    /// `SET default_transaction_read_only` / `SET SESSION CHARACTERISTICS`
+    /// (read back), else its startup parameters.
+    fn default_read_only(&self) -> bool {
+        let on = |v: &[u8]| {
+            matches!(
+                std::str::from_utf8(v)
+                    .map(str::to_ascii_lowercase)
+                    .as_deref(),
+                Ok("on" | "true" | "yes" | "1")
+            )
+        };
+        if let Some(value) = self.session.setting("default_transaction_read_only") {
+            return on(value);
+        }
+        self.profile
+            .params
+            .iter()
+            .any(|(name, value)| match name.as_str() {
+                "default_transaction_read_only" => on(value.as_bytes()),
+                "options" => crate::protocol::startup::option_settings(value)
+                    .iter()
+                    .any(|(n, v)| n == "default_transaction_read_only" && on(v.as_bytes())),
+                _ => false,
+            })
     }
 
     /// Waits for a reload this session has not followed, or for the
@@ -621,7 +720,7 @@ impl Session<'_> {
             return Ok(());
         }
         self.seen_reload = generation;
-        let tenant = self.shared.routes.load().tenant(&self.pool.key.tenant);
+        let tenant = self.shared.routes.load().tenant(&self.home.key.tenant);
         let Some(tenant) = tenant else {
             if let Some(lease) = self.lease.take() {
                 self.cancel_key.detach();
@@ -634,10 +733,13 @@ impl Session<'_> {
             let pool = self
                 .shared
                 .pools
-                .get(self.pool.key.clone(), &tenant, self.open);
-            if !Arc::ptr_eq(&pool, &self.pool) {
+                .get(self.home.key.clone(), &tenant, self.open);
+            self.route_read_only =
+                self.route_read_only && tenant.config.replication.read_only_transactions;
+            if !Arc::ptr_eq(&pool, &self.home) {
                 pool.replace_login(self.login.clone());
                 self.profile = pool.share_profile(self.profile.params.clone());
+                self.home = pool.clone();
                 self.pool = pool;
             }
         }
