@@ -540,9 +540,7 @@ async fn read_only_transactions_go_to_replicas_that_have_the_clients_writes() {
             tokio::time::sleep(Duration::from_millis(1200)).await;
         }
         let rows = client
-            .simple_query(&format!(
-                "BEGIN READ ONLY; SELECT max(v), inet_server_port() FROM t; COMMIT"
-            ))
+            .simple_query("BEGIN READ ONLY; SELECT max(v), inet_server_port() FROM t; COMMIT")
             .await
             .unwrap();
         let (max, port) = rows
