@@ -119,6 +119,10 @@ pub struct ReplicationSpec {
     /// The backend (`host:port`) the operator names primary.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub primary: Option<String>,
+    /// Transaction mode: read-only transactions go to replicas that have
+    /// the client's writes (default false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_only_transactions: Option<bool>,
     /// Zone of each backend (`host:port` → zone).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub zones: BTreeMap<String, String>,
@@ -419,6 +423,7 @@ pub fn tenant_config(object: &PgcellTenant, lookup: &dyn Lookup) -> Result<Tenan
             "max_replica_lag": r.max_replica_lag,
             "when_no_replica": r.when_no_replica,
             "primary": r.primary,
+            "read_only_transactions": r.read_only_transactions,
             "zones": r.zones,
         })),
     });
