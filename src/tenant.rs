@@ -68,7 +68,12 @@ impl Tenant {
         let arrivals = previous.map(|old| old.arrivals.clone()).unwrap_or_default();
         let named_primary = t.replication.primary.as_deref();
         // Servers in pgcell's own zone, when both are known.
-        let local: Vec<String> = match &config.backend.zone {
+        let zone = config
+            .backend
+            .zone
+            .clone()
+            .or_else(|| std::env::var("PGCELL_ZONE").ok().filter(|z| !z.is_empty()));
+        let local: Vec<String> = match &zone {
             Some(zone) => t
                 .replication
                 .zones

@@ -307,6 +307,10 @@ pub trait Lookup {
     fn secret(&self, namespace: &str, name: &str, key: &str) -> Result<String, String>;
     /// The ready endpoints (`host:port`) of `service`'s port in `namespace`.
     fn endpoints(&self, namespace: &str, service: &ServiceRef) -> Vec<String>;
+    /// The zones of those endpoints that say one.
+    fn endpoint_zones(&self, _namespace: &str, _service: &ServiceRef) -> BTreeMap<String, String> {
+        BTreeMap::new()
+    }
 }
 
 /// Stands in for a password while the config validator checks a user:
@@ -329,9 +333,12 @@ pub fn tenant_config(object: &PgcellTenant, lookup: &dyn Lookup) -> Result<Tenan
     let id = spec.tenant_id.clone().unwrap_or_else(|| name.to_owned());
 
     let mut problems = Vec::new();
+    // Zones the Service's EndpointSlices give, under those the spec names.
+    let mut zones = BTreeMap::new();
     let backends = match (&spec.backends.service, &spec.backends.hosts) {
         (Some(service), None) => {
             let ns = service.namespace.as_deref().unwrap_or(namespace);
+            zones = lookup.endpoint_zones(ns, service);
             lookup.endpoints(ns, service)
         }
         (None, Some(hosts)) => hosts.clone(),
@@ -424,9 +431,13 @@ pub fn tenant_config(object: &PgcellTenant, lookup: &dyn Lookup) -> Result<Tenan
             "when_no_replica": r.when_no_replica,
             "primary": r.primary,
             "read_only_transactions": r.read_only_transactions,
-            "zones": r.zones,
+            "zones": zones.clone().into_iter().chain(r.zones.clone()).collect::<BTreeMap<_, _>>(),
         })),
     });
+    let mut entry = entry;
+    if spec.replication.is_none() && !zones.is_empty() {
+        entry["replication"] = json!({ "zones": zones });
+    }
     let entry = strip_nulls(entry);
     let mut tenant =
         crate::config::tenant_from_entry(entry, "spec", Path::new("/")).map_err(|e| {
@@ -516,6 +527,7 @@ mod tests {
     struct Fake {
         secrets: HashMap<(String, String, String), String>,
         endpoints: Vec<String>,
+        zones: BTreeMap<String, String>,
     }
 
     impl Lookup for Fake {
@@ -527,6 +539,9 @@ mod tests {
         }
         fn endpoints(&self, _: &str, _: &ServiceRef) -> Vec<String> {
             self.endpoints.clone()
+        }
+        fn endpoint_zones(&self, _: &str, _: &ServiceRef) -> BTreeMap<String, String> {
+            self.zones.clone()
         }
     }
 
@@ -625,6 +640,31 @@ mod tests {
         assert!(e.contains("probe needs a password"), "{e}");
         let e = tenant_config(&spec("nobody"), &fake).unwrap_err();
         assert!(e.contains("not one of spec.users"), "{e}");
+    }
+
+    #[test]
+    fn zones_come_from_endpoint_slices_and_the_spec_wins() {
+        let fake = Fake {
+            endpoints: vec!["10.0.0.1:5432".into(), "10.0.0.2:5432".into()],
+            zones: BTreeMap::from([
+                ("10.0.0.1:5432".to_owned(), "a".to_owned()),
+                ("10.0.0.2:5432".to_owned(), "b".to_owned()),
+            ]),
+            ..Fake::default()
+        };
+        let service = json!({"service": {"name": "db", "port": 5432}});
+        let t = tenant_config(&object(json!({"backends": service})), &fake).unwrap();
+        assert_eq!(t.replication.zones["10.0.0.1:5432"], "a");
+        let t = tenant_config(
+            &object(json!({
+                "backends": service,
+                "replication": {"zones": {"10.0.0.1:5432": "c"}},
+            })),
+            &fake,
+        )
+        .unwrap();
+        assert_eq!(t.replication.zones["10.0.0.1:5432"], "c");
+        assert_eq!(t.replication.zones["10.0.0.2:5432"], "b");
     }
 
     #[test]

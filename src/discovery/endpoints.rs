@@ -77,6 +77,27 @@ pub fn ready_addresses<'a>(
     out.into_iter().collect()
 }
 
+/// The zone of each ready `host:port` endpoint (as [`ready_addresses`]
+/// names them) that says one (`endpoints[].zone`, set from the node's
+/// `topology.kubernetes.io/zone`).
+pub fn zones<'a>(
+    slices: impl IntoIterator<Item = &'a EndpointSlice>,
+    port: &IntOrString,
+) -> std::collections::BTreeMap<String, String> {
+    let mut out = std::collections::BTreeMap::new();
+    for slice in slices {
+        let Some(number) = port_of(slice, port) else {
+            continue;
+        };
+        for endpoint in slice.endpoints.iter().filter(|e| is_ready(e)) {
+            if let (Some(address), Some(zone)) = (endpoint.addresses.first(), &endpoint.zone) {
+                out.insert(host_port(address, number), zone.clone());
+            }
+        }
+    }
+    out
+}
+
 /// The cancel peers among the ready endpoints of pgcell's own Service:
 /// every ready endpoint except this replica (`own`), at the slice port
 /// equal to this replica's data port (`data_port`), or the slice's only
@@ -142,6 +163,23 @@ mod tests {
                 {"addresses": ["10.0.0.5"], "conditions": {}},
             ],
         }))
+    }
+
+    #[test]
+    fn zones_of_ready_endpoints() {
+        let s = slice(serde_json::json!({
+            "metadata": {"name": "db-abc", "labels": {"kubernetes.io/service-name": "db"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "postgres", "port": 5432}],
+            "endpoints": [
+                {"addresses": ["10.0.0.1"], "zone": "eu-west-1a"},
+                {"addresses": ["10.0.0.2"]},
+                {"addresses": ["10.0.0.3"], "zone": "eu-west-1b", "conditions": {"ready": false}},
+            ],
+        }));
+        let z = zones([&s], &IntOrString::String("postgres".into()));
+        assert_eq!(z.len(), 1);
+        assert_eq!(z["10.0.0.1:5432"], "eu-west-1a");
     }
 
     #[test]

@@ -553,6 +553,20 @@ impl crd::Lookup for StoreLookup<'_> {
             &service.port,
         )
     }
+
+    fn endpoint_zones(&self, namespace: &str, service: &ServiceRef) -> BTreeMap<String, String> {
+        let Some(watch) = self.slices.get(namespace) else {
+            return BTreeMap::new();
+        };
+        let slices = watch.store.state();
+        endpoints::zones(
+            slices
+                .iter()
+                .map(|s| s.as_ref())
+                .filter(|s| endpoints::belongs_to(s, &service.name)),
+            &service.port,
+        )
+    }
 }
 
 #[cfg(test)]
