@@ -16,9 +16,9 @@ use crate::config::ReplicationConfig;
 pub const PROBE_QUERY: &str = "SELECT 'recovery', pg_catalog.pg_is_in_recovery()::text \
 UNION ALL SELECT 'lsn', (CASE WHEN pg_catalog.pg_is_in_recovery() \
 THEN pg_catalog.pg_last_wal_replay_lsn() ELSE pg_catalog.pg_current_wal_lsn() END \
-- '0/0'::pg_catalog.pg_lsn)::text \
+OPERATOR(pg_catalog.-) '0/0'::pg_catalog.pg_lsn)::text \
 UNION ALL SELECT 'replay_age', coalesce(pg_catalog.date_part('epoch', pg_catalog.now() \
-- pg_catalog.pg_last_xact_replay_timestamp())::text, '')";
+OPERATOR(pg_catalog.-) pg_catalog.pg_last_xact_replay_timestamp())::text, '')";
 
 /// What one server answered.
 #[derive(Debug, Clone, PartialEq)]

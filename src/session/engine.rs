@@ -216,7 +216,12 @@ impl Position {
                 while let Some(unit) = self.replies.pop_front() {
                     match unit {
                         Unit::Extended(owed) => skipped(&mut received, owed),
-                        Unit::Simple(_) | Unit::Sync => break,
+                        // A Query done: what it did to statements stands.
+                        Unit::Simple(owed) => {
+                            received.answered = Some(owed);
+                            break;
+                        }
+                        Unit::Sync => break,
                     }
                 }
             }
@@ -281,7 +286,7 @@ impl Position {
             if *unit == Unit::Sync {
                 return;
             }
-            if let Some(Unit::Extended(owed)) = self.replies.pop_front() {
+            if let Some(Unit::Extended(owed) | Unit::Simple(owed)) = self.replies.pop_front() {
                 skipped(received, owed);
             }
         }
@@ -330,13 +335,17 @@ pub struct SessionChanges {
     /// A statement pgcell could not judge ran: check the backend for
     /// state that cannot be carried ([`STATE_CHECK`]) before returning it.
     pub check_state: bool,
+    /// A statement pgcell could not judge ran (`DO`, `CALL`, ...): it may
+    /// have dropped the statements pgcell made on the backend.
+    pub forget_statements: bool,
 }
 
 impl SessionChanges {
     /// Notes what a statement executed on the backend may have done.
     pub fn executed(&mut self, verdict: crate::sql::Verdict) {
         self.settings |= verdict.settings || verdict.unknown;
-        self.check_state |= verdict.unknown;
+        self.check_state |= verdict.unknown || verdict.check_state;
+        self.forget_statements |= verdict.unknown;
     }
 }
 
@@ -348,13 +357,19 @@ impl SessionChanges {
 /// end.
 /// Run, when asked for, in the same round trip as the settings read-back.
 pub const STATE_CHECK: &str = "SELECT 'pgcell:state', s.k FROM (VALUES \
-('temp_table', pg_catalog.pg_my_temp_schema() <> 0 AND EXISTS (SELECT FROM pg_catalog.pg_depend \
-WHERE refclassid = 'pg_catalog.pg_namespace'::pg_catalog.regclass AND refobjid = pg_catalog.pg_my_temp_schema())), \
+('temp_table', pg_catalog.pg_my_temp_schema() OPERATOR(pg_catalog.<>) 0 AND EXISTS (SELECT FROM pg_catalog.pg_depend \
+WHERE refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_namespace'::pg_catalog.regclass \
+AND refobjid OPERATOR(pg_catalog.=) pg_catalog.pg_my_temp_schema())), \
 ('cursor_with_hold', EXISTS (SELECT FROM pg_catalog.pg_cursors)), \
 ('prepare', EXISTS (SELECT FROM pg_catalog.pg_prepared_statements WHERE from_sql)), \
 ('listen', EXISTS (SELECT FROM pg_catalog.pg_listening_channels())), \
-('advisory_lock', EXISTS (SELECT FROM pg_catalog.pg_locks WHERE locktype = 'advisory' \
-AND pid = pg_catalog.pg_backend_pid()))) AS s(k, held) WHERE s.held";
+('advisory_lock', EXISTS (SELECT FROM pg_catalog.pg_locks WHERE locktype OPERATOR(pg_catalog.=) 'advisory' \
+AND pid OPERATOR(pg_catalog.=) pg_catalog.pg_backend_pid()))) AS s(k, held) WHERE s.held";
+
+// pgcell's own queries name every function and operator by its schema
+// (`OPERATOR(pg_catalog.=)`): a client may create an operator whose
+// argument types match exactly (`<>(oid, int4)`), which PostgreSQL would
+// pick over pg_catalog's (found by the third review).
 
 /// The row name [`STATE_CHECK`] reports held state under.
 const STATE_ROW: &str = "pgcell:state";
@@ -377,7 +392,8 @@ UNION ALL SELECT 'role', pg_catalog.encode(pg_catalog.convert_to(pg_catalog.curr
 pg_catalog.getdatabaseencoding()), 'hex') \
 UNION ALL SELECT name, pg_catalog.encode(pg_catalog.convert_to(pg_catalog.current_setting(name), \
 pg_catalog.getdatabaseencoding()), 'hex') FROM pg_catalog.pg_settings \
-WHERE source = 'session' AND name NOT IN ('role', 'session_authorization')",
+WHERE source OPERATOR(pg_catalog.=) 'session' AND name OPERATOR(pg_catalog.<>) 'role' \
+AND name OPERATOR(pg_catalog.<>) 'session_authorization'",
     "; SET SESSION AUTHORIZATION DEFAULT; RESET ROLE; RESET ALL"
 );
 
@@ -448,7 +464,8 @@ impl CustomSettings {
         format!(
             "{} UNION ALL SELECT c.n, pg_catalog.encode(pg_catalog.convert_to(\
 pg_catalog.current_setting(c.n, true), pg_catalog.getdatabaseencoding()), 'hex') FROM (VALUES {}) AS c(n) \
-WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_settings s WHERE lower(s.name) = lower(c.n)){}",
+WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_settings s \
+WHERE pg_catalog.lower(s.name) OPERATOR(pg_catalog.=) pg_catalog.lower(c.n)){}",
             &CAPTURE_AND_RESET[..CAPTURE_END],
             values.join(", "),
             &CAPTURE_AND_RESET[CAPTURE_END..],

@@ -172,6 +172,7 @@ impl ClientStatements {
                 let (portal, rest) =
                     split_cstr(&msg.body).ok_or(PreparedError::Malformed("Bind"))?;
                 let (name, tail) = split_cstr(rest).ok_or(PreparedError::Malformed("Bind"))?;
+                let name = as_postgres_keeps(name);
                 executes = self.verdict_of(name);
                 if executes.drops_statements {
                     backend.drop_sent();
@@ -194,6 +195,7 @@ impl ClientStatements {
             b'D' | b'C' if msg.body.first() == Some(&b'S') => {
                 let (name, _) =
                     split_cstr(&msg.body[1..]).ok_or(PreparedError::Malformed("Describe/Close"))?;
+                let name = as_postgres_keeps(name);
                 if msg.tag == b'C' && !name.is_empty() {
                     // pgcell names are never shared, so the statement is
                     // closed on this backend and forgotten (a backend
@@ -241,12 +243,28 @@ impl ClientStatements {
                     backend.drop_sent();
                     self.drops_sent.push_back(self.clock);
                 }
-                // A simple Query replaces the unnamed statement: a later
-                // Bind of it fails, as on a direct connection.
-                self.last_unnamed = None;
                 executes = judged;
-                if !self.deallocate_on_backend(msg, backend, checkout, out) {
-                    send(out, checkout, b'Q', &[&msg.body], plain());
+                if self.deallocate_on_backend(msg, backend, checkout, out) {
+                    return Ok(executes);
+                }
+                // A simple Query replaces the unnamed statement: a later
+                // Bind of it fails, as on a direct connection (unless the
+                // backend discards the Query unanswered, in a failed
+                // pipeline: then the statement stays).
+                let owed = match self.last_unnamed.take() {
+                    Some(previous) => Owed {
+                        ticket: Some(self.ticket(Undo::ParsedUnnamed {
+                            previous: Some(previous),
+                        })),
+                        ..Owed::default()
+                    },
+                    None => plain(),
+                };
+                let ticket = owed.ticket;
+                if !send(out, checkout, b'Q', &[&msg.body], owed) {
+                    if let Some(undo) = ticket.and_then(|t| self.pending.remove(&t)) {
+                        self.undo(undo, backend);
+                    }
                 }
             }
             b'F' => {
@@ -281,6 +299,10 @@ impl ClientStatements {
         if !self.statements.contains_key(&name) {
             return false;
         }
+        // A Query replaces the unnamed statement; this one is rarely
+        // skipped, and then the client's unnamed statement is re-created
+        // before its next use.
+        self.last_unnamed = None;
         let Some(global) = self.ensure(name.as_bytes(), backend, checkout, out) else {
             return false;
         };
@@ -326,6 +348,7 @@ impl ClientStatements {
         out: &mut BytesMut,
     ) -> Result<(), PreparedError> {
         let (name, rest) = split_cstr(&msg.body).ok_or(PreparedError::Malformed("Parse"))?;
+        let name = as_postgres_keeps(name);
         if name.is_empty() {
             let previous = self.last_unnamed.replace((msg.body.clone(), judged));
             self.unnamed_here = true;
@@ -337,7 +360,11 @@ impl ClientStatements {
             send(out, checkout, b'P', &[&msg.body], owed);
             return Ok(());
         }
-        if let Some(global) = self.ensure(name, backend, checkout, out) {
+        // A DEALLOCATE ALL / DISCARD ALL ahead of it in the pipeline drops
+        // the name first: then the Parse creates it anew.
+        let name_in_use = self.drops_sent.is_empty()
+            && std::str::from_utf8(name).is_ok_and(|n| self.statements.contains_key(n));
+        if let (true, Some(global)) = (name_in_use, self.ensure(name, backend, checkout, out)) {
             // The name is taken: PostgreSQL refuses the Parse (42P05) and
             // keeps the statement. The backend holds it under its pgcell
             // name, so the same Parse draws the same refusal.
@@ -512,6 +539,12 @@ impl ClientStatements {
     pub fn client_error(&self, body: &[u8]) -> Option<Vec<u8>> {
         let prefix = PGCELL_PREFIX.as_bytes();
         if !body.windows(prefix.len()).any(|w| w == prefix) {
+            return None;
+        }
+        // Errors about prepared statements only: another error may quote
+        // the same text as data (`select 'pgcell_7'::int`).
+        let code = crate::protocol::messages::error_field(body, b'C');
+        if !matches!(code, Some(b"26000" | b"42P05")) {
             return None;
         }
         let client_name = |global: &[u8]| {
@@ -730,7 +763,16 @@ fn drop_of(query: &[u8], dialect: Dialect) -> Option<Drop> {
     if word(at, "all") {
         return Some(Drop::DeallocateAll);
     }
-    identifier(tokens[at]).map(Drop::Deallocate)
+    identifier(tokens[at]).map(|mut name| {
+        // The SQL lexer truncates identifiers to 63 bytes, at a character
+        // boundary.
+        let mut cut = name.len().min(NAMEDATALEN - 1);
+        while !name.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        name.truncate(cut);
+        Drop::Deallocate(name)
+    })
 }
 
 /// An ErrorResponse `26000` that names a statement in pgcell's namespace:
@@ -744,18 +786,50 @@ pub fn note_missing(body: &[u8], backend: &mut BackendStatements) {
     let Some(message) = crate::protocol::messages::error_field(body, b'M') else {
         return;
     };
-    let prefix = PGCELL_PREFIX.as_bytes();
-    if let Some(at) = message.windows(prefix.len()).position(|w| w == prefix) {
-        let digits = message[at + prefix.len()..]
-            .iter()
-            .take_while(|b| b.is_ascii_digit())
-            .count();
-        if digits > 0 {
-            let name = String::from_utf8_lossy(&message[at..at + prefix.len() + digits]);
-            backend.remove(&name);
+    if let Some(name) = quoted_pgcell_name(message) {
+        backend.remove(&name);
+    }
+}
+
+/// An ErrorResponse `42P05` for a statement in pgcell's namespace: the
+/// backend holds it though pgcell thought not (a fake `26000` misled it):
+/// it is known there again, so one statement fails, not every later one.
+pub fn note_exists(body: &[u8], backend: &mut BackendStatements) {
+    if crate::protocol::messages::error_field(body, b'C') != Some(b"42P05") {
+        return;
+    }
+    let Some(message) = crate::protocol::messages::error_field(body, b'M') else {
+        return;
+    };
+    if let Some(name) = quoted_pgcell_name(message) {
+        if !backend.contains(&name) {
+            backend.restore(name);
         }
     }
 }
+
+/// The one `"pgcell_<n>"`, in double quotes, that `message` names.
+fn quoted_pgcell_name(message: &[u8]) -> Option<String> {
+    let open = [b"\"", PGCELL_PREFIX.as_bytes()].concat();
+    let at = message.windows(open.len()).position(|w| w == open)? + 1;
+    let digits = message[at + PGCELL_PREFIX.len()..]
+        .iter()
+        .take_while(|b| b.is_ascii_digit())
+        .count();
+    let end = at + PGCELL_PREFIX.len() + digits;
+    (digits > 0 && message.get(end) == Some(&b'"'))
+        .then(|| String::from_utf8_lossy(&message[at..end]).into_owned())
+}
+
+/// PostgreSQL keeps a prepared statement under the first 63 bytes of its
+/// name (`NAMEDATALEN - 1`): longer names that share them are one
+/// statement, on a direct connection and here.
+fn as_postgres_keeps(name: &[u8]) -> &[u8] {
+    &name[..name.len().min(NAMEDATALEN - 1)]
+}
+
+/// PostgreSQL's `NAMEDATALEN`.
+const NAMEDATALEN: usize = 64;
 
 fn starts_with_ignore_case(s: &[u8], prefix: &[u8]) -> bool {
     s.get(..prefix.len())

@@ -25,6 +25,11 @@ pub struct Verdict {
     /// `DISCARD ALL` or `DEALLOCATE ALL`: every prepared statement on the
     /// backend goes (its `CommandComplete` says when).
     pub drops_statements: bool,
+    /// May make session state that no statement names: `set_config` of a
+    /// name pgcell cannot read, or of `search_path` to a value it cannot
+    /// read (`'pg_' || 'temp'`, a parameter: a plain `CREATE TABLE` then
+    /// makes a temporary table). Check the backend for state.
+    pub check_state: bool,
     /// `EXECUTE`, `DEALLOCATE` or `PREPARE` of a name in pgcell's own
     /// namespace (`pgcell_...`): another client's statement on a shared
     /// backend, which this client must not reach.
@@ -39,6 +44,7 @@ impl Verdict {
             state: self.state.or(other.state),
             unknown: self.unknown || other.unknown,
             drops_statements: self.drops_statements || other.drops_statements,
+            check_state: self.check_state || other.check_state,
             foreign_statement: self.foreign_statement || other.foreign_statement,
         }
     }
@@ -55,6 +61,7 @@ impl Verdict {
             state: None,
             unknown: true,
             drops_statements: true,
+            check_state: true,
             foreign_statement: false,
         }
     }
@@ -188,6 +195,30 @@ struct Statement<'a> {
     foreign: bool,
     /// Has a `U&` identifier or string.
     unicode: bool,
+    /// Where a `set_config` call's arguments have been read to.
+    set_config: SetConfigArgs,
+    /// A `set_config` whose effect pgcell cannot read.
+    opaque_set_config: bool,
+}
+
+/// Reading `set_config ( name , value ...`.
+#[derive(Default, Clone, Copy, PartialEq, Eq)]
+enum SetConfigArgs {
+    /// Not in a call.
+    #[default]
+    Outside,
+    /// After `set_config`: `(` next.
+    Open,
+    /// After `(`: the name next.
+    Name,
+    /// After a plain literal name other than `search_path`: `,` next.
+    NameEnd,
+    /// After a plain literal `search_path`: `,` next.
+    SearchPathComma,
+    /// After `search_path ,`: the value next.
+    SearchPathValue,
+    /// After a plain literal value: `,` or `)` next.
+    ValueEnd,
 }
 
 impl<'a> Statement<'a> {
@@ -195,6 +226,7 @@ impl<'a> Statement<'a> {
         if self.len == 0 && token == Token::Punct(b'(') {
             return;
         }
+        self.follow_set_config(token);
         if let Some(slot) = self.head.get_mut(self.len) {
             *slot = Some(token);
         }
@@ -222,6 +254,39 @@ impl<'a> Statement<'a> {
             _ => {}
         }
         self.previous = Some(token);
+    }
+
+    /// Reads the first arguments of `set_config`: a name that is not a
+    /// plain literal, or `search_path` set to a value that is not one,
+    /// may leave state no statement names.
+    fn follow_set_config(&mut self, token: Token<'a>) {
+        use SetConfigArgs::*;
+        self.set_config = match (self.set_config, token) {
+            (_, t @ (Token::Word(_) | Token::Quoted(_))) if names(t, "set_config") => Open,
+            (Open, Token::Punct(b'(')) => Name,
+            (
+                Name,
+                Token::Str {
+                    body,
+                    escapes: false,
+                },
+            ) => {
+                if body.eq_ignore_ascii_case(b"search_path") {
+                    SearchPathComma
+                } else {
+                    NameEnd
+                }
+            }
+            (NameEnd, Token::Punct(b',')) => Outside,
+            (SearchPathComma, Token::Punct(b',')) => SearchPathValue,
+            (SearchPathValue, Token::Str { escapes: false, .. }) => ValueEnd,
+            (ValueEnd, Token::Punct(b',' | b')')) => Outside,
+            (Name | NameEnd | SearchPathComma | SearchPathValue | ValueEnd, _) => {
+                self.opaque_set_config = true;
+                Outside
+            }
+            _ => Outside,
+        };
     }
 
     fn identifier(&mut self, token: Token<'a>) {
@@ -272,6 +337,7 @@ impl<'a> Statement<'a> {
             state: self.state,
             foreign_statement: self.foreign,
             unknown: self.unicode,
+            check_state: self.opaque_set_config,
             ..Verdict::default()
         };
         let [h0, h1, h2, h3, h4, _] = self.head;
@@ -425,6 +491,7 @@ pub fn function_call() -> Verdict {
         state: None,
         unknown: true,
         drops_statements: false,
+        check_state: true,
         foreign_statement: false,
     }
 }
@@ -519,6 +586,26 @@ mod tests {
 
     fn state(sql: &str) -> Option<&'static str> {
         v(sql).state.map(StateKind::label)
+    }
+
+    #[test]
+    fn set_config_that_may_hide_a_temporary_schema_asks_for_a_check() {
+        for sql in [
+            "select set_config('search_path', 'pg_'||'temp', true)",
+            "select set_config('search_path', $1, true); create table t (a int)",
+            "select set_config($1, 'pg_temp', true)",
+            "select set_config('SEARCH_PATH', E'pg\\x5ftemp', true)",
+            "select pg_catalog.set_config(name, 'x', false) from t",
+        ] {
+            assert!(v(sql).check_state, "{sql}");
+        }
+        for sql in [
+            "select set_config('myapp.tenant', $1, false)",
+            "select set_config('search_path', 'a, public', false)",
+            "select 1",
+        ] {
+            assert!(!v(sql).check_state, "{sql}");
+        }
     }
 
     #[test]

@@ -1023,6 +1023,84 @@ fn scripts() -> Vec<Script> {
                 Until::Ready(2),
             )],
         },
+        // Found by the fifth adversarial review (issue 20).
+        Script {
+            name: "a local set_config of search_path to a computed pg_temp, then CREATE TABLE",
+            shows: &["C COMMIT", "42P01"],
+            clients: vec![none.clone(), none.clone()],
+            steps: vec![
+                q(
+                    0,
+                    "BEGIN; SELECT set_config('search_path', 'pg_'||'temp', true); \
+                     CREATE TABLE differential_local_leak (x int); \
+                     INSERT INTO differential_local_leak VALUES (7); COMMIT",
+                ),
+                q(1, "SELECT * FROM differential_local_leak"),
+            ],
+        },
+        Script {
+            name: "DEALLOCATE sent into a pipeline that fails is discarded",
+            shows: &["26000", "D 1"],
+            clients: vec![none.clone()],
+            steps: vec![
+                raw(0, cat(&[parse_named("s1", "SELECT 1"), sync()]), Until::Ready(1)),
+                raw(
+                    0,
+                    cat(&[
+                        bind_named("s1"),
+                        execute(),
+                        bind_named("differential_nonexist"),
+                        query("DEALLOCATE s1"),
+                        sync(),
+                    ]),
+                    Until::Ready(1),
+                ),
+                run_named(0, "s1"),
+            ],
+        },
+        Script {
+            name: "a Query the backend discards leaves the unnamed statement",
+            shows: &["26000", "D keep"],
+            clients: vec![none.clone()],
+            steps: vec![
+                raw(0, cat(&[parse("SELECT 'keep'"), sync()]), Until::Ready(1)),
+                raw(
+                    0,
+                    cat(&[bind_named("differential_nonexist"), query("SELECT 1"), sync()]),
+                    Until::Ready(1),
+                ),
+                raw(0, cat(&[bind(), execute(), sync()]), Until::Ready(1)),
+            ],
+        },
+        Script {
+            name: "a Parse of a name in use behind a DEALLOCATE ALL in the same pipeline",
+            shows: &["D 11"],
+            clients: vec![none.clone()],
+            steps: vec![
+                raw(0, cat(&[parse_named("s1", "SELECT 1"), sync()]), Until::Ready(1)),
+                raw(
+                    0,
+                    cat(&[
+                        parse("DEALLOCATE ALL"),
+                        bind(),
+                        execute(),
+                        parse_named("s1", "SELECT 11"),
+                        sync(),
+                    ]),
+                    Until::Ready(1),
+                ),
+                run_named(0, "s1"),
+            ],
+        },
+        Script {
+            name: "statement names longer than 63 bytes are kept as PostgreSQL keeps them",
+            shows: &["D 70"],
+            clients: vec![none.clone()],
+            steps: vec![
+                raw(0, cat(&[parse_named("sxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", "SELECT 70"), sync()]), Until::Ready(1)),
+                run_named(0, "sxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"),
+            ],
+        },
     ]
 }
 

@@ -606,3 +606,75 @@ async fn a_function_that_drops_or_replaces_statements_is_contained() {
     );
     proxy.stop().await;
 }
+
+/// Found by the fifth review: an operator whose argument types match
+/// pgcell's own queries exactly (`<>(oid, int4)`) was picked over
+/// pg_catalog's, blinding the state check; and an error that fakes
+/// PostgreSQL's "prepared statement does not exist" for another client's
+/// statement made pgcell lose it for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgcells_own_queries_and_bookkeeping_resist_a_hostile_client() {
+    let a = crate::harness::cluster("cluster-hostile");
+    prepare(&a);
+    a.psql(
+        "app",
+        "CREATE FUNCTION public.never(oid, int4) RETURNS bool LANGUAGE sql AS 'SELECT false'; \
+         CREATE OPERATOR public.<> (leftarg = oid, rightarg = int4, function = public.never); \
+         CREATE FUNCTION public.fake_missing() RETURNS int LANGUAGE plpgsql AS $$ DECLARE n text; BEGIN \
+         SELECT name INTO n FROM pg_prepared_statements WHERE name LIKE 'pgcell%' LIMIT 1; \
+         RAISE EXCEPTION USING ERRCODE = '26000', MESSAGE = format('prepared statement \"%s\" does not exist', n); \
+         END $$; \
+         ALTER FUNCTION public.never(oid, int4) OWNER TO app; \
+         ALTER FUNCTION public.fake_missing() OWNER TO app",
+    )
+    .unwrap();
+    let proxy = pooled_proxy(
+        "acme",
+        &a,
+        "mode = \"transaction\"\nsize = 1\nacquire_timeout = \"5s\"",
+    )
+    .await;
+    // The operator does not blind the state check a DO block triggers.
+    let mut first = Wire::connect(proxy.addr, "app.acme", &[]).await;
+    first
+        .step(
+            &Send::Query("DO $$ BEGIN CREATE TEMP TABLE hidden_leak (x int); INSERT INTO hidden_leak VALUES (42); END $$"),
+            Until::Ready(1),
+        )
+        .await;
+    let mut second = Wire::connect(proxy.addr, "app.acme", &[]).await;
+    second.transcript.clear();
+    second
+        .step(&Send::Query("SELECT * FROM hidden_leak"), Until::Ready(1))
+        .await;
+    assert!(
+        second.transcript.iter().any(|l| l.contains("42P01")),
+        "{:?}",
+        second.transcript
+    );
+
+    // A faked 26000 for the owner's statement costs it one failure at most.
+    let mut owner = Wire::connect(proxy.addr, "app.acme", &[]).await;
+    owner
+        .step(
+            &Send::Raw(cat(&[parse_named("s1", "SELECT 'A-stmt'"), sync()])),
+            Until::Ready(1),
+        )
+        .await;
+    let mut faker = Wire::connect(proxy.addr, "app.acme", &[]).await;
+    faker
+        .step(&Send::Query("SELECT fake_missing()"), Until::Ready(1))
+        .await;
+    owner.transcript.clear();
+    let run_s1 = Send::Raw(cat(&[bind_named("s1"), execute(), sync()]));
+    for _ in 0..3 {
+        owner.step(&run_s1, Until::Ready(1)).await;
+    }
+    let t = &owner.transcript;
+    assert!(
+        t.iter().filter(|l| l.starts_with("E ")).count() <= 1
+            && t.iter().rev().find(|l| l.starts_with("D ")) == Some(&"D A-stmt".to_owned()),
+        "{t:?}"
+    );
+    proxy.stop().await;
+}

@@ -242,7 +242,7 @@ impl Checkout {
             reset: !capture && policy.replayed,
             check_state: close.is_none()
                 && (changes.check_state || policy.check_session_state || policy.searches_pg_temp),
-            forget_statements: close.is_none() && changes.check_state,
+            forget_statements: close.is_none() && changes.forget_statements,
             close,
         }
     }
@@ -273,7 +273,7 @@ impl Checkout {
             reset,
             check_state: transaction
                 && (changes.check_state || policy.check_session_state || policy.searches_pg_temp),
-            forget_statements: transaction && changes.check_state,
+            forget_statements: transaction && changes.forget_statements,
             close,
         }
     }

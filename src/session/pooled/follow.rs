@@ -199,7 +199,11 @@ impl Session<'_> {
                         // next use.
                         super::super::prepared::note_missing(body, &mut lease.conn.prepared);
                     }
-                    if !self.statements.replied(received, &mut lease.conn.prepared) {
+                    let keep = self.statements.replied(received, &mut lease.conn.prepared);
+                    if tag == b'E' {
+                        super::super::prepared::note_exists(body, &mut lease.conn.prepared);
+                    }
+                    if !keep {
                         return false;
                     }
                     // Every drop sent has had its answer once nothing is
