@@ -422,7 +422,8 @@ pub fn take_target(startup: &mut StartupMessage, tenant: &Tenant) -> Result<Targ
     let mut wanted: Option<String> = None;
     let mut drop_settings = Vec::new();
     for (i, setting) in parsed.settings.iter().enumerate() {
-        if setting.name != TARGET_KEY {
+        // Setting names are case-insensitive, as PostgreSQL's.
+        if !setting.name.eq_ignore_ascii_case(TARGET_KEY) {
             continue;
         }
         match &wanted {

@@ -83,10 +83,16 @@ impl Tenant {
                 .collect(),
             None => Vec::new(),
         };
-        let topology = previous
-            .map(|old| old.topology.clone())
-            .filter(|old| old.follows(&t.backends, named_primary, &local))
-            .unwrap_or_else(|| Arc::new(Topology::with_zones(&t.backends, named_primary, &local)));
+        // Kept while the servers stay: pools made before a reload follow
+        // the same topology, and a newly named primary or zone reaches
+        // them at once.
+        let topology = match previous.map(|old| &old.topology) {
+            Some(old) if old.follows(&t.backends) => {
+                old.reconfigure(named_primary, &local);
+                old.clone()
+            }
+            _ => Arc::new(Topology::with_zones(&t.backends, named_primary, &local)),
+        };
         // Keep the derived secrets when the users did not change: a
         // rebuild (reload, a discovered tenant changing) must not pay
         // a PBKDF2 per password user each time.

@@ -12,10 +12,12 @@ use super::Targets;
 use crate::config::ReplicationConfig;
 
 /// One query, one round trip: (name, value) rows. The WAL position is the
-/// primary's current one, or the replica's replayed one, in bytes.
+/// primary's insert position (past every commit made, also an
+/// asynchronous one not yet written: `synchronous_commit = off`), or the
+/// replica's replayed one, in bytes.
 pub const PROBE_QUERY: &str = "SELECT 'recovery', pg_catalog.pg_is_in_recovery()::text \
 UNION ALL SELECT 'lsn', (CASE WHEN pg_catalog.pg_is_in_recovery() \
-THEN pg_catalog.pg_last_wal_replay_lsn() ELSE pg_catalog.pg_current_wal_lsn() END \
+THEN pg_catalog.pg_last_wal_replay_lsn() ELSE pg_catalog.pg_current_wal_insert_lsn() END \
 OPERATOR(pg_catalog.-) '0/0'::pg_catalog.pg_lsn)::text \
 UNION ALL SELECT 'replay_age', coalesce(pg_catalog.date_part('epoch', pg_catalog.now() \
 OPERATOR(pg_catalog.-) pg_catalog.pg_last_xact_replay_timestamp())::text, '')";

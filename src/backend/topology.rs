@@ -79,7 +79,7 @@ pub struct Server {
     /// `host:port` as configured.
     pub addr: String,
     /// Whether it is in pgcell's own zone (no zones configured: all are).
-    pub local: bool,
+    local: AtomicBool,
     state: Mutex<ServerState>,
     /// Backend connections open to it.
     open: Arc<AtomicUsize>,
@@ -114,8 +114,9 @@ pub enum NoServer {
 #[derive(Debug)]
 pub struct Topology {
     servers: Vec<Server>,
-    /// The primary the operator named (`[tenants.replication] primary`).
-    named_primary: Option<usize>,
+    /// The primary the operator named (`[tenants.replication] primary`),
+    /// or `NONE`.
+    named_primary: AtomicUsize,
     /// The last probe round found two primaries.
     split_brain: AtomicBool,
     /// Mixes the power-of-two choices.
@@ -124,6 +125,9 @@ pub struct Topology {
     /// it read (for read-your-writes: [`Topology::fresh_since`]).
     rounds: Mutex<std::collections::VecDeque<(Instant, u64)>>,
 }
+
+/// No server named.
+const NONE: usize = usize::MAX;
 
 /// Probe rounds remembered for read-your-writes.
 const ROUNDS: usize = 64;
@@ -145,34 +149,47 @@ impl Topology {
             servers: servers
                 .iter()
                 .map(|addr| Server {
-                    local: local.is_empty() || local.contains(addr),
+                    local: AtomicBool::new(local.is_empty() || local.contains(addr)),
                     addr: addr.clone(),
                     state: Mutex::new(ServerState::default()),
                     open: Arc::new(AtomicUsize::new(0)),
                 })
                 .collect(),
-            named_primary: named_primary.and_then(|n| servers.iter().position(|s| s == n)),
+            named_primary: AtomicUsize::new(
+                named_primary
+                    .and_then(|n| servers.iter().position(|s| s == n))
+                    .unwrap_or(NONE),
+            ),
             split_brain: AtomicBool::new(false),
             picks: AtomicUsize::new(0),
             rounds: Mutex::new(std::collections::VecDeque::new()),
         }
     }
 
-    /// Whether this topology follows exactly `servers` with `named_primary`
-    /// and `local` (a reload that keeps them keeps what is known).
-    pub fn follows(
-        &self,
-        servers: &[String],
-        named_primary: Option<&str>,
-        local: &[String],
-    ) -> bool {
+    /// Whether this topology follows exactly `servers` (a reload that keeps
+    /// them keeps what is known, and calls [`Topology::reconfigure`]).
+    pub fn follows(&self, servers: &[String]) -> bool {
         self.servers.len() == servers.len()
-            && self
-                .servers
-                .iter()
-                .zip(servers)
-                .all(|(s, a)| &s.addr == a && s.local == (local.is_empty() || local.contains(a)))
-            && self.named_primary.map(|i| self.servers[i].addr.as_str()) == named_primary
+            && self.servers.iter().zip(servers).all(|(s, a)| &s.addr == a)
+    }
+
+    /// A reload named another primary or other zones: applied in place, so
+    /// that every pool following this topology sees it.
+    pub fn reconfigure(&self, named_primary: Option<&str>, local: &[String]) {
+        let named = named_primary
+            .and_then(|n| self.servers.iter().position(|s| s.addr == n))
+            .unwrap_or(NONE);
+        self.named_primary.store(named, Ordering::Release);
+        for server in &self.servers {
+            server.local.store(
+                local.is_empty() || local.contains(&server.addr),
+                Ordering::Release,
+            );
+        }
+    }
+
+    fn named_primary(&self) -> Option<usize> {
+        Some(self.named_primary.load(Ordering::Acquire)).filter(|&i| i != NONE)
     }
 
     /// The servers.
@@ -221,7 +238,7 @@ impl Topology {
             .filter(|(s, _)| s.role == Role::Primary)
             .map(|(_, server)| server.addr.as_str())
             .collect();
-        let split = primaries.len() > 1 && self.named_primary.is_none();
+        let split = primaries.len() > 1 && self.named_primary().is_none();
         if split && !self.split_brain.load(Ordering::Acquire) {
             tracing::error!(servers = ?primaries, "split brain: two servers report they are the primary; writes refused");
         }
@@ -301,7 +318,7 @@ impl Topology {
                 .collect()
         };
         let primaries = || -> Result<Vec<usize>, NoServer> {
-            if let Some(named) = self.named_primary {
+            if let Some(named) = self.named_primary() {
                 return Ok(vec![named]);
             }
             if self.split_brain() {
@@ -328,7 +345,7 @@ impl Topology {
                 let (mut near, mut far): (Vec<usize>, Vec<usize>) = with_role(Role::Replica)
                     .into_iter()
                     .filter(fit)
-                    .partition(|&i| self.servers[i].local);
+                    .partition(|&i| self.servers[i].local.load(Ordering::Acquire));
                 self.order_by_load(&mut near);
                 self.order_by_load(&mut far);
                 let mut order: Vec<(usize, bool)> =

@@ -6,4 +6,4 @@ pub mod lexer;
 pub mod verdict;
 
 pub use lexer::Dialect;
-pub use verdict::{begins_transaction_read_only, judge, StateKind, Verdict};
+pub use verdict::{judge, one_read_only_transaction, StateKind, Verdict};

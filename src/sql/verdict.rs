@@ -440,47 +440,102 @@ fn judge_read_as(sql: &[u8], dialect: Dialect) -> Verdict {
     verdict
 }
 
-/// The access mode the first statement of `sql` opens a transaction
-/// block with: `Some(true)` for `BEGIN`/`START TRANSACTION` with `READ
-/// ONLY` among its modes, `Some(false)` with `READ WRITE`, `None` for
-/// anything else (another statement, or no access mode given). A text
-/// with a backslash or bytes pgcell cannot be sure of reads as `None`.
-pub fn begins_transaction_read_only(sql: &[u8], dialect: Dialect) -> Option<bool> {
-    if dialect.unsafe_encoding || sql.contains(&b'\\') {
-        return None;
-    }
-    let mut words: Vec<&[u8]> = Vec::new();
-    for item in Splitter::new(sql, dialect) {
-        match item {
-            Item::Token(Token::Word(w)) => words.push(w),
-            // `,` between modes; anything else ends what is read here.
-            Item::Token(Token::Punct(b',')) => {}
-            Item::Token(_) | Item::Inner => return None,
-            Item::End(_) => break,
+/// Whether the statements of `texts` (a `Query`'s, or the `Parse`s of one
+/// pipeline up to its `Sync`, in order) make one read-only transaction:
+/// the first opens a transaction `READ ONLY` (or any transaction is read
+/// only, `default_read_only`, and the first does not open one `READ
+/// WRITE`), and no statement ends it, opens another, changes the access
+/// mode, or runs code that could (`DO`, `CALL`, statements pgcell does not
+/// know). Only then may the whole of it run on a replica.
+pub fn one_read_only_transaction(
+    texts: &[&[u8]],
+    dialect: Dialect,
+    default_read_only: bool,
+) -> bool {
+    let mut first = true;
+    // A statement ended the transaction: nothing may follow.
+    let mut ended = false;
+    for text in texts {
+        if dialect.unsafe_encoding || text.contains(&b'\\') {
+            return false;
         }
-        if words.len() > 16 {
-            return None;
+        let mut words: Vec<&[u8]> = Vec::new();
+        let mut other = false;
+        for item in Splitter::new(text, dialect) {
+            match item {
+                Item::Token(Token::Word(w)) => {
+                    if words.len() < 16 {
+                        words.push(w);
+                    }
+                }
+                Item::Token(_) => other = true,
+                Item::Inner => return false,
+                Item::End(_) => {
+                    if !words.is_empty() || other {
+                        if ended {
+                            return false;
+                        }
+                        match statement_keeps_read_only(&words, first, default_read_only) {
+                            Some(ends) => ended = ends,
+                            None => return false,
+                        }
+                        first = false;
+                    }
+                    words.clear();
+                    other = false;
+                }
+            }
         }
     }
+    !first
+}
+
+/// One statement of [`one_read_only_transaction`], by its first words:
+/// `Some(ends)` when it keeps the transaction read only (`ends`: it is
+/// the `COMMIT` / `ROLLBACK` that closes it), `None` when it does not.
+fn statement_keeps_read_only(
+    words: &[&[u8]],
+    first: bool,
+    default_read_only: bool,
+) -> Option<bool> {
     let is = |i: usize, k: &str| {
         words
             .get(i)
             .is_some_and(|w| w.eq_ignore_ascii_case(k.as_bytes()))
     };
+    let any = |k: &str| words.iter().any(|w| w.eq_ignore_ascii_case(k.as_bytes()));
     let opens = is(0, "begin") || (is(0, "start") && is(1, "transaction"));
-    if !opens {
+    if first && opens {
+        let read_only = if any("only") && any("read") {
+            !any("write")
+        } else {
+            !any("write") && default_read_only
+        };
+        return read_only.then_some(false);
+    }
+    if first && !default_read_only {
         return None;
     }
-    let mut mode = None;
-    for i in 0..words.len() {
-        if is(i, "read") && is(i + 1, "only") {
-            mode = Some(true);
-        }
-        if is(i, "read") && is(i + 1, "write") {
-            mode = Some(false);
-        }
+    if opens || (is(0, "prepare") && is(1, "transaction")) {
+        return None;
     }
-    mode
+    // What closes the transaction: the last statement it may be.
+    let ends =
+        is(0, "commit") || is(0, "end") || is(0, "abort") || (is(0, "rollback") && !is(1, "to"));
+    let mode = (is(0, "set") || is(0, "reset"))
+        && (any("characteristics")
+            || any("transaction")
+            || any("default_transaction_read_only")
+            || any("transaction_read_only")
+            || any("all")
+            || any("session"))
+        || is(0, "discard")
+        || any("set_config");
+    let code = is(0, "do") || is(0, "call") || is(0, "execute") || words.is_empty();
+    if mode || code || (ends && any("chain")) {
+        return None;
+    }
+    Some(ends)
 }
 
 /// What a `FunctionCall` message may do: anything (it names a function by
@@ -609,23 +664,46 @@ mod tests {
     }
 
     #[test]
-    fn transaction_access_modes_are_read_from_begin() {
+    fn only_one_read_only_transaction_may_go_to_a_replica() {
         let d = Dialect::default();
-        let ro = |sql: &str| begins_transaction_read_only(sql.as_bytes(), d);
-        assert_eq!(ro("BEGIN READ ONLY"), Some(true));
-        assert_eq!(
-            ro("begin transaction isolation level repeatable read, read only; select 1"),
-            Some(true)
-        );
-        assert_eq!(ro("START TRANSACTION READ ONLY DEFERRABLE"), Some(true));
-        assert_eq!(ro("begin /* read write */ read only"), Some(true));
-        assert_eq!(ro("BEGIN READ WRITE"), Some(false));
-        assert_eq!(ro("BEGIN"), None);
-        assert_eq!(ro("SELECT 1; BEGIN READ ONLY"), None);
-        assert_eq!(ro("BEGIN; SET TRANSACTION READ ONLY"), None);
-        assert_eq!(ro("begin isolation level serializable"), None);
-        assert_eq!(ro("select 'begin read only'"), None);
-        assert_eq!(ro("BEGIN READ ONLY\\"), None);
+        let one = |texts: &[&str], default: bool| {
+            let texts: Vec<&[u8]> = texts.iter().map(|t| t.as_bytes()).collect();
+            one_read_only_transaction(&texts, d, default)
+        };
+        assert!(one(&["BEGIN READ ONLY; SELECT 1; COMMIT"], false));
+        assert!(one(&["BEGIN READ ONLY", "SELECT 1", "COMMIT"], false));
+        assert!(one(&["SELECT 1"], true));
+        assert!(one(&["BEGIN; SELECT 1; END"], true));
+        assert!(!one(&["SELECT 1"], false));
+        assert!(!one(
+            &["BEGIN READ ONLY; COMMIT; INSERT INTO t VALUES (1)"],
+            false
+        ));
+        assert!(!one(
+            &["BEGIN READ ONLY", "COMMIT", "INSERT INTO t VALUES (1)"],
+            false
+        ));
+        assert!(!one(
+            &["BEGIN READ ONLY; ROLLBACK; BEGIN; INSERT INTO t VALUES (1); COMMIT"],
+            false
+        ));
+        assert!(!one(&["BEGIN READ ONLY READ WRITE"], false));
+        assert!(!one(&["BEGIN READ WRITE; SELECT 1"], true));
+        assert!(!one(&["SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE; COMMIT; INSERT INTO t VALUES (1)"], true));
+        assert!(!one(
+            &["SELECT 1; SET default_transaction_read_only = off"],
+            true
+        ));
+        assert!(!one(&["SELECT 1; CALL p()"], true));
+        assert!(!one(
+            &["BEGIN READ ONLY; SELECT set_config('default_transaction_read_only', 'off', false)"],
+            false
+        ));
+        assert!(one(
+            &["BEGIN READ ONLY; SAVEPOINT a; SELECT 1; ROLLBACK TO a; COMMIT"],
+            false
+        ));
+        assert!(!one(&[], true));
     }
 
     #[test]

@@ -178,7 +178,7 @@ async fn writes_find_the_primary_and_reads_spread_over_fresh_replicas() {
     let mut read_only = proxy.pg_config("app.acme");
     read_only.options("-c target_session_attrs=read-only");
     let mut standby = proxy.pg_config("app.acme");
-    standby.options("-c target_session_attrs=standby");
+    standby.options("-c TARGET_SESSION_ATTRS=standby");
     for config in [&alias, &read_only, &standby] {
         let mut held = Vec::new();
         let mut ports = BTreeSet::new();
@@ -476,6 +476,21 @@ async fn two_primaries_refuse_writes_unless_the_operator_names_one() {
         served_by(&proxy.pg_config("app.named")).await.unwrap(),
         (p.port(), false)
     );
+    // Naming the primary by a reload ends the refusal at once (found by
+    // review: the pools kept the old topology).
+    let path = proxy.config_path();
+    let text = std::fs::read_to_string(&path).unwrap().replacen(
+        "[tenants.replication]\n",
+        &format!("[tenants.replication]\nprimary = \"{}\"\n", r.addr()),
+        1,
+    );
+    std::fs::write(&path, text).unwrap();
+    proxy.reload_and_wait().await;
+    assert_eq!(
+        served_by(&proxy.pg_config("app.acme")).await.unwrap(),
+        (r.port(), false)
+    );
+    before.batch_execute("SELECT 1").await.unwrap();
     proxy.stop().await;
 }
 
@@ -562,6 +577,58 @@ async fn read_only_transactions_go_to_replicas_that_have_the_clients_writes() {
         on_replica >= 5,
         "reads never reached the replica ({on_replica})"
     );
+
+    // Everything up to the next ReadyForQuery must be one read-only
+    // transaction: a write after its COMMIT in the same Query stays on the
+    // primary (found by review).
+    client
+        .batch_execute("BEGIN READ ONLY; COMMIT; INSERT INTO t VALUES (-1)")
+        .await
+        .unwrap();
+    client
+        .batch_execute("BEGIN READ ONLY; ROLLBACK; BEGIN; INSERT INTO t VALUES (-2); COMMIT")
+        .await
+        .unwrap();
+
+    // Asynchronous commits (a commit record not yet written when the
+    // probe reads the primary's position) are still seen (found by
+    // review: the write position lagged the commit).
+    p.psql("postgres", "ALTER SYSTEM SET wal_writer_delay = '3s'")
+        .unwrap();
+    p.psql("postgres", "SELECT pg_reload_conf()").unwrap();
+    let mut async_commits = proxy.pg_config("app.acme");
+    async_commits.options("-c synchronous_commit=off");
+    let (lazy, _l) = connect(&async_commits).await.unwrap();
+    for i in 2000..2005 {
+        lazy.execute("INSERT INTO t VALUES ($1)", &[&i])
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let seen: i64 = lazy
+            .query_one("SELECT count(*) FROM t WHERE v = $1", &[&i])
+            .await
+            .map(|r| r.get(0))
+            .unwrap_or(-1);
+        let rows = lazy
+            .simple_query(&format!(
+                "BEGIN READ ONLY; SELECT count(*) FROM t WHERE v = {i}; COMMIT"
+            ))
+            .await
+            .unwrap();
+        let count = rows.iter().find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
+            _ => None,
+        });
+        assert_eq!(seen, 1);
+        assert_eq!(
+            count.as_deref(),
+            Some("1"),
+            "an asynchronous commit was not seen"
+        );
+    }
+    p.psql("postgres", "ALTER SYSTEM RESET wal_writer_delay")
+        .unwrap();
+    p.psql("postgres", "SELECT pg_reload_conf()").unwrap();
 
     // A session whose transactions default to read only: every
     // transaction goes to the replica (once it has the writes), until the

@@ -232,6 +232,18 @@ impl Session<'_> {
                         self.checkout.setting_reported();
                     }
                     if let Some(lease) = self.lease.as_mut() {
+                        if name == "in_hot_standby" {
+                            // A promotion (PostgreSQL tells each session
+                            // at its next ReadyForQuery): the server's
+                            // role changed, and pools drop their idle
+                            // backends on it that no longer fit.
+                            let role = if value == "on" {
+                                crate::backend::topology::Role::Replica
+                            } else {
+                                crate::backend::topology::Role::Primary
+                            };
+                            self.pool.topology().saw_role(lease.conn.server, role);
+                        }
                         set_param(&mut lease.conn.params, name, value);
                     }
                 }

@@ -292,6 +292,58 @@ async fn acquire_fresh(
         .map_err(SessionError::Acquire)
 }
 
+/// The SQL texts of what `msg` begins, up to the backend's next
+/// `ReadyForQuery`: a `Query`'s text, or the texts of the `Parse`s (and
+/// any `Query`) of the pipeline `msg` opens, read ahead in `following` up
+/// to its `Sync`. `None` when they cannot all be read now: the pipeline's
+/// end has not arrived, or it binds a statement parsed before it.
+fn pipeline_texts<'m>(msg: &'m Message, following: &'m [u8]) -> Option<Vec<&'m [u8]>> {
+    fn parse_text(body: &[u8]) -> Option<(&[u8], &[u8])> {
+        let end = body.iter().position(|&b| b == 0)?;
+        let rest = &body[end + 1..];
+        let text_end = rest.iter().position(|&b| b == 0)?;
+        Some((&body[..end], &rest[..text_end]))
+    }
+    match msg.tag {
+        b'Q' => return Some(vec![msg.body.strip_suffix(&[0]).unwrap_or(&msg.body)]),
+        b'P' => {}
+        _ => return None,
+    }
+    let (first_name, first_text) = parse_text(&msg.body)?;
+    let mut parsed = vec![first_name];
+    let mut texts = vec![first_text];
+    let mut pos = 0;
+    loop {
+        let (tag, len) = match crate::protocol::framing::peek_message(&following[pos..], usize::MAX)
+        {
+            Ok(crate::protocol::framing::Peeked::Complete { tag, len }) => (tag, len),
+            _ => return None,
+        };
+        let body = &following[pos + crate::protocol::framing::HEADER_LEN..pos + len];
+        match tag {
+            b'S' => return Some(texts),
+            b'P' => {
+                let (name, text) = parse_text(body)?;
+                parsed.push(name);
+                texts.push(text);
+            }
+            b'Q' => texts.push(body.strip_suffix(&[0]).unwrap_or(body)),
+            b'B' => {
+                // Portal, then statement name: it must be one parsed here.
+                let portal_end = body.iter().position(|&b| b == 0)?;
+                let rest = &body[portal_end + 1..];
+                let name = &rest[..rest.iter().position(|&b| b == 0)?];
+                if !parsed.contains(&name) {
+                    return None;
+                }
+            }
+            b'D' | b'E' | b'C' | b'H' => {}
+            _ => return None,
+        }
+        pos += len;
+    }
+}
+
 struct Session<'a> {
     shared: &'a Shared,
     open: OpenSettings,
@@ -370,7 +422,7 @@ impl Session<'_> {
                     terminated = true;
                     break;
                 }
-                self.take_client_message(client, msg, &mut to_server)
+                self.take_client_message(client, msg, &mut to_server, &from_client)
                     .await?;
             }
             if !to_server.is_empty() {
@@ -479,6 +531,7 @@ impl Session<'_> {
         client: &mut C,
         msg: Message,
         to_server: &mut BytesMut,
+        following: &[u8],
     ) -> Result<(), SessionError>
     where
         C: AsyncRead + AsyncWrite + ReadReady + Unpin,
@@ -524,7 +577,7 @@ impl Session<'_> {
         }
         if self.lease.is_none() {
             self.follow_reload()?;
-            let fresh_after = self.choose_pool(&msg);
+            let fresh_after = self.choose_pool(&msg, following);
             let lease =
                 match acquire_fresh(&self.pool, &self.profile, self.listed, fresh_after).await {
                     Ok(lease) => lease,
@@ -599,22 +652,20 @@ impl Session<'_> {
     /// `default_transaction_read_only` is on — once a replica has replayed
     /// past the client's last transaction on the primary. Returns the
     /// moment replicas must have replayed past.
-    fn choose_pool(&mut self, msg: &Message) -> Option<std::time::Instant> {
+    fn choose_pool(&mut self, msg: &Message, following: &[u8]) -> Option<std::time::Instant> {
         if !self.route_read_only {
             return None;
         }
         self.pool = self.home.clone();
-        let text = match msg.tag {
-            b'Q' => &msg.body[..],
-            b'P' => match msg.body.iter().position(|&b| b == 0) {
-                Some(end) => &msg.body[end + 1..],
-                None => return None,
-            },
-            _ => &[],
-        };
-        let read_only = crate::sql::begins_transaction_read_only(text, Dialect::default())
-            .unwrap_or_else(|| self.default_read_only());
-        if !read_only {
+        // Everything up to the next ReadyForQuery must be one read-only
+        // transaction: a Query's statements, or the Parses of a pipeline
+        // up to its Sync, which must already be here to be read.
+        let texts = pipeline_texts(msg, following)?;
+        if !crate::sql::one_read_only_transaction(
+            &texts,
+            Dialect::default(),
+            self.default_read_only(),
+        ) {
             return None;
         }
         let topology = self.home.topology();
