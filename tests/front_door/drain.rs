@@ -89,7 +89,12 @@ async fn drain_scenario(tenant_text: &str) {
     })
     .await;
     assert!(TcpStream::connect(proxy.addr).await.is_err());
-    assert!(TcpStream::connect(health).await.is_err());
+    // The health listener closes as the state changes, on its own task: a
+    // moment later on a loaded machine (seen once under a parallel load).
+    eventually(Duration::from_secs(2), "the health port closed", || async {
+        TcpStream::connect(health).await.is_err()
+    })
+    .await;
     assert_eq!(ended_with(idle_conn).await, Some(SqlState::ADMIN_SHUTDOWN));
     assert_eq!(ended_with(late_conn).await, Some(SqlState::ADMIN_SHUTDOWN));
     busy_task
