@@ -497,6 +497,14 @@ impl ClientStatements {
             // Done as sent.
             self.pending.remove(&ticket);
         }
+        // Latest change first: the skipped messages came after the one
+        // that failed (a failed Parse, then a skipped DEALLOCATE of it,
+        // leaves no statement: found by review).
+        for owed in received.skipped.iter().rev() {
+            if let Some(undo) = owed.ticket.and_then(|t| self.pending.remove(&t)) {
+                self.undo(undo, backend);
+            }
+        }
         if let Some(owed) = received.failed {
             if let Some(undo) = owed.ticket.and_then(|t| self.pending.remove(&t)) {
                 self.undo_failed(undo, backend);
@@ -509,13 +517,6 @@ impl ClientStatements {
             }
             if owed.unnamed {
                 self.unnamed_here = false;
-            }
-        }
-        // Latest change first: a skipped Close then Parse of one name
-        // leaves the statement as it was before both.
-        for owed in received.skipped.iter().rev() {
-            if let Some(undo) = owed.ticket.and_then(|t| self.pending.remove(&t)) {
-                self.undo(undo, backend);
             }
         }
         for owed in received.skipped {

@@ -362,7 +362,11 @@ impl<'a> Statement<'a> {
                 v.state.get_or_insert(StateKind::TempObject);
             }
         } else if first("set") {
-            if !(is(h1, "local") || is(h1, "transaction") || is(h1, "constraints")) {
+            // `SET LOCAL x`, `SET TRANSACTION …`, `SET CONSTRAINTS …` last
+            // the transaction; `SET local.x` is a custom setting of the
+            // session (found by review).
+            let scoped = is(h1, "local") || is(h1, "transaction") || is(h1, "constraints");
+            if !scoped || h2 == Some(Token::Punct(b'.')) {
                 v.settings = true;
             }
         } else if first("reset") {
@@ -588,9 +592,11 @@ fn names_read_as(sql: &[u8], dialect: Dialect, found: &mut impl FnMut(String)) {
             _ if in_set => {
                 let wants_part = set_name.as_deref().is_some_and(|n| n.ends_with('.'));
                 match (set_name.is_some(), wants_part, token) {
+                    // `local` may be `SET LOCAL` or the start of
+                    // `local.x`: the next token tells.
                     (false, _, t) => match identifier(t) {
-                        Some(name) if !is(Some(t), "local") => set_name = Some(name),
-                        _ => in_set = false,
+                        Some(name) => set_name = Some(name),
+                        None => in_set = false,
                     },
                     (true, false, Token::Punct(b'.')) => {
                         if let Some(name) = set_name.as_mut() {
@@ -605,9 +611,12 @@ fn names_read_as(sql: &[u8], dialect: Dialect, found: &mut impl FnMut(String)) {
                         }
                     },
                     (true, false, _) => {
-                        // The name is complete.
+                        // The name is complete (`local` alone was the
+                        // keyword of `SET LOCAL`: transaction-scoped).
                         if let Some(name) = set_name.take() {
-                            found(name);
+                            if !name.eq_ignore_ascii_case("local") {
+                                found(name);
+                            }
                         }
                         in_set = false;
                     }
@@ -661,6 +670,27 @@ mod tests {
         ] {
             assert!(!v(sql).check_state, "{sql}");
         }
+    }
+
+    #[test]
+    fn custom_settings_named_like_scoping_key_words_are_the_sessions() {
+        for sql in [
+            "set local.x = 'a'",
+            "SET transaction.x = 1",
+            "set constraints.y to 2",
+            "set session local.x = 1",
+        ] {
+            assert!(v(sql).settings, "{sql}");
+        }
+        assert!(!v("SET LOCAL work_mem = '1MB'").settings);
+        assert!(!v("SET TRANSACTION READ ONLY").settings);
+        let mut names = Vec::new();
+        custom_setting_names(
+            b"set local.x = 1; SET LOCAL myapp.y = 2; set session local.z = 3; set transaction.t = 4",
+            Dialect::default(),
+            |n| names.push(n),
+        );
+        assert_eq!(names, ["local.x", "local.z", "transaction.t"]);
     }
 
     #[test]

@@ -1101,6 +1101,39 @@ fn scripts() -> Vec<Script> {
                 run_named(0, "sxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"),
             ],
         },
+        // Found by the sixth adversarial review (issue 20).
+        Script {
+            name: "custom settings named local.x, transaction.x, constraints.x are the session's",
+            shows: &["D |", "D A-secret|A-t"],
+            clients: vec![none.clone(), none.clone()],
+            steps: vec![
+                q(0, "SET local.x = 'A-secret'; SET transaction.x = 'A-t'"),
+                q(
+                    1,
+                    "SELECT coalesce(current_setting('local.x', true), ''), \
+                     coalesce(current_setting('transaction.x', true), '')",
+                ),
+                q(
+                    0,
+                    "SELECT current_setting('local.x', true), current_setting('transaction.x', true)",
+                ),
+            ],
+        },
+        Script {
+            name: "a failed Parse, then a DEALLOCATE of it the backend skips",
+            shows: &["42601", "26000", "D new"],
+            clients: vec![none.clone()],
+            steps: vec![
+                raw(
+                    0,
+                    cat(&[parse_named("s1", "bogus"), query("DEALLOCATE s1"), sync()]),
+                    Until::Ready(1),
+                ),
+                run_named(0, "s1"),
+                raw(0, cat(&[parse_named("s1", "SELECT 'new'"), sync()]), Until::Ready(1)),
+                run_named(0, "s1"),
+            ],
+        },
     ]
 }
 
