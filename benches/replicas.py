@@ -18,6 +18,7 @@ Everything listens on 127.0.0.1; every process started is stopped by pid.
 """
 
 import argparse
+import builtins
 import importlib.util
 import os
 import shutil
@@ -165,6 +166,9 @@ auth_file = {d}/userlist.txt
 pool_mode = transaction
 default_pool_size = {pool}
 max_client_conn = 1000
+; bounded waits, so that the run ends while the primary is gone
+query_wait_timeout = 5
+server_connect_timeout = 2
 server_tls_sslmode = disable
 logfile = {d}/pgbouncer.log
 """)
@@ -219,9 +223,12 @@ def failover(proxy, binary, work, seconds):
     logdir = os.path.join(dir, "log")
     os.makedirs(logdir)
     try:
+        # Throttled (-R): clients spend most of their time between
+        # transactions, as application connections do, so the failover
+        # shows what happens to idle clients as well as busy ones.
         bench = subprocess.Popen(
             ["pgbench", "-h", "127.0.0.1", "-p", str(port), "-U", user, "-n", "-c", "8", "-j", "2",
-             "-T", str(seconds), "-l", "--log-prefix", os.path.join(logdir, "tx"), "app"],
+             "-R", "400", "-T", str(seconds), "-l", "--log-prefix", os.path.join(logdir, "tx"), "app"],
             env={**os.environ, "PGPASSWORD": PASSWORD}, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, text=True, cwd=logdir)
         time.sleep(seconds / 3)
@@ -231,7 +238,13 @@ def failover(proxy, binary, work, seconds):
         rep.promote("replica1")
         promoted = time.time()
         log(f"{proxy}: replica promoted")
-        out, err = bench.communicate(timeout=seconds + 60)
+        try:
+            out, err = bench.communicate(timeout=seconds + 60)
+        except subprocess.TimeoutExpired:
+            bench.kill()
+            out, err = bench.communicate()
+            err += "\npgbench did not finish in time; killed"
+
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -249,7 +262,7 @@ def failover(proxy, binary, work, seconds):
                     end = int(parts[4]) + int(parts[5]) / 1e6
                     if end > promoted:
                         ok_after.append(end)
-    aborted = sum(1 for l in err.splitlines() if "aborted" in l)
+    aborted = sum(1 for l in err.splitlines() if l.startswith("pgbench: error: client") and "aborted" in l)
     if os.environ.get("PGCELL_DEBUG"):
         print(err[-3000:])
         print("promoted", promoted)
@@ -277,6 +290,7 @@ def main():
     p.add_argument("--seconds", type=int, default=15)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--write", action="store_true", help="write docs/benchmarks/replicas.md")
+    p.add_argument("--note", help="a sentence for the report's header (what else ran)")
     args = p.parse_args()
     load.ensure_tools(False)
     load.PGBOUNCER = load.ensure_pgbouncer(None)
@@ -292,7 +306,7 @@ def main():
     primary = statistics.median(scaling["acme"])
     replicas = statistics.median(scaling["acme-ro"])
     report = []
-    print_ = print
+    print_ = builtins.print
 
     def print(*a):  # noqa: A001 - the report is what is printed
         line = " ".join(str(x) for x in a)
@@ -307,7 +321,7 @@ def main():
           f"({version}; {pgbouncer}); "
           "do not edit by hand. Primary and replicas are PostgreSQL 15 clusters on this same "
           "2-core machine (streaming replication, `pg_basebackup -R`), so read scaling here "
-          "measures the routing and the spread, not extra hardware.")
+          "measures the routing and the spread, not extra hardware." + (f" {args.note}" if args.note else ""))
     print("\n## Read scaling (pgbench -S -c 16 -j 2, through pgcell, medians of "
           f"{args.rounds} rounds of {args.seconds} s)\n")
     print("| target | TPS per round | median |")
@@ -315,7 +329,7 @@ def main():
     for name, label in (("acme", "primary (tenant `acme`)"), ("acme-ro", "two replicas (`acme-ro`)")):
         print(f"| {label} | {', '.join(f'{x:.0f}' for x in scaling[name])} | {statistics.median(scaling[name]):.0f} |")
     print(f"\nreplicas / primary: {replicas / primary:.2f}x\n")
-    print("## Failover (TPC-B-like, -c 8 -j 2 -T 15; primary stopped at 5 s, replica promoted 0.3 s later)\n")
+    print("## Failover (TPC-B-like, -c 8 -j 2 -R 400 -T 15; primary stopped at 5 s, replica promoted 0.3 s later)\n")
     print("| proxy | transactions | clients lost | first write after promotion | transactions after promotion |")
     print("|---|---|---|---|---|")
     for r in results:
