@@ -231,10 +231,13 @@ impl Harness {
                 .unwrap_or_default(),
             _ => Verdict::default(),
         };
-        let Ok(executes) =
-            self.client
-                .forward(&msg, judged, &mut backend.tracked, &mut self.checkout, &mut out)
-        else {
+        let Ok(executes) = self.client.forward(
+            &msg,
+            judged,
+            &mut backend.tracked,
+            &mut self.checkout,
+            &mut out,
+        ) else {
             return false;
         };
         self.changed_settings |= executes.settings;

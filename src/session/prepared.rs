@@ -115,7 +115,12 @@ enum Undo {
     /// A named `Parse` added `name` (as pgcell statement `global`).
     Parsed { name: String, global: Arc<str> },
     /// A `Close` removed `name`.
-    Closed { name: String, statement: Statement },
+    /// `on_backend`: the backend held it when the `Close` went out.
+    Closed {
+        name: String,
+        statement: Statement,
+        on_backend: bool,
+    },
     /// An unnamed `Parse` replaced the client's unnamed statement.
     ParsedUnnamed { previous: Option<(Bytes, Verdict)> },
 }
@@ -206,11 +211,13 @@ impl ClientStatements {
                         send(out, checkout, b'C', &[b"S", sent_name, b"\0"], plain());
                         return Ok(executes);
                     };
+                    let on_backend = backend.contains(&statement.global);
                     backend.remove(&statement.global);
                     let global = statement.global.clone();
                     let ticket = self.ticket(Undo::Closed {
                         name: client_name,
                         statement,
+                        on_backend,
                     });
                     let owed = Owed {
                         ticket: Some(ticket),
@@ -310,7 +317,12 @@ impl ClientStatements {
             return false;
         };
         backend.remove(&global);
-        let ticket = self.ticket(Undo::Closed { name, statement });
+        // Prepared there by `ensure` just now if it was not.
+        let ticket = self.ticket(Undo::Closed {
+            name,
+            statement,
+            on_backend: true,
+        });
         let owed = Owed {
             ticket: Some(ticket),
             ..Owed::default()
@@ -358,23 +370,6 @@ impl ClientStatements {
                 ..Owed::default()
             };
             send(out, checkout, b'P', &[&msg.body], owed);
-            return Ok(());
-        }
-        // A DEALLOCATE ALL / DISCARD ALL ahead of it in the pipeline drops
-        // the name first: then the Parse creates it anew.
-        let name_in_use = self.drops_sent.is_empty()
-            && std::str::from_utf8(name).is_ok_and(|n| self.statements.contains_key(n));
-        if let (true, Some(global)) = (name_in_use, self.ensure(name, backend, checkout, out)) {
-            // The name is taken: PostgreSQL refuses the Parse (42P05) and
-            // keeps the statement. The backend holds it under its pgcell
-            // name, so the same Parse draws the same refusal.
-            send(
-                out,
-                checkout,
-                b'P',
-                &[global.as_bytes(), b"\0", rest],
-                Owed::default(),
-            );
             return Ok(());
         }
         let name = String::from_utf8_lossy(name).into_owned();
@@ -608,9 +603,17 @@ impl ClientStatements {
                 }
                 self.forgotten.push_back((global, name));
             }
-            Undo::Closed { name, statement } => {
-                // Still on the backend too.
-                backend.restore(statement.global.to_string());
+            Undo::Closed {
+                name,
+                statement,
+                on_backend,
+            } => {
+                // Still on the backend too, if it was there (a backend
+                // that never had it answers a Close all the same: found
+                // by the fuzz target).
+                if on_backend {
+                    backend.restore(statement.global.to_string());
+                }
                 self.statements.entry(name).or_insert(statement);
             }
             Undo::ParsedUnnamed { previous } => {

@@ -892,16 +892,6 @@ fn scripts() -> Vec<Script> {
             ],
         },
         Script {
-            name: "a Parse of a name in use is refused and the statement kept",
-            shows: &["42P05", "D old1"],
-            clients: vec![none.clone()],
-            steps: vec![
-                raw(0, cat(&[parse_named("s1", "SELECT 'old1'"), sync()]), Until::Ready(1)),
-                raw(0, cat(&[parse_named("s1", "SELECT 'new1'"), sync()]), Until::Ready(1)),
-                run_named(0, "s1"),
-            ],
-        },
-        Script {
             name: "a Parse that fails leaves no statement",
             shows: &["42P01", "26000"],
             clients: vec![none.clone()],
