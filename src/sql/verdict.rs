@@ -264,13 +264,8 @@ impl<'a> Statement<'a> {
         self.set_config = match (self.set_config, token) {
             (_, t @ (Token::Word(_) | Token::Quoted(_))) if names(t, "set_config") => Open,
             (Open, Token::Punct(b'(')) => Name,
-            (
-                Name,
-                Token::Str {
-                    body,
-                    escapes: false,
-                },
-            ) => {
+            // A literal read the same whatever its escapes: no backslash.
+            (Name, Token::Str { body, .. }) if !body.contains(&b'\\') => {
                 if body.eq_ignore_ascii_case(b"search_path") {
                     SearchPathComma
                 } else {
@@ -279,7 +274,7 @@ impl<'a> Statement<'a> {
             }
             (NameEnd, Token::Punct(b',')) => Outside,
             (SearchPathComma, Token::Punct(b',')) => SearchPathValue,
-            (SearchPathValue, Token::Str { escapes: false, .. }) => ValueEnd,
+            (SearchPathValue, Token::Str { body, .. }) if !body.contains(&b'\\') => ValueEnd,
             (ValueEnd, Token::Punct(b',' | b')')) => Outside,
             (Name | NameEnd | SearchPathComma | SearchPathValue | ValueEnd, _) => {
                 self.opaque_set_config = true;
