@@ -297,11 +297,7 @@ impl ServerConn {
             if role != Role::Unknown {
                 topology.saw_role(server, role);
             }
-            let fits = match targets.target {
-                Target::Primary => role != Role::Replica,
-                Target::Replica { .. } => role != Role::Primary || fallback,
-            };
-            if fits {
+            if targets.target.fits(role, fallback) {
                 return Ok(conn);
             }
             wrong_role = true;
@@ -354,16 +350,10 @@ impl ServerConn {
 
     /// The role the server reported at login (`in_hot_standby`).
     pub fn role(&self) -> Role {
-        match self
-            .params
+        self.params
             .iter()
             .find(|(name, _)| name == "in_hot_standby")
-            .map(|(_, value)| value.as_str())
-        {
-            Some("on") => Role::Replica,
-            Some("off") => Role::Primary,
-            _ => Role::Unknown,
-        }
+            .map_or(Role::Unknown, |(_, value)| Role::from_in_hot_standby(value))
     }
 
     async fn login(

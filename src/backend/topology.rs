@@ -23,6 +23,16 @@ pub enum Target {
 }
 
 impl Target {
+    /// Whether a server reporting `role` may serve this target; `fallback`:
+    /// it was chosen as the fallback (the primary for a replica client).
+    /// A server in recovery never serves a read-write client.
+    pub fn fits(self, role: Role, fallback: bool) -> bool {
+        match self {
+            Target::Primary => role != Role::Replica,
+            Target::Replica { .. } => role != Role::Primary || fallback,
+        }
+    }
+
     /// A label for metrics and the console.
     pub fn label(self) -> &'static str {
         match self {
@@ -45,6 +55,15 @@ pub enum Role {
 }
 
 impl Role {
+    /// The role an `in_hot_standby` value reports.
+    pub fn from_in_hot_standby(value: &str) -> Role {
+        match value {
+            "on" => Role::Replica,
+            "off" => Role::Primary,
+            _ => Role::Unknown,
+        }
+    }
+
     /// A label for metrics and the console.
     pub fn label(self) -> &'static str {
         match self {
@@ -221,12 +240,29 @@ impl Topology {
     }
 
     /// A login to server `i` reported its role (`in_hot_standby`).
+    /// A primary that now reports recovery means a failover: every
+    /// other server taken for a replica may be the new primary, so their
+    /// roles become unknown until a login or the probe sees them (a
+    /// client that cannot try several servers, passthrough, then tries
+    /// those before the demoted one).
     pub fn saw_role(&self, i: usize, role: Role) {
-        let mut state = self.lock(i);
-        if state.role != role {
-            tracing::info!(server = %self.servers[i].addr, role = role.label(), "server role changed");
+        let demoted = {
+            let mut state = self.lock(i);
+            if state.role != role {
+                tracing::info!(server = %self.servers[i].addr, role = role.label(), "server role changed");
+            }
+            let demoted = state.role == Role::Primary && role == Role::Replica;
+            state.role = role;
+            demoted
+        };
+        if demoted {
+            for j in (0..self.servers.len()).filter(|&j| j != i) {
+                let mut other = self.lock(j);
+                if other.role == Role::Replica {
+                    other.role = Role::Unknown;
+                }
+            }
         }
-        state.role = role;
     }
 
     /// Records a probe round's findings (one entry per server) and
@@ -442,6 +478,34 @@ mod tests {
             .map(|c| c.0)
             .collect();
         assert_eq!(order, vec![2, 1, 0]);
+    }
+
+    #[test]
+    fn a_demoted_primary_makes_the_replicas_candidates_again() {
+        let t = topology(3);
+        t.probed(vec![
+            state(Role::Primary, None),
+            state(Role::Replica, None),
+            state(Role::Replica, None),
+        ]);
+        // The primary logs in as a standby: a failover the probe has not
+        // seen. Either replica may be the new primary; both come first.
+        t.saw_role(0, Role::Replica);
+        let order: Vec<usize> = t
+            .candidates(Target::Primary)
+            .unwrap()
+            .into_iter()
+            .map(|c| c.0)
+            .collect();
+        assert_eq!(order, vec![1, 2, 0]);
+        assert_eq!(t.state(1).role, Role::Unknown);
+        // A replica that logs in as a replica stays one.
+        t.saw_role(1, Role::Replica);
+        t.saw_role(1, Role::Replica);
+        assert_eq!(t.state(2).role, Role::Unknown);
+        assert!(!Target::Primary.fits(Role::Replica, false));
+        assert!(Target::Replica { fallback: true }.fits(Role::Primary, true));
+        assert!(!Target::Replica { fallback: false }.fits(Role::Primary, false));
     }
 
     #[test]

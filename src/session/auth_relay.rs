@@ -6,6 +6,10 @@
 //! - `BackendKeyData` is replaced by a key pgcell issues, so cancel
 //!   requests come to pgcell and are routed by it.
 //!
+//! And it holds back everything after `AuthenticationOk` until the
+//! backend's `in_hot_standby` shows that the server may serve the client
+//! (a read-write client never gets a server in recovery).
+//!
 //! Spec: <https://www.postgresql.org/docs/current/protocol-flow.html#PROTOCOL-FLOW-START-UP>
 
 use std::net::SocketAddr;
@@ -14,6 +18,8 @@ use bytes::{Buf, BytesMut};
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
+use crate::backend::server::parameter_status;
+use crate::backend::topology::Role;
 use crate::cancel::{CancelMap, CancelTarget, IssuedKey};
 use crate::protocol::framing::{read_message, FramingError, Message};
 use crate::protocol::messages::{self, auth};
@@ -29,7 +35,15 @@ pub const MAX_CLIENT_AUTH_MESSAGE_LEN: usize = 65_535;
 /// How the exchange ended when nothing broke.
 pub enum AuthEnd {
     /// The backend sent `ReadyForQuery`; the session can start.
-    Ready(Option<IssuedKey>),
+    Ready {
+        /// The key the client got for cancel requests.
+        cancel_key: Option<IssuedKey>,
+        /// The role the server reported (`in_hot_standby`).
+        role: Role,
+    },
+    /// The server's role does not fit the client: nothing after the
+    /// authentication exchange reached the client.
+    WrongRole(Role),
     /// The backend refused the client with an `ErrorResponse`, already
     /// forwarded.
     Rejected {
@@ -63,7 +77,8 @@ pub enum AuthRelayError {
     Random(crate::auth::RandomError),
 }
 
-/// Relays messages from the backend's first answer to `ReadyForQuery`.
+/// Relays messages from the backend's first answer to `ReadyForQuery`,
+/// which the client gets only when `fits` accepts the server's role.
 /// Not cancel safe.
 pub async fn relay<C, B>(
     client: &mut C,
@@ -71,6 +86,7 @@ pub async fn relay<C, B>(
     cancel: &CancelMap,
     backend_addr: SocketAddr,
     vpce_id: Option<&str>,
+    fits: impl Fn(Role) -> bool,
 ) -> Result<AuthEnd, AuthRelayError>
 where
     C: AsyncRead + AsyncWrite + Unpin,
@@ -78,6 +94,7 @@ where
 {
     let mut out = BytesMut::with_capacity(1024);
     let mut cancel_key = None;
+    let mut role = Role::Unknown;
     loop {
         let msg = read_message(backend, MAX_BACKEND_STARTUP_MESSAGE_LEN)
             .await
@@ -148,13 +165,24 @@ where
                 });
             }
             b'Z' => {
+                if !fits(role) {
+                    return Ok(AuthEnd::WrongRole(role));
+                }
                 messages::tagged(&mut out, b'Z', &msg.body);
                 flush(client, &mut out)
                     .await
                     .map_err(AuthRelayError::Client)?;
-                return Ok(AuthEnd::Ready(cancel_key));
+                return Ok(AuthEnd::Ready { cancel_key, role });
             }
-            // ParameterStatus, NoticeResponse, NegotiateProtocolVersion.
+            b'S' => {
+                if let Some((name, value)) = parameter_status(&msg.body) {
+                    if name == "in_hot_standby" {
+                        role = Role::from_in_hot_standby(&value);
+                    }
+                }
+                messages::tagged(&mut out, b'S', &msg.body);
+            }
+            // NoticeResponse, NegotiateProtocolVersion.
             tag => messages::tagged(&mut out, tag, &msg.body),
         }
     }

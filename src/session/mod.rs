@@ -22,6 +22,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 
+use crate::backend::topology::Role;
 use crate::backend::{self, ConnectError};
 use crate::handshake::{self, ClientStream, HandshakeConfig, HandshakeError, Negotiated};
 use crate::lifecycle::State;
@@ -93,6 +94,16 @@ pub enum SessionError {
     /// The backend went away during the session.
     #[error("backend connection lost")]
     BackendLost,
+    /// A passthrough client's server reported a role that does not fit
+    /// it at login (a read-write client and a server in recovery): the
+    /// topology was stale.
+    #[error("server {server} is now a {}", role.label())]
+    WrongRole {
+        /// The server.
+        server: std::net::SocketAddr,
+        /// The role it reported.
+        role: Role,
+    },
     /// The client connection failed during the session.
     #[error("client connection failed: {0}")]
     ClientIo(std::io::Error),
@@ -153,7 +164,8 @@ impl SessionError {
             SessionError::BackendConnect(_)
             | SessionError::AuthTimeout
             | SessionError::BackendRejected(_)
-            | SessionError::BackendLost => ErrorKind::Backend,
+            | SessionError::BackendLost
+            | SessionError::WrongRole { .. } => ErrorKind::Backend,
             SessionError::AuthRelay(
                 AuthRelayError::Client(_) | AuthRelayError::UnexpectedClientMessage(_),
             ) => ErrorKind::Client,
@@ -182,6 +194,7 @@ impl SessionError {
             SessionError::AuthTimeout => "auth_timeout",
             SessionError::BackendRejected(_) => "backend_rejected",
             SessionError::BackendLost => "backend_lost",
+            SessionError::WrongRole { .. } => "server_role_changed",
             SessionError::ClientIo(_) => "client_lost",
             SessionError::ClientAuth(e) => e.reason(),
             SessionError::Acquire(crate::pool::AcquireError::Timeout(_)) => "pool_timeout",
@@ -207,6 +220,14 @@ impl SessionError {
             // The backend's own ErrorResponse went to the client.
             SessionError::BackendRejected(_) => return None,
             SessionError::BackendLost => server_lost(),
+            SessionError::WrongRole { role, .. } => ClientError::fatal(
+                SqlState::CANNOT_CONNECT_NOW,
+                format!(
+                    "the database server changed role (it is now a {}): a failover is under way",
+                    role.label()
+                ),
+            )
+            .hint("Reconnect: the next connection goes to the server that serves this client."),
             SessionError::TenantRemoved => ClientError::fatal(
                 SqlState::ADMIN_SHUTDOWN,
                 "terminating connection: the tenant was removed from this server",
@@ -628,12 +649,27 @@ where
             &shared.cancel,
             backend.addr,
             vpce_id.as_deref(),
+            |role| route.target.fits(role, backend.fallback),
         ),
     )
     .await
     .map_err(|_| SessionError::AuthTimeout)??;
     let _cancel_key = match auth {
-        AuthEnd::Ready(cancel_key) => cancel_key,
+        AuthEnd::Ready { cancel_key, role } => {
+            if role != Role::Unknown {
+                tenant.topology.saw_role(backend.server, role);
+            }
+            cancel_key
+        }
+        AuthEnd::WrongRole(role) => {
+            // The topology was stale (a failover the probe has not seen
+            // yet): the next login tries the right server.
+            tenant.topology.saw_role(backend.server, role);
+            return Err(SessionError::WrongRole {
+                server: backend.addr,
+                role,
+            });
+        }
         AuthEnd::Rejected { code } => return Err(SessionError::BackendRejected(code)),
         AuthEnd::ClientQuit => return Ok(()),
     };

@@ -340,6 +340,12 @@ async fn a_failover_keeps_idle_clients_and_writes_follow_the_new_primary() {
             .unwrap();
         idle.push((client, conn));
     }
+    // A transaction-mode client inside a transaction.
+    let (in_txn, in_txn_conn) = connect(&proxy.pg_config("app.acme")).await.unwrap();
+    in_txn
+        .batch_execute("BEGIN; INSERT INTO t VALUES (9)")
+        .await
+        .unwrap();
     caught_up(&p, &r).await;
 
     // The primary goes; the replica is promoted a moment later.
@@ -365,6 +371,20 @@ async fn a_failover_keeps_idle_clients_and_writes_follow_the_new_primary() {
         );
     }
     let writes_back = promoted.elapsed();
+    // The client that was inside a transaction lost it as on a direct
+    // connection: PostgreSQL's 57P01 (or the lost connection), then the
+    // connection closes.
+    let error = in_txn.batch_execute("COMMIT").await.unwrap_err();
+    assert!(
+        ["57P01", "08006"].contains(&code_of(&error).as_str()) || error.is_closed(),
+        "{error:?}"
+    );
+    eventually(
+        Duration::from_secs(5),
+        "the client in a transaction is closed",
+        || async { in_txn_conn.is_finished() },
+    )
+    .await;
     assert!(
         writes_back < Duration::from_secs(2),
         "writes succeeded {writes_back:?} after the promotion"
@@ -661,5 +681,212 @@ async fn read_only_transactions_go_to_replicas_that_have_the_clients_writes() {
         .await
         .unwrap();
     assert_eq!(server(rw), (p.port(), false));
+    proxy.stop().await;
+}
+
+/// What a pgbench run through a failover did: from its per-transaction
+/// log and its output.
+struct PgbenchRun {
+    /// When each transaction ended (microseconds since the epoch).
+    ended_us: Vec<u128>,
+    /// Clients pgbench gave up on, and why.
+    aborted: Vec<String>,
+    /// Every error line.
+    errors: Vec<String>,
+}
+
+/// Runs pgbench's TPC-B-like script through `port` as `user` for
+/// `seconds`, throttled to `rate` transactions a second, so clients sit
+/// idle between transactions as an application's do.
+fn pgbench_logged(port: u16, user: &str, seconds: u32, rate: u32) -> PgbenchRun {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = dir.path().join("tx");
+    let (_, out) = pgbench_with(
+        port,
+        user,
+        &[
+            "-c",
+            "4",
+            "-j",
+            "2",
+            "-R",
+            &rate.to_string(),
+            "-T",
+            &seconds.to_string(),
+            "-l",
+            &format!("--log-prefix={}", prefix.display()),
+        ],
+        &[],
+    );
+    let mut ended_us = Vec::new();
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        for line in text.lines() {
+            // client_id transaction_no time script_no time_epoch time_us
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 6 || f[2] == "failed" || f[2] == "skipped" {
+                continue;
+            }
+            ended_us
+                .push(f[4].parse::<u128>().unwrap() * 1_000_000 + f[5].parse::<u128>().unwrap());
+        }
+    }
+    let errors: Vec<String> = out
+        .lines()
+        .filter(|l| l.contains("error") || l.contains("FATAL") || l.contains("ERROR"))
+        .map(str::to_owned)
+        .collect();
+    let aborted = errors
+        .iter()
+        .filter(|l| l.contains("aborted"))
+        .cloned()
+        .collect();
+    PgbenchRun {
+        ended_us,
+        aborted,
+        errors,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgbench_runs_through_a_failover() {
+    let mut p = cluster("bench-failover-primary");
+    init_pgbench(&p);
+    let r = replica(&p, "bench-failover-replica");
+    caught_up(&p, &r).await;
+    let proxy = proxy(&replicated_tenant(
+        "acme",
+        &[&p, &r],
+        "mode = \"transaction\"\nsize = 4\nacquire_timeout = \"10s\"",
+        "",
+    ))
+    .await;
+    roles_known(&proxy, "acme", &[(&p, 1.0), (&r, 0.0)]).await;
+
+    // The failover happens 3 s into a 9 s run.
+    let port = proxy.addr.port();
+    let bench = tokio::task::spawn_blocking(move || pgbench_logged(port, "app.acme", 9, 40));
+    // A writer that is idle between its transactions measures when writes
+    // succeed again.
+    let (writer, _w) = connect(&proxy.pg_config("app.acme")).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    p.stop("fast").unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    r.promote().unwrap();
+    let promoted = Instant::now();
+    let promoted_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros();
+    let mut writes_back = None;
+    while promoted.elapsed() < Duration::from_secs(5) {
+        match writer
+            .query_one(
+                "UPDATE pgbench_branches SET bbalance = bbalance WHERE bid = 1 \
+                 RETURNING inet_server_port(), pg_is_in_recovery()",
+                &[],
+            )
+            .await
+        {
+            Ok(row) => {
+                assert_eq!(
+                    (row.get::<_, i32>(0) as u16, row.get::<_, bool>(1)),
+                    (r.port(), false),
+                    "a write landed off the new primary"
+                );
+                writes_back = Some(promoted.elapsed());
+                break;
+            }
+            Err(e) => {
+                // Never a server in recovery (25006), never a lost
+                // connection for an idle client.
+                assert_ne!(code_of(&e), "25006", "{e}");
+                assert!(!e.is_closed(), "the idle writer lost its connection");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    let writes_back = writes_back.expect("writes never succeeded after the promotion");
+    let run = bench.await.unwrap();
+    let run_after = run.ended_us.iter().filter(|&&t| t > promoted_us).count();
+    eprintln!(
+        "pgbench through a failover: {} transactions, {} after the promotion, {} clients lost, \
+         writes back {writes_back:?} after the promotion; errors: {:?}",
+        run.ended_us.len(),
+        run_after,
+        run.aborted.len(),
+        run.errors
+    );
+    assert!(
+        writes_back < Duration::from_secs(2),
+        "writes succeeded {writes_back:?} after the promotion"
+    );
+    // No write reached a server in recovery.
+    assert!(
+        !run.errors
+            .iter()
+            .any(|l| l.contains("read-only transaction")),
+        "{:?}",
+        run.errors
+    );
+    // A client is lost only when it was inside a transaction when the
+    // primary stopped, with PostgreSQL's own words; the idle ones went on.
+    assert!(
+        run.aborted.len() < 4,
+        "every client was lost: {:?}",
+        run.aborted
+    );
+    for line in &run.aborted {
+        assert!(
+            line.contains("terminating connection due to administrator command")
+                || line.contains("server connection lost")
+                || line.contains("server closed the connection unexpectedly"),
+            "a client was lost for another reason: {line}"
+        );
+    }
+    assert!(
+        run_after > 40,
+        "few transactions after the promotion: {run_after}"
+    );
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_passthrough_login_never_reaches_a_server_in_recovery() {
+    let mut p = cluster("pt-failover-primary");
+    let r = replica(&p, "pt-failover-replica");
+    // The probe looks once, at start: what a failover looks like before
+    // the next probe round.
+    let tenant = replicated_tenant("pt", &[&p, &r], "", "")
+        .replacen("[tenants.pool]\n\n", "auth = \"passthrough\"\n", 1)
+        .replacen("probe_interval = \"200ms\"", "probe_interval = \"1h\"", 1);
+    let proxy = proxy(&tenant).await;
+    roles_known(&proxy, "pt", &[(&p, 1.0), (&r, 0.0)]).await;
+    assert_eq!(
+        served_by(&proxy.pg_config("app.pt")).await.unwrap(),
+        (p.port(), false)
+    );
+    // The old primary comes back as a standby of the promoted replica;
+    // pgcell's picture still has it as the primary.
+    p.stop("fast").unwrap();
+    r.promote().unwrap();
+    p.restart_as_standby_of(&r).unwrap();
+    // The login that finds the stale primary in recovery is refused with
+    // a clear error before the client can write anything.
+    let error = connect(&proxy.pg_config("app.pt")).await.unwrap_err();
+    assert_eq!(code_of(&error), "57P03", "{error}");
+    let message = error.as_db_error().map(|e| e.message()).unwrap_or_default();
+    assert!(message.contains("changed role"), "{message}");
+    // The next login goes to the promoted server, and keeps going there.
+    for _ in 0..3 {
+        assert_eq!(
+            served_by(&proxy.pg_config("app.pt")).await.unwrap(),
+            (r.port(), false)
+        );
+    }
+    // A read-only client is still served by the standby.
+    let mut ro = proxy.pg_config("app.pt");
+    ro.options("-c target_session_attrs=standby");
+    assert_eq!(served_by(&ro).await.unwrap(), (p.port(), true));
     proxy.stop().await;
 }

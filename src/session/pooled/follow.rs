@@ -237,12 +237,10 @@ impl Session<'_> {
                             // at its next ReadyForQuery): the server's
                             // role changed, and pools drop their idle
                             // backends on it that no longer fit.
-                            let role = if value == "on" {
-                                crate::backend::topology::Role::Replica
-                            } else {
-                                crate::backend::topology::Role::Primary
-                            };
-                            self.pool.topology().saw_role(lease.conn.server, role);
+                            let role = crate::backend::topology::Role::from_in_hot_standby(&value);
+                            if role != crate::backend::topology::Role::Unknown {
+                                self.pool.topology().saw_role(lease.conn.server, role);
+                            }
                         }
                         set_param(&mut lease.conn.params, name, value);
                     }
