@@ -168,8 +168,9 @@ def ensure_pgbouncer(explicit):
         subprocess.run(["apt-get", "update", "-qq"], check=True)
         subprocess.run(["apt-get", "install", "-y", "-qq", "pgbouncer"], check=True,
                        env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
-        # The package starts its own service; we run our own instance.
+        # The packages start their own services; we run our own instances.
         subprocess.run(["service", "pgbouncer", "stop"], check=False, capture_output=True)
+        subprocess.run(["service", "haproxy", "stop"], check=False, capture_output=True)
     return shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
 
 
@@ -184,13 +185,17 @@ def ensure_tools(need_venv):
     missing = []
     if not shutil.which("pgbench"):
         missing.append("postgresql-client")
+    if not shutil.which("haproxy"):
+        # The passthrough reference: a plain TCP proxy (Debian's).
+        missing.append("haproxy")
     if missing:
         log(f"installing {' '.join(missing)} (apt)")
         subprocess.run(["apt-get", "update", "-qq"], check=True)
         subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True,
                        env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
-        # The package starts its own service; we run our own instance.
+        # The packages start their own services; we run our own instances.
         subprocess.run(["service", "pgbouncer", "stop"], check=False, capture_output=True)
+        subprocess.run(["service", "haproxy", "stop"], check=False, capture_output=True)
     if need_venv:
         py = os.path.join(VENV, "bin", "python")
         if not os.path.exists(py):
@@ -220,6 +225,11 @@ class Servers:
         self.bin = pg_bin_dir()
         self.pg_port = free_port()
         self.bouncer_port = free_port()
+        # HAProxy: TCP mode to PostgreSQL, and TLS terminated (direct TLS,
+        # ALPN postgresql); the wrapper (not measured) lets pgbench, whose
+        # libpq 15 cannot start TLS directly, reach both TLS terminators.
+        self.haproxy_port, self.haproxy_tls_port = free_port(), free_port()
+        self.wrap_haproxy_port, self.wrap_pgcell_port = free_port(), free_port()
         self.cells = {}  # name -> (port, pid)
         self.procs = []
 
@@ -342,6 +352,63 @@ pidfile = {d}/pgbouncer.pid
         with open(pidfile) as f:
             self.bouncer_pid = int(f.read().strip())
 
+    # HAProxy ------------------------------------------------------------
+    def start_haproxy(self):
+        """The measured HAProxy (one thread, as PgBouncer and `pgcell`), and
+        the TLS wrapper in front of both TLS terminators. Call after
+        start_pgcell("pgcell", ...)."""
+        d = os.path.join(self.dir, "haproxy")
+        os.makedirs(d, exist_ok=True)
+        pem = os.path.join(d, "server.pem")
+        with open(pem, "w") as f:
+            f.write(open(self.cert).read() + open(self.key).read())
+        common = """defaults
+    mode tcp
+    timeout connect 10s
+    timeout client 1h
+    timeout server 1h
+"""
+        measured = f"""global
+    nbthread 1
+    maxconn 4000
+{common}
+frontend pg
+    bind 127.0.0.1:{self.haproxy_port}
+    default_backend pg
+frontend pgtls
+    bind 127.0.0.1:{self.haproxy_tls_port} ssl crt {pem} alpn postgresql
+    default_backend pg
+backend pg
+    server pg 127.0.0.1:{self.pg_port}
+"""
+        pgcell_port = self.cells["pgcell"][0]
+        wrapper = f"""global
+    maxconn 4000
+{common}
+frontend to_haproxy
+    bind 127.0.0.1:{self.wrap_haproxy_port}
+    default_backend haproxy_tls
+frontend to_pgcell
+    bind 127.0.0.1:{self.wrap_pgcell_port}
+    default_backend pgcell_tls
+backend haproxy_tls
+    server h 127.0.0.1:{self.haproxy_tls_port} ssl verify none alpn postgresql
+backend pgcell_tls
+    server c 127.0.0.1:{pgcell_port} ssl verify none alpn postgresql
+"""
+        pids = []
+        for name, text, port in [("measured", measured, self.haproxy_port),
+                                 ("wrapper", wrapper, self.wrap_haproxy_port)]:
+            cfg = os.path.join(d, f"{name}.cfg")
+            with open(cfg, "w") as f:
+                f.write(text)
+            p = subprocess.Popen(["haproxy", "-db", "-f", cfg], stdout=subprocess.DEVNULL,
+                                 stderr=open(os.path.join(d, f"{name}.log"), "w"))
+            self.procs.append(p)
+            wait_port(port)
+            pids.append(p.pid)
+        self.haproxy_pid = pids[0]
+
     # pgcell --------------------------------------------------------------
     def start_pgcell(self, name, workers):
         """`workers`: worker threads of the multi-threaded runtime (None: one
@@ -396,6 +463,13 @@ scram_secret = "{self.app_secret}"
 name = "idle"
 scram_secret = "{self.idle_secret}"
 
+# Passthrough: the backend authenticates each client; one backend each.
+[[tenants]]
+id = "benchpt"
+backends = ["127.0.0.1:{self.pg_port}"]
+auth = "passthrough"
+max_client_connections = 12000
+
 [[tenants]]
 id = "benchsess"
 backends = ["127.0.0.1:{self.pg_port}"]
@@ -444,6 +518,7 @@ scram_secret = "{self.app_secret}"
         self.start_pgcell("pgcell", workers)
         self.start_pgcell("pgcell-2t", None)
         self.start_pgcell("pgcell-ct", "current_thread")
+        self.start_haproxy()
 
     def stop(self):
         if getattr(self, "bouncer_pid", None):
@@ -469,6 +544,15 @@ scram_secret = "{self.app_secret}"
             return self.pg_port, "app", "app", None
         if name == "pgbouncer":
             return self.bouncer_port, "app", "app_session" if session else "app", self.bouncer_pid
+        if name == "haproxy":
+            return self.haproxy_port, "app", "app", self.haproxy_pid
+        if name == "haproxy-tls":
+            return self.wrap_haproxy_port, "app", "app", self.haproxy_pid
+        if name == "pgcell-pt":
+            port, pid = self.cells["pgcell"]
+            return port, "app.benchpt", "app", pid
+        if name == "pgcell-pt-tls":
+            return self.wrap_pgcell_port, "app.benchpt", "app", self.cells["pgcell"][1]
         if name in self.cells:
             port, pid = self.cells[name]
             return port, "app.benchsess" if session else "app.bench", "app", pid
@@ -500,6 +584,25 @@ def cases(args):
         dict(name="TLS txn -S simple 32", bench=["-S", "-M", "simple"], clients=32, tls=True, targets=all4),
         dict(name="storm -C plaintext", bench=["-S", "-M", "simple", "-C"], clients=8, storm=True, targets=all3),
         dict(name="storm -C TLS", bench=["-S", "-M", "simple", "-C"], clients=8, storm=True, tls=True, targets=all4),
+    ] + passthrough_cases(32, 8, 1_000_000)
+
+
+def passthrough_cases(clients, storm_clients, copy_rows):
+    """Passthrough tenants (one backend per client) against a plain TCP
+    proxy, HAProxy. TLS cases go through the wrapper to HAProxy's TLS
+    terminator and to pgcell's (direct TLS, ALPN postgresql)."""
+    plain = ["direct", "haproxy", "pgcell-pt"]
+    tls = ["haproxy-tls", "pgcell-pt-tls"]
+    return [
+        dict(name=f"passthrough -S simple {clients}", bench=["-S", "-M", "simple"], clients=clients, targets=plain),
+        dict(name=f"passthrough TLS -S simple {clients}", bench=["-S", "-M", "simple"], clients=clients, targets=tls),
+        dict(name="passthrough storm -C plaintext", bench=["-S", "-M", "simple", "-C"], clients=storm_clients,
+             storm=True, targets=plain),
+        dict(name="passthrough storm -C TLS", bench=["-S", "-M", "simple", "-C"], clients=storm_clients,
+             storm=True, targets=tls),
+        # `rows` lines of 1,001 bytes: 1,000,000 is about 1 GB.
+        dict(name=f"passthrough COPY {copy_rows * 1001 // 1_000_000} MB", copy_rows=copy_rows, clients=1,
+             targets=plain + tls),
     ]
 
 
@@ -509,7 +612,7 @@ def smoke_cases():
         dict(name="txn -S simple 4", bench=["-S", "-M", "simple"], clients=4, targets=all3),
         dict(name="txn -S prepared 4", bench=["-S", "-M", "prepared"], clients=4, targets=all3),
         dict(name="storm -C TLS", bench=["-S", "-M", "simple", "-C"], clients=2, storm=True, tls=True, targets=all3),
-    ]
+    ] + passthrough_cases(4, 2, 10_000)
 
 
 def parse_pgbench(out):
@@ -590,6 +693,37 @@ def run_case(servers, case, target, duration, sampling, workdir, perf_dir=None):
         r["proxy_rss_mb"] = round(rss_mb(pid), 1)
     if p.returncode != 0:
         r["error"] = "\n".join(l for l in out.splitlines() if "error" in l.lower() or "abort" in l.lower())[:2000]
+    return r
+
+
+def run_copy(servers, case, target, workdir):
+    """One `COPY ... TO STDOUT` of `copy_rows` lines through `target`, read
+    by psql as fast as it can: MB/s (in the `tps` field, so the tables
+    compare it) and the proxy's CPU per MB."""
+    port, user, db, pid = servers.target(target)
+    rows = case["copy_rows"]
+    sql = f"COPY (SELECT repeat('x', 1000) FROM generate_series(1, {rows})) TO STDOUT"
+    cmd = ["psql", "-X", "-q", "-h", "127.0.0.1", "-p", str(port), "-U", user, "-d", db,
+           "-v", "ON_ERROR_STOP=1", "-c", sql]
+    env = {**os.environ, "PGPASSWORD": PASSWORD, "PGSSLMODE": "disable", "PGCONNECT_TIMEOUT": "10"}
+    cpu0 = cpu_times(pid) if pid else None
+    t0 = time.time()
+    p = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                       cwd=workdir, timeout=600)
+    wall = time.time() - t0
+    cpu1 = cpu_times(pid) if pid else None
+    mb = rows * 1001 / 1e6
+    r = dict(case=case["name"], target=target, clients=1, exit=p.returncode, wall_s=round(wall, 2),
+             transactions=1 if p.returncode == 0 else 0, tps=round(mb / wall, 1), command=" ".join(cmd))
+    if pid:
+        user_s, kernel = cpu1[0] - cpu0[0], cpu1[1] - cpu0[1]
+        r["proxy_cpu_s"] = round(user_s + kernel, 3)
+        r["proxy_cpu_us_per_tx"] = round((user_s + kernel) * 1e6 / mb, 1)
+        r["proxy_user_us_per_tx"] = round(user_s * 1e6 / mb, 1)
+        r["proxy_sys_us_per_tx"] = round(kernel * 1e6 / mb, 1)
+        r["proxy_rss_mb"] = round(rss_mb(pid), 1)
+    if p.returncode != 0:
+        r["error"] = p.stderr[-2000:]
     return r
 
 
@@ -732,7 +866,8 @@ def targets_table(summary, cases_order):
     for case in cases_order:
         if case not in summary or "idle" in case:
             continue
-        for target in ["direct", "pgbouncer", "pgcell", "pgcell-2t", "pgcell-ct"]:
+        for target in ["direct", "pgbouncer", "pgcell", "pgcell-2t", "pgcell-ct", "haproxy", "pgcell-pt",
+                       "haproxy-tls", "pgcell-pt-tls"]:
             s = summary[case].get(target)
             if not s:
                 continue
@@ -826,6 +961,23 @@ def targets_check(summary, results, high):
         r = ratio(hi, lo)
         if r is not None:
             rows.append((f"{high} clients -M {mode}: pgcell TPS ≥ 0.9× its 32-client figure", f"{fmt(r, 2)}×", r >= 0.9))
+    # Passthrough against HAProxy (issue 22's targets).
+    for case in summary:
+        if not case.startswith("passthrough"):
+            continue
+        tls = "TLS" in case
+        a, b = ("pgcell-pt-tls", "haproxy-tls") if tls else ("pgcell-pt", "haproxy")
+        if "COPY" in case:
+            for a, b in [("pgcell-pt", "haproxy"), ("pgcell-pt-tls", "haproxy-tls")]:
+                rr = round_ratios(results, case, a, b, "tps")
+                if rr:
+                    rows.append((f"{case}: {a} MB/s ≥ {b}'s", spread(rr), ok(rr, lambda x: x >= 1.0)))
+            continue
+        rr = round_ratios(results, case, a, b, "proxy_cpu_us_per_tx")
+        limit = 0.8 if tls else 1.0
+        what = "connection" if "storm" in case else "transaction"
+        rows.append((f"{case}: pgcell CPU per {what} ≤ {limit}× HAProxy's", spread(rr),
+                     ok(rr, lambda x, limit=limit: x <= limit)))
     lines = ["| target | measured: median (min–max over rounds) | met |", "|---|---|---|"]
     for name, measured, met in rows:
         lines.append(f"| {name} | {measured} | {'yes' if met else '**no**'} |")
@@ -976,8 +1128,10 @@ def main():
         servers.start_pgcell("pgcell", args.pgcell_workers)
         servers.start_pgcell("pgcell-2t", None)
         servers.start_pgcell("pgcell-ct", "current_thread")
+        servers.start_haproxy()
         if args.hold:
-            info = {t: servers.target(t) for t in ["direct", "pgbouncer", "pgcell", "pgcell-2t", "pgcell-ct"]}
+            info = {t: servers.target(t) for t in ["direct", "pgbouncer", "pgcell", "pgcell-2t", "pgcell-ct",
+                                                   "haproxy", "haproxy-tls", "pgcell-pt", "pgcell-pt-tls"]}
             print(json.dumps({"password": PASSWORD, "targets": info}), flush=True)
             log(f"holding for {args.hold} s (Ctrl-C stops)")
             try:
@@ -996,7 +1150,10 @@ def main():
                 if rnd > max(args.rounds, case.get("min_rounds", 0)):
                     continue
                 for target in case["targets"]:
-                    r = run_case(servers, case, target, args.duration, sampling, work, args.perf_dir)
+                    if "copy_rows" in case:
+                        r = run_copy(servers, case, target, work)
+                    else:
+                        r = run_case(servers, case, target, args.duration, sampling, work, args.perf_dir)
                     r["round"] = rnd
                     results.append(r)
                     log(f"round {rnd} {case['name']:<24} {target:<9} tps={fmt(r['tps'])} "

@@ -5,18 +5,23 @@
 //! the client gets a proper `ErrorResponse` instead of a silent close, and
 //! so that when pgcell is stopping the session ends with `57P01` as soon
 //! as it is between transactions with nothing in flight.
+//!
+//! One future polls both directions itself (`Pipe::poll_step`): no split
+//! of the streams into halves behind a lock, no `select!` per message, and
+//! the stop signal is one future made once, so a message costs a read and
+//! a write and little else (docs/performance.md, "Passthrough").
 
+use std::future::Future;
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-
-use tokio::sync::watch;
-
-use crate::lifecycle::State;
+use std::pin::{pin, Pin};
+use std::task::{Context, Poll};
 
 use bytes::BytesMut;
 use metrics::Counter;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::watch;
 
+use crate::lifecycle::State;
 use crate::protocol::framing::FrameTracker;
 
 /// Bytes read per read call, each direction.
@@ -60,6 +65,212 @@ pub struct RelayCounters {
     pub to_client: Counter,
 }
 
+/// One direction: what was read and not yet written on, and the message
+/// boundaries seen.
+struct Pipe {
+    buf: BytesMut,
+    /// How much of `buf` has been written on.
+    sent: usize,
+    frames: FrameTracker,
+    bytes: u64,
+}
+
+/// How one direction ended.
+enum PipeEnd {
+    /// The reading side closed.
+    Eof,
+    /// Reading failed.
+    ReadFailed(io::Error),
+    /// Writing failed.
+    WriteFailed(io::Error),
+}
+
+impl Pipe {
+    fn new() -> Pipe {
+        Pipe {
+            buf: BytesMut::with_capacity(RELAY_BUF_LEN),
+            sent: 0,
+            frames: FrameTracker::default(),
+            bytes: 0,
+        }
+    }
+
+    /// Writes on what is pending, then reads once: `Ready(Ok(n))` when
+    /// `n` bytes were read (and are being written on), `Pending` when this
+    /// direction waits for either side.
+    fn poll_step<R, W>(
+        &mut self,
+        from: &mut R,
+        to: &mut W,
+        counter: &Counter,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<usize, PipeEnd>>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        while self.sent < self.buf.len() {
+            match Pin::new(&mut *to).poll_write(cx, &self.buf[self.sent..]) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(PipeEnd::WriteFailed(io::ErrorKind::WriteZero.into())))
+                }
+                Poll::Ready(Ok(n)) => self.sent += n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(PipeEnd::WriteFailed(e))),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        // A TLS writer may still hold records: out before the next read.
+        match Pin::new(&mut *to).poll_flush(cx) {
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(PipeEnd::WriteFailed(e))),
+            Poll::Pending => return Poll::Pending,
+        }
+        self.buf.clear();
+        self.sent = 0;
+        let read = pin!(from.read_buf(&mut self.buf)).poll(cx);
+        match read {
+            Poll::Ready(Ok(0)) => Poll::Ready(Err(PipeEnd::Eof)),
+            Poll::Ready(Ok(n)) => {
+                self.frames.advance(&self.buf);
+                self.bytes += n as u64;
+                counter.increment(n as u64);
+                Poll::Ready(Ok(n))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(PipeEnd::ReadFailed(e))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// Why the relay loop stopped.
+enum Step {
+    /// The client direction ended.
+    Up(PipeEnd),
+    /// The backend direction ended.
+    Down(PipeEnd),
+    /// pgcell is stopping and the session is between transactions.
+    Stop,
+}
+
+/// The session: both streams and both directions.
+struct Relay<'a, C, B> {
+    client: C,
+    backend: B,
+    up: Pipe,
+    down: Pipe,
+    counters: &'a RelayCounters,
+    /// The client sent `Terminate` or closed: the backend's close is the
+    /// expected end, not a lost backend.
+    client_done: bool,
+}
+
+impl<C, B> Relay<'_, C, B>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    /// Every request read from the client has had its `ReadyForQuery`,
+    /// the client has been sent all of it, the last said idle, and neither
+    /// side is inside a message.
+    fn between_transactions(&self) -> bool {
+        self.down.sent == self.down.buf.len()
+            && self.down.frames.at_boundary()
+            && self.down.frames.status() == b'I'
+            && self.down.frames.readies() == self.up.frames.requests()
+            && self.up.frames.at_boundary()
+    }
+
+    /// Moves bytes both ways (the client's way only when `upstream`) until
+    /// a direction ends or, once `stop` has fired, the session is between
+    /// transactions.
+    async fn run(
+        &mut self,
+        upstream: bool,
+        mut stop: Option<Pin<&mut (dyn Future<Output = ()> + Send + '_)>>,
+    ) -> Step {
+        let mut stopping = false;
+        std::future::poll_fn(|cx| loop {
+            if let Some(fired) = stop.as_mut() {
+                if fired.as_mut().poll(cx).is_ready() {
+                    stopping = true;
+                    stop = None;
+                }
+            }
+            let mut moved = false;
+            if upstream {
+                match self.up.poll_step(
+                    &mut self.client,
+                    &mut self.backend,
+                    &self.counters.from_client,
+                    cx,
+                ) {
+                    Poll::Ready(Ok(_)) => {
+                        moved = true;
+                        if self.up.frames.last_tag() == Some(b'X') {
+                            self.client_done = true;
+                        }
+                    }
+                    Poll::Ready(Err(end)) => return Poll::Ready(Step::Up(end)),
+                    Poll::Pending => {}
+                }
+            }
+            match self.down.poll_step(
+                &mut self.backend,
+                &mut self.client,
+                &self.counters.to_client,
+                cx,
+            ) {
+                Poll::Ready(Ok(_)) => moved = true,
+                Poll::Ready(Err(end)) => return Poll::Ready(Step::Down(end)),
+                Poll::Pending => {}
+            }
+            // After the writes: the last ReadyForQuery has reached the
+            // client.
+            if stopping && self.between_transactions() {
+                return Poll::Ready(Step::Stop);
+            }
+            if !moved {
+                return Poll::Pending;
+            }
+        })
+        .await
+    }
+
+    /// The backend's direction ended with `end`.
+    async fn backend_ended(&mut self, end: PipeEnd) -> RelayEnd {
+        let error = match end {
+            PipeEnd::WriteFailed(e) => {
+                self.client_done = true;
+                return RelayEnd::ClientError(e);
+            }
+            PipeEnd::Eof => None,
+            PipeEnd::ReadFailed(e) => Some(e),
+        };
+        if self.client_done {
+            return RelayEnd::ClientClosed;
+        }
+        // Between messages, and the backend did not explain itself with an
+        // ErrorResponse of its own: tell the client what happened.
+        let frames = &self.down.frames;
+        let client_told = frames.at_boundary() && frames.last_tag() != Some(b'E');
+        if client_told {
+            let _ = super::server_lost().send(&mut self.client).await;
+        }
+        let _ = self.client.shutdown().await;
+        RelayEnd::BackendLost { client_told, error }
+    }
+
+    /// The rest of what the backend sends, for at most
+    /// [`BACKEND_CLOSE_WAIT`], once the client's direction has ended.
+    async fn drain_backend(&mut self) -> Option<RelayEnd> {
+        let step = tokio::time::timeout(BACKEND_CLOSE_WAIT, self.run(false, None)).await;
+        match step {
+            Ok(Step::Down(end)) => Some(self.backend_ended(end).await),
+            _ => None,
+        }
+    }
+}
+
 /// Relays until one side is done, or until `lifecycle` says stopping and
 /// the session is between transactions. Not cancel safe.
 pub async fn relay<C, B>(
@@ -73,134 +284,49 @@ where
     C: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
-    let (mut client_r, mut client_w) = tokio::io::split(client);
-    let (mut backend_r, mut backend_w) = tokio::io::split(backend);
-    // Both directions run in this one task; atomics only because the future
-    // must be Send.
-    let client_done = AtomicBool::new(false);
-    let from_client = AtomicU64::new(0);
-    let to_client = AtomicU64::new(0);
-    // What the client has asked for that gets a ReadyForQuery, and whether
-    // it is between messages (read by the other direction).
-    let client_requests = AtomicU64::new(0);
-    let client_at_boundary = AtomicBool::new(true);
-
-    let upstream = async {
-        let mut buf = BytesMut::with_capacity(RELAY_BUF_LEN);
-        let mut frames = FrameTracker::default();
-        loop {
-            buf.clear();
-            match client_r.read_buf(&mut buf).await {
-                Ok(0) => {
-                    client_done.store(true, Relaxed);
-                    let _ = backend_w.shutdown().await;
-                    return RelayEnd::ClientClosed;
-                }
-                Ok(n) => {
-                    counters.from_client.increment(n as u64);
-                    from_client.fetch_add(n as u64, Relaxed);
-                    frames.advance(&buf);
-                    client_requests.store(frames.requests(), Relaxed);
-                    client_at_boundary.store(frames.at_boundary(), Relaxed);
-                    // After Terminate the backend's close is the expected
-                    // end, not a lost backend, however the client closes.
-                    if frames.last_tag() == Some(b'X') {
-                        client_done.store(true, Relaxed);
-                    }
-                }
-                Err(e) => {
-                    client_done.store(true, Relaxed);
-                    return RelayEnd::ClientError(e);
-                }
+    let mut relay = Relay {
+        client,
+        backend,
+        up: Pipe::new(),
+        down: Pipe::new(),
+        counters,
+        client_done: false,
+    };
+    let stop = pin!(async {
+        let _ = lifecycle.wait_for(|s| s.is_stopping()).await;
+    });
+    let step = relay.run(true, Some(stop)).await;
+    let end = match step {
+        Step::Stop => {
+            if let Some(error) = super::SessionError::ShuttingDown.client_error("") {
+                let _ = error.send(&mut relay.client).await;
             }
-            if let Err(e) = backend_w.write_all(&buf).await {
-                return RelayEnd::BackendLost {
+            let _ = relay.client.shutdown().await;
+            RelayEnd::ShuttingDown
+        }
+        Step::Up(PipeEnd::Eof) => {
+            relay.client_done = true;
+            let _ = relay.backend.shutdown().await;
+            // Let the backend's last bytes and its close come through.
+            relay.drain_backend().await;
+            RelayEnd::ClientClosed
+        }
+        Step::Up(PipeEnd::ReadFailed(e)) => RelayEnd::ClientError(e),
+        // Writing to the backend failed: the reading side sees the loss
+        // too and tells the client at a message boundary.
+        Step::Up(PipeEnd::WriteFailed(e)) => {
+            relay
+                .drain_backend()
+                .await
+                .unwrap_or(RelayEnd::BackendLost {
                     client_told: false,
                     error: Some(e),
-                };
-            }
+                })
         }
+        Step::Down(end) => relay.backend_ended(end).await,
     };
-
-    let downstream = async {
-        let mut buf = BytesMut::with_capacity(RELAY_BUF_LEN);
-        let mut frames = FrameTracker::default();
-        let mut stopping = lifecycle.borrow().is_stopping();
-        // Both directions run in this task, so nothing moves between this
-        // check and the 57P01: every request read from the client has been
-        // counted, and each has had its ReadyForQuery.
-        let between_transactions = |frames: &FrameTracker| {
-            frames.at_boundary()
-                && frames.status() == b'I'
-                && frames.readies() == client_requests.load(Relaxed)
-                && client_at_boundary.load(Relaxed)
-        };
-        let error = loop {
-            if stopping && between_transactions(&frames) {
-                if let Some(error) = super::SessionError::ShuttingDown.client_error("") {
-                    let _ = error.send(&mut client_w).await;
-                }
-                let _ = client_w.shutdown().await;
-                client_done.store(true, Relaxed);
-                return RelayEnd::ShuttingDown;
-            }
-            buf.clear();
-            let read = tokio::select! {
-                read = backend_r.read_buf(&mut buf) => read,
-                () = async { let _ = lifecycle.wait_for(|s| s.is_stopping()).await; }, if !stopping => {
-                    stopping = true;
-                    continue;
-                }
-            };
-            match read {
-                Ok(0) => break None,
-                Ok(n) => {
-                    frames.advance(&buf);
-                    counters.to_client.increment(n as u64);
-                    to_client.fetch_add(n as u64, Relaxed);
-                }
-                Err(e) => break Some(e),
-            }
-            if let Err(e) = client_w.write_all(&buf).await {
-                client_done.store(true, Relaxed);
-                return RelayEnd::ClientError(e);
-            }
-        };
-        if client_done.load(Relaxed) {
-            return RelayEnd::ClientClosed;
-        }
-        // Between messages, and the backend did not explain itself with an
-        // ErrorResponse of its own: tell the client what happened.
-        let client_told = frames.at_boundary() && frames.last_tag() != Some(b'E');
-        if client_told {
-            let _ = super::server_lost().send(&mut client_w).await;
-        }
-        let _ = client_w.shutdown().await;
-        RelayEnd::BackendLost { client_told, error }
-    };
-
-    tokio::pin!(upstream, downstream);
-    let end = tokio::select! {
-        end = &mut upstream => match end {
-            RelayEnd::ClientClosed => {
-                // Let the backend's last bytes and its close come through.
-                let _ = tokio::time::timeout(BACKEND_CLOSE_WAIT, &mut downstream).await;
-                end
-            }
-            // Writing to the backend failed: the reading side sees the loss
-            // too and tells the client at a message boundary.
-            RelayEnd::BackendLost { .. } => {
-                match tokio::time::timeout(BACKEND_CLOSE_WAIT, &mut downstream).await {
-                    Ok(downstream_end) => downstream_end,
-                    Err(_) => end,
-                }
-            }
-            RelayEnd::ClientError(_) | RelayEnd::ShuttingDown => end,
-        },
-        end = &mut downstream => end,
-    };
-    bytes.from_client = from_client.load(Relaxed);
-    bytes.to_client = to_client.load(Relaxed);
+    bytes.from_client = relay.up.bytes;
+    bytes.to_client = relay.down.bytes;
     end
 }
 
