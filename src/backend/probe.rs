@@ -57,6 +57,9 @@ pub fn answer_of(rows: &[(String, String)]) -> Answer {
     }
 }
 
+/// How an exclusion for a replica off the primary's history starts.
+const DIVERGED: &str = "diverged";
+
 /// Turns one round's answers into server states: roles, lag against the
 /// primary that answered, exclusions (a replica excluded for lag comes
 /// back only once under half the limit, so it does not flap).
@@ -98,6 +101,23 @@ pub fn judge(
                 } => {
                     state.role = Role::Replica;
                     state.replay_lsn = *lsn;
+                    // A replica past the primary's position has WAL the
+                    // primary never wrote: it follows another timeline (an
+                    // old primary's, after a failover). Excluded until it
+                    // replays again (re-synced); a healthy replica that
+                    // only looked ahead because the primary was read a
+                    // moment earlier moves on by the next round.
+                    let ahead = matches!((primary_lsn, lsn), (Some(p), Some(r)) if *r > p);
+                    let was_diverged = was
+                        .excluded
+                        .as_deref()
+                        .is_some_and(|e| e.starts_with(DIVERGED));
+                    if ahead || (was_diverged && was.replay_lsn == *lsn) {
+                        state.excluded = Some(format!(
+                            "{DIVERGED}: replayed past the primary's WAL position (another timeline)"
+                        ));
+                        return state;
+                    }
                     state.lag_bytes = match (primary_lsn, lsn) {
                         (Some(p), Some(r)) => Some(p.saturating_sub(*r)),
                         _ => None,
@@ -122,6 +142,14 @@ pub fn judge(
                         if secs > max.as_secs_f64() * scale {
                             state.excluded = Some(format!("lag of {secs:.1} s"));
                         }
+                    }
+                    // No primary answered this round (a slow probe under
+                    // load): a replica excluded for lag stays so, and
+                    // keeps its last lag, until a round can measure it
+                    // again (found by a loaded test run: it flapped back).
+                    if was_lagging && state.excluded.is_none() && state.lag_bytes.is_none() {
+                        state.excluded = was.excluded.clone();
+                        state.lag_bytes = was.lag_bytes;
                     }
                 }
             }
@@ -309,6 +337,34 @@ mod tests {
             now,
         );
         assert!(back[2].excluded.is_none());
+        // A round in which the primary did not answer keeps a lagging
+        // replica out.
+        let lagging = judge(&[up(false, 20_000), up(true, 10_000)], &[], &config, now);
+        assert!(lagging[1].excluded.is_some());
+        let blind = judge(
+            &[Answer::Down("timeout".into()), up(true, 10_000)],
+            &lagging,
+            &config,
+            now,
+        );
+        assert_eq!(blind[1].excluded, lagging[1].excluded);
+    }
+
+    #[test]
+    fn a_replica_ahead_of_the_primary_is_excluded_until_it_replays_again() {
+        let config = ReplicationConfig::default();
+        let now = Instant::now();
+        // After a failover to the replica that was behind: the other one
+        // holds the old primary's WAL, past the new primary's position.
+        let states = judge(&[up(false, 5_000), up(true, 9_000)], &[], &config, now);
+        assert!(states[1].excluded.as_deref().unwrap().starts_with(DIVERGED));
+        assert_eq!(states[1].lag_bytes, None);
+        // The new primary passes it; it has not moved: still excluded.
+        let later = judge(&[up(false, 20_000), up(true, 9_000)], &states, &config, now);
+        assert!(later[1].excluded.as_deref().unwrap().starts_with(DIVERGED));
+        // Re-synced, it replays again: back.
+        let back = judge(&[up(false, 20_000), up(true, 19_990)], &later, &config, now);
+        assert!(back[1].excluded.is_none(), "{:?}", back[1].excluded);
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! (`backend::probe`). [`Topology::candidates`] turns it into the order in
 //! which a new backend connection tries the servers.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
@@ -129,6 +129,20 @@ pub enum NoServer {
     NoReplica(String),
 }
 
+impl NoServer {
+    /// What the client is told: no addresses (the operator's log and
+    /// `SHOW REPLICATION` have them).
+    pub fn client_message(&self) -> &'static str {
+        match self {
+            NoServer::SplitBrain(_) => {
+                "two servers report they are the primary; writes are refused until one is named or demoted"
+            }
+            NoServer::NoPrimary(_) => "no server is the primary now (a failover may be under way)",
+            NoServer::NoReplica(_) => "no replica is fit to serve this connection",
+        }
+    }
+}
+
 /// The servers of one tenant.
 #[derive(Debug)]
 pub struct Topology {
@@ -143,6 +157,10 @@ pub struct Topology {
     /// Recent probe rounds: when each began and the primary's WAL position
     /// it read (for read-your-writes: [`Topology::fresh_since`]).
     rounds: Mutex<std::collections::VecDeque<(Instant, u64)>>,
+    /// Counts changes of roles, exclusions, the split brain and the named
+    /// primary: a session holding a backend re-checks it only when this
+    /// moved ([`Topology::changes`]).
+    changes: AtomicU64,
 }
 
 /// No server named.
@@ -182,7 +200,23 @@ impl Topology {
             split_brain: AtomicBool::new(false),
             picks: AtomicUsize::new(0),
             rounds: Mutex::new(std::collections::VecDeque::new()),
+            changes: AtomicU64::new(0),
         }
+    }
+
+    /// Whether a probe round has reported (roles are known, as far as the
+    /// servers answered).
+    pub fn probed_once(&self) -> bool {
+        (0..self.servers.len()).any(|i| self.lock(i).probed_at.is_some())
+    }
+
+    /// How many times what decides which server fits changed.
+    pub fn changes(&self) -> u64 {
+        self.changes.load(Ordering::Acquire)
+    }
+
+    fn changed(&self) {
+        self.changes.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Whether this topology follows exactly `servers` (a reload that keeps
@@ -198,7 +232,9 @@ impl Topology {
         let named = named_primary
             .and_then(|n| self.servers.iter().position(|s| s.addr == n))
             .unwrap_or(NONE);
-        self.named_primary.store(named, Ordering::Release);
+        if self.named_primary.swap(named, Ordering::AcqRel) != named {
+            self.changed();
+        }
         for server in &self.servers {
             server.local.store(
                 local.is_empty() || local.contains(&server.addr),
@@ -207,7 +243,8 @@ impl Topology {
         }
     }
 
-    fn named_primary(&self) -> Option<usize> {
+    /// The server the operator named the primary, if any.
+    pub fn named_primary(&self) -> Option<usize> {
         Some(self.named_primary.load(Ordering::Acquire)).filter(|&i| i != NONE)
     }
 
@@ -252,6 +289,9 @@ impl Topology {
                 tracing::info!(server = %self.servers[i].addr, role = role.label(), "server role changed");
             }
             let demoted = state.role == Role::Primary && role == Role::Replica;
+            if state.role != role {
+                self.changed();
+            }
             state.role = role;
             demoted
         };
@@ -278,13 +318,18 @@ impl Topology {
         if split && !self.split_brain.load(Ordering::Acquire) {
             tracing::error!(servers = ?primaries, "split brain: two servers report they are the primary; writes refused");
         }
-        self.split_brain.store(split, Ordering::Release);
+        let mut changed = self.split_brain.swap(split, Ordering::AcqRel) != split;
         for (i, state) in states.into_iter().enumerate().take(self.servers.len()) {
             let mut held = self.lock(i);
             if held.role != state.role && state.role != Role::Unknown {
                 tracing::info!(server = %self.servers[i].addr, role = state.role.label(), "server role changed");
             }
+            changed |=
+                held.role != state.role || held.excluded.is_some() != state.excluded.is_some();
             *held = state;
+        }
+        if changed {
+            self.changed();
         }
     }
 
@@ -321,6 +366,15 @@ impl Topology {
         (0..self.servers.len()).any(|i| {
             let state = self.state(i);
             state.role == Role::Replica && state.excluded.is_none() && self.fresh_since(i, since)
+        })
+    }
+
+    /// Whether some replica is fit to serve (seen as a replica, not
+    /// excluded).
+    pub fn any_fit_replica(&self) -> bool {
+        (0..self.servers.len()).any(|i| {
+            let state = self.state(i);
+            state.role == Role::Replica && state.excluded.is_none()
         })
     }
 

@@ -481,17 +481,24 @@ impl Pool {
     /// Whether an idle backend's server is still what this pool's clients
     /// want: a pool of the primary drops backends of a server now known to
     /// be a replica (a failover), a pool of replicas those of a server
-    /// promoted or excluded (lagging), unless the primary is its fallback.
-    fn still_fits(&self, conn: &ServerConn) -> bool {
+    /// promoted or excluded (lagging), unless the primary is its fallback
+    /// and no replica is fit.
+    pub(crate) fn still_fits(&self, conn: &ServerConn) -> bool {
         let topology = &self.tenant.topology;
         if conn.server >= topology.servers().len() {
             return false;
         }
         let state = topology.state(conn.server);
         match self.key.target {
-            Target::Primary => state.role != Role::Replica && !topology.split_brain(),
+            Target::Primary => match topology.named_primary() {
+                Some(named) => conn.server == named,
+                None => state.role != Role::Replica && !topology.split_brain(),
+            },
+            // The primary serves replica clients only while no replica
+            // can (a replica promoted under its pool is left as soon as
+            // another is fit).
             Target::Replica { fallback } => match state.role {
-                Role::Primary => fallback,
+                Role::Primary => fallback && !topology.any_fit_replica(),
                 _ => state.excluded.is_none(),
             },
         }

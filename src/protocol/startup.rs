@@ -355,6 +355,21 @@ pub fn parse_startup_options(options: &str) -> StartupOptions {
     }
 }
 
+/// A boolean setting's value as PostgreSQL reads it (`parse_bool`): `on`,
+/// `off`, `1`, `0`, and any prefix of `true`, `false`, `yes`, `no` (`on`
+/// and `off` need two letters), case-insensitively. None: not a boolean.
+pub fn parse_bool(value: &str) -> Option<bool> {
+    let v = value.trim().to_ascii_lowercase();
+    let prefix_of = |word: &str, min: usize| v.len() >= min && word.starts_with(v.as_str());
+    if prefix_of("true", 1) || prefix_of("yes", 1) || v == "on" || v == "1" {
+        Some(true)
+    } else if prefix_of("false", 1) || prefix_of("no", 1) || prefix_of("off", 2) || v == "0" {
+        Some(false)
+    } else {
+        None
+    }
+}
+
 /// The `name=value` settings of `options`, in order, as PostgreSQL applies
 /// them (names with `-` as `_`).
 pub fn option_settings(options: &str) -> Vec<(String, String)> {
@@ -398,6 +413,30 @@ impl StartupOptions {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn booleans_are_read_as_postgresql_reads_them() {
+        for (text, want) in [
+            ("on", Some(true)),
+            ("ON", Some(true)),
+            ("t", Some(true)),
+            ("tru", Some(true)),
+            ("y", Some(true)),
+            ("1", Some(true)),
+            (" yes ", Some(true)),
+            ("of", Some(false)),
+            ("off", Some(false)),
+            ("f", Some(false)),
+            ("n", Some(false)),
+            ("0", Some(false)),
+            ("o", None),
+            ("2", None),
+            ("", None),
+            ("truer", None),
+        ] {
+            assert_eq!(parse_bool(text), want, "{text:?}");
+        }
+    }
 
     fn packet(body: &[u8]) -> Vec<u8> {
         let mut p = ((body.len() + 4) as u32).to_be_bytes().to_vec();

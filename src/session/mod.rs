@@ -94,6 +94,10 @@ pub enum SessionError {
     /// The backend went away during the session.
     #[error("backend connection lost")]
     BackendLost,
+    /// Session mode: the held backend's server no longer fits the client
+    /// (a split brain, another primary named, a demotion).
+    #[error("the session's server no longer fits it")]
+    ServerNoLongerFits,
     /// A passthrough client's server reported a role that does not fit
     /// it at login (a read-write client and a server in recovery): the
     /// topology was stale.
@@ -165,7 +169,8 @@ impl SessionError {
             | SessionError::AuthTimeout
             | SessionError::BackendRejected(_)
             | SessionError::BackendLost
-            | SessionError::WrongRole { .. } => ErrorKind::Backend,
+            | SessionError::WrongRole { .. }
+            | SessionError::ServerNoLongerFits => ErrorKind::Backend,
             SessionError::AuthRelay(
                 AuthRelayError::Client(_) | AuthRelayError::UnexpectedClientMessage(_),
             ) => ErrorKind::Client,
@@ -194,7 +199,9 @@ impl SessionError {
             SessionError::AuthTimeout => "auth_timeout",
             SessionError::BackendRejected(_) => "backend_rejected",
             SessionError::BackendLost => "backend_lost",
-            SessionError::WrongRole { .. } => "server_role_changed",
+            SessionError::WrongRole { .. } | SessionError::ServerNoLongerFits => {
+                "server_role_changed"
+            }
             SessionError::ClientIo(_) => "client_lost",
             SessionError::ClientAuth(e) => e.reason(),
             SessionError::Acquire(crate::pool::AcquireError::Timeout(_)) => "pool_timeout",
@@ -220,6 +227,11 @@ impl SessionError {
             // The backend's own ErrorResponse went to the client.
             SessionError::BackendRejected(_) => return None,
             SessionError::BackendLost => server_lost(),
+            SessionError::ServerNoLongerFits => ClientError::fatal(
+                SqlState::ADMIN_SHUTDOWN,
+                "terminating connection: the server this session used is no longer the primary",
+            )
+            .hint("Reconnect: the next connection goes to the server that serves this client."),
             SessionError::WrongRole { role, .. } => ClientError::fatal(
                 SqlState::CANNOT_CONNECT_NOW,
                 format!(
@@ -274,7 +286,7 @@ impl SessionError {
                     .hint("Reconnect; another server will take the connection.")
             }
             SessionError::BackendConnect(ConnectError::NoServer(e)) => {
-                ClientError::fatal(SqlState::CANNOT_CONNECT_NOW, e.to_string())
+                ClientError::fatal(SqlState::CANNOT_CONNECT_NOW, e.client_message())
             }
             SessionError::BackendConnect(_) => ClientError::fatal(
                 SqlState::CONNECTION_FAILURE,
@@ -319,7 +331,7 @@ impl SessionError {
             // within acquire_timeout): said as it is.
             SessionError::Acquire(AcquireError::Open(OpenError::Connect(
                 ConnectError::NoServer(e),
-            ))) => ClientError::fatal(SqlState::CANNOT_CONNECT_NOW, e.to_string()),
+            ))) => ClientError::fatal(SqlState::CANNOT_CONNECT_NOW, e.client_message()),
             SessionError::Acquire(_) => ClientError::fatal(
                 SqlState::CONNECTION_FAILURE,
                 "could not connect to the database server",
@@ -614,6 +626,16 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let tenant = &route.tenant;
+    // Just started: the probe's first round tells the roles; without it
+    // the first logins would try the servers in listed order, and a login
+    // that finds a standby cannot go on to the next server.
+    let replication = &tenant.config.replication;
+    if replication.probe_user.is_some() && tenant.topology.servers().len() > 1 {
+        let deadline = Instant::now() + replication.probe_timeout;
+        while !tenant.topology.probed_once() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
     let connect_started = Instant::now();
     let connected = backend::connect(
         tenant.targets(route.target),

@@ -462,11 +462,21 @@ pub fn one_read_only_transaction(
         let mut other = false;
         for item in Splitter::new(text, dialect) {
             match item {
-                Item::Token(Token::Word(w)) => {
+                // A quoted identifier names a setting as well as a bare
+                // one (`SET "transaction_read_only" = off`).
+                Item::Token(Token::Word(w) | Token::Quoted(w)) => {
+                    if NEEDS_PRIMARY
+                        .iter()
+                        .any(|n| w.eq_ignore_ascii_case(n.as_bytes()))
+                    {
+                        return false;
+                    }
                     if words.len() < 16 {
                         words.push(w);
                     }
                 }
+                // `U&"…"` may spell any name: not judged.
+                Item::Token(Token::Unicode(_)) => return false,
                 Item::Token(_) => other = true,
                 Item::Inner => return false,
                 Item::End(_) => {
@@ -488,6 +498,20 @@ pub fn one_read_only_transaction(
     }
     !first
 }
+
+/// Names of statements and functions that a read-only transaction may
+/// use on a primary but not on a hot standby: a transaction that names
+/// one anywhere stays on the primary.
+const NEEDS_PRIMARY: &[&str] = &[
+    "notify",
+    "listen",
+    "unlisten",
+    "pg_notify",
+    "txid_current",
+    "pg_current_xact_id",
+    // No serializable transactions on a hot standby.
+    "serializable",
+];
 
 /// One statement of [`one_read_only_transaction`], by its first words:
 /// `Some(ends)` when it keeps the transaction read only (`ends`: it is
@@ -729,6 +753,30 @@ mod tests {
             false
         ));
         assert!(!one(&[], true));
+        // Found by review: a quoted setting name, what a standby cannot
+        // run, serializable.
+        assert!(!one(
+            &["BEGIN READ ONLY; SET \"transaction_read_only\" = off; COMMIT"],
+            false
+        ));
+        assert!(!one(
+            &["BEGIN READ ONLY; SET U&\"transaction_read_only\" = off"],
+            false
+        ));
+        assert!(!one(&["BEGIN READ ONLY; NOTIFY chan; COMMIT"], false));
+        assert!(!one(
+            &["BEGIN READ ONLY; SELECT 1, pg_notify('c', 'x')"],
+            false
+        ));
+        assert!(!one(&["SELECT txid_current()"], true));
+        assert!(!one(
+            &["BEGIN ISOLATION LEVEL SERIALIZABLE, READ ONLY, DEFERRABLE; SELECT 1; COMMIT"],
+            false
+        ));
+        assert!(one(
+            &["BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SELECT 'notify'; COMMIT"],
+            false
+        ));
     }
 
     #[test]

@@ -230,6 +230,7 @@ where
             && route.target == crate::backend::Target::Primary
             && tenant.config.replication.read_only_transactions,
         last_write: None,
+        topology_seen: pool.topology().changes(),
         _pool_slot: pool_slot,
         cancel_key,
         startup_pg_temp: super::engine::startup_searches_pg_temp(&profile.params),
@@ -364,6 +365,9 @@ struct Session<'a> {
     /// When the client's last transaction on the primary ended: its later
     /// read-only transactions go to replicas that have replayed past it.
     last_write: Option<std::time::Instant>,
+    /// The topology's change count when the held backend was last found
+    /// fit (session mode: [`Session::held_server_fits`]).
+    topology_seen: u64,
     /// This client's place among the pool's `max_client_connections`.
     _pool_slot: crate::pool::ClientSlot,
     cancel_key: IssuedKey,
@@ -536,6 +540,9 @@ impl Session<'_> {
     where
         C: AsyncRead + AsyncWrite + ReadReady + Unpin,
     {
+        if self.pool.mode == PoolMode::Session {
+            self.held_server_fits()?;
+        }
         if self.checkout.skipping_to_sync() {
             // The rest of a pipeline whose backend never came.
             if msg.tag == b'S' {
@@ -645,6 +652,27 @@ impl Session<'_> {
         Ok(())
     }
 
+    /// Session mode: between transactions, whether the backend the client
+    /// holds is still on a server that fits it. A split brain, a primary
+    /// named by the operator, or a failover the held backend survived
+    /// (its server demoted) ends the session with `57P01`: its writes
+    /// would go to a server the tenant no longer writes to.
+    fn held_server_fits(&mut self) -> Result<(), SessionError> {
+        let Some(lease) = &self.lease else {
+            return Ok(());
+        };
+        let changes = self.pool.topology().changes();
+        let position = self.checkout.position();
+        if changes == self.topology_seen || !position.quiet() || position.status() != b'I' {
+            return Ok(());
+        }
+        self.topology_seen = changes;
+        if self.pool.still_fits(&lease.conn) {
+            return Ok(());
+        }
+        Err(SessionError::ServerNoLongerFits)
+    }
+
     /// Picks the pool for the transaction `msg` begins: the client's own,
     /// or (read-only transaction routing) the tenant's replica pool for a
     /// transaction that is read only — `BEGIN READ ONLY` / `START
@@ -661,6 +689,9 @@ impl Session<'_> {
         // transaction: a Query's statements, or the Parses of a pipeline
         // up to its Sync, which must already be here to be read.
         let texts = pipeline_texts(msg, following)?;
+        if self.default_serializable() {
+            return None;
+        }
         if !crate::sql::one_read_only_transaction(
             &texts,
             Dialect::default(),
@@ -689,27 +720,40 @@ impl Session<'_> {
     /// `SET default_transaction_read_only` / `SET SESSION CHARACTERISTICS`
     /// (read back), else its startup parameters.
     fn default_read_only(&self) -> bool {
-        let on = |v: &[u8]| {
-            matches!(
-                std::str::from_utf8(v)
-                    .map(str::to_ascii_lowercase)
-                    .as_deref(),
-                Ok("on" | "true" | "yes" | "1")
-            )
-        };
-        if let Some(value) = self.session.setting("default_transaction_read_only") {
-            return on(value);
+        self.effective_setting("default_transaction_read_only")
+            .and_then(|v| crate::protocol::startup::parse_bool(&v))
+            .unwrap_or(false)
+    }
+
+    /// Whether the client's transactions default to serializable, which
+    /// a hot standby cannot run.
+    fn default_serializable(&self) -> bool {
+        self.effective_setting("default_transaction_isolation")
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("serializable"))
+    }
+
+    /// A setting's value in the client's session: as read back after the
+    /// client changed it, else from its startup parameters as PostgreSQL
+    /// applies them (`options` first, then the other parameters; the last
+    /// value wins). None: the server's default.
+    fn effective_setting(&self, name: &str) -> Option<String> {
+        if let Some(value) = self.session.setting(name) {
+            return Some(String::from_utf8_lossy(value).into_owned());
         }
-        self.profile
-            .params
+        let params = &self.profile.params;
+        let from_options = params
             .iter()
-            .any(|(name, value)| match name.as_str() {
-                "default_transaction_read_only" => on(value.as_bytes()),
-                "options" => crate::protocol::startup::option_settings(value)
-                    .iter()
-                    .any(|(n, v)| n == "default_transaction_read_only" && on(v.as_bytes())),
-                _ => false,
-            })
+            .filter(|(n, _)| n == "options")
+            .flat_map(|(_, value)| crate::protocol::startup::option_settings(value))
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value)
+            .last();
+        let from_params = params
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value.clone())
+            .last();
+        from_params.or(from_options)
     }
 
     /// Waits for a reload this session has not followed, or for the
@@ -735,7 +779,17 @@ impl Session<'_> {
     ) -> Result<(), SessionError> {
         let refusal = match error {
             AcquireError::Timeout(wait) => super::pool_timeout(*wait, Severity::Error),
-            other => ClientError::statement(SqlState::CANNOT_CONNECT_NOW, other.to_string()),
+            AcquireError::Open(OpenError::Connect(ConnectError::NoServer(e))) => {
+                tracing::warn!(error = %e, "statement refused: no server fits");
+                ClientError::statement(SqlState::CANNOT_CONNECT_NOW, e.client_message())
+            }
+            other => {
+                tracing::warn!(error = %other, "statement refused: no backend");
+                ClientError::statement(
+                    SqlState::CANNOT_CONNECT_NOW,
+                    "could not connect to the database server",
+                )
+            }
         };
         refusal.send(client).await.map_err(SessionError::ClientIo)
     }
