@@ -747,12 +747,12 @@ impl Session<'_> {
             .flat_map(|(_, value)| crate::protocol::startup::option_settings(value))
             .filter(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, value)| value)
-            .last();
+            .next_back();
         let from_params = params
             .iter()
             .filter(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, value)| value.clone())
-            .last();
+            .next_back();
         from_params.or(from_options)
     }
 
