@@ -20,11 +20,24 @@ pub const SERVER_READ_CHUNK: usize = 4 * 1024;
 /// common case, a short statement), a full chunk when a message is
 /// already partly in. A buffer given back with [`recycle`] is taken
 /// first.
+///
+/// Never by growing the buffer: `BytesMut::reserve` counts the bytes
+/// already consumed from its front as used when the part of a message left
+/// over is longer than them, and doubles the allocation. Under a long
+/// result that a client reads slowly this doubled again and again (a read
+/// buffer of tens of MiB, filled from the backend), so the leftover is
+/// copied into a fresh chunk instead (docs/reliability.md, slow reader).
 pub fn reserve_read(buf: &mut BytesMut, small: usize) {
     if buf.capacity() == 0 {
         reuse(buf);
     }
-    buf.reserve(if buf.is_empty() { small } else { READ_CHUNK });
+    let want = if buf.is_empty() { small } else { READ_CHUNK };
+    if buf.capacity() - buf.len() >= want || buf.try_reclaim(want) {
+        return;
+    }
+    let mut fresh = BytesMut::with_capacity(buf.len() + want);
+    fresh.extend_from_slice(buf);
+    *buf = fresh;
 }
 
 /// Spare buffers kept per thread for the next transaction.
@@ -158,6 +171,33 @@ where
         match attempt {
             Some(read) => return read,
             None => recycle(buf),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Buf;
+
+    #[test]
+    fn a_streamed_result_does_not_grow_the_read_buffer() {
+        let mut buf = BytesMut::new();
+        // Reads that each leave a message part behind, longer than what
+        // was consumed before it: reserve() alone doubled the buffer each
+        // time.
+        for round in 0..200 {
+            reserve_read(&mut buf, SERVER_READ_CHUNK);
+            let room = buf.capacity() - buf.len();
+            let read = room.min(3000 + round % 7);
+            buf.extend(std::iter::repeat_n(b'x', read));
+            let consumed = buf.len().saturating_sub(2000 + round % 5);
+            buf.advance(consumed);
+            assert!(
+                buf.capacity() <= 2 * READ_CHUNK + 4096,
+                "round {round}: capacity {}",
+                buf.capacity()
+            );
         }
     }
 }

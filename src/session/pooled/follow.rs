@@ -141,9 +141,15 @@ impl Session<'_> {
             {
                 Peeked::Complete { tag, len } => (tag, len),
                 Peeked::Incomplete(needed) => {
-                    // Room for the whole of a long message, read once.
+                    // Room for the whole of a long message, read once,
+                    // when it is at the front. Behind complete messages
+                    // not yet sent, `reserve` would grow the buffer
+                    // (its front is still in use): doubled at every read
+                    // of a long result, to tens of MiB under a slow
+                    // reader. Those messages go out first; the next
+                    // read's `reserve_read` then reuses their room.
                     let have = from_server.len() - pos;
-                    if needed > have {
+                    if pos == 0 && needed > have {
                         from_server.reserve(needed - have);
                     }
                     break;
