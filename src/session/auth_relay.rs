@@ -18,7 +18,6 @@ use bytes::{Buf, BytesMut};
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
-use crate::backend::server::parameter_status;
 use crate::backend::topology::Role;
 use crate::cancel::{CancelMap, CancelTarget, IssuedKey};
 use crate::protocol::framing::{read_message, FramingError, Message};
@@ -175,10 +174,9 @@ where
                 return Ok(AuthEnd::Ready { cancel_key, role });
             }
             b'S' => {
-                if let Some((name, value)) = parameter_status(&msg.body) {
-                    if name == "in_hot_standby" {
-                        role = Role::from_in_hot_standby(&value);
-                    }
+                if let Some(value) = msg.body.strip_prefix(b"in_hot_standby\0") {
+                    let value = value.split(|&b| b == 0).next().unwrap_or_default();
+                    role = Role::from_in_hot_standby(&String::from_utf8_lossy(value));
                 }
                 messages::tagged(&mut out, b'S', &msg.body);
             }
