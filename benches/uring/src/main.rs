@@ -3,6 +3,8 @@
 //!   pgcell-uring-relay epoll LISTEN_PORT BACKEND_ADDR
 //!   pgcell-uring-relay uring LISTEN_PORT BACKEND_ADDR
 //!   pgcell-uring-relay uring-defer LISTEN_PORT BACKEND_ADDR   (uring + DEFER_TASKRUN)
+//!   pgcell-uring-relay tokio-poll LISTEN_PORT BACKEND_ADDR    (one future polls both ways)
+//!   pgcell-uring-relay mio LISTEN_PORT BACKEND_ADDR           (one readiness loop, no tasks)
 //!
 //! It listens on 127.0.0.1:LISTEN_PORT and, for every client connection, opens
 //! one TCP connection to BACKEND_ADDR (e.g. 127.0.0.1:5432) and copies bytes
@@ -31,7 +33,9 @@ fn main() -> Result<()> {
         "epoll" => epoll::run(listen, backend),
         "uring" => uring::run(listen, backend, false),
         "uring-defer" => uring::run(listen, backend, true),
-        other => bail!("unknown mode {other:?} (want epoll, uring or uring-defer)"),
+        "tokio-poll" => tokio_poll::run(listen, backend),
+        "mio" => readiness::run(listen, backend),
+        other => bail!("unknown mode {other:?} (want epoll, uring, uring-defer, tokio-poll or mio)"),
     }
 }
 
@@ -83,6 +87,195 @@ mod epoll {
                 return Ok(());
             }
             w.write_all(&buf[..n]).await?;
+        }
+    }
+}
+
+/// Mode (c): tokio `current_thread`, one task per client whose single
+/// future polls both directions itself (no split halves, no `select!`):
+/// the shape of pgcell's passthrough relay since issue 22.
+mod tokio_poll {
+    use super::*;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+    use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+    pub fn run(listen: SocketAddr, backend: SocketAddr) -> Result<()> {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_io().build()?;
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::bind(listen).await?;
+            eprintln!("tokio-poll relay on {listen} -> {backend}");
+            loop {
+                let (client, _) = listener.accept().await?;
+                tokio::spawn(async move {
+                    if let Err(e) = relay(client, backend).await {
+                        eprintln!("connection error: {e:#}");
+                    }
+                });
+            }
+        })
+    }
+
+    struct Dir {
+        buf: Vec<u8>,
+        start: usize,
+        end: usize,
+    }
+
+    /// Writes what is pending, then reads once: Ready(Ok(true)) moved
+    /// bytes, Ready(Ok(false)) end of stream, Pending waits.
+    fn step<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+        d: &mut Dir,
+        r: &mut R,
+        w: &mut W,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<bool>> {
+        while d.start < d.end {
+            match Pin::new(&mut *w).poll_write(cx, &d.buf[d.start..d.end]) {
+                Poll::Ready(Ok(n)) => d.start += n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        let mut rb = ReadBuf::new(&mut d.buf);
+        match Pin::new(&mut *r).poll_read(cx, &mut rb) {
+            Poll::Ready(Ok(())) => {
+                let n = rb.filled().len();
+                d.start = 0;
+                d.end = n;
+                Poll::Ready(Ok(n > 0))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    async fn relay(mut client: tokio::net::TcpStream, backend: SocketAddr) -> Result<()> {
+        let mut server = tokio::net::TcpStream::connect(backend).await?;
+        client.set_nodelay(true)?;
+        server.set_nodelay(true)?;
+        let mut up = Dir { buf: vec![0; BUF_SIZE], start: 0, end: 0 };
+        let mut down = Dir { buf: vec![0; BUF_SIZE], start: 0, end: 0 };
+        std::future::poll_fn(|cx| loop {
+            let mut moved = false;
+            match step(&mut up, &mut client, &mut server, cx) {
+                Poll::Ready(Ok(true)) => moved = true,
+                Poll::Ready(Ok(false)) => return Poll::Ready(Ok(())),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
+                Poll::Pending => {}
+            }
+            match step(&mut down, &mut server, &mut client, cx) {
+                Poll::Ready(Ok(true)) => moved = true,
+                Poll::Ready(Ok(false)) => return Poll::Ready(Ok(())),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
+                Poll::Pending => {}
+            }
+            if !moved {
+                return Poll::Pending;
+            }
+        })
+        .await
+    }
+}
+
+/// Mode (d): one `mio` readiness loop (epoll, edge-triggered) following
+/// every connection's two sockets: no tasks, no wakers, no scheduler. The
+/// design docs/performance.md proposes for the per-message path.
+mod readiness {
+    use super::*;
+    use mio::net::{TcpListener as MioListener, TcpStream as MioStream};
+    use mio::{Events, Interest, Poll, Token};
+    use std::io::{ErrorKind, Read, Write};
+
+    const LISTENER: Token = Token(usize::MAX);
+
+    struct Dir {
+        buf: Box<[u8]>,
+        start: usize,
+        end: usize,
+    }
+
+    struct Conn {
+        client: MioStream,
+        server: MioStream,
+        up: Dir,
+        down: Dir,
+    }
+
+    /// Moves bytes from `r` to `w` until one of them would block: Ok(false)
+    /// when `r` ended.
+    fn pump(d: &mut Dir, r: &mut MioStream, w: &mut MioStream) -> std::io::Result<bool> {
+        loop {
+            while d.start < d.end {
+                match w.write(&d.buf[d.start..d.end]) {
+                    Ok(n) => d.start += n,
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(true),
+                    Err(e) => return Err(e),
+                }
+            }
+            match r.read(&mut d.buf) {
+                Ok(0) => return Ok(false),
+                Ok(n) => {
+                    d.start = 0;
+                    d.end = n;
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(true),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    pub fn run(listen: SocketAddr, backend: SocketAddr) -> Result<()> {
+        let mut poll = Poll::new()?;
+        let mut events = Events::with_capacity(1024);
+        let mut listener = MioListener::bind(listen)?;
+        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+        eprintln!("mio relay on {listen} -> {backend}");
+        let mut conns: Vec<Option<Conn>> = Vec::new();
+        let mut free: Vec<usize> = Vec::new();
+        loop {
+            poll.poll(&mut events, None)?;
+            for event in events.iter() {
+                if event.token() == LISTENER {
+                    loop {
+                        let (mut client, _) = match listener.accept() {
+                            Ok(c) => c,
+                            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                            Err(e) => return Err(e.into()),
+                        };
+                        // Blocking connect once per client, as the uring modes.
+                        let std_server = TcpStream::connect(backend)?;
+                        std_server.set_nonblocking(true)?;
+                        let mut server = MioStream::from_std(std_server);
+                        client.set_nodelay(true)?;
+                        server.set_nodelay(true)?;
+                        let slot = free.pop().unwrap_or_else(|| {
+                            conns.push(None);
+                            conns.len() - 1
+                        });
+                        let both = Interest::READABLE | Interest::WRITABLE;
+                        poll.registry().register(&mut client, Token(slot * 2), both)?;
+                        poll.registry().register(&mut server, Token(slot * 2 + 1), both)?;
+                        let dir = || Dir { buf: vec![0u8; BUF_SIZE].into_boxed_slice(), start: 0, end: 0 };
+                        conns[slot] = Some(Conn { client, server, up: dir(), down: dir() });
+                    }
+                    continue;
+                }
+                let slot = event.token().0 / 2;
+                let Some(conn) = conns.get_mut(slot).and_then(Option::as_mut) else {
+                    continue;
+                };
+                // Either socket's readiness: move both ways as far as they go.
+                let open = pump(&mut conn.up, &mut conn.client, &mut conn.server)
+                    .and_then(|a| Ok(a && pump(&mut conn.down, &mut conn.server, &mut conn.client)?));
+                if !matches!(open, Ok(true)) {
+                    if let Some(mut c) = conns[slot].take() {
+                        let _ = poll.registry().deregister(&mut c.client);
+                        let _ = poll.registry().deregister(&mut c.server);
+                    }
+                    free.push(slot);
+                }
+            }
         }
     }
 }
