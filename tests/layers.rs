@@ -89,3 +89,55 @@ fn modules_depend_in_one_direction() {
         cycles.join("\n")
     );
 }
+
+/// Every pgcell source file the docs name exists: a rename leaves no stale
+/// pointer behind (`src/…/x.rs` in README.md, docs/, fuzz/ and benches/
+/// READMEs; other projects' paths, such as PgBouncer's `.c` files, are not
+/// checked).
+#[test]
+fn source_paths_named_in_the_docs_exist() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut docs = vec![
+        root.join("README.md"),
+        root.join("fuzz/README.md"),
+        root.join("benches/uring/README.md"),
+    ];
+    let mut dirs = vec![root.join("docs")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "md") {
+                docs.push(path);
+            }
+        }
+    }
+    let mut missing = Vec::new();
+    for doc in docs.iter().filter(|d| d.exists()) {
+        let text = std::fs::read_to_string(doc).unwrap();
+        let mut rest = text.as_str();
+        while let Some(at) = rest.find("src/") {
+            let after = &rest[at..];
+            let end = after
+                .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '/' | '.' | '-')))
+                .unwrap_or(after.len());
+            let path = after[..end].trim_end_matches('.');
+            // Only pgcell's own Rust sources: `src/` at a word start.
+            let word_start =
+                at == 0 || !rest[..at].ends_with(|c: char| c.is_ascii_alphanumeric() || c == '/');
+            if word_start && path.ends_with(".rs") && !root.join(path).exists() {
+                missing.push(format!(
+                    "{}: {path}",
+                    doc.strip_prefix(root).unwrap().display()
+                ));
+            }
+            rest = &after[end.max(4)..];
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "docs name files that do not exist:\n{}",
+        missing.join("\n")
+    );
+}
