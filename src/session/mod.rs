@@ -377,8 +377,20 @@ pub(crate) fn pool_timeout(wait: Duration, severity: Severity) -> ClientError {
 #[derive(Debug, Default)]
 struct ConnectionLog {
     tenant: Option<String>,
+    /// The user and database, as routed (the tenant's part taken off), or
+    /// as the client sent them when it was refused before routing.
+    user: Option<String>,
+    database: Option<String>,
     client: Option<ClientInfo>,
     bytes: RelayBytes,
+}
+
+/// Notes the user and database a startup message names (PostgreSQL's
+/// default database is the user's name).
+fn note_login(log: &mut ConnectionLog, startup: &StartupMessage) {
+    let user = startup.get("user").unwrap_or_default();
+    log.database = Some(startup.get("database").unwrap_or(user).to_owned());
+    log.user = Some(user.to_owned());
 }
 
 /// Serves one accepted TCP connection to the end, logging one line.
@@ -403,6 +415,8 @@ pub async fn serve(
         Err(e) => e.outcome(),
     };
     let tenant = log.tenant.as_deref().unwrap_or("");
+    let user = log.user.as_deref().unwrap_or("");
+    let database = log.database.as_deref().unwrap_or("");
     let (client_addr, vpce, tls) = match &log.client {
         Some(c) => (
             c.addr.to_string(),
@@ -417,6 +431,8 @@ pub async fn serve(
         }
         Ok(_) => tracing::info!(
             tenant,
+            user,
+            database,
             client_addr,
             vpce_id = vpce,
             tls,
@@ -430,6 +446,8 @@ pub async fn serve(
             metrics::counter!(m::CONNECTION_ERRORS, "kind" => e.kind().label()).increment(1);
             tracing::info!(
                 tenant,
+                user,
+                database,
                 client_addr,
                 vpce_id = vpce,
                 tls,
@@ -508,6 +526,7 @@ async fn serve_inner(
         } => (stream, startup, client),
     };
     log.client = Some(client.clone());
+    note_login(log, &startup);
 
     // The admin console is a database of pgcell's own, not a tenant's.
     if startup.get("database") == Some(console::DATABASE) && shared.console.load().enabled() {
@@ -533,6 +552,7 @@ async fn serve_inner(
     };
     let tenant_id = route.tenant.id().to_owned();
     log.tenant = Some(tenant_id.clone());
+    note_login(log, &startup);
     let tls_label = if client.tls { "true" } else { "false" };
     metrics::counter!(m::CLIENT_ACCEPTED, "tenant" => tenant_id.clone(), "tls" => tls_label)
         .increment(1);

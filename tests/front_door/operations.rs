@@ -383,6 +383,20 @@ async fn binary_reloads_on_sighup_and_stops_on_sigterm() {
         "{}",
         status.1
     );
+    // The access trail: who, to which database (the user as routed, the
+    // tenant's part taken off).
+    let line = status
+        .1
+        .lines()
+        .find(|l| l.contains("connection closed") && l.contains("acme"))
+        .unwrap_or_default();
+    for field in ["user=", "database=", "client_addr=", "outcome="] {
+        assert!(line.contains(field), "{field} missing: {line}");
+    }
+    assert!(
+        line.contains("user=\"app\"") || line.contains("user=app"),
+        "{line}"
+    );
 }
 
 trait ReadToStringBlocking {
