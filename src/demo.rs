@@ -95,6 +95,12 @@ cert = "server.crt"
 key = "server.key"
 mode = "allow"
 
+[shutdown]
+# No load balancer to leave: stop at once (the default waits 10 s for an
+# NLB to stop sending new connections).
+propagation = "1ms"
+grace = "500ms"
+
 [routing]
 sni_suffix = "{DEMO_SNI_SUFFIX}"
 sources = ["sni", "options", "user"]
