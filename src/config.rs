@@ -516,6 +516,22 @@ fn default_grace() -> String {
 // ---- raw → typed ------------------------------------------------------------
 
 impl Config {
+    /// What is valid but probably not meant: logged at start and printed
+    /// by `pgcell check`.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let peers = self.kubernetes.peer_service.is_some() || !self.cancel.peers.is_empty();
+        if peers && self.auth.secret.is_none() {
+            out.push(
+                "[auth]: pgcell runs with peers ([kubernetes] peer_service or [[cancel.peers]]) \
+                 but without a shared secret (secret_file or secret_env): each replica derives its \
+                 own SCRAM salts, so a client can tell replicas apart and probe which users exist"
+                    .to_owned(),
+            );
+        }
+        out
+    }
+
     /// Reads and parses the file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
@@ -802,6 +818,26 @@ mod tests {
         id = "acme"
         backends = ["127.0.0.1:5441"]
     "#;
+
+    #[test]
+    fn peers_without_a_shared_secret_are_warned_about() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("secret"), "s".repeat(32)).unwrap();
+        let tls_off = "[tls]\nmode = \"disable\"\n";
+        let peers = "[kubernetes]\nmode = \"off\"\npeer_service = \"pgcell-peers\"\n";
+        let parse =
+            |extra: &str| Config::parse(&format!("{extra}{tls_off}{MINIMAL}"), dir.path()).unwrap();
+        let warned = parse(peers).warnings();
+        assert_eq!(warned.len(), 1, "{warned:?}");
+        assert!(warned[0].contains("[auth]") && warned[0].contains("secret_file"));
+        assert!(parse(&format!("[auth]\nsecret_file = \"secret\"\n{peers}"))
+            .warnings()
+            .is_empty());
+        assert!(
+            parse("").warnings().is_empty(),
+            "one replica needs no secret"
+        );
+    }
 
     #[test]
     fn auth_secret_from_file_and_its_problems() {

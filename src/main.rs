@@ -107,6 +107,9 @@ fn check(path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let mut problems = Vec::new();
     match Config::load(&path) {
         Ok(config) => {
+            for warning in config.warnings() {
+                eprintln!("warning: {warning}");
+            }
             if let (Some(cert), Some(key)) = (&config.tls.cert, &config.tls.key) {
                 if config.tls.mode != pgcell::config::TlsMode::Disable {
                     if let Err(e) = pgcell::tls::server_config(cert, key) {

@@ -81,6 +81,9 @@ impl Server {
         // Without random bytes no nonce or cancel key can be made safely:
         // refuse to start rather than fall back to guessable ones.
         crate::auth::fill_random(&mut [0u8; 32], "key")?;
+        for warning in config.warnings() {
+            tracing::warn!("{warning}");
+        }
         let salt_key = match &config.auth.secret {
             Some(secret) => SaltKey::from_secret(&secret.0),
             None => SaltKey::random()?,

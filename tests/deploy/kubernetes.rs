@@ -224,8 +224,56 @@ fn mounted_config(r: &Rendered) -> Config {
         .and_then(|d| d.get(file))
         .unwrap_or_else(|| panic!("{}: ConfigMap {cm_name} has no {file}", r.dir))
         .clone();
+    // The shared secret is read at parse time: it must come from a Secret
+    // mounted where `[auth] secret_file` points, with that key; parsed here
+    // from a stand-in file of a valid length.
+    let secret_line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("secret_file"))
+        .unwrap_or_else(|| panic!("{}: no [auth] secret_file in {path}", r.dir));
+    let secret_path = secret_line.split('"').nth(1).unwrap().to_owned();
+    let (secret_dir, secret_key) = secret_path.rsplit_once('/').unwrap();
+    let secret_mount = mounts
+        .iter()
+        .find(|m| m.mount_path.trim_end_matches('/') == secret_dir)
+        .unwrap_or_else(|| panic!("{}: {secret_dir} is not a mount", r.dir));
+    let secret_name = volumes
+        .iter()
+        .find(|v| v.name == secret_mount.name)
+        .and_then(|v| v.secret.as_ref())
+        .and_then(|s| s.secret_name.clone())
+        .unwrap_or_else(|| panic!("{}: {secret_dir} is not a Secret volume", r.dir));
+    let secret = r
+        .secrets()
+        .into_iter()
+        .find(|s| s.metadata.name.as_deref() == Some(secret_name.as_str()))
+        .unwrap_or_else(|| panic!("{}: no Secret {secret_name}", r.dir));
+    assert!(
+        secret
+            .data
+            .as_ref()
+            .is_some_and(|d| d.contains_key(secret_key)),
+        "{}: Secret {secret_name} has no key {secret_key}",
+        r.dir
+    );
+    let stand_in = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(stand_in.path(), "s".repeat(32)).unwrap();
+    let text = text.replace(&secret_path, &stand_in.path().display().to_string());
     Config::parse(&text, Path::new(dir))
         .unwrap_or_else(|e| panic!("{}: {path} does not pass pgcell's parser:\n{e}", r.dir))
+}
+
+#[test]
+fn replicas_share_the_auth_secret_and_start_without_warnings() {
+    for dir in OVERLAYS {
+        let cell = Cell::render(dir);
+        assert!(cell.config.auth.secret.is_some(), "{dir}: no [auth] secret");
+        assert!(
+            cell.config.kubernetes.peer_service.is_some(),
+            "{dir}: the cell has peers, which is why the secret matters"
+        );
+        assert_eq!(cell.config.warnings(), Vec::<String>::new(), "{dir}");
+    }
 }
 
 #[test]

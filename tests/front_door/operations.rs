@@ -489,7 +489,10 @@ fn demo_prints_working_commands_and_cleans_up() {
     let status = child.wait().unwrap();
     assert!(status.success(), "{status:?}");
     let took = stopping.elapsed();
-    assert!(took < Duration::from_secs(5), "the demo took {took:?} to stop");
+    assert!(
+        took < Duration::from_secs(5),
+        "the demo took {took:?} to stop"
+    );
     let dir = config_dir.expect("demo printed its configuration path");
     assert!(!dir.exists(), "{} left behind", dir.display());
 }
