@@ -8,6 +8,9 @@
 //!
 //! `cargo bench --bench hot_path`
 
+// criterion's macros generate undocumented public items.
+#![allow(missing_docs)]
+
 use std::hint::black_box;
 
 use bytes::{BufMut, BytesMut};

@@ -4,6 +4,9 @@
 //!
 //! `cargo bench --bench parse`
 
+// criterion's macros generate undocumented public items.
+#![allow(missing_docs)]
+
 use std::hint::black_box;
 
 use bytes::{BufMut, BytesMut};

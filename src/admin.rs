@@ -14,7 +14,7 @@ use crate::lifecycle::State;
 use crate::state::Shared;
 
 /// The admin routes.
-pub fn router(shared: Arc<Shared>) -> Router {
+pub(crate) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/livez", get(|| async { "ok\n" }))
@@ -24,7 +24,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
 }
 
 /// Serves the admin routes until the process stops.
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     let mut state = shared.lifecycle.subscribe();
     let app = router(shared);
     let stopped = async move {

@@ -35,7 +35,7 @@ use crate::protocol::framing::{read_message, FramingError};
 use crate::protocol::{messages, SqlState};
 
 /// Most users whose answer one tenant's cache holds.
-pub const MAX_CACHED_SECRETS: usize = 10_000;
+pub(crate) const MAX_CACHED_SECRETS: usize = 10_000;
 /// Fetches one tenant runs at once: a burst of logins (or of guessed user
 /// names) does not turn into a burst of backend connections.
 const MAX_CONCURRENT_FETCHES: usize = 4;
@@ -45,7 +45,7 @@ const MAX_REPLY_MESSAGE_LEN: usize = 64 * 1024;
 
 /// Timeouts for the auth user's backend connection.
 #[derive(Debug, Clone, Copy)]
-pub struct FetchSettings {
+pub(crate) struct FetchSettings {
     /// TCP (and TLS) connect, per address.
     pub connect_timeout: Duration,
     /// Backend login, and separately the query.
@@ -57,7 +57,7 @@ pub struct FetchSettings {
 /// One tenant's `auth_query`: configuration, cache and fetch limit. Lives
 /// on the tenant (`tenant::Tenant`), so a reload starts with an empty
 /// cache.
-pub struct AuthQuery {
+pub(crate) struct AuthQuery {
     /// The tenant it serves (for metrics and logs).
     tenant: String,
     config: AuthQueryConfig,
@@ -68,7 +68,7 @@ pub struct AuthQuery {
 
 /// What a lookup found.
 #[derive(Debug)]
-pub struct Lookup {
+pub(crate) struct Lookup {
     /// The user's secret; none for a user the backend does not know (or
     /// knows without a SCRAM secret).
     pub secret: Option<ScramSecret>,
@@ -120,7 +120,7 @@ impl AuthQueryError {
 
 impl AuthQuery {
     /// A tenant's `auth_query` with an empty cache.
-    pub fn new(tenant: &str, config: AuthQueryConfig, settings: FetchSettings) -> AuthQuery {
+    pub(crate) fn new(tenant: &str, config: AuthQueryConfig, settings: FetchSettings) -> AuthQuery {
         AuthQuery {
             tenant: tenant.to_owned(),
             cache: SecretCache::new(config.cache_ttl, MAX_CACHED_SECRETS),
@@ -134,7 +134,7 @@ impl AuthQuery {
     /// (in `database` unless the configuration names one). A fetch error
     /// is logged and counted here. Not cancel safe only in that a dropped
     /// fetch is not cached.
-    pub async fn lookup(
+    pub(crate) async fn lookup(
         &self,
         backends: Targets<'_>,
         database: &str,
@@ -181,7 +181,7 @@ impl AuthQuery {
 
     /// Forgets what is cached for `user` of `database` (after a failed
     /// login).
-    pub fn invalidate(&self, database: &str, user: &str) {
+    pub(crate) fn invalidate(&self, database: &str, user: &str) {
         self.cache.invalidate(&self.cache_key(database, user));
     }
 
@@ -366,7 +366,7 @@ fn data_row_value(body: &[u8]) -> Result<Option<String>, AuthQueryError> {
 }
 
 /// Answers per user, each kept for a TTL, at most `capacity` of them.
-pub struct SecretCache {
+pub(crate) struct SecretCache {
     ttl: Duration,
     capacity: usize,
     entries: Mutex<HashMap<String, CacheEntry>>,
@@ -380,7 +380,7 @@ struct CacheEntry {
 
 impl SecretCache {
     /// An empty cache.
-    pub fn new(ttl: Duration, capacity: usize) -> SecretCache {
+    pub(crate) fn new(ttl: Duration, capacity: usize) -> SecretCache {
         SecretCache {
             ttl,
             capacity,
@@ -390,17 +390,17 @@ impl SecretCache {
 
     /// The cached answer for `user`, if there is a fresh one: `Some(None)`
     /// is a cached "no such user".
-    pub fn get(&self, user: &str) -> Option<Option<ScramSecret>> {
+    pub(crate) fn get(&self, user: &str) -> Option<Option<ScramSecret>> {
         self.get_at(user, Instant::now())
     }
 
     /// Caches `secret` as the answer for `user`.
-    pub fn insert(&self, user: &str, secret: Option<ScramSecret>) {
+    pub(crate) fn insert(&self, user: &str, secret: Option<ScramSecret>) {
         self.insert_at(user, secret, Instant::now());
     }
 
     /// Forgets the answer for `user`.
-    pub fn invalidate(&self, user: &str) {
+    pub(crate) fn invalidate(&self, user: &str) {
         self.lock().remove(user);
     }
 

@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256, Sha384, Sha512};
 /// Unknown algorithms (Ed25519, ...) use SHA-256; RSASSA-PSS uses the hash
 /// named in its parameters (SHA-256 unless it names SHA-384 or SHA-512).
 /// `None` when `cert_der` is not a DER `Certificate`.
-pub fn tls_server_end_point(cert_der: &[u8]) -> Option<Vec<u8>> {
+pub(crate) fn tls_server_end_point(cert_der: &[u8]) -> Option<Vec<u8>> {
     Some(match der::signature_hash(cert_der)? {
         der::Hash::Sha256 => Sha256::digest(cert_der).to_vec(),
         der::Hash::Sha384 => Sha384::digest(cert_der).to_vec(),

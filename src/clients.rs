@@ -22,14 +22,14 @@ use crate::metrics::tally::{Count, Tally};
 
 /// Every connected client of one server.
 #[derive(Default)]
-pub struct Clients {
+pub(crate) struct Clients {
     next_id: AtomicU64,
     map: Mutex<HashMap<u64, Arc<ClientEntry>>>,
 }
 
 /// One connected client.
 #[derive(Debug)]
-pub struct ClientEntry {
+pub(crate) struct ClientEntry {
     /// Process-unique id.
     pub id: u64,
     /// Tenant id.
@@ -55,7 +55,7 @@ pub struct ClientEntry {
 
 /// What a client is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ClientState {
+pub(crate) enum ClientState {
     /// Between transactions, holding no backend.
     Idle,
     /// Waiting for a pooled backend.
@@ -66,7 +66,7 @@ pub enum ClientState {
 
 impl ClientState {
     /// The name `SHOW CLIENTS` prints.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             ClientState::Idle => "idle",
             ClientState::Waiting => "waiting",
@@ -77,7 +77,7 @@ impl ClientState {
 
 impl ClientEntry {
     /// What the client is doing now.
-    pub fn state(&self) -> ClientState {
+    pub(crate) fn state(&self) -> ClientState {
         match self.state.load(Ordering::Relaxed) {
             1 => ClientState::Waiting,
             2 => ClientState::Active,
@@ -86,7 +86,7 @@ impl ClientEntry {
     }
 
     /// Records what the client is doing.
-    pub fn set_state(&self, state: ClientState) {
+    pub(crate) fn set_state(&self, state: ClientState) {
         let n = match state {
             ClientState::Idle => 0,
             ClientState::Waiting => 1,
@@ -98,7 +98,7 @@ impl ClientEntry {
 
 /// What a session tells the registry about its client.
 #[derive(Debug, Clone)]
-pub struct NewClient {
+pub(crate) struct NewClient {
     /// Tenant id.
     pub tenant: String,
     /// User name.
@@ -114,7 +114,7 @@ pub struct NewClient {
 }
 
 /// Keeps a client listed; removes it when dropped.
-pub struct Registered<'a> {
+pub(crate) struct Registered<'a> {
     clients: &'a Clients,
     /// The entry.
     pub entry: Arc<ClientEntry>,
@@ -132,7 +132,7 @@ impl Drop for Registered<'_> {
 
 impl Clients {
     /// Lists a client until the returned guard is dropped.
-    pub fn register(&self, client: NewClient) -> Registered<'_> {
+    pub(crate) fn register(&self, client: NewClient) -> Registered<'_> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let entry = Arc::new(ClientEntry {
             id,
@@ -158,7 +158,7 @@ impl Clients {
     }
 
     /// The connected clients, oldest first.
-    pub fn snapshot(&self) -> Vec<Arc<ClientEntry>> {
+    pub(crate) fn snapshot(&self) -> Vec<Arc<ClientEntry>> {
         let mut all: Vec<_> = self
             .map
             .lock()
@@ -171,7 +171,7 @@ impl Clients {
     }
 
     /// Wakes every client's idle wait (a reload, a stop).
-    pub fn wake_idle(&self) {
+    pub(crate) fn wake_idle(&self) {
         for c in self
             .map
             .lock()
@@ -183,7 +183,7 @@ impl Clients {
     }
 
     /// Connected clients per tenant.
-    pub fn count_by_tenant(&self) -> HashMap<String, usize> {
+    pub(crate) fn count_by_tenant(&self) -> HashMap<String, usize> {
         let mut counts = HashMap::new();
         for c in self
             .map
@@ -207,26 +207,29 @@ tokio::task_local! {
 /// A plain function, not an `async fn`: an `async fn` wrapper would hold
 /// `session` twice in its state (as its argument and inside the awaited
 /// scope), doubling what every idle connection's task costs.
-pub fn scope<F: Future>(entry: Arc<ClientEntry>, session: F) -> impl Future<Output = F::Output> {
+pub(crate) fn scope<F: Future>(
+    entry: Arc<ClientEntry>,
+    session: F,
+) -> impl Future<Output = F::Output> {
     CURRENT.scope(entry, session)
 }
 
 /// The client the current task serves, inside [`scope`].
-pub fn current() -> Option<Arc<ClientEntry>> {
+pub(crate) fn current() -> Option<Arc<ClientEntry>> {
     CURRENT.try_with(Arc::clone).ok()
 }
 
 /// A client stream that counts the bytes passing in the session's
 /// [`Tally`], for sessions whose relay does not count them itself (pooled
 /// sessions).
-pub struct Counted<'a, S> {
+pub(crate) struct Counted<'a, S> {
     inner: &'a mut S,
     tally: &'a Tally,
 }
 
 impl<'a, S> Counted<'a, S> {
     /// Wraps `inner`.
-    pub fn new(inner: &'a mut S, tally: &'a Tally) -> Self {
+    pub(crate) fn new(inner: &'a mut S, tally: &'a Tally) -> Self {
         Counted { inner, tally }
     }
 }

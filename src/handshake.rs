@@ -28,10 +28,11 @@ use crate::tls::{ServerTls, ALPN_POSTGRESQL};
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
 /// The client side of a connection: plaintext, or TLS terminated by pgcell.
-pub type ClientStream<S> = MaybeTls<Prefixed<S>, tokio_rustls::server::TlsStream<Prefixed<S>>>;
+pub(crate) type ClientStream<S> =
+    MaybeTls<Prefixed<S>, tokio_rustls::server::TlsStream<Prefixed<S>>>;
 
 /// What the negotiation settles on.
-pub enum Negotiated<S> {
+pub(crate) enum Negotiated<S> {
     /// A load balancer's own connection (PROXY v2 `LOCAL`): close quietly.
     LoadBalancerCheck,
     /// A `CancelRequest`; the connection carries nothing else. The stream
@@ -50,7 +51,7 @@ pub enum Negotiated<S> {
 }
 
 /// Settings the negotiation needs.
-pub struct HandshakeConfig<'a> {
+pub(crate) struct HandshakeConfig<'a> {
     /// PROXY protocol expectation.
     pub proxy: ProxyMode,
     /// Client TLS policy.
@@ -165,7 +166,7 @@ impl HandshakeError {
 ///
 /// On failure the client is sent an `ErrorResponse` when that is possible
 /// and useful. Not cancel safe.
-pub async fn negotiate<S>(
+pub(crate) async fn negotiate<S>(
     mut io: S,
     peer: SocketAddr,
     cfg: &HandshakeConfig<'_>,

@@ -26,14 +26,14 @@ use crate::stream::Prefixed;
 const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The health port: its address, fixed at start.
-pub struct HealthPort {
+pub(crate) struct HealthPort {
     addr: SocketAddr,
     socket: Option<Socket>,
 }
 
 impl HealthPort {
     /// Binds `addr` without listening, to reserve the port.
-    pub fn bind(addr: SocketAddr) -> io::Result<HealthPort> {
+    pub(crate) fn bind(addr: SocketAddr) -> io::Result<HealthPort> {
         let socket = new_socket(addr)?;
         let addr = socket
             .local_addr()?
@@ -46,12 +46,12 @@ impl HealthPort {
     }
 
     /// The bound address.
-    pub fn addr(&self) -> SocketAddr {
+    pub(crate) fn addr(&self) -> SocketAddr {
         self.addr
     }
 
     /// Listens while `state` is Ready, until it is Stopped.
-    pub async fn serve(mut self, mut state: watch::Receiver<State>) {
+    pub(crate) async fn serve(mut self, mut state: watch::Receiver<State>) {
         loop {
             let current = *state.borrow_and_update();
             if current == State::Stopped {

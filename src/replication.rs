@@ -20,7 +20,7 @@ use crate::state::Shared;
 const MAX_PAUSE: Duration = Duration::from_secs(1);
 
 /// Probes every tenant that asks for it, forever.
-pub async fn run(shared: Arc<Shared>) {
+pub(crate) async fn run(shared: Arc<Shared>) {
     // The probe's connections, per tenant, with the topology they serve.
     let mut held: HashMap<String, (Arc<Topology>, Vec<Option<ServerConn>>)> = HashMap::new();
     let mut due: HashMap<String, tokio::time::Instant> = HashMap::new();

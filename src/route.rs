@@ -19,7 +19,7 @@ use crate::tenant::{ClientInfo, Tenant};
 use crate::tls::TlsError;
 
 /// The tenants and the rules for finding them; swapped whole on reload.
-pub struct RoutingTable {
+pub(crate) struct RoutingTable {
     tenants: HashMap<String, Arc<Tenant>>,
     sources: Vec<RoutingSource>,
     sni_suffix: Option<String>,
@@ -27,7 +27,7 @@ pub struct RoutingTable {
 
 /// A routed, admitted connection. Holds the tenant's connection slot until
 /// dropped.
-pub struct Route {
+pub(crate) struct Route {
     /// The tenant.
     pub tenant: Arc<Tenant>,
     /// The server the client asked for: the primary, or a replica.
@@ -122,7 +122,7 @@ impl RoutingTable {
     /// Builds the table from `config`, carrying connection counts over from
     /// `previous` for tenants that stay.
     /// Password users' SCRAM salts derive from `salt_key`.
-    pub fn build(
+    pub(crate) fn build(
         config: &Config,
         previous: Option<&RoutingTable>,
         salt_key: &crate::auth::secret::SaltKey,
@@ -143,24 +143,24 @@ impl RoutingTable {
     }
 
     /// The tenant `id`, if configured.
-    pub fn tenant(&self, id: &str) -> Option<Arc<Tenant>> {
+    pub(crate) fn tenant(&self, id: &str) -> Option<Arc<Tenant>> {
         self.tenants.get(id).cloned()
     }
 
     /// Every tenant.
-    pub fn tenants(&self) -> impl Iterator<Item = &Arc<Tenant>> {
+    pub(crate) fn tenants(&self) -> impl Iterator<Item = &Arc<Tenant>> {
         self.tenants.values()
     }
 
     /// Whether `id` is a configured tenant (for metric labels).
-    pub fn contains(&self, id: &str) -> bool {
+    pub(crate) fn contains(&self, id: &str) -> bool {
         self.tenants.contains_key(id)
     }
 
     /// Finds the tenant of a connection and rewrites `startup` for its
     /// backend: the tenant token leaves `options`, `USER.TENANT` becomes
     /// `USER`, and a tenant's fixed database replaces the client's.
-    pub fn resolve(
+    pub(crate) fn resolve(
         &self,
         startup: &mut StartupMessage,
         sni: Option<&str>,
@@ -244,7 +244,7 @@ impl RoutingTable {
     }
 
     /// How a client may name its tenant, for error hints.
-    pub fn how_to_name_tenant(&self) -> String {
+    pub(crate) fn how_to_name_tenant(&self) -> String {
         let ways: Vec<String> = self
             .sources
             .iter()
@@ -263,7 +263,7 @@ impl RoutingTable {
 
 /// Checks `tenant`'s policy for `client` and takes a connection slot;
 /// the client's backends will be `target`.
-pub fn admit(
+pub(crate) fn admit(
     tenant: Arc<Tenant>,
     target: Target,
     client: &ClientInfo,
@@ -402,7 +402,7 @@ fn tenant_from_options(startup: &mut StartupMessage) -> Result<Option<String>, R
 
 /// What a tenant id with this suffix names: the tenant's replicas
 /// (`acme-ro` is `acme`, read-only), unless a tenant has that id itself.
-pub const READ_ONLY_SUFFIX: &str = "-ro";
+pub(crate) const READ_ONLY_SUFFIX: &str = "-ro";
 
 /// The libpq connection option a client sets in `options` to ask for a
 /// kind of server.
@@ -414,7 +414,10 @@ const TARGET_KEY: &str = "target_session_attrs";
 /// without the option); `standby` to a replica only; `read-only` to a
 /// replica, or the primary when none is fit and the tenant allows it
 /// (`when_no_replica`); `prefer-standby` to a replica, else the primary.
-pub fn take_target(startup: &mut StartupMessage, tenant: &Tenant) -> Result<Target, RouteError> {
+pub(crate) fn take_target(
+    startup: &mut StartupMessage,
+    tenant: &Tenant,
+) -> Result<Target, RouteError> {
     let Some(options) = startup.get("options") else {
         return Ok(Target::Primary);
     };

@@ -22,7 +22,7 @@ use crate::tls::{ServerTls, TlsError};
 
 /// Settings fixed for the life of the process.
 #[derive(Debug, Clone)]
-pub struct Settings {
+pub(crate) struct Settings {
     /// PROXY protocol expectation on the data port.
     pub proxy_protocol: ProxyMode,
     /// Client TLS policy.
@@ -408,7 +408,7 @@ impl Shared {
 /// What the admin console takes from the config file;
 /// swapped whole on reload.
 #[derive(Debug, Default)]
-pub struct ConsoleConfig {
+pub(crate) struct ConsoleConfig {
     /// SCRAM secrets of the admin users, derived once per load.
     pub(crate) secrets: HashMap<String, ScramSecret>,
     /// The configured tenants, for `SHOW TENANTS` and `PAUSE`.
@@ -427,7 +427,7 @@ pub(crate) struct TenantSummary {
 impl ConsoleConfig {
     /// Derives the admin users' secrets (PBKDF2 for passwords: once per
     /// load, never per login).
-    pub fn from_config(config: &Config, salt_key: &SaltKey) -> ConsoleConfig {
+    pub(crate) fn from_config(config: &Config, salt_key: &SaltKey) -> ConsoleConfig {
         let secrets = config
             .admin
             .users
@@ -456,7 +456,7 @@ impl ConsoleConfig {
 
     /// Whether any admin user is configured; without one, `pgcell` is an
     /// ordinary database name.
-    pub fn enabled(&self) -> bool {
+    pub(crate) fn enabled(&self) -> bool {
         !self.secrets.is_empty()
     }
 

@@ -10,19 +10,19 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// A stream whose first bytes were read early (to detect a PROXY header or a
 /// TLS ClientHello) and are served again before the rest.
 #[derive(Debug)]
-pub struct Prefixed<S> {
+pub(crate) struct Prefixed<S> {
     prefix: Bytes,
     inner: S,
 }
 
 impl<S> Prefixed<S> {
     /// Wraps `inner`, serving `prefix` first.
-    pub fn new(prefix: Bytes, inner: S) -> Self {
+    pub(crate) fn new(prefix: Bytes, inner: S) -> Self {
         Prefixed { prefix, inner }
     }
 
     /// Puts `bytes` back in front of whatever is still unread.
-    pub fn unread(&mut self, bytes: &[u8]) {
+    pub(crate) fn unread(&mut self, bytes: &[u8]) {
         let mut joined = Vec::with_capacity(bytes.len() + self.prefix.len());
         joined.extend_from_slice(bytes);
         joined.extend_from_slice(&self.prefix);
@@ -30,7 +30,7 @@ impl<S> Prefixed<S> {
     }
 
     /// True when read-ahead bytes are still waiting to be read.
-    pub fn has_read_ahead(&self) -> bool {
+    pub(crate) fn has_read_ahead(&self) -> bool {
         !self.prefix.is_empty()
     }
 }
@@ -172,7 +172,7 @@ impl<P: AsyncWrite + Unpin, T: AsyncWrite + Unpin> AsyncWrite for MaybeTls<P, T>
 /// Waiting for a client's next bytes without holding a read buffer: an
 /// idle pooled client (there may be tens of thousands) then costs no
 /// buffer memory until it speaks.
-pub trait ReadReady {
+pub(crate) trait ReadReady {
     /// Ready when a read would find data (or the end of the stream) at
     /// once, or when the stream cannot tell without reading: the read
     /// itself then waits.

@@ -16,7 +16,7 @@ use crate::config::{Config, TenantConfig};
 use crate::tls::{self, TlsError};
 
 /// One tenant as the data path uses it.
-pub struct Tenant {
+pub(crate) struct Tenant {
     /// Its configuration.
     pub config: TenantConfig,
     /// TLS towards its backends, when enabled.
@@ -37,13 +37,13 @@ pub struct Tenant {
 
 impl Tenant {
     /// The tenant id.
-    pub fn id(&self) -> &str {
+    pub(crate) fn id(&self) -> &str {
         &self.config.id
     }
 
     /// Its backends for a client that wants `target`, as
     /// [`crate::backend::connect`] reaches them.
-    pub fn targets(&self, target: Target) -> crate::backend::Targets<'_> {
+    pub(crate) fn targets(&self, target: Target) -> crate::backend::Targets<'_> {
         crate::backend::Targets {
             topology: &self.topology,
             target,
@@ -57,7 +57,7 @@ impl Tenant {
     /// derived secrets, when its users did not change) over from its
     /// `previous` self. Password users' SCRAM salts derive from
     /// `salt_key`.
-    pub fn build(
+    pub(crate) fn build(
         t: &TenantConfig,
         config: &Config,
         previous: Option<&Tenant>,
@@ -154,14 +154,14 @@ pub struct ClientInfo {
 /// A token bucket of new connections: refills at `rate` per second, holds at
 /// most `rate` (a burst of one second's worth).
 #[derive(Debug, Default)]
-pub struct RateBucket {
+pub(crate) struct RateBucket {
     tokens: f64,
     last: Option<Instant>,
 }
 
 impl RateBucket {
     /// Takes one token at `now` if there is one.
-    pub fn take(&mut self, rate: u32, now: Instant) -> bool {
+    pub(crate) fn take(&mut self, rate: u32, now: Instant) -> bool {
         let capacity = f64::from(rate);
         self.tokens = match self.last {
             // A new bucket starts full.

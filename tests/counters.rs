@@ -3,6 +3,10 @@
 //! The metrics recorder is process-wide; this binary holds a single test so
 //! nothing else moves these counters while it measures.
 
+// A test binary has no public API: its support modules' `pub` is for
+// the test modules beside them.
+#![allow(unreachable_pub, missing_docs)]
+
 #[path = "support/mod.rs"]
 mod support;
 

@@ -10,7 +10,7 @@ use ::md5::{Digest, Md5};
 /// `"md5" + hex(md5(hex(md5(password + user)) + salt))`, the
 /// `PasswordMessage` payload for `AuthenticationMD5Password` with `salt`
 /// (without the NUL terminator the message needs).
-pub fn md5_password(user: &str, password: &str, salt: [u8; 4]) -> Vec<u8> {
+pub(crate) fn md5_password(user: &str, password: &str, salt: [u8; 4]) -> Vec<u8> {
     let inner = hex(&Md5::new()
         .chain_update(password)
         .chain_update(user)

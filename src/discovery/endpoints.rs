@@ -14,10 +14,10 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use crate::config::CancelPeer;
 
 /// The label tying an EndpointSlice to its Service.
-pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+pub(crate) const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 /// True for an endpoint that may get new connections.
-pub fn is_ready(endpoint: &Endpoint) -> bool {
+pub(crate) fn is_ready(endpoint: &Endpoint) -> bool {
     match &endpoint.conditions {
         None => true,
         Some(c) => c.ready.unwrap_or(true) && !c.terminating.unwrap_or(false),
@@ -25,7 +25,7 @@ pub fn is_ready(endpoint: &Endpoint) -> bool {
 }
 
 /// True when `slice` belongs to Service `service`.
-pub fn belongs_to(slice: &EndpointSlice, service: &str) -> bool {
+pub(crate) fn belongs_to(slice: &EndpointSlice, service: &str) -> bool {
     slice
         .metadata
         .labels
@@ -57,7 +57,7 @@ fn host_port(address: &str, port: u16) -> String {
 /// The ready `host:port` endpoints of `port` of the Service whose slices
 /// are `slices` (already filtered to that Service), sorted so that a
 /// reordering of slices does not count as a change.
-pub fn ready_addresses<'a>(
+pub(crate) fn ready_addresses<'a>(
     slices: impl IntoIterator<Item = &'a EndpointSlice>,
     port: &IntOrString,
 ) -> Vec<String> {
@@ -80,7 +80,7 @@ pub fn ready_addresses<'a>(
 /// The zone of each ready `host:port` endpoint (as [`ready_addresses`]
 /// names them) that says one (`endpoints[].zone`, set from the node's
 /// `topology.kubernetes.io/zone`).
-pub fn zones<'a>(
+pub(crate) fn zones<'a>(
     slices: impl IntoIterator<Item = &'a EndpointSlice>,
     port: &IntOrString,
 ) -> std::collections::BTreeMap<String, String> {
@@ -103,7 +103,7 @@ pub fn zones<'a>(
 /// equal to this replica's data port (`data_port`), or the slice's only
 /// port. Each peer's id is derived from its address, as `instance_id =
 /// "auto"` derives this replica's.
-pub fn peers<'a>(
+pub(crate) fn peers<'a>(
     slices: impl IntoIterator<Item = &'a EndpointSlice>,
     data_port: u16,
     own: &[SocketAddr],

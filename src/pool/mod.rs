@@ -12,11 +12,11 @@ mod in_use;
 mod registry;
 use in_use::{InUse, InUseMap};
 
-pub use registry::Pools;
+pub(crate) use registry::Pools;
 
 /// What becomes of a backend handed back to its pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Release {
+pub(crate) enum Release {
     /// Reuse it (unless it is past `max_lifetime` or the pool retired).
     Reuse,
     /// Close it, for this reason (a label for logs).
@@ -43,7 +43,7 @@ use crate::tenant::Tenant;
 
 /// Identifies a pool.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct PoolKey {
+pub(crate) struct PoolKey {
     /// Tenant id.
     pub tenant: String,
     /// Backend database.
@@ -68,7 +68,7 @@ const FAILOVER_RETRY: Duration = Duration::from_millis(100);
 const MAX_PROFILES: usize = 64;
 
 /// One pool.
-pub struct Pool {
+pub(crate) struct Pool {
     /// Which pool.
     pub key: PoolKey,
     /// Session or transaction.
@@ -109,7 +109,7 @@ pub struct Pool {
 }
 
 /// One client's place in a pool; freed on drop.
-pub struct ClientSlot(Arc<Pool>);
+pub(crate) struct ClientSlot(Arc<Pool>);
 
 impl Drop for ClientSlot {
     fn drop(&mut self) {
@@ -149,7 +149,7 @@ impl PoolSignature {
 
 /// One backend of a pool, idle or in use.
 #[derive(Debug, Clone)]
-pub struct ServerInfo {
+pub(crate) struct ServerInfo {
     /// The backend's address.
     pub addr: SocketAddr,
     /// The backend's process id.
@@ -164,7 +164,7 @@ pub struct ServerInfo {
 
 /// A pool's figures at one moment.
 #[derive(Debug, Clone)]
-pub struct PoolSnapshot {
+pub(crate) struct PoolSnapshot {
     /// Which pool.
     pub key: PoolKey,
     /// Session or transaction.
@@ -199,7 +199,7 @@ pub enum AcquireError {
 
 /// A checked-out backend. Dropping it closes the backend; hand it back
 /// with [`Pool::release`].
-pub struct Lease {
+pub(crate) struct Lease {
     /// The backend.
     pub conn: Box<ServerConn>,
     /// When it was handed out (the start of the client's transaction).
@@ -239,7 +239,7 @@ impl Drop for Waiting<'_> {
 
 impl Pool {
     /// A new, empty pool.
-    pub fn new(
+    pub(crate) fn new(
         key: PoolKey,
         tenant: Arc<Tenant>,
         settings: PoolConfig,
@@ -275,23 +275,23 @@ impl Pool {
     }
 
     /// Stops handing out backends; running transactions go on.
-    pub fn pause(&self) {
+    pub(crate) fn pause(&self) {
         self.paused.store(true, Ordering::SeqCst);
     }
 
     /// Hands out backends again and wakes the checkouts that waited.
-    pub fn resume(&self) {
+    pub(crate) fn resume(&self) {
         self.paused.store(false, Ordering::SeqCst);
         self.resumed.notify_waiters();
     }
 
     /// Whether the pool is paused.
-    pub fn is_paused(&self) -> bool {
+    pub(crate) fn is_paused(&self) -> bool {
         self.paused.load(Ordering::SeqCst)
     }
 
     /// The pool's figures now.
-    pub fn snapshot(&self) -> PoolSnapshot {
+    pub(crate) fn snapshot(&self) -> PoolSnapshot {
         PoolSnapshot {
             key: self.key.clone(),
             mode: self.mode,
@@ -309,7 +309,7 @@ impl Pool {
     }
 
     /// The pool's backends, idle and in use.
-    pub fn servers(&self) -> Vec<ServerInfo> {
+    pub(crate) fn servers(&self) -> Vec<ServerInfo> {
         let mut out: Vec<ServerInfo> = self
             .idle
             .lock()
@@ -352,7 +352,7 @@ impl Pool {
 
     /// `params` as a shared profile: the copy another client of this pool
     /// already holds when there is one. Remembered as the latest.
-    pub fn share_profile(&self, params: Vec<(String, String)>) -> Arc<StartupProfile> {
+    pub(crate) fn share_profile(&self, params: Vec<(String, String)>) -> Arc<StartupProfile> {
         let wanted = StartupProfile { params };
         let mut last = self
             .last_profile
@@ -374,7 +374,7 @@ impl Pool {
     }
 
     /// Sets the login backends of this pool use, if none is known yet.
-    pub fn offer_login(&self, login: BackendLogin) {
+    pub(crate) fn offer_login(&self, login: BackendLogin) {
         let mut current = self.login.lock().unwrap_or_else(PoisonError::into_inner);
         if current.is_none() {
             *current = Some(login);
@@ -382,13 +382,13 @@ impl Pool {
     }
 
     /// Replaces the login (after a backend refused the old one).
-    pub fn replace_login(&self, login: BackendLogin) {
+    pub(crate) fn replace_login(&self, login: BackendLogin) {
         *self.login.lock().unwrap_or_else(PoisonError::into_inner) = Some(login);
     }
 
     /// Parameters reported at login by this pool's backends of `profile`,
     /// if one has logged in yet.
-    pub fn params(&self, profile: &Arc<StartupProfile>) -> Option<Vec<(String, String)>> {
+    pub(crate) fn params(&self, profile: &Arc<StartupProfile>) -> Option<Vec<(String, String)>> {
         self.params
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -399,12 +399,12 @@ impl Pool {
     }
 
     /// Backends open (idle and checked out).
-    pub fn open_count(&self) -> usize {
+    pub(crate) fn open_count(&self) -> usize {
         self.size - self.slots.available_permits()
     }
 
     /// Idle backends.
-    pub fn idle_count(&self) -> usize {
+    pub(crate) fn idle_count(&self) -> usize {
         self.idle
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -416,7 +416,7 @@ impl Pool {
     /// The wait goes into `tally` (`pgcell_pool_wait_seconds`).
     /// With `fresh_after`, only backends on servers that have replayed
     /// what was committed before it ([`Topology::fresh_since`]).
-    pub async fn acquire(
+    pub(crate) async fn acquire(
         &self,
         profile: &Arc<StartupProfile>,
         tally: &Tally,
@@ -443,7 +443,7 @@ impl Pool {
     /// waits. Backends past their lifetime or that spoke while idle are
     /// dropped on the way.
     /// A lease taken counts as a wait of zero in `tally`.
-    pub fn try_acquire_idle(
+    pub(crate) fn try_acquire_idle(
         &self,
         profile: &Arc<StartupProfile>,
         tally: &Tally,
@@ -511,7 +511,7 @@ impl Pool {
     }
 
     /// The tenant's servers as pgcell knows them.
-    pub fn topology(&self) -> &crate::backend::Topology {
+    pub(crate) fn topology(&self) -> &crate::backend::Topology {
         &self.tenant.topology
     }
 
@@ -719,13 +719,13 @@ impl Pool {
     /// Hands a backend back: reused when `release` says so (the backend
     /// is idle, status `I`, nothing outstanding, nothing forbids reuse),
     /// closed otherwise.
-    pub fn release(&self, lease: Lease, release: Release) {
+    pub(crate) fn release(&self, lease: Lease, release: Release) {
         self.release_at(lease, release, Instant::now());
     }
 
     /// [`Pool::release`] with the time already read by the caller (one
     /// clock read per transaction end).
-    pub fn release_at(&self, lease: Lease, release: Release, now: Instant) {
+    pub(crate) fn release_at(&self, lease: Lease, release: Release, now: Instant) {
         if let Release::Close(reason) = release {
             tracing::debug!(tenant = %self.key.tenant, addr = %lease.conn.addr, reason, "backend closed at checkin");
             return;
@@ -748,7 +748,7 @@ impl Pool {
 
     /// Closes the idle backends and makes the rest close as they come
     /// free: a reload replaced this pool or removed its tenant.
-    pub fn retire(&self) {
+    pub(crate) fn retire(&self) {
         self.retired.store(true, Ordering::Release);
         self.idle
             .lock()
@@ -758,13 +758,13 @@ impl Pool {
     }
 
     /// True once [`Pool::retire`] ran.
-    pub fn is_retired(&self) -> bool {
+    pub(crate) fn is_retired(&self) -> bool {
         self.retired.load(Ordering::Acquire)
     }
 
     /// Periodic upkeep: closes idle backends past `idle_timeout` or
     /// `max_lifetime`, and opens backends up to `min_idle`.
-    pub async fn maintain(&self) {
+    pub(crate) async fn maintain(&self) {
         let now = Instant::now();
         self.idle
             .lock()
@@ -811,7 +811,7 @@ impl Pool {
 
     /// Takes one of the pool's client slots (`pool.max_client_connections`);
     /// `None` when the pool is full.
-    pub fn admit_client(self: &Arc<Self>) -> Option<ClientSlot> {
+    pub(crate) fn admit_client(self: &Arc<Self>) -> Option<ClientSlot> {
         let limit = self.settings.max_client_connections.unwrap_or(usize::MAX);
         self.clients
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
@@ -822,24 +822,24 @@ impl Pool {
     }
 
     /// Whether clients that leave session state behind keep their backend.
-    pub fn pin_session_state(&self) -> bool {
+    pub(crate) fn pin_session_state(&self) -> bool {
         self.settings.pin_session_state
     }
 
     /// Whether every transaction-mode checkin reads back and resets the
     /// session.
-    pub fn reset_every_transaction(&self) -> bool {
+    pub(crate) fn reset_every_transaction(&self) -> bool {
         self.settings.reset_every_transaction
     }
 
     /// Whether every transaction-mode checkin checks the backend for
     /// session state no message showed.
-    pub fn check_session_state(&self) -> bool {
+    pub(crate) fn check_session_state(&self) -> bool {
         self.settings.check_session_state
     }
 
     /// The query run when a session-mode client leaves.
-    pub fn reset_query(&self) -> Option<&str> {
+    pub(crate) fn reset_query(&self) -> Option<&str> {
         self.settings.reset_query.as_deref()
     }
 }

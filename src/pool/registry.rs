@@ -9,7 +9,7 @@ use super::*;
 
 /// Every pool of the process.
 #[derive(Default)]
-pub struct Pools {
+pub(crate) struct Pools {
     pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
     /// Tenants paused by the admin console; their new pools start paused.
     paused: Mutex<HashSet<String>>,
@@ -18,7 +18,7 @@ pub struct Pools {
 impl Pools {
     /// The pool for `key`, created on first use, and replaced when a reload
     /// changed what its backends depend on (the old one retires).
-    pub fn get(&self, key: PoolKey, tenant: &Arc<Tenant>, open: OpenSettings) -> Arc<Pool> {
+    pub(crate) fn get(&self, key: PoolKey, tenant: &Arc<Tenant>, open: OpenSettings) -> Arc<Pool> {
         let mut pools = self.pools.lock().unwrap_or_else(PoisonError::into_inner);
         let stale = pools
             .get(&key)
@@ -72,7 +72,7 @@ impl Pools {
 
     /// Retires and forgets the pools of tenants `keep` rejects (removed by
     /// a reload).
-    pub fn retire_tenants_except(&self, keep: impl Fn(&str) -> bool) {
+    pub(crate) fn retire_tenants_except(&self, keep: impl Fn(&str) -> bool) {
         let mut pools = self.pools.lock().unwrap_or_else(PoisonError::into_inner);
         pools.retain(|key, pool| {
             let kept = keep(&key.tenant);
@@ -84,7 +84,7 @@ impl Pools {
     }
 
     /// Runs [`Pool::maintain`] on every pool every `every`.
-    pub async fn maintenance_loop(&self, every: Duration) {
+    pub(crate) async fn maintenance_loop(&self, every: Duration) {
         let mut tick = tokio::time::interval(every);
         loop {
             tick.tick().await;
@@ -96,7 +96,7 @@ impl Pools {
 
     /// Pauses `tenant`'s pools, present and future. Returns how many pools
     /// it has now.
-    pub fn pause(&self, tenant: &str) -> usize {
+    pub(crate) fn pause(&self, tenant: &str) -> usize {
         self.paused
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -109,7 +109,7 @@ impl Pools {
     }
 
     /// Resumes `tenant`'s pools. Returns how many pools it has now.
-    pub fn resume(&self, tenant: &str) -> usize {
+    pub(crate) fn resume(&self, tenant: &str) -> usize {
         self.paused
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -122,7 +122,7 @@ impl Pools {
     }
 
     /// Whether `tenant` is paused.
-    pub fn is_paused(&self, tenant: &str) -> bool {
+    pub(crate) fn is_paused(&self, tenant: &str) -> bool {
         self.paused
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -130,7 +130,7 @@ impl Pools {
     }
 
     /// Every pool, sorted by key.
-    pub fn all(&self) -> Vec<Arc<Pool>> {
+    pub(crate) fn all(&self) -> Vec<Arc<Pool>> {
         let mut all: Vec<Arc<Pool>> = self
             .pools
             .lock()

@@ -73,7 +73,7 @@ const DEREGISTER: &str = "DeregisterTargets";
 const DESCRIBE: &str = "DescribeTargetHealth";
 
 /// The ELBv2 client and the registration it keeps.
-pub struct Keeper {
+pub(crate) struct Keeper {
     client: Client,
     group: String,
     target: TargetDescription,
@@ -92,7 +92,11 @@ pub struct Keeper {
 impl Keeper {
     /// Builds the client (one HTTP/TLS stack: hyper 1 + rustls with ring)
     /// for the target `ip:port`.
-    pub async fn new(config: &AwsConfig, ip: IpAddr, port: u16) -> Result<Keeper, RegisterError> {
+    pub(crate) async fn new(
+        config: &AwsConfig,
+        ip: IpAddr,
+        port: u16,
+    ) -> Result<Keeper, RegisterError> {
         let http = aws_smithy_http_client::Builder::new()
             .tls_provider(tls::Provider::Rustls(
                 tls::rustls_provider::CryptoMode::Ring,
@@ -144,12 +148,12 @@ impl Keeper {
     }
 
     /// The current state.
-    pub fn state(&self) -> TargetState {
+    pub(crate) fn state(&self) -> TargetState {
         self.state.get()
     }
 
     /// Spawns the keeper task (once; never after a drain began).
-    pub fn start(self: &Arc<Self>) {
+    pub(crate) fn start(self: &Arc<Self>) {
         let mut task = lock(&self.task);
         if task.is_some() || *self.stop.borrow() {
             return;
@@ -162,7 +166,7 @@ impl Keeper {
 
     /// Stops the keeper, then DeregisterTargets with retries for at most
     /// [`DEREGISTER_BUDGET`].
-    pub async fn deregister(&self) {
+    pub(crate) async fn deregister(&self) {
         self.stop.send_replace(true);
         let task = lock(&self.task).take();
         if let Some(mut task) = task {
@@ -231,7 +235,7 @@ impl Keeper {
 
     /// Polls DescribeTargetHealth until the target is gone, at most
     /// `timeout`.
-    pub async fn wait_gone(&self, timeout: Duration) {
+    pub(crate) async fn wait_gone(&self, timeout: Duration) {
         let poll = async {
             loop {
                 match self.describe().await {

@@ -8,24 +8,24 @@
 use std::time::Duration;
 
 /// The first retry's upper bound.
-pub const BASE: Duration = Duration::from_millis(200);
+pub(crate) const BASE: Duration = Duration::from_millis(200);
 /// No wait is longer than this.
-pub const CAP: Duration = Duration::from_secs(20);
+pub(crate) const CAP: Duration = Duration::from_secs(20);
 
 /// Retry delays for one operation.
 #[derive(Debug, Default)]
-pub struct Backoff {
+pub(crate) struct Backoff {
     attempt: u32,
 }
 
 impl Backoff {
     /// A fresh sequence.
-    pub fn new() -> Backoff {
+    pub(crate) fn new() -> Backoff {
         Backoff::default()
     }
 
     /// The wait before the next retry.
-    pub fn next_delay(&mut self) -> Duration {
+    pub(crate) fn next_delay(&mut self) -> Duration {
         let random = getrandom::u64().unwrap_or(u64::from(self.attempt));
         let d = delay(self.attempt, random);
         self.attempt = self.attempt.saturating_add(1);
@@ -42,7 +42,7 @@ impl Backoff {
 /// "Equal jitter": half of `min(CAP, BASE·2^attempt)` fixed, the other
 /// half drawn from `random`, so a retry never comes immediately and never
 /// waits longer than the cap.
-pub fn delay(attempt: u32, random: u64) -> Duration {
+pub(crate) fn delay(attempt: u32, random: u64) -> Duration {
     let ceiling = BASE
         .checked_mul(1u32.checked_shl(attempt.min(31)).unwrap_or(u32::MAX))
         .unwrap_or(CAP)

@@ -100,7 +100,7 @@ impl TargetState {
 /// (Read by `register/aws.rs` only: unused in a build without the AWS SDK.)
 #[cfg_attr(not(feature = "aws"), allow(dead_code))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Seen {
+pub(crate) enum Seen {
     /// Not in the target group: not listed, or listed with reason
     /// `Target.NotRegistered` (AWS answers `unused`, moto `unused` after a
     /// deregistration and `unavailable` for a target it never saw).
@@ -111,13 +111,13 @@ pub enum Seen {
 
 /// The reason ELBv2 gives for a target that is not in the group.
 #[cfg_attr(not(feature = "aws"), allow(dead_code))]
-pub const NOT_REGISTERED: &str = "Target.NotRegistered";
+pub(crate) const NOT_REGISTERED: &str = "Target.NotRegistered";
 
 #[cfg_attr(not(feature = "aws"), allow(dead_code))]
 impl Seen {
     /// Reads a `TargetHealth` (state and reason, as ELBv2 spells them);
     /// `None` when the target was not listed at all.
-    pub fn of(health: Option<(Option<&str>, Option<&str>)>) -> Seen {
+    pub(crate) fn of(health: Option<(Option<&str>, Option<&str>)>) -> Seen {
         let Some((state, reason)) = health else {
             return Seen::Missing;
         };
@@ -133,7 +133,7 @@ impl Seen {
 
     /// Whether the target no longer gets new flows and has no draining
     /// ones: not in the group, or `unused`.
-    pub fn gone(self) -> bool {
+    pub(crate) fn gone(self) -> bool {
         matches!(self, Seen::Missing | Seen::Present(TargetState::Unused))
     }
 }

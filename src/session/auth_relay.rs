@@ -26,13 +26,13 @@ use crate::protocol::startup::CancelKey;
 use crate::protocol::SqlState;
 
 /// Longest backend message accepted before `ReadyForQuery`.
-pub const MAX_BACKEND_STARTUP_MESSAGE_LEN: usize = 1 << 20;
+pub(crate) const MAX_BACKEND_STARTUP_MESSAGE_LEN: usize = 1 << 20;
 /// Longest client authentication message, as PostgreSQL's
 /// `PG_MAX_AUTH_TOKEN_LENGTH`.
-pub const MAX_CLIENT_AUTH_MESSAGE_LEN: usize = 65_535;
+pub(crate) const MAX_CLIENT_AUTH_MESSAGE_LEN: usize = 65_535;
 
 /// How the exchange ended when nothing broke.
-pub enum AuthEnd {
+pub(crate) enum AuthEnd {
     /// The backend sent `ReadyForQuery`; the session can start.
     Ready {
         /// The key the client got for cancel requests.
@@ -79,7 +79,7 @@ pub enum AuthRelayError {
 /// Relays messages from the backend's first answer to `ReadyForQuery`,
 /// which the client gets only when `fits` accepts the server's role.
 /// Not cancel safe.
-pub async fn relay<C, B>(
+pub(crate) async fn relay<C, B>(
     client: &mut C,
     backend: &mut B,
     cancel: &CancelMap,

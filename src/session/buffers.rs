@@ -9,12 +9,12 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use crate::stream::ReadReady;
 
 /// Read buffer size, each direction, while a backend is leased.
-pub const READ_CHUNK: usize = 32 * 1024;
+pub(crate) const READ_CHUNK: usize = 32 * 1024;
 /// Read buffer size of an idle client: most statements fit, and an idle
 /// client should cost little memory (thousands of them sit idle).
-pub const IDLE_READ_CHUNK: usize = 2 * 1024;
+pub(crate) const IDLE_READ_CHUNK: usize = 2 * 1024;
 /// First read from a backend: a short result fits.
-pub const SERVER_READ_CHUNK: usize = 4 * 1024;
+pub(crate) const SERVER_READ_CHUNK: usize = 4 * 1024;
 
 /// Makes room to read into `buf`: `small` bytes when it is empty (the
 /// common case, a short statement), a full chunk when a message is
@@ -27,7 +27,7 @@ pub const SERVER_READ_CHUNK: usize = 4 * 1024;
 /// result that a client reads slowly this doubled again and again (a read
 /// buffer of tens of MiB, filled from the backend), so the leftover is
 /// copied into a fresh chunk instead (docs/reliability.md, slow reader).
-pub fn reserve_read(buf: &mut BytesMut, small: usize) {
+pub(crate) fn reserve_read(buf: &mut BytesMut, small: usize) {
     if buf.capacity() == 0 {
         reuse(buf);
     }
@@ -53,7 +53,7 @@ thread_local! {
 }
 
 /// Gives an empty `buf` back for reuse; it is left without memory.
-pub fn recycle(buf: &mut BytesMut) {
+pub(crate) fn recycle(buf: &mut BytesMut) {
     if !buf.is_empty() || buf.capacity() == 0 {
         return;
     }
@@ -75,7 +75,7 @@ pub fn recycle(buf: &mut BytesMut) {
 
 /// Puts a spare buffer into an empty `buf` that has no memory, if there is
 /// one on this thread.
-pub fn reuse(buf: &mut BytesMut) {
+pub(crate) fn reuse(buf: &mut BytesMut) {
     if buf.capacity() == 0 {
         if let Some(spare) = SPARE_BUFFERS.with(|s| s.borrow_mut().pop()) {
             *buf = spare;
@@ -84,7 +84,7 @@ pub fn reuse(buf: &mut BytesMut) {
 }
 
 /// Frees an empty buffer above `keep` bytes, so idle sessions stay small.
-pub fn shrink(buf: &mut BytesMut, keep: usize) {
+pub(crate) fn shrink(buf: &mut BytesMut, keep: usize) {
     if buf.is_empty() && buf.capacity() > keep {
         *buf = BytesMut::new();
     }
@@ -96,7 +96,7 @@ const MAX_BUFFERED_WHILE_WRITING: usize = 64 << 20;
 
 /// Writes `data` to `stream`, reading what the backend answers meanwhile
 /// into `answers`. Not cancel safe.
-pub async fn write_draining<S>(
+pub(crate) async fn write_draining<S>(
     stream: &mut S,
     data: &[u8],
     answers: &mut BytesMut,
@@ -144,7 +144,7 @@ where
 /// Reads what an idle client sends next into `buf`. A client that can be
 /// waited for by readiness (plaintext) holds no buffer while it waits:
 /// the buffer is taken only once bytes are there. Cancel safe.
-pub async fn read_idle<C>(client: &mut C, buf: &mut BytesMut) -> std::io::Result<usize>
+pub(crate) async fn read_idle<C>(client: &mut C, buf: &mut BytesMut) -> std::io::Result<usize>
 where
     C: AsyncRead + ReadReady + Unpin,
 {

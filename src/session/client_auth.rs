@@ -22,7 +22,7 @@ use crate::protocol::{ClientError, SqlState};
 use crate::tenant::{ClientInfo, Tenant};
 
 /// Pause before a failed login is reported, the same for every cause.
-pub const AUTH_FAILURE_DELAY: Duration = Duration::from_millis(500);
+pub(crate) const AUTH_FAILURE_DELAY: Duration = Duration::from_millis(500);
 /// Longest authentication message a client may send.
 const MAX_AUTH_MESSAGE_LEN: usize = 65_535;
 
@@ -105,7 +105,7 @@ impl ClientAuthError {
 /// to `answer`, not sent: the caller sends them with what follows, so
 /// that a login costs one write fewer. On failure the caller reports the
 /// error. Not cancel safe.
-pub async fn authenticate<C>(
+pub(crate) async fn authenticate<C>(
     client: &mut C,
     tenant: &Tenant,
     user: &str,
@@ -182,7 +182,7 @@ where
 /// `AuthenticationOk`: for logins that lead to no backend (the admin
 /// console). An unknown user (`None`) goes through the same exchange
 /// against a fake secret and fails the same way. Not cancel safe.
-pub async fn verify<C>(
+pub(crate) async fn verify<C>(
     client: &mut C,
     user: &str,
     secret: Option<&ScramSecret>,

@@ -29,11 +29,11 @@ use crate::session::SessionError;
 use crate::state::Shared;
 use crate::tenant::ClientInfo;
 
-pub use crate::state::ConsoleConfig;
-pub use show::publish_pool_gauges;
+pub(crate) use crate::state::ConsoleConfig;
+pub(crate) use show::publish_pool_gauges;
 
 /// The database name that reaches the console.
-pub const DATABASE: &str = "pgcell";
+pub(crate) const DATABASE: &str = "pgcell";
 /// Longest message an admin may send; console commands are short.
 const MAX_CONSOLE_MESSAGE_LEN: usize = 64 * 1024;
 
@@ -109,7 +109,7 @@ const COMMANDS_HINT: &str = "Commands: SHOW POOLS, SHOW CLIENTS, SHOW SERVERS, S
 /// Serves an admin console session to the end: login, then commands until
 /// the client leaves or pgcell stops. Errors that end the session are
 /// returned for the caller to report. Not cancel safe.
-pub async fn serve<C>(
+pub(crate) async fn serve<C>(
     shared: &Shared,
     client: &mut C,
     startup: &StartupMessage,

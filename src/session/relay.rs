@@ -31,7 +31,7 @@ const BACKEND_CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(5
 
 /// How a relay ended.
 #[derive(Debug)]
-pub enum RelayEnd {
+pub(crate) enum RelayEnd {
     /// The client closed its side.
     ClientClosed,
     /// The client connection failed.
@@ -50,7 +50,7 @@ pub enum RelayEnd {
 
 /// Byte counts, for the log line.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct RelayBytes {
+pub(crate) struct RelayBytes {
     /// Client to backend.
     pub from_client: u64,
     /// Backend to client.
@@ -58,7 +58,7 @@ pub struct RelayBytes {
 }
 
 /// Counters to feed as bytes flow.
-pub struct RelayCounters {
+pub(crate) struct RelayCounters {
     /// Client to backend.
     pub from_client: Counter,
     /// Backend to client.
@@ -273,7 +273,7 @@ where
 
 /// Relays until one side is done, or until `lifecycle` says stopping and
 /// the session is between transactions. Not cancel safe.
-pub async fn relay<C, B>(
+pub(crate) async fn relay<C, B>(
     client: C,
     backend: B,
     counters: &RelayCounters,

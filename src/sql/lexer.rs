@@ -29,7 +29,12 @@ pub enum Token<'a> {
     /// A string constant of any kind; `body` is its first segment's
     /// contents between the quotes, `escapes` whether backslashes escape
     /// in it.
-    Str { body: &'a [u8], escapes: bool },
+    Str {
+        /// The first segment's contents between the quotes.
+        body: &'a [u8],
+        /// Whether backslashes escape in it.
+        escapes: bool,
+    },
     /// A dollar-quoted string.
     Dollar,
     /// A numeric constant.

@@ -16,6 +16,10 @@
 //! `/opt/tf-plugins`, and python3 for moto (installed into the test
 //! virtualenv when missing, see `tests/support/moto.rs`).
 
+// A test binary has no public API: its support modules' `pub` is for
+// the test modules beside them.
+#![allow(unreachable_pub, missing_docs)]
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 

@@ -7,6 +7,10 @@
 //! The soak (`soak::soak`) is ignored by default and run on demand with
 //! `scripts/soak.sh`.
 
+// A test binary has no public API: its support modules' `pub` is for
+// the test modules beside them.
+#![allow(unreachable_pub, missing_docs)]
+
 #[path = "../support/mod.rs"]
 mod support;
 

@@ -5,6 +5,9 @@
 //! The tests run one at a time ([`serial`]): the metrics recorder is one
 //! per process, and the clash and peer gauges are checked by value.
 
+// A test binary has no public API: its support modules' `pub` is for
+// the test modules beside them.
+#![allow(unreachable_pub, missing_docs)]
 #![cfg(feature = "kube")]
 
 mod apiserver;

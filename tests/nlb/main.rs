@@ -6,6 +6,10 @@
 //! an `ip`/TCP target group in it, and runs the `pgcell` binary as a child
 //! process with test credentials in the child's environment only.
 
+// A test binary has no public API: its support modules' `pub` is for
+// the test modules beside them.
+#![allow(unreachable_pub, missing_docs)]
+
 #[path = "../support/mod.rs"]
 mod support;
 

@@ -312,7 +312,7 @@ pub(super) fn tenants(shared: &Shared, console: &ConsoleConfig) -> Table {
 /// before `/metrics` is rendered and by `SHOW POOLS`, so both show the same
 /// figures; waiting clients are `pgcell_pool_waiting_clients`, kept by the
 /// session.
-pub fn publish_pool_gauges(shared: &Shared) {
+pub(crate) fn publish_pool_gauges(shared: &Shared) {
     let mut sums: BTreeMap<String, PoolSnapshot> = BTreeMap::new();
     for pool in shared.pools.all() {
         let s = pool.snapshot();

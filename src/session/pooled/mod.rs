@@ -47,7 +47,7 @@ use crate::tenant::ClientInfo;
 /// Largest backend message relayed in pooled mode (PostgreSQL's own limit
 /// is 1 GiB for most messages); client messages are bounded by
 /// `listen.max_message_size`.
-pub const MAX_POOLED_MESSAGE_LEN: usize = 256 << 20;
+pub(crate) const MAX_POOLED_MESSAGE_LEN: usize = 256 << 20;
 
 /// Reported parameters no session can set.
 const READ_ONLY: &[&str] = &[
@@ -65,7 +65,7 @@ const NOT_SETTINGS: &[&str] = &["user", "database", "replication"];
 
 /// Serves a pooled client to the end. `startup` is already rewritten for
 /// the backend (tenant tokens removed).
-pub async fn serve<C>(
+pub(crate) async fn serve<C>(
     shared: &Shared,
     client: &mut C,
     startup: &StartupMessage,
