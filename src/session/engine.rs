@@ -379,7 +379,11 @@ const STATE_ROW: &str = "pgcell:state";
 /// authorization and the role first (they are replayed first: settings
 /// may need the role's rights; the caller drops them when they are the
 /// login user's and `none`), then every setting whose source is the
-/// session. Values come as hex of their bytes in the database's encoding
+/// session, but the three of the current transaction
+/// (`transaction_isolation`, `_read_only`, `_deferrable`): `SET
+/// TRANSACTION` leaves their source at `session` after the transaction,
+/// and `RESET ALL` does not touch them, so they would carry one client's
+/// transaction into the next client's session (found by review). Values come as hex of their bytes in the database's encoding
 /// ([`hex_value`]): the client's `client_encoding` (BIG5, SJIS) cannot
 /// change them on the way, and replaying them is pure ASCII. For a client
 /// that set custom (dotted) settings, see
@@ -393,7 +397,10 @@ pg_catalog.getdatabaseencoding()), 'hex') \
 UNION ALL SELECT name, pg_catalog.encode(pg_catalog.convert_to(pg_catalog.current_setting(name), \
 pg_catalog.getdatabaseencoding()), 'hex') FROM pg_catalog.pg_settings \
 WHERE source OPERATOR(pg_catalog.=) 'session' AND name OPERATOR(pg_catalog.<>) 'role' \
-AND name OPERATOR(pg_catalog.<>) 'session_authorization'",
+AND name OPERATOR(pg_catalog.<>) 'session_authorization' \
+AND name OPERATOR(pg_catalog.<>) 'transaction_isolation' \
+AND name OPERATOR(pg_catalog.<>) 'transaction_read_only' \
+AND name OPERATOR(pg_catalog.<>) 'transaction_deferrable'",
     "; SET SESSION AUTHORIZATION DEFAULT; RESET ROLE; RESET ALL"
 );
 

@@ -509,8 +509,11 @@ const NEEDS_PRIMARY: &[&str] = &[
     "pg_notify",
     "txid_current",
     "pg_current_xact_id",
-    // No serializable transactions on a hot standby.
+    // No serializable transactions on a hot standby, however they are
+    // asked for (a quoted value is not a word: the setting's name is).
     "serializable",
+    "transaction_isolation",
+    "default_transaction_isolation",
 ];
 
 /// One statement of [`one_read_only_transaction`], by its first words:
@@ -776,6 +779,14 @@ mod tests {
         assert!(one(
             &["BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SELECT 'notify'; COMMIT"],
             false
+        ));
+        assert!(!one(
+            &["BEGIN READ ONLY; SET LOCAL transaction_isolation = 'serializable'; SELECT 1; COMMIT"],
+            false
+        ));
+        assert!(!one(
+            &["SET default_transaction_isolation = $$serializable$$"],
+            true
         ));
     }
 

@@ -208,6 +208,38 @@ async fn settings_follow_the_client_across_backends() {
     proxy.stop().await;
 }
 
+/// `SET TRANSACTION` leaves `transaction_isolation`'s source at
+/// `session` on the backend after the transaction, and `RESET ALL` does
+/// not clear it: the next client's settings read-back must not take it
+/// for that client's own (found by review: every later transaction of
+/// the next client failed with 25001).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_clients_set_transaction_is_not_the_next_clients_setting() {
+    let a = cluster("cluster-set-transaction");
+    let proxy = pooled_proxy("acme", &a, "mode = \"transaction\"\nsize = 1").await;
+    let (x, _x) = connect(&proxy.pg_config("app.acme")).await.unwrap();
+    x.batch_execute(
+        "BEGIN; SET TRANSACTION ISOLATION LEVEL SERIALIZABLE; SET TRANSACTION READ ONLY; SELECT 1; COMMIT",
+    )
+    .await
+    .unwrap();
+    let (y, _y) = connect(&proxy.pg_config("app.acme")).await.unwrap();
+    y.batch_execute("SET default_transaction_isolation = 'repeatable read'")
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        assert_eq!(
+            show(&y, "show transaction_isolation").await,
+            "repeatable read"
+        );
+        assert_eq!(show(&y, "show transaction_read_only").await, "off");
+        y.batch_execute("CREATE TEMP TABLE IF NOT EXISTS never (v int); DISCARD TEMP")
+            .await
+            .unwrap();
+    }
+    proxy.stop().await;
+}
+
 async fn show(c: &tokio_postgres::Client, q: &str) -> String {
     c.query_one(q, &[]).await.unwrap().get(0)
 }
