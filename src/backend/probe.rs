@@ -14,13 +14,22 @@ use crate::config::ReplicationConfig;
 /// One query, one round trip: (name, value) rows. The WAL position is the
 /// primary's insert position (past every commit made, also an
 /// asynchronous one not yet written: `synchronous_commit = off`), or the
-/// replica's replayed one, in bytes.
+/// replica's replayed one, in bytes. The timeline (hex) is the one the
+/// primary writes (its WAL file name's first part) or the one the
+/// replica's WAL receiver streams; the latter only when the probe user
+/// may read `pg_stat_wal_receiver` (`pg_read_all_stats` or `pg_monitor`),
+/// else empty. Whether a replica's WAL receiver runs at all (it streams
+/// from some primary) every user may see.
 pub const PROBE_QUERY: &str = "SELECT 'recovery', pg_catalog.pg_is_in_recovery()::text \
 UNION ALL SELECT 'lsn', (CASE WHEN pg_catalog.pg_is_in_recovery() \
 THEN pg_catalog.pg_last_wal_replay_lsn() ELSE pg_catalog.pg_current_wal_insert_lsn() END \
 OPERATOR(pg_catalog.-) '0/0'::pg_catalog.pg_lsn)::text \
 UNION ALL SELECT 'replay_age', coalesce(pg_catalog.date_part('epoch', pg_catalog.now() \
-OPERATOR(pg_catalog.-) pg_catalog.pg_last_xact_replay_timestamp())::text, '')";
+OPERATOR(pg_catalog.-) pg_catalog.pg_last_xact_replay_timestamp())::text, '') \
+UNION ALL SELECT 'timeline', coalesce(CASE WHEN pg_catalog.pg_is_in_recovery() \
+THEN (SELECT pg_catalog.to_hex(received_tli) FROM pg_catalog.pg_stat_wal_receiver) \
+ELSE pg_catalog.substr(pg_catalog.pg_walfile_name(pg_catalog.pg_current_wal_insert_lsn()), 1, 8) END, '') \
+UNION ALL SELECT 'streaming', (SELECT pg_catalog.count(*) FROM pg_catalog.pg_stat_wal_receiver)::text";
 
 /// What one server answered.
 #[derive(Debug, Clone, PartialEq)]
@@ -33,6 +42,10 @@ pub enum Answer {
         lsn: Option<u64>,
         /// Seconds since it replayed a transaction.
         replay_age: Option<f64>,
+        /// The timeline it writes (a primary) or streams (a replica).
+        timeline: Option<u32>,
+        /// A replica's WAL receiver runs (it streams from a primary).
+        streaming: Option<bool>,
     },
     /// It could not be reached, refused the login, or failed the query.
     Down(String),
@@ -52,6 +65,8 @@ pub fn answer_of(rows: &[(String, String)]) -> Answer {
                 .and_then(|v| v.parse::<f64>().ok())
                 .map(|v| v as u64),
             replay_age: get("replay_age").and_then(|v| v.parse().ok()),
+            timeline: get("timeline").and_then(|v| u32::from_str_radix(v, 16).ok()),
+            streaming: get("streaming").map(|v| v != "0"),
         },
         None => Answer::Down("the probe query returned no rows".into()),
     }
@@ -68,18 +83,13 @@ pub fn judge(
     previous: &[ServerState],
     config: &ReplicationConfig,
     now: Instant,
+    named: Option<usize>,
 ) -> Vec<ServerState> {
-    let primary_lsn = answers
-        .iter()
-        .filter_map(|a| match a {
-            Answer::Up {
-                recovery: false,
-                lsn,
-                ..
-            } => *lsn,
-            _ => None,
-        })
-        .max();
+    let primary = primary_of(answers, named);
+    let (primary_lsn, primary_timeline) = match primary.map(|i| &answers[i]) {
+        Some(Answer::Up { lsn, timeline, .. }) => (*lsn, *timeline),
+        _ => (None, None),
+    };
     answers
         .iter()
         .enumerate()
@@ -98,9 +108,33 @@ pub fn judge(
                     recovery: true,
                     lsn,
                     replay_age,
+                    timeline,
+                    streaming,
                 } => {
                     state.role = Role::Replica;
                     state.replay_lsn = *lsn;
+                    // While a primary answers, a replica that streams from
+                    // none is frozen at a point that may not be on the
+                    // primary's history (the old primary's last writes,
+                    // after a failover to the replica that was behind).
+                    // While none answers (a failover under way), replicas
+                    // serve what they have.
+                    if primary_lsn.is_some() && *streaming == Some(false) {
+                        state.excluded = Some(format!(
+                            "{DIVERGED}: streams from no primary while one answers"
+                        ));
+                        return state;
+                    }
+                    // Streaming another timeline than the primary writes:
+                    // it follows an old or another primary.
+                    if let (Some(ours), Some(theirs)) = (primary_timeline, *timeline) {
+                        if ours != theirs {
+                            state.excluded = Some(format!(
+                                "{DIVERGED}: streams timeline {theirs}, the primary writes timeline {ours}"
+                            ));
+                            return state;
+                        }
+                    }
                     // A replica past the primary's position has WAL the
                     // primary never wrote: it follows another timeline (an
                     // old primary's, after a failover). Excluded until it
@@ -156,6 +190,25 @@ pub fn judge(
             state
         })
         .collect()
+}
+
+/// The primary whose position replicas are measured against: the one the
+/// operator named, when it answered as a primary; else the one that did
+/// (of two, the furthest: a split brain refuses writes anyway).
+fn primary_of(answers: &[Answer], named: Option<usize>) -> Option<usize> {
+    let is_primary = |a: &Answer| matches!(a, Answer::Up { recovery: false, .. });
+    if let Some(i) = named.filter(|&i| answers.get(i).is_some_and(is_primary)) {
+        return Some(i);
+    }
+    answers
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| is_primary(a))
+        .max_by_key(|(_, a)| match a {
+            Answer::Up { lsn, .. } => *lsn,
+            Answer::Down(_) => None,
+        })
+        .map(|(i, _)| i)
 }
 
 /// Probes one server on `conn` (opened first when there is none); the
@@ -234,23 +287,30 @@ pub async fn probe_round(
         answers.push(answer);
     }
     let previous: Vec<ServerState> = (0..n).map(|i| topology.state(i)).collect();
-    let states = judge(&answers, &previous, config, Instant::now());
-    let primaries: Vec<u64> = answers
+    let states = judge(
+        &answers,
+        &previous,
+        config,
+        Instant::now(),
+        topology.named_primary(),
+    );
+    let primaries = answers
         .iter()
-        .filter_map(|a| match a {
-            Answer::Up {
-                recovery: false,
-                lsn,
-                ..
-            } => *lsn,
-            _ => None,
-        })
-        .collect();
+        .filter(|a| matches!(a, Answer::Up { recovery: false, .. }))
+        .count();
+    let round_lsn = match primary_of(&answers, topology.named_primary()).map(|i| &answers[i]) {
+        Some(Answer::Up { lsn, .. }) => *lsn,
+        _ => None,
+    };
     // Replicas' positions first, so that a round is never recorded
     // against replica positions older than it.
     topology.probed(states);
-    if let [lsn] = primaries[..] {
-        topology.record_round(started, lsn);
+    // Read-your-writes counts a round only with one primary (or the
+    // named one): in a split brain without a name, reads stay on it.
+    if primaries == 1 || topology.named_primary().is_some() {
+        if let Some(lsn) = round_lsn {
+            topology.record_round(started, lsn);
+        }
     }
 }
 
@@ -292,6 +352,8 @@ mod tests {
             recovery,
             lsn: Some(lsn),
             replay_age: Some(100.0),
+            timeline: None,
+            streaming: None,
         }
     }
 
@@ -311,7 +373,7 @@ mod tests {
             ],
             &[],
             &config,
-            now,
+            now, None,
         );
         assert_eq!(states[0].role, Role::Primary);
         assert_eq!(
@@ -327,25 +389,25 @@ mod tests {
             &[up(false, 10_700), up(true, 10_700), up(true, 10_000)],
             &states,
             &config,
-            now,
+            now, None,
         );
         assert!(again[2].excluded.is_some(), "flapped back at 700 of 1000");
         let back = judge(
             &[up(false, 10_700), up(true, 10_700), up(true, 10_300)],
             &again,
             &config,
-            now,
+            now, None,
         );
         assert!(back[2].excluded.is_none());
         // A round in which the primary did not answer keeps a lagging
         // replica out.
-        let lagging = judge(&[up(false, 20_000), up(true, 10_000)], &[], &config, now);
+        let lagging = judge(&[up(false, 20_000), up(true, 10_000)], &[], &config, now, None);
         assert!(lagging[1].excluded.is_some());
         let blind = judge(
             &[Answer::Down("timeout".into()), up(true, 10_000)],
             &lagging,
             &config,
-            now,
+            now, None,
         );
         assert_eq!(blind[1].excluded, lagging[1].excluded);
     }
@@ -356,15 +418,56 @@ mod tests {
         let now = Instant::now();
         // After a failover to the replica that was behind: the other one
         // holds the old primary's WAL, past the new primary's position.
-        let states = judge(&[up(false, 5_000), up(true, 9_000)], &[], &config, now);
+        let states = judge(&[up(false, 5_000), up(true, 9_000)], &[], &config, now, None);
         assert!(states[1].excluded.as_deref().unwrap().starts_with(DIVERGED));
         assert_eq!(states[1].lag_bytes, None);
         // The new primary passes it; it has not moved: still excluded.
-        let later = judge(&[up(false, 20_000), up(true, 9_000)], &states, &config, now);
+        let later = judge(&[up(false, 20_000), up(true, 9_000)], &states, &config, now, None);
         assert!(later[1].excluded.as_deref().unwrap().starts_with(DIVERGED));
         // Re-synced, it replays again: back.
-        let back = judge(&[up(false, 20_000), up(true, 19_990)], &later, &config, now);
+        let back = judge(&[up(false, 20_000), up(true, 19_990)], &later, &config, now, None);
         assert!(back[1].excluded.is_none(), "{:?}", back[1].excluded);
+    }
+
+    #[test]
+    fn a_replica_on_another_timeline_than_the_named_primary_is_excluded() {
+        let config = ReplicationConfig::default();
+        let now = Instant::now();
+        let on = |recovery, lsn, timeline| Answer::Up {
+            recovery,
+            lsn: Some(lsn),
+            replay_age: None,
+            timeline: Some(timeline),
+            streaming: Some(true),
+        };
+        // A split brain the operator settled by naming server 1 (timeline
+        // 2); server 2 still streams the other primary (timeline 1) and
+        // is past the named one's position, and keeps moving.
+        let answers = [on(false, 9_000, 1), on(false, 5_000, 2), on(true, 8_000, 1)];
+        let states = judge(&answers, &[], &config, now, Some(1));
+        let why = states[2].excluded.as_deref().unwrap();
+        assert!(why.contains("timeline 1") && why.contains("timeline 2"), "{why}");
+        let moved = [on(false, 9_500, 1), on(false, 5_100, 2), on(true, 9_400, 1)];
+        assert!(judge(&moved, &states, &config, now, Some(1))[2].excluded.is_some());
+        // On the primary's timeline and behind it: fine.
+        let ok = judge(&[on(false, 9_000, 2), on(true, 8_900, 2)], &[], &config, now, None);
+        assert!(ok[1].excluded.is_none());
+        // Streaming from nothing while a primary answers: out; while none
+        // answers (a failover under way): it serves what it has.
+        let frozen = Answer::Up {
+            recovery: true,
+            lsn: Some(8_900),
+            replay_age: None,
+            timeline: None,
+            streaming: Some(false),
+        };
+        let out = judge(&[on(false, 9_000, 2), frozen.clone()], &[], &config, now, None);
+        assert!(out[1].excluded.as_deref().unwrap().contains("streams from no primary"));
+        let outage = judge(&[Answer::Down("gone".into()), frozen], &[], &config, now, None);
+        assert!(outage[1].excluded.is_none());
+        // Unknown timeline (no right to read it): the position rules only.
+        let blind = judge(&[on(false, 9_000, 2), up(true, 8_900)], &[], &config, now, None);
+        assert!(blind[1].excluded.is_none());
     }
 
     #[test]
@@ -383,7 +486,9 @@ mod tests {
             Answer::Up {
                 recovery: true,
                 lsn: Some(123),
-                replay_age: None
+                replay_age: None,
+                timeline: None,
+                streaming: None
             }
         );
         assert!(matches!(answer_of(&rows(&[])), Answer::Down(_)));

@@ -810,9 +810,11 @@ async fn a_replica_on_the_old_timeline_gets_no_reads_after_a_failover() {
     // r1 stops; the primary writes on and r2 replays it; then the primary
     // goes and r1, the one behind, is promoted. r2 now holds WAL the new
     // primary never had, at a position past the new primary's.
+    // One row: the new primary's own promotion writes more WAL than that,
+    // so r2 is soon behind it by position while still off its history
+    // (found by the second review: the position rule alone missed it).
     r1.stop("fast").unwrap();
-    p.psql("app", "INSERT INTO t SELECT -generate_series(1, 20000)")
-        .unwrap();
+    p.psql("app", "INSERT INTO t VALUES (-1)").unwrap();
     caught_up(&p, &r2).await;
     p.stop("fast").unwrap();
     r1.restart().unwrap();
@@ -830,6 +832,11 @@ async fn a_replica_on_the_old_timeline_gets_no_reads_after_a_failover() {
         },
     )
     .await;
+    let shown = show_replication(&proxy).await;
+    assert!(
+        shown.iter().any(|row| row.1 == r2_label && row.3.starts_with("diverged")),
+        "{shown:?}"
+    );
     // Read-your-writes holds, and no read sees rows the new primary does
     // not have (found by review).
     let (client, _c) = connect(&proxy.pg_config("app.acme")).await.unwrap();
