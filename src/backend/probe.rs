@@ -196,7 +196,15 @@ pub fn judge(
 /// operator named, when it answered as a primary; else the one that did
 /// (of two, the furthest: a split brain refuses writes anyway).
 fn primary_of(answers: &[Answer], named: Option<usize>) -> Option<usize> {
-    let is_primary = |a: &Answer| matches!(a, Answer::Up { recovery: false, .. });
+    let is_primary = |a: &Answer| {
+        matches!(
+            a,
+            Answer::Up {
+                recovery: false,
+                ..
+            }
+        )
+    };
     if let Some(i) = named.filter(|&i| answers.get(i).is_some_and(is_primary)) {
         return Some(i);
     }
@@ -296,7 +304,15 @@ pub async fn probe_round(
     );
     let primaries = answers
         .iter()
-        .filter(|a| matches!(a, Answer::Up { recovery: false, .. }))
+        .filter(|a| {
+            matches!(
+                a,
+                Answer::Up {
+                    recovery: false,
+                    ..
+                }
+            )
+        })
         .count();
     let round_lsn = match primary_of(&answers, topology.named_primary()).map(|i| &answers[i]) {
         Some(Answer::Up { lsn, .. }) => *lsn,
@@ -373,7 +389,8 @@ mod tests {
             ],
             &[],
             &config,
-            now, None,
+            now,
+            None,
         );
         assert_eq!(states[0].role, Role::Primary);
         assert_eq!(
@@ -389,25 +406,34 @@ mod tests {
             &[up(false, 10_700), up(true, 10_700), up(true, 10_000)],
             &states,
             &config,
-            now, None,
+            now,
+            None,
         );
         assert!(again[2].excluded.is_some(), "flapped back at 700 of 1000");
         let back = judge(
             &[up(false, 10_700), up(true, 10_700), up(true, 10_300)],
             &again,
             &config,
-            now, None,
+            now,
+            None,
         );
         assert!(back[2].excluded.is_none());
         // A round in which the primary did not answer keeps a lagging
         // replica out.
-        let lagging = judge(&[up(false, 20_000), up(true, 10_000)], &[], &config, now, None);
+        let lagging = judge(
+            &[up(false, 20_000), up(true, 10_000)],
+            &[],
+            &config,
+            now,
+            None,
+        );
         assert!(lagging[1].excluded.is_some());
         let blind = judge(
             &[Answer::Down("timeout".into()), up(true, 10_000)],
             &lagging,
             &config,
-            now, None,
+            now,
+            None,
         );
         assert_eq!(blind[1].excluded, lagging[1].excluded);
     }
@@ -418,14 +444,32 @@ mod tests {
         let now = Instant::now();
         // After a failover to the replica that was behind: the other one
         // holds the old primary's WAL, past the new primary's position.
-        let states = judge(&[up(false, 5_000), up(true, 9_000)], &[], &config, now, None);
+        let states = judge(
+            &[up(false, 5_000), up(true, 9_000)],
+            &[],
+            &config,
+            now,
+            None,
+        );
         assert!(states[1].excluded.as_deref().unwrap().starts_with(DIVERGED));
         assert_eq!(states[1].lag_bytes, None);
         // The new primary passes it; it has not moved: still excluded.
-        let later = judge(&[up(false, 20_000), up(true, 9_000)], &states, &config, now, None);
+        let later = judge(
+            &[up(false, 20_000), up(true, 9_000)],
+            &states,
+            &config,
+            now,
+            None,
+        );
         assert!(later[1].excluded.as_deref().unwrap().starts_with(DIVERGED));
         // Re-synced, it replays again: back.
-        let back = judge(&[up(false, 20_000), up(true, 19_990)], &later, &config, now, None);
+        let back = judge(
+            &[up(false, 20_000), up(true, 19_990)],
+            &later,
+            &config,
+            now,
+            None,
+        );
         assert!(back[1].excluded.is_none(), "{:?}", back[1].excluded);
     }
 
@@ -446,11 +490,22 @@ mod tests {
         let answers = [on(false, 9_000, 1), on(false, 5_000, 2), on(true, 8_000, 1)];
         let states = judge(&answers, &[], &config, now, Some(1));
         let why = states[2].excluded.as_deref().unwrap();
-        assert!(why.contains("timeline 1") && why.contains("timeline 2"), "{why}");
+        assert!(
+            why.contains("timeline 1") && why.contains("timeline 2"),
+            "{why}"
+        );
         let moved = [on(false, 9_500, 1), on(false, 5_100, 2), on(true, 9_400, 1)];
-        assert!(judge(&moved, &states, &config, now, Some(1))[2].excluded.is_some());
+        assert!(judge(&moved, &states, &config, now, Some(1))[2]
+            .excluded
+            .is_some());
         // On the primary's timeline and behind it: fine.
-        let ok = judge(&[on(false, 9_000, 2), on(true, 8_900, 2)], &[], &config, now, None);
+        let ok = judge(
+            &[on(false, 9_000, 2), on(true, 8_900, 2)],
+            &[],
+            &config,
+            now,
+            None,
+        );
         assert!(ok[1].excluded.is_none());
         // Streaming from nothing while a primary answers: out; while none
         // answers (a failover under way): it serves what it has.
@@ -461,12 +516,34 @@ mod tests {
             timeline: None,
             streaming: Some(false),
         };
-        let out = judge(&[on(false, 9_000, 2), frozen.clone()], &[], &config, now, None);
-        assert!(out[1].excluded.as_deref().unwrap().contains("streams from no primary"));
-        let outage = judge(&[Answer::Down("gone".into()), frozen], &[], &config, now, None);
+        let out = judge(
+            &[on(false, 9_000, 2), frozen.clone()],
+            &[],
+            &config,
+            now,
+            None,
+        );
+        assert!(out[1]
+            .excluded
+            .as_deref()
+            .unwrap()
+            .contains("streams from no primary"));
+        let outage = judge(
+            &[Answer::Down("gone".into()), frozen],
+            &[],
+            &config,
+            now,
+            None,
+        );
         assert!(outage[1].excluded.is_none());
         // Unknown timeline (no right to read it): the position rules only.
-        let blind = judge(&[on(false, 9_000, 2), up(true, 8_900)], &[], &config, now, None);
+        let blind = judge(
+            &[on(false, 9_000, 2), up(true, 8_900)],
+            &[],
+            &config,
+            now,
+            None,
+        );
         assert!(blind[1].excluded.is_none());
     }
 

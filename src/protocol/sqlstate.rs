@@ -27,6 +27,8 @@ impl SqlState {
     pub const CANNOT_CONNECT_NOW: SqlState = SqlState::of("57P03");
     /// `0A000` feature_not_supported.
     pub const FEATURE_NOT_SUPPORTED: SqlState = SqlState::of("0A000");
+    /// invalid_catalog_name: no such database.
+    pub const INVALID_CATALOG_NAME: SqlState = SqlState::of("3D000");
     /// `22023` invalid_parameter_value.
     pub const INVALID_PARAMETER_VALUE: SqlState = SqlState::of("22023");
     /// `42601` syntax_error.

@@ -332,6 +332,21 @@ impl SessionError {
             SessionError::Acquire(AcquireError::Open(OpenError::Connect(
                 ConnectError::NoServer(e),
             ))) => ClientError::fatal(SqlState::CANNOT_CONNECT_NOW, e.client_message()),
+            // PostgreSQL's own refusal of what the client asked for, in its
+            // words, as a direct connection gets it: a setting the server
+            // cannot run (a standby and serializable), no such database,
+            // too many connections, starting up or shutting down.
+            SessionError::Acquire(AcquireError::Open(OpenError::Refused { code, message }))
+                if [
+                    SqlState::FEATURE_NOT_SUPPORTED,
+                    SqlState::INVALID_CATALOG_NAME,
+                    SqlState::TOO_MANY_CONNECTIONS,
+                    SqlState::CANNOT_CONNECT_NOW,
+                ]
+                .contains(code) =>
+            {
+                ClientError::fatal(*code, message.clone())
+            }
             SessionError::Acquire(_) => ClientError::fatal(
                 SqlState::CONNECTION_FAILURE,
                 "could not connect to the database server",

@@ -25,6 +25,10 @@ fn replicated_tenant(id: &str, servers: &[&Cluster], pool: &str, replication: &s
     )
 }
 
+async fn proxy_for(tenants: &str) -> Proxy {
+    proxy(tenants).await
+}
+
 async fn proxy(tenants: &str) -> Proxy {
     let admin = "[[admin.users]]\nname = \"admin\"\npassword_file = \"{pw}\"\n";
     Proxy::start_with_files(
@@ -735,6 +739,56 @@ async fn read_only_transactions_go_to_replicas_that_have_the_clients_writes() {
         .await
         .unwrap();
     assert!(!conn.is_finished());
+    // A role default a standby cannot run makes the replica refuse the
+    // login: the read-only transaction runs on the primary instead of the
+    // client losing its connection (second review); a client that asked
+    // for a replica gets the standby's own refusal, as directly.
+    p.psql(
+        "postgres",
+        "ALTER ROLE app IN DATABASE app SET default_transaction_isolation = 'serializable'",
+    )
+    .unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "the replica has the role's setting",
+        || async {
+            r.psql(
+                "postgres",
+                "SELECT count(*) FROM pg_db_role_setting WHERE setconfig::text LIKE '%serializable%'",
+            )
+            .is_ok_and(|n| n == "1")
+        },
+    )
+    .await;
+    // Fresh pools: backends log in again, with the role's new default.
+    proxy.stop().await;
+    let proxy = proxy_for(&replicated_tenant(
+        "acme",
+        &[&p, &r],
+        "mode = \"transaction\"\nsize = 2\nacquire_timeout = \"5s\"",
+        "read_only_transactions = true",
+    ))
+    .await;
+    roles_known(&proxy, "acme", &[(&p, 1.0), (&r, 0.0)]).await;
+    let mut ro_session = proxy.pg_config("app.acme");
+    ro_session.options("-c default_transaction_read_only=on");
+    let (c, conn) = connect(&ro_session).await.unwrap();
+    assert_eq!(
+        server(c.simple_query(where_am_i).await.unwrap()),
+        (p.port(), false)
+    );
+    assert!(!conn.is_finished());
+    assert_eq!(
+        served_by(&proxy.pg_config("app.acme-ro"))
+            .await
+            .unwrap_err(),
+        "0A000"
+    );
+    p.psql(
+        "postgres",
+        "ALTER ROLE app IN DATABASE app RESET default_transaction_isolation",
+    )
+    .unwrap();
     proxy.stop().await;
 }
 
@@ -834,7 +888,9 @@ async fn a_replica_on_the_old_timeline_gets_no_reads_after_a_failover() {
     .await;
     let shown = show_replication(&proxy).await;
     assert!(
-        shown.iter().any(|row| row.1 == r2_label && row.3.starts_with("diverged")),
+        shown
+            .iter()
+            .any(|row| row.1 == r2_label && row.3.starts_with("diverged")),
         "{shown:?}"
     );
     // Read-your-writes holds, and no read sees rows the new primary does

@@ -585,27 +585,42 @@ impl Session<'_> {
         if self.lease.is_none() {
             self.follow_reload()?;
             let fresh_after = self.choose_pool(&msg, following);
-            let lease =
-                match acquire_fresh(&self.pool, &self.profile, self.listed, fresh_after).await {
-                    Ok(lease) => lease,
-                    Err(SessionError::Acquire(
-                        e @ (AcquireError::Timeout(_)
-                        | AcquireError::Open(OpenError::Connect(ConnectError::NoServer(_)))),
-                    )) => {
-                        // The statement fails, the session goes on: like
-                        // PostgreSQL after an error, skip to the Sync. (No
-                        // server fits now: a split brain, no replica fit, a
-                        // failover longer than acquire_timeout.)
-                        self.refuse_statement(client, &e).await?;
-                        match msg.tag {
-                            b'Q' | b'F' => self.answer_ready(client).await?,
-                            b'S' => self.answer_ready(client).await?,
-                            _ => self.checkout.skip_to_sync(true),
-                        }
-                        return Ok(());
+            let mut acquired =
+                acquire_fresh(&self.pool, &self.profile, self.listed, fresh_after).await;
+            if !Arc::ptr_eq(&self.pool, &self.home) {
+                if let Err(SessionError::Acquire(AcquireError::Open(
+                    OpenError::Refused { .. } | OpenError::Connect(ConnectError::NoServer(_)),
+                ))) = &acquired
+                {
+                    // A read-only transaction no replica would take (a
+                    // replica refused this client's login: a role default
+                    // a standby cannot run, such as serializable; or none
+                    // is fit): it runs on the primary, as it would have
+                    // without read-only routing (found by review).
+                    self.pool = self.home.clone();
+                    acquired = acquire_fresh(&self.pool, &self.profile, self.listed, None).await;
+                }
+            }
+            let lease = match acquired {
+                Ok(lease) => lease,
+                Err(SessionError::Acquire(
+                    e @ (AcquireError::Timeout(_)
+                    | AcquireError::Open(OpenError::Connect(ConnectError::NoServer(_)))),
+                )) => {
+                    // The statement fails, the session goes on: like
+                    // PostgreSQL after an error, skip to the Sync. (No
+                    // server fits now: a split brain, no replica fit, a
+                    // failover longer than acquire_timeout.)
+                    self.refuse_statement(client, &e).await?;
+                    match msg.tag {
+                        b'Q' | b'F' => self.answer_ready(client).await?,
+                        b'S' => self.answer_ready(client).await?,
+                        _ => self.checkout.skip_to_sync(true),
                     }
-                    Err(e) => return Err(e),
-                };
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+            };
             if !self.checkout(lease, client).await? {
                 // The client's session could not be replayed: this
                 // statement fails (the client has the error), like one
