@@ -161,6 +161,8 @@ pub struct Topology {
     /// primary: a session holding a backend re-checks it only when this
     /// moved ([`Topology::changes`]).
     changes: AtomicU64,
+    /// Woken at each change ([`Topology::changed_since`]).
+    notify: tokio::sync::Notify,
 }
 
 /// No server named.
@@ -201,6 +203,7 @@ impl Topology {
             picks: AtomicUsize::new(0),
             rounds: Mutex::new(std::collections::VecDeque::new()),
             changes: AtomicU64::new(0),
+            notify: tokio::sync::Notify::new(),
         }
     }
 
@@ -217,6 +220,7 @@ impl Topology {
 
     fn changed(&self) {
         self.changes.fetch_add(1, Ordering::AcqRel);
+        self.notify.notify_waiters();
     }
 
     /// Whether this topology follows exactly `servers` (a reload that keeps
@@ -367,6 +371,44 @@ impl Topology {
             let state = self.state(i);
             state.role == Role::Replica && state.excluded.is_none() && self.fresh_since(i, since)
         })
+    }
+
+    /// Whether a backend on server `i` may go on serving clients that want
+    /// `target`: for the primary, the server the operator named, else one
+    /// not in recovery while no split brain is seen; for replicas, a
+    /// replica not excluded, or the primary (the fallback) while no replica
+    /// is fit.
+    pub fn still_fits(&self, i: usize, target: Target) -> bool {
+        if i >= self.servers.len() {
+            return false;
+        }
+        let state = self.state(i);
+        match target {
+            Target::Primary => match self.named_primary() {
+                Some(named) => i == named,
+                None => state.role != Role::Replica && !self.split_brain(),
+            },
+            // A replica promoted under its pool is left as soon as another
+            // is fit.
+            Target::Replica { fallback } => match state.role {
+                Role::Primary => fallback && !self.any_fit_replica(),
+                _ => state.excluded.is_none(),
+            },
+        }
+    }
+
+    /// Waits until what decides which server fits changes after `seen`
+    /// ([`Topology::changes`]).
+    pub async fn changed_since(&self, seen: u64) {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.changes() != seen {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// Whether some replica is fit to serve (seen as a replica, not

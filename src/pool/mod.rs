@@ -33,7 +33,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::backend::server::{BackendLogin, OpenError, OpenSettings, ServerConn, StartupProfile};
-use crate::backend::topology::{NoServer, Role, Target};
+use crate::backend::topology::NoServer;
 use crate::backend::ConnectError;
 use crate::clients::{ClientEntry, ClientState};
 use crate::config::{PoolConfig, PoolMode};
@@ -484,24 +484,9 @@ impl Pool {
     /// promoted or excluded (lagging), unless the primary is its fallback
     /// and no replica is fit.
     pub(crate) fn still_fits(&self, conn: &ServerConn) -> bool {
-        let topology = &self.tenant.topology;
-        if conn.server >= topology.servers().len() {
-            return false;
-        }
-        let state = topology.state(conn.server);
-        match self.key.target {
-            Target::Primary => match topology.named_primary() {
-                Some(named) => conn.server == named,
-                None => state.role != Role::Replica && !topology.split_brain(),
-            },
-            // The primary serves replica clients only while no replica
-            // can (a replica promoted under its pool is left as soon as
-            // another is fit).
-            Target::Replica { fallback } => match state.role {
-                Role::Primary => fallback && !topology.any_fit_replica(),
-                _ => state.excluded.is_none(),
-            },
-        }
+        self.tenant
+            .topology
+            .still_fits(conn.server, self.key.target)
     }
 
     /// Whether an idle backend may serve a client that wants what was

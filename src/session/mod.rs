@@ -736,12 +736,41 @@ where
         to_client: metrics::counter!(m::CLIENT_BYTES_SENT, "tenant" => tenant.id().to_owned()),
     };
     let lifecycle = shared.lifecycle.subscribe();
-    match relay::relay(client, backend.stream, &counters, &mut log.bytes, lifecycle).await {
+    // A writer's session ends, between transactions, once its server is
+    // no longer the tenant's primary (a split brain, another server named,
+    // a demotion): its writes would go where the tenant no longer writes.
+    let topology = &tenant.topology;
+    let server = backend.server;
+    let server_changed = async {
+        if route.target != backend::Target::Primary {
+            return std::future::pending().await;
+        }
+        loop {
+            let seen = topology.changes();
+            if !topology.still_fits(server, backend::Target::Primary) {
+                return;
+            }
+            topology.changed_since(seen).await;
+        }
+    };
+    let end = relay::relay(
+        client,
+        backend.stream,
+        &counters,
+        &mut log.bytes,
+        lifecycle,
+        server_changed,
+    )
+    .await;
+    match end {
         RelayEnd::ClientClosed => Ok(()),
         RelayEnd::ShuttingDown => {
             metrics::counter!(m::SHUTDOWN_CLOSED, "how" => "at_transaction_boundary").increment(1);
             Ok(())
         }
+        RelayEnd::ServerChanged => Err(SessionError::Reported(Box::new(
+            SessionError::ServerNoLongerFits,
+        ))),
         RelayEnd::ClientError(e) => Err(SessionError::ClientIo(e)),
         RelayEnd::BackendLost { client_told, error } => {
             metrics::counter!(m::BACKEND_LOST, "tenant" => tenant.id().to_owned()).increment(1);

@@ -46,6 +46,17 @@ pub(crate) enum RelayEnd {
     /// pgcell is stopping: the session was idle between transactions and
     /// the client was sent `57P01`.
     ShuttingDown,
+    /// The backend's server stopped being the tenant's primary (a split
+    /// brain, another server named, a demotion): between transactions the
+    /// client was sent `57P01`.
+    ServerChanged,
+}
+
+/// Why the session must end at its next transaction boundary.
+#[derive(Debug, Clone, Copy)]
+enum StopReason {
+    ShuttingDown,
+    ServerChanged,
 }
 
 /// Byte counts, for the log line.
@@ -148,8 +159,8 @@ enum Step {
     Up(PipeEnd),
     /// The backend direction ended.
     Down(PipeEnd),
-    /// pgcell is stopping and the session is between transactions.
-    Stop,
+    /// The session must end and is between transactions.
+    Stop(StopReason),
 }
 
 /// The session: both streams and both directions.
@@ -186,13 +197,13 @@ where
     async fn run(
         &mut self,
         upstream: bool,
-        mut stop: Option<Pin<&mut (dyn Future<Output = ()> + Send + '_)>>,
+        mut stop: Option<Pin<&mut (dyn Future<Output = StopReason> + Send + '_)>>,
     ) -> Step {
-        let mut stopping = false;
+        let mut stopping = None;
         std::future::poll_fn(|cx| loop {
             if let Some(fired) = stop.as_mut() {
-                if fired.as_mut().poll(cx).is_ready() {
-                    stopping = true;
+                if let Poll::Ready(reason) = fired.as_mut().poll(cx) {
+                    stopping = Some(reason);
                     stop = None;
                 }
             }
@@ -226,8 +237,8 @@ where
             }
             // After the writes: the last ReadyForQuery has reached the
             // client.
-            if stopping && self.between_transactions() {
-                return Poll::Ready(Step::Stop);
+            if let Some(reason) = stopping.filter(|_| self.between_transactions()) {
+                return Poll::Ready(Step::Stop(reason));
             }
             if !moved {
                 return Poll::Pending;
@@ -271,14 +282,16 @@ where
     }
 }
 
-/// Relays until one side is done, or until `lifecycle` says stopping and
-/// the session is between transactions. Not cancel safe.
+/// Relays until one side is done, or until `lifecycle` says stopping or
+/// `server_changed` completes, and the session is between transactions.
+/// Not cancel safe.
 pub(crate) async fn relay<C, B>(
     client: C,
     backend: B,
     counters: &RelayCounters,
     bytes: &mut RelayBytes,
     mut lifecycle: watch::Receiver<State>,
+    server_changed: impl Future<Output = ()> + Send,
 ) -> RelayEnd
 where
     C: AsyncRead + AsyncWrite + Unpin,
@@ -293,16 +306,28 @@ where
         client_done: false,
     };
     let stop = pin!(async {
-        let _ = lifecycle.wait_for(|s| s.is_stopping()).await;
+        tokio::select! {
+            _ = lifecycle.wait_for(|s| s.is_stopping()) => StopReason::ShuttingDown,
+            () = server_changed => StopReason::ServerChanged,
+        }
     });
     let step = relay.run(true, Some(stop)).await;
     let end = match step {
-        Step::Stop => {
-            if let Some(error) = super::SessionError::ShuttingDown.client_error("") {
+        Step::Stop(reason) => {
+            let (error, end) = match reason {
+                StopReason::ShuttingDown => {
+                    (super::SessionError::ShuttingDown, RelayEnd::ShuttingDown)
+                }
+                StopReason::ServerChanged => (
+                    super::SessionError::ServerNoLongerFits,
+                    RelayEnd::ServerChanged,
+                ),
+            };
+            if let Some(error) = error.client_error("") {
                 let _ = error.send(&mut relay.client).await;
             }
             let _ = relay.client.shutdown().await;
-            RelayEnd::ShuttingDown
+            end
         }
         Step::Up(PipeEnd::Eof) => {
             relay.client_done = true;
@@ -348,7 +373,15 @@ mod tests {
         let (lifecycle, rx) = ready();
         let task = tokio::spawn(async move {
             let mut bytes = RelayBytes::default();
-            relay(client_side, backend_side, &counters(), &mut bytes, rx).await
+            relay(
+                client_side,
+                backend_side,
+                &counters(),
+                &mut bytes,
+                rx,
+                std::future::pending(),
+            )
+            .await
         });
         // A transaction is open when the stop comes: nothing happens.
         client.write_all(b"Q\0\0\0\x0abegin\0").await.unwrap();
@@ -403,6 +436,7 @@ mod tests {
                 &counters(),
                 &mut bytes,
                 ready().1,
+                std::future::pending(),
             )
             .await;
             (end, bytes)
@@ -441,6 +475,7 @@ mod tests {
                 &counters(),
                 &mut bytes,
                 ready().1,
+                std::future::pending(),
             )
             .await
         });
@@ -470,6 +505,7 @@ mod tests {
                 &counters(),
                 &mut bytes,
                 ready().1,
+                std::future::pending(),
             )
             .await
         });
@@ -496,6 +532,7 @@ mod tests {
                 &counters(),
                 &mut bytes,
                 ready().1,
+                std::future::pending(),
             )
             .await
         });

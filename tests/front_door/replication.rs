@@ -452,9 +452,13 @@ async fn two_primaries_refuse_writes_unless_the_operator_names_one() {
         &[&p, &r],
         "mode = \"session\"\nsize = 2\nacquire_timeout = \"2s\"",
         "",
+    ) + &replicated_tenant("pt", &[&p, &r], "", "").replacen(
+        "[tenants.pool]\n\n",
+        "auth = \"passthrough\"\n",
+        1,
     );
     let proxy = proxy(&tenants).await;
-    for tenant in ["acme", "named", "sess"] {
+    for tenant in ["acme", "named", "sess", "pt"] {
         roles_known(&proxy, tenant, &[(&p, 1.0), (&r, 0.0)]).await;
     }
     // A client connected before: it keeps its connection, its statements
@@ -463,6 +467,8 @@ async fn two_primaries_refuse_writes_unless_the_operator_names_one() {
     before.batch_execute("SELECT 1").await.unwrap();
     let (session, session_conn) = connect(&proxy.pg_config("app.sess")).await.unwrap();
     session.batch_execute("SELECT 1").await.unwrap();
+    let (passthrough, passthrough_conn) = connect(&proxy.pg_config("app.pt")).await.unwrap();
+    passthrough.batch_execute("SELECT 1").await.unwrap();
     // Promoted while the primary still runs: two primaries.
     r.promote().unwrap();
     eventually(
@@ -501,6 +507,18 @@ async fn two_primaries_refuse_writes_unless_the_operator_names_one() {
         Duration::from_secs(5),
         "the session-mode client is closed",
         || async { session_conn.is_finished() },
+    )
+    .await;
+    // A passthrough client too: its relay ends at the transaction boundary
+    // with 57P01 (second review: it kept writing to the old primary).
+    match passthrough.batch_execute("SELECT 1").await {
+        Err(e) => assert!(code_of(&e) == "57P01" || e.is_closed(), "{e:?}"),
+        Ok(()) => panic!("a passthrough client wrote on through a split brain"),
+    }
+    eventually(
+        Duration::from_secs(5),
+        "the passthrough client is closed",
+        || async { passthrough_conn.is_finished() },
     )
     .await;
     let error = before.batch_execute("SELECT 1").await.unwrap_err();
