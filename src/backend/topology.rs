@@ -397,6 +397,22 @@ impl Topology {
         }
     }
 
+    /// Whether a session holding server `i` for `target` may go on there:
+    /// a writer while the server is its primary ([`Topology::still_fits`]);
+    /// a replica client unless the server was promoted and is no longer
+    /// one it may use (a `standby` client never; a `read-only` one only
+    /// while no replica is fit). A replica excluded for lag keeps its
+    /// sessions: its answers are right, only older.
+    pub fn session_fits(&self, i: usize, target: Target) -> bool {
+        match target {
+            Target::Primary => self.still_fits(i, target),
+            Target::Replica { .. } => {
+                i < self.servers.len()
+                    && (self.state(i).role != Role::Primary || self.still_fits(i, target))
+            }
+        }
+    }
+
     /// Waits until what decides which server fits changes after `seen`
     /// ([`Topology::changes`]).
     pub async fn changed_since(&self, seen: u64) {

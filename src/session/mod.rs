@@ -229,7 +229,7 @@ impl SessionError {
             SessionError::BackendLost => server_lost(),
             SessionError::ServerNoLongerFits => ClientError::fatal(
                 SqlState::ADMIN_SHUTDOWN,
-                "terminating connection: the server this session used is no longer the primary",
+                "terminating connection: the server this session used changed role (failover, or two primaries)",
             )
             .hint("Reconnect: the next connection goes to the server that serves this client."),
             SessionError::WrongRole { role, .. } => ClientError::fatal(
@@ -736,18 +736,17 @@ where
         to_client: metrics::counter!(m::CLIENT_BYTES_SENT, "tenant" => tenant.id().to_owned()),
     };
     let lifecycle = shared.lifecycle.subscribe();
-    // A writer's session ends, between transactions, once its server is
-    // no longer the tenant's primary (a split brain, another server named,
-    // a demotion): its writes would go where the tenant no longer writes.
+    // The session ends, between transactions, once its server no longer
+    // fits it: a writer's server is no longer the tenant's primary (a
+    // split brain, another server named, a demotion), a replica client's
+    // server was promoted (`Topology::session_fits`).
     let topology = &tenant.topology;
     let server = backend.server;
+    let target = route.target;
     let server_changed = async {
-        if route.target != backend::Target::Primary {
-            return std::future::pending().await;
-        }
         loop {
             let seen = topology.changes();
-            if !topology.still_fits(server, backend::Target::Primary) {
+            if !topology.session_fits(server, target) {
                 return;
             }
             topology.changed_since(seen).await;

@@ -815,14 +815,44 @@ async fn replica_clients_leave_a_promoted_replica_for_a_fit_one() {
     let p = cluster("promo-primary");
     let r1 = replica(&p, "promo-r1");
     let r2 = replica(&p, "promo-r2");
-    let proxy = proxy(&replicated_tenant(
-        "acme",
-        &[&p, &r1, &r2],
-        "mode = \"transaction\"\nsize = 4\nacquire_timeout = \"5s\"",
-        "",
-    ))
+    let proxy = proxy(
+        &(replicated_tenant(
+            "acme",
+            &[&p, &r1, &r2],
+            "mode = \"transaction\"\nsize = 4\nacquire_timeout = \"5s\"",
+            "",
+        ) + &replicated_tenant(
+            "sess",
+            &[&p, &r1, &r2],
+            "mode = \"session\"\nsize = 8\nacquire_timeout = \"5s\"",
+            "",
+        ) + &replicated_tenant("pt", &[&p, &r1, &r2], "", "").replacen(
+            "[tenants.pool]\n\n",
+            "auth = \"passthrough\"\n",
+            1,
+        )),
+    )
     .await;
-    roles_known(&proxy, "acme", &[(&p, 1.0), (&r1, 0.0), (&r2, 0.0)]).await;
+    for tenant in ["acme", "sess", "pt"] {
+        roles_known(&proxy, tenant, &[(&p, 1.0), (&r1, 0.0), (&r2, 0.0)]).await;
+    }
+    // `standby` clients holding a server of their own (session mode,
+    // passthrough), spread over both replicas.
+    let mut holders = Vec::new();
+    for tenant in ["sess", "pt"] {
+        for _ in 0..4 {
+            let mut config = proxy.pg_config(&format!("app.{tenant}"));
+            config.options("-c target_session_attrs=standby");
+            let (client, conn) = connect(&config).await.unwrap();
+            let port: i32 = client
+                .query_one("SELECT inet_server_port()", &[])
+                .await
+                .unwrap()
+                .get(0);
+            holders.push((tenant, port as u16, client, conn));
+        }
+    }
+    assert!(holders.iter().any(|h| h.1 == r1.port()), "none on r1");
     // Read-only clients leave idle backends on both replicas.
     let ro = proxy.pg_config("app.acme-ro");
     let mut held = Vec::new();
@@ -859,6 +889,32 @@ async fn replica_clients_leave_a_promoted_replica_for_a_fit_one() {
     }
     for _ in 0..4 {
         assert_eq!(served_by(&ro).await.unwrap(), (r2.port(), true));
+    }
+    // The standby clients held on r1 are ended (third review: they stayed
+    // on the promoted server for good); those on r2 go on.
+    for (tenant, port, client, conn) in &holders {
+        let result = client
+            .query_one("SELECT inet_server_port(), pg_is_in_recovery()", &[])
+            .await;
+        if *port == r1.port() {
+            match result {
+                Err(e) => assert!(code_of(&e) == "57P01" || e.is_closed(), "{tenant}: {e:?}"),
+                Ok(row) => panic!(
+                    "{tenant}: a standby client ran on the promoted server (recovery {})",
+                    row.get::<_, bool>(1)
+                ),
+            }
+            eventually(Duration::from_secs(5), "the client is closed", || async {
+                conn.is_finished()
+            })
+            .await;
+        } else {
+            let row = result.unwrap();
+            assert_eq!(
+                (row.get::<_, i32>(0) as u16, row.get::<_, bool>(1)),
+                (r2.port(), true)
+            );
+        }
     }
     proxy.stop().await;
 }

@@ -676,18 +676,17 @@ impl Session<'_> {
         let Some(lease) = &self.lease else {
             return Ok(());
         };
-        // Replica clients keep their session: a replica excluded for lag
-        // still answers correctly, only older.
-        if self.pool.key.target != crate::backend::Target::Primary {
-            return Ok(());
-        }
         let changes = self.pool.topology().changes();
         let position = self.checkout.position();
         if changes == self.topology_seen || !position.quiet() || position.status() != b'I' {
             return Ok(());
         }
         self.topology_seen = changes;
-        if self.pool.still_fits(&lease.conn) {
+        if self
+            .pool
+            .topology()
+            .session_fits(lease.conn.server, self.pool.key.target)
+        {
             return Ok(());
         }
         Err(SessionError::ServerNoLongerFits)
