@@ -141,3 +141,133 @@ fn source_paths_named_in_the_docs_exist() {
         missing.join("\n")
     );
 }
+
+/// The layers of docs/decisions.md, decision 21: its numbered list, each
+/// item's back-quoted module names (`backend::Targets` counts as
+/// `backend`). Module name → layer.
+fn documented_layers(modules: &BTreeSet<String>) -> BTreeMap<String, usize> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(root.join("docs/decisions.md")).unwrap();
+    let start = text
+        .find("## 21.")
+        .expect("decision 21 in docs/decisions.md");
+    let section = &text[start..];
+    let section = &section[..section[1..].find("\n## ").map_or(section.len(), |e| e + 1)];
+    let mut layers = BTreeMap::new();
+    let mut layer = 0;
+    for line in section.lines() {
+        let trimmed = line.trim_start();
+        if let Some((number, _)) = trimmed.split_once(". ") {
+            if let Ok(n) = number.parse::<usize>() {
+                layer = n;
+            }
+        }
+        if trimmed.is_empty() {
+            // The list ends at the first blank line after it began.
+            if layer > 0 && !layers.is_empty() {
+                break;
+            }
+            continue;
+        }
+        if layer == 0 {
+            continue;
+        }
+        for (i, quoted) in line.split('`').enumerate() {
+            let name = quoted.split("::").next().unwrap_or_default();
+            if i % 2 == 1 && modules.contains(name) {
+                layers.entry(name.to_owned()).or_insert(layer);
+            }
+        }
+    }
+    layers
+}
+
+/// Edges that point up the layers, and modules in no layer.
+fn layer_violations(
+    graph: &BTreeMap<String, BTreeSet<String>>,
+    layers: &BTreeMap<String, usize>,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for (module, deps) in graph {
+        let Some(&own) = layers.get(module) else {
+            out.push(format!("{module} is in no layer of decision 21"));
+            continue;
+        };
+        for dep in deps {
+            if let Some(&theirs) = layers.get(dep) {
+                if theirs > own {
+                    out.push(format!(
+                        "{module} (layer {own}) names {dep} (layer {theirs})"
+                    ));
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn lower_layers_never_name_higher_ones() {
+    let graph = graph(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"));
+    let modules: BTreeSet<String> = graph.keys().cloned().collect();
+    let layers = documented_layers(&modules);
+    assert_eq!(layers.get("protocol"), Some(&1), "{layers:?}");
+    assert_eq!(layers.get("server"), Some(&6), "{layers:?}");
+    let violations = layer_violations(&graph, &layers);
+    assert!(violations.is_empty(), "{}", violations.join("\n"));
+    // A planted violation is found: config naming session, and a module
+    // the decision does not place.
+    let mut planted = graph.clone();
+    planted
+        .get_mut("config")
+        .unwrap()
+        .insert("session".to_owned());
+    planted.insert("newcomer".to_owned(), BTreeSet::new());
+    let found = layer_violations(&planted, &layers);
+    assert!(
+        found
+            .iter()
+            .any(|v| v.starts_with("config (layer 2) names session")),
+        "{found:?}"
+    );
+    assert!(found.iter().any(|v| v.starts_with("newcomer")), "{found:?}");
+}
+
+/// The sans-I/O modules: decisions, no I/O. They name no tokio, socket or
+/// clock type, so they run the same in a test, a fuzz target or a loop.
+#[test]
+fn sans_io_modules_name_no_io() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let forbidden = [
+        "tokio",
+        "std::net",
+        "TcpStream",
+        "UnixStream",
+        "Instant",
+        "SystemTime",
+    ];
+    let check = |name: &str, text: &str| -> Vec<String> {
+        forbidden
+            .iter()
+            .filter(|f| {
+                text.lines()
+                    .filter(|l| !l.trim_start().starts_with("//"))
+                    .any(|l| l.contains(*f))
+            })
+            .map(|f| format!("{name} names {f}"))
+            .collect()
+    };
+    let mut found = Vec::new();
+    for file in ["session/engine.rs", "session/prepared.rs", "sql"] {
+        let mut text = String::new();
+        read_all(&src.join(file), &mut text);
+        assert!(!text.is_empty(), "{file} not read");
+        found.extend(check(file, &text));
+    }
+    assert!(found.is_empty(), "{}", found.join("\n"));
+    // A planted use is found.
+    assert_eq!(
+        check("planted", "use tokio::net::TcpStream;\n"),
+        vec!["planted names tokio", "planted names TcpStream"]
+    );
+}
