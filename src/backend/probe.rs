@@ -132,6 +132,7 @@ pub fn judge(
                             state.excluded = Some(format!(
                                 "{DIVERGED}: streams timeline {theirs}, the primary writes timeline {ours}"
                             ));
+                            state.other_timeline = true;
                             return state;
                         }
                     }
@@ -494,6 +495,7 @@ mod tests {
             why.contains("timeline 1") && why.contains("timeline 2"),
             "{why}"
         );
+        assert!(states[2].other_timeline);
         let moved = [on(false, 9_500, 1), on(false, 5_100, 2), on(true, 9_400, 1)];
         assert!(judge(&moved, &states, &config, now, Some(1))[2]
             .excluded

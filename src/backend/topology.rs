@@ -90,6 +90,9 @@ pub struct ServerState {
     pub excluded: Option<String>,
     /// When it was last probed.
     pub probed_at: Option<Instant>,
+    /// It streams another timeline than the primary writes: its data is
+    /// another history, not just older (sessions held on it end).
+    pub other_timeline: bool,
 }
 
 /// One server of a tenant.
@@ -401,14 +404,18 @@ impl Topology {
     /// a writer while the server is its primary ([`Topology::still_fits`]);
     /// a replica client unless the server was promoted and is no longer
     /// one it may use (a `standby` client never; a `read-only` one only
-    /// while no replica is fit). A replica excluded for lag keeps its
+    /// while no replica is fit), or it streams another timeline than the
+    /// primary (another history). A replica excluded for lag keeps its
     /// sessions: its answers are right, only older.
     pub fn session_fits(&self, i: usize, target: Target) -> bool {
         match target {
             Target::Primary => self.still_fits(i, target),
             Target::Replica { .. } => {
-                i < self.servers.len()
-                    && (self.state(i).role != Role::Primary || self.still_fits(i, target))
+                if i >= self.servers.len() {
+                    return false;
+                }
+                let state = self.state(i);
+                !state.other_timeline && (state.role != Role::Primary || self.still_fits(i, target))
             }
         }
     }
@@ -590,6 +597,27 @@ mod tests {
             .map(|c| c.0)
             .collect();
         assert_eq!(order, vec![2, 1, 0]);
+    }
+
+    #[test]
+    fn held_sessions_end_on_another_history_not_on_lag() {
+        let t = topology(3);
+        let standby = Target::Replica { fallback: false };
+        let read_only = Target::Replica { fallback: true };
+        t.probed(vec![
+            state(Role::Primary, None),
+            state(Role::Replica, Some("lag of 99999999 bytes")),
+            ServerState {
+                other_timeline: true,
+                ..state(Role::Replica, Some("diverged: streams timeline 1"))
+            },
+        ]);
+        assert!(t.session_fits(1, standby), "lag alone ends no session");
+        assert!(!t.session_fits(2, standby) && !t.session_fits(2, read_only));
+        assert!(t.session_fits(0, Target::Primary));
+        assert!(!t.session_fits(0, standby), "a standby client on a primary");
+        // No replica fit: a read-only client may stay on the primary.
+        assert!(t.session_fits(0, read_only));
     }
 
     #[test]
