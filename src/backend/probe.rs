@@ -100,7 +100,11 @@ pub fn judge(
                 ..ServerState::default()
             };
             match answer {
-                Answer::Down(why) => state.excluded = Some(format!("unreachable: {why}")),
+                Answer::Down(why) => {
+                    state.excluded = Some(format!("unreachable: {why}"));
+                    // What was last measured stays known (below).
+                    state.lag_bytes = was.lag_bytes;
+                }
                 Answer::Up {
                     recovery: false, ..
                 } => state.role = Role::Primary,
@@ -153,9 +157,15 @@ pub fn judge(
                         ));
                         return state;
                     }
+                    // When this round cannot measure the lag (the primary
+                    // did not answer: a slow probe under load), the last
+                    // measured lag stands, also across a round in which
+                    // the replica itself did not answer; otherwise a
+                    // lagging replica flapped back (found by loaded test
+                    // runs, twice).
                     state.lag_bytes = match (primary_lsn, lsn) {
                         (Some(p), Some(r)) => Some(p.saturating_sub(*r)),
-                        _ => None,
+                        _ => was.lag_bytes,
                     };
                     // Caught up: no lag, however long the primary idled.
                     state.lag_seconds = match state.lag_bytes {
@@ -177,14 +187,6 @@ pub fn judge(
                         if secs > max.as_secs_f64() * scale {
                             state.excluded = Some(format!("lag of {secs:.1} s"));
                         }
-                    }
-                    // No primary answered this round (a slow probe under
-                    // load): a replica excluded for lag stays so, and
-                    // keeps its last lag, until a round can measure it
-                    // again (found by a loaded test run: it flapped back).
-                    if was_lagging && state.excluded.is_none() && state.lag_bytes.is_none() {
-                        state.excluded = was.excluded.clone();
-                        state.lag_bytes = was.lag_bytes;
                     }
                 }
             }
@@ -437,6 +439,30 @@ mod tests {
             None,
         );
         assert_eq!(blind[1].excluded, lagging[1].excluded);
+        // Nor a round in which the replica did not answer, followed by one
+        // in which the primary did not.
+        let gone = judge(
+            &[up(false, 20_000), Answer::Down("timeout".into())],
+            &lagging,
+            &config,
+            now,
+            None,
+        );
+        let back_blind = judge(
+            &[Answer::Down("timeout".into()), up(true, 10_000)],
+            &gone,
+            &config,
+            now,
+            None,
+        );
+        assert!(
+            back_blind[1]
+                .excluded
+                .as_deref()
+                .is_some_and(|e| e.starts_with("lag")),
+            "{:?}",
+            back_blind[1].excluded
+        );
     }
 
     #[test]
