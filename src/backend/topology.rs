@@ -573,6 +573,15 @@ mod tests {
         Topology::new(&servers, None)
     }
 
+    /// The servers a writer tries, in order.
+    fn primary_order(t: &Topology) -> Vec<usize> {
+        t.candidates(Target::Primary)
+            .unwrap()
+            .into_iter()
+            .map(|c| c.0)
+            .collect()
+    }
+
     fn state(role: Role, excluded: Option<&str>) -> ServerState {
         ServerState {
             role,
@@ -590,12 +599,7 @@ mod tests {
         );
         t.saw_role(0, Role::Replica);
         t.saw_role(2, Role::Primary);
-        let order: Vec<usize> = t
-            .candidates(Target::Primary)
-            .unwrap()
-            .into_iter()
-            .map(|c| c.0)
-            .collect();
+        let order = primary_order(&t);
         assert_eq!(order, vec![2, 1, 0]);
     }
 
@@ -631,12 +635,7 @@ mod tests {
         // The primary logs in as a standby: a failover the probe has not
         // seen. Either replica may be the new primary; both come first.
         t.saw_role(0, Role::Replica);
-        let order: Vec<usize> = t
-            .candidates(Target::Primary)
-            .unwrap()
-            .into_iter()
-            .map(|c| c.0)
-            .collect();
+        let order = primary_order(&t);
         assert_eq!(order, vec![1, 2, 0]);
         assert_eq!(t.state(1).role, Role::Unknown);
         // A replica that logs in as a replica stays one.

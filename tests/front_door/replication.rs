@@ -103,6 +103,27 @@ async fn roles_known(proxy: &Proxy, tenant: &str, servers: &[(&Cluster, f64)]) {
     .await;
 }
 
+/// Waits until the metrics say `server` of `tenant` is excluded
+/// (or not), within `secs`.
+async fn excluded_becomes(
+    proxy: &Proxy,
+    tenant: &str,
+    server: &str,
+    excluded: bool,
+    secs: u64,
+    what: &str,
+) {
+    let want = if excluded { 1.0 } else { 0.0 };
+    eventually(Duration::from_secs(secs), what, || async {
+        metric(
+            &proxy.metrics().await,
+            "pgcell_server_excluded",
+            &[("tenant", tenant), ("server", server)],
+        ) == Some(want)
+    })
+    .await;
+}
+
 fn replica(primary: &Cluster, name: &str) -> Cluster {
     Cluster::replica_of(primary, name).expect("pg_basebackup replica")
 }
@@ -239,32 +260,26 @@ async fn writes_find_the_primary_and_reads_spread_over_fresh_replicas() {
     p.psql("app", "INSERT INTO t SELECT generate_series(1, 20000)")
         .unwrap();
     let r1_label = r1.addr().to_string();
-    eventually(
-        Duration::from_secs(10),
+    excluded_becomes(
+        &proxy,
+        "acme",
+        &r1_label,
+        true,
+        10,
         "the lagging replica is excluded",
-        || async {
-            metric(
-                &proxy.metrics().await,
-                "pgcell_server_excluded",
-                &[("tenant", "acme"), ("server", &r1_label)],
-            ) == Some(1.0)
-        },
     )
     .await;
     // The other replica also fell behind for a moment (the insert is
     // 1 MB of WAL): reads need it back.
     caught_up(&p, &r2).await;
     let r2_label = r2.addr().to_string();
-    eventually(
-        Duration::from_secs(10),
+    excluded_becomes(
+        &proxy,
+        "acme",
+        &r2_label,
+        false,
+        10,
         "the replica that caught up is back",
-        || async {
-            metric(
-                &proxy.metrics().await,
-                "pgcell_server_excluded",
-                &[("tenant", "acme"), ("server", &r2_label)],
-            ) == Some(0.0)
-        },
     )
     .await;
     let mut held = Vec::new();
@@ -291,14 +306,7 @@ async fn writes_find_the_primary_and_reads_spread_over_fresh_replicas() {
     r1.psql("postgres", "SELECT pg_wal_replay_resume()")
         .unwrap();
     caught_up(&p, &r1).await;
-    eventually(Duration::from_secs(10), "the replica is back", || async {
-        metric(
-            &proxy.metrics().await,
-            "pgcell_server_excluded",
-            &[("tenant", "acme"), ("server", &r1_label)],
-        ) == Some(0.0)
-    })
-    .await;
+    excluded_becomes(&proxy, "acme", &r1_label, false, 10, "the replica is back").await;
 
     // A stopped replica: excluded within the probe interval and timeout;
     // reads go on on the other one.
@@ -306,16 +314,13 @@ async fn writes_find_the_primary_and_reads_spread_over_fresh_replicas() {
     let stopped_at = Instant::now();
     r2.stop("immediate").unwrap();
     let r2_label = r2.addr().to_string();
-    eventually(
-        Duration::from_secs(5),
+    excluded_becomes(
+        &proxy,
+        "acme",
+        &r2_label,
+        true,
+        5,
         "the stopped replica is excluded",
-        || async {
-            metric(
-                &proxy.metrics().await,
-                "pgcell_server_excluded",
-                &[("tenant", "acme"), ("server", &r2_label)],
-            ) == Some(1.0)
-        },
     )
     .await;
     let excluded_after = stopped_at.elapsed();
@@ -969,16 +974,13 @@ async fn a_replica_on_the_old_timeline_gets_no_reads_after_a_failover() {
     r1.restart().unwrap();
     r1.promote().unwrap();
     let r2_label = r2.addr().to_string();
-    eventually(
-        Duration::from_secs(10),
+    excluded_becomes(
+        &proxy,
+        "acme",
+        &r2_label,
+        true,
+        10,
         "the diverged replica is excluded",
-        || async {
-            metric(
-                &proxy.metrics().await,
-                "pgcell_server_excluded",
-                &[("tenant", "acme"), ("server", &r2_label)],
-            ) == Some(1.0)
-        },
     )
     .await;
     let shown = show_replication(&proxy).await;
