@@ -280,3 +280,166 @@ fn sans_io_modules_name_no_io() {
         vec!["planted names tokio", "planted names TcpStream"]
     );
 }
+
+/// Names a file's parent module defines itself (items at the start of a
+/// line: `fn`, `struct`, `enum`, `trait`, `type`, `const`, `static`,
+/// `macro_rules!`), not the modules it declares.
+fn own_items(text: &str) -> BTreeSet<String> {
+    let mut items = BTreeSet::new();
+    for line in text.lines() {
+        if line.starts_with(char::is_whitespace) {
+            continue;
+        }
+        let mut words = line
+            .split(|c: char| c.is_whitespace() || c == '(' || c == '<' || c == ':' || c == '{')
+            .filter(|w| !w.is_empty())
+            .peekable();
+        while let Some(w) = words.peek() {
+            if matches!(
+                *w,
+                "pub" | "crate)" | "super)" | "crate" | "super" | "async" | "unsafe"
+            ) || w.starts_with("in ")
+            {
+                words.next();
+            } else {
+                break;
+            }
+        }
+        let (Some(kind), Some(name)) = (words.next(), words.next()) else {
+            continue;
+        };
+        if matches!(
+            kind,
+            "fn" | "struct" | "enum" | "trait" | "type" | "const" | "static" | "macro_rules!"
+        ) {
+            let name = name.trim_end_matches(|c: char| !(c.is_alphanumeric() || c == '_'));
+            items.insert(name.to_owned());
+        }
+    }
+    items
+}
+
+/// The names a child file reaches through `super::` (first segment only;
+/// `use super::{a, b::c}` gives `a` and `b`; `use super::*` gives `*`).
+/// Its own inline `#[cfg(test)] mod tests` is left out.
+/// `parent_path` (`crate::session::` for a child of `session`) counts as
+/// `super::` too.
+fn names_through_super(text: &str, parent_path: &str) -> Vec<String> {
+    let text = text
+        .find("#[cfg(test)]\nmod tests {")
+        .map_or(text, |end| &text[..end]);
+    let mut names = Vec::new();
+    let starts = text
+        .match_indices("super::")
+        .filter(|(at, _)| !text[..*at].ends_with("super::"))
+        .map(|(at, _)| at + "super::".len());
+    let crate_starts = text
+        .match_indices(parent_path)
+        .map(|(at, _)| at + parent_path.len());
+    let starts: Vec<usize> = if parent_path == "crate::" {
+        starts.collect()
+    } else {
+        starts.chain(crate_starts).collect()
+    };
+    for at in starts {
+        let rest = &text[at..];
+        if let Some(group) = rest.strip_prefix('{') {
+            let group = &group[..group.find('}').unwrap_or(group.len())];
+            names.extend(
+                group
+                    .split(',')
+                    .map(|part| part.trim().split("::").next().unwrap_or("").to_owned())
+                    .filter(|n| !n.is_empty()),
+            );
+        } else if rest.starts_with('*') {
+            names.push("*".to_owned());
+        } else {
+            let end = rest
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(rest.len());
+            names.push(rest[..end].to_owned());
+        }
+    }
+    names
+}
+
+/// Child files that name an item their parent module defines (rather
+/// than one of its sibling modules): a module never imports back up into
+/// its parent. The parent holds declarations and re-exports; what the
+/// children share lives in a child of its own.
+fn parent_imports(src: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut dirs = vec![src.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        let parent_file = if dir == src {
+            dir.join("lib.rs")
+        } else if dir.join("mod.rs").exists() {
+            dir.join("mod.rs")
+        } else {
+            dir.with_extension("rs")
+        };
+        let parent = std::fs::read_to_string(&parent_file).unwrap_or_default();
+        let parent_path = format!(
+            "crate::{}",
+            dir.strip_prefix(src)
+                .unwrap()
+                .components()
+                .map(|c| format!("{}::", c.as_os_str().to_string_lossy()))
+                .collect::<String>()
+        );
+        let items = own_items(&parent);
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path.clone());
+            }
+            let child = if path.is_dir() {
+                path.join("mod.rs")
+            } else {
+                path.clone()
+            };
+            let name = child.file_name().unwrap().to_string_lossy().into_owned();
+            if child == parent_file
+                || !child.exists()
+                || child.extension().is_none_or(|e| e != "rs")
+                || (dir == src && matches!(name.as_str(), "main.rs"))
+                || name == "tests.rs"
+                || (path.is_file() && dir.join(path.file_stem().unwrap()).is_dir())
+            {
+                continue;
+            }
+            let text = std::fs::read_to_string(&child).unwrap();
+            for used in names_through_super(&text, &parent_path) {
+                if used == "*" || items.contains(&used) {
+                    out.push(format!(
+                        "{} names {} of its parent {}",
+                        child.strip_prefix(src).unwrap().display(),
+                        used,
+                        parent_file.strip_prefix(src).unwrap().display()
+                    ));
+                }
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+#[test]
+fn no_module_imports_its_parents_items() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let found = parent_imports(&src);
+    assert!(found.is_empty(), "{}", found.join("\n"));
+    // Planted: a parent's own items are told from its modules, and a
+    // child's reach into them is seen in each spelling.
+    let parent = own_items("pub(crate) struct Pool {\n}\nmod lease;\nconst LIMIT: usize = 1;\n");
+    assert!(parent.contains("Pool") && parent.contains("LIMIT") && !parent.contains("lease"));
+    assert_eq!(
+        names_through_super(
+            "use super::{lease::Lease, Pool};\nfn f(_: crate::pool::Pool) {}\nuse super::*;\n",
+            "crate::pool::"
+        ),
+        ["lease", "Pool", "*", "Pool"]
+    );
+}
