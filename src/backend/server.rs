@@ -329,23 +329,44 @@ impl ServerConn {
             timeouts.keepalive,
         )
         .await?;
-        let mut conn = ServerConn {
+        let mut conn = ServerConn::new(
             stream,
             addr,
-            key: CancelKey { pid: 0, secret: 0 },
-            params: Vec::new(),
-            created: Instant::now(),
-            last_used: Instant::now(),
-            prepared: Default::default(),
-            profile: profile.clone(),
+            profile.clone(),
             server,
-            searches_pg_temp: false,
-            _open: targets.topology.count_open(server),
-        };
+            targets.topology.count_open(server),
+            Instant::now(),
+        );
         tokio::time::timeout(timeouts.login_timeout, conn.login(database, user, login))
             .await
             .map_err(|_| OpenError::Timeout)??;
         Ok(conn)
+    }
+
+    /// A connection to `server` at `addr` over `stream`, opened at `now`,
+    /// before its login (the login brings its cancel key and parameters).
+    /// `open` counts it against its server while it lives.
+    pub(crate) fn new(
+        stream: BackendStream,
+        addr: SocketAddr,
+        profile: Arc<StartupProfile>,
+        server: usize,
+        open: OpenGuard,
+        now: Instant,
+    ) -> ServerConn {
+        ServerConn {
+            stream,
+            addr,
+            key: CancelKey { pid: 0, secret: 0 },
+            params: Vec::new(),
+            created: now,
+            last_used: now,
+            prepared: Default::default(),
+            profile,
+            server,
+            searches_pg_temp: false,
+            _open: open,
+        }
     }
 
     /// The role the server reported at login (`in_hot_standby`).

@@ -4,8 +4,11 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
-use super::*;
+use super::state::{Pool, PoolKey, PoolSignature};
+use crate::backend::server::OpenSettings;
+use crate::tenant::Tenant;
 
 /// Every pool of the process.
 #[derive(Default)]
@@ -28,20 +31,8 @@ impl Pools {
             tracing::info!(pool = ?key, "pool settings changed: replacing the pool");
             old.retire();
             pools.remove(&key);
-            let replacement = Arc::new(Pool::new(
-                key.clone(),
-                tenant.clone(),
-                tenant.config.pool.clone(),
-                PoolSignature::of(&key, tenant).mode,
-                PoolSignature::of(&key, tenant).size,
-                open,
-            ));
-            if let Some(login) = old
-                .login
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clone()
-            {
+            let replacement = Arc::new(Pool::new(key.clone(), tenant.clone(), open));
+            if let Some(login) = old.login() {
                 replacement.offer_login(login);
             }
             if old.is_paused() {
@@ -52,16 +43,12 @@ impl Pools {
         pools
             .entry(key.clone())
             .or_insert_with(|| {
-                let config = &tenant.config;
-                let user = config.user(&key.user);
-                let mode = user.and_then(|u| u.pool_mode).unwrap_or(config.pool.mode);
-                let size = user.and_then(|u| u.pool_size).unwrap_or(config.pool.size);
                 let paused = self
                     .paused
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
                     .contains(&key.tenant);
-                let pool = Pool::new(key, tenant.clone(), config.pool.clone(), mode, size, open);
+                let pool = Pool::new(key, tenant.clone(), open);
                 if paused {
                     pool.pause();
                 }

@@ -1,0 +1,466 @@
+//! The pool on tokio's paused clock, with a connector that opens loopback
+//! sockets to a fake backend: what the pool promises, with no PostgreSQL.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::connect::{Connector, Opening};
+use super::state::{now, Pool, PoolKey};
+use super::{AcquireError, Lease, Pools, Release};
+use crate::backend::server::{BackendLogin, OpenError, ServerConn, StartupProfile};
+use crate::backend::ConnectError;
+use crate::config::Config;
+use crate::metrics::tally::Tally;
+use crate::stream::MaybeTls;
+use crate::tenant::Tenant;
+
+/// How the fake backend answers a `Sync`.
+#[derive(Clone, Copy, PartialEq)]
+enum Answer {
+    /// `ReadyForQuery 'I'`.
+    Idle,
+    /// Not at all.
+    Silent,
+}
+
+/// Opens loopback connections to a fake backend that answers `Sync`.
+struct Fake {
+    listener: TcpListener,
+    /// Opens begun.
+    opened: AtomicUsize,
+    /// Fake backends whose connection is still open.
+    alive: Arc<AtomicUsize>,
+    /// Most fake backends open at once.
+    most_alive: Arc<AtomicUsize>,
+    /// `Sync`s the fake backends received.
+    syncs: Arc<AtomicUsize>,
+    /// Opens fail (the server is down).
+    fail: AtomicBool,
+    /// How long an open takes.
+    delay: Mutex<Duration>,
+    answer: Mutex<Answer>,
+}
+
+impl Fake {
+    async fn new() -> Arc<Fake> {
+        Arc::new(Fake {
+            listener: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            opened: AtomicUsize::new(0),
+            alive: Arc::default(),
+            most_alive: Arc::default(),
+            syncs: Arc::default(),
+            fail: AtomicBool::new(false),
+            delay: Mutex::new(Duration::ZERO),
+            answer: Mutex::new(Answer::Idle),
+        })
+    }
+
+    /// Serves one backend connection: answers `Sync`, counts it alive
+    /// until the pool closes it.
+    async fn serve(
+        mut socket: TcpStream,
+        answer: Answer,
+        alive: Arc<AtomicUsize>,
+        syncs: Arc<AtomicUsize>,
+    ) {
+        let mut header = [0u8; 5];
+        while socket.read_exact(&mut header).await.is_ok() {
+            let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+            let mut body = vec![0u8; len.saturating_sub(4)];
+            if socket.read_exact(&mut body).await.is_err() {
+                break;
+            }
+            if header[0] == b'S' {
+                syncs.fetch_add(1, Ordering::SeqCst);
+                if answer == Answer::Idle && socket.write_all(b"Z\0\0\0\x05I").await.is_err() {
+                    break;
+                }
+            }
+        }
+        alive.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Connector for Fake {
+    fn open<'a>(
+        &'a self,
+        pool: &'a Pool,
+        _login: &'a BackendLogin,
+        profile: &'a Arc<StartupProfile>,
+        _fresh_after: Option<std::time::Instant>,
+    ) -> Opening<'a> {
+        Box::pin(async move {
+            self.opened.fetch_add(1, Ordering::SeqCst);
+            let delay = *self.delay.lock().unwrap();
+            tokio::time::sleep(delay).await;
+            if self.fail.load(Ordering::SeqCst) {
+                return Err(OpenError::Connect(ConnectError::Unreachable {
+                    tried: 1,
+                    last: "fake: connection refused".into(),
+                }));
+            }
+            let addr = self.listener.local_addr().unwrap();
+            let (client, accepted) = tokio::join!(TcpStream::connect(addr), self.listener.accept());
+            let n = self.alive.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most_alive.fetch_max(n, Ordering::SeqCst);
+            let answer = *self.answer.lock().unwrap();
+            tokio::spawn(Fake::serve(
+                accepted.unwrap().0,
+                answer,
+                self.alive.clone(),
+                self.syncs.clone(),
+            ));
+            Ok(ServerConn::new(
+                MaybeTls::Plain(client.unwrap()),
+                addr,
+                profile.clone(),
+                0,
+                pool.topology().count_open(0),
+                now(),
+            ))
+        })
+    }
+}
+
+/// A tenant with one server and `pool` as its `[tenants.pool]` lines.
+fn tenant(pool: &str) -> Arc<Tenant> {
+    let text = format!(
+        "[listen]\naddr = \"127.0.0.1:6432\"\n[[tenants]]\nid = \"acme\"\nbackends = [\"127.0.0.1:1\"]\n[tenants.pool]\n{pool}\n"
+    );
+    let config = Config::parse(&text, std::path::Path::new(".")).unwrap();
+    let salt = crate::auth::secret::SaltKey::from_secret(b"test");
+    Arc::new(Tenant::build(&config.tenants[0], &config, None, &salt).unwrap())
+}
+
+fn key() -> PoolKey {
+    PoolKey {
+        tenant: "acme".into(),
+        database: "db".into(),
+        user: "app".into(),
+        target: crate::backend::Target::Primary,
+    }
+}
+
+/// A pool of the fake, with a login and one startup profile.
+async fn pool(settings: &str) -> (Arc<Pool>, Arc<Fake>, Arc<StartupProfile>) {
+    let fake = Fake::new().await;
+    let pool = Arc::new(Pool::with_connector(key(), tenant(settings), fake.clone()));
+    pool.offer_login(BackendLogin::Password(crate::config::Password("pw".into())));
+    let profile = pool.share_profile(vec![("application_name".into(), "test".into())]);
+    (pool, fake, profile)
+}
+
+fn tally() -> Tally {
+    Tally::new("acme")
+}
+
+async fn checkout(pool: &Pool, profile: &Arc<StartupProfile>) -> Result<Lease, AcquireError> {
+    pool.acquire(profile, &tally(), None).await
+}
+
+#[tokio::test(start_paused = true)]
+async fn loopback_io_does_not_move_the_paused_clock() {
+    let (pool, fake, profile) = pool("size = 1\ncheck_after_idle = \"1ms\"\nacquire_timeout = \"60s\"").await;
+    let started = tokio::time::Instant::now();
+    for _ in 0..20 {
+        let lease = checkout(&pool, &profile).await.unwrap();
+        pool.release(lease, Release::Reuse);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert_eq!(fake.opened.load(Ordering::SeqCst), 1);
+    assert!(fake.syncs.load(Ordering::SeqCst) >= 19);
+    let elapsed = started.elapsed();
+    assert!(elapsed < Duration::from_millis(100), "{elapsed:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn size_is_never_exceeded() {
+    let (pool, fake, profile) = pool("size = 3\nacquire_timeout = \"60s\"").await;
+    *fake.delay.lock().unwrap() = Duration::from_millis(5);
+    let mut clients = Vec::new();
+    for i in 0..12u64 {
+        let (pool, profile) = (pool.clone(), profile.clone());
+        clients.push(tokio::spawn(async move {
+            for _ in 0..5 {
+                let lease = checkout(&pool, &profile).await.unwrap();
+                assert!(pool.open_count() <= 3);
+                tokio::time::sleep(Duration::from_millis(1 + i % 4)).await;
+                pool.release(lease, Release::Reuse);
+            }
+        }));
+    }
+    for c in clients {
+        c.await.unwrap();
+    }
+    assert_eq!(fake.most_alive.load(Ordering::SeqCst), 3);
+    assert_eq!(fake.opened.load(Ordering::SeqCst), 3);
+    assert_eq!(pool.idle_count(), 3);
+    assert_eq!(pool.snapshot().waiting, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn waiters_are_served_in_order_and_newcomers_queue_behind_them() {
+    let (pool, _fake, profile) = pool("size = 1\nacquire_timeout = \"60s\"").await;
+    let held = checkout(&pool, &profile).await.unwrap();
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let mut waiters = Vec::new();
+    for name in ["b", "c", "d"] {
+        let (pool, profile, order) = (pool.clone(), profile.clone(), order.clone());
+        waiters.push(tokio::spawn(async move {
+            let lease = checkout(&pool, &profile).await.unwrap();
+            order.lock().unwrap().push(name);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            pool.release(lease, Release::Reuse);
+        }));
+        // Each joins the line before the next arrives.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert_eq!(pool.snapshot().waiting, 3);
+    pool.release(held, Release::Reuse);
+    // The backend went to b, not onto the shelf: a newcomer finds nothing
+    // idle even before b has run, and waits behind d.
+    assert!(pool
+        .try_acquire_idle(&profile, &tally(), None)
+        .is_none());
+    assert_eq!(pool.idle_count(), 0);
+    let late = {
+        let (pool, profile, order) = (pool.clone(), profile.clone(), order.clone());
+        tokio::spawn(async move {
+            let lease = checkout(&pool, &profile).await.unwrap();
+            order.lock().unwrap().push("late");
+            pool.release(lease, Release::Reuse);
+        })
+    };
+    for w in waiters {
+        w.await.unwrap();
+    }
+    late.await.unwrap();
+    assert_eq!(*order.lock().unwrap(), ["b", "c", "d", "late"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_checkout_gives_up_after_acquire_timeout_and_leaves_the_line() {
+    let (pool, fake, profile) = pool("size = 1\nacquire_timeout = \"3s\"").await;
+    let held = checkout(&pool, &profile).await.unwrap();
+    let started = tokio::time::Instant::now();
+    let err = checkout(&pool, &profile).await.err().unwrap();
+    assert!(matches!(err, AcquireError::Timeout(t) if t == Duration::from_secs(3)), "{err:?}");
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_secs(3) && waited < Duration::from_millis(3100), "{waited:?}");
+    // Nothing is left in line: the backend goes back to the shelf.
+    assert_eq!(pool.snapshot().waiting, 0);
+    assert!(pool.stock().waiters.is_empty());
+    pool.release(held, Release::Reuse);
+    assert_eq!(pool.idle_count(), 1);
+    // A checkout dropped mid-wait (its client left) leaves the line too.
+    let held = checkout(&pool, &profile).await.unwrap();
+    let abandoned = tokio::time::timeout(Duration::from_secs(1), checkout(&pool, &profile)).await;
+    assert!(abandoned.is_err());
+    assert!(pool.stock().waiters.is_empty());
+    pool.release(held, Release::Reuse);
+    assert_eq!(pool.idle_count(), 1);
+    assert_eq!(fake.opened.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_backends_close_after_idle_timeout() {
+    let (pool, fake, profile) = pool("size = 2\nidle_timeout = \"60s\"\ncheck_after_idle = \"1h\"").await;
+    let lease = checkout(&pool, &profile).await.unwrap();
+    pool.release(lease, Release::Reuse);
+    tokio::time::sleep(Duration::from_secs(59)).await;
+    // Within idle_timeout: reused, upkeep keeps it.
+    pool.maintain().await;
+    assert_eq!(pool.idle_count(), 1);
+    let lease = pool.try_acquire_idle(&profile, &tally(), None).unwrap();
+    pool.release(lease, Release::Reuse);
+    assert_eq!(fake.opened.load(Ordering::SeqCst), 1);
+    // Past it: upkeep closes it, and a checkout would not have used it.
+    tokio::time::sleep(Duration::from_secs(61)).await;
+    assert!(pool.try_acquire_idle(&profile, &tally(), None).is_none());
+    let lease = checkout(&pool, &profile).await.unwrap();
+    assert_eq!(fake.opened.load(Ordering::SeqCst), 2);
+    pool.release(lease, Release::Reuse);
+    tokio::time::sleep(Duration::from_secs(61)).await;
+    pool.maintain().await;
+    assert_eq!(pool.idle_count(), 0);
+    assert_eq!(pool.open_count(), 0);
+    settle().await;
+    assert_eq!(fake.alive.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn backends_close_after_max_lifetime_even_when_busy() {
+    let (pool, fake, profile) =
+        pool("size = 1\nmax_lifetime = \"10m\"\nidle_timeout = \"1h\"\ncheck_after_idle = \"1h\"").await;
+    let lease = checkout(&pool, &profile).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(9 * 60)).await;
+    pool.release(lease, Release::Reuse);
+    assert_eq!(pool.idle_count(), 1);
+    // Checked out before its end, handed back after: closed at checkin.
+    let lease = pool.try_acquire_idle(&profile, &tally(), None).unwrap();
+    tokio::time::sleep(Duration::from_secs(2 * 60)).await;
+    pool.release(lease, Release::Reuse);
+    assert_eq!(pool.idle_count(), 0);
+    assert_eq!(pool.open_count(), 0);
+    let lease = checkout(&pool, &profile).await.unwrap();
+    assert_eq!(fake.opened.load(Ordering::SeqCst), 2);
+    pool.release(lease, Release::Reuse);
+    // Idle past it: upkeep closes it.
+    tokio::time::sleep(Duration::from_secs(11 * 60)).await;
+    pool.maintain().await;
+    assert_eq!(pool.open_count(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_backend_idle_past_check_after_idle_is_pinged_and_a_silent_one_replaced() {
+    let (pool, fake, profile) = pool("size = 1\ncheck_after_idle = \"30s\"\nacquire_timeout = \"60s\"").await;
+    let lease = checkout(&pool, &profile).await.unwrap();
+    pool.release(lease, Release::Reuse);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    // Idle for less: handed out at once, unchecked.
+    let lease = pool.try_acquire_idle(&profile, &tally(), None).unwrap();
+    pool.release(lease, Release::Reuse);
+    assert_eq!(fake.syncs.load(Ordering::SeqCst), 0);
+    // Idle for longer: the quick path declines, the checkout pings.
+    tokio::time::sleep(Duration::from_secs(31)).await;
+    assert!(pool.try_acquire_idle(&profile, &tally(), None).is_none());
+    let lease = checkout(&pool, &profile).await.unwrap();
+    assert_eq!(fake.syncs.load(Ordering::SeqCst), 1);
+    assert_eq!(fake.opened.load(Ordering::SeqCst), 1);
+    pool.release(lease, Release::Reuse);
+    // A backend that does not answer the ping within 2 s is closed and
+    // another opened.
+    pool.release(checkout(&pool, &profile).await.unwrap(), Release::Close("test"));
+    *fake.answer.lock().unwrap() = Answer::Silent;
+    let lease = checkout(&pool, &profile).await.unwrap();
+    assert_eq!(fake.opened.load(Ordering::SeqCst), 2);
+    pool.release(lease, Release::Reuse);
+    *fake.answer.lock().unwrap() = Answer::Idle;
+    tokio::time::sleep(Duration::from_secs(31)).await;
+    let asked = tokio::time::Instant::now();
+    let lease = checkout(&pool, &profile).await.unwrap();
+    let waited = asked.elapsed();
+    assert!(waited >= Duration::from_secs(2) && waited < Duration::from_secs(3), "{waited:?}");
+    assert_eq!(fake.opened.load(Ordering::SeqCst), 3);
+    assert_eq!(fake.syncs.load(Ordering::SeqCst), 2);
+    pool.release(lease, Release::Reuse);
+    assert_eq!(pool.open_count(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_open_fails_the_waiters_at_once() {
+    let (pool, fake, profile) = pool("size = 1\nacquire_timeout = \"60s\"").await;
+    fake.fail.store(true, Ordering::SeqCst);
+    *fake.delay.lock().unwrap() = Duration::from_millis(200);
+    let started = tokio::time::Instant::now();
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let (pool, profile) = (pool.clone(), profile.clone());
+        clients.push(tokio::spawn(async move { checkout(&pool, &profile).await.err() }));
+    }
+    for c in clients {
+        let err = c.await.unwrap();
+        assert!(matches!(err, Some(AcquireError::Open(_))), "{err:?}");
+    }
+    // One open at a time (size 1), each failing after 200 ms: far from
+    // the 60 s acquire_timeout.
+    let took = started.elapsed();
+    assert!(took <= Duration::from_millis(1000), "{took:?}");
+    assert_eq!(fake.opened.load(Ordering::SeqCst), 4);
+    assert_eq!(pool.open_count(), 0);
+    // The server back: served.
+    fake.fail.store(false, Ordering::SeqCst);
+    checkout(&pool, &profile).await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_paused_pool_holds_checkouts_until_resume() {
+    let (pool, _fake, profile) = pool("size = 1\nacquire_timeout = \"60s\"").await;
+    let lease = checkout(&pool, &profile).await.unwrap();
+    pool.release(lease, Release::Reuse);
+    pool.pause();
+    let waiter = {
+        let (pool, profile) = (pool.clone(), profile.clone());
+        tokio::spawn(async move { checkout(&pool, &profile).await.map(|_| ()) })
+    };
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(!waiter.is_finished());
+    pool.resume();
+    waiter.await.unwrap().unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_full_pool_makes_room_by_closing_an_idle_backend_of_another_profile() {
+    let (pool, fake, profile) = pool("size = 1\nacquire_timeout = \"60s\"").await;
+    let lease = checkout(&pool, &profile).await.unwrap();
+    pool.release(lease, Release::Reuse);
+    let other = pool.share_profile(vec![("application_name".into(), "other".into())]);
+    let lease = checkout(&pool, &other).await.unwrap();
+    assert!(StartupProfile::same(&lease.conn.profile, &other));
+    assert_eq!(fake.opened.load(Ordering::SeqCst), 2);
+    assert_eq!(pool.open_count(), 1);
+    // A waiter of the first profile gets room when the other's backend
+    // goes onto the shelf.
+    let waiter = {
+        let (pool, profile) = (pool.clone(), profile.clone());
+        tokio::spawn(async move { checkout(&pool, &profile).await.map(|l| l.conn.profile.clone()) })
+    };
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    pool.release(lease, Release::Reuse);
+    let got = waiter.await.unwrap().unwrap();
+    assert!(StartupProfile::same(&got, &profile));
+    assert_eq!(fake.opened.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reload_moves_clients_to_a_new_pool_and_the_old_one_closes_its_backends() {
+    let pools = Pools::default();
+    let open = crate::backend::server::OpenSettings {
+        connect_timeout: Duration::from_secs(1),
+        login_timeout: Duration::from_secs(1),
+        keepalive: Duration::from_secs(60),
+    };
+    let before = tenant("size = 2");
+    let old = pools.get(key(), &before, open);
+    assert!(Arc::ptr_eq(&old, &pools.get(key(), &before, open)));
+    old.offer_login(BackendLogin::Password(crate::config::Password("pw".into())));
+    pools.pause("acme");
+    // The same settings from a reload: the same pool.
+    assert!(Arc::ptr_eq(&old, &pools.get(key(), &tenant("size = 2"), open)));
+    // Another size: a new pool, with the login and the pause carried over.
+    let new = pools.get(key(), &tenant("size = 3"), open);
+    assert!(!Arc::ptr_eq(&old, &new));
+    assert!(old.is_retired() && !new.is_retired());
+    assert!(new.login().is_some() && new.is_paused());
+    assert_eq!(new.snapshot().size, 3);
+    // A tenant removed: its pools retire.
+    pools.retire_tenants_except(|_| false);
+    assert!(new.is_retired());
+    assert!(pools.all().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retired_pool_closes_backends_as_they_come_back() {
+    let (pool, fake, profile) = pool("size = 2").await;
+    let kept = checkout(&pool, &profile).await.unwrap();
+    let idle = checkout(&pool, &profile).await.unwrap();
+    pool.release(idle, Release::Reuse);
+    pool.retire();
+    assert_eq!(pool.idle_count(), 0);
+    pool.release(kept, Release::Reuse);
+    assert_eq!(pool.open_count(), 0);
+    settle().await;
+    assert_eq!(fake.alive.load(Ordering::SeqCst), 0);
+}
+
+/// Lets the fake backends see their connections close.
+async fn settle() {
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        tokio::task::yield_now().await;
+    }
+}
