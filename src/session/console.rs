@@ -26,7 +26,7 @@ use crate::metrics as m;
 use crate::protocol::startup::StartupMessage;
 use crate::protocol::{ClientError, SqlState};
 use crate::session::client_auth::{self, ClientAuthError};
-use crate::session::SessionError;
+use crate::session::error::SessionError;
 use crate::state::Shared;
 use crate::tenant::ClientInfo;
 

@@ -30,7 +30,6 @@ use crate::protocol::startup::StartupMessage;
 use crate::route;
 use crate::state::Shared;
 use crate::tenant::ClientInfo;
-pub(crate) use error::{pool_timeout, server_lost};
 pub use error::{ErrorKind, SessionError};
 use log::{note_login, ConnectionLog};
 

@@ -25,9 +25,9 @@ use super::buffers::{
 };
 use super::client_auth::{self, ClientAuthError};
 use super::engine::{Checkout, ClientSession, CustomSettings};
+use super::error::SessionError;
 use super::prepared::ClientStatements;
 use super::relay::RelayBytes;
-use super::SessionError;
 use crate::backend::server::{OpenError, OpenSettings, StartupProfile};
 use crate::backend::ConnectError;
 use crate::clients::ClientEntry;
@@ -730,7 +730,7 @@ impl Session<'_> {
         error: &AcquireError,
     ) -> Result<(), SessionError> {
         let refusal = match error {
-            AcquireError::Timeout(wait) => super::pool_timeout(*wait, Severity::Error),
+            AcquireError::Timeout(wait) => super::error::pool_timeout(*wait, Severity::Error),
             AcquireError::Open(OpenError::Connect(ConnectError::NoServer(e))) => {
                 tracing::warn!(error = %e, "statement refused: no server fits");
                 ClientError::statement(SqlState::CANNOT_CONNECT_NOW, e.client_message())
