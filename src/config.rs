@@ -7,11 +7,9 @@
 
 use std::collections::HashSet;
 use std::fmt;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use ipnet::IpNet;
 use serde::Deserialize;
 
 pub use crate::proxy_protocol::ProxyMode;
@@ -29,13 +27,17 @@ pub mod cancel;
 mod kubernetes;
 mod listen;
 mod pooling;
+mod problems;
 mod replication;
 mod tenants;
 
+use problems::Problems;
+pub use problems::{ConfigError, Problem, DEFAULT_MAX_MESSAGE_SIZE};
 pub use replication::{ReplicationConfig, WhenNoReplica, DEFAULT_MAX_REPLICA_LAG_BYTES};
 use tenants::{check_reachable, tenant_from_raw, RawTenant};
 pub use tenants::{
-    is_dns_label, split_host_port, tenant_from_entry, tenant_problems_of, TenantConfig,
+    is_dns_label, split_host_port, tenant_from_entry, tenant_problems_of, BackendTlsMode,
+    TenantConfig,
 };
 
 /// A fully checked configuration.
@@ -168,52 +170,6 @@ pub struct LogConfig {
     /// `tracing` filter directive, e.g. `info` or `pgcell=debug`.
     pub level: String,
 }
-
-/// TLS from pgcell to a tenant's backends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum BackendTlsMode {
-    /// Plaintext.
-    Disable,
-    /// TLS without verifying the server (libpq's `sslmode=require`).
-    Require,
-    /// TLS with CA and host name verification (`sslmode=verify-full`).
-    VerifyFull,
-}
-
-/// Everything wrong with a configuration.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    /// Problems in the order found.
-    pub problems: Vec<Problem>,
-}
-
-/// One problem, with the key it concerns.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    /// Key path such as `tenants[1].allowed_cidrs[0]`; empty for the file.
-    pub path: String,
-    /// What is wrong.
-    pub message: String,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, p) in self.problems.iter().enumerate() {
-            if i > 0 {
-                writeln!(f)?;
-            }
-            if p.path.is_empty() {
-                write!(f, "{}", p.message)?;
-            } else {
-                write!(f, "{}: {}", p.path, p.message)?;
-            }
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for ConfigError {}
 
 // ---- raw, as written in TOML ------------------------------------------------
 
@@ -595,83 +551,24 @@ impl Config {
     }
 }
 
-/// Longest duration any key accepts; keeps deadline arithmetic far from
-/// overflow.
-const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
-/// Largest connection limit any key accepts.
-const MAX_CONNECTIONS: usize = 1_000_000;
-/// Default `listen.max_message_size`: 64 MiB.
-pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 64 << 20;
-/// Bounds of `listen.max_message_size`: a `StartupMessage`'s own limit
-/// below, PostgreSQL's 1 GiB message limit above.
-const MESSAGE_SIZE_RANGE: std::ops::RangeInclusive<usize> = 10_000..=(1 << 30);
-
-#[derive(Default)]
-struct Problems(Vec<Problem>);
-
-impl Problems {
-    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.0.push(Problem {
-            path: path.into(),
-            message: message.into(),
-        });
-    }
-
-    fn into_error(self) -> ConfigError {
-        ConfigError { problems: self.0 }
-    }
-
-    fn socket_addr(&mut self, path: &str, s: &str) -> Option<SocketAddr> {
-        match s.parse() {
-            Ok(a) => Some(a),
-            Err(_) => {
-                self.push(path, format!("{s:?} is not an IP:port address"));
-                None
-            }
+impl Config {
+    /// Problems of this configuration's tenants under another listener
+    /// and TLS setup: a reload checks new tenants against the running
+    /// process, whose `[listen]` and `[tls]` only a restart changes.
+    pub fn tenant_problems(
+        &self,
+        listen: &ListenConfig,
+        tls: &TlsConfig,
+    ) -> Result<(), ConfigError> {
+        let mut p = Problems::default();
+        for (i, t) in self.tenants.iter().enumerate() {
+            check_reachable(t, &format!("tenants[{i}]"), listen, tls, &mut p);
         }
-    }
-
-    fn duration(&mut self, path: &str, s: &str) -> Duration {
-        match humantime::parse_duration(s) {
-            Ok(d) if d > MAX_DURATION => {
-                self.push(path, format!("{s:?} is longer than the maximum of 30 days"));
-                Duration::from_secs(1)
-            }
-            Ok(d) if !d.is_zero() => d,
-            _ => {
-                self.push(
-                    path,
-                    format!("{s:?} is not a positive duration such as \"10s\""),
-                );
-                Duration::from_secs(1)
-            }
+        if p.0.is_empty() {
+            Ok(())
+        } else {
+            Err(p.into_error())
         }
-    }
-
-    fn message_size(&mut self, path: &str, n: usize) -> usize {
-        if MESSAGE_SIZE_RANGE.contains(&n) {
-            return n;
-        }
-        self.push(
-            path,
-            format!(
-                "must be between {} and {} bytes",
-                MESSAGE_SIZE_RANGE.start(),
-                MESSAGE_SIZE_RANGE.end()
-            ),
-        );
-        DEFAULT_MAX_MESSAGE_SIZE
-    }
-
-    fn positive(&mut self, path: &str, n: usize) -> usize {
-        if n == 0 {
-            self.push(path, "must be at least 1");
-        }
-        if n > MAX_CONNECTIONS {
-            self.push(path, format!("must be at most {MAX_CONNECTIONS}"));
-            return MAX_CONNECTIONS;
-        }
-        n
     }
 }
 

@@ -267,7 +267,12 @@ fn sans_io_modules_name_no_io() {
             .collect()
     };
     let mut found = Vec::new();
-    for file in ["session/engine.rs", "session/prepared.rs", "sql"] {
+    for file in [
+        "session/engine.rs",
+        "session/engine",
+        "session/prepared.rs",
+        "sql",
+    ] {
         let mut text = String::new();
         read_all(&src.join(file), &mut text);
         assert!(!text.is_empty(), "{file} not read");

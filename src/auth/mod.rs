@@ -6,73 +6,18 @@
 //!   `tls-server-end-point` channel binding) and client side (backends).
 //! - [`md5`]: the MD5 password response, for backends (and tenants) that
 //!   use md5.
+//! - `random`: random bytes from the operating system ([`fill_random`],
+//!   [`try_random_nonce`], [`RandomError`]), re-exported here.
 //!
 //! Secrets fetched from a tenant's backend (`auth_query`) are in
 //! the `auth_query` module, above the backend connection they use.
 
 pub(crate) mod md5;
+mod random;
 pub mod scram;
 pub mod secret;
 
-use thiserror::Error;
-
-/// The operating system gave no random bytes. pgcell never falls back to
-/// anything predictable: it refuses to start, or refuses the connection.
-#[derive(Debug, Error)]
-#[error("could not generate random {what}: {source}")]
-pub struct RandomError {
-    /// What the bytes were for (PostgreSQL's wording: "nonce", "cancel key").
-    pub what: &'static str,
-    /// The operating system's error.
-    pub source: getrandom::Error,
-}
-
-/// Where random bytes come from: [`OS_RANDOM`], or a stand-in in tests.
-pub type RandomSource = fn(&mut [u8]) -> Result<(), getrandom::Error>;
-
-/// The operating system's CSPRNG (`getrandom(2)`).
-pub const OS_RANDOM: RandomSource = getrandom::fill;
-
-/// Fills `buf` from `source`; `what` names the use in the error.
-pub fn fill_random_from(
-    source: RandomSource,
-    buf: &mut [u8],
-    what: &'static str,
-) -> Result<(), RandomError> {
-    source(buf).map_err(|source| RandomError { what, source })
-}
-
-/// Fills `buf` from the operating system.
-pub fn fill_random(buf: &mut [u8], what: &'static str) -> Result<(), RandomError> {
-    fill_random_from(OS_RANDOM, buf, what)
-}
-
-/// Random bytes for a SCRAM nonce (or an MD5 salt), from `source`.
-pub fn nonce_from(source: RandomSource) -> Result<[u8; 18], RandomError> {
-    let mut nonce = [0u8; 18];
-    fill_random_from(source, &mut nonce, "nonce")?;
-    Ok(nonce)
-}
-
-/// Random bytes for a SCRAM nonce, from the operating system.
-pub fn try_random_nonce() -> Result<[u8; 18], RandomError> {
-    nonce_from(OS_RANDOM)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn broken(_: &mut [u8]) -> Result<(), getrandom::Error> {
-        Err(getrandom::Error::UNSUPPORTED)
-    }
-
-    #[test]
-    fn a_failing_source_is_an_error_not_a_fallback() {
-        let e = nonce_from(broken).unwrap_err();
-        assert_eq!(e.what, "nonce");
-        assert!(e.to_string().starts_with("could not generate random nonce"));
-        let a = try_random_nonce().unwrap();
-        assert_ne!(a, try_random_nonce().unwrap());
-    }
-}
+pub use random::{
+    fill_random, fill_random_from, nonce_from, try_random_nonce, RandomError, RandomSource,
+    OS_RANDOM,
+};

@@ -158,9 +158,9 @@ impl SaltKey {
     }
 
     /// A key of this process only; fails without OS random bytes.
-    pub fn random() -> Result<SaltKey, crate::auth::RandomError> {
+    pub fn random() -> Result<SaltKey, super::random::RandomError> {
         let mut key = [0u8; KEY_LEN];
-        crate::auth::fill_random(&mut key, "key")?;
+        super::random::fill_random(&mut key, "key")?;
         Ok(SaltKey(key))
     }
 

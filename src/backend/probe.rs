@@ -6,9 +6,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::connect::Targets;
 use super::server::{BackendLogin, OpenSettings, ServerConn, StartupProfile};
 use super::topology::{Role, ServerState, Target, Topology};
-use super::Targets;
 use crate::config::ReplicationConfig;
 
 /// One query, one round trip: (name, value) rows. The WAL position is the

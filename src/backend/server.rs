@@ -13,8 +13,8 @@ use thiserror::Error;
 use tokio::io::AsyncWriteExt;
 
 use crate::auth::scram::{ScramClient, ScramError, SCRAM_SHA_256};
+use crate::backend::connect::{self, BackendStream, ConnectError, Targets};
 use crate::backend::topology::{NoServer, OpenGuard, Role, Target};
-use crate::backend::{self, BackendStream, ConnectError};
 use crate::config::Password;
 use crate::protocol::framing::{read_message, FramingError};
 use crate::protocol::messages::{self, auth};
@@ -255,7 +255,7 @@ impl ServerConn {
     /// tried, and the topology learns its role. A server that reports
     /// nothing (older PostgreSQL) is taken as it is.
     pub async fn open(
-        targets: super::Targets<'_>,
+        targets: Targets<'_>,
         database: &str,
         user: &str,
         login: &BackendLogin,
@@ -314,7 +314,7 @@ impl ServerConn {
     /// Connects to server `server` of `targets` and logs in, whatever its
     /// role.
     pub async fn open_server(
-        targets: super::Targets<'_>,
+        targets: Targets<'_>,
         server: usize,
         database: &str,
         user: &str,
@@ -322,7 +322,7 @@ impl ServerConn {
         profile: &Arc<StartupProfile>,
         timeouts: &OpenSettings,
     ) -> Result<ServerConn, OpenError> {
-        let (stream, addr) = backend::connect_server(
+        let (stream, addr) = connect::connect_server(
             targets,
             server,
             timeouts.connect_timeout,

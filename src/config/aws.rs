@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::Problems;
+use super::problems::Problems;
 
 /// `[aws]`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -9,7 +9,8 @@ use std::collections::HashSet;
 
 use serde::Deserialize;
 
-use super::{split_host_port, Problems};
+use super::problems::Problems;
+use super::tenants::split_host_port;
 
 /// Largest `instance_id`: the id fills the byte below the sign bit of the
 /// process id pgcell issues (see the `cancel` module).

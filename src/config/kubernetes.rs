@@ -3,7 +3,7 @@
 
 use serde::Deserialize;
 
-use super::Problems;
+use super::problems::Problems;
 
 /// Whether discovery runs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -69,7 +69,7 @@ pub(super) fn kubernetes_from_raw(raw: RawKubernetes, p: &mut Problems) -> Kuber
         );
     }
     if let Some(ns) = &raw.namespace {
-        if !super::is_dns_label(ns) {
+        if !super::tenants::is_dns_label(ns) {
             p.push(
                 "kubernetes.namespace",
                 format!("{ns:?} is not a namespace name"),
@@ -77,7 +77,7 @@ pub(super) fn kubernetes_from_raw(raw: RawKubernetes, p: &mut Problems) -> Kuber
         }
     }
     if let Some(svc) = &raw.peer_service {
-        if !super::is_dns_label(svc) {
+        if !super::tenants::is_dns_label(svc) {
             p.push(
                 "kubernetes.peer_service",
                 format!("{svc:?} is not a Service name"),

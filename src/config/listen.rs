@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{Problems, ProxyMode, DEFAULT_MAX_MESSAGE_SIZE};
+use super::problems::{Problems, DEFAULT_MAX_MESSAGE_SIZE};
+use crate::proxy_protocol::ProxyMode;
 
 /// `[listen]`.
 #[derive(Debug, Clone, PartialEq)]

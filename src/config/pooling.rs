@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::Problems;
+use super::problems::Problems;
 
 /// How clients of a tenant are authenticated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -1,7 +1,12 @@
 //! `[tenants.replication]`: how pgcell follows a tenant's primary and
 //! replicas (docs/replicas.md).
 
-use super::*;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::pooling::{Credential, UserConfig};
+use super::problems::Problems;
 
 /// Where a client that asked for a replica goes when no replica is fit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]

@@ -1,7 +1,17 @@
 //! `[[tenants]]`: one tenant's keys, from raw to typed, and the checks that
 //! a tenant can be reached through the listener as configured.
 
-use super::*;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+use super::listen::{ListenConfig, TlsConfig, TlsMode};
+use super::pooling::{self, AuthMode, AuthQueryConfig, Credential, PoolConfig, UserConfig};
+use super::problems::{ConfigError, Problems};
+use super::replication::{self, ReplicationConfig};
+use crate::proxy_protocol::ProxyMode;
 
 /// One `[[tenants]]` entry.
 #[derive(Debug, Clone)]
@@ -49,6 +59,18 @@ impl TenantConfig {
     pub fn user(&self, name: &str) -> Option<&UserConfig> {
         self.users.iter().find(|u| u.name == name)
     }
+}
+
+/// TLS from pgcell to a tenant's backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackendTlsMode {
+    /// Plaintext.
+    Disable,
+    /// TLS without verifying the server (libpq's `sslmode=require`).
+    Require,
+    /// TLS with CA and host name verification (`sslmode=verify-full`).
+    VerifyFull,
 }
 
 #[derive(Debug, Deserialize)]
@@ -274,27 +296,6 @@ pub(super) fn check_reachable(
             format!("{at}.allowed_cidrs"),
             "cannot be enforced with listen.proxy_protocol = \"optional\": a client could send its own PROXY header; use \"required\" or \"off\"",
         );
-    }
-}
-
-impl Config {
-    /// Problems of this configuration's tenants under another listener
-    /// and TLS setup: a reload checks new tenants against the running
-    /// process, whose `[listen]` and `[tls]` only a restart changes.
-    pub fn tenant_problems(
-        &self,
-        listen: &ListenConfig,
-        tls: &TlsConfig,
-    ) -> Result<(), ConfigError> {
-        let mut p = Problems::default();
-        for (i, t) in self.tenants.iter().enumerate() {
-            check_reachable(t, &format!("tenants[{i}]"), listen, tls, &mut p);
-        }
-        if p.0.is_empty() {
-            Ok(())
-        } else {
-            Err(p.into_error())
-        }
     }
 }
 

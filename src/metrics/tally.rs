@@ -1,6 +1,6 @@
 //! Counters a pooled session bumps on every message, and its transaction
 //! durations and pool waits, counted in cells per tenant and folded into
-//! what pgcell exports when metrics are read ([`crate::metrics::render`]).
+//! what pgcell exports whenever metrics are read ([`fold_all`]).
 //!
 //! A `metrics` counter costs two atomic read-modify-writes per increment
 //! (its value and its generation) behind two indirect calls, and a

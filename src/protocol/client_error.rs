@@ -10,7 +10,7 @@ use std::borrow::Cow;
 use bytes::{BufMut, BytesMut};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
-use super::SqlState;
+use super::sqlstate::SqlState;
 
 /// How bad: whether the session goes on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,8 +4,8 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use super::sqlstate::SqlState;
 use super::startup::CancelKey;
-use super::SqlState;
 
 /// Reply to `SSLRequest` accepting TLS.
 pub const SSL_ACCEPT: u8 = b'S';

@@ -29,8 +29,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::backoff::Backoff;
+use super::error::RegisterError;
 use super::state::{Seen, StateCell, TargetState};
-use super::RegisterError;
 use crate::config::AwsConfig;
 use crate::metrics::{TARGET_API_CALLS, TARGET_REREGISTRATIONS};
 

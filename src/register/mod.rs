@@ -11,6 +11,7 @@
 //! | `aws.rs` | the ELBv2 client, the keeper loop, DeregisterTargets, waiting |
 //! | `state.rs` | [`TargetState`] and how a DescribeTargetHealth entry reads |
 //! | `backoff.rs` | capped exponential backoff with jitter |
+//! | `error.rs` | [`RegisterError`]: why self-registration could not be set up |
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -21,23 +22,11 @@ use crate::config::AwsConfig;
 pub(crate) mod aws;
 #[cfg(any(feature = "aws", test))]
 pub(crate) mod backoff;
+mod error;
 pub(crate) mod state;
 
+pub use error::RegisterError;
 pub use state::TargetState;
-
-/// Why self-registration could not be set up.
-#[derive(Debug, thiserror::Error)]
-pub enum RegisterError {
-    /// No address to register.
-    #[error("aws.target_ip is not set and POD_IP is not in the environment")]
-    NoTargetIp,
-    /// `POD_IP` is set to something that is not an address.
-    #[error("POD_IP={0:?} is not an IP address (set aws.target_ip instead)")]
-    BadPodIp(String),
-    /// Neither the config nor the SDK's default chain names a region.
-    #[error("aws.region is not set and the AWS SDK found no region (AWS_REGION, profile, instance metadata)")]
-    NoRegion,
-}
 
 /// This replica's registration, or nothing when self-registration is off.
 #[derive(Default)]

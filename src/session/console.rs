@@ -11,13 +11,14 @@
 //! Spec: <https://www.postgresql.org/docs/current/protocol-flow.html#PROTOCOL-FLOW-SIMPLE-QUERY>
 
 mod show;
+mod wire;
 
 use bytes::{Buf, BytesMut};
 use pgwire::messages::response::{
     CommandComplete, EmptyQueryResponse, ReadyForQuery, TransactionStatus,
 };
 use pgwire::messages::startup::ParameterStatus;
-use pgwire::messages::{DecodeContext, Message, PgWireFrontendMessage, ProtocolVersion};
+use pgwire::messages::{DecodeContext, PgWireFrontendMessage, ProtocolVersion};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::lifecycle::State;
@@ -25,12 +26,12 @@ use crate::metrics as m;
 use crate::protocol::startup::StartupMessage;
 use crate::protocol::{ClientError, SqlState};
 use crate::session::client_auth::{self, ClientAuthError};
-use crate::session::SessionError;
+use crate::session::error::SessionError;
 use crate::state::Shared;
 use crate::tenant::ClientInfo;
 
-pub(crate) use crate::state::ConsoleConfig;
 pub(crate) use show::publish_pool_gauges;
+use wire::encode;
 
 /// The database name that reaches the console.
 pub(crate) const DATABASE: &str = "pgcell";
@@ -334,14 +335,6 @@ fn execute(shared: &Shared, command: &Command, out: &mut BytesMut) -> Result<(),
     Ok(())
 }
 
-/// Appends `message`. pgwire refuses only messages over its length limits
-/// (1 GiB); the console's are far below, so a failure is logged, not sent.
-fn encode<M: Message>(out: &mut BytesMut, message: &M) {
-    if let Err(e) = message.encode(out) {
-        tracing::error!(error = %e, "admin console message not encoded");
-    }
-}
-
 async fn flush<C: AsyncWrite + Unpin>(
     client: &mut C,
     out: &mut BytesMut,
@@ -363,6 +356,7 @@ mod tests {
     use super::*;
     use crate::auth::secret::SaltKey;
     use crate::config::Config;
+    use crate::state::ConsoleConfig;
 
     #[test]
     fn commands_parse_case_insensitively() {

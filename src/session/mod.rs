@@ -9,6 +9,7 @@ pub(crate) mod client_auth;
 pub(crate) mod console;
 pub mod engine;
 mod error;
+mod log;
 mod passthrough;
 pub(crate) mod pooled;
 pub mod prepared;
@@ -29,29 +30,8 @@ use crate::protocol::startup::StartupMessage;
 use crate::route;
 use crate::state::Shared;
 use crate::tenant::ClientInfo;
-pub(crate) use error::{pool_timeout, server_lost};
 pub use error::{ErrorKind, SessionError};
-use relay::RelayBytes;
-
-/// What a finished connection was, for its log line.
-#[derive(Debug, Default)]
-struct ConnectionLog {
-    tenant: Option<String>,
-    /// The user and database, as routed (the tenant's part taken off), or
-    /// as the client sent them when it was refused before routing.
-    user: Option<String>,
-    database: Option<String>,
-    client: Option<ClientInfo>,
-    bytes: RelayBytes,
-}
-
-/// Notes the user and database a startup message names (PostgreSQL's
-/// default database is the user's name).
-fn note_login(log: &mut ConnectionLog, startup: &StartupMessage) {
-    let user = startup.get("user").unwrap_or_default();
-    log.database = Some(startup.get("database").unwrap_or(user).to_owned());
-    log.user = Some(user.to_owned());
-}
+use log::{note_login, ConnectionLog};
 
 /// Serves one accepted TCP connection to the end, logging one line.
 ///

@@ -8,8 +8,9 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::auth_relay::{self, AuthEnd, AuthRelayError};
+use super::error::SessionError;
+use super::log::ConnectionLog;
 use super::relay::{self, RelayCounters, RelayEnd};
-use super::{ConnectionLog, SessionError};
 use crate::backend::{self, topology::Role};
 use crate::handshake::ClientStream;
 use crate::metrics as m;

@@ -125,13 +125,13 @@ enum Undo {
     ParsedUnnamed { previous: Option<(Bytes, Verdict)> },
 }
 
-impl From<PreparedError> for super::SessionError {
+impl From<PreparedError> for super::error::SessionError {
     fn from(e: PreparedError) -> Self {
         match e {
-            PreparedError::Malformed(what) => super::SessionError::ClientProtocol(format!(
+            PreparedError::Malformed(what) => super::error::SessionError::ClientProtocol(format!(
                 "invalid frontend message: malformed {what} message"
             )),
-            PreparedError::TooMany => super::SessionError::StatementLimit,
+            PreparedError::TooMany => super::error::SessionError::StatementLimit,
         }
     }
 }

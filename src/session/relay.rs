@@ -265,7 +265,7 @@ where
         let frames = &self.down.frames;
         let client_told = frames.at_boundary() && frames.last_tag() != Some(b'E');
         if client_told {
-            let _ = super::server_lost().send(&mut self.client).await;
+            let _ = super::error::server_lost().send(&mut self.client).await;
         }
         let _ = self.client.shutdown().await;
         RelayEnd::BackendLost { client_told, error }
@@ -315,11 +315,12 @@ where
     let end = match step {
         Step::Stop(reason) => {
             let (error, end) = match reason {
-                StopReason::ShuttingDown => {
-                    (super::SessionError::ShuttingDown, RelayEnd::ShuttingDown)
-                }
+                StopReason::ShuttingDown => (
+                    super::error::SessionError::ShuttingDown,
+                    RelayEnd::ShuttingDown,
+                ),
                 StopReason::ServerChanged => (
-                    super::SessionError::ServerNoLongerFits,
+                    super::error::SessionError::ServerNoLongerFits,
                     RelayEnd::ServerChanged,
                 ),
             };

@@ -7,11 +7,11 @@ use std::time::Instant;
 use bytes::{BufMut, BytesMut};
 use pgwire::messages::data::{DataRow, FieldDescription, RowDescription};
 
-use super::{encode, ConsoleConfig};
+use super::wire::encode;
 use crate::config::{AuthMode, PoolMode};
 use crate::metrics as m;
 use crate::pool::PoolSnapshot;
-use crate::state::Shared;
+use crate::state::{ConsoleConfig, Shared};
 
 /// Column types, as PostgreSQL type OIDs (so psql aligns numbers right).
 #[derive(Debug, Clone, Copy)]

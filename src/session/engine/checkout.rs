@@ -2,9 +2,9 @@
 //! backend when it ends ([`Checkin`]): the engine's decisions for the
 //! relay loop in `session::pooled`.
 
-use super::{
-    is_fatal, CustomSettings, Owed, Position, Received, SessionChanges, RESET, STATE_CHECK,
-};
+use super::position::{Owed, Position, Received};
+use super::state::{CustomSettings, SessionChanges, RESET, STATE_CHECK};
+use crate::protocol::messages::is_fatal;
 use crate::sql::StateKind;
 
 /// One client's use of leased backends, without I/O: the backend's

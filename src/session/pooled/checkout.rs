@@ -4,7 +4,7 @@
 
 use tokio::io::AsyncWrite;
 
-use super::{Session, SessionError};
+use super::session::Session;
 use crate::backend::server::OwnQueryError;
 use crate::cancel::CancelTarget;
 use crate::config::PoolMode;
@@ -13,6 +13,7 @@ use crate::pool::Lease;
 use crate::pool::Release;
 use crate::protocol::{ClientError, SqlState};
 use crate::session::engine::{self, Checkin, CheckinPolicy, ClientSession, CloseReason};
+use crate::session::error::SessionError;
 
 impl Session<'_> {
     /// Takes `lease` for this client: replays its session (nothing to do

@@ -6,14 +6,31 @@
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
-use super::{Session, SessionError, MAX_POOLED_MESSAGE_LEN, READ_ONLY};
+use super::session::Session;
 use crate::backend::server::{parameter_status, set_param};
 use crate::config::PoolMode;
 use crate::metrics as m;
 use crate::metrics::tally::Count;
 use crate::protocol::framing::{peek_message, Message, Peeked, HEADER_LEN};
 use crate::protocol::messages;
+use crate::session::error::SessionError;
 use crate::sql::{Dialect, Verdict};
+
+/// Largest backend message relayed in pooled mode (PostgreSQL's own limit
+/// is 1 GiB for most messages); client messages are bounded by
+/// `listen.max_message_size`.
+const MAX_POOLED_MESSAGE_LEN: usize = 256 << 20;
+
+/// Reported parameters no session can set.
+const READ_ONLY: &[&str] = &[
+    "server_version",
+    "server_encoding",
+    "integer_datetimes",
+    "is_superuser",
+    "session_authorization",
+    "in_hot_standby",
+    "scram_iterations",
+];
 
 impl Session<'_> {
     /// Relays the complete backend messages in `from_server` to the client

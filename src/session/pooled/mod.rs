@@ -7,10 +7,12 @@
 //! stands in the protocol (so when it may go back to the pool), whether
 //! the transaction may have changed the session, what a backend must run
 //! before it serves this client. Checkout and checkin are in
-//! [`checkout`].
+//! [`checkout`], the relay of a leased backend in [`follow`], the
+//! client's state ([`Session`]) in [`session`].
 
 mod checkout;
 mod follow;
+mod session;
 
 use std::sync::Arc;
 
@@ -23,13 +25,11 @@ use super::buffers::{
 };
 use super::client_auth::{self, ClientAuthError};
 use super::engine::{Checkout, ClientSession, CustomSettings};
+use super::error::SessionError;
 use super::prepared::ClientStatements;
 use super::relay::RelayBytes;
-use super::SessionError;
-use crate::backend::server::BackendLogin;
 use crate::backend::server::{OpenError, OpenSettings, StartupProfile};
 use crate::backend::ConnectError;
-use crate::cancel::IssuedKey;
 use crate::clients::ClientEntry;
 use crate::config::PoolMode;
 use crate::metrics as m;
@@ -43,22 +43,7 @@ use crate::sql::Dialect;
 use crate::state::Shared;
 use crate::stream::ReadReady;
 use crate::tenant::ClientInfo;
-
-/// Largest backend message relayed in pooled mode (PostgreSQL's own limit
-/// is 1 GiB for most messages); client messages are bounded by
-/// `listen.max_message_size`.
-pub(crate) const MAX_POOLED_MESSAGE_LEN: usize = 256 << 20;
-
-/// Reported parameters no session can set.
-const READ_ONLY: &[&str] = &[
-    "server_version",
-    "server_encoding",
-    "integer_datetimes",
-    "is_superuser",
-    "session_authorization",
-    "in_hot_standby",
-    "scram_iterations",
-];
+use session::Session;
 
 /// Startup parameters that are not session settings.
 const NOT_SETTINGS: &[&str] = &["user", "database", "replication"];
@@ -343,58 +328,6 @@ fn pipeline_texts<'m>(msg: &'m Message, following: &'m [u8]) -> Option<Vec<&'m [
         }
         pos += len;
     }
-}
-
-struct Session<'a> {
-    shared: &'a Shared,
-    open: OpenSettings,
-    /// How this client's backends log in (kept for replacement pools).
-    login: BackendLogin,
-    /// The reload generation this session has caught up with.
-    seen_reload: u64,
-    /// The pool of the backend the client holds, or will take next: its
-    /// own pool ([`Session::home`]), or for a read-only transaction the
-    /// tenant's replica pool.
-    pool: Arc<Pool>,
-    /// The pool of the client's target (the primary unless it asked for a
-    /// replica).
-    home: Arc<Pool>,
-    /// Read-only transactions go to replicas (`[tenants.replication]
-    /// read_only_transactions`, transaction mode, a client of the primary).
-    route_read_only: bool,
-    /// When the client's last transaction on the primary ended: its later
-    /// read-only transactions go to replicas that have replayed past it.
-    last_write: Option<std::time::Instant>,
-    /// The topology's change count when the held backend was last found
-    /// fit (session mode: [`Session::held_server_fits`]).
-    topology_seen: u64,
-    /// This client's place among the pool's `max_client_connections`.
-    _pool_slot: crate::pool::ClientSlot,
-    cancel_key: IssuedKey,
-    /// The client's startup parameters: it gets backends that logged in
-    /// with them.
-    profile: Arc<StartupProfile>,
-    /// Its startup `search_path` names `pg_temp`: a plain `CREATE TABLE`
-    /// may make a temporary table.
-    startup_pg_temp: bool,
-    /// What the client changed beyond its startup values, replayed on
-    /// every backend it gets.
-    session: ClientSession,
-    /// The custom (dotted) settings it may have set, read back by name.
-    custom: CustomSettings,
-    /// The current backend's protocol position, what the transaction did
-    /// to the session, pinning (`session::engine`).
-    checkout: Checkout,
-    lease: Option<Lease>,
-    bytes: &'a mut RelayBytes,
-    tenant: String,
-    /// Named prepared statements (transaction mode).
-    statements: ClientStatements,
-    /// When the current backend was checked out.
-    checked_out_at: std::time::Instant,
-    /// The client as listed: its tally (queries and transactions here,
-    /// bytes through the client stream) and its idle wake.
-    listed: &'a ClientEntry,
 }
 
 impl Session<'_> {
@@ -797,7 +730,7 @@ impl Session<'_> {
         error: &AcquireError,
     ) -> Result<(), SessionError> {
         let refusal = match error {
-            AcquireError::Timeout(wait) => super::pool_timeout(*wait, Severity::Error),
+            AcquireError::Timeout(wait) => super::error::pool_timeout(*wait, Severity::Error),
             AcquireError::Open(OpenError::Connect(ConnectError::NoServer(e))) => {
                 tracing::warn!(error = %e, "statement refused: no server fits");
                 ClientError::statement(SqlState::CANNOT_CONNECT_NOW, e.client_message())
