@@ -116,23 +116,30 @@ fn source_paths_named_in_the_docs_exist() {
     let mut missing = Vec::new();
     for doc in docs.iter().filter(|d| d.exists()) {
         let text = std::fs::read_to_string(doc).unwrap();
+        // Every Rust file path: `src/…`, `tests/…`, or one written from
+        // inside `src/` (`session/relay.rs`).
         let mut rest = text.as_str();
-        while let Some(at) = rest.find("src/") {
-            let after = &rest[at..];
-            let end = after
-                .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '/' | '.' | '-')))
-                .unwrap_or(after.len());
-            let path = after[..end].trim_end_matches('.');
-            // Only pgcell's own Rust sources: `src/` at a word start.
-            let word_start =
-                at == 0 || !rest[..at].ends_with(|c: char| c.is_ascii_alphanumeric() || c == '/');
-            if word_start && path.ends_with(".rs") && !root.join(path).exists() {
+        while let Some(at) = rest.find(".rs") {
+            let head = &rest[..at];
+            let start = head
+                .rfind(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '/' | '.' | '-')))
+                .map_or(0, |i| i + 1);
+            let after = &rest[at + 3..];
+            let path = &rest[start..at + 3];
+            let ends_word = !after.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_');
+            if ends_word
+                && path.contains('/')
+                && !path.starts_with('/')
+                && !path.contains("://")
+                && !root.join(path).exists()
+                && !root.join("src").join(path).exists()
+            {
                 missing.push(format!(
                     "{}: {path}",
                     doc.strip_prefix(root).unwrap().display()
                 ));
             }
-            rest = &after[end.max(4)..];
+            rest = after;
         }
     }
     assert!(
@@ -346,6 +353,17 @@ fn names_through_super(text: &str, parent_path: &str) -> Vec<String> {
     } else {
         starts.chain(crate_starts).collect()
     };
+    // The parent module itself under another name (`use crate::metrics
+    // as m;`) reaches all of its items.
+    let parent_module = parent_path.trim_end_matches("::");
+    if parent_module != "crate" {
+        for (at, _) in text.match_indices(parent_module) {
+            let rest = &text[at + parent_module.len()..];
+            if rest.starts_with(" as ") || rest.starts_with("::{self") {
+                names.push("*".to_owned());
+            }
+        }
+    }
     for at in starts {
         let rest = &text[at..];
         if let Some(group) = rest.strip_prefix('{') {
@@ -442,9 +460,9 @@ fn no_module_imports_its_parents_items() {
     assert!(parent.contains("Pool") && parent.contains("LIMIT") && !parent.contains("lease"));
     assert_eq!(
         names_through_super(
-            "use super::{lease::Lease, Pool};\nfn f(_: crate::pool::Pool) {}\nuse super::*;\n",
+            "use super::{lease::Lease, Pool};\nfn f(_: crate::pool::Pool) {}\nuse super::*;\nuse crate::pool as p;\n",
             "crate::pool::"
         ),
-        ["lease", "Pool", "*", "Pool"]
+        ["*", "lease", "Pool", "*", "Pool"]
     );
 }

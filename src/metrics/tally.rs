@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use crate::metrics as m;
+use super::names as m;
 
 /// What a tally counts, in the order of its cells.
 #[derive(Debug, Clone, Copy)]
@@ -279,7 +279,7 @@ mod tests {
     use super::*;
 
     fn exported(name: &str, tenant: &str) -> f64 {
-        m::per_tenant(&m::render(), name)
+        crate::metrics::per_tenant(&crate::metrics::render(), name)
             .get(tenant)
             .copied()
             .unwrap_or(0.0)
@@ -321,7 +321,7 @@ mod tests {
         tally.transaction(std::time::Duration::from_millis(3));
         tally.transaction(std::time::Duration::from_secs(60));
         tally.observe(Histogram::PoolWaitSeconds, std::time::Duration::ZERO);
-        let rendered = m::render();
+        let rendered = crate::metrics::render();
         let series = |s: &str| {
             rendered
                 .lines()
@@ -360,7 +360,7 @@ mod tests {
             .unwrap();
         assert!((sum - 60.0031).abs() < 1e-6, "{sum}");
         assert_eq!(
-            m::per_tenant(&rendered, m::TRANSACTIONS).get(tenant),
+            crate::metrics::per_tenant(&rendered, m::TRANSACTIONS).get(tenant),
             Some(&3.0)
         );
         assert_eq!(

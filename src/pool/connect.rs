@@ -14,7 +14,8 @@ use crate::backend::server::{BackendLogin, OpenError, OpenSettings, ServerConn, 
 use crate::config::PoolMode;
 
 /// An open in progress.
-pub(super) type Opening<'a> = Pin<Box<dyn Future<Output = Result<ServerConn, OpenError>> + Send + 'a>>;
+pub(super) type Opening<'a> =
+    Pin<Box<dyn Future<Output = Result<ServerConn, OpenError>> + Send + 'a>>;
 
 /// Opens a pool's backends.
 pub(super) trait Connector: Send + Sync {

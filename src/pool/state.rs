@@ -266,7 +266,11 @@ impl Pool {
     /// Remembers what a new backend of `profile` reported at login (the
     /// first of each profile; the oldest profile is forgotten past
     /// [`MAX_PROFILES`]).
-    pub(super) fn remember_params(&self, profile: &Arc<StartupProfile>, reported: &[(String, String)]) {
+    pub(super) fn remember_params(
+        &self,
+        profile: &Arc<StartupProfile>,
+        reported: &[(String, String)],
+    ) {
         let mut params = self.params.lock().unwrap_or_else(PoisonError::into_inner);
         if !params.iter().any(|(p, _)| StartupProfile::same(p, profile)) {
             if params.len() >= MAX_PROFILES {

@@ -164,7 +164,8 @@ async fn checkout(pool: &Pool, profile: &Arc<StartupProfile>) -> Result<Lease, A
 
 #[tokio::test(start_paused = true)]
 async fn loopback_io_does_not_move_the_paused_clock() {
-    let (pool, fake, profile) = pool("size = 1\ncheck_after_idle = \"1ms\"\nacquire_timeout = \"60s\"").await;
+    let (pool, fake, profile) =
+        pool("size = 1\ncheck_after_idle = \"1ms\"\nacquire_timeout = \"60s\"").await;
     let started = tokio::time::Instant::now();
     for _ in 0..20 {
         let lease = checkout(&pool, &profile).await.unwrap();
@@ -223,9 +224,7 @@ async fn waiters_are_served_in_order_and_newcomers_queue_behind_them() {
     pool.release(held, Release::Reuse);
     // The backend went to b, not onto the shelf: a newcomer finds nothing
     // idle even before b has run, and waits behind d.
-    assert!(pool
-        .try_acquire_idle(&profile, &tally(), None)
-        .is_none());
+    assert!(pool.try_acquire_idle(&profile, &tally(), None).is_none());
     assert_eq!(pool.idle_count(), 0);
     let late = {
         let (pool, profile, order) = (pool.clone(), profile.clone(), order.clone());
@@ -248,9 +247,15 @@ async fn a_checkout_gives_up_after_acquire_timeout_and_leaves_the_line() {
     let held = checkout(&pool, &profile).await.unwrap();
     let started = tokio::time::Instant::now();
     let err = checkout(&pool, &profile).await.err().unwrap();
-    assert!(matches!(err, AcquireError::Timeout(t) if t == Duration::from_secs(3)), "{err:?}");
+    assert!(
+        matches!(err, AcquireError::Timeout(t) if t == Duration::from_secs(3)),
+        "{err:?}"
+    );
     let waited = started.elapsed();
-    assert!(waited >= Duration::from_secs(3) && waited < Duration::from_millis(3100), "{waited:?}");
+    assert!(
+        waited >= Duration::from_secs(3) && waited < Duration::from_millis(3100),
+        "{waited:?}"
+    );
     // Nothing is left in line: the backend goes back to the shelf.
     assert_eq!(pool.snapshot().waiting, 0);
     assert!(pool.stock().waiters.is_empty());
@@ -268,7 +273,8 @@ async fn a_checkout_gives_up_after_acquire_timeout_and_leaves_the_line() {
 
 #[tokio::test(start_paused = true)]
 async fn idle_backends_close_after_idle_timeout() {
-    let (pool, fake, profile) = pool("size = 2\nidle_timeout = \"60s\"\ncheck_after_idle = \"1h\"").await;
+    let (pool, fake, profile) =
+        pool("size = 2\nidle_timeout = \"60s\"\ncheck_after_idle = \"1h\"").await;
     let lease = checkout(&pool, &profile).await.unwrap();
     pool.release(lease, Release::Reuse);
     tokio::time::sleep(Duration::from_secs(59)).await;
@@ -295,7 +301,8 @@ async fn idle_backends_close_after_idle_timeout() {
 #[tokio::test(start_paused = true)]
 async fn backends_close_after_max_lifetime_even_when_busy() {
     let (pool, fake, profile) =
-        pool("size = 1\nmax_lifetime = \"10m\"\nidle_timeout = \"1h\"\ncheck_after_idle = \"1h\"").await;
+        pool("size = 1\nmax_lifetime = \"10m\"\nidle_timeout = \"1h\"\ncheck_after_idle = \"1h\"")
+            .await;
     let lease = checkout(&pool, &profile).await.unwrap();
     tokio::time::sleep(Duration::from_secs(9 * 60)).await;
     pool.release(lease, Release::Reuse);
@@ -317,7 +324,8 @@ async fn backends_close_after_max_lifetime_even_when_busy() {
 
 #[tokio::test(start_paused = true)]
 async fn a_backend_idle_past_check_after_idle_is_pinged_and_a_silent_one_replaced() {
-    let (pool, fake, profile) = pool("size = 1\ncheck_after_idle = \"30s\"\nacquire_timeout = \"60s\"").await;
+    let (pool, fake, profile) =
+        pool("size = 1\ncheck_after_idle = \"30s\"\nacquire_timeout = \"60s\"").await;
     let lease = checkout(&pool, &profile).await.unwrap();
     pool.release(lease, Release::Reuse);
     tokio::time::sleep(Duration::from_secs(10)).await;
@@ -334,7 +342,10 @@ async fn a_backend_idle_past_check_after_idle_is_pinged_and_a_silent_one_replace
     pool.release(lease, Release::Reuse);
     // A backend that does not answer the ping within 2 s is closed and
     // another opened.
-    pool.release(checkout(&pool, &profile).await.unwrap(), Release::Close("test"));
+    pool.release(
+        checkout(&pool, &profile).await.unwrap(),
+        Release::Close("test"),
+    );
     *fake.answer.lock().unwrap() = Answer::Silent;
     let lease = checkout(&pool, &profile).await.unwrap();
     assert_eq!(fake.opened.load(Ordering::SeqCst), 2);
@@ -344,7 +355,10 @@ async fn a_backend_idle_past_check_after_idle_is_pinged_and_a_silent_one_replace
     let asked = tokio::time::Instant::now();
     let lease = checkout(&pool, &profile).await.unwrap();
     let waited = asked.elapsed();
-    assert!(waited >= Duration::from_secs(2) && waited < Duration::from_secs(3), "{waited:?}");
+    assert!(
+        waited >= Duration::from_secs(2) && waited < Duration::from_secs(3),
+        "{waited:?}"
+    );
     assert_eq!(fake.opened.load(Ordering::SeqCst), 3);
     assert_eq!(fake.syncs.load(Ordering::SeqCst), 2);
     pool.release(lease, Release::Reuse);
@@ -360,7 +374,9 @@ async fn a_failed_open_fails_the_waiters_at_once() {
     let mut clients = Vec::new();
     for _ in 0..4 {
         let (pool, profile) = (pool.clone(), profile.clone());
-        clients.push(tokio::spawn(async move { checkout(&pool, &profile).await.err() }));
+        clients.push(tokio::spawn(async move {
+            checkout(&pool, &profile).await.err()
+        }));
     }
     for c in clients {
         let err = c.await.unwrap();
@@ -407,7 +423,11 @@ async fn a_full_pool_makes_room_by_closing_an_idle_backend_of_another_profile() 
     // goes onto the shelf.
     let waiter = {
         let (pool, profile) = (pool.clone(), profile.clone());
-        tokio::spawn(async move { checkout(&pool, &profile).await.map(|l| l.conn.profile.clone()) })
+        tokio::spawn(async move {
+            checkout(&pool, &profile)
+                .await
+                .map(|l| l.conn.profile.clone())
+        })
     };
     tokio::time::sleep(Duration::from_millis(5)).await;
     pool.release(lease, Release::Reuse);
@@ -430,7 +450,10 @@ async fn a_reload_moves_clients_to_a_new_pool_and_the_old_one_closes_its_backend
     old.offer_login(BackendLogin::Password(crate::config::Password("pw".into())));
     pools.pause("acme");
     // The same settings from a reload: the same pool.
-    assert!(Arc::ptr_eq(&old, &pools.get(key(), &tenant("size = 2"), open)));
+    assert!(Arc::ptr_eq(
+        &old,
+        &pools.get(key(), &tenant("size = 2"), open)
+    ));
     // Another size: a new pool, with the login and the pause carried over.
     let new = pools.get(key(), &tenant("size = 3"), open);
     assert!(!Arc::ptr_eq(&old, &new));

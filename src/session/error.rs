@@ -365,3 +365,9 @@ pub(crate) fn pool_timeout(wait: Duration, severity: Severity) -> ClientError {
         ),
     }
 }
+
+impl From<crate::pool::AcquireError> for SessionError {
+    fn from(e: crate::pool::AcquireError) -> Self {
+        SessionError::Acquire(e)
+    }
+}

@@ -9,7 +9,7 @@
 //!   local provider mirror, and `apply` + `destroy` against `moto_server`,
 //!   with the target group checked through the AWS SDK.
 //! - `metric_names.rs`: the Grafana dashboard and the Omnistrate spec parse
-//!   and name only metrics pgcell exports (`src/metrics.rs`).
+//!   and name only metrics pgcell exports (`src/metrics/names.rs`).
 //! - `image.rs`: the Dockerfile's shape, and the binary's `--version`.
 //!
 //! Needs `kubectl` (with kustomize), `terraform` and the AWS provider under

@@ -2,15 +2,17 @@
 //! is replayed on checkout, read back and reset on checkin when the
 //! transaction may have changed it (`session::engine` says why).
 
+use std::sync::Arc;
+
 use tokio::io::AsyncWrite;
 
 use super::session::Session;
-use crate::backend::server::OwnQueryError;
+use crate::backend::server::{OwnQueryError, StartupProfile};
 use crate::cancel::CancelTarget;
+use crate::clients::ClientEntry;
 use crate::config::PoolMode;
 use crate::metrics as m;
-use crate::pool::Lease;
-use crate::pool::Release;
+use crate::pool::{Lease, Pool, Release};
 use crate::protocol::{ClientError, SqlState};
 use crate::session::engine::{self, Checkin, CheckinPolicy, ClientSession, CloseReason};
 use crate::session::error::SessionError;
@@ -262,4 +264,33 @@ pub(super) async fn run_own(
     query: &str,
 ) -> Result<Vec<(String, String)>, OwnQueryError> {
     lease.conn.run_own(query).await
+}
+
+/// A backend for the client: an idle one at once when there is one,
+/// else by waiting in the pool's line.
+pub(super) async fn acquire(
+    pool: &Arc<Pool>,
+    profile: &Arc<StartupProfile>,
+    listed: &ClientEntry,
+) -> Result<Lease, SessionError> {
+    // An idle backend ready to go needs no waiting (the common case);
+    // the waiting path is boxed so its large state is not part of every
+    // idle client's task.
+    acquire_fresh(pool, profile, listed, None).await
+}
+
+/// [`acquire`], from servers that have replayed what was committed before
+/// `fresh_after` (read-your-writes).
+pub(super) async fn acquire_fresh(
+    pool: &Arc<Pool>,
+    profile: &Arc<StartupProfile>,
+    listed: &ClientEntry,
+    fresh_after: Option<std::time::Instant>,
+) -> Result<Lease, SessionError> {
+    if let Some(lease) = pool.try_acquire_idle(profile, &listed.tally, fresh_after) {
+        return Ok(lease);
+    }
+    Box::pin(pool.acquire(profile, &listed.tally, fresh_after))
+        .await
+        .map_err(SessionError::Acquire)
 }
