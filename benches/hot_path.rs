@@ -3,7 +3,7 @@
 //! statement already on the backend: the steady state), and the server side
 //! of a SCRAM exchange (client-first and client-final verification against a
 //! stored secret; no PBKDF2, as in every login pgcell serves), and the
-//! judgement of SQL text (`pgcell::sql::judge`) run on every `Query` and
+//! judgement of SQL text (`pgcell::judge`) run on every `Query` and
 //! `Parse`.
 //!
 //! `cargo bench --bench hot_path`
@@ -16,14 +16,14 @@ use std::hint::black_box;
 use bytes::{BufMut, BytesMut};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
-use pgcell::auth::scram::{ScramClient, ScramServer};
-use pgcell::auth::secret::ScramSecret;
-use pgcell::backend::statements::BackendStatements;
-use pgcell::protocol::framing::split_message;
-use pgcell::protocol::framing::Message;
-use pgcell::session::engine::Checkout;
-use pgcell::session::prepared::ClientStatements;
-use pgcell::sql::{Dialect, Verdict};
+use pgcell::split_message;
+use pgcell::BackendStatements;
+use pgcell::Checkout;
+use pgcell::ClientStatements;
+use pgcell::Message;
+use pgcell::ScramSecret;
+use pgcell::{Dialect, Verdict};
+use pgcell::{ScramClient, ScramServer};
 
 /// The SQL text of a `Parse` (after its name) or a `Query`.
 fn sql_of(msg: &Message) -> &[u8] {
@@ -57,7 +57,7 @@ fn bench_judge(c: &mut Criterion) {
         ),
     ] {
         group.bench_function(name, |b| {
-            b.iter(|| black_box(pgcell::sql::judge(black_box(sql), Dialect::default())))
+            b.iter(|| black_box(pgcell::judge(black_box(sql), Dialect::default())))
         });
     }
     let long = format!(
@@ -69,7 +69,7 @@ fn bench_judge(c: &mut Criterion) {
     );
     group.bench_function("select_200_columns", |b| {
         b.iter(|| {
-            black_box(pgcell::sql::judge(
+            black_box(pgcell::judge(
                 black_box(long.as_bytes()),
                 Dialect::default(),
             ))
@@ -115,7 +115,7 @@ fn bench_prepared(c: &mut Criterion) {
     // Prepare once (Parse injected, ParseComplete swallowed later).
     let mut first = prepared_transaction(true);
     while let Some(msg) = split_message(&mut first, 1 << 20).unwrap() {
-        let judged = pgcell::sql::judge(sql_of(&msg), Dialect::default());
+        let judged = pgcell::judge(sql_of(&msg), Dialect::default());
         client
             .forward(&msg, judged, &mut backend, &mut checkout, &mut out)
             .unwrap();

@@ -11,9 +11,9 @@ use std::hint::black_box;
 
 use bytes::{BufMut, BytesMut};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use pgcell::protocol::framing::{split_message, FrameTracker};
-use pgcell::protocol::startup::{self, FrontendStartup, StartupMessage};
-use pgcell::proxy_protocol::{self, ProxyHeader};
+use pgcell::{parse_v2, proxy_header, ProxyHeader};
+use pgcell::{split_message, FrameTracker};
+use pgcell::{startup, FrontendStartup, StartupMessage};
 
 /// Rows in the framing benchmark's buffer.
 const ROWS: usize = 50;
@@ -85,13 +85,13 @@ fn bench_startup(c: &mut Criterion) {
 }
 
 fn bench_proxy_v2(c: &mut Criterion) {
-    let header = proxy_protocol::build::v2_proxy(
+    let header = proxy_header::v2_proxy(
         "10.11.12.13:49152".parse().expect("literal address"),
         "10.0.3.7:6432".parse().expect("literal address"),
         Some("vpce-0123456789abcdef0"),
     );
     assert!(matches!(
-        proxy_protocol::parse_v2(&header),
+        parse_v2(&header),
         Ok(ProxyHeader::Proxy {
             vpce_id: Some(_),
             ..
@@ -100,7 +100,7 @@ fn bench_proxy_v2(c: &mut Criterion) {
     let mut group = c.benchmark_group("proxy_protocol");
     group.throughput(Throughput::Bytes(header.len() as u64));
     group.bench_function("parse_v2_ipv4_vpce", |b| {
-        b.iter(|| proxy_protocol::parse_v2(black_box(&header)))
+        b.iter(|| parse_v2(black_box(&header)))
     });
     group.finish();
 }

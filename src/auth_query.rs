@@ -80,7 +80,7 @@ pub(crate) struct Lookup {
 /// Why a secret could not be fetched. Never the user's fault: the client
 /// is told only that its credentials could not be verified.
 #[derive(Debug, Error)]
-pub enum AuthQueryError {
+pub(crate) enum AuthQueryError {
     /// The auth user could not log in (backend down, wrong password, ...).
     #[error("auth user login: {0}")]
     Open(#[from] OpenError),
@@ -105,7 +105,7 @@ pub enum AuthQueryError {
 
 impl AuthQueryError {
     /// Metric label.
-    pub fn reason(&self) -> &'static str {
+    pub(crate) fn reason(&self) -> &'static str {
         match self {
             AuthQueryError::Open(OpenError::Connect(_)) => "connect",
             AuthQueryError::Open(OpenError::Refused { .. }) => "login_refused",

@@ -69,7 +69,8 @@ use crate::tenant::ClientInfo;
 
 // Defined with the `[cancel]` keys that use them; here too, as part of
 // what a cancel key is.
-pub use crate::config::cancel::{instance_id_of, POD_IP_ENV};
+#[cfg(test)]
+use crate::config::cancel::instance_id_of;
 
 /// Random low bits of an issued process id; the owner id sits above them.
 const PID_RANDOM_BITS: u32 = 23;
@@ -79,14 +80,14 @@ const PID_RANDOM_MASK: i32 = (1 << PID_RANDOM_BITS) - 1;
 /// documentation).
 const FORWARDED_BIT: i32 = i32::MIN;
 /// How long a key forwarded to a peer is not forwarded again.
-pub const REPEAT_WINDOW: Duration = Duration::from_secs(2);
+pub(crate) const REPEAT_WINDOW: Duration = Duration::from_secs(2);
 /// Keys remembered for [`REPEAT_WINDOW`]; older ones are forgotten first
 /// when more are forwarded within the window.
 const MAX_RECENT_FORWARDS: usize = 1024;
 
 /// Where a cancel for one client goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CancelTarget {
+pub(crate) struct CancelTarget {
     /// The backend's address.
     pub addr: SocketAddr,
     /// The backend's own key for the session.
@@ -96,7 +97,7 @@ pub struct CancelTarget {
 /// The cancel keys issued by this process, and the peers cancels for
 /// other replicas' keys go to.
 #[derive(Debug, Default, Clone)]
-pub struct CancelMap {
+pub(crate) struct CancelMap {
     inner: Arc<Mutex<HashMap<i32, Entry>>>,
     /// This replica's id, in every process id it issues.
     instance: u8,
@@ -131,7 +132,7 @@ struct Slot {
 
 /// Keeps a key registered; the key is forgotten when this drops.
 #[derive(Debug)]
-pub struct IssuedKey {
+pub(crate) struct IssuedKey {
     map: CancelMap,
     key: CancelKey,
     slot: Arc<Mutex<Slot>>,
@@ -139,7 +140,7 @@ pub struct IssuedKey {
 
 /// What became of a `CancelRequest`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CancelOutcome {
+pub(crate) enum CancelOutcome {
     /// Sent on to the backend.
     Forwarded,
     /// No session holds this key.
@@ -163,7 +164,7 @@ pub enum CancelOutcome {
 
 impl CancelOutcome {
     /// Metric label.
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             CancelOutcome::Forwarded => "forwarded",
             CancelOutcome::UnknownKey => "unknown_key",
@@ -180,7 +181,7 @@ impl CancelOutcome {
 impl CancelMap {
     /// A map issuing keys owned by `config.instance_id`, forwarding to
     /// `config.peers`.
-    pub fn new(config: &CancelConfig) -> CancelMap {
+    pub(crate) fn new(config: &CancelConfig) -> CancelMap {
         let map = CancelMap {
             instance: config.instance_id,
             ..CancelMap::default()
@@ -191,7 +192,7 @@ impl CancelMap {
 
     /// Replaces the peers (reload, discovery); the instance id needs a
     /// restart.
-    pub fn set_peers(&self, peers: &[CancelPeer]) {
+    pub(crate) fn set_peers(&self, peers: &[CancelPeer]) {
         let mut by_id: HashMap<u8, Vec<String>> = HashMap::new();
         for p in peers {
             let addrs = by_id.entry(p.id).or_default();
@@ -203,14 +204,15 @@ impl CancelMap {
     }
 
     /// Number of peers cancels may be forwarded to.
-    pub fn peer_count(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn peer_count(&self) -> usize {
         self.peers.load().values().map(Vec::len).sum()
     }
 
     /// Issues a fresh random key for a session served by `target`, to a
     /// client that came through VPC endpoint `vpce_id`. Fails, rather than
     /// issue a guessable key, when the OS has no random bytes.
-    pub fn try_issue(
+    pub(crate) fn try_issue(
         &self,
         target: CancelTarget,
         vpce_id: Option<&str>,
@@ -223,7 +225,7 @@ impl CancelMap {
     /// Issues a fresh random key, owned by this replica, for a client with
     /// no backend yet that came through VPC endpoint `vpce_id`. Fails,
     /// rather than issue a guessable key, when the OS has no random bytes.
-    pub fn try_issue_idle(&self, vpce_id: Option<&str>) -> Result<IssuedKey, RandomError> {
+    pub(crate) fn try_issue_idle(&self, vpce_id: Option<&str>) -> Result<IssuedKey, RandomError> {
         self.issue_idle_from(OS_RANDOM, vpce_id)
     }
 
@@ -261,7 +263,7 @@ impl CancelMap {
     /// The target for `key` now, when the secret matches and the request
     /// came through the endpoint the key was issued through (`vpce_id`:
     /// the request's); marks the checkout as cancelled.
-    pub fn lookup(
+    pub(crate) fn lookup(
         &self,
         key: CancelKey,
         vpce_id: Option<&str>,
@@ -295,7 +297,7 @@ impl CancelMap {
     /// "required" a forwarded request starts with a PROXY v2 header
     /// carrying `from`'s address. Connecting to a peer and sending to it
     /// get `connect_timeout` together.
-    pub async fn cancel(
+    pub(crate) async fn cancel(
         &self,
         key: CancelKey,
         from: &ClientInfo,
@@ -425,28 +427,29 @@ impl CancelMap {
         true
     }
 
+    /// True when no key is registered.
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Number of keys registered.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.inner
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .len()
     }
-
-    /// True when no key is registered.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 impl IssuedKey {
     /// The key to give the client.
-    pub fn key(&self) -> CancelKey {
+    pub(crate) fn key(&self) -> CancelKey {
         self.key
     }
 
     /// Cancels from now on go to `target` (a backend was checked out).
-    pub fn attach(&self, target: CancelTarget) {
+    pub(crate) fn attach(&self, target: CancelTarget) {
         let mut slot = self.slot.lock().unwrap_or_else(PoisonError::into_inner);
         slot.target = Some(target);
         slot.cancel_sent = false;
@@ -455,7 +458,7 @@ impl IssuedKey {
     /// Cancels from now on do nothing (the backend is being handed back).
     /// Returns true when a cancel was sent during the checkout: that
     /// backend must then be closed, not reused.
-    pub fn detach(&self) -> bool {
+    pub(crate) fn detach(&self) -> bool {
         let mut slot = self.slot.lock().unwrap_or_else(PoisonError::into_inner);
         slot.target = None;
         std::mem::take(&mut slot.cancel_sent)
@@ -473,7 +476,10 @@ impl Drop for IssuedKey {
 }
 
 /// Sends `target` its `CancelRequest`.
-pub async fn send_cancel(target: CancelTarget, connect_timeout: Duration) -> std::io::Result<()> {
+pub(crate) async fn send_cancel(
+    target: CancelTarget,
+    connect_timeout: Duration,
+) -> std::io::Result<()> {
     let mut stream = tokio::time::timeout(connect_timeout, TcpStream::connect(target.addr))
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
@@ -511,7 +517,7 @@ fn issued_pid(instance: u8, random: i32) -> i32 {
 
 /// The replica that issued `pid`; none for pids pgcell never issues
 /// (zero or negative).
-pub fn owner_of(pid: i32) -> Option<u8> {
+pub(crate) fn owner_of(pid: i32) -> Option<u8> {
     // pid > 0, so the shifted value is at most 255.
     (pid > 0).then_some((pid >> PID_RANDOM_BITS) as u8)
 }

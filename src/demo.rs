@@ -12,9 +12,9 @@ use crate::local_pg::Cluster;
 use crate::server::{Server, StartError};
 
 /// Password of the demo's `app` role.
-pub const DEMO_PASSWORD: &str = "app-password";
+pub(crate) const DEMO_PASSWORD: &str = "app-password";
 /// The demo's SNI suffix; `*.localhost` needs no DNS with `hostaddr`.
-pub const DEMO_SNI_SUFFIX: &str = "pg.localhost";
+pub(crate) const DEMO_SNI_SUFFIX: &str = "pg.localhost";
 
 /// Why the demo could not run.
 #[derive(Debug, Error)]

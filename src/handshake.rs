@@ -64,7 +64,7 @@ pub(crate) struct HandshakeConfig<'a> {
 
 /// Why negotiation failed.
 #[derive(Debug, Error)]
-pub enum HandshakeError {
+pub(crate) enum HandshakeError {
     /// The PROXY header was missing, unexpected or malformed.
     #[error(transparent)]
     Proxy(#[from] ProxyError),
@@ -102,7 +102,7 @@ pub enum HandshakeError {
 
 impl HandshakeError {
     /// Metric label.
-    pub fn kind(&self) -> &'static str {
+    pub(crate) fn kind(&self) -> &'static str {
         match self {
             HandshakeError::Proxy(_) => "proxy_protocol",
             HandshakeError::Tls(_)
@@ -126,7 +126,7 @@ impl HandshakeError {
     /// startup), a `CancelRequest` of the wrong length, and the startup
     /// timeout (`authentication_timeout`, which exits silently). Drivers
     /// rely on that silence; the metric and log line still record them.
-    pub fn client_error(&self) -> Option<ClientError> {
+    pub(crate) fn client_error(&self) -> Option<ClientError> {
         let violation = |m: String| Some(ClientError::fatal(SqlState::PROTOCOL_VIOLATION, m));
         match self {
             HandshakeError::Startup(StartupError::UnsupportedProtocol(..)) => Some(

@@ -57,7 +57,7 @@ impl State {
 
 /// The process's state, observable by the health port and the admin API.
 #[derive(Debug)]
-pub struct Lifecycle {
+pub(crate) struct Lifecycle {
     tx: watch::Sender<State>,
 }
 
@@ -71,12 +71,12 @@ impl Default for Lifecycle {
 
 impl Lifecycle {
     /// The current state.
-    pub fn state(&self) -> State {
+    pub(crate) fn state(&self) -> State {
         *self.tx.borrow()
     }
 
     /// Moves to `state`, logging the step and updating `pgcell_ready`.
-    pub fn set(&self, state: State) {
+    pub(crate) fn set(&self, state: State) {
         let old = self.tx.send_replace(state);
         if old != state {
             tracing::info!(from = old.name(), to = state.name(), "lifecycle");
@@ -86,7 +86,7 @@ impl Lifecycle {
     }
 
     /// A receiver that sees every change.
-    pub fn subscribe(&self) -> watch::Receiver<State> {
+    pub(crate) fn subscribe(&self) -> watch::Receiver<State> {
         self.tx.subscribe()
     }
 }

@@ -20,7 +20,7 @@ pub const MAX_REFUSALS_IN_FLIGHT: usize = 64;
 
 /// Accepts connections and spawns a session for each until `stop` turns
 /// true. Returns the sessions still running.
-pub async fn accept_loop(
+pub(crate) async fn accept_loop(
     listener: &TcpListener,
     shared: &Arc<Shared>,
     mut stop: watch::Receiver<bool>,

@@ -13,7 +13,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 /// Password of the `postgres` superuser in every throwaway cluster.
-pub const SUPERUSER_PASSWORD: &str = "pgcell-superuser";
+pub(crate) const SUPERUSER_PASSWORD: &str = "pgcell-superuser";
 
 static NEXT_ID: AtomicU32 = AtomicU32::new(0);
 
@@ -34,7 +34,7 @@ pub struct Cluster {
 /// first, then the newest `/usr/lib/postgresql/*/bin`. A `pg_ctl` found
 /// on `PATH` as a link leads to the installation's own directory, which
 /// also holds `pg_basebackup` and the rest.
-pub fn find_bin_dir() -> Option<PathBuf> {
+pub(crate) fn find_bin_dir() -> Option<PathBuf> {
     if let Some(path) = std::env::var_os("PATH") {
         for dir in std::env::split_paths(&path) {
             if dir.join("initdb").is_file() && dir.join("pg_ctl").is_file() {

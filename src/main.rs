@@ -51,7 +51,7 @@ fn main() -> ExitCode {
         #[cfg(feature = "kube")]
         Some(Command::Crd) => crd(),
         Some(Command::Demo { port }) => {
-            runtime().and_then(|rt| Ok(rt.block_on(pgcell::demo::run(port))?))
+            runtime().and_then(|rt| Ok(rt.block_on(pgcell::run_demo(port))?))
         }
         Some(Command::Run) | None => run(cli.config),
     };
@@ -98,7 +98,7 @@ fn require_config(path: Option<PathBuf>) -> anyhow::Result<PathBuf> {
 /// `deploy/kubernetes/base/pgcelltenant-crd.yaml`.
 #[cfg(feature = "kube")]
 fn crd() -> anyhow::Result<ExitCode> {
-    print!("{}", pgcell::discovery::crd::crd_yaml()?);
+    print!("{}", pgcell::crd::crd_yaml()?);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -112,14 +112,14 @@ fn check(path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
             }
             if let (Some(cert), Some(key)) = (&config.tls.cert, &config.tls.key) {
                 if config.tls.mode != pgcell::config::TlsMode::Disable {
-                    if let Err(e) = pgcell::tls::server_config(cert, key) {
+                    if let Err(e) = pgcell::server_config(cert, key) {
                         problems.push(format!("tls: {e}"));
                     }
                 }
             }
             for (i, t) in config.tenants.iter().enumerate() {
                 if let Err(e) =
-                    pgcell::tls::backend_client_config(t.backend_tls, t.backend_ca.as_deref())
+                    pgcell::backend_client_config(t.backend_tls, t.backend_ca.as_deref())
                 {
                     problems.push(format!("tenants[{i}].backend_ca: {e}"));
                 }

@@ -21,7 +21,7 @@ static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 ///
 /// `metrics` has one global recorder per process; several pgcell servers in
 /// one process (tests) share it.
-pub fn handle() -> &'static PrometheusHandle {
+pub(crate) fn handle() -> &'static PrometheusHandle {
     HANDLE.get_or_init(|| {
         let builder = PrometheusBuilder::new()
             .set_buckets_for_metric(
@@ -65,7 +65,7 @@ pub fn render() -> String {
 /// Values of the series `name` in Prometheus text `rendered`, summed per
 /// `tenant` label. Tenant ids are DNS labels, so a label value never holds
 /// an escaped quote.
-pub fn per_tenant(rendered: &str, name: &str) -> std::collections::HashMap<String, f64> {
+pub(crate) fn per_tenant(rendered: &str, name: &str) -> std::collections::HashMap<String, f64> {
     let mut out = std::collections::HashMap::new();
     for line in rendered.lines() {
         let Some(rest) = line.strip_prefix(name) else {
@@ -93,7 +93,7 @@ pub fn per_tenant(rendered: &str, name: &str) -> std::collections::HashMap<Strin
 }
 
 /// Runs the recorder's periodic upkeep (draining histogram buffers).
-pub async fn upkeep_loop() {
+pub(crate) async fn upkeep_loop() {
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     loop {
         tick.tick().await;

@@ -15,24 +15,24 @@ use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// The 12-byte signature that starts a v2 header.
-pub const V2_SIGNATURE: [u8; 12] = [
+pub(crate) const V2_SIGNATURE: [u8; 12] = [
     0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A,
 ];
 /// Signature, version/command, family/protocol and length.
-pub const V2_FIXED_LEN: usize = 16;
+pub(crate) const V2_FIXED_LEN: usize = 16;
 /// Longest v2 address-and-TLV block accepted. AWS sends about a hundred
 /// bytes; the bound keeps a hostile header from pinning 64 KiB per socket.
-pub const MAX_V2_BODY_LEN: usize = 2048;
+pub(crate) const MAX_V2_BODY_LEN: usize = 2048;
 /// Longest v1 header including CRLF, from the specification.
-pub const MAX_V1_LEN: usize = 107;
+pub(crate) const MAX_V1_LEN: usize = 107;
 /// Bytes read before deciding whether a header is present: every
 /// legitimate first packet (PROXY header, Postgres packet, TLS record) is at
 /// least this long.
-pub const PROBE_LEN: usize = 8;
+pub(crate) const PROBE_LEN: usize = 8;
 /// TLV type of AWS's VPC-endpoint information.
-pub const TLV_AWS: u8 = 0xEA;
+pub(crate) const TLV_AWS: u8 = 0xEA;
 /// Subtype of [`TLV_AWS`] carrying the VPC endpoint id.
-pub const TLV_AWS_VPCE_ID: u8 = 0x01;
+pub(crate) const TLV_AWS_VPCE_ID: u8 = 0x01;
 /// Longest VPC endpoint id accepted (`vpce-` and 17 hex digits is 22).
 pub const MAX_VPCE_ID_LEN: usize = 64;
 
@@ -70,7 +70,7 @@ pub enum ProxyHeader {
 
 /// Result of reading the start of a connection.
 #[derive(Debug)]
-pub struct Preface {
+pub(crate) struct Preface {
     /// The header, if one came.
     pub header: Option<ProxyHeader>,
     /// Bytes already read that belong to what follows the header.
@@ -112,7 +112,7 @@ impl ProxyError {
 /// Reads the PROXY header, if any, from the start of a connection.
 ///
 /// Not cancel safe: bytes read before cancellation are lost.
-pub async fn read_preface<S: AsyncRead + Unpin>(
+pub(crate) async fn read_preface<S: AsyncRead + Unpin>(
     stream: &mut S,
     mode: ProxyMode,
 ) -> Result<Preface, ProxyError> {

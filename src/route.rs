@@ -45,7 +45,7 @@ impl Drop for Slot {
 
 /// The tenant could not be determined.
 #[derive(Debug, Error, PartialEq, Eq)]
-pub enum RouteError {
+pub(crate) enum RouteError {
     /// No source named a tenant.
     #[error("no tenant named")]
     Missing,
@@ -71,7 +71,7 @@ pub enum RouteError {
 
 /// The tenant's policy refused the connection.
 #[derive(Debug, Error, PartialEq, Eq)]
-pub enum PolicyError {
+pub(crate) enum PolicyError {
     /// The tenant needs a VPC endpoint id and there was none.
     #[error("no VPC endpoint id and tenant requires one")]
     VpceMissing,
@@ -94,7 +94,7 @@ pub enum PolicyError {
 
 impl RouteError {
     /// Metric label for the rejection.
-    pub fn reason(&self) -> &'static str {
+    pub(crate) fn reason(&self) -> &'static str {
         match self {
             RouteError::Missing => "missing_tenant",
             RouteError::Unknown(_) => "unknown_tenant",
@@ -106,7 +106,7 @@ impl RouteError {
 
 impl PolicyError {
     /// Metric label for the rejection.
-    pub fn reason(&self) -> &'static str {
+    pub(crate) fn reason(&self) -> &'static str {
         match self {
             PolicyError::VpceMissing => "vpce_missing",
             PolicyError::VpceNotAllowed(_) => "vpce_not_allowed",

@@ -14,7 +14,6 @@ use crate::auth::secret::SaltKey;
 use crate::config::{Config, TlsMode};
 use crate::health::HealthPort;
 use crate::lifecycle::State;
-pub use crate::state::ReloadError;
 use crate::state::Shared;
 use crate::tls::{ServerTls, TlsError};
 
@@ -44,7 +43,7 @@ pub enum StartError {
 
 /// Requests to a running server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Control {
+pub(crate) enum Control {
     /// Re-read the config file and the TLS certificate (SIGHUP).
     Reload,
     /// Stop gracefully (SIGTERM).

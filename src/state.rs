@@ -47,7 +47,7 @@ pub(crate) struct Settings {
 /// State shared by every connection of one server. Connections read the
 /// fields; what changes after start (routes, console users, discovered
 /// tenants, stop requests) changes only through the methods below.
-pub struct Shared {
+pub(crate) struct Shared {
     /// Fixed settings.
     pub(crate) settings: Settings,
     /// Client TLS, unless disabled.
@@ -110,7 +110,7 @@ struct Sources {
 /// the file's: on an id clash the file's tenant wins and the clash is
 /// reported.
 #[derive(Debug, Clone, Default)]
-pub struct Discovered {
+pub(crate) struct Discovered {
     /// Tenants, each already validated.
     pub tenants: Vec<crate::config::TenantConfig>,
     /// Other replicas to forward cancels to.
@@ -184,7 +184,7 @@ impl FixedSections {
 
 /// Why a reload was refused; the running configuration stays.
 #[derive(Debug, Error)]
-pub enum ReloadError {
+pub(crate) enum ReloadError {
     /// The file is invalid.
     #[error(transparent)]
     Config(#[from] ConfigError),
@@ -285,14 +285,14 @@ impl Shared {
 
     /// Counts a stop request (SIGTERM, `POST /drain`, a handle's
     /// `shutdown`).
-    pub fn request_stop(&self) {
+    pub(crate) fn request_stop(&self) {
         self.stop_requests.send_modify(|n| *n = n.saturating_add(1));
     }
 
     /// Starts the drain unless it has started already (`POST /drain`, which
     /// load balancers and scripts may repeat). Returns whether this call
     /// started it.
-    pub fn start_drain(&self) -> bool {
+    pub(crate) fn start_drain(&self) -> bool {
         self.stop_requests.send_if_modified(|n| {
             if *n == 0 {
                 *n = 1;
@@ -306,7 +306,7 @@ impl Shared {
     /// Re-reads the TLS certificate and key, and the config file's tenants,
     /// routing, admin users and cancel peers. Listener addresses and timeouts need a
     /// restart. SIGHUP and the admin console's `RELOAD` both land here.
-    pub fn reload(&self) -> Result<(), ReloadError> {
+    pub(crate) fn reload(&self) -> Result<(), ReloadError> {
         if let Some(tls) = &self.tls {
             let result = tls.reload();
             let outcome = if result.is_ok() { "ok" } else { "error" };
@@ -340,7 +340,8 @@ impl Shared {
     /// routing table. A discovered tenant that the running listener
     /// cannot serve as configured is left out and reported; a TLS
     /// problem (an unusable backend CA) keeps the previous table.
-    pub fn set_discovered(&self, mut discovered: Discovered) -> Result<(), ReloadError> {
+    #[cfg(feature = "kube")]
+    pub(crate) fn set_discovered(&self, mut discovered: Discovered) -> Result<(), ReloadError> {
         discovered.tenants.retain(|t| {
             match crate::config::tenant_problems_of(t, &self.fixed.listen, &self.fixed.tls) {
                 Ok(()) => true,
@@ -360,7 +361,7 @@ impl Shared {
     }
 
     /// The configuration file as last loaded (without discovered tenants).
-    pub fn file_config(&self) -> Config {
+    pub(crate) fn file_config(&self) -> Config {
         self.lock_sources().file.clone()
     }
 

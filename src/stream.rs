@@ -101,7 +101,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
 
 /// A plaintext stream or the same stream inside TLS.
 #[derive(Debug)]
-pub enum MaybeTls<P, T> {
+pub(crate) enum MaybeTls<P, T> {
     /// No encryption.
     Plain(P),
     /// TLS; boxed because the TLS state is large.
@@ -110,7 +110,7 @@ pub enum MaybeTls<P, T> {
 
 impl<P, T> MaybeTls<P, T> {
     /// True for the TLS variant.
-    pub fn is_tls(&self) -> bool {
+    pub(crate) fn is_tls(&self) -> bool {
         matches!(self, MaybeTls::Tls(_))
     }
 }

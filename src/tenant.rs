@@ -138,7 +138,7 @@ impl Tenant {
 
 /// What pgcell knows about a client before its `StartupMessage`.
 #[derive(Debug, Clone)]
-pub struct ClientInfo {
+pub(crate) struct ClientInfo {
     /// The real client address: from the PROXY header, else the socket peer.
     pub addr: SocketAddr,
     /// VPC endpoint id from the PROXY header.

@@ -16,7 +16,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::config::BackendTlsMode;
 
 /// The ALPN protocol id PostgreSQL 17 uses for direct TLS.
-pub const ALPN_POSTGRESQL: &[u8] = b"postgresql";
+pub(crate) const ALPN_POSTGRESQL: &[u8] = b"postgresql";
 
 /// A TLS file that could not be used.
 #[derive(Debug, Error)]
@@ -40,7 +40,7 @@ fn provider() -> Arc<CryptoProvider> {
 
 /// The client-facing TLS configuration, swapped whole on reload so that
 /// handshakes in flight keep the configuration they started with.
-pub struct ServerTls {
+pub(crate) struct ServerTls {
     cert: PathBuf,
     key: PathBuf,
     current: ArcSwap<TlsState>,
@@ -55,7 +55,7 @@ struct TlsState {
 
 impl ServerTls {
     /// Loads the certificate chain and key.
-    pub fn load(cert: &Path, key: &Path) -> Result<ServerTls, TlsError> {
+    pub(crate) fn load(cert: &Path, key: &Path) -> Result<ServerTls, TlsError> {
         Ok(ServerTls {
             cert: cert.to_owned(),
             key: key.to_owned(),
@@ -64,20 +64,15 @@ impl ServerTls {
     }
 
     /// Reads the certificate and key again; on error the old ones stay.
-    pub fn reload(&self) -> Result<(), TlsError> {
+    pub(crate) fn reload(&self) -> Result<(), TlsError> {
         self.current
             .store(Arc::new(load_state(&self.cert, &self.key)?));
         Ok(())
     }
 
-    /// An acceptor for one handshake with the current configuration.
-    pub fn acceptor(&self) -> TlsAcceptor {
-        self.accept_parts().0
-    }
-
     /// An acceptor and the channel-binding data of the certificate it
     /// presents, taken together so a reload cannot split them.
-    pub fn accept_parts(&self) -> (TlsAcceptor, Option<Arc<Vec<u8>>>) {
+    pub(crate) fn accept_parts(&self) -> (TlsAcceptor, Option<Arc<Vec<u8>>>) {
         let state = self.current.load();
         (
             TlsAcceptor::from(state.config.clone()),
@@ -207,7 +202,7 @@ impl ServerCertVerifier for NoVerification {
 
 /// A self-signed certificate and key (PEM) for `names`; used by the demo
 /// and by tests.
-pub fn self_signed(names: &[&str]) -> Result<(String, String), rcgen::Error> {
+pub(crate) fn self_signed(names: &[&str]) -> Result<(String, String), rcgen::Error> {
     let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
     let cert = rcgen::generate_simple_self_signed(names)?;
     Ok((cert.cert.pem(), cert.key_pair.serialize_pem()))

@@ -12,7 +12,7 @@ mod support;
 
 use std::time::Duration;
 
-use pgcell::proxy_protocol::build;
+use pgcell::proxy_header as build;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

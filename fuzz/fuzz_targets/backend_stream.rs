@@ -10,9 +10,9 @@
 
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
-use pgcell::backend::server::parameter_status;
-use pgcell::protocol::framing::{split_message, FrameTracker};
-use pgcell::protocol::messages::{error_code, error_message, sasl_without_plus};
+use pgcell::parameter_status;
+use pgcell::{split_message, FrameTracker};
+use pgcell::{error_code, error_message, sasl_without_plus};
 
 const MAX_BODY: usize = 1 << 16;
 

@@ -12,7 +12,7 @@
 
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
-use pgcell::protocol::framing::{split_message, FrameTracker, HEADER_LEN};
+use pgcell::{split_message, FrameTracker, HEADER_LEN};
 
 /// Bound passed to `split_message`; small so that refusals are reachable.
 const MAX_BODY: usize = 4096;

@@ -36,12 +36,12 @@ use std::collections::{HashSet, VecDeque};
 
 use bytes::{Bytes, BytesMut};
 use libfuzzer_sys::fuzz_target;
-use pgcell::backend::statements::BackendStatements;
+use pgcell::BackendStatements;
 use pgcell::config::DEFAULT_MAX_PREPARED_STATEMENTS as MAX_PREPARED_PER_BACKEND;
-use pgcell::protocol::framing::{split_message, Message};
-use pgcell::session::engine::{CheckinPolicy, Checkout};
-use pgcell::session::prepared::ClientStatements;
-use pgcell::sql::{self, Dialect, Verdict};
+use pgcell::{split_message, Message};
+use pgcell::{CheckinPolicy, Checkout};
+use pgcell::ClientStatements;
+use pgcell::{judge, Dialect, Verdict};
 
 /// One scripted backend: the statements it holds, as PostgreSQL would.
 #[derive(Default)]
@@ -225,9 +225,9 @@ impl Harness {
         // The verdict of the message's own SQL text, as the session judges
         // it (a Query's text, or a Parse's after the statement name).
         let judged = match tag {
-            b'Q' => sql::judge(&msg.body, Dialect::default()),
+            b'Q' => judge(&msg.body, Dialect::default()),
             b'P' => cstr(&msg.body)
-                .map(|(_, text)| sql::judge(text, Dialect::default()))
+                .map(|(_, text)| judge(text, Dialect::default()))
                 .unwrap_or_default(),
             _ => Verdict::default(),
         };

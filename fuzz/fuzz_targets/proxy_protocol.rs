@@ -5,7 +5,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use pgcell::proxy_protocol::{parse_v1, parse_v2, ProxyHeader, MAX_VPCE_ID_LEN};
+use pgcell::{parse_v1, parse_v2, ProxyHeader, MAX_VPCE_ID_LEN};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(ProxyHeader::Proxy {

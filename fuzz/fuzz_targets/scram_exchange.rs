@@ -10,8 +10,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use pgcell::auth::scram::{ScramClient, ScramServer};
-use pgcell::auth::secret::ScramSecret;
+use pgcell::{ScramClient, ScramServer};
+use pgcell::ScramSecret;
 use std::sync::OnceLock;
 
 const PASSWORD: &str = "pencil";

@@ -31,9 +31,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use pgcell::sql::lexer::{identifier, plain_string, statements, Item, Lexer, Splitter, Token};
-use pgcell::sql::verdict::custom_setting_names;
-use pgcell::sql::{judge, Dialect, StateKind, Verdict};
+use pgcell::lexer::{identifier, plain_string, statements, Item, Lexer, Splitter, Token};
+use pgcell::custom_setting_names;
+use pgcell::{judge, Dialect, StateKind, Verdict};
 
 /// Where `inner` lies in `outer`, when it is a slice of it.
 fn range_in(outer: &[u8], inner: &[u8]) -> Option<(usize, usize)> {

@@ -8,7 +8,7 @@
 
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
-use pgcell::protocol::startup::{
+use pgcell::{
     body_len, parse_body, FrontendStartup, MAX_STARTUP_PACKET_LEN, PROTOCOL_MINOR,
 };
 

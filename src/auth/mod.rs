@@ -14,10 +14,11 @@
 
 pub(crate) mod md5;
 mod random;
-pub mod scram;
-pub mod secret;
+pub(crate) mod scram;
+pub(crate) mod secret;
 
-pub use random::{
-    fill_random, fill_random_from, nonce_from, try_random_nonce, RandomError, RandomSource,
-    OS_RANDOM,
+#[cfg(test)]
+pub(crate) use random::nonce_from;
+pub(crate) use random::{
+    fill_random, fill_random_from, try_random_nonce, RandomError, RandomSource, OS_RANDOM,
 };

@@ -16,13 +16,13 @@ pub struct RandomError {
 }
 
 /// Where random bytes come from: [`OS_RANDOM`], or a stand-in in tests.
-pub type RandomSource = fn(&mut [u8]) -> Result<(), getrandom::Error>;
+pub(crate) type RandomSource = fn(&mut [u8]) -> Result<(), getrandom::Error>;
 
 /// The operating system's CSPRNG (`getrandom(2)`).
-pub const OS_RANDOM: RandomSource = getrandom::fill;
+pub(crate) const OS_RANDOM: RandomSource = getrandom::fill;
 
 /// Fills `buf` from `source`; `what` names the use in the error.
-pub fn fill_random_from(
+pub(crate) fn fill_random_from(
     source: RandomSource,
     buf: &mut [u8],
     what: &'static str,
@@ -31,19 +31,19 @@ pub fn fill_random_from(
 }
 
 /// Fills `buf` from the operating system.
-pub fn fill_random(buf: &mut [u8], what: &'static str) -> Result<(), RandomError> {
+pub(crate) fn fill_random(buf: &mut [u8], what: &'static str) -> Result<(), RandomError> {
     fill_random_from(OS_RANDOM, buf, what)
 }
 
 /// Random bytes for a SCRAM nonce (or an MD5 salt), from `source`.
-pub fn nonce_from(source: RandomSource) -> Result<[u8; 18], RandomError> {
+pub(crate) fn nonce_from(source: RandomSource) -> Result<[u8; 18], RandomError> {
     let mut nonce = [0u8; 18];
     fill_random_from(source, &mut nonce, "nonce")?;
     Ok(nonce)
 }
 
 /// Random bytes for a SCRAM nonce, from the operating system.
-pub fn try_random_nonce() -> Result<[u8; 18], RandomError> {
+pub(crate) fn try_random_nonce() -> Result<[u8; 18], RandomError> {
     nonce_from(OS_RANDOM)
 }
 

@@ -23,15 +23,15 @@ use super::secret::{
 };
 
 /// SASL mechanism name of SCRAM-SHA-256 without channel binding.
-pub const SCRAM_SHA_256: &str = "SCRAM-SHA-256";
+pub(crate) const SCRAM_SHA_256: &str = "SCRAM-SHA-256";
 /// SASL mechanism name of SCRAM-SHA-256 with channel binding.
-pub const SCRAM_SHA_256_PLUS: &str = "SCRAM-SHA-256-PLUS";
+pub(crate) const SCRAM_SHA_256_PLUS: &str = "SCRAM-SHA-256-PLUS";
 /// Random bytes in each side's nonce (sent base64-encoded), as PostgreSQL.
-pub const NONCE_LEN: usize = 18;
+pub(crate) const NONCE_LEN: usize = 18;
 /// Longest SCRAM message accepted from the peer.
-pub const MAX_MESSAGE_LEN: usize = 4096;
+pub(crate) const MAX_MESSAGE_LEN: usize = 4096;
 /// Longest nonce accepted from the peer (client nonce, or combined nonce).
-pub const MAX_NONCE_LEN: usize = 1024;
+pub(crate) const MAX_NONCE_LEN: usize = 1024;
 
 /// The one channel-binding type PostgreSQL supports.
 const CHANNEL_BINDING_TYPE: &str = "tls-server-end-point";

@@ -17,16 +17,16 @@ use sha2::{Digest, Sha256};
 use thiserror::Error;
 
 /// Length of StoredKey, ServerKey, ClientKey and every SHA-256 output.
-pub const KEY_LEN: usize = 32;
+pub(crate) const KEY_LEN: usize = 32;
 /// Most PBKDF2 iterations accepted: one login with more would burn seconds of
 /// CPU, so a larger count is a mistake or an attack.
-pub const MAX_ITERATIONS: u32 = 10_000_000;
+pub(crate) const MAX_ITERATIONS: u32 = 10_000_000;
 /// Longest salt accepted, in bytes.
-pub const MAX_SALT_LEN: usize = 1024;
+pub(crate) const MAX_SALT_LEN: usize = 1024;
 /// Iterations for secrets pgcell generates (PostgreSQL's default).
-pub const DEFAULT_ITERATIONS: u32 = 4096;
+pub(crate) const DEFAULT_ITERATIONS: u32 = 4096;
 /// Salt length for secrets pgcell generates (PostgreSQL's default).
-pub const GENERATED_SALT_LEN: usize = 16;
+pub(crate) const GENERATED_SALT_LEN: usize = 16;
 
 const PREFIX: &str = "SCRAM-SHA-256$";
 /// Longest secret string accepted: prefix, a 10-digit count, the longest
@@ -129,7 +129,7 @@ impl ScramSecret {
 /// salt cannot be predicted, without it anyone could tell mock salts from
 /// real ones. Nobody knows a ClientKey hashing to the mock StoredKey, so no
 /// proof verifies.
-pub fn mock_secret(username: &str, key: &[u8; KEY_LEN]) -> ScramSecret {
+pub(crate) fn mock_secret(username: &str, key: &[u8; KEY_LEN]) -> ScramSecret {
     let digest = hmac_sha256(key, &[username.as_bytes()]);
     let mut salt = digest.to_vec();
     salt.truncate(GENERATED_SALT_LEN);
@@ -149,23 +149,23 @@ pub fn mock_secret(username: &str, key: &[u8; KEY_LEN]) -> ScramSecret {
 /// same salt and iteration count for a user on each; without one, the key
 /// is random per process.
 #[derive(Clone)]
-pub struct SaltKey([u8; KEY_LEN]);
+pub(crate) struct SaltKey([u8; KEY_LEN]);
 
 impl SaltKey {
     /// The key derived from secret material shared by all replicas.
-    pub fn from_secret(secret: &[u8]) -> SaltKey {
+    pub(crate) fn from_secret(secret: &[u8]) -> SaltKey {
         SaltKey(hmac_sha256(&sha256(secret), &[b"pgcell salt key"]))
     }
 
     /// A key of this process only; fails without OS random bytes.
-    pub fn random() -> Result<SaltKey, super::random::RandomError> {
+    pub(crate) fn random() -> Result<SaltKey, super::random::RandomError> {
         let mut key = [0u8; KEY_LEN];
         super::random::fill_random(&mut key, "key")?;
         Ok(SaltKey(key))
     }
 
     /// The key of [`mock_secret`].
-    pub fn mock_key(&self) -> [u8; KEY_LEN] {
+    pub(crate) fn mock_key(&self) -> [u8; KEY_LEN] {
         hmac_sha256(&self.0, &[b"pgcell mock key"])
     }
 
@@ -173,7 +173,7 @@ impl SaltKey {
     /// derived from the key, `scope` (the tenant id; empty for admin
     /// users), the user and the password, so it changes with the password
     /// and is the same on every replica with the same key.
-    pub fn password_secret(&self, scope: &str, user: &str, password: &str) -> ScramSecret {
+    pub(crate) fn password_secret(&self, scope: &str, user: &str, password: &str) -> ScramSecret {
         // NULs separate the parts: none of them can contain one.
         let digest = hmac_sha256(
             &self.0,

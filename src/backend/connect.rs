@@ -20,7 +20,7 @@ use crate::stream::MaybeTls;
 /// Where a tenant's backends are and how to reach them: what
 /// [`connect`] needs of a tenant (`tenant::Tenant::targets`).
 #[derive(Clone, Copy)]
-pub struct Targets<'a> {
+pub(crate) struct Targets<'a> {
     /// The tenant's servers and what is known of them.
     pub topology: &'a Topology,
     /// What the client wants.
@@ -35,10 +35,10 @@ pub struct Targets<'a> {
 }
 
 /// A connection to a backend, plaintext or TLS.
-pub type BackendStream = MaybeTls<TcpStream, tokio_rustls::client::TlsStream<TcpStream>>;
+pub(crate) type BackendStream = MaybeTls<TcpStream, tokio_rustls::client::TlsStream<TcpStream>>;
 
 /// An open backend connection.
-pub struct Backend {
+pub(crate) struct Backend {
     /// The stream.
     pub stream: BackendStream,
     /// The address it is connected to (for cancel requests).
@@ -51,7 +51,7 @@ pub struct Backend {
 
 /// No backend could be reached.
 #[derive(Debug, Error)]
-pub enum ConnectError {
+pub(crate) enum ConnectError {
     /// Every address failed; the last failure is kept.
     #[error("no backend reachable (tried {tried}): {last}")]
     Unreachable {
@@ -80,7 +80,7 @@ pub enum ConnectError {
 /// topology gives for the client's target. Roles are not confirmed here
 /// (a passthrough client's own login shows them); pooled backends confirm
 /// theirs at login (`server::ServerConn::open`).
-pub async fn connect(
+pub(crate) async fn connect(
     targets: Targets<'_>,
     connect_timeout: Duration,
     keepalive: Duration,
@@ -112,7 +112,7 @@ pub async fn connect(
 
 /// Connects to server `server` of `targets` (each address its name
 /// resolves to, in turn).
-pub async fn connect_server(
+pub(crate) async fn connect_server(
     targets: Targets<'_>,
     server: usize,
     connect_timeout: Duration,
@@ -184,7 +184,7 @@ const KEEPALIVE_PROBES: u32 = 3;
 /// accepted client connection (Linux copies them to the accepted socket,
 /// keepalive timer included), so accepting costs no `setsockopt`; backend
 /// connections get them one by one.
-pub fn set_socket_options<S: std::os::fd::AsFd>(tcp: &S, keepalive: Duration) {
+pub(crate) fn set_socket_options<S: std::os::fd::AsFd>(tcp: &S, keepalive: Duration) {
     let sock = SockRef::from(tcp);
     if let Err(e) = sock.set_nodelay(true) {
         tracing::debug!(error = %e, "could not set TCP_NODELAY");

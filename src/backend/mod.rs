@@ -7,12 +7,10 @@
 //! pooled backend in, [`probe`] follows each server's role and lag.
 
 mod connect;
-pub mod probe;
-pub mod server;
-pub mod statements;
-pub mod topology;
+pub(crate) mod probe;
+pub(crate) mod server;
+pub(crate) mod statements;
+pub(crate) mod topology;
 
-pub use connect::{
-    connect, connect_server, set_socket_options, Backend, BackendStream, ConnectError, Targets,
-};
-pub use topology::{NoServer, Target, Topology};
+pub(crate) use connect::{connect, set_socket_options, ConnectError, Targets};
+pub(crate) use topology::{Target, Topology};

@@ -4,7 +4,7 @@
 //! [`Topology`] (docs/replicas.md).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::connect::Targets;
 use super::server::{BackendLogin, OpenSettings, ServerConn, StartupProfile};
@@ -20,7 +20,7 @@ use crate::config::ReplicationConfig;
 /// may read `pg_stat_wal_receiver` (`pg_read_all_stats` or `pg_monitor`),
 /// else empty. Whether a replica's WAL receiver runs at all (it streams
 /// from some primary) every user may see.
-pub const PROBE_QUERY: &str = "SELECT 'recovery', pg_catalog.pg_is_in_recovery()::text \
+pub(crate) const PROBE_QUERY: &str = "SELECT 'recovery', pg_catalog.pg_is_in_recovery()::text \
 UNION ALL SELECT 'lsn', (CASE WHEN pg_catalog.pg_is_in_recovery() \
 THEN pg_catalog.pg_last_wal_replay_lsn() ELSE pg_catalog.pg_current_wal_insert_lsn() END \
 OPERATOR(pg_catalog.-) '0/0'::pg_catalog.pg_lsn)::text \
@@ -33,7 +33,7 @@ UNION ALL SELECT 'streaming', (SELECT pg_catalog.count(*) FROM pg_catalog.pg_sta
 
 /// What one server answered.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Answer {
+pub(crate) enum Answer {
     /// It answered the probe.
     Up {
         /// In recovery.
@@ -52,7 +52,7 @@ pub enum Answer {
 }
 
 /// Reads the probe's rows.
-pub fn answer_of(rows: &[(String, String)]) -> Answer {
+pub(crate) fn answer_of(rows: &[(String, String)]) -> Answer {
     let get = |name: &str| {
         rows.iter()
             .find(|(n, _)| n == name)
@@ -78,7 +78,7 @@ const DIVERGED: &str = "diverged";
 /// Turns one round's answers into server states: roles, lag against the
 /// primary that answered, exclusions (a replica excluded for lag comes
 /// back only once under half the limit, so it does not flap).
-pub fn judge(
+pub(crate) fn judge(
     answers: &[Answer],
     previous: &[ServerState],
     config: &ReplicationConfig,
@@ -224,7 +224,7 @@ fn primary_of(answers: &[Answer], named: Option<usize>) -> Option<usize> {
 
 /// Probes one server on `conn` (opened first when there is none); the
 /// connection comes back when it is still good.
-pub async fn probe_server(
+pub(crate) async fn probe_server(
     targets: Targets<'_>,
     server: usize,
     conn: Option<ServerConn>,
@@ -270,7 +270,7 @@ pub async fn probe_server(
 
 /// One probe round over every server of a tenant, at once; `conns` holds
 /// the probe's connections between rounds (one slot per server).
-pub async fn probe_round(
+pub(crate) async fn probe_round(
     topology: &Topology,
     targets: Targets<'_>,
     conns: &mut Vec<Option<ServerConn>>,
@@ -355,11 +355,6 @@ async fn join_all<F: std::future::Future>(futures: impl Iterator<Item = F>) -> V
     })
     .await;
     done.into_iter().flatten().collect()
-}
-
-/// The pause between rounds.
-pub fn interval(config: &ReplicationConfig) -> Duration {
-    config.probe_interval
 }
 
 #[cfg(test)]

@@ -27,21 +27,21 @@ use crate::protocol::SqlState;
 /// values (`session::engine`). Clients of one application share one
 /// profile (and one copy of it).
 #[derive(Debug, PartialEq, Eq)]
-pub struct StartupProfile {
+pub(crate) struct StartupProfile {
     /// (name, value) as the client sent them, in its order.
     pub params: Vec<(String, String)>,
 }
 
 impl StartupProfile {
     /// Whether `a` and `b` are the same profile.
-    pub fn same(a: &Arc<StartupProfile>, b: &Arc<StartupProfile>) -> bool {
+    pub(crate) fn same(a: &Arc<StartupProfile>, b: &Arc<StartupProfile>) -> bool {
         Arc::ptr_eq(a, b) || a == b
     }
 }
 
 /// Timeouts for opening backends.
 #[derive(Debug, Clone, Copy)]
-pub struct OpenSettings {
+pub(crate) struct OpenSettings {
     /// TCP (and TLS) connect, per address.
     pub connect_timeout: Duration,
     /// Backend login.
@@ -55,7 +55,7 @@ const MAX_LOGIN_MESSAGE_LEN: usize = 1 << 20;
 
 /// How pgcell logs in to a backend as a pooled user.
 #[derive(Clone)]
-pub enum BackendLogin {
+pub(crate) enum BackendLogin {
     /// With the user's password.
     Password(Password),
     /// With SCRAM keys: the ClientKey recovered from a client's proof and
@@ -78,7 +78,7 @@ impl std::fmt::Debug for BackendLogin {
 }
 
 /// An open, logged-in backend connection.
-pub struct ServerConn {
+pub(crate) struct ServerConn {
     /// The stream, idle between messages.
     pub stream: BackendStream,
     /// The backend's address (for cancel requests).
@@ -114,7 +114,7 @@ impl ServerConn {
     /// or news (a `ParameterStatus` after the server's reload) pgcell
     /// would have to handle; the backend is not handed out then. Costs no
     /// system call unless the poller saw the socket readable.
-    pub fn spoke_while_idle(&self) -> bool {
+    pub(crate) fn spoke_while_idle(&self) -> bool {
         use std::task::{Context, Poll};
         let tcp = match &self.stream {
             crate::stream::MaybeTls::Plain(tcp) => tcp,
@@ -139,7 +139,7 @@ const MAX_OWN_REPLY: usize = 1 << 20;
 
 /// Why pgcell's own statement on a backend failed.
 #[derive(Debug)]
-pub enum OwnQueryError {
+pub(crate) enum OwnQueryError {
     /// The backend refused it (its SQLSTATE and message).
     Refused(SqlState, String),
     /// The backend closed or answered out of turn.
@@ -163,7 +163,10 @@ impl ServerConn {
     /// command, to `ReadyForQuery`; returns its rows as (first, second)
     /// column text. `ParameterStatus` updates the backend's parameters;
     /// notices are dropped.
-    pub async fn run_own(&mut self, query: &str) -> Result<Vec<(String, String)>, OwnQueryError> {
+    pub(crate) async fn run_own(
+        &mut self,
+        query: &str,
+    ) -> Result<Vec<(String, String)>, OwnQueryError> {
         let mut body = query.as_bytes().to_vec();
         body.push(0);
         let mut out = BytesMut::new();
@@ -218,7 +221,7 @@ impl ServerConn {
 
 /// Why a backend could not be opened.
 #[derive(Debug, Error)]
-pub enum OpenError {
+pub(crate) enum OpenError {
     /// Unreachable.
     #[error(transparent)]
     Connect(#[from] ConnectError),
@@ -254,7 +257,7 @@ impl ServerConn {
     /// that is not what the client wants is closed and the next one
     /// tried, and the topology learns its role. A server that reports
     /// nothing (older PostgreSQL) is taken as it is.
-    pub async fn open(
+    pub(crate) async fn open(
         targets: Targets<'_>,
         database: &str,
         user: &str,
@@ -313,7 +316,7 @@ impl ServerConn {
 
     /// Connects to server `server` of `targets` and logs in, whatever its
     /// role.
-    pub async fn open_server(
+    pub(crate) async fn open_server(
         targets: Targets<'_>,
         server: usize,
         database: &str,
@@ -370,7 +373,7 @@ impl ServerConn {
     }
 
     /// The role the server reported at login (`in_hot_standby`).
-    pub fn role(&self) -> Role {
+    pub(crate) fn role(&self) -> Role {
         self.params
             .iter()
             .find(|(name, _)| name == "in_hot_standby")
@@ -511,14 +514,6 @@ impl ServerConn {
         out.clear();
         Ok(())
     }
-
-    /// The value of a reported parameter.
-    pub fn param(&self, name: &str) -> Option<&str> {
-        self.params
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
 }
 
 fn password_message(out: &mut BytesMut, password: &[u8]) {
@@ -536,7 +531,7 @@ pub fn parameter_status(body: &[u8]) -> Option<(String, String)> {
 }
 
 /// Sets `name` in an ordered parameter list.
-pub fn set_param(params: &mut Vec<(String, String)>, name: String, value: String) {
+pub(crate) fn set_param(params: &mut Vec<(String, String)>, name: String, value: String) {
     // Setting names are case-insensitive, as in PostgreSQL.
     match params
         .iter_mut()

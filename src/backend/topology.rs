@@ -11,7 +11,7 @@ use std::time::Instant;
 
 /// What a client's backend must be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum Target {
+pub(crate) enum Target {
     /// The primary (the default: writes go there).
     #[default]
     Primary,
@@ -26,25 +26,17 @@ impl Target {
     /// Whether a server reporting `role` may serve this target; `fallback`:
     /// it was chosen as the fallback (the primary for a replica client).
     /// A server in recovery never serves a read-write client.
-    pub fn fits(self, role: Role, fallback: bool) -> bool {
+    pub(crate) fn fits(self, role: Role, fallback: bool) -> bool {
         match self {
             Target::Primary => role != Role::Replica,
             Target::Replica { .. } => role != Role::Primary || fallback,
-        }
-    }
-
-    /// A label for metrics and the console.
-    pub fn label(self) -> &'static str {
-        match self {
-            Target::Primary => "primary",
-            Target::Replica { .. } => "replica",
         }
     }
 }
 
 /// A server's role, as last seen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Role {
+pub(crate) enum Role {
     /// Not seen yet (or it never answered).
     #[default]
     Unknown,
@@ -56,7 +48,7 @@ pub enum Role {
 
 impl Role {
     /// The role an `in_hot_standby` value reports.
-    pub fn from_in_hot_standby(value: &str) -> Role {
+    pub(crate) fn from_in_hot_standby(value: &str) -> Role {
         match value {
             "on" => Role::Replica,
             "off" => Role::Primary,
@@ -65,7 +57,7 @@ impl Role {
     }
 
     /// A label for metrics and the console.
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Role::Unknown => "unknown",
             Role::Primary => "primary",
@@ -76,7 +68,7 @@ impl Role {
 
 /// What the last probe of a server found.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct ServerState {
+pub(crate) struct ServerState {
     /// Its role.
     pub role: Role,
     /// Bytes of WAL the primary has that it has not replayed.
@@ -97,7 +89,7 @@ pub struct ServerState {
 
 /// One server of a tenant.
 #[derive(Debug)]
-pub struct Server {
+pub(crate) struct Server {
     /// `host:port` as configured.
     pub addr: String,
     /// Whether it is in pgcell's own zone (no zones configured: all are).
@@ -109,7 +101,7 @@ pub struct Server {
 
 /// One backend connection counted against its server while it lives.
 #[derive(Debug)]
-pub struct OpenGuard(Arc<AtomicUsize>);
+pub(crate) struct OpenGuard(Arc<AtomicUsize>);
 
 impl Drop for OpenGuard {
     fn drop(&mut self) {
@@ -119,7 +111,7 @@ impl Drop for OpenGuard {
 
 /// Why no server can be tried.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum NoServer {
+pub(crate) enum NoServer {
     /// Two servers say they are primary and the operator named none.
     #[error("two servers report they are the primary ({0}); writes are refused until one is named or demoted")]
     SplitBrain(String),
@@ -135,7 +127,7 @@ pub enum NoServer {
 impl NoServer {
     /// What the client is told: no addresses (the operator's log and
     /// `SHOW REPLICATION` have them).
-    pub fn client_message(&self) -> &'static str {
+    pub(crate) fn client_message(&self) -> &'static str {
         match self {
             NoServer::SplitBrain(_) => {
                 "two servers report they are the primary; writes are refused until one is named or demoted"
@@ -148,7 +140,7 @@ impl NoServer {
 
 /// The servers of one tenant.
 #[derive(Debug)]
-pub struct Topology {
+pub(crate) struct Topology {
     servers: Vec<Server>,
     /// The primary the operator named (`[tenants.replication] primary`),
     /// or `NONE`.
@@ -176,13 +168,14 @@ const ROUNDS: usize = 64;
 
 impl Topology {
     /// A topology of `servers` (`host:port`), nothing known yet.
-    pub fn new(servers: &[String], named_primary: Option<&str>) -> Topology {
+    #[cfg(test)]
+    pub(crate) fn new(servers: &[String], named_primary: Option<&str>) -> Topology {
         Topology::with_zones(servers, named_primary, &[])
     }
 
     /// [`Topology::new`], with the servers of `local` (in pgcell's own
     /// zone) preferred for replica clients; empty: no preference.
-    pub fn with_zones(
+    pub(crate) fn with_zones(
         servers: &[String],
         named_primary: Option<&str>,
         local: &[String],
@@ -212,12 +205,12 @@ impl Topology {
 
     /// Whether a probe round has reported (roles are known, as far as the
     /// servers answered).
-    pub fn probed_once(&self) -> bool {
+    pub(crate) fn probed_once(&self) -> bool {
         (0..self.servers.len()).any(|i| self.lock(i).probed_at.is_some())
     }
 
     /// How many times what decides which server fits changed.
-    pub fn changes(&self) -> u64 {
+    pub(crate) fn changes(&self) -> u64 {
         self.changes.load(Ordering::Acquire)
     }
 
@@ -228,14 +221,14 @@ impl Topology {
 
     /// Whether this topology follows exactly `servers` (a reload that keeps
     /// them keeps what is known, and calls [`Topology::reconfigure`]).
-    pub fn follows(&self, servers: &[String]) -> bool {
+    pub(crate) fn follows(&self, servers: &[String]) -> bool {
         self.servers.len() == servers.len()
             && self.servers.iter().zip(servers).all(|(s, a)| &s.addr == a)
     }
 
     /// A reload named another primary or other zones: applied in place, so
     /// that every pool following this topology sees it.
-    pub fn reconfigure(&self, named_primary: Option<&str>, local: &[String]) {
+    pub(crate) fn reconfigure(&self, named_primary: Option<&str>, local: &[String]) {
         let named = named_primary
             .and_then(|n| self.servers.iter().position(|s| s.addr == n))
             .unwrap_or(NONE);
@@ -251,27 +244,27 @@ impl Topology {
     }
 
     /// The server the operator named the primary, if any.
-    pub fn named_primary(&self) -> Option<usize> {
+    pub(crate) fn named_primary(&self) -> Option<usize> {
         Some(self.named_primary.load(Ordering::Acquire)).filter(|&i| i != NONE)
     }
 
     /// The servers.
-    pub fn servers(&self) -> &[Server] {
+    pub(crate) fn servers(&self) -> &[Server] {
         &self.servers
     }
 
     /// What is known of server `i`.
-    pub fn state(&self, i: usize) -> ServerState {
+    pub(crate) fn state(&self, i: usize) -> ServerState {
         self.lock(i).clone()
     }
 
     /// Backend connections open to server `i`.
-    pub fn open_count(&self, i: usize) -> usize {
+    pub(crate) fn open_count(&self, i: usize) -> usize {
         self.servers[i].open.load(Ordering::Acquire)
     }
 
     /// Counts a backend connection to server `i` until the guard drops.
-    pub fn count_open(&self, i: usize) -> OpenGuard {
+    pub(crate) fn count_open(&self, i: usize) -> OpenGuard {
         self.servers[i].open.fetch_add(1, Ordering::AcqRel);
         OpenGuard(self.servers[i].open.clone())
     }
@@ -289,7 +282,7 @@ impl Topology {
     /// roles become unknown until a login or the probe sees them (a
     /// client that cannot try several servers, passthrough, then tries
     /// those before the demoted one).
-    pub fn saw_role(&self, i: usize, role: Role) {
+    pub(crate) fn saw_role(&self, i: usize, role: Role) {
         let demoted = {
             let mut state = self.lock(i);
             if state.role != role {
@@ -314,7 +307,7 @@ impl Topology {
 
     /// Records a probe round's findings (one entry per server) and
     /// whether it found two primaries.
-    pub fn probed(&self, states: Vec<ServerState>) {
+    pub(crate) fn probed(&self, states: Vec<ServerState>) {
         let primaries: Vec<&str> = states
             .iter()
             .zip(&self.servers)
@@ -342,7 +335,7 @@ impl Topology {
 
     /// A probe round that began at `start` read the primary's WAL position
     /// `lsn`.
-    pub fn record_round(&self, start: Instant, lsn: u64) {
+    pub(crate) fn record_round(&self, start: Instant, lsn: u64) {
         let mut rounds = self.rounds.lock().unwrap_or_else(PoisonError::into_inner);
         if rounds.len() >= ROUNDS {
             rounds.pop_front();
@@ -355,7 +348,7 @@ impl Topology {
     /// primary's position read by the first probe round that began after
     /// `since` (that position is at or past the client's commit). False
     /// until such a round has run.
-    pub fn fresh_since(&self, i: usize, since: Instant) -> bool {
+    pub(crate) fn fresh_since(&self, i: usize, since: Instant) -> bool {
         let state = self.state(i);
         match state.role {
             Role::Primary => true,
@@ -369,7 +362,7 @@ impl Topology {
     }
 
     /// Whether some replica fit to serve is [`Topology::fresh_since`].
-    pub fn any_fresh_replica(&self, since: Instant) -> bool {
+    pub(crate) fn any_fresh_replica(&self, since: Instant) -> bool {
         (0..self.servers.len()).any(|i| {
             let state = self.state(i);
             state.role == Role::Replica && state.excluded.is_none() && self.fresh_since(i, since)
@@ -381,7 +374,7 @@ impl Topology {
     /// not in recovery while no split brain is seen; for replicas, a
     /// replica not excluded, or the primary (the fallback) while no replica
     /// is fit.
-    pub fn still_fits(&self, i: usize, target: Target) -> bool {
+    pub(crate) fn still_fits(&self, i: usize, target: Target) -> bool {
         if i >= self.servers.len() {
             return false;
         }
@@ -407,7 +400,7 @@ impl Topology {
     /// while no replica is fit), or it streams another timeline than the
     /// primary (another history). A replica excluded for lag keeps its
     /// sessions: its answers are right, only older.
-    pub fn session_fits(&self, i: usize, target: Target) -> bool {
+    pub(crate) fn session_fits(&self, i: usize, target: Target) -> bool {
         match target {
             Target::Primary => self.still_fits(i, target),
             Target::Replica { .. } => {
@@ -422,7 +415,7 @@ impl Topology {
 
     /// Waits until what decides which server fits changes after `seen`
     /// ([`Topology::changes`]).
-    pub async fn changed_since(&self, seen: u64) {
+    pub(crate) async fn changed_since(&self, seen: u64) {
         loop {
             let notified = self.notify.notified();
             tokio::pin!(notified);
@@ -436,7 +429,7 @@ impl Topology {
 
     /// Whether some replica is fit to serve (seen as a replica, not
     /// excluded).
-    pub fn any_fit_replica(&self) -> bool {
+    pub(crate) fn any_fit_replica(&self) -> bool {
         (0..self.servers.len()).any(|i| {
             let state = self.state(i);
             state.role == Role::Replica && state.excluded.is_none()
@@ -445,7 +438,7 @@ impl Topology {
 
     /// Whether the last probe round found two primaries (and the operator
     /// named none).
-    pub fn split_brain(&self) -> bool {
+    pub(crate) fn split_brain(&self) -> bool {
         self.split_brain.load(Ordering::Acquire)
     }
 
@@ -453,13 +446,13 @@ impl Topology {
     /// serves only as the fallback (the primary for a replica client).
     /// Every login confirms the role (`in_hot_standby`), so a server whose
     /// role is stale is tried last, never trusted.
-    pub fn candidates(&self, target: Target) -> Result<Vec<(usize, bool)>, NoServer> {
+    pub(crate) fn candidates(&self, target: Target) -> Result<Vec<(usize, bool)>, NoServer> {
         self.candidates_fresh(target, None)
     }
 
     /// [`Topology::candidates`]; with `fresh_after`, only replicas that
     /// are [`Topology::fresh_since`] it (read-your-writes).
-    pub fn candidates_fresh(
+    pub(crate) fn candidates_fresh(
         &self,
         target: Target,
         fresh_after: Option<Instant>,

@@ -136,7 +136,7 @@ pub(crate) fn peers<'a>(
     }
     out.into_iter()
         .map(|addr| CancelPeer {
-            id: crate::cancel::instance_id_of(addr.ip()),
+            id: crate::config::cancel::instance_id_of(addr.ip()),
             addr: addr.to_string(),
         })
         .collect()
@@ -228,7 +228,7 @@ mod tests {
         assert_eq!(
             got,
             vec![CancelPeer {
-                id: crate::cancel::instance_id_of("10.1.0.2".parse().unwrap()),
+                id: crate::config::cancel::instance_id_of("10.1.0.2".parse().unwrap()),
                 addr: "10.1.0.2:6432".into(),
             }]
         );

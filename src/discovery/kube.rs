@@ -47,7 +47,7 @@ const MAX_SECRET_NAME_LEN: usize = 253;
 const MAX_CLIENT_BACKOFF: Duration = Duration::from_secs(60);
 
 /// Runs discovery until the task is dropped.
-pub async fn run(shared: Arc<Shared>, config: KubernetesConfig) {
+pub(crate) async fn run(shared: Arc<Shared>, config: KubernetesConfig) {
     let mut backoff = Duration::from_secs(1);
     let client = loop {
         match client(&config).await {
@@ -114,7 +114,7 @@ async fn client(config: &KubernetesConfig) -> Result<Client, String> {
 /// `POD_IP`) and the listen address when it is not a wildcard.
 fn own_addresses(listen: SocketAddr) -> Vec<SocketAddr> {
     let mut own = Vec::new();
-    if let Some(ip) = std::env::var(crate::cancel::POD_IP_ENV)
+    if let Some(ip) = std::env::var(crate::config::cancel::POD_IP_ENV)
         .ok()
         .and_then(|ip| ip.parse().ok())
     {

@@ -12,7 +12,7 @@ pub mod crd;
 #[cfg(feature = "kube")]
 pub(crate) mod endpoints;
 #[cfg(feature = "kube")]
-pub mod kube;
+pub(crate) mod kube;
 
 use std::sync::Arc;
 
@@ -20,7 +20,7 @@ use crate::state::Shared;
 
 /// Runs discovery for the life of the server, feeding what it finds to
 /// [`Shared::set_discovered`]; returns at once when discovery is off.
-pub async fn run(shared: Arc<Shared>) {
+pub(crate) async fn run(shared: Arc<Shared>) {
     let config = shared.file_config().kubernetes;
     if !config.enabled() {
         return;

@@ -22,7 +22,7 @@ use crate::metrics::tally::{Histogram, Tally};
 
 /// Why no backend could be had.
 #[derive(Debug, Error)]
-pub enum AcquireError {
+pub(crate) enum AcquireError {
     /// Waited `acquire_timeout` in vain.
     #[error("no backend connection free within {0:?}")]
     Timeout(Duration),

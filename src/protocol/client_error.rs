@@ -14,7 +14,7 @@ use super::sqlstate::SqlState;
 
 /// How bad: whether the session goes on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Severity {
+pub(crate) enum Severity {
     /// The statement failed; the session goes on.
     Error,
     /// The connection ends after this message.
@@ -23,7 +23,7 @@ pub enum Severity {
 
 impl Severity {
     /// The (never localised) severity word.
-    pub fn word(self) -> &'static str {
+    pub(crate) fn word(self) -> &'static str {
         match self {
             Severity::Error => "ERROR",
             Severity::Fatal => "FATAL",
@@ -33,7 +33,7 @@ impl Severity {
 
 /// An error for a client, in PostgreSQL's terms.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClientError {
+pub(crate) struct ClientError {
     /// Whether the connection ends.
     pub severity: Severity,
     /// The SQLSTATE PostgreSQL would use.
@@ -46,7 +46,7 @@ pub struct ClientError {
 
 impl ClientError {
     /// An error that ends the connection.
-    pub fn fatal(code: SqlState, message: impl Into<Cow<'static, str>>) -> ClientError {
+    pub(crate) fn fatal(code: SqlState, message: impl Into<Cow<'static, str>>) -> ClientError {
         ClientError {
             severity: Severity::Fatal,
             code,
@@ -56,7 +56,7 @@ impl ClientError {
     }
 
     /// An error of one statement: the session goes on.
-    pub fn statement(code: SqlState, message: impl Into<Cow<'static, str>>) -> ClientError {
+    pub(crate) fn statement(code: SqlState, message: impl Into<Cow<'static, str>>) -> ClientError {
         ClientError {
             severity: Severity::Error,
             code,
@@ -66,13 +66,13 @@ impl ClientError {
     }
 
     /// With a hint.
-    pub fn hint(mut self, hint: impl Into<Cow<'static, str>>) -> ClientError {
+    pub(crate) fn hint(mut self, hint: impl Into<Cow<'static, str>>) -> ClientError {
         self.hint = Some(hint.into());
         self
     }
 
     /// Appends the `ErrorResponse` to `buf`.
-    pub fn encode(&self, buf: &mut BytesMut) {
+    pub(crate) fn encode(&self, buf: &mut BytesMut) {
         let start = buf.len();
         buf.put_u8(b'E');
         buf.put_u32(0);
@@ -95,7 +95,7 @@ impl ClientError {
 
     /// Writes it to `client` (and flushes). A client that is gone cannot
     /// be told: the caller usually ignores the result.
-    pub async fn send<W: AsyncWrite + Unpin>(&self, client: &mut W) -> std::io::Result<()> {
+    pub(crate) async fn send<W: AsyncWrite + Unpin>(&self, client: &mut W) -> std::io::Result<()> {
         let mut buf = BytesMut::new();
         self.encode(&mut buf);
         client.write_all(&buf).await?;

@@ -58,7 +58,7 @@ pub fn split_message(buf: &mut BytesMut, max: usize) -> Result<Option<Message>, 
 /// The message at the front of `buf`, looked at in place: its tag and its
 /// whole length (header included) when it is complete, or how many bytes
 /// it needs in all when it is not. Copies and allocates nothing.
-pub fn peek_message(buf: &[u8], max: usize) -> Result<Peeked, FramingError> {
+pub(crate) fn peek_message(buf: &[u8], max: usize) -> Result<Peeked, FramingError> {
     let Some(header) = buf.first_chunk::<HEADER_LEN>() else {
         return Ok(Peeked::Incomplete(HEADER_LEN));
     };
@@ -74,7 +74,7 @@ pub fn peek_message(buf: &[u8], max: usize) -> Result<Peeked, FramingError> {
 
 /// What [`peek_message`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Peeked {
+pub(crate) enum Peeked {
     /// A whole message of `len` bytes, header included.
     Complete {
         /// The message type byte.
@@ -89,7 +89,7 @@ pub enum Peeked {
 /// Reads one message from `reader`, refusing lengths above `max`.
 ///
 /// Not cancel safe: a partly read message is lost when the future is dropped.
-pub async fn read_message<R: AsyncRead + Unpin>(
+pub(crate) async fn read_message<R: AsyncRead + Unpin>(
     reader: &mut R,
     max: usize,
 ) -> Result<Message, FramingError> {

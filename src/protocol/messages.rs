@@ -8,31 +8,31 @@ use super::sqlstate::SqlState;
 use super::startup::CancelKey;
 
 /// Reply to `SSLRequest` accepting TLS.
-pub const SSL_ACCEPT: u8 = b'S';
+pub(crate) const SSL_ACCEPT: u8 = b'S';
 /// Reply to `SSLRequest`/`GSSENCRequest` declining encryption.
-pub const ENCRYPTION_DECLINED: u8 = b'N';
+pub(crate) const ENCRYPTION_DECLINED: u8 = b'N';
 
 /// Authentication request codes (`AuthenticationXXX`).
-pub mod auth {
+pub(crate) mod auth {
     /// `AuthenticationOk`.
-    pub const OK: i32 = 0;
+    pub(crate) const OK: i32 = 0;
     /// `AuthenticationCleartextPassword`.
-    pub const CLEARTEXT_PASSWORD: i32 = 3;
+    pub(crate) const CLEARTEXT_PASSWORD: i32 = 3;
     /// `AuthenticationMD5Password`.
-    pub const MD5_PASSWORD: i32 = 5;
+    pub(crate) const MD5_PASSWORD: i32 = 5;
     /// `AuthenticationSASL`.
-    pub const SASL: i32 = 10;
+    pub(crate) const SASL: i32 = 10;
     /// `AuthenticationSASLContinue`.
-    pub const SASL_CONTINUE: i32 = 11;
+    pub(crate) const SASL_CONTINUE: i32 = 11;
     /// `AuthenticationSASLFinal`.
-    pub const SASL_FINAL: i32 = 12;
+    pub(crate) const SASL_FINAL: i32 = 12;
 }
 
 /// The SASL mechanism that needs channel binding to the backend's own TLS.
-pub const SCRAM_SHA_256_PLUS: &str = "SCRAM-SHA-256-PLUS";
+pub(crate) const SCRAM_SHA_256_PLUS: &str = "SCRAM-SHA-256-PLUS";
 
 /// Appends `BackendKeyData` with `key` to `buf`.
-pub fn backend_key_data(buf: &mut BytesMut, key: CancelKey) {
+pub(crate) fn backend_key_data(buf: &mut BytesMut, key: CancelKey) {
     buf.put_u8(b'K');
     buf.put_u32(12);
     buf.put_i32(key.pid);
@@ -41,7 +41,11 @@ pub fn backend_key_data(buf: &mut BytesMut, key: CancelKey) {
 
 /// Appends `NegotiateProtocolVersion`: the newest minor version pgcell
 /// supports and the protocol options it does not recognise.
-pub fn negotiate_protocol_version(buf: &mut BytesMut, newest_minor: u16, unrecognized: &[String]) {
+pub(crate) fn negotiate_protocol_version(
+    buf: &mut BytesMut,
+    newest_minor: u16,
+    unrecognized: &[String],
+) {
     let start = begin(buf, b'v');
     buf.put_i32(i32::from(newest_minor));
     buf.put_i32(unrecognized.len() as i32);
@@ -81,7 +85,7 @@ pub fn sasl_without_plus(body: &[u8]) -> Option<Bytes> {
 }
 
 /// Appends a tagged message with `body` to `buf`.
-pub fn tagged(buf: &mut BytesMut, tag: u8, body: &[u8]) {
+pub(crate) fn tagged(buf: &mut BytesMut, tag: u8, body: &[u8]) {
     buf.put_u8(tag);
     buf.put_u32((body.len() + 4) as u32);
     buf.put_slice(body);
@@ -89,7 +93,7 @@ pub fn tagged(buf: &mut BytesMut, tag: u8, body: &[u8]) {
 
 /// A message whose body is `parts` one after another (no body built
 /// first).
-pub fn tagged_parts(buf: &mut BytesMut, tag: u8, parts: &[&[u8]]) {
+pub(crate) fn tagged_parts(buf: &mut BytesMut, tag: u8, parts: &[&[u8]]) {
     let len: usize = parts.iter().map(|p| p.len()).sum();
     buf.reserve(1 + 4 + len);
     buf.put_u8(tag);
@@ -112,7 +116,7 @@ fn finish(buf: &mut BytesMut, start: usize) {
 }
 
 /// Field `code` of an `ErrorResponse` or `NoticeResponse` body.
-pub fn error_field(body: &[u8], code: u8) -> Option<&[u8]> {
+pub(crate) fn error_field(body: &[u8], code: u8) -> Option<&[u8]> {
     let mut rest = body;
     while let Some((&field, tail)) = rest.split_first() {
         if field == 0 {
@@ -145,7 +149,7 @@ pub fn error_message(body: &[u8]) -> String {
 /// The column values of a `DataRow` body (`None` for NULL), or `None`
 /// when the body is malformed.
 /// <https://www.postgresql.org/docs/current/protocol-message-formats.html#PROTOCOL-MESSAGE-FORMATS-DATAROW>
-pub fn data_row(body: &[u8]) -> Option<Vec<Option<&[u8]>>> {
+pub(crate) fn data_row(body: &[u8]) -> Option<Vec<Option<&[u8]>>> {
     let (count, mut rest) = body.split_first_chunk::<2>()?;
     let count = usize::try_from(i16::from_be_bytes(*count)).ok()?;
     let mut columns = Vec::with_capacity(count.min(64));
@@ -166,7 +170,7 @@ pub fn data_row(body: &[u8]) -> Option<Vec<Option<&[u8]>>> {
 
 /// Whether an ErrorResponse body has severity FATAL or PANIC: the backend
 /// closes after it.
-pub fn is_fatal(body: &[u8]) -> bool {
+pub(crate) fn is_fatal(body: &[u8]) -> bool {
     let mut rest = body;
     while let Some((&field, tail)) = rest.split_first() {
         if field == 0 {

@@ -7,10 +7,10 @@
 //! Spec: <https://www.postgresql.org/docs/current/protocol-message-formats.html>
 
 pub(crate) mod client_error;
-pub mod framing;
-pub mod messages;
+pub(crate) mod framing;
+pub(crate) mod messages;
 pub(crate) mod sqlstate;
 pub mod startup;
 
-pub use client_error::{ClientError, Severity};
-pub use sqlstate::SqlState;
+pub(crate) use client_error::{ClientError, Severity};
+pub(crate) use sqlstate::SqlState;

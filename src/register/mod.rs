@@ -25,12 +25,11 @@ pub(crate) mod backoff;
 mod error;
 pub(crate) mod state;
 
-pub use error::RegisterError;
-pub use state::TargetState;
+pub(crate) use error::RegisterError;
 
 /// This replica's registration, or nothing when self-registration is off.
 #[derive(Default)]
-pub struct Registration {
+pub(crate) struct Registration {
     #[cfg(feature = "aws")]
     keeper: Option<std::sync::Arc<aws::Keeper>>,
 }
@@ -42,7 +41,10 @@ impl Registration {
     /// (else `data_port`). Credentials come from the SDK's default chain
     /// (environment, web identity token for IRSA, container credentials
     /// for EKS Pod Identity, instance profile).
-    pub async fn new(config: &AwsConfig, data_port: u16) -> Result<Registration, RegisterError> {
+    pub(crate) async fn new(
+        config: &AwsConfig,
+        data_port: u16,
+    ) -> Result<Registration, RegisterError> {
         if !config.register {
             return Ok(Registration::default());
         }
@@ -65,7 +67,7 @@ impl Registration {
 
     /// Registers the target and keeps it registered, in the background.
     /// Must be called inside the tokio runtime; a second call does nothing.
-    pub fn start(&self) {
+    pub(crate) fn start(&self) {
         #[cfg(feature = "aws")]
         if let Some(keeper) = &self.keeper {
             keeper.start();
@@ -75,7 +77,7 @@ impl Registration {
     /// Stops keeping the registration and deregisters the target;
     /// returns once DeregisterTargets succeeded or was given up on (at most
     /// about 40 s: retries within 30 s, each attempt within 10 s).
-    pub async fn deregister(&self) {
+    pub(crate) async fn deregister(&self) {
         #[cfg(feature = "aws")]
         if let Some(keeper) = &self.keeper {
             keeper.deregister().await;
@@ -85,7 +87,7 @@ impl Registration {
     /// Waits until DescribeTargetHealth no longer lists the target (or it
     /// is `unused`), at most `timeout`. Returns at once when
     /// self-registration is off.
-    pub async fn wait_gone(&self, timeout: Duration) {
+    pub(crate) async fn wait_gone(&self, timeout: Duration) {
         #[cfg(feature = "aws")]
         if let Some(keeper) = &self.keeper {
             keeper.wait_gone(timeout).await;
@@ -94,7 +96,7 @@ impl Registration {
     }
 
     /// Whether self-registration is on.
-    pub fn enabled(&self) -> bool {
+    pub(crate) fn enabled(&self) -> bool {
         #[cfg(feature = "aws")]
         {
             self.keeper.is_some()
@@ -106,7 +108,7 @@ impl Registration {
     }
 
     /// The target's state, for `/readyz` (`disabled` when off).
-    pub fn state(&self) -> &'static str {
+    pub(crate) fn state(&self) -> &'static str {
         #[cfg(feature = "aws")]
         if let Some(keeper) = &self.keeper {
             return keeper.state().name();

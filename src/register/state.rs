@@ -7,7 +7,7 @@ use crate::metrics::TARGET_STATE;
 
 /// This replica's NLB target state (`pgcell_target_state`, `/readyz`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TargetState {
+pub(crate) enum TargetState {
     /// Not in the target group (before the first RegisterTargets, or found
     /// missing).
     Unregistered,
@@ -38,7 +38,7 @@ pub enum TargetState {
 
 impl TargetState {
     /// Every state, in gauge order.
-    pub const ALL: [TargetState; 12] = [
+    pub(crate) const ALL: [TargetState; 12] = [
         TargetState::Unregistered,
         TargetState::Registering,
         TargetState::Initial,
@@ -54,7 +54,7 @@ impl TargetState {
     ];
 
     /// The label value (ELBv2's own word for ELBv2 states).
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             TargetState::Unregistered => "unregistered",
             TargetState::Registering => "registering",
@@ -73,7 +73,7 @@ impl TargetState {
 
     /// An ELBv2 `TargetHealthStateEnum` value; `None` for one this build
     /// does not know.
-    pub fn from_elb(state: &str) -> Option<TargetState> {
+    pub(crate) fn from_elb(state: &str) -> Option<TargetState> {
         Some(match state {
             "initial" => TargetState::Initial,
             "healthy" => TargetState::Healthy,

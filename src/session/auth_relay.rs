@@ -55,7 +55,7 @@ pub(crate) enum AuthEnd {
 
 /// The exchange broke.
 #[derive(Debug, Error)]
-pub enum AuthRelayError {
+pub(crate) enum AuthRelayError {
     /// Reading or writing the backend failed, or it sent a bad frame.
     #[error("backend during authentication: {0}")]
     Backend(FramingError),

@@ -28,7 +28,7 @@ const MAX_AUTH_MESSAGE_LEN: usize = 65_535;
 
 /// Why a client was not let in.
 #[derive(Debug, Error)]
-pub enum ClientAuthError {
+pub(crate) enum ClientAuthError {
     /// Wrong password or unknown user (indistinguishable on purpose).
     #[error("password authentication failed for user {0:?}")]
     Failed(String),
@@ -54,7 +54,7 @@ pub enum ClientAuthError {
 
 impl ClientAuthError {
     /// What the client is told.
-    pub fn client_error(&self) -> Option<ClientError> {
+    pub(crate) fn client_error(&self) -> Option<ClientError> {
         Some(match self {
             ClientAuthError::Failed(user) => ClientError::fatal(
                 SqlState::INVALID_PASSWORD,
@@ -87,7 +87,7 @@ impl ClientAuthError {
     }
 
     /// Metric label.
-    pub fn reason(&self) -> &'static str {
+    pub(crate) fn reason(&self) -> &'static str {
         match self {
             ClientAuthError::Failed(_) => "invalid_password",
             ClientAuthError::ChannelBinding(_) => "channel_binding",

@@ -41,24 +41,24 @@
 //! `set_config(…, false)` on a setting PostgreSQL does not report —
 //! docs/pooling.md says so.
 
-mod checkout;
+pub(crate) mod checkout;
 mod position;
 mod state;
 
-pub use checkout::{Checkin, CheckinPolicy, Checkout, CloseReason};
-pub use position::{Owed, Position, Received};
-pub use state::{
-    captured, held_state, quote, startup_searches_pg_temp, ClientSession, CustomSettings,
-    SessionChanges, CAPTURE_AND_RESET, MAX_CUSTOM_SETTINGS, RESET, STATE_CHECK,
+pub(crate) use checkout::{Checkin, CheckinPolicy, Checkout, CloseReason};
+pub(crate) use position::{Owed, Received};
+pub(crate) use state::{
+    captured, held_state, startup_searches_pg_temp, ClientSession, CustomSettings, RESET,
 };
-
-pub use crate::protocol::messages::is_fatal;
 
 #[cfg(test)]
 mod tests {
+    use super::position::Position;
     use super::position::Unit;
     use super::state::CAPTURE_END;
+    use super::state::{quote, CAPTURE_AND_RESET, MAX_CUSTOM_SETTINGS, STATE_CHECK};
     use super::*;
+    use crate::protocol::messages::is_fatal;
 
     fn feed(p: &mut Position, sent: &[u8]) {
         for &t in sent {

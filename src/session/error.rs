@@ -16,7 +16,7 @@ use crate::route::{PolicyError, RouteError};
 
 /// Who is to blame; the metric label of every error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorKind {
+pub(crate) enum ErrorKind {
     /// The client sent something wrong or went away.
     Client,
     /// Routing or policy refused the client.
@@ -29,7 +29,7 @@ pub enum ErrorKind {
 
 impl ErrorKind {
     /// Metric label.
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             ErrorKind::Client => "client",
             ErrorKind::Policy => "policy",
@@ -41,7 +41,7 @@ impl ErrorKind {
 
 /// Why a session ended early.
 #[derive(Debug, Error)]
-pub enum SessionError {
+pub(crate) enum SessionError {
     /// Negotiation failed (already reported to the client).
     #[error(transparent)]
     Handshake(#[from] HandshakeError),
@@ -119,7 +119,7 @@ pub enum SessionError {
 
 impl SessionError {
     /// Who is to blame.
-    pub fn kind(&self) -> ErrorKind {
+    pub(crate) fn kind(&self) -> ErrorKind {
         match self {
             SessionError::Reported(e) => e.kind(),
             SessionError::ClientAuth(client_auth::ClientAuthError::AuthQuery(_)) => {
@@ -157,7 +157,7 @@ impl SessionError {
     }
 
     /// Short outcome label for logs.
-    pub fn outcome(&self) -> &'static str {
+    pub(crate) fn outcome(&self) -> &'static str {
         match self {
             SessionError::Reported(e) => e.outcome(),
             SessionError::Handshake(e) => e.kind(),
@@ -191,7 +191,7 @@ impl SessionError {
 
     /// What the client is told. Internal detail never reaches it: policy
     /// denials name no rule, backend failures name no address.
-    pub fn client_error(&self, how_to_name_tenant: &str) -> Option<ClientError> {
+    pub(crate) fn client_error(&self, how_to_name_tenant: &str) -> Option<ClientError> {
         use crate::backend::server::OpenError;
         use crate::pool::AcquireError;
         let error = match self {

@@ -7,12 +7,12 @@ pub(crate) mod auth_relay;
 pub(crate) mod buffers;
 pub(crate) mod client_auth;
 pub(crate) mod console;
-pub mod engine;
+pub(crate) mod engine;
 mod error;
 mod log;
 mod passthrough;
 pub(crate) mod pooled;
-pub mod prepared;
+pub(crate) mod prepared;
 pub(crate) mod relay;
 
 use std::net::SocketAddr;
@@ -30,14 +30,14 @@ use crate::protocol::startup::StartupMessage;
 use crate::route;
 use crate::state::Shared;
 use crate::tenant::ClientInfo;
-pub use error::{ErrorKind, SessionError};
+pub(crate) use error::SessionError;
 use log::{note_login, ConnectionLog};
 
 /// Serves one accepted TCP connection to the end, logging one line.
 ///
 /// `_slot` is the connection's share of `listen.max_client_connections`,
 /// taken before the task was spawned and held until it ends.
-pub async fn serve(
+pub(crate) async fn serve(
     shared: Arc<Shared>,
     tcp: TcpStream,
     peer: SocketAddr,

@@ -26,7 +26,7 @@ use crate::sql::Verdict;
 use super::engine::{Checkout, Owed, Received};
 
 /// Statements one client may hold.
-pub const MAX_PREPARED_PER_CLIENT: usize = 10_000;
+pub(crate) const MAX_PREPARED_PER_CLIENT: usize = 10_000;
 
 static NEXT_STATEMENT: AtomicU64 = AtomicU64::new(1);
 
@@ -49,7 +49,7 @@ fn foreign(name: &[u8]) -> Option<&'static [u8]> {
 /// pgcell's namespace (`EXECUTE pgcell_3`): SQL the backend refuses with
 /// `26000`, in the same place of the protocol (inside a transaction block
 /// it fails the transaction, as the original would).
-pub fn refuse_foreign(msg: &Message) -> Message {
+pub(crate) fn refuse_foreign(msg: &Message) -> Message {
     const REFUSED: &[u8] = b"DEALLOCATE pgcell_unknown\0";
     let body = match msg.tag {
         b'P' => {
@@ -783,7 +783,7 @@ fn drop_of(query: &[u8], dialect: Dialect) -> Option<Drop> {
 /// the backend does not hold it (a function dropped it behind pgcell's
 /// back, with `DEALLOCATE` in dynamic SQL). pgcell forgets it there, so the
 /// next use prepares it again: one statement fails, not every later one.
-pub fn note_missing(body: &[u8], backend: &mut BackendStatements) {
+pub(crate) fn note_missing(body: &[u8], backend: &mut BackendStatements) {
     if crate::protocol::messages::error_field(body, b'C') != Some(b"26000") {
         return;
     }
@@ -798,7 +798,7 @@ pub fn note_missing(body: &[u8], backend: &mut BackendStatements) {
 /// An ErrorResponse `42P05` for a statement in pgcell's namespace: the
 /// backend holds it though pgcell thought not (a fake `26000` misled it):
 /// it is known there again, so one statement fails, not every later one.
-pub fn note_exists(body: &[u8], backend: &mut BackendStatements) {
+pub(crate) fn note_exists(body: &[u8], backend: &mut BackendStatements) {
     if crate::protocol::messages::error_field(body, b'C') != Some(b"42P05") {
         return;
     }

@@ -3,7 +3,7 @@
 //! of the backend it runs on ([`verdict`]). Sans-I/O.
 
 pub mod lexer;
-pub mod verdict;
+pub(crate) mod verdict;
 
-pub use lexer::Dialect;
-pub use verdict::{judge, one_read_only_transaction, StateKind, Verdict};
+pub(crate) use lexer::Dialect;
+pub(crate) use verdict::{judge, one_read_only_transaction, StateKind, Verdict};

@@ -446,7 +446,7 @@ fn judge_read_as(sql: &[u8], dialect: Dialect) -> Verdict {
 /// WRITE`), and no statement ends it, opens another, changes the access
 /// mode, or runs code that could (`DO`, `CALL`, statements pgcell does not
 /// know). Only then may the whole of it run on a replica.
-pub fn one_read_only_transaction(
+pub(crate) fn one_read_only_transaction(
     texts: &[&[u8]],
     dialect: Dialect,
     default_read_only: bool,
@@ -566,7 +566,7 @@ fn statement_keeps_read_only(
 
 /// What a `FunctionCall` message may do: anything (it names a function by
 /// its OID, `set_config` or `pg_advisory_lock` among them).
-pub fn function_call() -> Verdict {
+pub(crate) fn function_call() -> Verdict {
     Verdict {
         settings: true,
         state: None,

@@ -120,7 +120,7 @@ fn version_and_build_info_carry_the_git_revision() {
         Command::new(env!("CARGO_BIN_EXE_pgcell")).arg("--version"),
         30,
     );
-    let revision = pgcell::metrics::GIT_REVISION;
+    let revision = pgcell::GIT_REVISION;
     assert!(!revision.is_empty());
     assert_eq!(
         out.trim(),
@@ -137,11 +137,11 @@ fn version_and_build_info_carry_the_git_revision() {
             "a 12-digit commit id from git, not {revision:?}"
         );
     }
-    let rendered = pgcell::metrics::render();
+    let rendered = pgcell::render_metrics();
     let line = rendered
         .lines()
-        .find(|l| l.starts_with(pgcell::metrics::BUILD_INFO))
-        .unwrap_or_else(|| panic!("no {} in\n{rendered}", pgcell::metrics::BUILD_INFO));
+        .find(|l| l.starts_with(pgcell::BUILD_INFO))
+        .unwrap_or_else(|| panic!("no {} in\n{rendered}", pgcell::BUILD_INFO));
     assert!(line.contains(&format!("revision=\"{revision}\"")), "{line}");
     assert!(
         line.contains(&format!("version=\"{}\"", env!("CARGO_PKG_VERSION"))),

@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::{Container, PodSpec, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use pgcell::config::{Config, DiscoveryMode, ProxyMode, TlsMode};
-use pgcell::discovery::crd::{self, PgcellTenant, ServiceRef};
+use pgcell::crd::{self, PgcellTenant, ServiceRef};
 
 use crate::manifests::{selects, Rendered};
 use crate::repo_path;

@@ -11,7 +11,7 @@ use crate::harness::*;
 const AUTH_PASSWORD: &str = "auth-secret";
 
 /// The auth role and the function it may call, in database `app`.
-fn create_auth_role(cluster: &pgcell::local_pg::Cluster) {
+fn create_auth_role(cluster: &pgcell::Cluster) {
     cluster
         .psql(
             "postgres",
@@ -36,12 +36,7 @@ fn create_auth_role(cluster: &pgcell::local_pg::Cluster) {
 }
 
 /// A transaction-pooled tenant whose users all come from auth_query.
-fn auth_query_tenant(
-    id: &str,
-    cluster: &pgcell::local_pg::Cluster,
-    pw_file: &str,
-    query: &str,
-) -> String {
+fn auth_query_tenant(id: &str, cluster: &pgcell::Cluster, pw_file: &str, query: &str) -> String {
     format!(
         "{}[tenants.pool]\nmode = \"transaction\"\nsize = 2\n\
          [tenants.auth_query]\nuser = \"pgcell_auth\"\npassword_file = \"{{{pw_file}}}\"\nquery = \"{query}\"\n",

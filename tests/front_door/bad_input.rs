@@ -125,7 +125,7 @@ async fn malformed_clients_are_closed_and_others_served() {
 async fn unreachable_and_lost_backends_get_08006() {
     let a = cluster("cluster-lost");
     let b = cluster("cluster-other");
-    let dead = pgcell::local_pg::free_port().unwrap();
+    let dead = pgcell::free_port().unwrap();
     let text = config_text(
         "",
         "allow",

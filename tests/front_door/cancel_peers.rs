@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use pgcell::proxy_protocol::build::v2_proxy;
+use pgcell::proxy_header::v2_proxy;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_postgres::{Client, NoTls};
@@ -58,7 +58,7 @@ async fn cancel_via(client: Client, cancel_at: SocketAddr, proxy: bool) {
     assert_eq!(code_of(&err), "57014");
 }
 
-async fn scenario(a: &pgcell::local_pg::Cluster, proxy: bool) {
+async fn scenario(a: &pgcell::Cluster, proxy: bool) {
     let listen = if proxy {
         "proxy_protocol = \"required\""
     } else {

@@ -11,7 +11,7 @@ use crate::harness::*;
 const ADMIN_PASSWORD: &str = "console-secret";
 
 /// A transaction-mode tenant `shop` (the `app` user) plus an admin user.
-fn console_config(cluster: &pgcell::local_pg::Cluster, extra_tenants: &str) -> String {
+fn console_config(cluster: &pgcell::Cluster, extra_tenants: &str) -> String {
     config_text(
         "",
         "allow",

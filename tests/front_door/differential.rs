@@ -10,13 +10,13 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
-use pgcell::auth::scram::ScramClient;
+use pgcell::ScramClient;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::harness::*;
 use crate::pooling::pooled_proxy;
-use pgcell::local_pg::Cluster;
+use pgcell::Cluster;
 
 /// How long a step waits for what it expects before the transcript says
 /// so (a hang through pgcell shows as `<timeout>`, not as a stuck test).

@@ -42,7 +42,7 @@ async fn drain_ends_passthrough_clients_at_transaction_boundary() {
 /// Drains a pgcell serving tenant `acme` (`tenant_text`) with an idle
 /// client, one in a transaction and one arriving during the drain.
 async fn drain_scenario(tenant_text: &str) {
-    use pgcell::lifecycle::State;
+    use pgcell::LifecycleState as State;
     let text = config_text("", "allow", tenant_text)
         .replace("propagation = \"300ms\"", "propagation = \"1500ms\"");
     let proxy = Proxy::start_with_files(&text, &[("pw", APP_PASSWORD)]).await;
@@ -107,7 +107,7 @@ async fn drain_scenario(tenant_text: &str) {
         proxy.handle.state() == State::Stopped
     })
     .await;
-    let m = pgcell::metrics::render();
+    let m = pgcell::render_metrics();
     assert!(
         metric(
             &m,
@@ -122,7 +122,7 @@ async fn drain_scenario(tenant_text: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn second_stop_request_cuts_the_propagation_window_short() {
-    use pgcell::lifecycle::State;
+    use pgcell::LifecycleState as State;
     let a = cluster("cluster-drain-hurry");
     let text = config_text("", "allow", &tenant("acme", &a, ""))
         .replace("propagation = \"300ms\"", "propagation = \"60s\"");
@@ -149,8 +149,8 @@ async fn pgbench_through_sigterm_loses_no_transaction() {
     let dir = tempfile::tempdir().unwrap();
     TestCert::new().write_to(dir.path());
     std::fs::write(dir.path().join("pw"), APP_PASSWORD).unwrap();
-    let port = pgcell::local_pg::free_port().unwrap();
-    let admin = pgcell::local_pg::free_port().unwrap();
+    let port = pgcell::free_port().unwrap();
+    let admin = pgcell::free_port().unwrap();
     let base = Base {
         propagation: "1s".to_owned(),
         grace: "10s".to_owned(),

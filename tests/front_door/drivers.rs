@@ -96,7 +96,7 @@ fn read_all(mut f: File) -> String {
 
 /// A transaction-mode tenant `id` of `size` backends on `cluster`; its
 /// `app` user logs in with a password file.
-fn transaction_tenant(id: &str, cluster: &pgcell::local_pg::Cluster, size: u32) -> String {
+fn transaction_tenant(id: &str, cluster: &pgcell::Cluster, size: u32) -> String {
     format!(
         "{}[tenants.pool]\nmode = \"transaction\"\nsize = {size}\nacquire_timeout = \"60s\"\n[[tenants.users]]\nname = \"app\"\npassword_file = \"{{pw}}\"\n",
         tenant(id, cluster, "")
@@ -104,7 +104,7 @@ fn transaction_tenant(id: &str, cluster: &pgcell::local_pg::Cluster, size: u32) 
 }
 
 /// The same database, straight to PostgreSQL.
-fn direct_dsn(cluster: &pgcell::local_pg::Cluster) -> String {
+fn direct_dsn(cluster: &pgcell::Cluster) -> String {
     format!(
         "postgresql://app:{APP_PASSWORD}@127.0.0.1:{}/app?sslmode=disable",
         cluster.port()
@@ -119,7 +119,7 @@ fn dsn(proxy: &Proxy, tenant: &str) -> String {
 }
 
 /// Backends pgcell holds on `cluster`.
-fn pgcell_backends(cluster: &pgcell::local_pg::Cluster) -> u32 {
+fn pgcell_backends(cluster: &pgcell::Cluster) -> u32 {
     cluster
         .psql(
             "postgres",

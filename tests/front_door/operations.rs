@@ -5,7 +5,7 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use pgcell::proxy_protocol::build;
+use pgcell::proxy_header as build;
 use rustls::pki_types::CertificateDer;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -63,7 +63,7 @@ async fn health_port_is_open_only_while_ready() {
     // Shutdown: the health port closes.
     let handle = proxy.handle.clone();
     proxy.stop().await;
-    assert_eq!(handle.state(), pgcell::lifecycle::State::Stopped);
+    assert_eq!(handle.state(), pgcell::LifecycleState::Stopped);
     assert!(
         TcpStream::connect(health).await.is_err(),
         "health port open after stop"
@@ -236,7 +236,7 @@ async fn shutdown_lets_sessions_finish() {
     proxy.handle.shutdown();
     // Draining first (the propagation window), then stopping.
     eventually(Duration::from_secs(2), "stopping", || async {
-        proxy.handle.state() == pgcell::lifecycle::State::Stopping
+        proxy.handle.state() == pgcell::LifecycleState::Stopping
     })
     .await;
     // No new connections; /readyz says so while the session finishes.
@@ -306,8 +306,8 @@ async fn binary_reloads_on_sighup_and_stops_on_sigterm() {
     let a = cluster("cluster-bin");
     let dir = tempfile::tempdir().unwrap();
     TestCert::new().write_to(dir.path());
-    let port = pgcell::local_pg::free_port().unwrap();
-    let admin = pgcell::local_pg::free_port().unwrap();
+    let port = pgcell::free_port().unwrap();
+    let admin = pgcell::free_port().unwrap();
     let text = config_text_with(
         &Base::on_ports(port, admin),
         "",
@@ -412,7 +412,7 @@ impl ReadToStringBlocking for std::process::ChildStderr {
 /// Three consecutive free ports (data, health, admin) for the demo.
 fn free_port_run() -> u16 {
     for _ in 0..50 {
-        let p = pgcell::local_pg::free_port().unwrap();
+        let p = pgcell::free_port().unwrap();
         if p < 65_000 && (1..3).all(|i| std::net::TcpListener::bind(("127.0.0.1", p + i)).is_ok()) {
             return p;
         }

@@ -8,7 +8,7 @@ use crate::harness::*;
 
 /// A pooled tenant on `cluster` whose `app` user logs in with a password
 /// file; `pool` is the [tenants.pool] body.
-pub(crate) fn pooled_tenant(id: &str, cluster: &pgcell::local_pg::Cluster, pool: &str) -> String {
+pub(crate) fn pooled_tenant(id: &str, cluster: &pgcell::Cluster, pool: &str) -> String {
     format!(
         "{}[tenants.pool]\n{pool}\n[[tenants.users]]\nname = \"app\"\npassword_file = \"{{pw}}\"\n",
         tenant(id, cluster, "")
@@ -16,11 +16,7 @@ pub(crate) fn pooled_tenant(id: &str, cluster: &pgcell::local_pg::Cluster, pool:
 }
 
 /// A pgcell serving one pooled tenant `id` on `cluster`.
-pub(crate) async fn pooled_proxy(
-    id: &str,
-    cluster: &pgcell::local_pg::Cluster,
-    pool: &str,
-) -> Proxy {
+pub(crate) async fn pooled_proxy(id: &str, cluster: &pgcell::Cluster, pool: &str) -> Proxy {
     Proxy::start_with_files(
         &config_text("", "allow", &pooled_tenant(id, cluster, pool)),
         &[("pw", APP_PASSWORD)],

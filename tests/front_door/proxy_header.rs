@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use pgcell::proxy_protocol::build;
+use pgcell::proxy_header as build;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 

@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use pgcell::local_pg::Cluster;
+use pgcell::Cluster;
 
 use crate::harness::*;
 

@@ -1,7 +1,7 @@
 //! The hardening harness: throwaway clusters, the pgcell binary as a child
 //! process with fresh certificates and kernel-free ports, and raw clients
 //! that speak exactly the bytes a test needs (SCRAM by
-//! `pgcell::auth::scram::ScramClient`, PROXY v2 headers with a VPC
+//! `pgcell::ScramClient`, PROXY v2 headers with a VPC
 //! endpoint id).
 
 #![allow(dead_code)]
@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use pgcell::local_pg::{free_port, Cluster};
+use pgcell::{free_port, Cluster};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -332,7 +332,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Raw<S> {
                     .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]])),
             ) {
                 (b'R', Some(10)) => {
-                    let mut c = pgcell::auth::scram::ScramClient::with_password(password, [5; 18]);
+                    let mut c = pgcell::ScramClient::with_password(password, [5; 18]);
                     let first = c.client_first();
                     let mut body = b"SCRAM-SHA-256\0".to_vec();
                     body.extend_from_slice(&(first.len() as i32).to_be_bytes());

@@ -148,7 +148,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
 /// Tenant `a` is pooled (pgcell checks the password) on cluster A behind
 /// VPC endpoint A; tenant `b` is passthrough (cluster B checks it, with
 /// another password) behind endpoint B.
-async fn two_tenants() -> (pgcell::local_pg::Cluster, pgcell::local_pg::Cluster, Pgcell) {
+async fn two_tenants() -> (pgcell::Cluster, pgcell::Cluster, Pgcell) {
     let a = cluster("hard-iso-a");
     let b = cluster("hard-iso-b");
     b.psql(

@@ -316,7 +316,7 @@ async fn refusal_flood_keeps_descriptors_bounded() {
     // Connections the kernel's accept queue dropped on a loaded machine
     // are not pgcell's to answer; the bulk must be refused with 53300.
     assert!(refused >= 1425, "{refused} refused; {failed:?}");
-    let bound = baseline + pgcell::listener::MAX_REFUSALS_IN_FLIGHT + 16;
+    let bound = baseline + pgcell::MAX_REFUSALS_IN_FLIGHT + 16;
     assert!(peak <= bound, "peak {peak} fds > {bound}");
     drop(silent);
     p.assert_alive();

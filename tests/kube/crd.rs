@@ -7,7 +7,7 @@ fn committed_crd_matches_the_rust_type() {
         "/deploy/kubernetes/base/pgcelltenant-crd.yaml"
     );
     let committed = std::fs::read_to_string(path).unwrap_or_default();
-    let generated = pgcell::discovery::crd::crd_yaml().unwrap();
+    let generated = pgcell::crd::crd_yaml().unwrap();
     assert!(
         committed == generated,
         "deploy/kubernetes/base/pgcelltenant-crd.yaml is not what src/discovery/crd.rs generates; \

@@ -9,7 +9,7 @@ const UNKNOWN_TENANT: &str = "08004";
 const BACKEND_UNAVAILABLE: &str = "08006";
 const AUTH_FAILED: &str = "28P01";
 
-fn hosts(cluster: &pgcell::local_pg::Cluster) -> serde_json::Value {
+fn hosts(cluster: &pgcell::Cluster) -> serde_json::Value {
     json!({"hosts": [cluster.addr().to_string()]})
 }
 
@@ -327,7 +327,7 @@ async fn unreachable_api_leaves_the_file_config_working() {
     let _serial = serial().await;
     let a = cluster("kube-down");
     // Nothing listens here.
-    let port = pgcell::local_pg::free_port().unwrap();
+    let port = pgcell::free_port().unwrap();
     let filed = format!(
         "[[tenants]]\nid = \"filed\"\nbackends = [\"{}\"]\n",
         a.addr()
@@ -349,7 +349,7 @@ async fn unreachable_api_leaves_the_file_config_working() {
 
 /// A pooled tenant on `cluster` whose user `app` takes its password from
 /// Secret `secret`.
-fn pooled(cluster: &pgcell::local_pg::Cluster, secret: &str) -> serde_json::Value {
+fn pooled(cluster: &pgcell::Cluster, secret: &str) -> serde_json::Value {
     json!({
         "backends": hosts(cluster),
         "auth": "scram",
@@ -424,7 +424,7 @@ async fn only_the_secrets_tenants_reference_are_read() {
         NS,
         secret("unrelated", &[("tls.key", "rotated")]),
     );
-    tokio::time::sleep(2 * pgcell::discovery::kube::DEBOUNCE).await;
+    tokio::time::sleep(2 * pgcell::DISCOVERY_DEBOUNCE).await;
     let served = api.served(Kind::Secret);
     assert_eq!(
         served,

@@ -18,7 +18,7 @@ async fn peers_from_endpointslices_forward_cancels() {
     let _serial = serial().await;
     let a = cluster("kube-peers");
     let api = ApiServer::start().await;
-    let id = pgcell::cancel::instance_id_of("127.0.0.1".parse().unwrap());
+    let id = pgcell::instance_id_of("127.0.0.1".parse().unwrap());
     let text = config_text(
         &api.url(),
         "peer_service = \"pgcell\"",
@@ -27,7 +27,7 @@ async fn peers_from_endpointslices_forward_cancels() {
             a.addr()
         ),
     );
-    let port = || pgcell::local_pg::free_port().unwrap();
+    let port = || pgcell::free_port().unwrap();
     let listen = |port: u16| text.replacen("127.0.0.1:0", &format!("127.0.0.1:{port}"), 1);
     let one = Proxy::start(&listen(port())).await;
     let two = Proxy::start(&listen(port())).await;

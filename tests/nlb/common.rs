@@ -17,7 +17,7 @@ pub use crate::support::{cluster, eventually, metric_or_zero, APP_PASSWORD};
 /// A port free on 127.0.0.1 right now (pgcell runs as a child process, so
 /// the test picks its ports for it).
 pub fn free_port() -> u16 {
-    pgcell::local_pg::free_port().unwrap()
+    pgcell::free_port().unwrap()
 }
 
 /// What the `[aws]` section of a test config points at.

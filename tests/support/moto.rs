@@ -49,7 +49,7 @@ impl Moto {
     /// Starts moto_server on a free port and waits until it answers.
     pub async fn start() -> Moto {
         let bin = moto_server_bin();
-        let port = pgcell::local_pg::free_port().unwrap();
+        let port = pgcell::free_port().unwrap();
         let log = tempfile::NamedTempFile::new().unwrap();
         // `timeout` bounds its life; it forwards our SIGTERM to moto.
         let child = Command::new("timeout")

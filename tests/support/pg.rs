@@ -5,7 +5,7 @@ use std::future::Future;
 use std::process::Command;
 use std::time::Duration;
 
-use pgcell::local_pg::Cluster;
+use pgcell::Cluster;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::task::JoinHandle;
 use tokio_postgres::config::SslMode;

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use pgcell::local_pg::Cluster;
+use pgcell::Cluster;
 use pgcell::{Config, Server, ServerHandle};
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -234,7 +234,7 @@ impl Proxy {
         proxy.task = Some(tokio::spawn(server.serve()));
         // Ready is set synchronously at the start of serve.
         eventually(Duration::from_secs(15), "pgcell ready", || async {
-            proxy.handle.state() == pgcell::lifecycle::State::Ready
+            proxy.handle.state() == pgcell::LifecycleState::Ready
         })
         .await;
         proxy

@@ -7,7 +7,7 @@
 /// What a transaction did to the session, followed while a backend is
 /// checked out.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct SessionChanges {
+pub(crate) struct SessionChanges {
     /// A statement or a `ParameterStatus` says settings may have changed:
     /// read them back and reset the backend before returning it.
     pub settings: bool,
@@ -21,7 +21,7 @@ pub struct SessionChanges {
 
 impl SessionChanges {
     /// Notes what a statement executed on the backend may have done.
-    pub fn executed(&mut self, verdict: crate::sql::Verdict) {
+    pub(crate) fn executed(&mut self, verdict: crate::sql::Verdict) {
         self.settings |= verdict.settings || verdict.unknown;
         self.check_state |= verdict.unknown || verdict.check_state;
         self.forget_statements |= verdict.unknown;
@@ -35,7 +35,7 @@ impl SessionChanges {
 /// in `pg_depend`, which is how PostgreSQL drops them at the session's
 /// end.
 /// Run, when asked for, in the same round trip as the settings read-back.
-pub const STATE_CHECK: &str = "SELECT 'pgcell:state', s.k FROM (VALUES \
+pub(crate) const STATE_CHECK: &str = "SELECT 'pgcell:state', s.k FROM (VALUES \
 ('temp_table', pg_catalog.pg_my_temp_schema() OPERATOR(pg_catalog.<>) 0 AND EXISTS (SELECT FROM pg_catalog.pg_depend \
 WHERE refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_namespace'::pg_catalog.regclass \
 AND refobjid OPERATOR(pg_catalog.=) pg_catalog.pg_my_temp_schema())), \
@@ -67,7 +67,7 @@ const STATE_ROW: &str = "pgcell:state";
 /// change them on the way, and replaying them is pure ASCII. For a client
 /// that set custom (dotted) settings, see
 /// [`CustomSettings::capture_and_reset`].
-pub const CAPTURE_AND_RESET: &str = concat!(
+pub(crate) const CAPTURE_AND_RESET: &str = concat!(
     "SELECT 'session_authorization', \
 pg_catalog.encode(pg_catalog.convert_to(pg_catalog.current_setting('session_authorization'), \
 pg_catalog.getdatabaseencoding()), 'hex') \
@@ -88,7 +88,7 @@ pub(super) const CAPTURE_END: usize = CAPTURE_AND_RESET.len() - RESET.len() - 2;
 
 /// Most custom setting names followed per client; names beyond it are
 /// not carried (docs/pooling.md lists the limit).
-pub const MAX_CUSTOM_SETTINGS: usize = 64;
+pub(crate) const MAX_CUSTOM_SETTINGS: usize = 64;
 
 /// The custom settings (dotted names such as `myapp.tenant`) a client
 /// may have set. PostgreSQL keeps such placeholders out of `pg_settings`,
@@ -162,13 +162,13 @@ WHERE pg_catalog.lower(s.name) OPERATOR(pg_catalog.=) pg_catalog.lower(c.n)){}",
 
 /// Resets a backend to its login state (after a client whose session was
 /// replayed on it changed nothing more).
-pub const RESET: &str = "SET SESSION AUTHORIZATION DEFAULT; RESET ROLE; RESET ALL";
+pub(crate) const RESET: &str = "SET SESSION AUTHORIZATION DEFAULT; RESET ROLE; RESET ALL";
 
 /// Turns the rows of [`CAPTURE_AND_RESET`] (and of [`STATE_CHECK`], when
 /// it ran with it) into a client session and the kinds of session state
 /// the backend holds; `user` is the user the backend logged in as. A
 /// value that is not hex (never, from PostgreSQL) is left out.
-pub fn captured(rows: Vec<(String, String)>, user: &str) -> (ClientSession, Vec<String>) {
+pub(crate) fn captured(rows: Vec<(String, String)>, user: &str) -> (ClientSession, Vec<String>) {
     let mut held = Vec::new();
     let mut settings = Vec::new();
     for (name, value) in rows {
@@ -205,7 +205,7 @@ fn hex_value(hex: &str) -> Option<Vec<u8>> {
 }
 
 /// The kinds of session state in rows of [`STATE_CHECK`].
-pub fn held_state(rows: &[(String, String)]) -> Vec<String> {
+pub(crate) fn held_state(rows: &[(String, String)]) -> Vec<String> {
     rows.iter()
         .filter(|(name, _)| name == STATE_ROW)
         .map(|(_, kind)| kind.clone())
@@ -215,7 +215,7 @@ pub fn held_state(rows: &[(String, String)]) -> Vec<String> {
 /// Whether startup parameters set a `search_path` that names `pg_temp`
 /// (as a parameter or in `options`): then a plain `CREATE TABLE` may make
 /// a temporary table, and every checkin checks for one.
-pub fn startup_searches_pg_temp(params: &[(String, String)]) -> bool {
+pub(crate) fn startup_searches_pg_temp(params: &[(String, String)]) -> bool {
     let names_pg_temp = |v: &str| v.to_ascii_lowercase().contains("pg_temp");
     params.iter().any(|(name, value)| match name.as_str() {
         "search_path" => names_pg_temp(value),
@@ -230,7 +230,7 @@ pub fn startup_searches_pg_temp(params: &[(String, String)]) -> bool {
 /// startup values (which its backends log in with): the settings it
 /// changed, as read back by [`CAPTURE_AND_RESET`].
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct ClientSession {
+pub(crate) struct ClientSession {
     /// (name, value) in replay order; the value is its bytes in the
     /// database's encoding.
     pub settings: Vec<(String, Vec<u8>)>,
@@ -239,14 +239,14 @@ pub struct ClientSession {
 impl ClientSession {
     /// Whether its `search_path` names `pg_temp`: then a plain `CREATE
     /// TABLE` may create a temporary table, which no statement shows.
-    pub fn searches_pg_temp(&self) -> bool {
+    pub(crate) fn searches_pg_temp(&self) -> bool {
         self.settings.iter().any(|(name, value)| {
             name == "search_path" && value.windows(7).any(|w| w.eq_ignore_ascii_case(b"pg_temp"))
         })
     }
 
     /// The value the client set for `name`, as read back.
-    pub fn setting(&self, name: &str) -> Option<&[u8]> {
+    pub(crate) fn setting(&self, name: &str) -> Option<&[u8]> {
         self.settings
             .iter()
             .find(|(n, _)| n == name)
@@ -255,7 +255,7 @@ impl ClientSession {
 
     /// Whether the client changed nothing (the common case: nothing to do
     /// on checkout).
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.settings.is_empty()
     }
 
@@ -265,13 +265,13 @@ impl ClientSession {
     /// `session_replication_role`, say), then the session authorization
     /// and the role, which may drop them; [`Self::restore_query_role_first`]
     /// is the other order, for settings that need the role's privileges.
-    pub fn restore_query(&self) -> Option<String> {
+    pub(crate) fn restore_query(&self) -> Option<String> {
         self.restore(false)
     }
 
     /// [`Self::restore_query`] with the session authorization and the role
     /// first: tried when that one fails.
-    pub fn restore_query_role_first(&self) -> Option<String> {
+    pub(crate) fn restore_query_role_first(&self) -> Option<String> {
         self.restore(true)
     }
 
@@ -305,7 +305,7 @@ pg_catalog.getdatabaseencoding()), false)",
 /// a character in any client encoding PostgreSQL has, so a value in the
 /// client's encoding (BIG5, SJIS: where a backslash may be half of a
 /// character) cannot end it early.
-pub fn quote(s: &str) -> String {
+pub(crate) fn quote(s: &str) -> String {
     let mut n = 0u32;
     loop {
         let tag = if n == 0 {
