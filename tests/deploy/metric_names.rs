@@ -24,7 +24,10 @@ fn exported_series() -> BTreeSet<String> {
     let mut consts = std::collections::BTreeMap::new();
     for line in source.lines() {
         let line = line.trim();
-        if let Some(rest) = line.strip_prefix("pub const ") {
+        let declared = line
+            .strip_prefix("pub const ")
+            .or_else(|| line.strip_prefix("pub(crate) const "));
+        if let Some(rest) = declared {
             if let Some((ident, value)) = rest.split_once(": &str = \"") {
                 if let Some(name) = value.strip_suffix("\";") {
                     if name.starts_with("pgcell_") {
