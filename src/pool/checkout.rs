@@ -7,12 +7,10 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use thiserror::Error;
 use tokio::sync::{oneshot, OwnedSemaphorePermit};
 
-use super::connect::FAILOVER_RETRY;
 use super::lease::Lease;
-use super::state::{now, Idle, Pool};
+use super::state::{now, AcquireError, Idle, Pool, Waiter};
 use super::upkeep::ping;
 use crate::backend::server::{OpenError, ServerConn, StartupProfile};
 use crate::backend::topology::NoServer;
@@ -20,46 +18,9 @@ use crate::backend::ConnectError;
 use crate::clients::{ClientEntry, ClientState};
 use crate::metrics::tally::{Histogram, Tally};
 
-/// Why no backend could be had.
-#[derive(Debug, Error)]
-pub(crate) enum AcquireError {
-    /// Waited `acquire_timeout` in vain.
-    #[error("no backend connection free within {0:?}")]
-    Timeout(Duration),
-    /// Opening a backend failed.
-    #[error(transparent)]
-    Open(#[from] OpenError),
-    /// No login credentials known for this pool yet.
-    #[error("no backend credentials for this user")]
-    NoLogin,
-}
-
-/// A checkout waiting in line, as the pool sees it: a backend handed back
-/// goes to the oldest waiter it suits.
-pub(super) struct Waiter {
-    id: u64,
-    profile: Arc<StartupProfile>,
-    fresh_after: Option<Instant>,
-    hand: oneshot::Sender<Idle>,
-}
-
-impl Waiter {
-    /// Whether `conn` suits this waiter: its startup profile, and a server
-    /// fresh enough (`fresh` says whether a backend's server has replayed
-    /// what was committed before a time).
-    pub(super) fn wants(
-        &self,
-        conn: &ServerConn,
-        fresh: impl Fn(&ServerConn, Option<Instant>) -> bool,
-    ) -> bool {
-        StartupProfile::same(&conn.profile, &self.profile) && fresh(conn, self.fresh_after)
-    }
-
-    /// Hands `idle` over; it comes back when the waiter gave up already.
-    pub(super) fn hand(self, idle: Idle) -> Result<(), Idle> {
-        self.hand.send(idle)
-    }
-}
+/// Pause between attempts to open a backend while a failover may be under
+/// way.
+pub(super) const FAILOVER_RETRY: Duration = Duration::from_millis(100);
 
 /// Waiters' ids, unique in the process.
 static NEXT_WAITER: AtomicU64 = AtomicU64::new(1);

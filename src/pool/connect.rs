@@ -2,35 +2,14 @@
 //! servers (the pool's target: its primary or a replica); the unit tests
 //! use a connector of their own.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use super::checkout::AcquireError;
 use super::lease::Lease;
-use super::state::{now, Pool};
-use crate::backend::server::{BackendLogin, OpenError, OpenSettings, ServerConn, StartupProfile};
+use super::state::{now, AcquireError, Connector, Opening, Pool, PoolKey, PoolSignature};
+use crate::backend::server::{BackendLogin, OpenSettings, ServerConn, StartupProfile};
 use crate::config::PoolMode;
-
-/// An open in progress.
-pub(super) type Opening<'a> =
-    Pin<Box<dyn Future<Output = Result<ServerConn, OpenError>> + Send + 'a>>;
-
-/// Opens a pool's backends.
-pub(super) trait Connector: Send + Sync {
-    /// A backend of `pool`, logged in with `login` and `profile`'s startup
-    /// parameters, on a server that has replayed what was committed
-    /// before `fresh_after` when that is given; ready for its first
-    /// client.
-    fn open<'a>(
-        &'a self,
-        pool: &'a Pool,
-        login: &'a BackendLogin,
-        profile: &'a Arc<StartupProfile>,
-        fresh_after: Option<Instant>,
-    ) -> Opening<'a>;
-}
+use crate::tenant::Tenant;
 
 /// Opens backends on the tenant's servers.
 pub(super) struct ServerConnector {
@@ -79,11 +58,18 @@ impl Connector for ServerConnector {
     }
 }
 
-/// Pause between attempts to open a backend while a failover may be under
-/// way.
-pub(super) const FAILOVER_RETRY: Duration = Duration::from_millis(100);
-
 impl Pool {
+    /// A new, empty pool for `key`, as `tenant`'s configuration says,
+    /// opening backends on the tenant's servers.
+    pub(crate) fn new(key: PoolKey, tenant: Arc<Tenant>, open: OpenSettings) -> Pool {
+        let signature = PoolSignature::of(&key, &tenant);
+        let connector = Arc::new(ServerConnector {
+            open,
+            mode: signature.mode,
+        });
+        Pool::with_connector(key, tenant, connector)
+    }
+
     /// Opens a backend with `permit` (a free place in the pool) and
     /// checks it out. On failure the permit goes back and the waiters try
     /// for themselves (and fail fast if the server is down) rather than

@@ -14,11 +14,11 @@
 //!
 //! | file | concern |
 //! |---|---|
-//! | `state.rs` | the pool: its key, settings, login and startup profiles, pause, client slots |
-//! | `checkout.rs` | checkout and waiting: idle backends, permits, the line of waiters |
+//! | `state.rs` | the pool: its key, settings, login and startup profiles, pause, client slots; the idle backends and the line of waiters under one lock; `AcquireError`; the `Connector` trait |
+//! | `checkout.rs` | checkout and waiting: idle backends, permits, a place in line |
 //! | `lease.rs` | a checked-out backend, and handing it back or closing it |
 //! | `upkeep.rs` | periodic upkeep: `idle_timeout`, `max_lifetime`, `min_idle`; the liveness check |
-//! | `connect.rs` | how a pool opens backends (`Connector`): the real one logs in to the tenant's servers |
+//! | `connect.rs` | `Pool::new` and opening backends: the real connector logs in to the tenant's servers |
 //! | `snapshot.rs` | a pool's figures and backends for the admin console |
 //! | `in_use.rs` | which backends are handed out, and to whom |
 //! | `registry.rs` | every pool of the process; reloads, pause and resume by tenant |
@@ -37,8 +37,7 @@ mod state;
 mod tests;
 mod upkeep;
 
-pub(crate) use checkout::AcquireError;
 pub(crate) use lease::{Lease, Release};
 pub(crate) use registry::Pools;
 pub(crate) use snapshot::PoolSnapshot;
-pub(crate) use state::{ClientSlot, Pool, PoolKey};
+pub(crate) use state::{AcquireError, ClientSlot, Pool, PoolKey};

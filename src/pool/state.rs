@@ -7,12 +7,15 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use thiserror::Error;
+use tokio::sync::{oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 
-use super::checkout::Waiter;
-use super::connect::{Connector, ServerConnector};
 use super::in_use::InUseMap;
-use crate::backend::server::{BackendLogin, OpenSettings, ServerConn, StartupProfile};
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use crate::backend::server::{BackendLogin, OpenError, ServerConn, StartupProfile};
 use crate::config::{PoolConfig, PoolMode};
 use crate::tenant::Tenant;
 
@@ -48,6 +51,70 @@ pub(super) struct Stock {
     pub(super) idle: Vec<Idle>,
     /// Checkouts waiting, oldest first.
     pub(super) waiters: VecDeque<Waiter>,
+}
+
+/// Why no backend could be had.
+#[derive(Debug, Error)]
+pub(crate) enum AcquireError {
+    /// Waited `acquire_timeout` in vain.
+    #[error("no backend connection free within {0:?}")]
+    Timeout(Duration),
+    /// Opening a backend failed.
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    /// No login credentials known for this pool yet.
+    #[error("no backend credentials for this user")]
+    NoLogin,
+}
+
+/// A checkout waiting in line, as the pool sees it: a backend handed back
+/// goes to the oldest waiter it suits.
+pub(super) struct Waiter {
+    /// Its ticket's id.
+    pub(super) id: u64,
+    /// The startup profile it wants.
+    pub(super) profile: Arc<StartupProfile>,
+    /// What its server must have replayed (read-your-writes).
+    pub(super) fresh_after: Option<Instant>,
+    /// Where a backend is handed to it.
+    pub(super) hand: oneshot::Sender<Idle>,
+}
+
+impl Waiter {
+    /// Whether `conn` suits this waiter: its startup profile, and a server
+    /// fresh enough (`fresh` says whether a backend's server has replayed
+    /// what was committed before a time).
+    pub(super) fn wants(
+        &self,
+        conn: &ServerConn,
+        fresh: impl Fn(&ServerConn, Option<Instant>) -> bool,
+    ) -> bool {
+        StartupProfile::same(&conn.profile, &self.profile) && fresh(conn, self.fresh_after)
+    }
+
+    /// Hands `idle` over; it comes back when the waiter gave up already.
+    pub(super) fn hand(self, idle: Idle) -> Result<(), Idle> {
+        self.hand.send(idle)
+    }
+}
+
+/// An open in progress.
+pub(super) type Opening<'a> =
+    Pin<Box<dyn Future<Output = Result<ServerConn, OpenError>> + Send + 'a>>;
+
+/// Opens a pool's backends.
+pub(super) trait Connector: Send + Sync {
+    /// A backend of `pool`, logged in with `login` and `profile`'s startup
+    /// parameters, on a server that has replayed what was committed
+    /// before `fresh_after` when that is given; ready for its first
+    /// client.
+    fn open<'a>(
+        &'a self,
+        pool: &'a Pool,
+        login: &'a BackendLogin,
+        profile: &'a Arc<StartupProfile>,
+        fresh_after: Option<Instant>,
+    ) -> Opening<'a>;
 }
 
 /// One pool.
@@ -141,17 +208,6 @@ pub(super) fn now() -> Instant {
 }
 
 impl Pool {
-    /// A new, empty pool for `key`, as `tenant`'s configuration says,
-    /// opening backends on the tenant's servers.
-    pub(crate) fn new(key: PoolKey, tenant: Arc<Tenant>, open: OpenSettings) -> Pool {
-        let signature = PoolSignature::of(&key, &tenant);
-        let connector = Arc::new(ServerConnector {
-            open,
-            mode: signature.mode,
-        });
-        Pool::with_connector(key, tenant, connector)
-    }
-
     /// A new, empty pool that opens backends with `connector`.
     pub(super) fn with_connector(
         key: PoolKey,

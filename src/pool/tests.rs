@@ -8,8 +8,8 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use super::connect::{Connector, Opening};
 use super::state::{now, Pool, PoolKey};
+use super::state::{Connector, Opening};
 use super::{AcquireError, Lease, Pools, Release};
 use crate::backend::server::{BackendLogin, OpenError, ServerConn, StartupProfile};
 use crate::backend::ConnectError;
