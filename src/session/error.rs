@@ -6,7 +6,7 @@ use std::time::Duration;
 use thiserror::Error;
 
 use super::auth_relay::AuthRelayError;
-use super::{client_auth, prepared};
+use super::client_auth;
 use crate::backend::topology::Role;
 use crate::backend::ConnectError;
 use crate::handshake::HandshakeError;
@@ -104,9 +104,10 @@ pub(crate) enum SessionError {
     /// The client broke the protocol during the session.
     #[error("client protocol violation: {0}")]
     ClientProtocol(String),
-    /// The client prepared more statements than pgcell keeps per client.
+    /// The client prepared more statements than pgcell keeps per client
+    /// (the limit).
     #[error("too many prepared statements")]
-    StatementLimit,
+    StatementLimit(usize),
     /// No random bytes for the client's cancel key: refused, never
     /// guessable.
     #[error(transparent)]
@@ -135,7 +136,7 @@ impl SessionError {
             | SessionError::ClientIo(_)
             | SessionError::ClientAuth(_)
             | SessionError::ClientProtocol(_)
-            | SessionError::StatementLimit => ErrorKind::Client,
+            | SessionError::StatementLimit(_) => ErrorKind::Client,
             SessionError::Acquire(crate::pool::AcquireError::Timeout(_)) => ErrorKind::Internal,
             SessionError::Acquire(_) => ErrorKind::Backend,
             SessionError::Route(_) | SessionError::Policy(_) => ErrorKind::Policy,
@@ -185,7 +186,7 @@ impl SessionError {
             SessionError::Acquire(crate::pool::AcquireError::Timeout(_)) => "pool_timeout",
             SessionError::Acquire(_) => "backend_unreachable",
             SessionError::ClientProtocol(_) => "client_protocol",
-            SessionError::StatementLimit => "statement_limit",
+            SessionError::StatementLimit(_) => "statement_limit",
         }
     }
 
@@ -332,11 +333,10 @@ impl SessionError {
             SessionError::ClientProtocol(m) => {
                 ClientError::fatal(SqlState::PROTOCOL_VIOLATION, m.clone())
             }
-            SessionError::StatementLimit => ClientError::fatal(
+            SessionError::StatementLimit(limit) => ClientError::fatal(
                 SqlState::PROGRAM_LIMIT_EXCEEDED,
                 format!(
-                    "too many prepared statements on this connection (pgcell keeps at most {})",
-                    prepared::MAX_PREPARED_PER_CLIENT
+                    "too many prepared statements on this connection (pgcell keeps at most {limit})"
                 ),
             )
             .hint("Close statements the application no longer uses."),

@@ -131,7 +131,9 @@ impl From<PreparedError> for super::error::SessionError {
             PreparedError::Malformed(what) => super::error::SessionError::ClientProtocol(format!(
                 "invalid frontend message: malformed {what} message"
             )),
-            PreparedError::TooMany => super::error::SessionError::StatementLimit,
+            PreparedError::TooMany => {
+                super::error::SessionError::StatementLimit(MAX_PREPARED_PER_CLIENT)
+            }
         }
     }
 }
