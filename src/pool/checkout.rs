@@ -209,7 +209,7 @@ impl Pool {
                 // The pool is full, but an idle backend of another profile
                 // can make room: it is closed and one of this profile
                 // opened in its place.
-                Err(_) => match self.evict_other(profile) {
+                Err(_) => match self.evict_other(profile, fresh_after) {
                     Some(permit) => permit,
                     None => {
                         let Some(place) = ticket.as_mut() else {
@@ -238,6 +238,9 @@ impl Pool {
                     }
                 },
             };
+            // Out of line before opening: a backend handed back meanwhile
+            // goes to the next waiter, not into this one's hand.
+            ticket = None;
             if self.is_paused() {
                 continue;
             }
@@ -275,13 +278,16 @@ impl Pool {
 
     /// Closes an idle backend of another profile than `profile` and
     /// returns its permit, if there is one.
-    fn evict_other(&self, profile: &Arc<StartupProfile>) -> Option<OwnedSemaphorePermit> {
+    fn evict_other(
+        &self,
+        profile: &Arc<StartupProfile>,
+        fresh_after: Option<Instant>,
+    ) -> Option<OwnedSemaphorePermit> {
         let mut stock = self.stock();
         // The least recently used first (the front of the list).
-        let at = stock
-            .idle
-            .iter()
-            .position(|(c, _)| !StartupProfile::same(&c.profile, profile))?;
+        let at = stock.idle.iter().position(|(c, _)| {
+            !StartupProfile::same(&c.profile, profile) || !self.fresh(c, fresh_after)
+        })?;
         let (_conn, permit) = stock.idle.remove(at);
         Some(permit)
     }

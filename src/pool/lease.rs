@@ -77,6 +77,9 @@ impl Pool {
     /// it, else puts it on the shelf (waking the waiters of other
     /// profiles, which may close it to make room).
     pub(super) fn check_in(&self, mut idle: Idle) {
+        if self.is_retired() {
+            return;
+        }
         let mut stock = self.stock();
         if !self.is_paused() {
             while let Some(at) = stock
@@ -100,6 +103,29 @@ impl Pool {
         drop(stock);
         if anyone_waits {
             self.returned.notify_waiters();
+        }
+    }
+
+    /// After `RESUME`: the backends shelved while paused go to the
+    /// oldest waiters that want them, before any newcomer.
+    pub(super) fn serve_line_from_shelf(&self) {
+        let mut stock = self.stock();
+        let mut i = stock.idle.len();
+        while i > 0 {
+            i -= 1;
+            let Some(at) = stock
+                .waiters
+                .iter()
+                .position(|w| w.wants(&stock.idle[i].0, |conn, after| self.fresh(conn, after)))
+            else {
+                continue;
+            };
+            let idle = stock.idle.remove(i);
+            if let Some(waiter) = stock.waiters.remove(at) {
+                if let Err(back) = waiter.hand(idle) {
+                    stock.idle.push(back);
+                }
+            }
         }
     }
 

@@ -255,6 +255,7 @@ impl Pool {
     /// Hands out backends again and wakes the checkouts that waited.
     pub(crate) fn resume(&self) {
         self.paused.store(false, Ordering::SeqCst);
+        self.serve_line_from_shelf();
         self.resumed.notify_waiters();
     }
 

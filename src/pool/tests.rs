@@ -487,3 +487,127 @@ async fn settle() {
         tokio::task::yield_now().await;
     }
 }
+
+// ---- review tests ----
+
+/// A backend handed to a waiter whose future is dropped before it ran,
+/// after the pool retired: Ticket::drop puts it back with check_in, which
+/// does not look at `retired`.
+#[tokio::test(start_paused = true)]
+async fn a_backend_handed_too_late_in_a_retired_pool_is_closed() {
+    let (pool, fake, profile) = pool("size = 1\nacquire_timeout = \"60s\"").await;
+    let held = checkout(&pool, &profile).await.unwrap();
+    let waiter = {
+        let (pool, profile) = (pool.clone(), profile.clone());
+        tokio::spawn(async move { checkout(&pool, &profile).await.map(|_| ()) })
+    };
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert_eq!(pool.stock().waiters.len(), 1);
+    // Handed to the waiter's oneshot, not yet taken.
+    pool.release(held, Release::Reuse);
+    pool.retire();
+    // The client leaves before its checkout runs again.
+    waiter.abort();
+    assert!(waiter.await.unwrap_err().is_cancelled());
+    assert_eq!(pool.snapshot().waiting, 0);
+    assert_eq!(
+        pool.idle_count(),
+        0,
+        "a retired pool kept a backend on its shelf"
+    );
+    assert_eq!(pool.open_count(), 0);
+    settle().await;
+    assert_eq!(fake.alive.load(Ordering::SeqCst), 0);
+}
+
+/// A waiter that got a free place opens a backend while still in line: a
+/// backend handed back meanwhile goes to it, and sits in its channel
+/// while the next waiter times out.
+#[tokio::test(start_paused = true)]
+async fn a_waiter_that_is_opening_leaves_the_line() {
+    let (pool, fake, profile) = pool("size = 2\nacquire_timeout = \"2s\"").await;
+    let a = checkout(&pool, &profile).await.unwrap();
+    let b = checkout(&pool, &profile).await.unwrap();
+    let spawn = |name: &'static str| {
+        let (pool, profile) = (pool.clone(), profile.clone());
+        tokio::spawn(async move {
+            let started = tokio::time::Instant::now();
+            let r = checkout(&pool, &profile).await;
+            (name, r.is_ok(), started.elapsed())
+        })
+    };
+    let w = spawn("w");
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    let x = spawn("x");
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert_eq!(pool.stock().waiters.len(), 2);
+    // Opens now take 5 s; a closes, w takes its place and opens.
+    *fake.delay.lock().unwrap() = Duration::from_secs(5);
+    pool.release(a, Release::Close("test"));
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert_eq!(fake.opened.load(Ordering::SeqCst), 3);
+    // b comes back: x, the only one really waiting, should get it.
+    pool.release(b, Release::Reuse);
+    let x = x.await.unwrap();
+    let w = w.await.unwrap();
+    assert!(
+        x.1,
+        "x timed out after {:?} while b sat in w's hand ({w:?})",
+        x.2
+    );
+}
+
+/// A paused pool shelves backends handed back; on resume a newcomer takes
+/// one ahead of the client that waited.
+#[tokio::test(start_paused = true)]
+async fn resume_serves_the_line_before_newcomers() {
+    let (pool, _fake, profile) = pool("size = 1\nacquire_timeout = \"60s\"").await;
+    let held = checkout(&pool, &profile).await.unwrap();
+    let waiter = {
+        let (pool, profile) = (pool.clone(), profile.clone());
+        tokio::spawn(async move { checkout(&pool, &profile).await.map(|_| ()) })
+    };
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    pool.pause();
+    pool.release(held, Release::Reuse);
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    pool.resume();
+    let newcomer = pool.try_acquire_idle(&profile, &tally(), None);
+    assert!(
+        newcomer.is_none(),
+        "a newcomer took the backend ahead of the waiter"
+    );
+    waiter.await.unwrap().unwrap();
+}
+
+/// A waiter wanting read-your-writes (`fresh_after`) in a full pool whose
+/// idle backends are of its profile but not fresh enough: it neither
+/// uses nor replaces them, and waits out acquire_timeout.
+#[tokio::test(start_paused = true)]
+async fn a_read_your_writes_waiter_is_not_stuck_behind_stale_idle_backends() {
+    let (pool, fake, profile) = pool("size = 1\nacquire_timeout = \"5s\"").await;
+    let held = checkout(&pool, &profile).await.unwrap();
+    let waiter = {
+        let (pool, profile) = (pool.clone(), profile.clone());
+        tokio::spawn(async move {
+            pool.acquire(&profile, &tally(), Some(now()))
+                .await
+                .map(|_| ())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    // The server's role is unknown: not fresh for the waiter.
+    pool.release(held, Release::Reuse);
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    // Now the server is known to be the primary: fresh for anyone. Nothing
+    // wakes the waiter.
+    pool.topology()
+        .saw_role(0, crate::backend::topology::Role::Primary);
+    let r = waiter.await.unwrap();
+    assert!(
+        r.is_ok(),
+        "{r:?}; idle {} opened {}",
+        pool.idle_count(),
+        fake.opened.load(Ordering::SeqCst)
+    );
+}
