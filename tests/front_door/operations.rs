@@ -489,8 +489,10 @@ fn demo_prints_working_commands_and_cleans_up() {
     let status = child.wait().unwrap();
     assert!(status.success(), "{status:?}");
     let took = stopping.elapsed();
+    // Measured here: 0.2 s, most of it `pg_ctl stop` and removing the
+    // cluster's files.
     assert!(
-        took < Duration::from_secs(5),
+        took < Duration::from_secs(1),
         "the demo took {took:?} to stop"
     );
     let dir = config_dir.expect("demo printed its configuration path");
