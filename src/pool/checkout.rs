@@ -17,6 +17,7 @@ use crate::backend::topology::NoServer;
 use crate::backend::ConnectError;
 use crate::clients::{ClientEntry, ClientState};
 use crate::metrics::tally::{Histogram, Tally};
+use crate::protocol::SqlState;
 
 /// Pause between attempts to open a backend while a failover may be under
 /// way.
@@ -160,14 +161,27 @@ impl Pool {
 
     /// Whether opening failed in a way a failover explains (no server is
     /// the primary yet, or the servers tried are down while others may
-    /// take over): worth trying again until `acquire_timeout`.
+    /// take over): worth trying again until `acquire_timeout`. A server
+    /// that went away during the login (the connection closed, the login
+    /// timed out, or a shutdown ended it with `57P01`/`57P02`) counts as
+    /// down: a primary stopped for a failover does that to the logins in
+    /// flight.
     fn may_be_failing_over(&self, error: &AcquireError) -> bool {
         let several = self.tenant.topology.servers().len() > 1;
         match error {
             AcquireError::Open(OpenError::Connect(ConnectError::NoServer(
                 NoServer::NoPrimary(_),
             ))) => true,
-            AcquireError::Open(OpenError::Connect(ConnectError::Unreachable { .. })) => several,
+            AcquireError::Open(
+                OpenError::Connect(ConnectError::Unreachable { .. })
+                | OpenError::Io(_)
+                | OpenError::Timeout,
+            ) => several,
+            AcquireError::Open(OpenError::Refused { code, .. })
+                if *code == SqlState::ADMIN_SHUTDOWN || *code == SqlState::CRASH_SHUTDOWN =>
+            {
+                several
+            }
             _ => false,
         }
     }

@@ -40,6 +40,8 @@ struct Fake {
     syncs: Arc<AtomicUsize>,
     /// Opens fail (the server is down).
     fail: AtomicBool,
+    /// This many more opens fail mid-login (the server went away).
+    cut: AtomicUsize,
     /// How long an open takes.
     delay: Mutex<Duration>,
     answer: Mutex<Answer>,
@@ -54,6 +56,7 @@ impl Fake {
             most_alive: Arc::default(),
             syncs: Arc::default(),
             fail: AtomicBool::new(false),
+            cut: AtomicUsize::new(0),
             delay: Mutex::new(Duration::ZERO),
             answer: Mutex::new(Answer::Idle),
         })
@@ -97,6 +100,18 @@ impl Connector for Fake {
             self.opened.fetch_add(1, Ordering::SeqCst);
             let delay = *self.delay.lock().unwrap();
             tokio::time::sleep(delay).await;
+            if self
+                .cut
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                return Err(OpenError::Io(crate::protocol::framing::FramingError::Io(
+                    std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "fake: closed mid-login",
+                    ),
+                )));
+            }
             if self.fail.load(Ordering::SeqCst) {
                 return Err(OpenError::Connect(ConnectError::Unreachable {
                     tried: 1,
@@ -128,8 +143,15 @@ impl Connector for Fake {
 
 /// A tenant with one server and `pool` as its `[tenants.pool]` lines.
 fn tenant(pool: &str) -> Arc<Tenant> {
+    tenant_of(&["127.0.0.1:1"], pool)
+}
+
+/// A tenant with `servers` and `pool` as its `[tenants.pool]` lines.
+fn tenant_of(servers: &[&str], pool: &str) -> Arc<Tenant> {
+    let servers: Vec<String> = servers.iter().map(|s| format!("\"{s}\"")).collect();
     let text = format!(
-        "[listen]\naddr = \"127.0.0.1:6432\"\n[[tenants]]\nid = \"acme\"\nbackends = [\"127.0.0.1:1\"]\n[tenants.pool]\n{pool}\n"
+        "[listen]\naddr = \"127.0.0.1:6432\"\n[[tenants]]\nid = \"acme\"\nbackends = [{}]\n[tenants.pool]\n{pool}\n",
+        servers.join(", ")
     );
     let config = Config::parse(&text, std::path::Path::new(".")).unwrap();
     let salt = crate::auth::secret::SaltKey::from_secret(b"test");
@@ -609,5 +631,37 @@ async fn a_read_your_writes_waiter_is_not_stuck_behind_stale_idle_backends() {
         "{r:?}; idle {} opened {}",
         pool.idle_count(),
         fake.opened.load(Ordering::SeqCst)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_login_cut_by_a_failover_is_tried_again_and_a_lone_server_fails_at_once() {
+    // Two servers: a login the stopping primary cut (found by CI, issue
+    // 21's pgbench failover) is waited out like an unreachable server.
+    let fake = Fake::new().await;
+    let tenant = tenant_of(
+        &["127.0.0.1:1", "127.0.0.1:2"],
+        "size = 2\nacquire_timeout = \"10s\"",
+    );
+    let two = Arc::new(Pool::with_connector(key(), tenant, fake.clone()));
+    two.offer_login(BackendLogin::Password(crate::config::Password("pw".into())));
+    let profile = two.share_profile(Vec::new());
+    fake.cut.store(3, Ordering::SeqCst);
+    let started = tokio::time::Instant::now();
+    let lease = checkout(&two, &profile).await.unwrap();
+    assert_eq!(fake.opened.load(Ordering::SeqCst), 4);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    two.release(lease, Release::Close("test"));
+    // One server: nothing can take over, so the client hears at once.
+    let (pool, fake, profile) = pool("size = 1\nacquire_timeout = \"10s\"").await;
+    fake.cut.store(1, Ordering::SeqCst);
+    let err = checkout(&pool, &profile).await.err().unwrap();
+    assert!(
+        matches!(err, AcquireError::Open(OpenError::Io(_))),
+        "{err:?}"
     );
 }

@@ -25,6 +25,8 @@ impl SqlState {
     pub const ADMIN_SHUTDOWN: SqlState = SqlState::of("57P01");
     /// `57P03` cannot_connect_now.
     pub const CANNOT_CONNECT_NOW: SqlState = SqlState::of("57P03");
+    /// `57P02` crash_shutdown.
+    pub const CRASH_SHUTDOWN: SqlState = SqlState::of("57P02");
     /// `0A000` feature_not_supported.
     pub const FEATURE_NOT_SUPPORTED: SqlState = SqlState::of("0A000");
     /// invalid_catalog_name: no such database.
