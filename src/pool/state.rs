@@ -32,8 +32,9 @@ pub(crate) struct PoolKey {
     pub target: crate::backend::Target,
 }
 
-/// A startup profile and the parameters its backends reported at login.
-type ProfileParams = (Arc<StartupProfile>, Vec<(String, String)>);
+/// A startup profile and the parameters its backends reported at login,
+/// as the `ParameterStatus` messages of a client's startup answer.
+type ProfileParams = (Arc<StartupProfile>, bytes::Bytes);
 
 /// Distinct startup profiles a pool remembers the reported parameters of.
 const MAX_PROFILES: usize = 64;
@@ -308,16 +309,17 @@ impl Pool {
             .clone()
     }
 
-    /// Parameters reported at login by this pool's backends of `profile`,
-    /// if one has logged in yet.
-    pub(crate) fn params(&self, profile: &Arc<StartupProfile>) -> Option<Vec<(String, String)>> {
+    /// The `ParameterStatus` messages of what this pool's backends of
+    /// `profile` reported at login (a client's startup answer), if one has
+    /// logged in yet: encoded once per profile, shared by its clients.
+    pub(crate) fn startup_parameters(&self, profile: &Arc<StartupProfile>) -> Option<bytes::Bytes> {
         self.params
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .iter()
             .rev()
             .find(|(p, _)| StartupProfile::same(p, profile))
-            .map(|(_, params)| params.clone())
+            .map(|(_, encoded)| encoded.clone())
     }
 
     /// Remembers what a new backend of `profile` reported at login (the
@@ -333,7 +335,9 @@ impl Pool {
             if params.len() >= MAX_PROFILES {
                 params.remove(0);
             }
-            params.push((profile.clone(), reported.to_vec()));
+            let mut encoded = bytes::BytesMut::new();
+            crate::protocol::messages::parameter_statuses(&mut encoded, reported);
+            params.push((profile.clone(), encoded.freeze()));
         }
     }
 

@@ -91,6 +91,17 @@ pub(crate) fn tagged(buf: &mut BytesMut, tag: u8, body: &[u8]) {
     buf.put_slice(body);
 }
 
+/// A `ParameterStatus` message for each (name, value) of `params`.
+pub(crate) fn parameter_statuses(buf: &mut BytesMut, params: &[(String, String)]) {
+    for (name, value) in params {
+        tagged_parts(
+            buf,
+            b'S',
+            &[name.as_bytes(), b"\0", value.as_bytes(), b"\0"],
+        );
+    }
+}
+
 /// A message whose body is `parts` one after another (no body built
 /// first).
 pub(crate) fn tagged_parts(buf: &mut BytesMut, tag: u8, parts: &[&[u8]]) {

@@ -159,7 +159,7 @@ where
     // its limit (FATAL 53300, no ReadyForQuery), instead of seeing a
     // session that dies on its first statement.
     let mut first_lease = None;
-    let server_params = match pool.params(&profile) {
+    let server_params = match pool.startup_parameters(&profile) {
         Some(p) if pool.mode == PoolMode::Transaction => p,
         known => {
             // The client learns that it is logged in before it waits.
@@ -169,7 +169,11 @@ where
                 .map_err(SessionError::ClientIo)?;
             answer.clear();
             let lease = acquire(&pool, &profile, listed).await?;
-            let params = known.unwrap_or_else(|| lease.conn.params.clone());
+            let params = known.unwrap_or_else(|| {
+                let mut encoded = BytesMut::new();
+                messages::parameter_statuses(&mut encoded, &lease.conn.params);
+                encoded.freeze()
+            });
             first_lease = Some(lease);
             params
         }
@@ -180,13 +184,7 @@ where
         Err(e) => return Err(refuse_after_login(client, &answer, SessionError::Random(e)).await),
     };
     let mut out = answer;
-    for (name, value) in &server_params {
-        messages::tagged_parts(
-            &mut out,
-            b'S',
-            &[name.as_bytes(), b"\0", value.as_bytes(), b"\0"],
-        );
-    }
+    out.extend_from_slice(&server_params);
     messages::backend_key_data(&mut out, cancel_key.key());
     messages::tagged(&mut out, b'Z', b"I");
     client
