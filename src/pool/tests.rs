@@ -180,6 +180,15 @@ fn tally() -> Tally {
     Tally::new("acme")
 }
 
+/// A checkout in a task of its own, for a client that waits.
+fn spawn_checkout(
+    pool: &Arc<Pool>,
+    profile: &Arc<StartupProfile>,
+) -> tokio::task::JoinHandle<Result<(), AcquireError>> {
+    let (pool, profile) = (pool.clone(), profile.clone());
+    tokio::spawn(async move { checkout(&pool, &profile).await.map(|_| ()) })
+}
+
 async fn checkout(pool: &Pool, profile: &Arc<StartupProfile>) -> Result<Lease, AcquireError> {
     pool.acquire(profile, &tally(), None).await
 }
@@ -421,10 +430,7 @@ async fn a_paused_pool_holds_checkouts_until_resume() {
     let lease = checkout(&pool, &profile).await.unwrap();
     pool.release(lease, Release::Reuse);
     pool.pause();
-    let waiter = {
-        let (pool, profile) = (pool.clone(), profile.clone());
-        tokio::spawn(async move { checkout(&pool, &profile).await.map(|_| ()) })
-    };
+    let waiter = spawn_checkout(&pool, &profile);
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert!(!waiter.is_finished());
     pool.resume();
@@ -514,15 +520,12 @@ async fn settle() {
 
 /// A backend handed to a waiter whose future is dropped before it ran,
 /// after the pool retired: Ticket::drop puts it back with check_in, which
-/// does not look at `retired`.
+/// must close it (found by review).
 #[tokio::test(start_paused = true)]
 async fn a_backend_handed_too_late_in_a_retired_pool_is_closed() {
     let (pool, fake, profile) = pool("size = 1\nacquire_timeout = \"60s\"").await;
     let held = checkout(&pool, &profile).await.unwrap();
-    let waiter = {
-        let (pool, profile) = (pool.clone(), profile.clone());
-        tokio::spawn(async move { checkout(&pool, &profile).await.map(|_| ()) })
-    };
+    let waiter = spawn_checkout(&pool, &profile);
     tokio::time::sleep(Duration::from_millis(1)).await;
     assert_eq!(pool.stock().waiters.len(), 1);
     // Handed to the waiter's oneshot, not yet taken.
@@ -542,9 +545,10 @@ async fn a_backend_handed_too_late_in_a_retired_pool_is_closed() {
     assert_eq!(fake.alive.load(Ordering::SeqCst), 0);
 }
 
-/// A waiter that got a free place opens a backend while still in line: a
-/// backend handed back meanwhile goes to it, and sits in its channel
-/// while the next waiter times out.
+/// A waiter that got a free place leaves the line before it opens a
+/// backend: one handed back meanwhile goes to the next waiter, which
+/// would otherwise time out while it sat in the opener's channel (found by
+/// review).
 #[tokio::test(start_paused = true)]
 async fn a_waiter_that_is_opening_leaves_the_line() {
     let (pool, fake, profile) = pool("size = 2\nacquire_timeout = \"2s\"").await;
@@ -579,16 +583,13 @@ async fn a_waiter_that_is_opening_leaves_the_line() {
     );
 }
 
-/// A paused pool shelves backends handed back; on resume a newcomer takes
-/// one ahead of the client that waited.
+/// A paused pool shelves backends handed back; on resume they go to the
+/// clients that waited, not to a newcomer (found by review).
 #[tokio::test(start_paused = true)]
 async fn resume_serves_the_line_before_newcomers() {
     let (pool, _fake, profile) = pool("size = 1\nacquire_timeout = \"60s\"").await;
     let held = checkout(&pool, &profile).await.unwrap();
-    let waiter = {
-        let (pool, profile) = (pool.clone(), profile.clone());
-        tokio::spawn(async move { checkout(&pool, &profile).await.map(|_| ()) })
-    };
+    let waiter = spawn_checkout(&pool, &profile);
     tokio::time::sleep(Duration::from_millis(1)).await;
     pool.pause();
     pool.release(held, Release::Reuse);
@@ -603,8 +604,8 @@ async fn resume_serves_the_line_before_newcomers() {
 }
 
 /// A waiter wanting read-your-writes (`fresh_after`) in a full pool whose
-/// idle backends are of its profile but not fresh enough: it neither
-/// uses nor replaces them, and waits out acquire_timeout.
+/// idle backends are of its profile but not fresh enough replaces one
+/// rather than wait out acquire_timeout (found by review).
 #[tokio::test(start_paused = true)]
 async fn a_read_your_writes_waiter_is_not_stuck_behind_stale_idle_backends() {
     let (pool, fake, profile) = pool("size = 1\nacquire_timeout = \"5s\"").await;
