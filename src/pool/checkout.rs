@@ -124,9 +124,10 @@ impl Pool {
         loop {
             let (conn, permit) = {
                 let mut stock = self.stock();
-                let at = stock.idle.iter().rposition(|(c, _)| {
-                    StartupProfile::same(&c.profile, profile) && self.fresh(c, fresh_after)
-                })?;
+                let at = stock
+                    .idle
+                    .iter()
+                    .rposition(|(c, _)| self.serves(c, profile, fresh_after))?;
                 let (conn, _) = &stock.idle[at];
                 if now.duration_since(conn.last_used) > self.settings.check_after_idle {
                     // Due for a ping: the waiting path does it.
@@ -157,6 +158,17 @@ impl Pool {
     /// committed before `fresh_after` (read-your-writes).
     pub(super) fn fresh(&self, conn: &ServerConn, fresh_after: Option<Instant>) -> bool {
         fresh_after.is_none_or(|t| self.tenant.topology.fresh_since(conn.server, t))
+    }
+
+    /// Whether an idle backend can serve a checkout of `profile` that
+    /// wants what was committed before `fresh_after`.
+    fn serves(
+        &self,
+        conn: &ServerConn,
+        profile: &Arc<StartupProfile>,
+        fresh_after: Option<Instant>,
+    ) -> bool {
+        StartupProfile::same(&conn.profile, profile) && self.fresh(conn, fresh_after)
     }
 
     /// Whether opening failed in a way a failover explains (no server is
@@ -299,9 +311,10 @@ impl Pool {
     ) -> Option<OwnedSemaphorePermit> {
         let mut stock = self.stock();
         // The least recently used first (the front of the list).
-        let at = stock.idle.iter().position(|(c, _)| {
-            !StartupProfile::same(&c.profile, profile) || !self.fresh(c, fresh_after)
-        })?;
+        let at = stock
+            .idle
+            .iter()
+            .position(|(c, _)| !self.serves(c, profile, fresh_after))?;
         let (_conn, permit) = stock.idle.remove(at);
         Some(permit)
     }
@@ -316,9 +329,10 @@ impl Pool {
         loop {
             let (mut conn, permit) = {
                 let mut stock = self.stock();
-                let at = stock.idle.iter().rposition(|(c, _)| {
-                    StartupProfile::same(&c.profile, profile) && self.fresh(c, fresh_after)
-                })?;
+                let at = stock
+                    .idle
+                    .iter()
+                    .rposition(|(c, _)| self.serves(c, profile, fresh_after))?;
                 stock.idle.remove(at)
             };
             let now = now();
